@@ -1,0 +1,28 @@
+# Everything runs from a local virtualenv that these targets create on demand.
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+
+.PHONY: up test validate bench clean
+
+$(BIN)/agentxds: pyproject.toml
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (or: make PYTHON=python3 ...)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	@touch $@
+
+up: $(BIN)/agentxds             ## run the gateway with the demo policy and demo MCP server
+	$(BIN)/agentxds up --demo policies/
+
+test: $(BIN)/agentxds           ## run the whole test suite (unit, golden, end to end)
+	$(BIN)/pytest tests
+
+validate: $(BIN)/agentxds
+	$(BIN)/agentxds validate policies/
+
+bench: $(BIN)/agentxds
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info
