@@ -1,0 +1,41 @@
+"""IR → Envoy resources, one set per gateway (= per Envoy node group)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from envoy.config.cluster.v3.cluster_pb2 import Cluster
+from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
+from envoy.config.listener.v3.listener_pb2 import Listener
+from envoy.config.route.v3.route_pb2 import RouteConfiguration
+
+from xds_server.ir.types import IR, GatewayIR
+from xds_server.translate.cluster import build_cluster, build_load_assignment
+from xds_server.translate.listener import build_listener
+from xds_server.translate.route import build_route_config
+
+
+@dataclass(frozen=True)
+class GatewayResources:
+    """Everything one gateway's Envoys receive, each tuple sorted by resource name."""
+
+    clusters: tuple[Cluster, ...]
+    endpoints: tuple[ClusterLoadAssignment, ...]
+    listeners: tuple[Listener, ...]
+    routes: tuple[RouteConfiguration, ...]
+
+
+def translate_gateway(gateway: GatewayIR) -> GatewayResources:
+    clusters = [build_cluster(b) for b in gateway.backends]
+    endpoints = [cla for b in gateway.backends if (cla := build_load_assignment(b)) is not None]
+    return GatewayResources(
+        clusters=tuple(sorted(clusters, key=lambda c: c.name)),
+        endpoints=tuple(sorted(endpoints, key=lambda e: e.cluster_name)),
+        listeners=(build_listener(gateway),),
+        routes=(build_route_config(gateway),),
+    )
+
+
+def translate(ir: IR) -> dict[str, GatewayResources]:
+    """Resources per gateway name (the Envoy `node.cluster` that receives them)."""
+    return {g.name: translate_gateway(g) for g in ir.gateways}

@@ -1,0 +1,75 @@
+"""The JSON-RPC error codes the gateway answers with: a stable, documented contract.
+
+Codes -32700 and -32600 are JSON-RPC's own. The gateway's codes live in the
+implementation-defined range and follow the HTTP status they stand for:
+-320XX for 4XX (401 → -32001, 403 → -32003, ...) and -3205X for 5XX.
+`data.reason` carries a stable machine-readable reason next to the message.
+The README's error table is generated from `CATALOGUE` (tests keep it current).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ErrorKind:
+    code: int
+    reason: str  # stable, snake_case; goes in error.data.reason
+    http_status: int  # status of the HTTP response carrying the error
+    when: str  # one line for the README
+
+
+PARSE_ERROR = ErrorKind(-32700, "parse_error", 400, "the body is not complete, valid JSON")
+INVALID_REQUEST = ErrorKind(
+    -32600,
+    "invalid_request",
+    400,
+    "not one JSON-RPC 2.0 request: not JSON-RPC, a batch (array), or bytes that are not JSON at all",
+)
+DUPLICATE_KEYS = ErrorKind(-32600, "duplicate_keys", 400, "a JSON object in the body repeats a key")
+NOT_MCP = ErrorKind(
+    -32600,
+    "not_mcp",
+    400,
+    "not an MCP request: wrong HTTP method, Content-Type or Accept header",
+)
+UNKNOWN_AGENT = ErrorKind(-32001, "unknown_agent", 403, "the request carries no identity of a known agent")
+TOOL_DENIED = ErrorKind(-32003, "tool_not_allowed", 403, "the agent may not call this tool on this backend")
+RESOURCE_DENIED = ErrorKind(-32003, "resource_not_allowed", 403, "the agent may not read this resource")
+PROMPT_DENIED = ErrorKind(-32003, "prompt_not_allowed", 403, "the agent may not get this prompt")
+METHOD_DENIED = ErrorKind(
+    -32003,
+    "method_not_allowed",
+    403,
+    "the agent has no grant on this backend, or the method is not one the gateway allows",
+)
+NO_BACKEND = ErrorKind(-32004, "no_backend", 404, "no MCP backend is served at this path")
+TOO_LARGE = ErrorKind(-32013, "request_too_large", 413, "the body is larger than the gateway's maxRequestBodyBytes")
+BACKEND_UNAVAILABLE = ErrorKind(-32053, "backend_unavailable", 503, "the backend cannot be reached")
+BACKEND_TIMEOUT = ErrorKind(-32054, "backend_timeout", 504, "the backend did not answer in time")
+GATEWAY_ERROR = ErrorKind(-32603, "gateway_error", 500, "any other error raised by the gateway itself")
+
+CATALOGUE: tuple[ErrorKind, ...] = (
+    PARSE_ERROR,
+    INVALID_REQUEST,
+    DUPLICATE_KEYS,
+    NOT_MCP,
+    UNKNOWN_AGENT,
+    TOOL_DENIED,
+    RESOURCE_DENIED,
+    PROMPT_DENIED,
+    METHOD_DENIED,
+    NO_BACKEND,
+    TOO_LARGE,
+    BACKEND_UNAVAILABLE,
+    BACKEND_TIMEOUT,
+    GATEWAY_ERROR,
+)
+
+
+def markdown_table() -> str:
+    """The README's table of error codes."""
+    rows = ["| code | data.reason | HTTP | when |", "|---|---|---|---|"]
+    rows += [f"| {k.code} | `{k.reason}` | {k.http_status} | {k.when} |" for k in CATALOGUE]
+    return "\n".join(rows) + "\n"

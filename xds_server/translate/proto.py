@@ -1,0 +1,88 @@
+"""Build Envoy protobuf messages from plain dicts, and describe them back.
+
+Translators write configuration as dicts shaped like Envoy's documented YAML
+(easy to read next to Envoy's docs) and convert them here with `ParseDict`,
+which rejects any unknown field at translation time rather than at Envoy.
+
+`typed(type_name, body)` makes an `Any`-style dict. For messages whose
+xds-protos version lags Envoy 1.40 (fields Envoy has but the Python classes
+lack), `typed_struct` wraps the config in `xds.type.v3.TypedStruct`, which
+Envoy converts with its own, current, descriptors.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from typing import Any, TypeVar
+
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+M = TypeVar("M", bound=Message)
+
+# Every message type that appears inside an Any must be in the descriptor pool
+# before ParseDict sees its "@type". Importing the modules registers them.
+_ANY_MODULES = (
+    "envoy.config.cluster.v3.cluster_pb2",
+    "envoy.config.endpoint.v3.endpoint_pb2",
+    "envoy.config.listener.v3.listener_pb2",
+    "envoy.config.route.v3.route_pb2",
+    "envoy.extensions.filters.network.http_connection_manager.v3.http_connection_manager_pb2",
+    "envoy.extensions.filters.http.rbac.v3.rbac_pb2",
+    "envoy.extensions.filters.http.router.v3.router_pb2",
+    "envoy.extensions.filters.http.stateful_session.v3.stateful_session_pb2",
+    "envoy.extensions.http.stateful_session.envelope.v3.envelope_pb2",
+    "envoy.extensions.upstreams.http.v3.http_protocol_options_pb2",
+    "envoy.extensions.access_loggers.stream.v3.stream_pb2",
+    "xds.type.v3.typed_struct_pb2",
+)
+_loaded = False
+
+TYPE_PREFIX = "type.googleapis.com/"
+
+
+def _ensure_descriptors() -> None:
+    global _loaded
+    if not _loaded:
+        for name in _ANY_MODULES:
+            importlib.import_module(name)
+        _loaded = True
+
+
+def typed(type_name: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    """An `Any` in dict form: `{"@type": type.googleapis.com/<type_name>, **body}`."""
+    return {"@type": TYPE_PREFIX + type_name, **(body or {})}
+
+
+def typed_struct(type_name: str, body: dict[str, Any]) -> dict[str, Any]:
+    """An `Any` holding a `xds.type.v3.TypedStruct` for `type_name` with `body` as its value.
+
+    Use only where xds-protos lacks fields that Envoy 1.40 has; Envoy validates
+    the converted message exactly as if it had been sent typed.
+    """
+    return typed("xds.type.v3.TypedStruct", {"type_url": TYPE_PREFIX + type_name, "value": body})
+
+
+def to_message(cls: type[M], body: dict[str, Any]) -> M:
+    """Parse `body` into a new `cls`; raises `json_format.ParseError` on unknown fields."""
+    _ensure_descriptors()
+    return json_format.ParseDict(body, cls())
+
+
+def to_dict(message: Message) -> dict[str, Any]:
+    """Describe `message` as a dict (proto field names, Any expanded) for YAML output."""
+    _ensure_descriptors()
+    plain = json.loads(json.dumps(json_format.MessageToDict(message, preserving_proto_field_name=True)))
+    return _whole_floats_to_int(plain)
+
+
+def _whole_floats_to_int(value: Any) -> Any:
+    """Struct numbers are doubles: show 65536.0 as 65536 so YAML reads like what was written."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _whole_floats_to_int(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_whole_floats_to_int(v) for v in value]
+    return value

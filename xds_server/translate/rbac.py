@@ -1,0 +1,129 @@
+"""Grants → RBAC allow-lists on the MCP filter's metadata (the native hot path).
+
+Each backend route gets its own `RBACPerRoute` with one policy per agent that
+has a grant there: the agent's principals, and a permission that is the OR of
+ - the methods that carry no tool (lifecycle, lists, notifications, the
+   client's answers to server requests, the GET stream, session DELETE),
+ - `tools/call` AND `params.name` matches one of the agent's tool patterns,
+ - `resources/read|subscribe|unsubscribe` AND `params.uri` matches a resource pattern,
+ - `prompts/get` AND `params.name` matches a prompt pattern.
+Only ALLOW lists are emitted: a body Envoy could not parse carries no metadata
+and so matches nothing, which denies it (a DENY list would let it through).
+The listener-level RBAC allows nothing, so a route without a per-route
+config (none exists today) would be denied too.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from xds_server.ir.types import AgentIR, BackendIR, GrantIR, HeaderPrincipal, NamePattern, PatternKind
+from xds_server.translate.names import MCP_METADATA_NAMESPACE, rbac_policy_name
+from xds_server.translate.proto import typed
+
+RBAC_FILTER = "envoy.filters.http.rbac"
+RBAC_TYPE = "envoy.extensions.filters.http.rbac.v3.RBAC"
+RBAC_PER_ROUTE_TYPE = "envoy.extensions.filters.http.rbac.v3.RBACPerRoute"
+
+# JSON-RPC methods that name no tool, resource or prompt. Any agent with a
+# grant on the backend may send them. "__jsonrpc_response" is how the MCP filter
+# labels a JSON-RPC response the client sends back (to sampling/elicitation).
+TOOLLESS_METHODS = (
+    "__jsonrpc_response",
+    "initialize",
+    "logging/setLevel",
+    "ping",
+    "prompts/list",
+    "resources/list",
+    "resources/templates/list",
+    "server/discover",
+    "tools/list",
+)
+TOOLLESS_METHOD_PREFIXES = ("notifications/",)
+RESOURCE_METHODS = ("resources/read", "resources/subscribe", "resources/unsubscribe")
+
+
+def string_matcher(pattern: NamePattern) -> dict[str, Any]:
+    """An Envoy ValueMatcher for one compiled pattern."""
+    if pattern.kind is PatternKind.ANY:
+        return {"present_match": True}
+    if pattern.kind is PatternKind.REGEX:
+        return {"string_match": {"safe_regex": {"regex": pattern.value}}}
+    return {"string_match": {pattern.kind.value: pattern.value}}
+
+
+def _metadata(path: tuple[str, ...], value: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "sourced_metadata": {
+            "metadata_matcher": {
+                "filter": MCP_METADATA_NAMESPACE,
+                "path": [{"key": k} for k in path],
+                "value": value,
+            }
+        }
+    }
+
+
+def _method_is(method: str) -> dict[str, Any]:
+    return _metadata(("method",), {"string_match": {"exact": method}})
+
+
+def _any_of(patterns: tuple[NamePattern, ...]) -> dict[str, Any]:
+    matchers = [string_matcher(p) for p in patterns]
+    return matchers[0] if len(matchers) == 1 else {"or_match": {"value_matchers": matchers}}
+
+
+def _or(rules: list[dict[str, Any]]) -> dict[str, Any]:
+    return rules[0] if len(rules) == 1 else {"or_rules": {"rules": rules}}
+
+
+def toolless_permission() -> dict[str, Any]:
+    """Requests that carry no tool: lifecycle methods, lists, notifications, GET, DELETE."""
+    rules = [_method_is(m) for m in TOOLLESS_METHODS]
+    rules += [_metadata(("method",), {"string_match": {"prefix": p}}) for p in TOOLLESS_METHOD_PREFIXES]
+    rules += [{"header": {"name": ":method", "string_match": {"exact": verb}}} for verb in ("DELETE", "GET")]
+    return _or(rules)
+
+
+def grant_permissions(grant: GrantIR) -> list[dict[str, Any]]:
+    """The permissions (OR-ed by Envoy) that one grant allows, besides tool-less methods."""
+    permissions = [toolless_permission()]
+    if grant.tools:
+        permissions.append(
+            {"and_rules": {"rules": [_method_is("tools/call"), _metadata(("params", "name"), _any_of(grant.tools))]}}
+        )
+    if grant.resources:
+        methods = _or([_method_is(m) for m in RESOURCE_METHODS])
+        permissions.append(
+            {"and_rules": {"rules": [methods, _metadata(("params", "uri"), _any_of(grant.resources))]}}
+        )
+    if grant.prompts:
+        permissions.append(
+            {"and_rules": {"rules": [_method_is("prompts/get"), _metadata(("params", "name"), _any_of(grant.prompts))]}}
+        )
+    return permissions
+
+
+def principal(p: HeaderPrincipal) -> dict[str, Any]:
+    """An RBAC principal for one identity source."""
+    return {"header": {"name": p.header, "string_match": {"exact": p.value}}}
+
+
+def backend_rbac(backend: BackendIR, agents: tuple[AgentIR, ...]) -> dict[str, Any]:
+    """`RBACPerRoute` (as an Any dict) for one backend's route."""
+    by_name = {a.name: a for a in agents}
+    policies: dict[str, Any] = {}
+    for grant in backend.grants:
+        agent = by_name[grant.agent]
+        policies[rbac_policy_name(agent.name)] = {
+            "permissions": grant_permissions(grant),
+            "principals": [principal(p) for p in agent.principals],
+        }
+    # An empty ALLOW policy map denies everything, which is what a backend
+    # without grants must do.
+    return typed(RBAC_PER_ROUTE_TYPE, {"rbac": {"rules": {"action": "ALLOW", "policies": policies}}})
+
+
+def listener_rbac() -> dict[str, Any]:
+    """The listener-level RBAC: allows nothing; each backend route overrides it."""
+    return typed(RBAC_TYPE, {"rules": {"action": "ALLOW", "policies": {}}})
