@@ -1,0 +1,391 @@
+"""The policy document models (apiVersion agentxds.dev/v1).
+
+Every model is strict: frozen, unknown fields rejected, every field documented
+(the descriptions become editor help through `policies/schema.json`). YAML
+uses camelCase keys; Python code uses the snake_case field names. The loader
+validates by alias only, so a policy file cannot spell a key in snake_case.
+
+Models check what a single document can check on its own. Anything that needs
+several documents (references, duplicates, conflicts) lives in `checks.py`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Annotated, Generic, Literal, TypeVar, Union
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+from pydantic_core import PydanticCustomError
+
+from .diagnostics import Diagnostic, Path, join_field, subject
+
+API_VERSION = "agentxds.dev/v1"
+
+NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
+DURATION_PATTERN = r"^\d+(\.\d+)?(ms|s|m|h)$"
+# RFC 9110 token: what a header field name may contain. Excludes ":", so
+# pseudo-headers (":authority") can never be named as an identity header.
+HEADER_NAME_PATTERN = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"
+AGENT_REF_PATTERN = r"^(\*|[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)$"
+# Paths are compared byte for byte by Envoy; a query or fragment here could
+# never match a request path, so it is a mistake to catch early.
+HTTP_PATH_PATTERN = r"^/[^?#\s\x00-\x1f\x7f]*$"
+GLOB_PATTERN = r"^[^\s\x00-\x1f\x7f]+$"
+MAX_BODY_BYTES = 10 * 1024 * 1024  # the most Envoy's MCP filter will buffer
+
+# Friendlier wording for pattern mismatches; the loader uses it in messages.
+PATTERN_HINTS: Mapping[str, str] = {
+    NAME_PATTERN: "must be a lower-case DNS label: 1-63 of a-z, 0-9 and '-', "
+    "starting and ending with a letter or digit",
+    DURATION_PATTERN: "must be a duration such as 500ms, 5s, 1.5m or 2h",
+    HEADER_NAME_PATTERN: "must be an HTTP header name (letters, digits and !#$%&'*+.^_`|~-)",
+    AGENT_REF_PATTERN: 'must be an Agent name or "*"',
+    HTTP_PATH_PATTERN: "must be a path starting with '/', without query ('?'), fragment ('#') or whitespace",
+    GLOB_PATTERN: "must be a non-empty glob without whitespace or control characters",
+}
+
+_UNITS_MS = {"ms": Decimal(1), "s": Decimal(1000), "m": Decimal(60_000), "h": Decimal(3_600_000)}
+_DNS_LABEL = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+
+
+def duration_ms(value: str) -> int:
+    """Milliseconds in a duration string such as "500ms", "5s", "1.5m", "2h".
+
+    Raises ValueError for anything else, including sub-millisecond values
+    ("0.5ms"), because Envoy timeouts have millisecond resolution here.
+    """
+    match = re.fullmatch(DURATION_PATTERN, value, re.ASCII)
+    if not match:
+        raise ValueError(f"invalid duration {value!r}: {PATTERN_HINTS[DURATION_PATTERN]}")
+    unit = match.group(2)
+    ms = Decimal(value[: -len(unit)]) * _UNITS_MS[unit]
+    if ms != ms.to_integral_value():
+        raise ValueError(f"duration {value!r} is not a whole number of milliseconds")
+    return int(ms)
+
+
+def _check_duration(value: str) -> str:
+    duration_ms(value)
+    return value
+
+
+def _check_host(value: str) -> str:
+    try:
+        ipaddress.ip_address(value)
+        return value
+    except ValueError:
+        pass
+    labels = value.removesuffix(".").split(".")
+    if len(value) > 253 or not all(_DNS_LABEL.match(label) for label in labels):
+        raise ValueError(f"{value!r} is neither an IP address nor a DNS name")
+    return value
+
+
+def _check_ip(value: str) -> str:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IP address") from None
+    return value
+
+
+def _check_header_value(value: str) -> str:
+    # HTTP strips surrounding whitespace from header values, so such a value
+    # could never match; control characters cannot appear in a header at all.
+    if not value or value != value.strip() or re.search(r"[\x00-\x1f\x7f]", value):
+        raise ValueError("must be a non-empty header value without control characters or surrounding spaces")
+    return value
+
+
+Name = Annotated[str, Field(pattern=NAME_PATTERN)]
+Duration = Annotated[str, Field(pattern=DURATION_PATTERN), AfterValidator(_check_duration)]
+HttpPath = Annotated[str, Field(pattern=HTTP_PATH_PATTERN)]
+Glob = Annotated[str, Field(pattern=GLOB_PATTERN)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class StrictModel(BaseModel):
+    """Base of every policy model: frozen, no unknown fields, camelCase aliases."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        alias_generator=to_camel,
+        validate_by_alias=True,
+        validate_by_name=True,
+    )
+
+
+class Metadata(StrictModel):
+    """Identifies a document. `name` is unique per kind."""
+
+    name: Name = Field(description="Unique name among documents of this kind (a DNS label).")
+    labels: dict[str, str] = Field(default_factory=dict, description="Free-form string labels.")
+    annotations: dict[str, str] = Field(default_factory=dict, description="Free-form string annotations.")
+
+
+# ---------------------------------------------------------------- Gateway
+
+
+class Listen(StrictModel):
+    """Where the gateway's Envoy accepts client connections."""
+
+    address: Annotated[str, AfterValidator(_check_ip)] = Field(
+        default="127.0.0.1", description="IP address to listen on."
+    )
+    port: Port = Field(description="TCP port to listen on (1-65535).")
+
+
+class GatewayIdentity(StrictModel):
+    """How the gateway learns who the calling agent is."""
+
+    trusted_header: Annotated[str, Field(pattern=HEADER_NAME_PATTERN)] | None = Field(
+        default=None,
+        description="DEVELOPMENT ONLY: take the caller's identity from this request header, "
+        "as sent by the client. Anyone who can reach the gateway can claim any agent.",
+    )
+
+
+class Limits(StrictModel):
+    """Buffer limits for requests through the gateway."""
+
+    max_request_body_bytes: int = Field(
+        default=65536,
+        ge=1,
+        le=MAX_BODY_BYTES,
+        description="Largest JSON-RPC request body the MCP filter parses (1-10485760).",
+    )
+    connection_buffer_bytes: int = Field(
+        default=1048576,
+        ge=1,
+        le=2**32 - 1,
+        description="Per-connection buffer limit; must be at least maxRequestBodyBytes.",
+    )
+
+    @model_validator(mode="after")
+    def _buffer_holds_body(self) -> Limits:
+        # A body larger than the connection buffer could never be parsed whole.
+        # ctx["at"] tells the loader which field to blame.
+        if self.connection_buffer_bytes < self.max_request_body_bytes:
+            raise PydanticCustomError(
+                "limits_conflict",
+                "maxRequestBodyBytes ({body}) exceeds connectionBufferBytes ({buffer})",
+                {"body": self.max_request_body_bytes, "buffer": self.connection_buffer_bytes,
+                 "at": "maxRequestBodyBytes"},
+            )
+        return self
+
+
+class GatewaySpec(StrictModel):
+    """One gateway: one Envoy (or group of identical Envoys)."""
+
+    listen: Listen = Field(description="Listener address and port.")
+    identity: GatewayIdentity = Field(default_factory=GatewayIdentity, description="Caller identity sources.")
+    limits: Limits = Field(default_factory=Limits, description="Request and buffer size limits.")
+
+
+class Gateway(StrictModel):
+    """A gateway that MCP backends are served on."""
+
+    api_version: Literal["agentxds.dev/v1"] = Field(description="Always agentxds.dev/v1.")
+    kind: Literal["Gateway"] = Field(description="Document kind.")
+    metadata: Metadata = Field(description="Name, labels and annotations.")
+    spec: GatewaySpec = Field(description="Gateway settings.")
+
+
+# ---------------------------------------------------------------- MCPBackend
+
+
+class Endpoint(StrictModel):
+    """One upstream address of an MCP server."""
+
+    host: Annotated[str, AfterValidator(_check_host)] = Field(description="IP address or DNS name.")
+    port: Port = Field(description="TCP port (1-65535).")
+
+
+class Timeouts(StrictModel):
+    """Upstream timeouts."""
+
+    connect: Duration = Field(default="5s", description="TCP connect timeout, e.g. 5s; must be above 0.")
+    request: Duration = Field(
+        default="0s", description="Whole-request timeout; 0s (default) means none, as MCP streams are long-lived."
+    )
+
+    @model_validator(mode="after")
+    def _connect_positive(self) -> Timeouts:
+        if duration_ms(self.connect) == 0:
+            raise PydanticCustomError("timeout_zero", "connect timeout must be above 0", {"at": "connect"})
+        return self
+
+    @property
+    def connect_ms(self) -> int:
+        return duration_ms(self.connect)
+
+    @property
+    def request_ms(self) -> int:
+        return duration_ms(self.request)
+
+
+class MCPBackendSpec(StrictModel):
+    """An MCP server reachable through a gateway."""
+
+    gateway: Name | None = Field(
+        default=None, description="Gateway serving this backend; optional when exactly one Gateway exists."
+    )
+    route: HttpPath | None = Field(
+        default=None, description='Path clients use on the gateway; default "/mcp/<backend name>".'
+    )
+    path: HttpPath = Field(default="/mcp", description="MCP endpoint path on the backend.")
+    endpoints: tuple[Endpoint, ...] = Field(
+        min_length=1, max_length=64, description="Upstream addresses (1-64), load balanced."
+    )
+    timeouts: Timeouts = Field(default_factory=Timeouts, description="Connect and request timeouts to the backend.")
+
+
+class MCPBackend(StrictModel):
+    """An MCP server the gateway routes to."""
+
+    api_version: Literal["agentxds.dev/v1"] = Field(description="Always agentxds.dev/v1.")
+    kind: Literal["MCPBackend"] = Field(description="Document kind.")
+    metadata: Metadata = Field(description="Name, labels and annotations.")
+    spec: MCPBackendSpec = Field(description="Backend settings.")
+
+    @property
+    def route_path(self) -> str:
+        """The gateway path for this backend, with the default applied."""
+        return self.spec.route or f"/mcp/{self.metadata.name}"
+
+
+# ---------------------------------------------------------------- Agent
+
+
+class AgentIdentity(StrictModel):
+    """How an agent proves who it is; at least one source must be set."""
+
+    header: Annotated[str, AfterValidator(_check_header_value)] | None = Field(
+        default=None,
+        description="DEVELOPMENT ONLY: value of the gateway's trusted identity header that names this agent.",
+    )
+
+    @model_validator(mode="after")
+    def _some_source(self) -> AgentIdentity:
+        if self.header is None:
+            raise PydanticCustomError("identity_empty", "an agent identity needs at least one source (header)")
+        return self
+
+
+class AgentSpec(StrictModel):
+    """An agent: a caller the gateway can identify."""
+
+    description: str | None = Field(default=None, description="Free text for humans.")
+    identity: AgentIdentity = Field(description="How the gateway recognises this agent.")
+
+
+class Agent(StrictModel):
+    """A calling agent, named in MCPPolicy rules."""
+
+    api_version: Literal["agentxds.dev/v1"] = Field(description="Always agentxds.dev/v1.")
+    kind: Literal["Agent"] = Field(description="Document kind.")
+    metadata: Metadata = Field(description="Name, labels and annotations.")
+    spec: AgentSpec = Field(description="Agent settings.")
+
+
+# ---------------------------------------------------------------- MCPPolicy
+
+AgentRef = Annotated[str, Field(pattern=AGENT_REF_PATTERN)]
+GlobList = tuple[Glob, ...]
+
+
+class Rule(StrictModel):
+    """Grants the listed agents access to matching tools, resources and prompts.
+
+    Globs use only `*` (any run of characters) and `?` (one character); every
+    other character is literal. An omitted list grants nothing of that kind.
+    """
+
+    agents: tuple[AgentRef, ...] = Field(min_length=1, description='Agent names, or "*" for every agent.')
+    tools: GlobList = Field(default=(), min_length=1, description="Tool name globs (tools/call).")
+    resources: GlobList = Field(
+        default=(), min_length=1, description="Resource URI globs (resources/read, resources/subscribe)."
+    )
+    prompts: GlobList = Field(default=(), min_length=1, description="Prompt name globs (prompts/get).")
+    description: str | None = Field(default=None, description="Free text for humans.")
+
+    @model_validator(mode="after")
+    def _grants_something(self) -> Rule:
+        if not (self.tools or self.resources or self.prompts):
+            raise PydanticCustomError("rule_empty", "a rule must grant at least one of tools, resources, prompts")
+        return self
+
+
+class MCPPolicySpec(StrictModel):
+    """Rules for one backend. Everything no rule allows is denied."""
+
+    backend: Name = Field(description="Name of the MCPBackend these rules apply to.")
+    rules: tuple[Rule, ...] = Field(min_length=1, description="Allow rules; their union is what is allowed.")
+
+
+class MCPPolicy(StrictModel):
+    """Access rules for one MCP backend."""
+
+    api_version: Literal["agentxds.dev/v1"] = Field(description="Always agentxds.dev/v1.")
+    kind: Literal["MCPPolicy"] = Field(description="Document kind.")
+    metadata: Metadata = Field(description="Name, labels and annotations.")
+    spec: MCPPolicySpec = Field(description="Policy rules.")
+
+
+Document = Annotated[Union[Gateway, MCPBackend, Agent, MCPPolicy], Field(discriminator="kind")]
+KINDS: Mapping[str, type[StrictModel]] = {
+    "Gateway": Gateway, "MCPBackend": MCPBackend, "Agent": Agent, "MCPPolicy": MCPPolicy,
+}
+
+# ---------------------------------------------------------------- locations
+
+T = TypeVar("T", Gateway, MCPBackend, Agent, MCPPolicy)
+
+
+@dataclass(frozen=True, order=True)
+class Source:
+    """Where something was written: file as the user gave it, 1-based line."""
+
+    file: str
+    line: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}"
+
+
+@dataclass(frozen=True)
+class Located(Generic[T]):
+    """A validated document and where it came from.
+
+    `lines` maps YAML paths inside the document (camelCase keys and list
+    indices, e.g. ("spec", "rules", 0, "tools")) to 1-based lines, so later
+    stages can point their own diagnostics at the field they reject.
+    """
+
+    doc: T
+    source: Source
+    lines: Mapping[Path, int] = field(default_factory=dict, compare=False, hash=False, repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.doc.metadata.name
+
+    def line_of(self, path: Path) -> int:
+        """Line of `path`, or of its closest enclosing node that was written."""
+        for end in range(len(path), 0, -1):
+            if path[:end] in self.lines:
+                return self.lines[path[:end]]
+        return self.source.line
+
+    def diagnostic(self, path: Path, message: str) -> Diagnostic:
+        """A diagnostic about `path` in this document."""
+        return Diagnostic(
+            self.source.file, self.line_of(path), join_field(subject(self.doc.kind, self.name), path), message
+        )
