@@ -1,0 +1,93 @@
+"""Shared fixtures: demo MCP backends and Envoy processes (see tests/e2e/harness.py).
+
+Each factory remembers what it started and stops it in the fixture
+finalizer, whether the test passed or not. Output tails are printed at
+teardown, so pytest shows them with a failing test's captured output.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.harness import McpBackend, start_mcp_backend
+from xds_server.runtime.envoy import EnvoyProcess, render_bootstrap
+
+_node_ids = itertools.count(1)
+
+
+class McpBackendFactory:
+    """Call it to start a demo MCP server: `factory(name="github", json_response=False, path="/mcp")`."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.started: list[McpBackend] = []
+
+    def __call__(self, name: str = "demo-github", *, path: str = "/mcp", json_response: bool = False) -> McpBackend:
+        backend = start_mcp_backend(self.workdir, name=name, path=path, json_response=json_response)
+        self.started.append(backend)
+        return backend
+
+    def stop_all(self) -> None:
+        for backend in self.started:
+            backend.stop()
+            print(f"--- {backend.name} output tail ---\n{backend.process.output()[-2000:]}")
+
+
+@pytest.fixture
+def mcp_backend_factory(tmp_path: Path) -> Iterator[McpBackendFactory]:
+    """Start demo MCP servers for one test; all are stopped after it."""
+    factory = McpBackendFactory(tmp_path / "mcp")
+    yield factory
+    factory.stop_all()
+
+
+@pytest.fixture(scope="module")
+def mcp_backend_factory_module(tmp_path_factory: pytest.TempPathFactory) -> Iterator[McpBackendFactory]:
+    """Like `mcp_backend_factory`, shared by a test module (cheaper; request logs accumulate)."""
+    factory = McpBackendFactory(tmp_path_factory.mktemp("mcp"))
+    yield factory
+    factory.stop_all()
+
+
+EnvoyFactory = Callable[..., EnvoyProcess]
+
+
+@pytest.fixture
+def envoy_factory(tmp_path: Path) -> Iterator[EnvoyFactory]:
+    """Start Envoys fed by ADS: `envoy_factory(xds_port, node_cluster="mcp-gateway")`.
+
+    Keyword options: node_cluster, node_id (unique by default), xds_host,
+    log_level, wait_live (default True: return once the admin API answers;
+    the admin port is chosen by the kernel). Waiting for listeners is left to
+    the test (`await envoy.wait_listener_async(name)` when ADS runs in the test's loop).
+    """
+    started: list[EnvoyProcess] = []
+
+    def start(
+        xds_port: int,
+        *,
+        node_cluster: str = "mcp-gateway",
+        node_id: str | None = None,
+        xds_host: str = "127.0.0.1",
+        log_level: str = "info",
+        wait_live: bool = True,
+    ) -> EnvoyProcess:
+        node_id = node_id or f"envoy-{next(_node_ids)}"
+        bootstrap = render_bootstrap(
+            node_id=node_id, node_cluster=node_cluster, xds_host=xds_host, xds_port=xds_port, admin_port=0
+        )
+        envoy = EnvoyProcess(bootstrap, workdir=tmp_path / node_id, log_level=log_level)
+        started.append(envoy)
+        envoy.start()
+        if wait_live:
+            envoy.wait_live()
+        return envoy
+
+    yield start
+    for envoy in started:
+        envoy.stop()
+        print(f"--- envoy {envoy.workdir.name} log tail ({envoy.log_path}) ---\n{envoy.log_text()[-3000:]}")

@@ -1,0 +1,354 @@
+"""Reusable pieces for tests that run real processes: MCP backends, Envoy, clients.
+
+Everything binds 127.0.0.1 with ports chosen at run time, and waits on
+readiness (a stdout line, a port, the admin API) instead of sleeping. Every
+process is stopped by its PID (SIGTERM, then SIGKILL) from fixture
+finalizers, so a failing test does not leak processes. The fixtures that use
+these live in tests/conftest.py.
+
+Async tests share one session-scoped event loop with any in-process servers
+(ADS, ext_authz), so the helpers a test awaits (`mcp_client`, `raw_post`)
+never block that loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Literal
+
+import httpx
+
+import xds_server
+from xds_server.runtime.ports import wait_for_port
+
+REPO_ROOT = Path(xds_server.__file__).resolve().parent.parent
+MODERN_PROTOCOL_VERSION = "2026-07-28"
+_OUTPUT_TAIL_CHARS = 4000
+
+
+def python_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The current environment plus PYTHONPATH=repo root, so `-m xds_server...` imports
+    this checkout even when the package is not installed; unbuffered output so a
+    readiness line is seen as soon as it is printed."""
+    env = dict(os.environ)
+    parts = [str(REPO_ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
+    env["PYTHONPATH"] = os.pathsep.join(parts)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra or {})
+    return env
+
+
+class ManagedProcess:
+    """A subprocess with its output captured to `log_path` and kept in memory.
+
+    stdout and stderr are merged and drained by a reader thread (a full pipe
+    would otherwise block the child). `start()` returns once a line matches
+    `ready_line` (a regex) and/or `ready_port` accepts connections, and raises
+    with the output tail if the process exits or `timeout` passes first.
+    """
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        *,
+        log_path: Path,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+        name: str | None = None,
+    ) -> None:
+        self.argv = list(argv)
+        self.log_path = Path(log_path)
+        self.env = dict(env) if env is not None else None
+        self.cwd = cwd
+        self.name = name or Path(self.argv[0]).name
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._lines: list[str] = []
+        self._lock = threading.Lock()
+        self._new_line = threading.Condition(self._lock)
+        self._reader: threading.Thread | None = None
+
+    def start(
+        self,
+        *,
+        ready_line: str | None = None,
+        ready_port: tuple[str, int] | None = None,
+        timeout: float = 15.0,
+    ) -> str | None:
+        """Start the process and wait until it is ready; return the matching line (if any)."""
+        if self._proc is not None:
+            raise RuntimeError(f"{self.name} already started")
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._proc = subprocess.Popen(
+            self.argv,
+            env=self.env,
+            cwd=self.cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # a terminal Ctrl-C goes to pytest, which then stops us cleanly
+        )
+        assert self._proc.stdout is not None
+        self._reader = threading.Thread(target=self._drain, args=(self._proc.stdout,), daemon=True)
+        self._reader.start()
+        deadline = time.monotonic() + timeout
+        matched = self._wait_line(re.compile(ready_line), deadline) if ready_line else None
+        if ready_port is not None:
+            self._wait_port(ready_port, deadline)
+        return matched
+
+    def _drain(self, stream: IO[bytes]) -> None:
+        with self.log_path.open("a", encoding="utf-8") as log:
+            for raw in iter(stream.readline, b""):
+                line = raw.decode("utf-8", errors="replace")
+                log.write(line)
+                log.flush()
+                with self._lock:
+                    self._lines.append(line.rstrip("\n"))
+                    self._new_line.notify_all()
+        with self._lock:
+            self._new_line.notify_all()  # EOF: wake waiters so they see the exit
+
+    def _wait_line(self, pattern: re.Pattern[str], deadline: float) -> str:
+        seen = 0
+        with self._lock:
+            while True:
+                for line in self._lines[seen:]:
+                    if pattern.search(line):
+                        return line
+                seen = len(self._lines)
+                self._raise_if_exited(f"a line matching {pattern.pattern!r}", locked=True)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(self._describe(f"no line matching {pattern.pattern!r}", locked=True))
+                self._new_line.wait(min(remaining, 0.1))
+
+    def _wait_port(self, address: tuple[str, int], deadline: float) -> None:
+        while True:
+            self._raise_if_exited(f"port {address[0]}:{address[1]}")
+            try:
+                wait_for_port(*address, timeout=min(0.2, max(deadline - time.monotonic(), 0.0)))
+                return
+            except TimeoutError:
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(self._describe(f"port {address[0]}:{address[1]} not open")) from None
+
+    def _raise_if_exited(self, waiting_for: str, *, locked: bool = False) -> None:
+        if self._proc is not None and self._proc.poll() is not None:
+            raise RuntimeError(self._describe(f"exited with {self._proc.returncode} before {waiting_for}", locked=locked))
+
+    def _describe(self, what: str, *, locked: bool = False) -> str:
+        return f"{self.name} (pid {self.pid}): {what}; output tail:\n{self.output(locked=locked)[-_OUTPUT_TAIL_CHARS:]}"
+
+    def output(self, *, locked: bool = False) -> str:
+        """Everything the process printed so far (stdout and stderr merged)."""
+        if locked:
+            return "\n".join(self._lines)
+        with self._lock:
+            return "\n".join(self._lines)
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._proc is None else self._proc.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return None if self._proc is None else self._proc.poll()
+
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def stop(self, timeout: float = 5.0) -> int | None:
+        """SIGTERM the PID, SIGKILL it after `timeout`; return the exit code. Idempotent."""
+        proc = self._proc
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                proc.wait()
+        if self._reader is not None:
+            self._reader.join(timeout=2)
+        return proc.returncode
+
+
+@dataclass
+class McpBackend:
+    """A running demo MCP server (`xds_server.demo.mcp_server`)."""
+
+    process: ManagedProcess
+    url: str
+    host: str
+    port: int
+    path: str
+    name: str
+    request_log_path: Path
+
+    def requests(self) -> list[dict[str, Any]]:
+        """The HTTP requests the server received, oldest first (see RequestLogMiddleware).
+
+        Each: {time, method, path, query, headers (lower-case names), body (text)}.
+        A request is logged before the MCP app handles it, so once a client has
+        its answer the line is there.
+        """
+        try:
+            text = self.request_log_path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return []
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+    def rpc_methods(self) -> list[str | None]:
+        """The JSON-RPC `method` of each logged request (None for GET/DELETE or non-JSON)."""
+        out: list[str | None] = []
+        for req in self.requests():
+            try:
+                body = json.loads(req["body"]) if req["body"] else None
+            except ValueError:
+                body = None
+            out.append(body.get("method") if isinstance(body, dict) else None)
+        return out
+
+    def clear_requests(self) -> None:
+        """Forget what was logged so far (truncate the log)."""
+        self.request_log_path.write_text("", encoding="utf-8")
+
+    def stop(self) -> int | None:
+        return self.process.stop()
+
+
+_READY_RE = r"^READY (http://\S+)$"
+
+
+def start_mcp_backend(
+    workdir: Path,
+    *,
+    name: str = "demo-github",
+    path: str = "/mcp",
+    host: str = "127.0.0.1",
+    json_response: bool = False,
+    timeout: float = 20.0,
+) -> McpBackend:
+    """Start the demo MCP server on a kernel-chosen port and wait for its READY line.
+
+    `--port 0` and the port read back from READY avoid the race of picking a
+    free port first. Files go to `workdir`: `<name>.requests.jsonl`, `<name>.log`.
+    """
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    request_log = workdir / f"{name}.requests.jsonl"
+    argv = [
+        sys.executable, "-m", "xds_server.demo.mcp_server",
+        "--host", host, "--port", "0", "--path", path,
+        "--name", name, "--request-log", str(request_log),
+    ]  # fmt: skip
+    if json_response:
+        argv.append("--json-response")
+    proc = ManagedProcess(argv, log_path=workdir / f"{name}.log", env=python_env(), cwd=REPO_ROOT, name=name)
+    try:
+        line = proc.start(ready_line=_READY_RE, timeout=timeout)
+    except BaseException:
+        proc.stop()
+        raise
+    assert line is not None
+    url = re.match(_READY_RE, line).group(1)  # type: ignore[union-attr]
+    parsed = httpx.URL(url)
+    assert parsed.port is not None
+    return McpBackend(proc, url, parsed.host, parsed.port, path, name, request_log)
+
+
+ClientMode = Literal["modern", "legacy"]
+
+
+@contextlib.asynccontextmanager
+async def mcp_client(
+    url: str,
+    headers: Mapping[str, str] | None = None,
+    mode: ClientMode = "modern",
+    *,
+    timeout: float = 30.0,
+    **client_kwargs: Any,
+) -> AsyncIterator[Any]:
+    """A connected `mcp.Client` that sends `headers` on every HTTP request.
+
+    mode "modern": the SDK default ("auto": `server/discover`, then 2026-07-28
+    with no session); it fails loudly if the client fell back to the legacy
+    handshake, which "auto" would otherwise do silently when discover is
+    refused. mode "legacy": `initialize` + `Mcp-Session-Id` (2025-11-25).
+    `timeout` bounds each request's wait for its answer. Extra keyword
+    arguments go to `mcp.Client`.
+    """
+    import httpx2
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+    from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+
+    if mode not in ("modern", "legacy"):
+        raise ValueError(f"mode must be 'modern' or 'legacy', not {mode!r}")
+    # The SDK's own client settings (long read timeout for SSE streams), plus our headers;
+    # trust_env=False so a developer's proxy settings never see 127.0.0.1 traffic.
+    http = httpx2.AsyncClient(
+        headers=dict(headers or {}), timeout=httpx2.Timeout(30.0, read=300.0), trust_env=False
+    )
+    async with http:
+        # A caller-supplied http client is not closed by the transport: `async with http` does it.
+        transport = streamable_http_client(url, http_client=http)
+        client = Client(
+            transport,
+            mode="auto" if mode == "modern" else "legacy",
+            read_timeout_seconds=timeout,
+            **client_kwargs,
+        )
+        async with client:
+            if mode == "modern" and client.protocol_version not in MODERN_PROTOCOL_VERSIONS:
+                raise AssertionError(f"expected a 2026-07-28 connection, got {client.protocol_version!r} (fell back)")
+            yield client
+
+
+DEFAULT_POST_HEADERS = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
+
+
+def _post_headers(headers: Mapping[str, str | None] | None) -> dict[str, str]:
+    merged: dict[str, str | None] = {**DEFAULT_POST_HEADERS, **{k.lower(): v for k, v in (headers or {}).items()}}
+    return {k: v for k, v in merged.items() if v is not None}
+
+
+async def raw_post(
+    url: str,
+    body: bytes | str,
+    headers: Mapping[str, str | None] | None = None,
+    *,
+    timeout: float = 10.0,
+) -> httpx.Response:
+    """POST `body` exactly as given (no JSON encoding) and return the response, read in full.
+
+    `headers` override the defaults (`content-type: application/json`,
+    `accept: application/json, text/event-stream`), names compared
+    case-insensitively; a value of None drops that default header.
+    """
+    content = body.encode() if isinstance(body, str) else body
+    async with httpx.AsyncClient(timeout=timeout, trust_env=False) as http:
+        return await http.post(url, content=content, headers=_post_headers(headers))
+
+
+def raw_post_sync(
+    url: str, body: bytes | str, headers: Mapping[str, str | None] | None = None, *, timeout: float = 10.0
+) -> httpx.Response:
+    """Blocking `raw_post`, for sync tests (never from a coroutine: it would block the loop)."""
+    content = body.encode() if isinstance(body, str) else body
+    with httpx.Client(timeout=timeout, trust_env=False) as http:
+        return http.post(url, content=content, headers=_post_headers(headers))
