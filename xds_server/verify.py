@@ -1,0 +1,58 @@
+"""Check a gateway's resources before they are published.
+
+Envoy resolves names across resources (listener → route configuration,
+route → cluster, EDS cluster → load assignment). A dangling name would make
+Envoy warm forever or NACK, so a set with one is never published; the last
+good snapshot keeps serving and the problem is reported like a policy error.
+"""
+
+from __future__ import annotations
+
+from envoy.config.cluster.v3.cluster_pb2 import Cluster
+from envoy.extensions.filters.network.http_connection_manager.v3.http_connection_manager_pb2 import (
+    HttpConnectionManager,
+)
+
+from xds_server.translate import GatewayResources
+
+
+def _duplicates(names: list[str]) -> set[str]:
+    seen: set[str] = set()
+    return {n for n in names if n in seen or seen.add(n)}  # type: ignore[func-returns-value]
+
+
+def check_consistent(gateway: str, resources: GatewayResources) -> list[str]:
+    """Every problem found, as messages naming the gateway and the resource; [] when consistent."""
+    problems: list[str] = []
+    cluster_names = [c.name for c in resources.clusters]
+    route_names = [r.name for r in resources.routes]
+    for kind, names in (("cluster", cluster_names), ("route configuration", route_names),
+                        ("listener", [lst.name for lst in resources.listeners]),
+                        ("load assignment", [e.cluster_name for e in resources.endpoints])):
+        problems += [f"gateway {gateway}: duplicate {kind} '{n}'" for n in sorted(_duplicates(names))]
+
+    eds_clusters = {c.name for c in resources.clusters if c.type == Cluster.EDS}
+    assigned = {e.cluster_name for e in resources.endpoints}
+    problems += [f"gateway {gateway}: EDS cluster '{n}' has no load assignment" for n in sorted(eds_clusters - assigned)]
+    problems += [f"gateway {gateway}: load assignment '{n}' names no EDS cluster" for n in sorted(assigned - eds_clusters)]
+
+    for route_config in resources.routes:
+        for vhost in route_config.virtual_hosts:
+            for route in vhost.routes:
+                if route.HasField("route") and route.route.cluster not in cluster_names:
+                    problems.append(
+                        f"gateway {gateway}: route '{route.name}' points at unknown cluster '{route.route.cluster}'"
+                    )
+
+    for listener in resources.listeners:
+        for chain in listener.filter_chains:
+            for network_filter in chain.filters:
+                hcm = HttpConnectionManager()
+                if not network_filter.typed_config.Unpack(hcm):
+                    continue
+                if hcm.HasField("rds") and hcm.rds.route_config_name not in route_names:
+                    problems.append(
+                        f"gateway {gateway}: listener '{listener.name}' asks for unknown route configuration "
+                        f"'{hcm.rds.route_config_name}'"
+                    )
+    return problems
