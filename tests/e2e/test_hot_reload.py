@@ -1,0 +1,166 @@
+"""End to end: policy edits reach a running Envoy without a restart; bad edits never do.
+
+Each test gets its own gateway because each one edits the policies.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from mcp.shared.exceptions import MCPError
+
+from tests.e2e.gateway import (
+    GATEWAY,
+    IDENTITY_HEADER,
+    POLICY_YAML,
+    RunningGateway,
+    eventually,
+    start_gateway,
+    stop_gateway,
+    wait_listening,
+)
+from tests.e2e.harness import McpBackend, mcp_client
+from xds_server import errors
+from xds_server.control_plane import ControlPlane
+from xds_server.runtime.bootstrap import render_bootstrap
+from xds_server.runtime.envoy import EnvoyProcess
+from xds_server.runtime.ports import free_port, port_open
+
+TRIAGE = {IDENTITY_HEADER: "triage"}
+GRANT_CREATE_ISSUE = POLICY_YAML.replace("tools: [list_issues, \"get_*\"]", "tools: [list_issues, \"get_*\", create_issue]")
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def gateway(mcp_backend_factory: Any, tmp_path: Path) -> AsyncIterator[RunningGateway]:
+    backend = mcp_backend_factory(name="github")
+    gw = await start_gateway(tmp_path / "gateway", {"github": backend})
+    yield gw
+    await stop_gateway(gw)
+
+
+async def _allowed(client: Any, tool: str, arguments: dict[str, Any]) -> bool:
+    try:
+        result = await client.call_tool(tool, arguments)
+    except MCPError as exc:
+        assert exc.code == errors.TOOL_DENIED.code, exc
+        return False
+    return not result.is_error
+
+
+def _session_ids(backend: McpBackend) -> set[str]:
+    return {r["headers"]["mcp-session-id"] for r in backend.requests() if "mcp-session-id" in r["headers"]}
+
+
+async def test_policy_edit_is_enforced_while_a_legacy_session_stays_open(gateway: RunningGateway) -> None:
+    backend = gateway.backends["github"]
+    envoy_pid = gateway.envoy.pid
+    async with mcp_client(gateway.url(), TRIAGE, "legacy") as client:
+        assert not await _allowed(client, "create_issue", {"repo": "acme/web", "title": "t"})
+        assert await _allowed(client, "list_issues", {"repo": "acme/web"})
+
+        gateway.write("github-policy.yaml", GRANT_CREATE_ISSUE)
+        took = await eventually(lambda: _allowed(client, "create_issue", {"repo": "acme/web", "title": "t"}),
+                                timeout=15, what="the new grant to be enforced")  # fmt: skip
+        print(f"policy edit enforced after {took * 1000:.0f} ms")
+        # The same session goes on working after the change.
+        assert await _allowed(client, "list_issues", {"repo": "acme/web"})
+
+        gateway.write("github-policy.yaml", POLICY_YAML)  # and revoking works the same way
+        await eventually(lambda: _not(_allowed(client, "create_issue", {"repo": "acme/web", "title": "t"})),
+                         timeout=15, what="the revoked grant to be enforced")  # fmt: skip
+        assert await _allowed(client, "list_issues", {"repo": "acme/web"})
+
+    assert gateway.envoy.pid == envoy_pid and gateway.envoy.running()
+    methods = backend.rpc_methods()
+    assert methods.count("initialize") == 1, methods  # one session throughout, never re-initialised
+    assert len(_session_ids(backend)) == 1
+
+
+async def _not(check: Any) -> bool:
+    return not await check
+
+
+BROKEN_POLICY = POLICY_YAML.replace("agents: [executor]", "agents: [exectuor]").replace(
+    "prompts: [summarize]", "prompts: [summarize]\n      tols: [delete_repo]"
+)
+
+
+async def test_bad_edit_is_refused_with_file_line_and_field_and_the_last_good_policy_keeps_serving(
+    gateway: RunningGateway,
+) -> None:
+    good_version = gateway.control.cache.get(GATEWAY).version
+    reloads = gateway.control.reloads
+    gateway.write("github-policy.yaml", BROKEN_POLICY)
+    await gateway.wait_reloads(reloads + 1)
+
+    result = gateway.control.last_reload
+    assert result is not None and not result.ok
+    report = "\n".join(result.errors)
+    # Every error at once, each with file, line and field path.
+    assert "github-policy.yaml:11: MCPPolicy/github spec.rules[0].tols: unknown field 'tols'" in report, report
+    assert "github-policy.yaml:12: MCPPolicy/github spec.rules[1].agents[0]: unknown agent 'exectuor'" in report, report
+    assert gateway.control.recorder.view().policy_errors == result.errors
+    assert gateway.control.cache.get(GATEWAY).version == good_version
+
+    # Envoy still enforces the last good policy.
+    async with mcp_client(gateway.url(), TRIAGE, "modern") as client:
+        assert await _allowed(client, "list_issues", {"repo": "acme/web"})
+        assert not await _allowed(client, "delete_repo", {"repo": "acme/web"})
+
+    # A fixed file is picked up and clears the errors.
+    gateway.write("github-policy.yaml", GRANT_CREATE_ISSUE)
+    await gateway.wait_reloads(reloads + 2)
+    assert gateway.control.last_reload.ok
+    assert gateway.control.recorder.view().policy_errors == ()
+    await gateway.wait_acked(gateway.control.cache.get(GATEWAY).version)
+    async with mcp_client(gateway.url(), TRIAGE, "modern") as client:
+        assert await _allowed(client, "create_issue", {"repo": "acme/web", "title": "t"})
+
+
+async def test_envoy_started_before_the_control_plane_waits_then_gets_its_config(
+    mcp_backend_factory: Any, tmp_path: Path
+) -> None:
+    from tests.e2e.gateway import write_policies
+
+    backend = mcp_backend_factory(name="github")
+    listen_port, xds_port = free_port(), free_port()
+    policy_dir = tmp_path / "policies"
+    write_policies(policy_dir, listen_port, {"github": backend})
+    bootstrap = render_bootstrap(node_id="early", node_cluster=GATEWAY, xds_host="127.0.0.1", xds_port=xds_port,
+                                 admin_port=0)  # fmt: skip
+    envoy = EnvoyProcess(bootstrap, workdir=tmp_path / "envoy", log_level="warning").start()
+    control = ControlPlane(policy_dir, port=xds_port, watch=False)
+    try:
+        await envoy.wait_live_async(20)
+        assert envoy.server_state() != "LIVE"  # waiting for its first configuration
+        assert not port_open("127.0.0.1", listen_port)
+
+        await control.start()
+        await wait_listening(listen_port, timeout=20)
+        async with mcp_client(f"http://127.0.0.1:{listen_port}/mcp/github", TRIAGE, "modern") as client:
+            result = await client.call_tool("list_issues", {"repo": "acme/web"})
+        assert result.content[0].text == "issues of acme/web: #1 bug, #2 feature"
+        assert envoy.server_state() == "LIVE"
+    finally:
+        envoy.stop()
+        await control.stop()
+
+
+async def test_removing_a_grant_file_denies_again(gateway: RunningGateway) -> None:
+    """Deleting a policy file removes its grants: no rule means deny."""
+    reloads = gateway.control.reloads
+    (gateway.policy_dir / "github-policy.yaml").unlink()
+    await gateway.wait_reloads(reloads + 1)
+    assert gateway.control.last_reload.ok
+    await gateway.wait_acked(gateway.control.cache.get(GATEWAY).version)
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
+    from tests.e2e.harness import raw_post
+
+    response = await raw_post(gateway.url(), body, TRIAGE)
+    assert response.status_code == 403
+    assert response.json()["error"]["code"] == errors.METHOD_DENIED.code
