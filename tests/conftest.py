@@ -91,3 +91,20 @@ def envoy_factory(tmp_path: Path) -> Iterator[EnvoyFactory]:
     for envoy in started:
         envoy.stop()
         print(f"--- envoy {envoy.workdir.name} log tail ({envoy.log_path}) ---\n{envoy.log_text()[-3000:]}")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    # Registered here, in the root conftest: pytest honours this hook only in
+    # conftests it loads at start-up, and tests/golden is not always one.
+    parser.addoption(
+        "--update-golden",
+        action="store_true",
+        default=False,
+        help="rewrite tests/golden/cases/*/{ir,xds}.yaml from the current output instead of comparing",
+    )
+
+
+@pytest.fixture
+def update_golden(request: pytest.FixtureRequest) -> bool:
+    """True when pytest runs with `--update-golden` (golden files are rewritten, not compared)."""
+    return bool(request.config.getoption("--update-golden"))

@@ -1,0 +1,104 @@
+"""Policy → IR and IR → xDS goldens, and determinism of both.
+
+Each directory under `cases/` holds `policies/` (the input) and the expected
+`ir.yaml` and `xds.yaml`. After an intended change to the IR or a translator,
+regenerate them with `.venv/bin/pytest tests/golden --update-golden` and
+review the diff like any other code change.
+"""
+
+from __future__ import annotations
+
+import difflib
+import shutil
+from pathlib import Path
+
+import pytest
+
+from xds_server.pipeline import compile_policies, to_snapshot
+from xds_server.render import dump_yaml, ir_document, xds_document
+from xds_server.xds import snapshot as xds
+
+CASES_DIR = Path(__file__).parent / "cases"
+CASES = sorted(p.name for p in CASES_DIR.iterdir() if (p / "policies").is_dir())
+UPDATE_HINT = "if the change is intended, run `.venv/bin/pytest tests/golden --update-golden` and review the diff"
+
+
+def render(policy_dir: Path) -> tuple[str, str]:
+    """(IR YAML, xDS YAML) exactly as `agentxds render --to ir|xds` prints them."""
+    ir, resources = compile_policies(policy_dir)
+    return dump_yaml(ir_document(ir)), dump_yaml(xds_document(resources), sort_keys=True)
+
+
+def versions(policy_dir: Path) -> dict[str, xds.Snapshot]:
+    """Snapshot per gateway, as the pipeline would publish them."""
+    _, resources = compile_policies(policy_dir)
+    return {gateway: to_snapshot(res) for gateway, res in resources.items()}
+
+
+def check_golden(path: Path, actual: str, update: bool) -> str | None:
+    """Compare `actual` with the golden file at `path` (None if equal, else a message with a
+    unified diff); with `update`, rewrite the file instead."""
+    if update:
+        if not path.exists() or path.read_text() != actual:
+            path.write_text(actual)
+        return None
+    if not path.exists():
+        return f"golden file {path} is missing; create it with `.venv/bin/pytest tests/golden --update-golden`"
+    expected = path.read_text()
+    if expected == actual:
+        return None
+    diff = "".join(
+        difflib.unified_diff(
+            expected.splitlines(keepends=True),
+            actual.splitlines(keepends=True),
+            fromfile=f"{path} (golden)",
+            tofile=f"{path} (now)",
+        )
+    )
+    return f"{path.name} differs from the golden file; {UPDATE_HINT}\n{diff}"
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_golden(case: str, update_golden: bool) -> None:
+    ir_text, xds_text = render(CASES_DIR / case / "policies")
+    problems = [
+        check_golden(CASES_DIR / case / "ir.yaml", ir_text, update_golden),
+        check_golden(CASES_DIR / case / "xds.yaml", xds_text, update_golden),
+    ]
+    if any(problems):
+        pytest.fail("\n".join(p for p in problems if p), pytrace=False)
+
+
+def _copy_renamed(src: Path, dst: Path) -> Path:
+    """Copy a policy directory, renaming files so they load in reverse order."""
+    dst.mkdir()
+    files = sorted(src.iterdir())
+    for index, file in enumerate(reversed(files)):
+        shutil.copyfile(file, dst / f"{index:02d}-{file.name}")
+    return dst
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_output_is_deterministic(case: str, tmp_path: Path) -> None:
+    policies = CASES_DIR / case / "policies"
+    first = render(policies)
+    assert render(policies) == first
+    # Neither where the files live nor the order they load in may show in the output.
+    assert render(_copy_renamed(policies, tmp_path / "copy")) == first
+    assert {g: s.version for g, s in versions(policies).items()} == {
+        g: s.version for g, s in versions(policies).items()
+    }
+
+
+def test_version_changes_with_the_policy(tmp_path: Path) -> None:
+    policies = shutil.copytree(CASES_DIR / "minimal" / "policies", tmp_path / "policies")
+    before = versions(policies)["gw"]
+    file = policies / "all.yaml"
+    text = file.read_text()
+    assert text.count("tools: [echo, add]") == 1
+    file.write_text(text.replace("tools: [echo, add]", "tools: [echo, add, multiply]"))
+    after = versions(policies)["gw"]
+    assert after.version != before.version
+    # Only the route configuration (where RBAC lives) changed: nothing else is re-sent.
+    changed = {t for t in xds.ORDER if after.type_version(t) != before.type_version(t)}
+    assert changed == {xds.ROUTE}
