@@ -100,7 +100,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from xds_server.status_client import fetch_status, format_status
+    from xds_server.status_client import fetch_status, format_status, status_exit_code
 
     try:
         status = fetch_status(args.xds, timeout=args.timeout)
@@ -108,7 +108,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"agentxds status: cannot reach the control plane at {args.xds}: {exc}", file=sys.stderr)
         return 2
     sys.stdout.write(format_status(status))
-    return 1 if status.policy_errors or any(n.nacks for n in status.nodes) else 0
+    return status_exit_code(status)  # 1: policy errors or a NACK in effect
 
 
 def build_parser() -> argparse.ArgumentParser:
