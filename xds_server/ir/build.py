@@ -81,6 +81,7 @@ def _backend_ir(
         endpoints=tuple(sorted({EndpointIR(e.host, e.port) for e in spec.endpoints})),
         connect_timeout_ms=spec.timeouts.connect_ms,
         request_timeout_ms=spec.timeouts.request_ms,
+        idle_timeout_ms=spec.timeouts.idle_ms,
         grants=_grants(backend, policies, agents),
     )
 

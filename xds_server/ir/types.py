@@ -94,6 +94,7 @@ class BackendIR:
     endpoints: tuple[EndpointIR, ...]
     connect_timeout_ms: int
     request_timeout_ms: int  # 0 = no timeout (long-lived streams)
+    idle_timeout_ms: int  # 0 = never; no bytes either way for this long closes the stream
     grants: tuple[GrantIR, ...]
 
 

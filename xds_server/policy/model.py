@@ -215,6 +215,11 @@ class Timeouts(StrictModel):
     request: Duration = Field(
         default="0s", description="Whole-request timeout; 0s (default) means none, as MCP streams are long-lived."
     )
+    idle: Duration = Field(
+        default="300s",
+        description="Close a request or SSE stream after this long with no bytes either way; 0s means never. "
+        "Clients reopen idle SSE streams; raise it for tools that run silently for longer.",
+    )
 
     @model_validator(mode="after")
     def _connect_positive(self) -> Timeouts:
@@ -229,6 +234,10 @@ class Timeouts(StrictModel):
     @property
     def request_ms(self) -> int:
         return duration_ms(self.request)
+
+    @property
+    def idle_ms(self) -> int:
+        return duration_ms(self.idle)
 
 
 class MCPBackendSpec(StrictModel):

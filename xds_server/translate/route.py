@@ -24,6 +24,8 @@ def _backend_route(backend: BackendIR, gateway: GatewayIR) -> dict[str, Any]:
     action: dict[str, Any] = {
         "cluster": cluster_name(backend.name),
         "timeout": f"{backend.request_timeout_ms / 1000:.3f}s",
+        # Set explicitly: Envoy's own default (5 min) would otherwise apply unseen.
+        "idle_timeout": f"{backend.idle_timeout_ms / 1000:.3f}s",
     }
     if backend.upstream_path != backend.route_path:
         action["prefix_rewrite"] = backend.upstream_path
