@@ -50,7 +50,7 @@ def _start_demo_servers(policy_dir: Path, workdir: Path, out: TextIO) -> list[su
             )
         )  # fmt: skip
         wait_for_port(host, port, timeout=20)
-        print(f"demo MCP server   http://{host}:{port}{path}", file=out)
+        print(f"demo MCP server   http://{host}:{port}{path} (pid {procs[-1].pid})", file=out)
     return procs
 
 
@@ -73,7 +73,7 @@ def _connect_host(gateway: GatewayIR) -> str:
 def _print_banner(gateway: GatewayIR, envoy: EnvoyProcess, xds_port: int, out: TextIO) -> None:
     host = _connect_host(gateway)
     print(f"control plane     127.0.0.1:{xds_port} (ADS)", file=out)
-    print(f"envoy admin       {envoy.admin_url}", file=out)
+    print(f"envoy             pid {envoy.pid}, admin {envoy.admin_url}", file=out)
     for backend in gateway.backends:
         print(f"MCP backend {backend.name:<8} http://{host}:{gateway.listen_port}{backend.route_path}", file=out)
     if gateway.identity.trusted_header:
