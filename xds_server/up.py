@@ -72,7 +72,7 @@ def _connect_host(gateway: GatewayIR) -> str:
 
 def _print_banner(gateway: GatewayIR, envoy: EnvoyProcess, xds_port: int, out: TextIO) -> None:
     host = _connect_host(gateway)
-    print(f"control plane     127.0.0.1:{xds_port} (ADS)", file=out)
+    print(f"control plane     127.0.0.1:{xds_port} (ADS; agentxds status --xds 127.0.0.1:{xds_port})", file=out)
     print(f"envoy             pid {envoy.pid}, admin {envoy.admin_url}", file=out)
     for backend in gateway.backends:
         print(f"MCP backend {backend.name:<8} http://{host}:{gateway.listen_port}{backend.route_path}", file=out)
