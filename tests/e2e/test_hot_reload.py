@@ -164,3 +164,32 @@ async def test_removing_a_grant_file_denies_again(gateway: RunningGateway) -> No
     response = await raw_post(gateway.url(), body, TRIAGE)
     assert response.status_code == 403
     assert response.json()["error"]["code"] == errors.METHOD_DENIED.code
+
+
+NEW_AGENT = """\
+apiVersion: agentxds.dev/v1
+kind: Agent
+metadata: {name: reviewer}
+spec: {identity: {header: reviewer}}
+"""
+
+
+@pytest.mark.parametrize("mode", ["legacy", "modern"])
+async def test_adding_an_agent_keeps_open_sessions_working(gateway: RunningGateway, mode: str) -> None:
+    """A new agent changes the listener (its unknown-agent check): Envoy drains, clients carry on."""
+    backend = gateway.backends["github"]
+    reviewer = {IDENTITY_HEADER: "reviewer"}
+    async with mcp_client(gateway.url(), TRIAGE, mode) as client:
+        assert await _allowed(client, "list_issues", {"repo": "acme/web"})
+        reloads = gateway.control.reloads
+        gateway.write("reviewer.yaml", NEW_AGENT)
+        await gateway.wait_reloads(reloads + 1)
+        await gateway.wait_acked(gateway.control.cache.get(GATEWAY).version)
+        for _ in range(5):  # across the listener drain
+            assert await _allowed(client, "list_issues", {"repo": "acme/web"})
+    # The new agent is known (it gets whoami through the "*" rule) but has no other grant.
+    async with mcp_client(gateway.url(), reviewer, mode) as client:
+        assert await _allowed(client, "whoami", {})
+        assert not await _allowed(client, "list_issues", {"repo": "acme/web"})
+    if mode == "legacy":
+        assert backend.rpc_methods().count("initialize") == 2  # triage's session and reviewer's, no re-initialise
