@@ -174,6 +174,6 @@ def test_compose_file_wires_the_services_together() -> None:
     assert "control-plane" in envoy["depends_on"]
     gateway = next(d for d in _documents(COMPOSE_POLICIES / "gateway.yaml") if d["kind"] == "Gateway")
     listen_port = gateway["spec"]["listen"]["port"]
-    assert f"{listen_port}:{listen_port}" in envoy["ports"]
+    assert f"127.0.0.1:{listen_port}:{listen_port}" in envoy["ports"]  # header identity: loopback only
     admin_port = _bootstrap()["admin"]["address"]["socket_address"]["port_value"]
     assert f"127.0.0.1:{admin_port}:{admin_port}" in envoy["ports"]  # the admin API stays on loopback
