@@ -1,0 +1,1 @@
+"""The policy service: decisions Envoy cannot make natively (CEL conditions, quotas, approvals)."""

@@ -1,0 +1,247 @@
+"""The policy service's decision for one `tools/call`: pure logic over the IR's rules.
+
+Envoy's RBAC already let the call through because some rule could allow it;
+this decides whether one actually does. Each matching conditional rule is
+tried in policy order: its condition, then its quota (checked, not spent),
+then its approval. The first rule that allows wins, and only then is its
+quota spent, so a call refused for any reason never uses up quota. If none
+allows, the refusal returned is the one the caller can act on best:
+
+    approval_required / approval_denied  >  quota_exceeded  >  condition_error
+        >  condition_not_met  >  no_matching_rule
+
+Approval requests are created only for that final refusal, so a call that
+another rule allows, or that is refused for a quota, never bothers a human.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from xds_server.authz.approvals import ApprovalState, ApprovalStore, approval_id
+from xds_server.authz.cel_conditions import ConditionError, compile_condition
+from xds_server.authz.quota import QuotaKey, QuotaStore, quota_subject
+from xds_server.ir.glob import glob_matches
+from xds_server.ir.types import ConditionalRuleIR
+
+
+class Reason(enum.StrEnum):
+    """Why a call was allowed or refused (values are what `Decision.reason` holds)."""
+
+    ALLOWED = "allowed"
+    CONDITION_NOT_MET = "condition_not_met"
+    CONDITION_ERROR = "condition_error"
+    QUOTA_EXCEEDED = "quota_exceeded"
+    APPROVAL_REQUIRED = "approval_required"
+    APPROVAL_DENIED = "approval_denied"
+    NO_MATCHING_RULE = "no_matching_rule"
+
+
+# Higher is more actionable for the caller (see the module docstring).
+_RANK = {
+    Reason.NO_MATCHING_RULE: 0,
+    Reason.CONDITION_NOT_MET: 1,
+    Reason.CONDITION_ERROR: 2,
+    Reason.QUOTA_EXCEEDED: 3,
+    Reason.APPROVAL_REQUIRED: 4,
+    Reason.APPROVAL_DENIED: 4,
+}
+
+
+@dataclass(frozen=True)
+class CallContext:
+    """One `tools/call` as the policy service sees it.
+
+    `user` holds what is known of the user the agent acts for ({} when
+    unknown); `user["sub"]`, when present, is the user's subject.
+    """
+
+    backend: str
+    agent: str
+    user: Mapping[str, Any]
+    tool: str
+    arguments: Mapping[str, Any]
+    now: dt.datetime
+
+    @property
+    def user_sub(self) -> str | None:
+        sub = self.user.get("sub")
+        return sub if isinstance(sub, str) and sub else None
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The answer for one call.
+
+    `rule` is the id of the rule that allowed the call or that the refusal is
+    about (None for an unconditional grant or when no rule matched);
+    `message` one sentence for humans naming the tool and the rule.
+    `retry_after_s` is set for quota_exceeded; `approval_id` and
+    `approval_expires_at` (the approval store's clock) for approval_required
+    and approval_denied.
+    """
+
+    allowed: bool
+    reason: str
+    rule: str | None
+    message: str
+    retry_after_s: float | None = None
+    approval_id: str | None = None
+    approval_expires_at: float | None = None
+
+
+class Engine:
+    """Decides calls against conditional rules, with shared quota and approval stores."""
+
+    def __init__(self, quotas: QuotaStore, approvals: ApprovalStore) -> None:
+        self._quotas = quotas
+        self._approvals = approvals
+
+    def decide(self, ctx: CallContext, rules: Sequence[ConditionalRuleIR], *, unconditional: bool) -> Decision:
+        """Allow or refuse `ctx` under `rules` (the backend's conditional rules, in policy order).
+
+        `unconditional` says the agent also has a plain grant for this tool:
+        the call is then allowed without looking at any rule. Side effects,
+        only on the outcome: an allowing rule spends its quota and its
+        approval; an approval refusal creates (or finds) the approval request.
+        """
+        if unconditional:
+            return Decision(True, Reason.ALLOWED, None, f"Tool '{ctx.tool}' is allowed by a grant without conditions.")
+        best: Decision | None = None  # the most actionable refusal so far
+        best_rule: ConditionalRuleIR | None = None
+        variables: dict[str, Any] | None = None  # built once, only if some rule has a condition
+        for rule in rules:
+            if ctx.agent not in rule.agents or not any(glob_matches(p, ctx.tool) for p in rule.tools):
+                continue
+            if rule.when is not None and variables is None:
+                variables = _variables(ctx)
+            refusal = self._refusal(ctx, rule, variables)
+            if refusal is None:
+                if rule.quota is not None:
+                    # Checked in this same synchronous call, so this succeeds.
+                    self._quotas.consume(self._quota_key(ctx, rule), rule.quota)
+                return Decision(True, Reason.ALLOWED, rule.id, f"Tool '{ctx.tool}' is allowed by rule '{rule.id}'.")
+            if best is None or _RANK[Reason(refusal.reason)] > _RANK[Reason(best.reason)]:
+                best, best_rule = refusal, rule
+        if best is None or best_rule is None:
+            return Decision(
+                False,
+                Reason.NO_MATCHING_RULE,
+                None,
+                f"No rule lets agent '{ctx.agent}' call tool '{ctx.tool}' on backend '{ctx.backend}'.",
+            )
+        if best.reason == Reason.APPROVAL_REQUIRED:
+            return self._approval_refusal(ctx, best_rule)
+        return best
+
+    def _refusal(
+        self, ctx: CallContext, rule: ConditionalRuleIR, variables: Mapping[str, Any] | None
+    ) -> Decision | None:
+        """None if `rule` allows the call (spending its approval, if it needs one), else why not.
+
+        An approval refusal is only a placeholder here: the request is made by
+        `decide` once this rule's refusal is known to be the final answer.
+        """
+        if rule.when is not None:
+            assert variables is not None
+            refusal = _condition_refusal(ctx, rule, variables)
+            if refusal is not None:
+                return refusal
+        if rule.quota is not None:
+            check = self._quotas.check(self._quota_key(ctx, rule), rule.quota)
+            if not check.allowed:
+                return _quota_refusal(ctx, rule, check.retry_after_s)
+        if rule.require_approval:
+            aid = approval_id(ctx.backend, rule.id, ctx.agent, ctx.user_sub, ctx.tool, ctx.arguments)
+            if not self._approvals.consume(aid):
+                return Decision(False, Reason.APPROVAL_REQUIRED, rule.id, "", approval_id=aid)
+        return None
+
+    def _quota_key(self, ctx: CallContext, rule: ConditionalRuleIR) -> QuotaKey:
+        assert rule.quota is not None
+        return QuotaKey(ctx.backend, rule.id, ctx.tool, quota_subject(rule.quota.scope, ctx.agent, ctx.user_sub))
+
+    def _approval_refusal(self, ctx: CallContext, rule: ConditionalRuleIR) -> Decision:
+        approval = self._approvals.request(
+            ctx.backend, rule.id, ctx.agent, ctx.user_sub, ctx.tool, ctx.arguments, rule.approval_ttl_ms / 1000
+        )
+        if approval.state is ApprovalState.DENIED:
+            return Decision(
+                False,
+                Reason.APPROVAL_DENIED,
+                rule.id,
+                f"Call to tool '{ctx.tool}' refused: approval {approval.id} under rule '{rule.id}' "
+                f"was denied by {approval.decided_by}.",
+                approval_id=approval.id,
+                approval_expires_at=approval.expires_at,
+            )
+        return Decision(
+            False,
+            Reason.APPROVAL_REQUIRED,
+            rule.id,
+            f"Call to tool '{ctx.tool}' needs a human approval under rule '{rule.id}': "
+            f"ask an operator to approve {approval.id}, then retry the same call.",
+            approval_id=approval.id,
+            approval_expires_at=approval.expires_at,
+        )
+
+
+def _variables(ctx: CallContext) -> dict[str, Any]:
+    """The CEL variables for `ctx` (see cel_conditions)."""
+    return {
+        "args": dict(ctx.arguments),
+        "agent": {"name": ctx.agent},
+        "user": dict(ctx.user),
+        "tool": ctx.tool,
+        "now": ctx.now,
+    }
+
+
+def _condition_refusal(ctx: CallContext, rule: ConditionalRuleIR, variables: Mapping[str, Any]) -> Decision | None:
+    """None if the rule's condition holds, else the refusal (an error refuses too: fail closed)."""
+    assert rule.when is not None
+    try:
+        result = compile_condition(rule.when).evaluate(variables)
+    except ConditionError as exc:  # the IR checks conditions compile; stay closed if one slipped through
+        error: str | None = str(exc)
+    else:
+        if result.passed:
+            return None
+        error = result.error
+    if error is None:
+        return Decision(
+            False,
+            Reason.CONDITION_NOT_MET,
+            rule.id,
+            f"Call to tool '{ctx.tool}' refused: the condition of rule '{rule.id}' is not met.",
+        )
+    return Decision(
+        False,
+        Reason.CONDITION_ERROR,
+        rule.id,
+        f"Call to tool '{ctx.tool}' refused: the condition of rule '{rule.id}' could not be evaluated ({error}).",
+    )
+
+
+def _quota_refusal(ctx: CallContext, rule: ConditionalRuleIR, retry_after_s: float) -> Decision:
+    assert rule.quota is not None
+    return Decision(
+        False,
+        Reason.QUOTA_EXCEEDED,
+        rule.id,
+        f"Call to tool '{ctx.tool}' refused: rule '{rule.id}' allows {rule.quota.calls} "
+        f"call{'s' if rule.quota.calls != 1 else ''} per {_window(rule.quota.window_ms)}; "
+        f"retry in {retry_after_s:.1f}s.",
+        retry_after_s=retry_after_s,
+    )
+
+
+def _window(ms: int) -> str:
+    for unit, size in (("h", 3_600_000), ("m", 60_000), ("s", 1000)):
+        if ms % size == 0:
+            return f"{ms // size}{unit}"
+    return f"{ms}ms"
