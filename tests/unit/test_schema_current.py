@@ -24,7 +24,7 @@ def test_schema_is_a_oneof_over_kinds() -> None:
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     kinds = sorted(schema["$defs"][ref["$ref"].rsplit("/", 1)[1]]["properties"]["kind"]["const"]
                    for ref in schema["oneOf"])
-    assert kinds == ["Agent", "Gateway", "MCPBackend", "MCPPolicy"]
+    assert kinds == ["Agent", "Gateway", "MCPBackend", "MCPPolicy", "MCPToolLock"]
 
 
 def test_every_field_has_a_description() -> None:

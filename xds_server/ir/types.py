@@ -67,10 +67,102 @@ class GrantIR:
     """
 
     agent: str
-    tools: tuple[NamePattern, ...]
+    tools: tuple[NamePattern, ...]  # granted without conditions: decided by Envoy alone
     resources: tuple[NamePattern, ...]
     prompts: tuple[NamePattern, ...]
     sources: tuple[str, ...]
+    conditional_tools: tuple[NamePattern, ...] = ()  # granted by conditional rules: Envoy, then the policy service
+
+    @property
+    def all_tools(self) -> tuple[NamePattern, ...]:
+        """Every tool the agent may call under some condition (what RBAC lets through)."""
+        merged = set(self.tools) | set(self.conditional_tools)
+        anything = [p for p in merged if p.kind is PatternKind.ANY]
+        return tuple(anything[:1]) if anything else tuple(sorted(merged))
+
+
+class QuotaScope(str, enum.Enum):
+    """Whose calls a quota counts."""
+
+    AGENT = "agent"  # per agent (all its users together)
+    USER = "user"  # per user the agent acts for (all agents together)
+    AGENT_USER = "agent+user"  # per (agent, user) pair
+
+
+@dataclass(frozen=True, order=True)
+class QuotaIR:
+    """At most `calls` tool calls per `window_ms`, counted per tool and per `scope`."""
+
+    calls: int
+    window_ms: int
+    scope: QuotaScope
+
+
+@dataclass(frozen=True, order=True)
+class ConditionalRuleIR:
+    """A rule the policy service must check on each `tools/call` it covers.
+
+    `id` is "policy-name/rules[i]" (stable across reloads while the rule keeps
+    its place), `agents` the agent names it names ("*" already expanded),
+    `tools` its tool patterns. `when` is a CEL expression over `args`,
+    `agent`, `user` and `now`, already checked to compile; None means no
+    condition. Native RBAC lets these tools through for these agents, then the
+    policy service decides.
+    """
+
+    id: str
+    agents: tuple[str, ...]
+    tools: tuple[NamePattern, ...]
+    when: str | None
+    quota: QuotaIR | None
+    require_approval: bool
+    approval_ttl_ms: int
+
+
+class DriftAction(str, enum.Enum):
+    HIDE = "hide"  # hidden from lists and refused on call
+    ALLOW = "allow"  # let through (logged)
+
+
+class ScreeningMode(str, enum.Enum):
+    OFF = "off"
+    FLAG = "flag"  # logged and reported, tool stays usable
+    BLOCK = "block"  # treated like drift: hidden and refused
+
+
+@dataclass(frozen=True, order=True)
+class PinnedToolIR:
+    """What `agentxds pin` recorded for one tool: sha256 hex digests."""
+
+    name: str
+    description_sha256: str
+    input_schema_sha256: str
+
+
+@dataclass(frozen=True)
+class ToolGuardIR:
+    """Defences against a backend changing its tools under the gateway ("rug pulls").
+
+    `pins` comes from the backend's MCPToolLock document (None: no lock, so
+    nothing is pinned). A pinned tool whose description or input schema no
+    longer matches is hidden from lists and refused on call until the lock is
+    updated; `unpinned` says what happens to tools the lock does not list.
+    `screening` checks descriptions for prompt-injection markers.
+    """
+
+    pins: tuple[PinnedToolIR, ...] | None  # sorted by name
+    unpinned: DriftAction
+    screening: ScreeningMode
+    refresh_ms: int  # how often the policy service re-reads the backend's tools
+
+
+@dataclass(frozen=True)
+class PolicyServiceUse:
+    """How one backend uses the policy service."""
+
+    fail_open: bool  # service down or slow: allow (True) or refuse (False, the default)
+    timeout_ms: int
+    list_filtering: bool  # tools/list, prompts/list, resources/list filtered per caller
 
 
 @dataclass(frozen=True, order=True)
@@ -96,6 +188,19 @@ class BackendIR:
     request_timeout_ms: int  # 0 = no timeout (long-lived streams)
     idle_timeout_ms: int  # 0 = never; no bytes either way for this long closes the stream
     grants: tuple[GrantIR, ...]
+    conditional_rules: tuple[ConditionalRuleIR, ...] = ()  # in policy order
+    policy_service: PolicyServiceUse = PolicyServiceUse(fail_open=False, timeout_ms=250, list_filtering=False)
+    tool_guard: ToolGuardIR | None = None
+
+    @property
+    def needs_authz(self) -> bool:
+        """Whether some tools/call on this backend goes to the policy service."""
+        return bool(self.conditional_rules) or self.tool_guard is not None
+
+    @property
+    def needs_list_processing(self) -> bool:
+        """Whether list responses on this backend go to the policy service."""
+        return self.policy_service.list_filtering or self.tool_guard is not None
 
 
 @dataclass(frozen=True)
@@ -117,6 +222,7 @@ class GatewayIR:
     identity: IdentityIR
     agents: tuple[AgentIR, ...]  # every agent known to this gateway, sorted by name
     backends: tuple[BackendIR, ...]  # sorted by name
+    policy_service: EndpointIR | None = None  # where Envoy reaches the policy service
 
 
 @dataclass(frozen=True)

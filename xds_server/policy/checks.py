@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .diagnostics import Diagnostic, Path, join_field
-from .model import Agent, Gateway, Located, MCPBackend, Source
+from .model import Agent, Gateway, Located, MCPBackend, MCPToolLock, Source
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,9 @@ def references(kind: str, raw: Mapping[str, Any]) -> tuple[Ref, ...]:
         gateway = spec.get("gateway")
         if gateway is None or isinstance(gateway, str):
             refs.append(Ref(("spec", "gateway"), "Gateway", gateway))
+    elif kind == "MCPToolLock":
+        if isinstance(spec.get("backend"), str):
+            refs.append(Ref(("spec", "backend"), "MCPBackend", spec["backend"]))
     elif kind == "MCPPolicy":
         if isinstance(spec.get("backend"), str):
             refs.append(Ref(("spec", "backend"), "MCPBackend", spec["backend"]))
@@ -129,8 +132,15 @@ def _conflicts(valid: Sequence[Located[Any]], gateway_names: Sequence[str]) -> l
     listens: dict[tuple[str, int], Located[Any]] = {}
     routes: dict[tuple[str, str], Located[Any]] = {}
     headers: dict[str, Located[Any]] = {}
+    locks: dict[str, Located[Any]] = {}
     for item in valid:
         doc = item.doc
+        if isinstance(doc, MCPToolLock):
+            if (first := locks.setdefault(doc.spec.backend, item)) is not item:
+                diags.append(item.diagnostic(
+                    ("spec", "backend"), f"backend {doc.spec.backend!r} is already pinned by {_ref(first)}"
+                ))
+            continue
         if isinstance(doc, Gateway):
             key = (doc.spec.listen.address, doc.spec.listen.port)
             if (first := listens.setdefault(key, item)) is not item:

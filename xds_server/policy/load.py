@@ -20,7 +20,18 @@ from pydantic_core import ErrorDetails
 
 from .checks import Declared, cross_check, references, resolve_gateway
 from .diagnostics import Diagnostic, Path, PolicyError, join_field, subject
-from .model import KINDS, NAME_PATTERN, PATTERN_HINTS, Agent, Gateway, Located, MCPBackend, MCPPolicy, Source
+from .model import (
+    KINDS,
+    NAME_PATTERN,
+    PATTERN_HINTS,
+    Agent,
+    Gateway,
+    Located,
+    MCPBackend,
+    MCPPolicy,
+    MCPToolLock,
+    Source,
+)
 from .yamldoc import ParsedDocument, parse_documents
 
 POLICY_SUFFIXES = (".yaml", ".yml")
@@ -39,6 +50,11 @@ class PolicySet:
     backends: tuple[Located[MCPBackend], ...]
     agents: tuple[Located[Agent], ...]
     policies: tuple[Located[MCPPolicy], ...]
+    locks: tuple[Located[MCPToolLock], ...] = ()
+
+    def lock_for(self, backend: str) -> Located[MCPToolLock] | None:
+        """The MCPToolLock pinning `backend`'s tools, if any (there is at most one)."""
+        return next((lk for lk in self.locks if lk.doc.spec.backend == backend), None)
 
     def gateway_of(self, backend: Located[MCPBackend] | MCPBackend) -> str:
         """Name of the gateway serving `backend` (its own, or the only one)."""
@@ -129,6 +145,7 @@ def _load(texts: Mapping[str, str], diags: list[Diagnostic], *, empty: Diagnosti
         backends=_sorted(valid, MCPBackend),
         agents=_sorted(valid, Agent),
         policies=_sorted(valid, MCPPolicy),
+        locks=_sorted(valid, MCPToolLock),
     )
 
 

@@ -181,12 +181,25 @@ class Limits(StrictModel):
         return self
 
 
+class PolicyServiceAddress(StrictModel):
+    """Where this gateway's Envoys reach the agentxds policy service (ext_authz/ext_proc over gRPC)."""
+
+    host: Annotated[str, AfterValidator(_check_host)] = Field(
+        default="127.0.0.1", description="IP address or DNS name of the policy service."
+    )
+    port: Port = Field(default=18001, description="Its gRPC port (`agentxds serve --policy-port`, default 18001).")
+
+
 class GatewaySpec(StrictModel):
     """One gateway: one Envoy (or group of identical Envoys)."""
 
     listen: Listen = Field(description="Listener address and port.")
     identity: GatewayIdentity = Field(default_factory=GatewayIdentity, description="Caller identity sources.")
     limits: Limits = Field(default_factory=Limits, description="Request and buffer size limits.")
+    policy_service: PolicyServiceAddress = Field(
+        default_factory=PolicyServiceAddress,
+        description="The policy service, used only by backends whose rules or settings need it.",
+    )
 
 
 class Gateway(StrictModel):
@@ -240,6 +253,44 @@ class Timeouts(StrictModel):
         return duration_ms(self.idle)
 
 
+class BackendPolicyService(StrictModel):
+    """How one backend uses the policy service."""
+
+    fail_open: bool = Field(
+        default=False,
+        description="When the policy service is down or slow: false (default) refuses the calls that need it; "
+        "true lets them through unchecked.",
+    )
+    timeout: Duration = Field(default="250ms", description="How long Envoy waits for a policy decision.")
+    list_filtering: bool = Field(
+        default=True,
+        description="Filter tools/list, prompts/list and resources/list per caller, so each agent sees only "
+        "what it may use (the policy service rewrites the responses).",
+    )
+
+    @property
+    def timeout_ms(self) -> int:
+        return duration_ms(self.timeout)
+
+
+class ToolGuard(StrictModel):
+    """Rug-pull defences. Active when the backend has an MCPToolLock or screening is not off."""
+
+    screening: Literal["off", "flag", "block"] = Field(
+        default="off",
+        description="Screen tool descriptions for prompt injection (hidden instructions, invisible Unicode, "
+        "instruction-like tags): flag logs it, block hides and refuses the tool.",
+    )
+    unpinned: Literal["hide", "allow"] = Field(
+        default="hide", description="With an MCPToolLock: what to do with a tool the lock does not list."
+    )
+    refresh: Duration = Field(default="30s", description="How often the policy service re-reads the backend's tools.")
+
+    @property
+    def refresh_ms(self) -> int:
+        return duration_ms(self.refresh)
+
+
 class MCPBackendSpec(StrictModel):
     """An MCP server reachable through a gateway."""
 
@@ -254,6 +305,14 @@ class MCPBackendSpec(StrictModel):
         min_length=1, max_length=64, description="Upstream addresses (1-64), load balanced."
     )
     timeouts: Timeouts = Field(default_factory=Timeouts, description="Connect and request timeouts to the backend.")
+    policy_service: BackendPolicyService = Field(
+        default_factory=BackendPolicyService,
+        description="How this backend uses the policy service (conditions, quotas, approvals, list filtering).",
+    )
+    tool_guard: ToolGuard = Field(
+        default_factory=ToolGuard,
+        description="Defences against the backend changing its tools: pinning (MCPToolLock) and description screening.",
+    )
 
 
 class MCPBackend(StrictModel):
@@ -310,6 +369,37 @@ AgentRef = Annotated[str, Field(pattern=AGENT_REF_PATTERN)]
 GlobList = tuple[Glob, ...]
 
 
+def _check_condition(value: str) -> str:
+    # Imported here: the CEL library is only needed when a policy has conditions.
+    from xds_server.authz.cel_conditions import ConditionError, compile_condition
+
+    try:
+        compile_condition(value)
+    except ConditionError as exc:
+        raise PydanticCustomError("cel", "invalid CEL condition: {detail}", {"detail": str(exc)}) from None
+    return value
+
+
+class Quota(StrictModel):
+    """A call budget, counted per tool."""
+
+    calls: int = Field(ge=1, le=1_000_000, description="Calls allowed per window.")
+    per: Duration = Field(description="The window, e.g. 1m or 1h (a sliding window).")
+    by: Literal["agent", "user", "agent+user"] = Field(
+        default="agent", description="Whose calls are counted together: each agent, each user, or each pair."
+    )
+
+    @model_validator(mode="after")
+    def _window_positive(self) -> Quota:
+        if duration_ms(self.per) == 0:
+            raise PydanticCustomError("window_zero", "a quota window must be above 0")
+        return self
+
+    @property
+    def window_ms(self) -> int:
+        return duration_ms(self.per)
+
+
 class Rule(StrictModel):
     """Grants the listed agents access to matching tools, resources and prompts.
 
@@ -324,12 +414,38 @@ class Rule(StrictModel):
     )
     prompts: GlobList = Field(default=(), min_length=1, description="Prompt name globs (prompts/get).")
     description: str | None = Field(default=None, description="Free text for humans.")
+    when: Annotated[str, AfterValidator(_check_condition)] | None = Field(
+        default=None,
+        description="CEL condition the call must meet, over args (the tool's arguments), agent.name, user, "
+        "tool and now; e.g. args.repo.startsWith(\"acme/\"). Checked by the policy service.",
+    )
+    quota: Quota | None = Field(default=None, description="At most this many calls of each tool per window.")
+    require_approval: bool = Field(
+        default=False,
+        description="Each call needs an operator's approval (agentxds approvals approve ID); the same call "
+        "retried after approval passes once.",
+    )
+    approval_ttl: Duration = Field(default="15m", description="How long an approval request (or approval) stays valid.")
 
     @model_validator(mode="after")
     def _grants_something(self) -> Rule:
         if not (self.tools or self.resources or self.prompts):
             raise PydanticCustomError("rule_empty", "a rule must grant at least one of tools, resources, prompts")
+        if self.is_conditional and (self.resources or self.prompts):
+            raise PydanticCustomError(
+                "rule_condition_scope",
+                "when, quota and requireApproval apply to tool calls only: put resources and prompts in a rule "
+                "of their own",
+            )
         return self
+
+    @property
+    def is_conditional(self) -> bool:
+        return self.when is not None or self.quota is not None or self.require_approval
+
+    @property
+    def approval_ttl_ms(self) -> int:
+        return duration_ms(self.approval_ttl)
 
 
 class MCPPolicySpec(StrictModel):
@@ -348,14 +464,43 @@ class MCPPolicy(StrictModel):
     spec: MCPPolicySpec = Field(description="Policy rules.")
 
 
-Document = Annotated[Union[Gateway, MCPBackend, Agent, MCPPolicy], Field(discriminator="kind")]
+# ---------------------------------------------------------------- MCPToolLock
+
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+class PinnedTool(StrictModel):
+    """One tool as `agentxds pin` saw it."""
+
+    name: str = Field(min_length=1, description="Tool name.")
+    description_sha256: Sha256 = Field(description="sha256 (hex) of the tool's description.")
+    input_schema_sha256: Sha256 = Field(description="sha256 (hex) of the tool's inputSchema as canonical JSON.")
+
+
+class MCPToolLockSpec(StrictModel):
+    """The pinned tools of one backend. Written by `agentxds pin`; kept in Git."""
+
+    backend: Name = Field(description="The MCPBackend whose tools are pinned.")
+    tools: tuple[PinnedTool, ...] = Field(description="Pinned tools, sorted by name.")
+
+
+class MCPToolLock(StrictModel):
+    """Pins a backend's tools: a pinned tool that changes is hidden and refused until the lock is updated."""
+
+    api_version: Literal["agentxds.dev/v1"] = Field(description="Always agentxds.dev/v1.")
+    kind: Literal["MCPToolLock"] = Field(description="Document kind.")
+    metadata: Metadata = Field(description="Name, labels and annotations.")
+    spec: MCPToolLockSpec = Field(description="The pinned tools.")
+
+
+Document = Annotated[Union[Gateway, MCPBackend, Agent, MCPPolicy, MCPToolLock], Field(discriminator="kind")]
 KINDS: Mapping[str, type[StrictModel]] = {
-    "Gateway": Gateway, "MCPBackend": MCPBackend, "Agent": Agent, "MCPPolicy": MCPPolicy,
+    "Gateway": Gateway, "MCPBackend": MCPBackend, "Agent": Agent, "MCPPolicy": MCPPolicy, "MCPToolLock": MCPToolLock,
 }
 
 # ---------------------------------------------------------------- locations
 
-T = TypeVar("T", Gateway, MCPBackend, Agent, MCPPolicy)
+T = TypeVar("T", Gateway, MCPBackend, Agent, MCPPolicy, MCPToolLock)
 
 
 @dataclass(frozen=True, order=True)
