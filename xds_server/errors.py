@@ -57,8 +57,33 @@ METHOD_DENIED = ErrorKind(
     403,
     "the agent has no grant on this backend, or the method is not one the gateway allows",
 )
+CONDITION_NOT_MET = ErrorKind(
+    -32003, "condition_not_met", 403, "the rule that grants the tool has a `when` condition this call does not meet"
+)
+TOOL_DRIFTED = ErrorKind(
+    -32003,
+    "tool_changed",
+    403,
+    "the backend changed a pinned tool (or offers one not pinned, or one that failed screening) since `agentxds pin`",
+)
+APPROVAL_REQUIRED = ErrorKind(
+    -32006,
+    "approval_required",
+    403,
+    "the rule needs an operator's approval: `data.approvalId` names it; retry the same call once approved",
+)
+APPROVAL_DENIED = ErrorKind(-32006, "approval_denied", 403, "an operator denied this call")
+QUOTA_EXCEEDED = ErrorKind(
+    -32029, "quota_exceeded", 429, "the rule's call quota is used up; `data.retryAfterSeconds` says when to retry"
+)
 NO_BACKEND = ErrorKind(-32004, "no_backend", 404, "no MCP backend is served at this path")
 TOO_LARGE = ErrorKind(-32013, "request_too_large", 413, "the body is larger than the gateway's maxRequestBodyBytes")
+POLICY_SERVICE_UNAVAILABLE = ErrorKind(
+    -32050,
+    "policy_service_unavailable",
+    503,
+    "the call needs the policy service, which did not answer (fail closed; see policyService.failOpen)",
+)
 BACKEND_UNAVAILABLE = ErrorKind(-32053, "backend_unavailable", 503, "the backend cannot be reached")
 BACKEND_TIMEOUT = ErrorKind(-32054, "backend_timeout", 504, "the backend did not answer in time")
 GATEWAY_ERROR = ErrorKind(-32603, "gateway_error", 500, "any other error raised by the gateway itself")
@@ -75,8 +100,14 @@ CATALOGUE: tuple[ErrorKind, ...] = (
     RESOURCE_DENIED,
     PROMPT_DENIED,
     METHOD_DENIED,
+    CONDITION_NOT_MET,
+    TOOL_DRIFTED,
+    APPROVAL_REQUIRED,
+    APPROVAL_DENIED,
+    QUOTA_EXCEEDED,
     NO_BACKEND,
     TOO_LARGE,
+    POLICY_SERVICE_UNAVAILABLE,
     BACKEND_UNAVAILABLE,
     BACKEND_TIMEOUT,
     GATEWAY_ERROR,

@@ -99,7 +99,11 @@ def test_compose_policies_compile() -> None:
     (listener,) = resources["demo"].listeners
     assert listener.address.socket_address.address == "0.0.0.0"
     assert listener.address.socket_address.port_value == 10000
-    (cluster,) = resources["demo"].clusters
+    clusters = {c.name: c for c in resources["demo"].clusters}
+    assert sorted(clusters) == ["agentxds/policy-service", "mcp/github"]
+    policy = clusters["agentxds/policy-service"].load_assignment.endpoints[0].lb_endpoints[0].endpoint.address
+    assert (policy.socket_address.address, policy.socket_address.port_value) == ("control-plane", 18001)
+    cluster = clusters["mcp/github"]
     assert cluster.type == cluster.STRICT_DNS  # `demo-mcp` is a DNS name: EDS cannot carry it
     endpoint = cluster.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address
     assert (endpoint.address, endpoint.port_value) == ("demo-mcp", 18081)
@@ -117,6 +121,7 @@ def test_compose_gateway_differs_from_the_demo_only_where_compose_needs_it() -> 
     gateway = next(d for d in expected if d["kind"] == "Gateway")
     backend = next(d for d in expected if d["kind"] == "MCPBackend")
     gateway["spec"]["listen"]["address"] = "0.0.0.0"
+    gateway["spec"]["policyService"]["host"] = "control-plane"  # the policy service runs in that service
     backend["spec"]["endpoints"] = [{"host": "demo-mcp", "port": 18081}]
     # The compose service runs the demo server, not `agentxds up --demo`.
     backend["metadata"].pop("annotations", None)
@@ -149,7 +154,11 @@ def test_compose_file_wires_the_services_together() -> None:
 
     # Control plane: serves the mounted compose policies on the port the bootstrap names.
     assert control["build"] == "."
-    assert control["command"] == ["serve", "/policies", "--host", "0.0.0.0", "--port", "18000"]
+    assert control["command"] == ["serve", "/policies", "--host", "0.0.0.0", "--port", "18000",
+                                  "--policy-port", "18001", "--approvals-port", "18002"]  # fmt: skip
+    gateway = next(d for d in _documents(COMPOSE_POLICIES / "gateway.yaml") if d["kind"] == "Gateway")
+    assert gateway["spec"]["policyService"] == {"host": "control-plane", "port": 18001}
+    assert "127.0.0.1:18002:18002" in control["ports"]  # approvals API: host loopback only
     assert "./policies/compose:/policies:ro" in control["volumes"]
     xds = _bootstrap()["static_resources"]["clusters"][0]
     xds_address = xds["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]

@@ -9,10 +9,16 @@ The HTTP filter order is the security design, so it lives in one table:
     |   |                                    | message (REJECT_NO_MCP) before anything else sees it        |
     | 2 | envoy.filters.http.rbac            | allow-list on that metadata + caller identity; per route    |
     |   |                                    | (one route per backend); listener level allows nothing      |
-    | 3 | envoy.filters.http.stateful_session| legacy MCP sessions stick to the backend that created them: |
+    | 3 | envoy.filters.http.ext_authz/...   | policy service decisions (conditions, quotas, approvals,    |
+    |   | (fail-closed, fail-open)           | tool guard) after RBAC, so Python only sees calls RBAC let  |
+    |   |                                    | through; disabled unless a route enables one (see           |
+    |   |                                    | policy_service.py); present only if a backend needs them    |
+    | 4 | envoy.filters.http.ext_proc        | rewrites list responses per caller; disabled unless a route |
+    |   |                                    | enables it; present only if a backend needs it              |
+    | 5 | envoy.filters.http.stateful_session| legacy MCP sessions stick to the backend that created them: |
     |   |                                    | the upstream host is sealed into Mcp-Session-Id, so any     |
     |   |                                    | Envoy replica routes a session with no shared store         |
-    | 4 | envoy.filters.http.router          | terminal                                                    |
+    | 6 | envoy.filters.http.router          | terminal                                                    |
 
 The MCP filter's body limit is kept at or below the connection buffer limit
 (a larger body with a smaller buffer limit hangs, see ENVOY notes); `ir.build`
@@ -26,7 +32,7 @@ from typing import Any
 from envoy.config.listener.v3.listener_pb2 import Listener
 
 from xds_server.ir.types import GatewayIR
-from xds_server.translate import rbac
+from xds_server.translate import policy_service, rbac
 from xds_server.translate.local_reply import local_reply_config
 from xds_server.translate.names import MCP_METADATA_NAMESPACE, listener_name, route_config_name
 from xds_server.translate.proto import to_message, typed, typed_struct
@@ -42,17 +48,15 @@ def mcp_filter(gateway: GatewayIR) -> dict[str, Any]:
     (Envoy 1.40 has it). Duplicate keys are rejected: with them, Envoy would
     match RBAC on one `method` value while the backend may act on another.
     """
-    return {
-        "name": MCP_METADATA_NAMESPACE,
-        "typed_config": typed_struct(
-            MCP_TYPE,
-            {
-                "traffic_mode": "REJECT_NO_MCP",
-                "max_request_body_size": gateway.max_request_body_bytes,
-                "reject_duplicate_keys": True,
-            },
-        ),
+    config: dict[str, Any] = {
+        "traffic_mode": "REJECT_NO_MCP",
+        "max_request_body_size": gateway.max_request_body_bytes,
+        "reject_duplicate_keys": True,
     }
+    if policy_service.gateway_needs_policy_service(gateway):
+        # Pick the route again once the body is parsed: policy routes match on method and tool.
+        config["clear_route_cache"] = True
+    return {"name": MCP_METADATA_NAMESPACE, "typed_config": typed_struct(MCP_TYPE, config)}
 
 
 def _session_filter() -> dict[str, Any]:
@@ -75,9 +79,13 @@ def _session_filter() -> dict[str, Any]:
 
 def http_filters(gateway: GatewayIR) -> list[dict[str, Any]]:
     """The HTTP filters in the order of the table above."""
+    python = []
+    if policy_service.gateway_needs_policy_service(gateway):
+        python = [*policy_service.ext_authz_filters(gateway), policy_service.ext_proc_filter(gateway)]
     return [
         mcp_filter(gateway),
         {"name": rbac.RBAC_FILTER, "typed_config": rbac.listener_rbac()},
+        *python,
         _session_filter(),
         {"name": "envoy.filters.http.router", "typed_config": typed("envoy.extensions.filters.http.router.v3.Router")},
     ]

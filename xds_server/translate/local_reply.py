@@ -44,17 +44,25 @@ def _mcp_metadata_is(key: str, *values: str) -> dict[str, Any]:
     }
 
 
-def _reply_is_json() -> dict[str, Any]:
-    """True when Envoy's own reply is already JSON (the MCP filter's JSON-RPC errors)."""
+def _cel(expression: str) -> dict[str, Any]:
+    """An access-log filter evaluating a CEL expression (natively, in Envoy)."""
     return {
         "extension_filter": {
             "name": "envoy.access_loggers.extension_filters.cel",
-            "typed_config": typed(
-                "envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter",
-                {"expression": "response.headers['content-type'] == 'application/json'"},
-            ),
+            "typed_config": typed("envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter",
+                                  {"expression": expression}),
         }
-    }
+    }  # fmt: skip
+
+
+def _reply_is_json() -> dict[str, Any]:
+    """True when the reply is already JSON: the MCP filter's and the policy service's JSON-RPC errors."""
+    return _cel("response.headers['content-type'] == 'application/json'")
+
+
+def _policy_service_failed() -> dict[str, Any]:
+    """ext_authz / ext_proc could not get an answer from the policy service."""
+    return _cel("response.code_details.startsWith('ext_authz_error') || response.code_details.startsWith('ext_proc')")
 
 
 def _all(*filters: dict[str, Any]) -> dict[str, Any]:
@@ -114,9 +122,13 @@ def local_reply_config(gateway: GatewayIR) -> dict[str, Any]:
     unknown = unknown_identity_filter(gateway)
     limit = gateway.max_request_body_bytes
     mappers = [
-        # The MCP filter answers 2026-07-28 header/body mismatches (-32020) and
-        # missing _meta (-32602) with a JSON-RPC error of its own: keep it.
-        {"filter": _all(_mcp_metadata_is("status", "mcp_not_jsonrpc"), _reply_is_json())},
+        # Replies that are JSON-RPC errors already keep their body: the MCP
+        # filter's own (2026-07-28 header/body mismatch -32020, missing _meta
+        # -32602) and the policy service's denials.
+        {"filter": _reply_is_json()},
+        _mapper(_policy_service_failed(), errors.POLICY_SERVICE_UNAVAILABLE,
+                "Policy service unavailable: this call needs a policy decision and none could be had "
+                "(the gateway fails closed)", backend=_BACKEND),
         _mapper(_mcp_metadata_is("status", "mcp_parse_error"), errors.PARSE_ERROR,
                 "Parse error: the request body is not complete, valid JSON"),
         _mapper(_mcp_metadata_is("status", "mcp_body_too_large"), errors.TOO_LARGE,

@@ -36,6 +36,8 @@ _ANY_MODULES = (
     "envoy.extensions.upstreams.http.v3.http_protocol_options_pb2",
     "envoy.extensions.access_loggers.stream.v3.stream_pb2",
     "envoy.extensions.access_loggers.filters.cel.v3.cel_pb2",
+    "envoy.extensions.filters.http.ext_authz.v3.ext_authz_pb2",
+    "envoy.extensions.filters.http.ext_proc.v3.ext_proc_pb2",
     "xds.type.v3.typed_struct_pb2",
 )
 _loaded = False

@@ -88,9 +88,9 @@ def toolless_permission() -> dict[str, Any]:
 def grant_permissions(grant: GrantIR) -> list[dict[str, Any]]:
     """The permissions (OR-ed by Envoy) that one grant allows, besides tool-less methods."""
     permissions = [toolless_permission()]
-    if grant.tools:
+    if grant.all_tools:
         permissions.append(
-            {"and_rules": {"rules": [_method_is("tools/call"), _metadata(("params", "name"), _any_of(grant.tools))]}}
+            {"and_rules": {"rules": [_method_is("tools/call"), _metadata(("params", "name"), _any_of(grant.all_tools))]}}
         )
     if grant.resources:
         methods = _or([_method_is(m) for m in RESOURCE_METHODS])

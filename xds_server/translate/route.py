@@ -1,9 +1,13 @@
 """A gateway's backends → one RouteConfiguration (RDS).
 
-One route per backend, matched on its exact gateway path, carrying that
-backend's RBAC allow-list. A last catch-all route answers 404 (mapped to a
-JSON-RPC "no backend" error) with RBAC switched off, so a wrong path is
-reported as a wrong path rather than as a denial.
+Per backend, matched on its exact gateway path and all carrying the
+backend's RBAC allow-list: first the route whose tool calls need a policy
+decision (ext_authz on), then the route for list methods (ext_proc on), then
+the native route for everything else (see `policy_service`). Every route of a
+backend is named after it, so replies name the backend whichever matched.
+A last catch-all route answers 404 (mapped to a JSON-RPC "no backend" error)
+with RBAC switched off, so a wrong path is reported as a wrong path rather
+than as a denial.
 """
 
 from __future__ import annotations
@@ -13,14 +17,29 @@ from typing import Any
 from envoy.config.route.v3.route_pb2 import RouteConfiguration
 
 from xds_server.ir.types import BackendIR, GatewayIR
-from xds_server.translate import rbac
+from xds_server.translate import policy_service, rbac
 from xds_server.translate.names import cluster_name, route_config_name, route_name
 from xds_server.translate.proto import to_message, typed
 
 NO_BACKEND_ROUTE = "no-backend"
 
 
-def _backend_route(backend: BackendIR, gateway: GatewayIR) -> dict[str, Any]:
+def _backend_routes(backend: BackendIR, gateway: GatewayIR) -> list[dict[str, Any]]:
+    """The backend's routes, most specific first."""
+    python = policy_service.gateway_needs_policy_service(gateway)
+    native = _backend_route(backend, gateway, {"path": backend.route_path},
+                            policy_service.no_policy_filters() if python else None)  # fmt: skip
+    routes = []
+    if (match := policy_service.authz_route_match(backend)) is not None:
+        routes.append(_backend_route(backend, gateway, match, policy_service.enable_ext_authz(backend)))
+    if (match := policy_service.list_route_match(backend)) is not None:
+        routes.append(_backend_route(backend, gateway, match, policy_service.enable_ext_proc(backend)))
+    return routes + [native]
+
+
+def _backend_route(
+    backend: BackendIR, gateway: GatewayIR, match: dict[str, Any], filters: dict[str, Any] | None = None
+) -> dict[str, Any]:
     action: dict[str, Any] = {
         "cluster": cluster_name(backend.name),
         "timeout": f"{backend.request_timeout_ms / 1000:.3f}s",
@@ -31,24 +50,25 @@ def _backend_route(backend: BackendIR, gateway: GatewayIR) -> dict[str, Any]:
         action["prefix_rewrite"] = backend.upstream_path
     return {
         "name": route_name(backend.name),
-        "match": {"path": backend.route_path},
+        "match": match,
         "route": action,
-        "typed_per_filter_config": {rbac.RBAC_FILTER: rbac.backend_rbac(backend, gateway.agents)},
+        "typed_per_filter_config": {rbac.RBAC_FILTER: rbac.backend_rbac(backend, gateway.agents), **(filters or {})},
     }
 
 
-def _no_backend_route() -> dict[str, Any]:
+def _no_backend_route(gateway: GatewayIR) -> dict[str, Any]:
+    filters = policy_service.no_policy_filters() if policy_service.gateway_needs_policy_service(gateway) else {}
     return {
         "name": NO_BACKEND_ROUTE,
         "match": {"prefix": "/"},
         "direct_response": {"status": 404},
         # An RBACPerRoute without rules disables RBAC on this route only.
-        "typed_per_filter_config": {rbac.RBAC_FILTER: typed(rbac.RBAC_PER_ROUTE_TYPE)},
+        "typed_per_filter_config": {rbac.RBAC_FILTER: typed(rbac.RBAC_PER_ROUTE_TYPE), **filters},
     }
 
 
 def build_route_config(gateway: GatewayIR) -> RouteConfiguration:
-    routes = [_backend_route(b, gateway) for b in gateway.backends] + [_no_backend_route()]
+    routes = [r for b in gateway.backends for r in _backend_routes(b, gateway)] + [_no_backend_route(gateway)]
     body = {
         "name": route_config_name(gateway.name),
         "virtual_hosts": [{"name": gateway.name, "domains": ["*"], "routes": routes}],

@@ -1,0 +1,181 @@
+"""Wiring to the policy service: its cluster, the ext_authz / ext_proc filters, per-route enabling.
+
+Python is only on the routes that need it. The filters are installed on the
+listener and every route switches off the ones it does not use (a route
+without an explicit choice would get them, failing closed):
+
+- `tools/call` of a tool that a conditional rule covers (or of any tool, on a
+  backend with a tool guard) goes to a route with ext_authz on;
+- the list methods go to a route with ext_proc on (response rewriting), when
+  the backend filters lists or guards its tools;
+- everything else stays on the backend's native route: MCP filter + RBAC only.
+
+The MCP filter's `clear_route_cache` makes Envoy pick the route again after
+the body is parsed, so routes can match on the JSON-RPC method and tool name.
+That is also why the filters are not installed `disabled` and enabled per
+route: whether a disabled filter runs is settled from the route chosen on the
+headers, before the body is read, which is never a metadata-matched route.
+A per-route `disabled: true` is read when the filter runs, after the route
+was chosen again.
+
+Fail-closed or fail-open is a per-backend choice, but ext_authz's
+`failure_mode_allow` is per filter: there are two ext_authz filters, one of
+each kind, and a route enables the one its backend asks for. ext_proc can
+override it per route.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from envoy.config.cluster.v3.cluster_pb2 import Cluster
+
+from xds_server.ir.types import BackendIR, EndpointIR, GatewayIR, NamePattern
+from xds_server.translate.cluster import _is_ip
+from xds_server.translate.names import MCP_METADATA_NAMESPACE
+from xds_server.translate.proto import to_message, typed
+
+POLICY_CLUSTER = "agentxds/policy-service"
+EXT_AUTHZ_CLOSED = "envoy.filters.http.ext_authz/fail-closed"
+EXT_AUTHZ_OPEN = "envoy.filters.http.ext_authz/fail-open"
+EXT_PROC = "envoy.filters.http.ext_proc"
+EXT_AUTHZ_TYPE = "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz"
+EXT_AUTHZ_PER_ROUTE = "envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute"
+EXT_PROC_TYPE = "envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor"
+EXT_PROC_PER_ROUTE = "envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute"
+LIST_METHODS = ("prompts/list", "resources/list", "resources/templates/list", "tools/list")
+BACKEND_METADATA_KEY = "x-agentxds-backend"  # gRPC metadata naming the backend for ext_proc
+
+
+def gateway_needs_policy_service(gateway: GatewayIR) -> bool:
+    return any(b.needs_authz or b.needs_list_processing for b in gateway.backends)
+
+
+def policy_cluster(endpoint: EndpointIR) -> Cluster:
+    """The gRPC (HTTP/2) cluster of the policy service."""
+    body: dict[str, Any] = {
+        "name": POLICY_CLUSTER,
+        "type": "STATIC" if _is_ip(endpoint.host) else "STRICT_DNS",
+        "connect_timeout": "1s",
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": typed(
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                {"explicit_http_config": {"http2_protocol_options": {}}},
+            )
+        },
+        "load_assignment": {
+            "cluster_name": POLICY_CLUSTER,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {
+                "address": endpoint.host, "port_value": endpoint.port}}}}]}],
+        },  # fmt: skip
+    }
+    return to_message(Cluster, body)
+
+
+def _grpc_service(timeout_ms: int) -> dict[str, Any]:
+    return {"envoy_grpc": {"cluster_name": POLICY_CLUSTER}, "timeout": f"{timeout_ms / 1000:.3f}s"}
+
+
+def _authz_timeout(gateway: GatewayIR) -> int:
+    return max((b.policy_service.timeout_ms for b in gateway.backends), default=250)
+
+
+def ext_authz_filters(gateway: GatewayIR) -> list[dict[str, Any]]:
+    """Both ext_authz filters (every route says which, if any, applies to it)."""
+    filters = []
+    for name, fail_open in ((EXT_AUTHZ_CLOSED, False), (EXT_AUTHZ_OPEN, True)):
+        config = {
+            "grpc_service": _grpc_service(_authz_timeout(gateway)),
+            "transport_api_version": "V3",
+            "failure_mode_allow": fail_open,
+            # The service needs the arguments: send the whole body (bounded by
+            # the MCP filter's limit, which is already enforced).
+            "with_request_body": {"max_request_bytes": gateway.max_request_body_bytes, "allow_partial_message": False},
+            "metadata_context_namespaces": [MCP_METADATA_NAMESPACE],
+            "status_on_error": {"code": "ServiceUnavailable"},
+        }
+        filters.append({"name": name, "typed_config": typed(EXT_AUTHZ_TYPE, config)})
+    return filters
+
+
+def ext_proc_filter(gateway: GatewayIR) -> dict[str, Any]:
+    """The ext_proc filter for list responses (every route says whether it applies)."""
+    config = {
+        "grpc_service": _grpc_service(_authz_timeout(gateway)),
+        "failure_mode_allow": False,
+        "processing_mode": {
+            "request_header_mode": "SEND",  # who is asking
+            "request_body_mode": "NONE",
+            "request_trailer_mode": "SKIP",
+            "response_header_mode": "SEND",
+            "response_body_mode": "BUFFERED",  # list responses are short; never a long-lived stream
+            "response_trailer_mode": "SKIP",
+        },
+        "message_timeout": f"{_authz_timeout(gateway) / 1000:.3f}s",
+    }
+    return {"name": EXT_PROC, "typed_config": typed(EXT_PROC_TYPE, config)}
+
+
+def _method_matcher(*methods: str) -> dict[str, Any]:
+    values = [{"string_match": {"exact": m}} for m in methods]
+    value = values[0] if len(values) == 1 else {"or_match": {"value_matchers": values}}
+    return {"filter": MCP_METADATA_NAMESPACE, "path": [{"key": "method"}], "value": value}
+
+
+def _tool_matcher(patterns: tuple[NamePattern, ...]) -> dict[str, Any]:
+    from xds_server.translate.rbac import string_matcher
+
+    values = [string_matcher(p) for p in patterns]
+    value = values[0] if len(values) == 1 else {"or_match": {"value_matchers": values}}
+    return {"filter": MCP_METADATA_NAMESPACE, "path": [{"key": "params"}, {"key": "name"}], "value": value}
+
+
+def authz_tools(backend: BackendIR) -> tuple[NamePattern, ...] | None:
+    """Tool patterns whose calls go to ext_authz; () means every tool; None means none."""
+    if backend.tool_guard is not None:
+        return ()
+    patterns = sorted({p for rule in backend.conditional_rules for p in rule.tools})
+    return tuple(patterns) if patterns else None
+
+
+def authz_route_match(backend: BackendIR) -> dict[str, Any] | None:
+    """Route match for this backend's `tools/call`s that need a policy decision."""
+    tools = authz_tools(backend)
+    if tools is None:
+        return None
+    metadata = [_method_matcher("tools/call")]
+    if tools:
+        metadata.append(_tool_matcher(tools))
+    return {"path": backend.route_path, "dynamic_metadata": metadata}
+
+
+def list_route_match(backend: BackendIR) -> dict[str, Any] | None:
+    if not backend.needs_list_processing:
+        return None
+    return {"path": backend.route_path, "dynamic_metadata": [_method_matcher(*LIST_METHODS)]}
+
+
+def _off(type_name: str) -> dict[str, Any]:
+    return typed(type_name, {"disabled": True})
+
+
+def no_policy_filters() -> dict[str, Any]:
+    """typed_per_filter_config for a route that needs no policy decision: all three filters off."""
+    return {EXT_AUTHZ_CLOSED: _off(EXT_AUTHZ_PER_ROUTE), EXT_AUTHZ_OPEN: _off(EXT_AUTHZ_PER_ROUTE),
+            EXT_PROC: _off(EXT_PROC_PER_ROUTE)}  # fmt: skip
+
+
+def enable_ext_authz(backend: BackendIR) -> dict[str, Any]:
+    """typed_per_filter_config: the backend's ext_authz filter on (the other and ext_proc off)."""
+    name = EXT_AUTHZ_OPEN if backend.policy_service.fail_open else EXT_AUTHZ_CLOSED
+    per_route = typed(EXT_AUTHZ_PER_ROUTE, {"check_settings": {"context_extensions": {"backend": backend.name}}})
+    return {**no_policy_filters(), name: per_route}
+
+
+def enable_ext_proc(backend: BackendIR) -> dict[str, Any]:
+    """typed_per_filter_config: ext_proc on for list responses (ext_authz off)."""
+    overrides = {
+        "failure_mode_allow": backend.policy_service.fail_open,
+        "grpc_initial_metadata": [{"key": BACKEND_METADATA_KEY, "value": backend.name}],
+    }
+    return {**no_policy_filters(), EXT_PROC: typed(EXT_PROC_PER_ROUTE, {"overrides": overrides})}
