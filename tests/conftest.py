@@ -26,8 +26,10 @@ class McpBackendFactory:
         self.workdir = workdir
         self.started: list[McpBackend] = []
 
-    def __call__(self, name: str = "demo-github", *, path: str = "/mcp", json_response: bool = False) -> McpBackend:
-        backend = start_mcp_backend(self.workdir, name=name, path=path, json_response=json_response)
+    def __call__(self, name: str = "demo-github", *, path: str = "/mcp", json_response: bool = False,
+                 port: int = 0, extra_args: tuple[str, ...] = ()) -> McpBackend:  # fmt: skip
+        backend = start_mcp_backend(self.workdir, name=name, path=path, json_response=json_response, port=port,
+                                    extra_args=extra_args)  # fmt: skip
         self.started.append(backend)
         return backend
 

@@ -76,13 +76,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from xds_server.control_plane import ControlPlane
 
     async def serve() -> int:
-        control = ControlPlane(args.dir, host=args.host, port=args.port)
+        control = ControlPlane(args.dir, host=args.host, port=args.port, policy_host=args.host,
+                               policy_port=args.policy_port, approvals_port=args.approvals_port)  # fmt: skip
         await control.start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        print(f"agentxds control plane: ADS on {args.host}:{control.port}, policies {args.dir}", flush=True)
+        service = control.policy_service
+        assert service is not None
+        print(f"agentxds control plane: ADS on {args.host}:{control.port}, policy service on {args.host}:"
+              f"{service.port}, approvals on http://{args.host}:{service.approvals_port}, policies {args.dir}",
+              flush=True)  # fmt: skip
         await stop.wait()
         await control.stop()
         return 0
@@ -95,7 +100,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     return asyncio.run(
         run_up(args.dir, gateway_name=args.gateway, demo=args.demo, admin_port=args.admin_port,
-               envoy_log_level=args.envoy_log_level)
+               approvals_port=args.approvals_port, envoy_log_level=args.envoy_log_level)
     )  # fmt: skip
 
 
@@ -111,6 +116,18 @@ def cmd_status(args: argparse.Namespace) -> int:
     return status_exit_code(status)  # 1: policy errors or a NACK in effect
 
 
+def cmd_approvals(args: argparse.Namespace) -> int:
+    from xds_server.approvals_client import run_approvals
+
+    return run_approvals(args.url, args.action, args.id, by=args.by, include_done=args.all)
+
+
+def cmd_pin(args: argparse.Namespace) -> int:
+    from xds_server.pin_command import run_pin
+
+    return run_pin(args.dir, args.backend, url=args.url, legacy=args.legacy)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="agentxds", description="Envoy agent gateway: policies in, xDS out.")
     parser.add_argument("--log-level", default="INFO", help="control plane log level (default INFO)")
@@ -121,13 +138,16 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--demo", action="store_true", help='also start the demo MCP server for backends annotated agentxds.dev/demo: "true"')
     up.add_argument("--gateway", help="which Gateway to run (default: the first by name)")
     up.add_argument("--admin-port", type=int, default=0, help="Envoy admin port on 127.0.0.1 (default: a free one)")
+    up.add_argument("--approvals-port", type=int, default=18002, help="approvals HTTP API on 127.0.0.1 (default 18002)")
     up.add_argument("--envoy-log-level", default="warning")
     up.set_defaults(func=cmd_up)
 
     serve = sub.add_parser("serve", help="control plane only (for a fleet of Envoys or docker compose)")
     serve.add_argument("dir", type=_policy_dir)
     serve.add_argument("--host", default="127.0.0.1", help="address to serve ADS on (0.0.0.0 in a container)")
-    serve.add_argument("--port", type=int, default=DEFAULT_XDS_PORT)
+    serve.add_argument("--port", type=int, default=DEFAULT_XDS_PORT, help="ADS and status API port (default 18000)")
+    serve.add_argument("--policy-port", type=int, default=18001, help="policy service gRPC port (default 18001)")
+    serve.add_argument("--approvals-port", type=int, default=18002, help="approvals HTTP API port (default 18002)")
     serve.set_defaults(func=cmd_serve)
 
     validate = sub.add_parser("validate", help="check a policy directory; non-zero exit on errors")
@@ -152,6 +172,20 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--xds", default=f"127.0.0.1:{DEFAULT_XDS_PORT}", help="control plane address host:port")
     status.add_argument("--timeout", type=float, default=5.0)
     status.set_defaults(func=cmd_status)
+    approvals = sub.add_parser("approvals", help="list, approve or deny calls waiting for an operator")
+    approvals.add_argument("action", choices=("list", "show", "approve", "deny"))
+    approvals.add_argument("id", nargs="?", help="approval id (from the JSON-RPC error's data.approvalId)")
+    approvals.add_argument("--url", default="http://127.0.0.1:18002", help="the policy service's approvals API")
+    approvals.add_argument("--by", default=None, help="who decides (default: $USER)")
+    approvals.add_argument("--all", action="store_true", help="list: include decided and used approvals")
+    approvals.set_defaults(func=cmd_approvals)
+
+    pin = sub.add_parser("pin", help="record a backend's tools in an MCPToolLock file (commit it)")
+    pin.add_argument("dir", type=_policy_dir, help="policy directory; the lock is written as DIR/<backend>.lock.yaml")
+    pin.add_argument("--backend", required=True, help="MCPBackend name")
+    pin.add_argument("--url", help="MCP URL to read the tools from (default: the backend's first endpoint)")
+    pin.add_argument("--legacy", action="store_true", help="speak 2025-11-25 to the backend")
+    pin.set_defaults(func=cmd_pin)
     return parser
 
 

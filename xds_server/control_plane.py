@@ -1,4 +1,5 @@
-"""The running control plane: pipeline + snapshot cache + ADS/Status server + watcher.
+"""The running control plane: pipeline + snapshot cache + ADS/Status server + watcher,
+and the policy service (ext_authz/ext_proc) fed with the same IR.
 
 Used by `agentxds serve`, `agentxds up` and the end-to-end tests alike, so the
 tests exercise exactly what users run.
@@ -12,6 +13,7 @@ import logging
 from pathlib import Path
 from typing import Callable
 
+from xds_server.authz.service import PolicyService
 from xds_server.pipeline import Pipeline, ReloadResult
 from xds_server.watch import watch_policies
 from xds_server.xds.cache import SnapshotCache
@@ -27,7 +29,9 @@ class ControlPlane:
     `start()` publishes the policies once before it serves, so the first Envoy
     to connect gets a configuration at once (if the policies are valid; if not,
     Envoys wait and the errors are in `last_reload`). `watch=False` disables
-    the file watcher (reload by calling `reload()`).
+    the file watcher (reload by calling `reload()`). With `policy_port` set
+    (0 = a free port) the policy service runs too, on `policy_host`, with its
+    approvals API on `approvals_port`; each published IR is handed to it.
     """
 
     def __init__(
@@ -39,6 +43,9 @@ class ControlPlane:
         watch: bool = True,
         debounce_ms: int = 100,
         on_reload: Callable[[ReloadResult], None] | None = None,
+        policy_host: str = "127.0.0.1",
+        policy_port: int | None = None,
+        approvals_port: int = 0,
     ) -> None:
         self.cache = SnapshotCache()
         self.recorder = StatusRecorder()
@@ -51,6 +58,10 @@ class ControlPlane:
         self._watcher: asyncio.Task[None] | None = None
         self.last_reload: ReloadResult | None = None
         self.reloads = 0
+        self.policy_service: PolicyService | None = None
+        if policy_port is not None:
+            self.policy_service = PolicyService(host=policy_host, port=policy_port, approvals_host=policy_host,
+                                                approvals_port=approvals_port)  # fmt: skip
 
     @property
     def port(self) -> int:
@@ -58,13 +69,21 @@ class ControlPlane:
 
     def reload(self) -> ReloadResult:
         result = self.pipeline.reload()
+        self._record(result)
+        return result
+
+    def _record(self, result: ReloadResult) -> None:
+        if result.ok and self.policy_service is not None and self.pipeline.ir is not None:
+            self.policy_service.update(self.pipeline.ir, ",".join(f"{g}@{v}" for g, v in sorted(result.versions.items())))
         self.last_reload = result
         self.reloads += 1
         if self._on_reload is not None:
             self._on_reload(result)
-        return result
 
     async def start(self) -> ControlPlane:
+        if self.policy_service is not None:
+            # Before the first publish: Envoy must find the policy service up once routes use it.
+            await self.policy_service.start()
         self.reload()
         await self.server.start()
         if self._watch:
@@ -73,13 +92,7 @@ class ControlPlane:
         return self
 
     async def _watch_loop(self) -> None:
-        def record(result: ReloadResult) -> None:
-            self.last_reload = result
-            self.reloads += 1
-            if self._on_reload is not None:
-                self._on_reload(result)
-
-        await watch_policies(self.pipeline, debounce_ms=self._debounce_ms, stop=self._stop, on_reload=record)
+        await watch_policies(self.pipeline, debounce_ms=self._debounce_ms, stop=self._stop, on_reload=self._record)
 
     async def stop(self) -> None:
         self._stop.set()
@@ -88,6 +101,8 @@ class ControlPlane:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._watcher
         await self.server.stop()
+        if self.policy_service is not None:
+            await self.policy_service.stop()
 
     async def __aenter__(self) -> ControlPlane:
         return await self.start()

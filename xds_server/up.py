@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import TextIO
 
 from xds_server.control_plane import ControlPlane
-from xds_server.ir.types import IR, GatewayIR
+from xds_server.ir.types import IR, EndpointIR, GatewayIR
+from xds_server.pipeline import compile_policies
+from xds_server.policy.diagnostics import PolicyError
 from xds_server.pipeline import ReloadResult
 from xds_server.policy.load import load_directory
 from xds_server.runtime.bootstrap import render_bootstrap
@@ -98,17 +100,28 @@ async def run_up(
     gateway_name: str | None = None,
     demo: bool = False,
     admin_port: int = 0,
+    approvals_port: int = 18002,
     envoy_log_level: str = "warning",
     out: TextIO = sys.stdout,
 ) -> int:
     """Run until SIGINT/SIGTERM; returns the exit code."""
-    control = ControlPlane(policy_dir, on_reload=lambda r: _report(r, out))
+    try:
+        ir, _ = compile_policies(policy_dir)
+    except PolicyError as exc:
+        print(f"agentxds up: {policy_dir} has errors:\n{exc}", file=out)
+        return 1
+    except ValueError as exc:
+        print(f"agentxds up: {exc}", file=out)
+        return 1
+    gateway = _pick_gateway(ir, gateway_name)
+    policy = gateway.policy_service or EndpointIR("127.0.0.1", 18001)
+    control = ControlPlane(policy_dir, on_reload=lambda r: _report(r, out), policy_host=policy.host,
+                           policy_port=policy.port, approvals_port=approvals_port)  # fmt: skip
     await control.start()
     first = control.last_reload
     if first is None or not first.ok or control.pipeline.ir is None:
         await control.stop()
         return 1
-    gateway = _pick_gateway(control.pipeline.ir, gateway_name)
     workdir = Path(tempfile.mkdtemp(prefix="agentxds-up-"))
     demos: list[subprocess.Popen[bytes]] = []
     envoy: EnvoyProcess | None = None
@@ -128,6 +141,10 @@ async def run_up(
         # The listener accepting connections is what the user waits for.
         await asyncio.to_thread(wait_for_port, _connect_host(gateway), gateway.listen_port, 30.0)
         _print_banner(gateway, envoy, control.port, out)
+        if control.policy_service is not None:
+            service = control.policy_service
+            print(f"policy service    {service.host}:{service.port} (gRPC); approvals: agentxds approvals list "
+                  f"--url http://{service.approvals_host}:{service.approvals_port}", file=out, flush=True)  # fmt: skip
         print(f"envoy log         {envoy.log_path}", file=out, flush=True)
         await stop.wait()
         print("stopping", file=out, flush=True)

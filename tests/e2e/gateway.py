@@ -25,7 +25,7 @@ GATEWAY = "e2e"
 IDENTITY_HEADER = "x-agent-id"
 
 
-def gateway_yaml(listen_port: int, *, max_body: int = 8192, buffer: int = 65536) -> str:
+def gateway_yaml(listen_port: int, policy_port: int, *, max_body: int = 8192, buffer: int = 65536) -> str:
     return f"""\
 apiVersion: agentxds.dev/v1
 kind: Gateway
@@ -34,10 +34,12 @@ spec:
   listen: {{address: 127.0.0.1, port: {listen_port}}}
   identity: {{trustedHeader: {IDENTITY_HEADER}}}
   limits: {{maxRequestBodyBytes: {max_body}, connectionBufferBytes: {buffer}}}
+  policyService: {{host: 127.0.0.1, port: {policy_port}}}
 """
 
 
-def backend_yaml(name: str, backend: McpBackend) -> str:
+def backend_yaml(name: str, backend: McpBackend, extra: str = "") -> str:
+    """An MCPBackend document; `extra` is more YAML under `spec:` (indented two spaces)."""
     return f"""\
 apiVersion: agentxds.dev/v1
 kind: MCPBackend
@@ -47,7 +49,7 @@ spec:
   path: {backend.path}
   endpoints: [{{host: {backend.host}, port: {backend.port}}}]
   timeouts: {{connect: 2s, request: 0s}}
-"""
+{extra}"""
 
 
 AGENTS_YAML = """\
@@ -94,6 +96,12 @@ class RunningGateway:
     envoy: EnvoyProcess
     listen_port: int
     backends: dict[str, McpBackend] = field(default_factory=dict)
+
+    @property
+    def approvals_url(self) -> str:
+        service = self.control.policy_service
+        assert service is not None
+        return f"http://127.0.0.1:{service.approvals_port}"
 
     def url(self, backend: str = "github") -> str:
         return f"http://127.0.0.1:{self.listen_port}/mcp/{backend}"
@@ -151,20 +159,33 @@ async def wait_listening(port: int, timeout: float = 15.0) -> None:
     await until(lambda: port_open("127.0.0.1", port), timeout, f"a listener on 127.0.0.1:{port}")
 
 
-def write_policies(policy_dir: Path, listen_port: int, backends: dict[str, McpBackend], **gateway_opts: Any) -> None:
+def write_policies(
+    policy_dir: Path,
+    listen_port: int,
+    backends: dict[str, McpBackend],
+    *,
+    policy_port: int,
+    backend_extra: dict[str, str] | None = None,
+    policy_yaml: str = POLICY_YAML,
+    **gateway_opts: Any,
+) -> None:
     policy_dir.mkdir(parents=True, exist_ok=True)
-    (policy_dir / "gateway.yaml").write_text(gateway_yaml(listen_port, **gateway_opts))
-    (policy_dir / "backends.yaml").write_text("---\n".join(backend_yaml(n, b) for n, b in backends.items()))
+    (policy_dir / "gateway.yaml").write_text(gateway_yaml(listen_port, policy_port, **gateway_opts))
+    extra = backend_extra or {}
+    (policy_dir / "backends.yaml").write_text("---\n".join(backend_yaml(n, b, extra.get(n, "")) for n, b in backends.items()))
     (policy_dir / "agents.yaml").write_text(AGENTS_YAML)
-    (policy_dir / "github-policy.yaml").write_text(POLICY_YAML)
+    (policy_dir / "github-policy.yaml").write_text(policy_yaml)
 
 
-async def start_gateway(workdir: Path, backends: dict[str, McpBackend], **gateway_opts: Any) -> RunningGateway:
-    """Policies + control plane + Envoy; returns once Envoy's listener accepts connections."""
-    listen_port = free_port()
+async def start_gateway(workdir: Path, backends: dict[str, McpBackend], **policy_opts: Any) -> RunningGateway:
+    """Policies + control plane (with the policy service) + Envoy; returns once Envoy's listener accepts connections.
+
+    `policy_opts` go to `write_policies` (backend_extra, policy_yaml, gateway limits).
+    """
+    listen_port, policy_port = free_port(), free_port()
     policy_dir = workdir / "policies"
-    write_policies(policy_dir, listen_port, backends, **gateway_opts)
-    control = ControlPlane(policy_dir, port=0, debounce_ms=50)
+    write_policies(policy_dir, listen_port, backends, policy_port=policy_port, **policy_opts)
+    control = ControlPlane(policy_dir, port=0, debounce_ms=50, policy_port=policy_port, approvals_port=0)
     await control.start()
     assert control.last_reload is not None and control.last_reload.ok, control.last_reload
     bootstrap = render_bootstrap(

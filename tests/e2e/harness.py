@@ -242,6 +242,8 @@ def start_mcp_backend(
     host: str = "127.0.0.1",
     json_response: bool = False,
     timeout: float = 20.0,
+    port: int = 0,
+    extra_args: tuple[str, ...] = (),
 ) -> McpBackend:
     """Start the demo MCP server on a kernel-chosen port and wait for its READY line.
 
@@ -253,11 +255,12 @@ def start_mcp_backend(
     request_log = workdir / f"{name}.requests.jsonl"
     argv = [
         sys.executable, "-m", "xds_server.demo.mcp_server",
-        "--host", host, "--port", "0", "--path", path,
+        "--host", host, "--port", str(port), "--path", path,
         "--name", name, "--request-log", str(request_log),
     ]  # fmt: skip
     if json_response:
         argv.append("--json-response")
+    argv += list(extra_args)
     proc = ManagedProcess(argv, log_path=workdir / f"{name}.log", env=python_env(), cwd=REPO_ROOT, name=name)
     try:
         line = proc.start(ready_line=_READY_RE, timeout=timeout)

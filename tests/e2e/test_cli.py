@@ -29,9 +29,10 @@ def demo_copy(tmp_path: Path) -> tuple[Path, int, int]:
     """The demo policies with the gateway and demo backend moved to free ports."""
     target = tmp_path / "demo"
     shutil.copytree(DEMO, target)
-    gateway_port, backend_port = free_port(), free_port()
+    gateway_port, backend_port, policy_port = free_port(), free_port(), free_port()
     gateway = (target / "gateway.yaml").read_text()
     gateway = gateway.replace("port: 10000", f"port: {gateway_port}").replace("port: 18081", f"port: {backend_port}")
+    gateway = gateway.replace("port: 18001", f"port: {policy_port}")
     (target / "gateway.yaml").write_text(gateway)
     return target, gateway_port, backend_port
 
@@ -49,7 +50,7 @@ def _alive(pid: int) -> bool:
 def test_up_with_the_demo_serves_allowed_and_denied_calls_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
     policy_dir, gateway_port, _ = demo_copy(tmp_path)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "xds_server.cli", "up", "--demo", str(policy_dir)],
+        [sys.executable, "-m", "xds_server.cli", "up", "--demo", str(policy_dir), "--approvals-port", str(free_port())],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=python_env(), cwd=REPO_ROOT,
     )  # fmt: skip
     lines: list[str] = []
@@ -121,7 +122,10 @@ def test_render_shows_what_envoy_receives() -> None:
     listener = types["type.googleapis.com/envoy.config.listener.v3.Listener"][0]
     assert listener["name"] == "gateway/demo"
     routes = types["type.googleapis.com/envoy.config.route.v3.RouteConfiguration"][0]
-    assert [r["name"] for r in routes["virtual_hosts"][0]["routes"]] == ["github", "no-backend"]
+    demo_routes = routes["virtual_hosts"][0]["routes"]
+    # The list route (per-caller filtering in the policy service), the native route, the 404.
+    assert [r["name"] for r in demo_routes] == ["github", "github", "no-backend"]
+    assert demo_routes[0]["match"]["dynamic_metadata"][0]["path"] == [{"key": "method"}]
 
     ir = agentxds("render", str(DEMO), "--to", "ir")
     assert ir.returncode == 0, ir.stderr

@@ -128,13 +128,13 @@ async def test_envoy_started_before_the_control_plane_waits_then_gets_its_config
     from tests.e2e.gateway import write_policies
 
     backend = mcp_backend_factory(name="github")
-    listen_port, xds_port = free_port(), free_port()
+    listen_port, xds_port, policy_port = free_port(), free_port(), free_port()
     policy_dir = tmp_path / "policies"
-    write_policies(policy_dir, listen_port, {"github": backend})
+    write_policies(policy_dir, listen_port, {"github": backend}, policy_port=policy_port)
     bootstrap = render_bootstrap(node_id="early", node_cluster=GATEWAY, xds_host="127.0.0.1", xds_port=xds_port,
                                  admin_port=0)  # fmt: skip
     envoy = EnvoyProcess(bootstrap, workdir=tmp_path / "envoy", log_level="warning").start()
-    control = ControlPlane(policy_dir, port=xds_port, watch=False)
+    control = ControlPlane(policy_dir, port=xds_port, watch=False, policy_port=policy_port)
     try:
         await envoy.wait_live_async(20)
         assert envoy.server_state() != "LIVE"  # waiting for its first configuration

@@ -1,0 +1,139 @@
+"""Envoy ext_proc (gRPC `ExternalProcessor.Process`): list responses filtered per caller.
+
+One stream per HTTP request, on the list routes only. Envoy sends the
+request headers (who is asking), the response headers (content type), then
+the whole response body (BUFFERED: list answers are short, and the
+long-lived GET stream never comes here). The body is rewritten so that the
+caller sees only the tools, prompts and resources it may use, and, on a
+guarded backend, none that changed since they were pinned.
+
+A JSON or SSE body that cannot be read is replaced by a JSON-RPC error
+(fail closed): passing it on unfiltered could show what should stay hidden.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+import grpc
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc
+
+from xds_server import errors
+from xds_server.authz.jsonrpc import error_body
+from xds_server.authz.listing import rewrite_list_response
+from xds_server.authz.state import BackendView
+from xds_server.translate.policy_service import BACKEND_METADATA_KEY
+
+if TYPE_CHECKING:
+    from xds_server.authz.service import PolicyService
+
+log = logging.getLogger(__name__)
+
+
+def header_map(headers: Any) -> dict[str, str]:
+    """ext_proc HeaderMap → dict with lower-case names (Envoy fills `raw_value`, older ones `value`)."""
+    return {h.key.lower(): h.raw_value.decode("utf-8", "replace") if h.raw_value else h.value for h in headers.headers}
+
+
+def _continue(phase: str) -> pb.ProcessingResponse:
+    response = pb.ProcessingResponse()
+    getattr(response, phase).SetInParent()
+    return response
+
+
+def _replace_body(new_body: bytes) -> pb.ProcessingResponse:
+    response = pb.ProcessingResponse()
+    common = response.response_body.response
+    common.body_mutation.body = new_body
+    # The length changed; Envoy re-frames the body (chunked for HTTP/1.1).
+    common.header_mutation.remove_headers.append("content-length")
+    return response
+
+
+def _refuse(status: int, body: str) -> pb.ProcessingResponse:
+    response = pb.ProcessingResponse()
+    immediate = response.immediate_response
+    immediate.status.code = status
+    immediate.body = body.encode()
+    option = immediate.headers.set_headers.add()
+    option.header.key = "content-type"
+    option.header.raw_value = b"application/json"
+    return response
+
+
+class ListFilter:
+    """Decides what one caller keeps of one list response."""
+
+    def __init__(self, service: PolicyService, view: BackendView | None, agent: str | None) -> None:
+        self._service = service
+        self._view = view
+        self._agent = agent
+
+    def rewrite(self, body: bytes, content_type: str) -> tuple[bytes | None, bool]:
+        """(new body or None if unchanged, whether the body could be read)."""
+        view, agent = self._view, self._agent
+        guard = view.backend.tool_guard if view is not None else None
+        def keep(kind: str, item: Mapping[str, Any]) -> bool:
+            if view is None or agent is None:
+                return False
+            name = _item_name(kind, item)
+            if name is None or not view.may_use(agent, kind, name):
+                return False
+            if kind == "tools" and guard is not None:
+                verdict = self._service.guard.observe(view.backend.name, [item], guard).get(name)
+                return verdict is None or verdict.usable
+            return True
+
+        result = rewrite_list_response(body, content_type, keep)
+        if result.removed:
+            self._service.log_decision({"backend": view.backend.name if view else None, "agent": agent,
+                                        "list": True, "hidden": list(result.removed)})  # fmt: skip
+        return result.body, not result.parse_failed
+
+
+def _item_name(kind: str, item: Mapping[str, Any]) -> str | None:
+    from xds_server.authz.listing import item_name
+
+    name = item_name(kind, item)
+    return name if isinstance(name, str) else None
+
+
+class ExtProcServicer(external_processor_pb2_grpc.ExternalProcessorServicer):
+    def __init__(self, service: PolicyService) -> None:
+        self._service = service
+
+    async def Process(
+        self, request_iterator: AsyncIterator[pb.ProcessingRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ProcessingResponse]:
+        metadata = dict(context.invocation_metadata() or ())
+        view = self._service.index.backend(str(metadata.get(BACKEND_METADATA_KEY, "")))
+        agent: str | None = None
+        content_type = ""
+        request_id: Any = None
+        async for request in request_iterator:
+            phase = request.WhichOneof("request")
+            if phase == "request_headers":
+                agent = view.agent_of(header_map(request.request_headers.headers)) if view else None
+                yield _continue("request_headers")
+            elif phase == "response_headers":
+                content_type = header_map(request.response_headers.headers).get("content-type", "")
+                yield _continue("response_headers")
+            elif phase == "response_body":
+                body = request.response_body.body
+                new_body, readable = ListFilter(self._service, view, agent).rewrite(body, content_type)
+                if not readable and _is_rpc_content(content_type):
+                    log.warning("list response from backend %s could not be read; refused",
+                                view.backend.name if view else "?")  # fmt: skip
+                    yield _refuse(502, error_body(request_id, errors.GATEWAY_ERROR,
+                                                  "The backend's list response could not be filtered, so it is withheld"))  # fmt: skip
+                    return
+                yield _replace_body(new_body) if new_body is not None else _continue("response_body")
+            elif phase is not None:
+                yield _continue(phase)
+
+
+def _is_rpc_content(content_type: str) -> bool:
+    return content_type.startswith(("application/json", "text/event-stream"))

@@ -1,0 +1,48 @@
+"""`agentxds pin DIR --backend NAME`: write the backend's MCPToolLock into the policy directory."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+
+def run_pin(policy_dir: Path, backend_name: str, *, url: str | None, legacy: bool) -> int:
+    from xds_server.authz.pin import fetch_tools, lock_document
+    from xds_server.policy.diagnostics import PolicyError
+    from xds_server.policy.load import load_directory
+
+    try:
+        policy_set = load_directory(policy_dir)
+    except PolicyError as exc:
+        print(f"agentxds pin: {policy_dir} has errors:\n{exc}", file=sys.stderr)
+        return 1
+    backend = next((b.doc for b in policy_set.backends if b.doc.metadata.name == backend_name), None)
+    if backend is None:
+        known = ", ".join(b.doc.metadata.name for b in policy_set.backends) or "none"
+        print(f"agentxds pin: no MCPBackend named {backend_name!r} (known: {known})", file=sys.stderr)
+        return 1
+    if url is None:
+        endpoint = backend.spec.endpoints[0]
+        url = f"http://{endpoint.host}:{endpoint.port}{backend.spec.path}"
+    try:
+        tools = asyncio.run(fetch_tools(url, mode="legacy" if legacy else "auto"))
+    except Exception as exc:  # the SDK raises many kinds; the message is what matters here
+        print(f"agentxds pin: cannot list the tools at {url}: {exc}", file=sys.stderr)
+        return 1
+    existing = policy_set.lock_for(backend_name)
+    target = Path(existing.source.file) if existing is not None else Path(policy_dir) / f"{backend_name}.lock.yaml"
+    if existing is not None and _documents_in(target) > 1:
+        # Rewriting the file would drop its other documents.
+        print(f"agentxds pin: {target} holds other documents besides the lock of {backend_name}; move the "
+              "MCPToolLock to a file of its own and run pin again", file=sys.stderr)  # fmt: skip
+        return 1
+    target.write_text(lock_document(backend_name, tools))
+    print(f"pinned {len(tools)} tool(s) of {backend_name} from {url} in {target}")
+    return 0
+
+
+def _documents_in(path: Path) -> int:
+    import yaml
+
+    return sum(1 for doc in yaml.safe_load_all(path.read_text()) if doc is not None)
