@@ -1,0 +1,117 @@
+"""Conditions, quotas, approvals and tool locks in policies: validated at load, with file and line."""
+
+from __future__ import annotations
+
+import pytest
+
+from xds_server.ir.build import build_ir
+from xds_server.ir.types import QuotaScope
+from xds_server.policy.diagnostics import PolicyError
+from xds_server.policy.load import load_texts
+
+BASE = """\
+apiVersion: agentxds.dev/v1
+kind: Gateway
+metadata: {name: gw}
+spec:
+  listen: {port: 10000}
+  identity: {trustedHeader: x-agent-id}
+---
+apiVersion: agentxds.dev/v1
+kind: MCPBackend
+metadata: {name: github}
+spec:
+  endpoints: [{host: 127.0.0.1, port: 8080}]
+---
+apiVersion: agentxds.dev/v1
+kind: Agent
+metadata: {name: bot}
+spec: {identity: {header: bot}}
+"""
+
+LOCK = """\
+apiVersion: agentxds.dev/v1
+kind: MCPToolLock
+metadata: {name: %s}
+spec:
+  backend: %s
+  tools:
+    - name: x
+      descriptionSha256: %s
+      inputSchemaSha256: %s
+"""
+HEX = "ab" * 32
+
+
+def policy(rule: str) -> str:
+    return f"""\
+apiVersion: agentxds.dev/v1
+kind: MCPPolicy
+metadata: {{name: p}}
+spec:
+  backend: github
+  rules:
+{rule}"""
+
+
+def errors_of(files: dict[str, str]) -> list[str]:
+    with pytest.raises(PolicyError) as exc:
+        load_texts(files)
+    return [str(d) for d in exc.value.diagnostics]
+
+
+def test_invalid_cel_is_a_load_error_with_file_line_and_field() -> None:
+    rule = "    - agents: [bot]\n      tools: [t]\n      when: 'args.repo.startsWith(\"acme/\"'\n"
+    (error,) = errors_of({"base.yaml": BASE, "p.yaml": policy(rule)})
+    assert error.startswith("p.yaml:9: MCPPolicy/p spec.rules[0].when: invalid CEL condition: line 1, column "), error
+
+
+def test_unknown_variable_in_a_condition_is_refused() -> None:
+    rule = "    - agents: [bot]\n      tools: [t]\n      when: 'request.path == \"/\"'\n"
+    (error,) = errors_of({"base.yaml": BASE, "p.yaml": policy(rule)})
+    assert "unknown variable 'request'" in error and "spec.rules[0].when" in error
+
+
+def test_conditions_apply_to_tools_only() -> None:
+    rule = "    - agents: [bot]\n      tools: [t]\n      resources: [r]\n      requireApproval: true\n"
+    (error,) = errors_of({"base.yaml": BASE, "p.yaml": policy(rule)})
+    assert "when, quota and requireApproval apply to tool calls only" in error
+
+
+def test_quota_needs_a_window() -> None:
+    rule = "    - agents: [bot]\n      tools: [t]\n      quota: {calls: 5, per: 0s}\n"
+    (error,) = errors_of({"base.yaml": BASE, "p.yaml": policy(rule)})
+    assert "spec.rules[0].quota" in error and "window must be above 0" in error
+
+
+def test_a_lock_must_name_an_existing_backend_and_be_the_only_one() -> None:
+    errors = errors_of({
+        "base.yaml": BASE,
+        "a.yaml": LOCK % ("a", "github", HEX, HEX),
+        "b.yaml": LOCK % ("b", "github", HEX, HEX),
+        "c.yaml": LOCK % ("c", "gitlab", HEX, HEX),
+    })  # fmt: skip
+    assert any("b.yaml:5: MCPToolLock/b spec.backend: backend 'github' is already pinned by MCPToolLock/a" in e
+               for e in errors), errors  # fmt: skip
+    assert any("c.yaml:5: MCPToolLock/c spec.backend: unknown backend 'gitlab'" in e for e in errors), errors
+
+
+def test_conditional_rules_reach_the_ir_apart_from_plain_grants() -> None:
+    rules = (
+        "    - agents: [bot]\n      tools: [list_issues]\n"
+        "    - agents: [\"*\"]\n      tools: [\"create_*\"]\n      when: 'args.repo.startsWith(\"acme/\")'\n"
+        "      quota: {calls: 10, per: 1m, by: agent+user}\n      requireApproval: true\n      approvalTtl: 5m\n"
+    )
+    ir = build_ir(load_texts({"base.yaml": BASE, "p.yaml": policy(rules), "lock.yaml": LOCK % ("l", "github", HEX, HEX)}))
+    backend = ir.gateways[0].backends[0]
+    (grant,) = backend.grants
+    assert [p.glob for p in grant.tools] == ["list_issues"]  # decided by Envoy alone
+    assert [p.glob for p in grant.conditional_tools] == ["create_*"]
+    assert {p.glob for p in grant.all_tools} == {"create_*", "list_issues"}  # what RBAC lets through
+    (rule,) = backend.conditional_rules
+    assert rule.id == "p/rules[1]" and rule.agents == ("bot",)
+    assert rule.when == 'args.repo.startsWith("acme/")'
+    assert rule.quota is not None and (rule.quota.calls, rule.quota.window_ms, rule.quota.scope) == (10, 60000, QuotaScope.AGENT_USER)
+    assert rule.require_approval and rule.approval_ttl_ms == 300000
+    assert backend.tool_guard is not None and [p.name for p in backend.tool_guard.pins or ()] == ["x"]
+    assert backend.needs_authz and backend.needs_list_processing
