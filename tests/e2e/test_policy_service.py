@@ -283,3 +283,19 @@ async def test_policy_service_down_fails_closed_then_recovers(gateway: RunningGa
             gateway.control.policy_service = replacement
         else:
             await service.start()
+
+
+async def test_decisions_are_logged_with_the_rule_that_decided(
+    gateway: RunningGateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="agentxds.decisions")
+    async with mcp_client(gateway.url(), agent("executor"), "modern") as client:
+        await call(client, "create_issue", repo="evil/web", title="t")
+        await call(client, "create_issue", repo="acme/web", title="t")
+    records = [json.loads(r.getMessage()) for r in caplog.records if r.name == "agentxds.decisions"]
+    calls = [r for r in records if r.get("tool") == "create_issue"]
+    assert calls[-2] == {"agent": "executor", "allowed": False, "backend": "github", "reason": "condition_not_met",
+                         "rule": "github/rules[1]", "tool": "create_issue"}  # fmt: skip
+    assert calls[-1]["allowed"] is True and calls[-1]["rule"] == "github/rules[1]"
+    hidden = [r for r in records if r.get("list")]
+    assert all(r["agent"] == "executor" for r in hidden)
