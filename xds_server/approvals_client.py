@@ -7,6 +7,7 @@ import json
 import sys
 import urllib.error
 import urllib.request
+from datetime import datetime, timezone
 from typing import Any
 
 
@@ -21,10 +22,16 @@ def _request(url: str, method: str = "GET", body: dict[str, Any] | None = None) 
         return exc.code, json.loads(exc.read() or b"null")
 
 
+def _when(value: Any) -> str:
+    if isinstance(value, (int, float)):
+        return datetime.fromtimestamp(value, timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+    return str(value)
+
+
 def format_approval(a: dict[str, Any]) -> str:
     args = json.dumps(a.get("arguments", {}), sort_keys=True)
     return (f"{a['id']}  {a['state']:<8}  {a['backend']}/{a['tool']} {args}  agent={a['agent']}  "
-            f"rule={a['rule']}  expires={a.get('expires_at')}")  # fmt: skip
+            f"rule={a['rule']}  expires {_when(a.get('expires_at'))}")  # fmt: skip
 
 
 def run_approvals(base_url: str, action: str, approval_id: str | None, *, by: str | None, include_done: bool) -> int:
