@@ -103,7 +103,7 @@ def test_validate_reports_every_error_with_file_line_and_field(tmp_path: Path) -
     broken = tmp_path / "broken"
     shutil.copytree(DEMO, broken)
     policy = (broken / "github-policy.yaml").read_text()
-    (broken / "github-policy.yaml").write_text(policy.replace("agents: [executor]", "agents: [exectuor]"))
+    (broken / "github-policy.yaml").write_text(policy.replace("agents: [executor]", "agents: [exectuor]", 1))
     agents = (broken / "agents.yaml").read_text()
     (broken / "agents.yaml").write_text(agents.replace("header: triage", "header: triage\n    spiffe: x"))
     result = agentxds("validate", str(broken))
@@ -123,9 +123,13 @@ def test_render_shows_what_envoy_receives() -> None:
     assert listener["name"] == "gateway/demo"
     routes = types["type.googleapis.com/envoy.config.route.v3.RouteConfiguration"][0]
     demo_routes = routes["virtual_hosts"][0]["routes"]
-    # The list route (per-caller filtering in the policy service), the native route, the 404.
-    assert [r["name"] for r in demo_routes] == ["github", "github", "no-backend"]
-    assert demo_routes[0]["match"]["dynamic_metadata"][0]["path"] == [{"key": "method"}]
+    # The policy-service route (conditional tools/calls), the list route (per-caller
+    # filtering), the native route, the 404.
+    assert [r["name"] for r in demo_routes] == ["github", "github", "github", "no-backend"]
+    authz_match, lists_match = demo_routes[0]["match"], demo_routes[1]["match"]
+    assert authz_match["dynamic_metadata"][0]["value"] == {"string_match": {"exact": "tools/call"}}
+    assert lists_match["dynamic_metadata"][0]["path"] == [{"key": "method"}]
+    assert "dynamic_metadata" not in demo_routes[2]["match"]
 
     ir = agentxds("render", str(DEMO), "--to", "ir")
     assert ir.returncode == 0, ir.stderr
