@@ -299,7 +299,7 @@ def test_hostile_yaml_is_contained() -> None:
     diags = errors({**BASE, "bomb.yaml": bomb, "agents.yaml": duplicate})
     assert "bomb.yaml:1: document has more than 20000 nodes" in diags[-1]
     assert diags[:2] == [
-        "agents.yaml:6: Agent/triage spec.identity: an agent identity needs at least one source (header)",
+        "agents.yaml:6: Agent/triage spec.identity: an agent identity needs at least one source (header, spiffe, jwt, apiKey)",
         "agents.yaml:6: Agent/triage spec.identity: duplicate key (first at line 5)",
     ]
 

@@ -10,19 +10,32 @@ rules need the policy service (conditions, quotas, approvals).
 from __future__ import annotations
 
 from collections import defaultdict
+from pathlib import Path
+from typing import Any
 
 from xds_server.ir.glob import compile_globs
 from xds_server.ir.types import (
     IR,
     AgentIR,
+    ApiKeyPrincipal,
+    BackendAuthIR,
     BackendIR,
     ConditionalRuleIR,
+    CredentialsIR,
+    DownstreamTlsIR,
     DriftAction,
     EndpointIR,
     GatewayIR,
     GrantIR,
     HeaderPrincipal,
     IdentityIR,
+    JwtPrincipal,
+    JwtProviderIR,
+    Principal,
+    SpiffePrincipal,
+    UpstreamTlsIR,
+    UserMatchIR,
+    principal_sort_key,
     PinnedToolIR,
     PolicyServiceUse,
     QuotaIR,
@@ -36,16 +49,33 @@ from xds_server.policy.model import Agent, Gateway, Located, MCPBackend, MCPPoli
 ANY_AGENT = "*"
 
 
-def _agent_ir(agent: Agent, identity: IdentityIR) -> AgentIR:
+def _near(located: Located[Any], path: str | None) -> str | None:
+    """`path` as an absolute path, relative paths taken from the file that names it."""
+    if path is None:
+        return None
+    return str((Path(located.source.file).parent / path).resolve())
+
+
+def _agent_ir(located: Located[Agent], identity: IdentityIR, tls: DownstreamTlsIR | None) -> AgentIR:
     """The agent with the principals this gateway can check.
 
-    A header identity counts only on a gateway that trusts a header; an agent
-    left with no principal cannot be recognised there and gets no access.
+    A source counts only where the gateway can check it: a header identity on
+    a gateway that trusts a header, a SPIFFE ID where client certificates are
+    asked for, a JWT where the provider is defined. An agent left with no
+    principal cannot be recognised on that gateway and gets no access there.
     """
-    principals = []
-    if identity.trusted_header and agent.spec.identity.header is not None:
-        principals.append(HeaderPrincipal(identity.trusted_header, agent.spec.identity.header))
-    return AgentIR(agent.metadata.name, tuple(sorted(principals)))
+    ident = located.doc.spec.identity
+    principals: list[Principal] = []
+    if identity.trusted_header and ident.header is not None:
+        principals.append(HeaderPrincipal(identity.trusted_header, ident.header))
+    if ident.spiffe is not None and tls is not None and tls.trust_bundle_file is not None:
+        principals.append(SpiffePrincipal(ident.spiffe))
+    if ident.jwt is not None and ident.jwt.provider in {p.name for p in identity.jwt_providers}:
+        principals.append(JwtPrincipal(ident.jwt.provider, ident.jwt.claim, ident.jwt.value))
+    if ident.api_key is not None:
+        key = ident.api_key.key
+        principals.append(ApiKeyPrincipal(identity.api_key_header, key.env, _near(located, key.file)))
+    return AgentIR(located.doc.metadata.name, tuple(sorted(principals, key=principal_sort_key)))
 
 
 def _rules_of(backend: MCPBackend, policies: tuple[Located[MCPPolicy], ...]) -> list[tuple[str, Rule]]:
@@ -62,29 +92,50 @@ def _named_agents(rule: Rule, recognisable: list[str]) -> list[str]:
     return recognisable if ANY_AGENT in rule.agents else [n for n in rule.agents if n in recognisable]
 
 
-def _grants(rules: list[tuple[str, Rule]], agents: tuple[AgentIR, ...]) -> tuple[GrantIR, ...]:
+def _user_match(rule: Rule, identity: IdentityIR) -> UserMatchIR | None:
+    users = rule.users
+    if users is None:
+        return None
+    provider = next((p for p in identity.jwt_providers if p.name == users.provider), None)
+    return UserMatchIR(
+        provider=users.provider,
+        subjects=tuple(sorted(users.subjects)),
+        groups=tuple(sorted(users.groups)),
+        groups_claim=provider.groups_claim if provider else "groups",
+        claims=tuple(sorted(users.claims.items())),
+    )
+
+
+GrantKey = tuple[str, UserMatchIR | None]
+
+
+def _grants(rules: list[tuple[str, Rule]], agents: tuple[AgentIR, ...], identity: IdentityIR) -> tuple[GrantIR, ...]:
+    """One grant per (agent, user match): rules limited to some users are granted apart."""
     recognisable = [a.name for a in agents if a.principals]
-    tools: dict[str, list[str]] = defaultdict(list)
-    conditional: dict[str, list[str]] = defaultdict(list)
-    resources: dict[str, list[str]] = defaultdict(list)
-    prompts: dict[str, list[str]] = defaultdict(list)
-    sources: dict[str, list[str]] = defaultdict(list)
+    tools: dict[GrantKey, list[str]] = defaultdict(list)
+    conditional: dict[GrantKey, list[str]] = defaultdict(list)
+    resources: dict[GrantKey, list[str]] = defaultdict(list)
+    prompts: dict[GrantKey, list[str]] = defaultdict(list)
+    sources: dict[GrantKey, list[str]] = defaultdict(list)
     for rule_id, rule in rules:
+        user = _user_match(rule, identity)
         for name in _named_agents(rule, recognisable):
-            (conditional if rule.is_conditional else tools)[name] += rule.tools
-            resources[name] += rule.resources
-            prompts[name] += rule.prompts
-            sources[name].append(rule_id)
+            key = (name, user)
+            (conditional if rule.is_conditional else tools)[key] += rule.tools
+            resources[key] += rule.resources
+            prompts[key] += rule.prompts
+            sources[key].append(rule_id)
     return tuple(
         GrantIR(
-            agent=name,
-            tools=compile_globs(tools[name]),
-            resources=compile_globs(resources[name]),
-            prompts=compile_globs(prompts[name]),
-            sources=tuple(sorted(set(sources[name]))),
-            conditional_tools=compile_globs(conditional[name]),
+            agent=key[0],
+            tools=compile_globs(tools[key]),
+            resources=compile_globs(resources[key]),
+            prompts=compile_globs(prompts[key]),
+            sources=tuple(sorted(set(sources[key]))),
+            conditional_tools=compile_globs(conditional[key]),
+            user=key[1],
         )
-        for name in sorted(sources)
+        for key in sorted(sources, key=lambda k: (k[0], k[1] is not None, k[1] or ()))
     )
 
 
@@ -128,7 +179,35 @@ def _tool_guard(backend: MCPBackend, lock: Located[MCPToolLock] | None) -> ToolG
     )
 
 
-def _backend_ir(backend: MCPBackend, policy_set: PolicySet, agents: tuple[AgentIR, ...]) -> BackendIR:
+def _credentials(located: Located[MCPBackend]) -> CredentialsIR | None:
+    creds = located.doc.spec.credentials
+    if creds is None:
+        return None
+    if creds.token_exchange is not None:
+        tx = creds.token_exchange
+        return CredentialsIR(
+            kind="token_exchange", token_endpoint=tx.token_endpoint, client_id=tx.client_id,
+            client_secret_env=tx.client_secret.env, client_secret_file=_near(located, tx.client_secret.file),
+            audience=tx.audience, scope=tx.scope,
+        )  # fmt: skip
+    secrets = creds.per_user_secrets
+    assert secrets is not None
+    return CredentialsIR(kind="per_user_secrets", header=secrets.header.lower(),
+                         secrets_file=_near(located, secrets.file), format=secrets.format)  # fmt: skip
+
+
+def _upstream_tls(located: Located[MCPBackend]) -> UpstreamTlsIR | None:
+    tls = located.doc.spec.tls
+    if tls is None:
+        return None
+    return UpstreamTlsIR(_near(located, tls.ca_file), tls.sni, _near(located, tls.certificate_file),
+                         _near(located, tls.private_key_file))  # fmt: skip
+
+
+def _backend_ir(
+    located: Located[MCPBackend], policy_set: PolicySet, agents: tuple[AgentIR, ...], identity: IdentityIR
+) -> BackendIR:
+    backend = located.doc
     spec = backend.spec
     rules = _rules_of(backend, policy_set.policies)
     return BackendIR(
@@ -139,7 +218,7 @@ def _backend_ir(backend: MCPBackend, policy_set: PolicySet, agents: tuple[AgentI
         connect_timeout_ms=spec.timeouts.connect_ms,
         request_timeout_ms=spec.timeouts.request_ms,
         idle_timeout_ms=spec.timeouts.idle_ms,
-        grants=_grants(rules, agents),
+        grants=_grants(rules, agents, identity),
         conditional_rules=_conditional_rules(rules, agents),
         policy_service=PolicyServiceUse(
             fail_open=spec.policy_service.fail_open,
@@ -147,16 +226,48 @@ def _backend_ir(backend: MCPBackend, policy_set: PolicySet, agents: tuple[AgentI
             list_filtering=spec.policy_service.list_filtering,
         ),
         tool_guard=_tool_guard(backend, policy_set.lock_for(backend.metadata.name)),
+        auth=BackendAuthIR(spec.auth.provider, spec.auth.resource, tuple(spec.auth.scopes)) if spec.auth else None,
+        credentials=_credentials(located),
+        upstream_tls=_upstream_tls(located),
     )
 
 
-def _gateway_ir(gateway: Gateway, policy_set: PolicySet) -> GatewayIR:
+def _jwt_provider(located: Located[Gateway], provider: Any) -> JwtProviderIR:
+    jwks = provider.jwks
+    return JwtProviderIR(
+        name=provider.name, issuer=provider.issuer, audiences=tuple(provider.audiences),
+        jwks_inline=jwks.inline, jwks_file=_near(located, jwks.file), jwks_url=jwks.url,
+        jwks_cache_ms=jwks.cache_ms, token_header=provider.token_header.lower(), groups_claim=provider.groups_claim,
+    )  # fmt: skip
+
+
+def _downstream_tls(located: Located[Gateway]) -> DownstreamTlsIR | None:
+    tls = located.doc.spec.tls
+    if tls is None:
+        return None
+    client = tls.client_certificates
+    return DownstreamTlsIR(
+        certificate_file=_near(located, tls.certificate_file) or "",
+        private_key_file=_near(located, tls.private_key_file) or "",
+        trust_bundle_file=_near(located, client.trust_bundle_file) if client else None,
+        require_client_certificate=bool(client and client.required),
+        trust_domain=client.trust_domain if client else None,
+    )
+
+
+def _gateway_ir(located: Located[Gateway], policy_set: PolicySet) -> GatewayIR:
+    gateway = located.doc
     spec = gateway.spec
     header = spec.identity.trusted_header
-    identity = IdentityIR(trusted_header=header.lower() if header else None)
-    agents = tuple(sorted((_agent_ir(a.doc, identity) for a in policy_set.agents), key=lambda a: a.name))
+    identity = IdentityIR(
+        trusted_header=header.lower() if header else None,
+        jwt_providers=tuple(sorted(_jwt_provider(located, p) for p in spec.identity.jwt_providers)),
+        api_key_header=spec.identity.api_key_header.lower(),
+    )
+    tls = _downstream_tls(located)
+    agents = tuple(sorted((_agent_ir(a, identity, tls) for a in policy_set.agents), key=lambda a: a.name))
     backends = tuple(
-        _backend_ir(b.doc, policy_set, agents)
+        _backend_ir(b, policy_set, agents, identity)
         for b in sorted(policy_set.backends, key=lambda b: b.doc.metadata.name)
         if policy_set.gateway_of(b.doc) == gateway.metadata.name
     )
@@ -170,10 +281,11 @@ def _gateway_ir(gateway: Gateway, policy_set: PolicySet) -> GatewayIR:
         agents=agents,
         backends=backends,
         policy_service=EndpointIR(spec.policy_service.host, spec.policy_service.port),
+        tls=tls,
     )
 
 
 def build_ir(policy_set: PolicySet) -> IR:
     """Resolve a validated policy set into the IR. Pure and deterministic."""
     gateways = sorted(policy_set.gateways, key=lambda g: g.doc.metadata.name)
-    return IR(gateways=tuple(_gateway_ir(g.doc, policy_set) for g in gateways))
+    return IR(gateways=tuple(_gateway_ir(g, policy_set) for g in gateways))

@@ -46,8 +46,49 @@ class HeaderPrincipal:
     value: str
 
 
-# Later identity sources (SPIFFE, JWT claims) join this union.
-Principal = HeaderPrincipal
+@dataclass(frozen=True, order=True)
+class SpiffePrincipal:
+    """Identity proven by an mTLS client certificate whose URI SAN is `spiffe_id`."""
+
+    spiffe_id: str
+
+
+@dataclass(frozen=True, order=True)
+class JwtPrincipal:
+    """Identity proven by a valid JWT from `provider` whose `claim` equals `value`."""
+
+    provider: str
+    claim: str
+    value: str
+
+
+@dataclass(frozen=True, order=True)
+class ApiKeyPrincipal:
+    """Identity proven by an API key in `header`. The key itself stays a reference
+    (environment variable or absolute file path) until translation reads it."""
+
+    header: str
+    key_env: str | None
+    key_file: str | None
+
+
+Principal = HeaderPrincipal | SpiffePrincipal | JwtPrincipal | ApiKeyPrincipal
+
+
+def principal_sort_key(principal: Principal) -> tuple[str, tuple[str, ...]]:
+    """Principals of different kinds do not compare; sort them by kind, then fields."""
+    return type(principal).__name__, tuple(str(v) for v in dataclasses.astuple(principal))
+
+
+@dataclass(frozen=True, order=True)
+class UserMatchIR:
+    """The user an agent acts for, from a JWT of `provider`: every non-empty condition must hold."""
+
+    provider: str
+    subjects: tuple[str, ...]
+    groups: tuple[str, ...]  # at least one of them in the token's `groups_claim`
+    groups_claim: str
+    claims: tuple[tuple[str, str], ...]  # exact claim values, sorted
 
 
 @dataclass(frozen=True, order=True)
@@ -72,6 +113,7 @@ class GrantIR:
     prompts: tuple[NamePattern, ...]
     sources: tuple[str, ...]
     conditional_tools: tuple[NamePattern, ...] = ()  # granted by conditional rules: Envoy, then the policy service
+    user: UserMatchIR | None = None  # only when acting for such a user; None: whoever (if anyone) the user is
 
     @property
     def all_tools(self) -> tuple[NamePattern, ...]:
@@ -191,11 +233,14 @@ class BackendIR:
     conditional_rules: tuple[ConditionalRuleIR, ...] = ()  # in policy order
     policy_service: PolicyServiceUse = PolicyServiceUse(fail_open=False, timeout_ms=250, list_filtering=False)
     tool_guard: ToolGuardIR | None = None
+    auth: BackendAuthIR | None = None
+    credentials: CredentialsIR | None = None
+    upstream_tls: UpstreamTlsIR | None = None
 
     @property
     def needs_authz(self) -> bool:
-        """Whether some tools/call on this backend goes to the policy service."""
-        return bool(self.conditional_rules) or self.tool_guard is not None
+        """Whether some request on this backend goes to the policy service (ext_authz)."""
+        return bool(self.conditional_rules) or self.tool_guard is not None or self.credentials is not None
 
     @property
     def needs_list_processing(self) -> bool:
@@ -203,11 +248,77 @@ class BackendIR:
         return self.policy_service.list_filtering or self.tool_guard is not None
 
 
+@dataclass(frozen=True, order=True)
+class JwtProviderIR:
+    """A JWT issuer Envoy checks tokens of. Exactly one of the jwks_* fields is set."""
+
+    name: str
+    issuer: str
+    audiences: tuple[str, ...]
+    jwks_inline: str | None
+    jwks_file: str | None  # absolute path
+    jwks_url: str | None
+    jwks_cache_ms: int
+    token_header: str  # lower-case
+    groups_claim: str
+
+
 @dataclass(frozen=True)
 class IdentityIR:
     """Where the gateway takes caller identity from."""
 
     trusted_header: str | None  # lower-case header name, or None if not trusted
+    jwt_providers: tuple[JwtProviderIR, ...] = ()  # sorted by name
+    api_key_header: str = "x-api-key"  # lower-case
+
+
+@dataclass(frozen=True)
+class DownstreamTlsIR:
+    """TLS on the listener (absolute file paths; their contents go to Envoy over SDS)."""
+
+    certificate_file: str
+    private_key_file: str
+    trust_bundle_file: str | None  # set: client certificates are asked for (mTLS)
+    require_client_certificate: bool
+    trust_domain: str | None
+
+
+@dataclass(frozen=True)
+class BackendAuthIR:
+    """The MCP authorization spec on a backend: a user token from `provider` is required."""
+
+    provider: str
+    resource: str | None  # RFC 9728 `resource`; None: derived from the request's host and path
+    scopes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class CredentialsIR:
+    """What the backend receives instead of the caller's credentials (set by the policy service).
+
+    kind "token_exchange": RFC 8693 at `token_endpoint` with the user's token as subject_token.
+    kind "per_user_secrets": `format` with the user's secret from `secrets_file` in `header`.
+    Secrets stay references (env name or absolute file path).
+    """
+
+    kind: str
+    header: str = "authorization"
+    token_endpoint: str | None = None
+    client_id: str | None = None
+    client_secret_env: str | None = None
+    client_secret_file: str | None = None
+    audience: str | None = None
+    scope: str | None = None
+    secrets_file: str | None = None
+    format: str = "Bearer {secret}"
+
+
+@dataclass(frozen=True)
+class UpstreamTlsIR:
+    ca_file: str | None  # absolute; None: the system's roots
+    sni: str | None
+    certificate_file: str | None
+    private_key_file: str | None
 
 
 @dataclass(frozen=True)
@@ -223,6 +334,7 @@ class GatewayIR:
     agents: tuple[AgentIR, ...]  # every agent known to this gateway, sorted by name
     backends: tuple[BackendIR, ...]  # sorted by name
     policy_service: EndpointIR | None = None  # where Envoy reaches the policy service
+    tls: DownstreamTlsIR | None = None
 
 
 @dataclass(frozen=True)

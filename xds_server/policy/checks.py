@@ -95,6 +95,32 @@ def cross_check(
     if complete:
         diags += _references(declared, names)
     diags += _conflicts(valid, sorted(names.get("Gateway", {})))
+    diags += _provider_references(valid)
+    return diags
+
+
+def _provider_references(valid: Sequence[Located[Any]]) -> list[Diagnostic]:
+    """JWT provider names used by agents, rules and backends must be defined on a Gateway."""
+    from .model import MCPPolicy
+
+    providers = {p.name for item in valid if isinstance(item.doc, Gateway) for p in item.doc.spec.identity.jwt_providers}
+    known = f"known: {', '.join(sorted(providers))}" if providers else "no Gateway defines jwtProviders"
+    diags: list[Diagnostic] = []
+
+    def check(item: Located[Any], path: Path, name: str) -> None:
+        if name not in providers:
+            diags.append(item.diagnostic(path, f"unknown JWT provider {name!r} ({known})"))
+
+    for item in valid:
+        doc = item.doc
+        if isinstance(doc, Agent) and doc.spec.identity.jwt is not None:
+            check(item, ("spec", "identity", "jwt", "provider"), doc.spec.identity.jwt.provider)
+        elif isinstance(doc, MCPBackend) and doc.spec.auth is not None:
+            check(item, ("spec", "auth", "provider"), doc.spec.auth.provider)
+        elif isinstance(doc, MCPPolicy):
+            for i, rule in enumerate(doc.spec.rules):
+                if rule.users is not None:
+                    check(item, ("spec", "rules", i, "users", "provider"), rule.users.provider)
     return diags
 
 

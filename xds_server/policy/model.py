@@ -24,109 +24,40 @@ from pydantic_core import PydanticCustomError
 
 from .diagnostics import Diagnostic, Path, join_field, subject
 
-API_VERSION = "agentxds.dev/v1"
-
-NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
-DURATION_PATTERN = r"^\d+(\.\d+)?(ms|s|m|h)$"
-# RFC 9110 token: what a header field name may contain. Excludes ":", so
-# pseudo-headers (":authority") can never be named as an identity header.
-HEADER_NAME_PATTERN = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"
-AGENT_REF_PATTERN = r"^(\*|[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)$"
-# Paths are compared byte for byte by Envoy; a query or fragment here could
-# never match a request path, so it is a mistake to catch early.
-HTTP_PATH_PATTERN = r"^/[^?#\s\x00-\x1f\x7f]*$"
-GLOB_PATTERN = r"^[^\s\x00-\x1f\x7f]+$"
-MAX_BODY_BYTES = 10 * 1024 * 1024  # the most Envoy's MCP filter will buffer
-
-# Friendlier wording for pattern mismatches; the loader uses it in messages.
-PATTERN_HINTS: Mapping[str, str] = {
-    NAME_PATTERN: "must be a lower-case DNS label: 1-63 of a-z, 0-9 and '-', "
-    "starting and ending with a letter or digit",
-    DURATION_PATTERN: "must be a duration such as 500ms, 5s, 1.5m or 2h",
-    HEADER_NAME_PATTERN: "must be an HTTP header name (letters, digits and !#$%&'*+.^_`|~-)",
-    AGENT_REF_PATTERN: 'must be an Agent name or "*"',
-    HTTP_PATH_PATTERN: "must be a path starting with '/', without query ('?'), fragment ('#') or whitespace",
-    GLOB_PATTERN: "must be a non-empty glob without whitespace or control characters",
-}
-
-_UNITS_MS = {"ms": Decimal(1), "s": Decimal(1000), "m": Decimal(60_000), "h": Decimal(3_600_000)}
-_DNS_LABEL = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
-
-
-def duration_ms(value: str) -> int:
-    """Milliseconds in a duration string such as "500ms", "5s", "1.5m", "2h".
-
-    Raises ValueError for anything else, including sub-millisecond values
-    ("0.5ms"), because Envoy timeouts have millisecond resolution here.
-    """
-    match = re.fullmatch(DURATION_PATTERN, value, re.ASCII)
-    if not match:
-        raise ValueError(f"invalid duration {value!r}: {PATTERN_HINTS[DURATION_PATTERN]}")
-    unit = match.group(2)
-    ms = Decimal(value[: -len(unit)]) * _UNITS_MS[unit]
-    if ms != ms.to_integral_value():
-        raise ValueError(f"duration {value!r} is not a whole number of milliseconds")
-    return int(ms)
-
-
-def _check_duration(value: str) -> str:
-    duration_ms(value)
-    return value
-
-
-def _check_host(value: str) -> str:
-    try:
-        ipaddress.ip_address(value)
-        return value
-    except ValueError:
-        pass
-    labels = value.removesuffix(".").split(".")
-    if len(value) > 253 or not all(_DNS_LABEL.match(label) for label in labels):
-        raise ValueError(f"{value!r} is neither an IP address nor a DNS name")
-    return value
-
-
-def _check_ip(value: str) -> str:
-    try:
-        ipaddress.ip_address(value)
-    except ValueError:
-        raise ValueError(f"{value!r} is not an IP address") from None
-    return value
-
-
-def _check_header_value(value: str) -> str:
-    # HTTP strips surrounding whitespace from header values, so such a value
-    # could never match; control characters cannot appear in a header at all.
-    if not value or value != value.strip() or re.search(r"[\x00-\x1f\x7f]", value):
-        raise ValueError("must be a non-empty header value without control characters or surrounding spaces")
-    return value
-
-
-Name = Annotated[str, Field(pattern=NAME_PATTERN)]
-Duration = Annotated[str, Field(pattern=DURATION_PATTERN), AfterValidator(_check_duration)]
-HttpPath = Annotated[str, Field(pattern=HTTP_PATH_PATTERN)]
-Glob = Annotated[str, Field(pattern=GLOB_PATTERN)]
-Port = Annotated[int, Field(ge=1, le=65535)]
-
-
-class StrictModel(BaseModel):
-    """Base of every policy model: frozen, no unknown fields, camelCase aliases."""
-
-    model_config = ConfigDict(
-        extra="forbid",
-        frozen=True,
-        alias_generator=to_camel,
-        validate_by_alias=True,
-        validate_by_name=True,
-    )
-
-
-class Metadata(StrictModel):
-    """Identifies a document. `name` is unique per kind."""
-
-    name: Name = Field(description="Unique name among documents of this kind (a DNS label).")
-    labels: dict[str, str] = Field(default_factory=dict, description="Free-form string labels.")
-    annotations: dict[str, str] = Field(default_factory=dict, description="Free-form string annotations.")
+from .identity import (
+    ApiKeyIdentity,
+    BackendAuth,
+    BackendCredentials,
+    GatewayTls,
+    JwtAgentIdentity,
+    JwtProvider,
+    SpiffeId,
+    UpstreamTls,
+    UserMatch,
+)
+from .base import (  # noqa: F401  (re-exported: other modules import them from here)
+    API_VERSION,
+    NAME_PATTERN,
+    DURATION_PATTERN,
+    HEADER_NAME_PATTERN,
+    MAX_BODY_BYTES,
+    PATTERN_HINTS,
+    duration_ms,
+    _check_duration,
+    _check_host,
+    _check_ip,
+    _check_header_value,
+    Name,
+    Duration,
+    HttpPath,
+    Glob,
+    Port,
+    StrictModel,
+    Metadata,
+    AGENT_REF_PATTERN,
+    HTTP_PATH_PATTERN,
+    GLOB_PATTERN,
+)
 
 
 # ---------------------------------------------------------------- Gateway
@@ -142,13 +73,26 @@ class Listen(StrictModel):
 
 
 class GatewayIdentity(StrictModel):
-    """How the gateway learns who the calling agent is."""
+    """How the gateway learns who the calling agent (and the user behind it) is."""
 
     trusted_header: Annotated[str, Field(pattern=HEADER_NAME_PATTERN)] | None = Field(
         default=None,
         description="DEVELOPMENT ONLY: take the caller's identity from this request header, "
         "as sent by the client. Anyone who can reach the gateway can claim any agent.",
     )
+    jwt_providers: tuple[JwtProvider, ...] = Field(
+        default=(), description="JWT issuers whose tokens identify agents or the users they act for."
+    )
+    api_key_header: Annotated[str, Field(pattern=HEADER_NAME_PATTERN)] = Field(
+        default="x-api-key", description="Header carrying an agent's API key (agents with identity.apiKey)."
+    )
+
+    @model_validator(mode="after")
+    def _unique_providers(self) -> GatewayIdentity:
+        names = [p.name for p in self.jwt_providers]
+        if len(names) != len(set(names)):
+            raise PydanticCustomError("duplicate_provider", "two jwtProviders have the same name")
+        return self
 
 
 class Limits(StrictModel):
@@ -196,6 +140,7 @@ class GatewaySpec(StrictModel):
     listen: Listen = Field(description="Listener address and port.")
     identity: GatewayIdentity = Field(default_factory=GatewayIdentity, description="Caller identity sources.")
     limits: Limits = Field(default_factory=Limits, description="Request and buffer size limits.")
+    tls: GatewayTls | None = Field(default=None, description="TLS (and mTLS with SPIFFE IDs) on the listener.")
     policy_service: PolicyServiceAddress = Field(
         default_factory=PolicyServiceAddress,
         description="The policy service, used only by backends whose rules or settings need it.",
@@ -309,10 +254,30 @@ class MCPBackendSpec(StrictModel):
         default_factory=BackendPolicyService,
         description="How this backend uses the policy service (conditions, quotas, approvals, list filtering).",
     )
+    auth: BackendAuth | None = Field(
+        default=None,
+        description="Require a user token from a JWT provider (MCP authorization spec: 401 with "
+        "WWW-Authenticate and a protected-resource metadata document).",
+    )
+    credentials: BackendCredentials | None = Field(
+        default=None,
+        description="What the backend receives instead of the caller's credentials (needs `auth`): "
+        "a token exchanged for the user's, or the user's stored secret.",
+    )
+    tls: UpstreamTls | None = Field(default=None, description="TLS to the backend.")
     tool_guard: ToolGuard = Field(
         default_factory=ToolGuard,
         description="Defences against the backend changing its tools: pinning (MCPToolLock) and description screening.",
     )
+
+    @model_validator(mode="after")
+    def _credentials_need_a_user(self) -> MCPBackendSpec:
+        if self.credentials is not None and self.auth is None:
+            raise PydanticCustomError(
+                "credentials_without_auth",
+                "credentials are issued for the user the agent acts for: set `auth` (a user token provider) too",
+            )
+        return self
 
 
 class MCPBackend(StrictModel):
@@ -333,17 +298,24 @@ class MCPBackend(StrictModel):
 
 
 class AgentIdentity(StrictModel):
-    """How an agent proves who it is; at least one source must be set."""
+    """How an agent proves who it is; at least one source must be set. Any one of them suffices."""
 
     header: Annotated[str, AfterValidator(_check_header_value)] | None = Field(
         default=None,
         description="DEVELOPMENT ONLY: value of the gateway's trusted identity header that names this agent.",
     )
+    spiffe: SpiffeId | None = Field(
+        default=None, description="SPIFFE ID in the URI SAN of the agent's client certificate (mTLS)."
+    )
+    jwt: JwtAgentIdentity | None = Field(default=None, description="A JWT claim that names the agent.")
+    api_key: ApiKeyIdentity | None = Field(default=None, description="An API key (kept out of the policy).")
 
     @model_validator(mode="after")
     def _some_source(self) -> AgentIdentity:
-        if self.header is None:
-            raise PydanticCustomError("identity_empty", "an agent identity needs at least one source (header)")
+        if self.header is None and self.spiffe is None and self.jwt is None and self.api_key is None:
+            raise PydanticCustomError(
+                "identity_empty", "an agent identity needs at least one source (header, spiffe, jwt, apiKey)"
+            )
         return self
 
 
@@ -426,6 +398,10 @@ class Rule(StrictModel):
         "retried after approval passes once.",
     )
     approval_ttl: Duration = Field(default="15m", description="How long an approval request (or approval) stays valid.")
+    users: UserMatch | None = Field(
+        default=None,
+        description="Only when the agent acts for a matching user (from the user's JWT); checked by Envoy.",
+    )
 
     @model_validator(mode="after")
     def _grants_something(self) -> Rule:

@@ -113,9 +113,11 @@ def backend_rbac(backend: BackendIR, agents: tuple[AgentIR, ...]) -> dict[str, A
     """`RBACPerRoute` (as an Any dict) for one backend's route."""
     by_name = {a.name: a for a in agents}
     policies: dict[str, Any] = {}
-    for grant in backend.grants:
+    for index, grant in enumerate(backend.grants):
         agent = by_name[grant.agent]
-        policies[rbac_policy_name(agent.name)] = {
+        # An agent can hold a plain grant and grants limited to some users: one policy each.
+        name = rbac_policy_name(agent.name) if grant.user is None else f"{rbac_policy_name(agent.name)}/users[{index}]"
+        policies[name] = {
             "permissions": grant_permissions(grant),
             "principals": [principal(p) for p in agent.principals],
         }
