@@ -7,6 +7,9 @@ The HTTP filter order is the security design, so it lives in one table:
     | 1 | envoy.filters.http.mcp             | deframes the JSON-RPC body into metadata (method, id,       |
     |   |                                    | params.name, params.uri); rejects what is not one MCP       |
     |   |                                    | message (REJECT_NO_MCP) before anything else sees it        |
+    | 1b| envoy.filters.http.jwt_authn       | verifies agent/user JWTs (signature, expiry, issuer,        |
+    |   | (when JWT providers are defined)   | audience) and puts their claims in metadata for RBAC;       |
+    |   |                                    | after the MCP filter so its errors can carry the request id |
     | 2 | envoy.filters.http.rbac            | allow-list on that metadata + caller identity; per route    |
     |   |                                    | (one route per backend); listener level allows nothing      |
     | 3 | envoy.filters.http.ext_authz/...   | policy service decisions (conditions, quotas, approvals,    |
@@ -32,7 +35,7 @@ from typing import Any
 from envoy.config.listener.v3.listener_pb2 import Listener
 
 from xds_server.ir.types import GatewayIR
-from xds_server.translate import policy_service, rbac
+from xds_server.translate import jwt, policy_service, rbac, tls
 from xds_server.translate.local_reply import local_reply_config
 from xds_server.translate.names import MCP_METADATA_NAMESPACE, listener_name, route_config_name
 from xds_server.translate.proto import to_message, typed, typed_struct
@@ -82,8 +85,10 @@ def http_filters(gateway: GatewayIR) -> list[dict[str, Any]]:
     python = []
     if policy_service.gateway_needs_policy_service(gateway):
         python = [*policy_service.ext_authz_filters(gateway), policy_service.ext_proc_filter(gateway)]
+    authn = jwt.jwt_authn_filter(gateway)
     return [
         mcp_filter(gateway),
+        *([authn] if authn is not None else []),
         {"name": rbac.RBAC_FILTER, "typed_config": rbac.listener_rbac()},
         *python,
         _session_filter(),
@@ -110,6 +115,16 @@ def _access_log(gateway: GatewayIR) -> list[dict[str, Any]]:
     ]
 
 
+def _filter_chain(gateway: GatewayIR, hcm: dict[str, Any]) -> dict[str, Any]:
+    chain: dict[str, Any] = {
+        "filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": typed(HCM_TYPE, hcm)}]
+    }
+    socket = tls.downstream_transport_socket(gateway)
+    if socket is not None:
+        chain["transport_socket"] = socket
+    return chain
+
+
 def build_listener(gateway: GatewayIR) -> Listener:
     """The listener for `gateway`, taking its routes from RDS over ADS."""
     hcm = {
@@ -131,8 +146,6 @@ def build_listener(gateway: GatewayIR) -> Listener:
         "name": listener_name(gateway.name),
         "address": {"socket_address": {"address": gateway.listen_address, "port_value": gateway.listen_port}},
         "per_connection_buffer_limit_bytes": gateway.connection_buffer_bytes,
-        "filter_chains": [
-            {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": typed(HCM_TYPE, hcm)}]}
-        ],
+        "filter_chains": [_filter_chain(gateway, hcm)],
     }
     return to_message(Listener, body)

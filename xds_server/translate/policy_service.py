@@ -91,7 +91,8 @@ def ext_authz_filters(gateway: GatewayIR) -> list[dict[str, Any]]:
             # The service needs the arguments: send the whole body (bounded by
             # the MCP filter's limit, which is already enforced).
             "with_request_body": {"max_request_bytes": gateway.max_request_body_bytes, "allow_partial_message": False},
-            "metadata_context_namespaces": [MCP_METADATA_NAMESPACE],
+            # The MCP request (method, tool) and the verified JWT claims (the user).
+            "metadata_context_namespaces": [MCP_METADATA_NAMESPACE, "envoy.filters.http.jwt_authn"],
             "status_on_error": {"code": "ServiceUnavailable"},
         }
         filters.append({"name": name, "typed_config": typed(EXT_AUTHZ_TYPE, config)})
@@ -139,7 +140,14 @@ def authz_tools(backend: BackendIR) -> tuple[NamePattern, ...] | None:
 
 
 def authz_route_match(backend: BackendIR) -> dict[str, Any] | None:
-    """Route match for this backend's `tools/call`s that need a policy decision."""
+    """Route match for this backend's requests that need the policy service.
+
+    With delegated credentials every request does (the policy service sets the
+    backend's credential on each); otherwise the `tools/call`s a conditional
+    rule or the tool guard covers.
+    """
+    if backend.credentials is not None:
+        return {"path": backend.route_path}
     tools = authz_tools(backend)
     if tools is None:
         return None

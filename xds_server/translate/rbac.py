@@ -17,7 +17,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from xds_server.ir.types import AgentIR, BackendIR, GrantIR, HeaderPrincipal, NamePattern, PatternKind
+from xds_server.ir.types import (
+    AgentIR,
+    BackendIR,
+    GrantIR,
+    HeaderPrincipal,
+    JwtPrincipal,
+    NamePattern,
+    PatternKind,
+    Principal,
+    SpiffePrincipal,
+)
+from xds_server.translate.secret_refs import read_secret
 from xds_server.translate.names import MCP_METADATA_NAMESPACE, rbac_policy_name
 from xds_server.translate.proto import typed
 
@@ -104,9 +115,29 @@ def grant_permissions(grant: GrantIR) -> list[dict[str, Any]]:
     return permissions
 
 
-def principal(p: HeaderPrincipal) -> dict[str, Any]:
-    """An RBAC principal for one identity source."""
-    return {"header": {"name": p.header, "string_match": {"exact": p.value}}}
+JWT_METADATA_NAMESPACE = "envoy.filters.http.jwt_authn"
+
+
+def principal(p: Principal) -> dict[str, Any]:
+    """An RBAC principal for one identity source (raises SecretUnavailable for an unreadable API key)."""
+    if isinstance(p, HeaderPrincipal):
+        return {"header": {"name": p.header, "string_match": {"exact": p.value}}}
+    if isinstance(p, SpiffePrincipal):
+        # The URI SAN of a client certificate the TLS handshake already verified.
+        return {"authenticated": {"principal_name": {"exact": p.spiffe_id}}}
+    if isinstance(p, JwtPrincipal):
+        # jwt_authn puts a verified token's payload in metadata under the provider's name.
+        return {
+            "sourced_metadata": {
+                "metadata_matcher": {
+                    "filter": JWT_METADATA_NAMESPACE,
+                    "path": [{"key": p.provider}, {"key": p.claim}],
+                    "value": {"string_match": {"exact": p.value}},
+                }
+            }
+        }
+    key = read_secret(p.key_env, p.key_file, what=f"API key ({p.key_env or p.key_file})")
+    return {"header": {"name": p.header, "string_match": {"exact": key}}}
 
 
 def backend_rbac(backend: BackendIR, agents: tuple[AgentIR, ...]) -> dict[str, Any]:

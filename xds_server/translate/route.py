@@ -52,6 +52,8 @@ def _backend_route(
         "name": route_name(backend.name),
         "match": match,
         "route": action,
+        # An agent's API key proves who it is to the gateway; the backend never sees it.
+        "request_headers_to_remove": [gateway.identity.api_key_header],
         "typed_per_filter_config": {rbac.RBAC_FILTER: rbac.backend_rbac(backend, gateway.agents), **(filters or {})},
     }
 
