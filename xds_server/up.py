@@ -9,7 +9,6 @@ follows policy edits until Ctrl-C, when everything it started is stopped.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 import subprocess
 import sys
@@ -19,13 +18,13 @@ from typing import TextIO
 
 from xds_server.control_plane import ControlPlane
 from xds_server.ir.types import IR, EndpointIR, GatewayIR
-from xds_server.pipeline import compile_policies
+from xds_server.pipeline import ReloadResult, compile_policies
 from xds_server.policy.diagnostics import PolicyError
-from xds_server.pipeline import ReloadResult
 from xds_server.policy.load import load_directory
 from xds_server.runtime.bootstrap import render_bootstrap
 from xds_server.runtime.envoy import EnvoyProcess
 from xds_server.runtime.ports import free_port, wait_for_port
+from xds_server.runtime.processes import stop_process
 
 DEMO_ANNOTATION = "agentxds.dev/demo"
 
@@ -153,10 +152,5 @@ async def run_up(
         if envoy is not None:
             envoy.stop()
         for proc in demos:
-            proc.terminate()
-        for proc in demos:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=5)
-            if proc.poll() is None:
-                proc.kill()
+            stop_process(proc)
         await control.stop()

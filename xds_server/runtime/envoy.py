@@ -15,12 +15,10 @@ would starve the very server that sends it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib.util
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -32,6 +30,7 @@ from types import TracebackType
 from typing import Any
 
 from xds_server.runtime.bootstrap import render_bootstrap
+from xds_server.runtime.processes import stop_process
 
 __all__ = ["EnvoyError", "EnvoyProcess", "find_envoy_binary", "render_bootstrap"]
 
@@ -170,19 +169,7 @@ class EnvoyProcess:
         Signals go to the PID only (never a group or a name). Safe to call
         twice or before `start()` (then returns None).
         """
-        proc = self._proc
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                proc.wait()
-        return proc.returncode
+        return stop_process(self._proc, timeout)
 
     def __enter__(self) -> EnvoyProcess:
         return self.start()
