@@ -105,12 +105,12 @@ def test_validate_reports_every_error_with_file_line_and_field(tmp_path: Path) -
     policy = (broken / "github-policy.yaml").read_text()
     (broken / "github-policy.yaml").write_text(policy.replace("agents: [executor]", "agents: [exectuor]", 1))
     agents = (broken / "agents.yaml").read_text()
-    (broken / "agents.yaml").write_text(agents.replace("header: triage", "header: triage\n    spiffe: x"))
+    (broken / "agents.yaml").write_text(agents.replace("header: triage", "header: triage\n    spife: x"))
     result = agentxds("validate", str(broken))
     assert result.returncode == 1
     errors = result.stderr
     assert re.search(r"github-policy\.yaml:\d+: MCPPolicy/github spec\.rules\[1\]\.agents\[0\]: unknown agent 'exectuor'", errors), errors
-    assert re.search(r"agents\.yaml:\d+: Agent/triage spec\.identity\.spiffe: unknown field 'spiffe'", errors), errors
+    assert re.search(r"agents\.yaml:\d+: Agent/triage spec\.identity\.spife: unknown field 'spife' \(did you mean 'spiffe'\?\)", errors), errors
     assert "2 error(s)" in errors
 
 

@@ -24,6 +24,8 @@ AGENT_REF_PATTERN = r"^(\*|[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)$"
 # never match a request path, so it is a mistake to catch early.
 HTTP_PATH_PATTERN = r"^/[^?#\s\x00-\x1f\x7f]*$"
 GLOB_PATTERN = r"^[^\s\x00-\x1f\x7f]+$"
+SPIFFE_ID_PATTERN = r"^spiffe://[a-z0-9._-]+(/[A-Za-z0-9._~!$&'()*+,;=:@%-]+)+$"
+TRUST_DOMAIN_PATTERN = r"^[a-z0-9._-]+$"
 MAX_BODY_BYTES = 10 * 1024 * 1024  # the most Envoy's MCP filter will buffer
 
 # Friendlier wording for pattern mismatches; the loader uses it in messages.
@@ -35,6 +37,8 @@ PATTERN_HINTS: Mapping[str, str] = {
     AGENT_REF_PATTERN: 'must be an Agent name or "*"',
     HTTP_PATH_PATTERN: "must be a path starting with '/', without query ('?'), fragment ('#') or whitespace",
     GLOB_PATTERN: "must be a non-empty glob without whitespace or control characters",
+    SPIFFE_ID_PATTERN: "must be a SPIFFE ID such as spiffe://example.org/agent/triage",
+    TRUST_DOMAIN_PATTERN: "must be a SPIFFE trust domain such as example.org (lower-case letters, digits, '.', '_', '-')",
 }
 
 _UNITS_MS = {"ms": Decimal(1), "s": Decimal(1000), "m": Decimal(60_000), "h": Decimal(3_600_000)}

@@ -16,10 +16,16 @@ from typing import Annotated
 from pydantic import AfterValidator, Field, model_validator
 from pydantic_core import PydanticCustomError
 
-from .base import HEADER_NAME_PATTERN, Duration, Name, StrictModel, duration_ms
+from .base import (
+    HEADER_NAME_PATTERN,
+    SPIFFE_ID_PATTERN,
+    TRUST_DOMAIN_PATTERN,
+    Duration,
+    Name,
+    StrictModel,
+    duration_ms,
+)
 
-SPIFFE_ID_PATTERN = r"^spiffe://[a-z0-9._-]+(/[A-Za-z0-9._~!$&'()*+,;=:@%-]+)+$"
-TRUST_DOMAIN_PATTERN = r"^[a-z0-9._-]+$"
 
 FilePath = Annotated[str, Field(min_length=1, pattern=r"^[^\x00-\x1f\x7f]+$")]
 
