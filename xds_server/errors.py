@@ -47,6 +47,20 @@ NOT_MCP = ErrorKind(
     400,
     "not an MCP request: wrong HTTP method, Content-Type or Accept header",
 )
+INVALID_CREDENTIALS = ErrorKind(
+    -32001,
+    "invalid_credentials",
+    401,
+    "a token was sent but is not valid (expired, bad signature, wrong issuer or audience; `data.detail` says "
+    "which); on a backend with `auth` the reply also carries `WWW-Authenticate`",
+)
+MISSING_CREDENTIALS = ErrorKind(
+    -32001,
+    "missing_credentials",
+    401,
+    "the backend requires a user token (`auth`) and none was sent; `WWW-Authenticate` names its "
+    "protected-resource metadata",
+)
 UNKNOWN_AGENT = ErrorKind(-32001, "unknown_agent", 403, "the request carries no identity of a known agent")
 TOOL_DENIED = ErrorKind(-32003, "tool_not_allowed", 403, "the agent may not call this tool on this backend")
 RESOURCE_DENIED = ErrorKind(-32003, "resource_not_allowed", 403, "the agent may not read this resource")
@@ -76,6 +90,21 @@ APPROVAL_DENIED = ErrorKind(-32006, "approval_denied", 403, "an operator denied 
 QUOTA_EXCEEDED = ErrorKind(
     -32029, "quota_exceeded", 429, "the rule's call quota is used up; `data.retryAfterSeconds` says when to retry"
 )
+USER_TOKEN_REQUIRED = ErrorKind(
+    -32001,
+    "user_token_required",
+    401,
+    "the backend acts for a user: the request carries no verified user token of the backend's provider",
+)
+NO_USER_CREDENTIAL = ErrorKind(
+    -32003, "no_user_credential", 403, "the backend needs a credential the user does not have (perUserSecrets)"
+)
+CREDENTIAL_UNAVAILABLE = ErrorKind(
+    -32052,
+    "credential_unavailable",
+    502,
+    "the gateway could not obtain the backend's credential for the user (token exchange failed, secrets unreadable)",
+)
 NO_BACKEND = ErrorKind(-32004, "no_backend", 404, "no MCP backend is served at this path")
 TOO_LARGE = ErrorKind(-32013, "request_too_large", 413, "the body is larger than the gateway's maxRequestBodyBytes")
 POLICY_SERVICE_UNAVAILABLE = ErrorKind(
@@ -95,6 +124,9 @@ CATALOGUE: tuple[ErrorKind, ...] = (
     NOT_MCP,
     HEADER_MISMATCH,
     MISSING_META,
+    MISSING_CREDENTIALS,
+    INVALID_CREDENTIALS,
+    USER_TOKEN_REQUIRED,
     UNKNOWN_AGENT,
     TOOL_DENIED,
     RESOURCE_DENIED,
@@ -102,12 +134,14 @@ CATALOGUE: tuple[ErrorKind, ...] = (
     METHOD_DENIED,
     CONDITION_NOT_MET,
     TOOL_DRIFTED,
+    NO_USER_CREDENTIAL,
     APPROVAL_REQUIRED,
     APPROVAL_DENIED,
     QUOTA_EXCEEDED,
     NO_BACKEND,
     TOO_LARGE,
     POLICY_SERVICE_UNAVAILABLE,
+    CREDENTIAL_UNAVAILABLE,
     BACKEND_UNAVAILABLE,
     BACKEND_TIMEOUT,
     GATEWAY_ERROR,

@@ -114,6 +114,9 @@ def ext_proc_filter(gateway: GatewayIR) -> dict[str, Any]:
         },
         "message_timeout": f"{_authz_timeout(gateway) / 1000:.3f}s",
     }
+    if gateway.identity.jwt_providers:
+        # The verified JWT payloads: agents proven by a token, and the user lists are filtered for.
+        config["metadata_options"] = {"forwarding_namespaces": {"untyped": ["envoy.filters.http.jwt_authn"]}}
     return {"name": EXT_PROC, "typed_config": typed(EXT_PROC_TYPE, config)}
 
 

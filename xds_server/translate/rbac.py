@@ -11,6 +11,13 @@ Only ALLOW lists are emitted: a body Envoy could not parse carries no metadata
 and so matches nothing, which denies it (a DENY list would let it through).
 The listener-level RBAC allows nothing, so a route without a per-route
 config (none exists today) would be denied too.
+
+A grant limited to some users (a rule's `users`) gets a policy of its own
+whose principal is the agent AND the user: the agent's principals (any of
+them) and the user's verified JWT claims, read from jwt_authn's metadata
+under the user provider's name (`sub` one of the subjects, the groups claim
+holding one of the groups, exact values of other claims). A request without
+a valid token of that provider carries no such metadata and matches nothing.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from xds_server.ir.types import (
     PatternKind,
     Principal,
     SpiffePrincipal,
+    UserMatchIR,
 )
 from xds_server.translate.secret_refs import read_secret
 from xds_server.translate.names import MCP_METADATA_NAMESPACE, rbac_policy_name
@@ -127,17 +135,54 @@ def principal(p: Principal) -> dict[str, Any]:
         return {"authenticated": {"principal_name": {"exact": p.spiffe_id}}}
     if isinstance(p, JwtPrincipal):
         # jwt_authn puts a verified token's payload in metadata under the provider's name.
-        return {
-            "sourced_metadata": {
-                "metadata_matcher": {
-                    "filter": JWT_METADATA_NAMESPACE,
-                    "path": [{"key": p.provider}, {"key": p.claim}],
-                    "value": {"string_match": {"exact": p.value}},
-                }
-            }
-        }
+        return _jwt_claim(p.provider, p.claim, {"string_match": {"exact": p.value}})
     key = read_secret(p.key_env, p.key_file, what=f"API key ({p.key_env or p.key_file})")
     return {"header": {"name": p.header, "string_match": {"exact": key}}}
+
+
+def _jwt_claim(provider: str, claim: str | None, value: dict[str, Any]) -> dict[str, Any]:
+    """A principal on a verified token's payload (`claim` None: the payload itself)."""
+    path = [{"key": provider}] + ([{"key": claim}] if claim is not None else [])
+    return {"sourced_metadata": {"metadata_matcher": {"filter": JWT_METADATA_NAMESPACE, "path": path, "value": value}}}
+
+
+def _one_of(values: tuple[str, ...]) -> dict[str, Any]:
+    matchers = [{"string_match": {"exact": v}} for v in values]
+    return matchers[0] if len(matchers) == 1 else {"or_match": {"value_matchers": matchers}}
+
+
+def _and_ids(ids: list[dict[str, Any]]) -> dict[str, Any]:
+    return ids[0] if len(ids) == 1 else {"and_ids": {"ids": ids}}
+
+
+def _or_ids(ids: list[dict[str, Any]]) -> dict[str, Any]:
+    return ids[0] if len(ids) == 1 else {"or_ids": {"ids": ids}}
+
+
+def user_principal(user: UserMatchIR) -> dict[str, Any]:
+    """The user an agent acts for, from a verified token of `user.provider`: every given condition holds."""
+    conditions = []
+    if user.subjects:
+        conditions.append(_jwt_claim(user.provider, "sub", _one_of(user.subjects)))
+    if user.groups:
+        groups = _one_of(user.groups)
+        # A list of groups (the usual form) holding one of them, or a single group as a string.
+        conditions.append(_jwt_claim(user.provider, user.groups_claim,
+                                     {"or_match": {"value_matchers": [{"list_match": {"one_of": groups}}, groups]}}))  # fmt: skip
+    for claim, value in user.claims:
+        conditions.append(_jwt_claim(user.provider, claim, {"string_match": {"exact": value}}))
+    if not conditions:
+        # Any user with a valid token of the provider.
+        conditions.append(_jwt_claim(user.provider, None, {"present_match": True}))
+    return _and_ids(conditions)
+
+
+def grant_principal(grant: GrantIR, agent: AgentIR) -> list[dict[str, Any]]:
+    """The principals of one grant's policy (OR-ed by Envoy): the agent, and the user when the grant has one."""
+    agent_ids = [principal(p) for p in agent.principals]
+    if grant.user is None or not agent_ids:  # grants name only agents the gateway can recognise
+        return agent_ids
+    return [_and_ids([_or_ids(agent_ids), user_principal(grant.user)])]
 
 
 def backend_rbac(backend: BackendIR, agents: tuple[AgentIR, ...]) -> dict[str, Any]:
@@ -148,10 +193,7 @@ def backend_rbac(backend: BackendIR, agents: tuple[AgentIR, ...]) -> dict[str, A
         agent = by_name[grant.agent]
         # An agent can hold a plain grant and grants limited to some users: one policy each.
         name = rbac_policy_name(agent.name) if grant.user is None else f"{rbac_policy_name(agent.name)}/users[{index}]"
-        policies[name] = {
-            "permissions": grant_permissions(grant),
-            "principals": [principal(p) for p in agent.principals],
-        }
+        policies[name] = {"permissions": grant_permissions(grant), "principals": grant_principal(grant, agent)}
     # An empty ALLOW policy map denies everything, which is what a backend
     # without grants must do.
     return typed(RBAC_PER_ROUTE_TYPE, {"rbac": {"rules": {"action": "ALLOW", "policies": policies}}})

@@ -8,6 +8,12 @@ backend is named after it, so replies name the backend whichever matched.
 A last catch-all route answers 404 (mapped to a JSON-RPC "no backend" error)
 with RBAC switched off, so a wrong path is reported as a wrong path rather
 than as a denial.
+
+Each backend route names its JWT requirement (optional tokens, or the
+backend's user token when it has `auth`, see `jwt`). A backend with `auth`
+also gets routes serving its OAuth protected-resource metadata (see
+`oauth`): plain GETs that need no token, so the MCP filter, jwt_authn, RBAC
+and the policy filters are off there.
 """
 
 from __future__ import annotations
@@ -17,11 +23,12 @@ from typing import Any
 from envoy.config.route.v3.route_pb2 import RouteConfiguration
 
 from xds_server.ir.types import BackendIR, GatewayIR
-from xds_server.translate import policy_service, rbac
-from xds_server.translate.names import cluster_name, route_config_name, route_name
+from xds_server.translate import jwt, oauth, policy_service, rbac
+from xds_server.translate.names import MCP_METADATA_NAMESPACE, cluster_name, route_config_name, route_name
 from xds_server.translate.proto import to_message, typed
 
 NO_BACKEND_ROUTE = "no-backend"
+FILTER_CONFIG_TYPE = "envoy.config.route.v3.FilterConfig"
 
 
 def _backend_routes(backend: BackendIR, gateway: GatewayIR) -> list[dict[str, Any]]:
@@ -54,8 +61,33 @@ def _backend_route(
         "route": action,
         # An agent's API key proves who it is to the gateway; the backend never sees it.
         "request_headers_to_remove": [gateway.identity.api_key_header],
-        "typed_per_filter_config": {rbac.RBAC_FILTER: rbac.backend_rbac(backend, gateway.agents), **(filters or {})},
+        "typed_per_filter_config": {
+            rbac.RBAC_FILTER: rbac.backend_rbac(backend, gateway.agents),
+            **jwt.route_requirement(gateway, backend),
+            **(filters or {}),
+        },
     }
+
+
+def _metadata_routes(gateway: GatewayIR) -> list[dict[str, Any]]:
+    """The protected-resource metadata documents of the backends with `auth` (bodies: local replies)."""
+    filters = {
+        # Not MCP traffic: a plain GET the MCP filter would refuse (REJECT_NO_MCP).
+        MCP_METADATA_NAMESPACE: typed(FILTER_CONFIG_TYPE, {"disabled": True}),
+        rbac.RBAC_FILTER: typed(rbac.RBAC_PER_ROUTE_TYPE),
+        **jwt.route_disabled(gateway),
+        **(policy_service.no_policy_filters() if policy_service.gateway_needs_policy_service(gateway) else {}),
+    }
+    return [
+        {
+            "name": oauth.metadata_route_name(backend),
+            "match": {"path": path},
+            "direct_response": {"status": 200},
+            "typed_per_filter_config": filters,
+        }
+        for backend in oauth.auth_backends(gateway)
+        for path in oauth.document_paths(gateway, backend)
+    ]
 
 
 def _no_backend_route(gateway: GatewayIR) -> dict[str, Any]:
@@ -65,12 +97,17 @@ def _no_backend_route(gateway: GatewayIR) -> dict[str, Any]:
         "match": {"prefix": "/"},
         "direct_response": {"status": 404},
         # An RBACPerRoute without rules disables RBAC on this route only.
-        "typed_per_filter_config": {rbac.RBAC_FILTER: typed(rbac.RBAC_PER_ROUTE_TYPE), **filters},
+        "typed_per_filter_config": {rbac.RBAC_FILTER: typed(rbac.RBAC_PER_ROUTE_TYPE), **jwt.route_disabled(gateway),
+                                    **filters},
     }
 
 
 def build_route_config(gateway: GatewayIR) -> RouteConfiguration:
-    routes = [r for b in gateway.backends for r in _backend_routes(b, gateway)] + [_no_backend_route(gateway)]
+    routes = [
+        *_metadata_routes(gateway),
+        *(r for b in gateway.backends for r in _backend_routes(b, gateway)),
+        _no_backend_route(gateway),
+    ]
     body = {
         "name": route_config_name(gateway.name),
         "virtual_hosts": [{"name": gateway.name, "domains": ["*"], "routes": routes}],

@@ -1,0 +1,119 @@
+"""The policy service recognises callers and their users exactly as the RBAC principals do."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from google.protobuf import json_format
+
+from xds_server.authz.ext_proc import jwt_payloads, peer_uri_san
+from xds_server.authz.state import PolicyIndex, user_matches
+from xds_server.ir.glob import compile_globs
+from xds_server.ir.types import (
+    IR,
+    AgentIR,
+    ApiKeyPrincipal,
+    BackendIR,
+    EndpointIR,
+    GatewayIR,
+    GrantIR,
+    HeaderPrincipal,
+    IdentityIR,
+    JwtPrincipal,
+    SpiffePrincipal,
+    UserMatchIR,
+)
+
+MAINTAINERS = UserMatchIR(provider="corp", subjects=(), groups=("maintainers",), groups_claim="roles", claims=())
+ALICE_IN_PLATFORM = UserMatchIR(provider="corp", subjects=("alice",), groups=(), groups_claim="groups",
+                                claims=(("department", "platform"),))  # fmt: skip
+
+
+def _grant(agent: str, tools: list[str], user: UserMatchIR | None = None, **kinds: list[str]) -> GrantIR:
+    return GrantIR(agent=agent, tools=compile_globs(tools), resources=compile_globs(kinds.get("resources", [])),
+                   prompts=compile_globs(kinds.get("prompts", [])), sources=("p/rules[0]",), user=user)  # fmt: skip
+
+
+@pytest.fixture
+def index(monkeypatch: pytest.MonkeyPatch) -> PolicyIndex:
+    monkeypatch.setenv("STATE_TEST_KEY", "sekret")
+    agents = (
+        AgentIR("bot", (ApiKeyPrincipal("x-api-key", "STATE_TEST_KEY", None),)),
+        AgentIR("mesh", (SpiffePrincipal("spiffe://example.org/agent/mesh"),)),
+        AgentIR("triage", (JwtPrincipal("agents", "azp", "triage-bot"), HeaderPrincipal("x-agent-id", "triage"))),
+    )
+    backend = BackendIR(
+        name="github", route_path="/mcp/github", upstream_path="/mcp", endpoints=(EndpointIR("127.0.0.1", 9),),
+        connect_timeout_ms=1000, request_timeout_ms=0, idle_timeout_ms=0,
+        grants=(_grant("bot", ["whoami"]), _grant("triage", ["list_issues"], prompts=["summarize"]),
+                _grant("triage", ["create_issue"], MAINTAINERS), _grant("triage", ["merge_*"], ALICE_IN_PLATFORM)),
+    )  # fmt: skip
+    gateway = GatewayIR(name="gw", listen_address="127.0.0.1", listen_port=1, max_request_body_bytes=8192,
+                        connection_buffer_bytes=65536, identity=IdentityIR("x-agent-id"), agents=agents,
+                        backends=(backend,))  # fmt: skip
+    return PolicyIndex.from_ir(IR((gateway,)))
+
+
+@pytest.mark.parametrize(
+    "payloads, expected",
+    [
+        ({"corp": {"sub": "bob", "roles": ["staff", "maintainers"]}}, True),
+        ({"corp": {"sub": "bob", "roles": "maintainers"}}, True),  # a single group as a string
+        ({"corp": {"sub": "bob", "roles": ["staff"]}}, False),
+        ({"corp": {"sub": "bob", "groups": ["maintainers"]}}, False),  # not the provider's groups claim
+        ({"other": {"sub": "bob", "roles": ["maintainers"]}}, False),  # another provider's token
+        ({}, False),
+        (None, False),
+    ],
+)
+def test_groups(payloads: dict[str, Any] | None, expected: bool) -> None:
+    assert user_matches(MAINTAINERS, payloads) is expected
+
+
+def test_subjects_and_claims_must_all_hold() -> None:
+    assert user_matches(ALICE_IN_PLATFORM, {"corp": {"sub": "alice", "department": "platform"}})
+    assert not user_matches(ALICE_IN_PLATFORM, {"corp": {"sub": "alice", "department": "sales"}})
+    assert not user_matches(ALICE_IN_PLATFORM, {"corp": {"sub": "mallory", "department": "platform"}})
+    assert not user_matches(ALICE_IN_PLATFORM, {"corp": {"sub": "alice", "department": ["platform"]}})
+
+
+def test_callers_are_recognised_by_every_source(index: PolicyIndex) -> None:
+    view = index.backend("github")
+    assert view is not None
+    assert view.agents_of({"x-agent-id": "triage"}) == ("triage",)
+    assert view.agents_of({}, {"agents": {"azp": "triage-bot"}}) == ("triage",)
+    assert view.agents_of({}, {"corp": {"azp": "triage-bot"}}) == ()  # a claim of another provider proves nothing
+    assert view.agents_of({"x-api-key": "sekret"}) == ("bot",)
+    assert view.agents_of({"x-api-key": "guess"}) == ()
+    assert view.agents_of({}, None, "spiffe://example.org/agent/mesh") == ("mesh",)
+    assert view.agents_of({"x-api-key": "sekret", "x-agent-id": "triage"}) == ("bot", "triage")
+    assert view.agent_of({"x-agent-id": "nobody"}) is None
+
+
+def test_users_grants_count_only_for_their_users(index: PolicyIndex) -> None:
+    view = index.backend("github")
+    assert view is not None
+    maintainer = {"corp": {"sub": "bob", "roles": ["maintainers"]}}
+    alice = {"corp": {"sub": "alice", "department": "platform"}}
+    assert view.may_use("triage", "tools", "list_issues")
+    assert not view.may_use("triage", "tools", "create_issue")
+    assert view.may_use("triage", "tools", "create_issue", maintainer)
+    assert not view.may_use("triage", "tools", "merge_pr", maintainer)
+    assert view.may_use("triage", "tools", "merge_pr", alice)
+    assert view.may_use("triage", "prompts", "summarize", alice)
+    assert view.has_unconditional_tool("triage", "create_issue", maintainer)
+    assert not view.has_unconditional_tool("triage", "create_issue")
+    plain = view.grant("triage")
+    assert plain is not None and plain.user is None  # the grant for whoever the user is
+
+
+def test_ext_proc_reads_the_verified_payloads_and_the_peer_certificate() -> None:
+    request = pb.ProcessingRequest()
+    json_format.ParseDict({"corp": {"sub": "bob", "roles": ["maintainers"], "exp": 1.7e9}},
+                          request.metadata_context.filter_metadata["envoy.filters.http.jwt_authn"])  # fmt: skip
+    request.attributes["envoy.filters.http.ext_proc"].fields["connection.uri_san_peer_certificate"].string_value = "spiffe://x/y"
+    assert jwt_payloads(request) == {"corp": {"sub": "bob", "roles": ["maintainers"], "exp": 1.7e9}}
+    assert peer_uri_san(request) == "spiffe://x/y"
+    assert jwt_payloads(pb.ProcessingRequest()) == {} and peer_uri_san(pb.ProcessingRequest()) is None
