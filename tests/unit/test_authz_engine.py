@@ -259,3 +259,23 @@ def test_denied_approval_outranks_a_quota(world: World) -> None:
     assert aid is not None
     world.approvals.deny(aid, by="bob")
     assert world.decide(call(), *rules).reason == "approval_denied"
+
+
+def test_a_rule_limited_to_users_only_applies_to_those_users() -> None:
+    from xds_server.ir.types import UserMatchIR
+
+    maintainers = UserMatchIR("corp", (), ("maintainers",), "groups", ())
+    limited = ConditionalRuleIR(
+        id="p/rules[0]", agents=("bot",), tools=compile_globs(["merge_*"]), when=None,
+        quota=None, require_approval=False, approval_ttl_ms=60_000, user=maintainers,
+    )  # fmt: skip
+    engine = Engine(QuotaStore(), ApprovalStore())
+    base = dict(backend="b", agent="bot", user={}, tool="merge_pr", arguments={}, now=NOW)
+    allowed = engine.decide(CallContext(**base, jwt={"corp": {"sub": "alice", "groups": ["maintainers"]}}),
+                            [limited], unconditional=False)  # fmt: skip
+    refused = engine.decide(CallContext(**base, jwt={"corp": {"sub": "bob", "groups": ["devs"]}}),
+                            [limited], unconditional=False)  # fmt: skip
+    anonymous = engine.decide(CallContext(**base), [limited], unconditional=False)
+    assert allowed.allowed and allowed.rule == "p/rules[0]"
+    assert not refused.allowed and refused.reason == "no_matching_rule"
+    assert not anonymous.allowed

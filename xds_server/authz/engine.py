@@ -19,12 +19,13 @@ from __future__ import annotations
 import datetime as dt
 import enum
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from xds_server.authz.approvals import ApprovalState, ApprovalStore, approval_id
 from xds_server.authz.cel_conditions import ConditionError, compile_condition
 from xds_server.authz.quota import QuotaKey, QuotaStore, quota_subject
+from xds_server.authz.state import user_matches
 from xds_server.ir.glob import glob_matches
 from xds_server.ir.types import ConditionalRuleIR
 
@@ -66,6 +67,7 @@ class CallContext:
     tool: str
     arguments: Mapping[str, Any]
     now: dt.datetime
+    jwt: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # provider → verified token payload
 
     @property
     def user_sub(self) -> str | None:
@@ -115,6 +117,8 @@ class Engine:
         best_rule: ConditionalRuleIR | None = None
         variables: dict[str, Any] | None = None  # built once, only if some rule has a condition
         for rule in rules:
+            if rule.user is not None and not user_matches(rule.user, ctx.jwt):
+                continue  # the rule is for other users (RBAC let the call in through another rule)
             if ctx.agent not in rule.agents or not any(glob_matches(p, ctx.tool) for p in rule.tools):
                 continue
             if rule.when is not None and variables is None:

@@ -139,7 +139,9 @@ def _grants(rules: list[tuple[str, Rule]], agents: tuple[AgentIR, ...], identity
     )
 
 
-def _conditional_rules(rules: list[tuple[str, Rule]], agents: tuple[AgentIR, ...]) -> tuple[ConditionalRuleIR, ...]:
+def _conditional_rules(
+    rules: list[tuple[str, Rule]], agents: tuple[AgentIR, ...], identity: IdentityIR
+) -> tuple[ConditionalRuleIR, ...]:
     recognisable = [a.name for a in agents if a.principals]
     out = []
     for rule_id, rule in rules:
@@ -157,6 +159,7 @@ def _conditional_rules(rules: list[tuple[str, Rule]], agents: tuple[AgentIR, ...
                 quota=quota,
                 require_approval=rule.require_approval,
                 approval_ttl_ms=rule.approval_ttl_ms,
+                user=_user_match(rule, identity),
             )
         )
     return tuple(out)
@@ -219,7 +222,7 @@ def _backend_ir(
         request_timeout_ms=spec.timeouts.request_ms,
         idle_timeout_ms=spec.timeouts.idle_ms,
         grants=_grants(rules, agents, identity),
-        conditional_rules=_conditional_rules(rules, agents),
+        conditional_rules=_conditional_rules(rules, agents, identity),
         policy_service=PolicyServiceUse(
             fail_open=spec.policy_service.fail_open,
             timeout_ms=spec.policy_service.timeout_ms,

@@ -159,6 +159,7 @@ class ConditionalRuleIR:
     quota: QuotaIR | None
     require_approval: bool
     approval_ttl_ms: int
+    user: UserMatchIR | None = None  # only when acting for such a user (checked by the policy service too)
 
 
 class DriftAction(str, enum.Enum):
