@@ -14,10 +14,14 @@ can tell which one served a call.
 query, headers, body) *before* the MCP app sees it, so a test can prove that
 a request denied by the gateway never reached the backend.
 
+`--tls-cert FILE --tls-key FILE` serve HTTPS instead of HTTP (PEM files),
+for tests of TLS from the gateway to a backend.
+
 CLI: python -m xds_server.demo.mcp_server --host 127.0.0.1 --port N
          [--path /mcp] [--request-log FILE] [--name NAME] [--json-response]
-Prints `READY http://host:port/path` on stdout once it accepts requests
-(`--port 0` lets the kernel choose; the line carries the real port).
+         [--tls-cert FILE --tls-key FILE]
+Prints `READY http://host:port/path` (`https://` with TLS) on stdout once it
+accepts requests (`--port 0` lets the kernel choose; the line carries the real port).
 """
 
 from __future__ import annotations
@@ -202,8 +206,13 @@ async def serve(
     request_log: Path | None = None,
     json_response: bool = False,
     poisoned: frozenset[str] = frozenset(),
+    tls_cert: Path | None = None,
+    tls_key: Path | None = None,
 ) -> None:
-    """Serve until SIGINT/SIGTERM; print `READY http://host:port/path` once accepting requests."""
+    """Serve until SIGINT/SIGTERM; print `READY http(s)://host:port/path` once accepting requests.
+
+    With `tls_cert` and `tls_key` (PEM) the socket speaks TLS (HTTP/1.1 over TLS).
+    """
     import uvicorn
 
     app = build_app(name=name, path=path, request_log=request_log, json_response=json_response, poisoned=poisoned)
@@ -220,6 +229,8 @@ async def serve(
         lifespan="on",  # the SDK's session manager runs in the app lifespan
         # Legacy clients hold a GET SSE stream open; don't wait long for it on shutdown.
         timeout_graceful_shutdown=1,
+        ssl_certfile=str(tls_cert) if tls_cert is not None else None,
+        ssl_keyfile=str(tls_key) if tls_key is not None else None,
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
@@ -227,7 +238,8 @@ async def serve(
         await asyncio.sleep(0.01)
     if server.started:
         shown_host = f"[{host}]" if ":" in host else host
-        print(f"READY http://{shown_host}:{bound_port}{path}", flush=True)
+        scheme = "https" if tls_cert is not None else "http"
+        print(f"READY {scheme}://{shown_host}:{bound_port}{path}", flush=True)
     await task
 
 
@@ -241,7 +253,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json-response", action="store_true", help="answer POSTs with JSON instead of SSE")
     parser.add_argument("--poison", action="append", default=[], metavar="TOOL",
                         help="give TOOL a poisoned description (simulates a rug pull); repeatable")
+    parser.add_argument("--tls-cert", type=Path, default=None, metavar="FILE",
+                        help="PEM certificate chain: serve HTTPS (needs --tls-key)")
+    parser.add_argument("--tls-key", type=Path, default=None, metavar="FILE", help="PEM private key of --tls-cert")
     args = parser.parse_args(argv)
+    if (args.tls_cert is None) != (args.tls_key is None):
+        parser.error("--tls-cert and --tls-key go together")
     try:
         asyncio.run(
             serve(
@@ -252,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
                 request_log=args.request_log,
                 json_response=args.json_response,
                 poisoned=frozenset(args.poison),
+                tls_cert=args.tls_cert,
+                tls_key=args.tls_key,
             )
         )
     except KeyboardInterrupt:

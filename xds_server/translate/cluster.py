@@ -4,11 +4,17 @@ A backend whose endpoints are all IP addresses becomes an EDS cluster, so an
 endpoint change is a small EDS push that leaves the cluster (and its
 connections) alone. EDS cannot carry DNS names, so a backend with any host
 name becomes a STRICT_DNS cluster with its endpoints inline.
+
+A backend with `tls` gets an `UpstreamTlsContext` transport socket (see
+`upstream_transport_socket`): the CA bundle and the client certificate are
+read at build time and sent inline, so a rotated file takes effect on the
+next build.
 """
 
 from __future__ import annotations
 
 import ipaddress
+from pathlib import Path
 from typing import Any
 
 from envoy.config.cluster.v3.cluster_pb2 import Cluster
@@ -46,12 +52,81 @@ def _load_assignment(name: str, endpoints: tuple[EndpointIR, ...]) -> dict[str, 
     }
 
 
+# Where the Envoy host keeps its system CA bundle (Debian/Ubuntu, the official
+# Envoy image). Envoy has no built-in trust store: `tls` without `caFile`
+# verifies against this file, read by Envoy itself.
+SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+UPSTREAM_TLS_TYPE = "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+
+
+class UpstreamTlsError(ValueError):
+    """A file the backend's TLS settings name cannot be read; the build is refused (fail closed)."""
+
+
+def _read_pem(path: str, what: str) -> str:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise UpstreamTlsError(f"{what}: cannot read {path}: {reason}") from None
+    if "-----BEGIN " not in text:
+        raise UpstreamTlsError(f"{what}: {path} holds no PEM block")
+    return text
+
+
+def _san_matcher(name: str) -> dict[str, Any]:
+    kind = "IP_ADDRESS" if _is_ip(name) else "DNS"
+    return {"san_type": kind, "matcher": {"exact": name}}
+
+
+def upstream_transport_socket(backend: BackendIR) -> dict[str, Any] | None:
+    """The cluster's TLS transport socket, or None for plain HTTP.
+
+    Server name: `sni` when given; otherwise the endpoints' DNS name (one
+    distinct name: sent as SNI; several: each connection sends its host's
+    name, `auto_host_sni`); IP endpoints send no SNI. The certificate must
+    carry that name (DNS SAN), or the endpoint's IP (IP SAN) when there is
+    no name. Raises UpstreamTlsError for an unreadable file.
+    """
+    tls = backend.upstream_tls
+    if tls is None:
+        return None
+    what = f"backend {backend.name}: tls"
+    validation: dict[str, Any] = (
+        {"trusted_ca": {"inline_string": _read_pem(tls.ca_file, f"{what}.caFile")}}
+        if tls.ca_file is not None
+        else {"trusted_ca": {"filename": SYSTEM_CA_BUNDLE}}
+    )
+    context: dict[str, Any] = {}
+    dns_names = sorted({e.host for e in backend.endpoints if not _is_ip(e.host)})
+    if tls.sni is not None:
+        names = [tls.sni]
+        if not _is_ip(tls.sni):  # SNI carries host names only (RFC 6066)
+            context["sni"] = tls.sni
+    else:
+        names = sorted({e.host for e in backend.endpoints})
+        if len(dns_names) == 1:
+            context["sni"] = dns_names[0]
+        elif len(dns_names) > 1:
+            context["auto_host_sni"] = True
+            context["auto_sni_san_validation"] = True
+    validation["match_typed_subject_alt_names"] = [_san_matcher(n) for n in names]
+    common: dict[str, Any] = {"validation_context": validation}
+    if tls.certificate_file is not None and tls.private_key_file is not None:
+        common["tls_certificates"] = [{
+            "certificate_chain": {"inline_string": _read_pem(tls.certificate_file, f"{what}.certificateFile")},
+            "private_key": {"inline_string": _read_pem(tls.private_key_file, f"{what}.privateKeyFile")},
+        }]  # fmt: skip
+    context["common_tls_context"] = common
+    return {"name": "envoy.transport_sockets.tls", "typed_config": typed(UPSTREAM_TLS_TYPE, context)}
+
+
 def _duration(ms: int) -> str:
     return f"{ms / 1000:.3f}s"
 
 
 def build_cluster(backend: BackendIR) -> Cluster:
-    """The cluster for `backend`: HTTP/1.1 upstream, round robin, EDS or STRICT_DNS."""
+    """The cluster for `backend`: HTTP/1.1 upstream (over TLS with `tls`), round robin, EDS or STRICT_DNS."""
     name = cluster_name(backend.name)
     body: dict[str, Any] = {
         "name": name,
@@ -71,6 +146,8 @@ def build_cluster(backend: BackendIR) -> Cluster:
         body["type"] = "STRICT_DNS"
         body["dns_lookup_family"] = "V4_PREFERRED"
         body["load_assignment"] = _load_assignment(name, backend.endpoints)
+    if (socket := upstream_transport_socket(backend)) is not None:
+        body["transport_socket"] = socket
     return to_message(Cluster, body)
 
 
