@@ -1,4 +1,4 @@
-"""Envoy ext_authz (gRPC `Authorization.Check`) as a thin adapter over `check.check_tool_call`."""
+"""Envoy ext_authz (gRPC `Authorization.Check`) as a thin adapter over `check.check_request`."""
 
 from __future__ import annotations
 
@@ -7,15 +7,19 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import grpc
+from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
+from google.protobuf import json_format
 
-from xds_server.authz.check import CheckOutcome, check_tool_call
+from xds_server.authz.check import CheckOutcome, check_request
+from xds_server.authz.credentials import JWT_METADATA_NAMESPACE
 
 if TYPE_CHECKING:
     from xds_server.authz.service import PolicyService
 
 log = logging.getLogger(__name__)
 _OK, _PERMISSION_DENIED = 0, 7  # google.rpc.Code
+_OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 
 
 def request_headers(request: external_auth_pb2.CheckRequest) -> dict[str, str]:
@@ -28,11 +32,26 @@ def request_body(request: external_auth_pb2.CheckRequest) -> str:
     return http.body or http.raw_body.decode("utf-8", errors="replace")
 
 
+def jwt_payloads(request: external_auth_pb2.CheckRequest) -> dict[str, Any]:
+    """What jwt_authn verified: provider name → token payload (empty when no token was verified)."""
+    metadata = request.attributes.metadata_context.filter_metadata
+    if JWT_METADATA_NAMESPACE not in metadata:
+        return {}
+    return json_format.MessageToDict(metadata[JWT_METADATA_NAMESPACE])
+
+
 def to_check_response(outcome: CheckOutcome) -> external_auth_pb2.CheckResponse:
     response = external_auth_pb2.CheckResponse()
     if outcome.allowed:
         response.status.code = _OK
-        response.ok_response.SetInParent()
+        ok = response.ok_response
+        ok.SetInParent()
+        for name, value in outcome.set_headers.items():
+            option = ok.headers.add()
+            option.header.key = name
+            option.header.value = value
+            option.append_action = _OVERWRITE
+        ok.headers_to_remove.extend(outcome.remove_headers)
         return response
     response.status.code = _PERMISSION_DENIED
     denied = response.denied_response
@@ -46,20 +65,24 @@ def to_check_response(outcome: CheckOutcome) -> external_auth_pb2.CheckResponse:
 
 
 class ExtAuthzServicer(external_auth_pb2_grpc.AuthorizationServicer):
-    """Decides `tools/call`s routed to ext_authz; every decision goes to the decision log."""
+    """Decides the requests routed to ext_authz and attaches delegated credentials; every
+    answer goes to the decision log (never a credential)."""
 
     def __init__(self, service: PolicyService) -> None:
         self._service = service
 
     async def Check(self, request: external_auth_pb2.CheckRequest, context: grpc.aio.ServicerContext) -> Any:
         backend: Mapping[str, str] = request.attributes.context_extensions
-        outcome = check_tool_call(
+        outcome = await check_request(
             self._service.index,
             self._service.engine,
             self._service.guard,
+            self._service.credentials,
             backend=backend.get("backend", ""),
             headers=request_headers(request),
             body=request_body(request),
+            jwt_payloads=jwt_payloads(request),
+            peer_uri_san=request.attributes.source.principal or None,
         )
         self._service.log_decision(outcome.log)
         return to_check_response(outcome)

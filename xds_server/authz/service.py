@@ -1,8 +1,9 @@
-"""The policy service: ext_authz + ext_proc over gRPC, the approvals HTTP API, tool refresh.
+"""The policy service: ext_authz + ext_proc over gRPC, the approvals HTTP API, tool refresh,
+delegated backend credentials.
 
 It reads the same IR as the translators (never the raw YAML): the control
-plane calls `update(ir)` after each published change. Quota counts, approvals
-and tool verdicts live here and outlive policy reloads.
+plane calls `update(ir)` after each published change. Quota counts, approvals,
+tool verdicts and exchanged tokens live here and outlive policy reloads.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc
 
 from xds_server.authz.approvals import ApprovalStore
 from xds_server.authz.approvals_http import build_app
+from xds_server.authz.credentials import CredentialIssuer
 from xds_server.authz.engine import Engine
 from xds_server.authz.ext_authz import ExtAuthzServicer
 from xds_server.authz.ext_proc import ExtProcServicer
@@ -56,6 +58,7 @@ class PolicyService:
         self.approvals = ApprovalStore()
         self.engine = Engine(QuotaStore(), self.approvals)
         self.guard = GuardState()
+        self.credentials = CredentialIssuer()
         self._grpc: grpc.aio.Server | None = None
         self._http: uvicorn.Server | None = None
         self._http_task: asyncio.Task[None] | None = None
@@ -64,8 +67,9 @@ class PolicyService:
     # -- policies ----------------------------------------------------------
 
     def update(self, ir: IR, version: str = "") -> None:
-        """Swap in a newly published policy set and (re)start tool refreshers."""
+        """Swap in a newly published policy set, read its client secrets, and (re)start tool refreshers."""
         self.index = PolicyIndex.from_ir(ir, version)
+        self.credentials.update(ir)
         guarded = {name: view.backend for name, view in self.index.backends.items() if view.backend.tool_guard}
         for name in list(self._refreshers):
             if name not in guarded:
@@ -89,7 +93,9 @@ class PolicyService:
         guard = backend.tool_guard
         assert guard is not None
         endpoint = backend.endpoints[0]
-        url = f"http://{endpoint.host}:{endpoint.port}{backend.upstream_path}"
+        scheme = "https" if backend.upstream_tls is not None else "http"
+        host = f"[{endpoint.host}]" if ":" in endpoint.host else endpoint.host
+        url = f"{scheme}://{host}:{endpoint.port}{backend.upstream_path}"
         while True:
             try:
                 tools = await fetch_tools(url, timeout=10)
@@ -147,3 +153,4 @@ class PolicyService:
         if self._grpc is not None:
             await self._grpc.stop(grace=1.0)
             self._grpc = None
+        await self.credentials.aclose()
