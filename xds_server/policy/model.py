@@ -277,6 +277,13 @@ class MCPBackendSpec(StrictModel):
                 "credentials_without_auth",
                 "credentials are issued for the user the agent acts for: set `auth` (a user token provider) too",
             )
+        if self.credentials is not None and self.policy_service.fail_open:
+            # Failing open would send requests on without the backend's credential
+            # (and with the user's own token): refuse the combination.
+            raise PydanticCustomError(
+                "credentials_fail_open",
+                "a backend with credentials must fail closed: remove policyService.failOpen",
+            )
         return self
 
 

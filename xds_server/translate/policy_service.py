@@ -183,10 +183,19 @@ def enable_ext_authz(backend: BackendIR) -> dict[str, Any]:
     return {**no_policy_filters(), name: per_route}
 
 
-def enable_ext_proc(backend: BackendIR) -> dict[str, Any]:
-    """typed_per_filter_config: ext_proc on for list responses (ext_authz off)."""
+def _ext_proc_on(backend: BackendIR) -> dict[str, Any]:
     overrides = {
         "failure_mode_allow": backend.policy_service.fail_open,
         "grpc_initial_metadata": [{"key": BACKEND_METADATA_KEY, "value": backend.name}],
     }
-    return {**no_policy_filters(), EXT_PROC: typed(EXT_PROC_PER_ROUTE, {"overrides": overrides})}
+    return typed(EXT_PROC_PER_ROUTE, {"overrides": overrides})
+
+
+def enable_ext_proc(backend: BackendIR) -> dict[str, Any]:
+    """typed_per_filter_config: ext_proc on for list responses (ext_authz off)."""
+    return {**no_policy_filters(), EXT_PROC: _ext_proc_on(backend)}
+
+
+def enable_ext_authz_and_ext_proc(backend: BackendIR) -> dict[str, Any]:
+    """typed_per_filter_config for list requests on a delegated backend: credential and filtering."""
+    return {**enable_ext_authz(backend), EXT_PROC: _ext_proc_on(backend)}

@@ -36,11 +36,21 @@ def _backend_routes(backend: BackendIR, gateway: GatewayIR) -> list[dict[str, An
     python = policy_service.gateway_needs_policy_service(gateway)
     native = _backend_route(backend, gateway, {"path": backend.route_path},
                             policy_service.no_policy_filters() if python else None)  # fmt: skip
+    authz = policy_service.authz_route_match(backend)
+    lists = policy_service.list_route_match(backend)
+    if backend.credentials is not None:
+        # Every request needs the policy service (for the backend's credential);
+        # list answers are also filtered, so their route turns both filters on.
+        routes = []
+        if lists is not None:
+            routes.append(_backend_route(backend, gateway, lists, policy_service.enable_ext_authz_and_ext_proc(backend)))
+        assert authz is not None
+        return routes + [_backend_route(backend, gateway, authz, policy_service.enable_ext_authz(backend))]
     routes = []
-    if (match := policy_service.authz_route_match(backend)) is not None:
-        routes.append(_backend_route(backend, gateway, match, policy_service.enable_ext_authz(backend)))
-    if (match := policy_service.list_route_match(backend)) is not None:
-        routes.append(_backend_route(backend, gateway, match, policy_service.enable_ext_proc(backend)))
+    if authz is not None:
+        routes.append(_backend_route(backend, gateway, authz, policy_service.enable_ext_authz(backend)))
+    if lists is not None:
+        routes.append(_backend_route(backend, gateway, lists, policy_service.enable_ext_proc(backend)))
     return routes + [native]
 
 
