@@ -128,6 +128,28 @@ def cmd_pin(args: argparse.Namespace) -> int:
     return run_pin(args.dir, args.backend, url=args.url, legacy=args.legacy)
 
 
+def cmd_certs(args: argparse.Namespace) -> int:
+    from xds_server.certs import policy_snippet, write_dev_pki
+
+    try:
+        pki = write_dev_pki(args.dir, trust_domain=args.trust_domain, agents=args.agent or [],
+                            gateway_hosts=args.gateway_host or [], gateway_ips=args.gateway_ip or [],
+                            days=args.days, new_ca=args.new_ca)  # fmt: skip
+    except (ValueError, OSError) as exc:
+        print(f"agentxds certs: {exc}", file=sys.stderr)
+        return 1
+    rows = [("CA (reused)" if pki.ca_reused else "CA (new)", pki.ca_cert, pki.ca_key, ""),
+            ("gateway", pki.gateway_cert, pki.gateway_key, "")]  # fmt: skip
+    rows += [(f"agent {name}", cert, key, sid) for name, (sid, cert, key) in sorted(pki.agents.items())]
+    width = max(len(r[0]) for r in rows)
+    for label, cert, key, sid in rows:
+        print(f"{label:<{width}}  {cert}  (key {key.name}, mode 0600)  {sid}".rstrip())
+    print(f"\nLeaf certificates are valid for {args.days} day(s). Re-run to renew: the CA is kept (--new-ca replaces it),")
+    print("and a running gateway picks up rewritten files without a restart.\n")
+    sys.stdout.write(policy_snippet(pki))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="agentxds", description="Envoy agent gateway: policies in, xDS out.")
     parser.add_argument("--log-level", default="INFO", help="control plane log level (default INFO)")
@@ -186,6 +208,19 @@ def build_parser() -> argparse.ArgumentParser:
     pin.add_argument("--url", help="MCP URL to read the tools from (default: the backend's first endpoint)")
     pin.add_argument("--legacy", action="store_true", help="speak 2025-11-25 to the backend")
     pin.set_defaults(func=cmd_pin)
+
+    certs = sub.add_parser("certs", help="write a development CA, gateway certificate and SPIFFE agent certificates")
+    certs.add_argument("dir", type=_policy_dir, help="where to write ca.crt, gateway.crt and agents/<name>.crt (+ keys)")
+    certs.add_argument("--trust-domain", required=True, help="SPIFFE trust domain, e.g. example.org")
+    certs.add_argument("--agent", action="append", metavar="NAME",
+                       help="an agent certificate for spiffe://<trust-domain>/agent/NAME (repeatable)")  # fmt: skip
+    certs.add_argument("--gateway-host", action="append", metavar="DNS",
+                       help="another DNS name for the gateway certificate (localhost is always in it; repeatable)")  # fmt: skip
+    certs.add_argument("--gateway-ip", action="append", metavar="IP",
+                       help="another IP address for the gateway certificate (127.0.0.1 is always in it; repeatable)")  # fmt: skip
+    certs.add_argument("--days", type=int, default=30, help="validity of the gateway and agent certificates (default 30)")
+    certs.add_argument("--new-ca", action="store_true", help="replace an existing CA (default: reuse DIR/ca.crt and ca.key)")
+    certs.set_defaults(func=cmd_certs)
     return parser
 
 
