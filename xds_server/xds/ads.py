@@ -21,10 +21,11 @@ Rules (after go-control-plane and Istio):
   changes the names it asks for) until the snapshot's version of that type
   changes. This is what stops a resend loop.
 * SotW: Cluster and Listener responses carry every resource of the type; other
-  types (EDS, RDS) carry only the resources named in `resource_names`, and are
-  re-sent when those names change.
-* When several types are due, they go out in `snapshot.ORDER` (CDS, EDS, LDS,
-  RDS) so that Envoy can warm clusters before listeners refer to them.
+  types (EDS, SDS, RDS) carry only the resources named in `resource_names`,
+  and are re-sent when those names change.
+* When several types are due, they go out in `snapshot.ORDER` (CDS, EDS, SDS,
+  LDS, RDS) so that Envoy can warm clusters and secrets before listeners
+  refer to them.
 * The node is taken from the first request that carries one
   (`set_node_on_first_message_only: true`); its group is `node.cluster`.
 """

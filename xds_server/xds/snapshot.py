@@ -28,14 +28,21 @@ CLUSTER = _PREFIX + "envoy.config.cluster.v3.Cluster"
 ENDPOINT = _PREFIX + "envoy.config.endpoint.v3.ClusterLoadAssignment"
 LISTENER = _PREFIX + "envoy.config.listener.v3.Listener"
 ROUTE = _PREFIX + "envoy.config.route.v3.RouteConfiguration"
+SECRET = _PREFIX + "envoy.extensions.transport_sockets.tls.v3.Secret"
 
 #: The order in which types are hashed and sent: a cluster exists before its
 #: endpoints, a listener before the route configuration it names. Envoy warms
 #: resources in this order (make-before-break), see the xDS protocol docs.
-ORDER: tuple[str, ...] = (CLUSTER, ENDPOINT, LISTENER, ROUTE)
+#: Secrets (SDS) are what listeners (and TLS clusters) depend on, like EDS for
+#: clusters: when a secret and a listener change together, the secret goes
+#: first, so the new listener warms with the new secret at once. Envoy asks
+#: for secrets by name only once a listener or cluster names them, so the
+#: very first secret response follows LDS anyway.
+ORDER: tuple[str, ...] = (CLUSTER, ENDPOINT, SECRET, LISTENER, ROUTE)
 
 #: Types Envoy subscribes to as a whole ("wildcard"); every other type is
-#: requested by resource name (EDS by cluster name, RDS by route config name).
+#: requested by resource name (EDS by cluster name, RDS by route config name,
+#: SDS by secret name).
 WILDCARD_TYPES: frozenset[str] = frozenset({CLUSTER, LISTENER})
 
 #: Length of the hex versions. 64 bits is ample to tell snapshots apart.
