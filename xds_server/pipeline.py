@@ -9,10 +9,14 @@ ever reaches back into the policies.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from google.protobuf.message import Message
 
 from xds_server.ir.build import build_ir
 from xds_server.ir.types import IR
@@ -39,25 +43,62 @@ class ReloadResult:
     seconds: float = 0.0
 
 
+def by_type_url(resources: GatewayResources) -> dict[str, tuple[Message, ...]]:
+    """One gateway's resources per xDS type URL, in `snapshot.ORDER`."""
+    by_type: dict[str, tuple[Message, ...]] = {
+        xds.CLUSTER: resources.clusters,
+        xds.ENDPOINT: resources.endpoints,
+        xds.SECRET: resources.secrets,
+        xds.LISTENER: resources.listeners,
+        xds.ROUTE: resources.routes,
+    }
+    return {t: by_type[t] for t in xds.ORDER}
+
+
 def to_snapshot(resources: GatewayResources) -> Snapshot:
-    return Snapshot.build(
-        {
-            xds.CLUSTER: resources.clusters,
-            xds.ENDPOINT: resources.endpoints,
-            xds.LISTENER: resources.listeners,
-            xds.ROUTE: resources.routes,
-        }
-    )
+    return Snapshot.build(by_type_url(resources))
 
 
-def compile_policies(policy_dir: Path) -> tuple[IR, dict[str, GatewayResources]]:
-    """Load, resolve and translate; raises PolicyError (with every diagnostic) or ValueError (inconsistent xDS)."""
-    ir = build_ir(load_directory(policy_dir))
+def translate_checked(ir: IR) -> dict[str, GatewayResources]:
+    """Translate and verify; raises ValueError for an unreadable referenced file (certificate,
+    key, API key...) or inconsistent xDS."""
     resources = translate(ir)
     problems = [p for name, res in resources.items() for p in check_consistent(name, res)]
     if problems:
         raise ValueError("\n".join(problems))
-    return ir, resources
+    return resources
+
+
+def compile_policies(policy_dir: Path) -> tuple[IR, dict[str, GatewayResources]]:
+    """Load, resolve and translate; raises PolicyError (with every diagnostic) or ValueError (see translate_checked)."""
+    ir = build_ir(load_directory(policy_dir))
+    return ir, translate_checked(ir)
+
+
+def referenced_files(ir: IR) -> frozenset[Path]:
+    """Every file the IR names (absolute paths): certificates, keys, trust bundles, JWKS, secrets.
+
+    These are read at build time (or by the policy service), so a change to
+    any of them must trigger a rebuild just like a policy edit. Found by
+    walking the IR for fields named `*_file`, so a new file reference in the
+    IR is followed without touching this function.
+    """
+    found: set[Path] = set()
+
+    def walk(value: Any) -> None:
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            for f in dataclasses.fields(value):
+                item = getattr(value, f.name)
+                if f.name.endswith("_file") and isinstance(item, str) and item:
+                    found.add(Path(item))
+                else:
+                    walk(item)
+        elif isinstance(value, (tuple, list)):
+            for item in value:
+                walk(item)
+
+    walk(ir)
+    return frozenset(found)
 
 
 class Pipeline:
@@ -68,11 +109,16 @@ class Pipeline:
         self.cache = cache
         self.recorder = recorder
         self.ir: IR | None = None  # the IR of the last good configuration
+        # Files the latest loadable policies name (kept when a later edit does not load),
+        # for the watcher: their changes rebuild too, even when the build they broke was refused.
+        self.files: frozenset[Path] = frozenset()
 
     def reload(self) -> ReloadResult:
         started = time.perf_counter()
         try:
-            ir, resources = compile_policies(self.policy_dir)
+            ir = build_ir(load_directory(self.policy_dir))
+            self.files = referenced_files(ir)
+            resources = translate_checked(ir)
         except PolicyError as exc:
             errors = tuple(str(d) for d in exc.diagnostics)
             return self._refuse(errors, started)

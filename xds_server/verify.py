@@ -1,19 +1,23 @@
 """Check a gateway's resources before they are published.
 
 Envoy resolves names across resources (listener → route configuration,
-route → cluster, EDS cluster → load assignment). A dangling name would make
-Envoy warm forever or NACK, so a set with one is never published; the last
-good snapshot keeps serving and the problem is reported like a policy error.
+route → cluster, EDS cluster → load assignment, TLS context → SDS secret).
+A dangling name would make Envoy warm forever or NACK, so a set with one is
+never published; the last good snapshot keeps serving and the problem is
+reported like a policy error.
 """
 
 from __future__ import annotations
 
 from envoy.config.cluster.v3.cluster_pb2 import Cluster
+from envoy.config.core.v3.base_pb2 import TransportSocket
 from envoy.extensions.filters.network.http_connection_manager.v3.http_connection_manager_pb2 import (
     HttpConnectionManager,
 )
+from envoy.extensions.transport_sockets.tls.v3.tls_pb2 import DownstreamTlsContext, UpstreamTlsContext
 
 from xds_server.translate import GatewayResources
+from xds_server.translate.tls import referenced_secret_names
 
 
 def _duplicates(names: list[str]) -> set[str]:
@@ -28,7 +32,8 @@ def check_consistent(gateway: str, resources: GatewayResources) -> list[str]:
     route_names = [r.name for r in resources.routes]
     for kind, names in (("cluster", cluster_names), ("route configuration", route_names),
                         ("listener", [lst.name for lst in resources.listeners]),
-                        ("load assignment", [e.cluster_name for e in resources.endpoints])):
+                        ("load assignment", [e.cluster_name for e in resources.endpoints]),
+                        ("secret", [s.name for s in resources.secrets])):
         problems += [f"gateway {gateway}: duplicate {kind} '{n}'" for n in sorted(_duplicates(names))]
 
     eds_clusters = {c.name for c in resources.clusters if c.type == Cluster.EDS}
@@ -55,4 +60,27 @@ def check_consistent(gateway: str, resources: GatewayResources) -> list[str]:
                         f"gateway {gateway}: listener '{listener.name}' asks for unknown route configuration "
                         f"'{hcm.rds.route_config_name}'"
                     )
+
+    secret_names = {s.name for s in resources.secrets}
+    sockets = [
+        (f"listener '{lst.name}'", chain.transport_socket)
+        for lst in resources.listeners
+        for chain in lst.filter_chains
+        if chain.HasField("transport_socket")
+    ]
+    sockets += [
+        (f"cluster '{c.name}'", c.transport_socket) for c in resources.clusters if c.HasField("transport_socket")
+    ]
+    for where, socket in sockets:
+        for name in _secret_refs(socket):
+            if name not in secret_names:
+                problems.append(f"gateway {gateway}: {where} names unknown secret '{name}'")
     return problems
+
+
+def _secret_refs(socket: TransportSocket) -> list[str]:
+    """SDS secret names a TLS transport socket refers to ([] for any other socket)."""
+    for context in (DownstreamTlsContext(), UpstreamTlsContext()):
+        if socket.typed_config.Unpack(context):
+            return referenced_secret_names(context)
+    return []

@@ -1,15 +1,35 @@
-"""Watch the policy directory and rebuild on change.
+"""Watch the policy directory, and the files the policies name, and rebuild on change.
 
 Editors and `git checkout` write several files in a burst; events are
 debounced (a quiet period, default 100 ms) and every rebuild is a full one,
 so a half-written set is at worst refused once and then published when the
 burst ends.
+
+What triggers a rebuild (`is_relevant`):
+
+* a YAML file in the policy directory (recursively; hidden files skipped);
+* a certificate or key file (`.crt .pem .key .cer`) in the policy directory,
+  whether or not a policy names it yet;
+* any file the policies name (`Pipeline.files`: certificates, keys, trust
+  bundles, JWKS, secret files), wherever it is;
+* anything at all in a directory *outside* the policy directory that holds a
+  file the policies name. Those directories are watched too, but not
+  recursively, and any event there counts: an atomic rename (`mv new.crt
+  gateway.crt`) or a Kubernetes-style symlink swap of a mounted secret
+  (`..data`) changes the directory, not always the file's own path.
+
+The set of outside directories follows the policies: after a rebuild that
+changed it, the watchers are re-armed with the new set. A directory that does
+not exist yet is not watched (its file is missing, so the build was refused
+anyway); create it, then touch any policy file.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Callable
 
@@ -19,10 +39,38 @@ from xds_server.pipeline import Pipeline, ReloadResult
 
 log = logging.getLogger(__name__)
 
+POLICY_SUFFIXES = (".yaml", ".yml")
+KEY_MATERIAL_SUFFIXES = (".crt", ".pem", ".key", ".cer")
+_STEP_MS = 20
+
 
 def _is_policy_file(path: str) -> bool:
     name = Path(path).name
-    return not name.startswith(".") and name.endswith((".yaml", ".yml"))
+    return not name.startswith(".") and name.endswith(POLICY_SUFFIXES)
+
+
+def _under(path: Path, directory: Path) -> bool:
+    return path == directory or directory in path.parents
+
+
+def outside_directories(policy_dir: Path, files: Iterable[Path]) -> tuple[Path, ...]:
+    """Existing directories outside `policy_dir` that hold a referenced file, sorted."""
+    root = Path(policy_dir).resolve()
+    dirs = {Path(f).parent for f in files}
+    return tuple(sorted(d for d in dirs if not _under(d.resolve(), root) and d.is_dir()))
+
+
+def is_relevant(path: str, policy_dir: Path, files: frozenset[Path], outside: Iterable[Path] = ()) -> bool:
+    """Whether a change to `path` must trigger a rebuild (see the module docstring)."""
+    p = Path(path)
+    if p in files:
+        return True
+    if any(p.parent == d for d in outside):
+        return True
+    if not _under(p, Path(policy_dir)):
+        return False
+    name = p.name
+    return not name.startswith(".") and name.endswith(POLICY_SUFFIXES + KEY_MATERIAL_SUFFIXES)
 
 
 async def watch_policies(
@@ -32,16 +80,66 @@ async def watch_policies(
     stop: asyncio.Event | None = None,
     on_reload: Callable[[ReloadResult], None] | None = None,
 ) -> None:
-    """Reload `pipeline` after each burst of changes to its YAML files, until `stop` is set."""
-    async for changes in awatch(
-        pipeline.policy_dir,
-        debounce=debounce_ms,
-        step=20,
-        stop_event=stop,
-        watch_filter=lambda _change, path: _is_policy_file(path),
-        recursive=True,
-    ):
-        log.debug("policy files changed: %s", sorted(p for _, p in changes))
-        result = pipeline.reload()
-        if on_reload is not None:
-            on_reload(result)
+    """Reload `pipeline` after each burst of relevant changes, until `stop` is set."""
+    stop = stop or asyncio.Event()
+    while not stop.is_set():
+        outside = outside_directories(pipeline.policy_dir, pipeline.files)
+        await _watch_round(pipeline, outside, debounce_ms, stop, on_reload)
+
+
+async def _watch_round(
+    pipeline: Pipeline,
+    outside: tuple[Path, ...],
+    debounce_ms: int,
+    stop: asyncio.Event,
+    on_reload: Callable[[ReloadResult], None] | None,
+) -> None:
+    """Watch until `stop` is set or a rebuild changes the set of outside directories."""
+    policy_dir = Path(pipeline.policy_dir).resolve()
+    round_stop = asyncio.Event()  # ends this round's watchers (their threads poll it every step)
+    queue: asyncio.Queue[set[tuple[object, str]]] = asyncio.Queue()
+
+    def relevant(_change: object, path: str) -> bool:
+        return is_relevant(path, policy_dir, pipeline.files, outside)
+
+    async def feed(paths: tuple[Path, ...], recursive: bool) -> None:
+        try:
+            async for changes in awatch(*paths, debounce=debounce_ms, step=_STEP_MS, stop_event=round_stop,
+                                        watch_filter=relevant, recursive=recursive):  # fmt: skip
+                queue.put_nowait(changes)
+        except OSError as exc:  # e.g. a watched directory vanished: keep the other watcher going
+            log.warning("cannot watch %s: %s", ", ".join(map(str, paths)), exc)
+
+    tasks = [asyncio.create_task(feed((policy_dir,), True), name="agentxds-watch-policies")]
+    if outside:
+        log.info("also watching %s (files the policies name)", ", ".join(map(str, outside)))
+        tasks.append(asyncio.create_task(feed(outside, False), name="agentxds-watch-referenced"))
+    stopped = asyncio.create_task(stop.wait())
+    getter: asyncio.Task[set[tuple[object, str]]] | None = None
+    try:
+        while True:
+            getter = asyncio.create_task(queue.get())
+            done, _ = await asyncio.wait({getter, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            if getter not in done:
+                return
+            changes = getter.result()
+            while not queue.empty():  # both watchers fired for one burst: one rebuild
+                changes |= queue.get_nowait()
+            log.debug("files changed: %s", sorted(p for _, p in changes))
+            result = pipeline.reload()
+            if on_reload is not None:
+                on_reload(result)
+            if outside_directories(pipeline.policy_dir, pipeline.files) != outside:
+                return  # re-arm with the directories the policies name now
+    finally:
+        round_stop.set()
+        for task in (stopped, getter):
+            if task is not None:
+                task.cancel()
+        # The watchers' threads see round_stop within a step and end their generators.
+        _, pending = await asyncio.wait(tasks, timeout=2)
+        for task in pending:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task

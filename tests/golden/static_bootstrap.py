@@ -2,9 +2,11 @@
 
 Validate mode checks a bootstrap without contacting a control plane, so the
 dynamic parts are made static: each listener gets its route configuration
-inline (`route_config` instead of `rds`) and each EDS cluster becomes a
-STATIC cluster with its ClusterLoadAssignment inline. Everything else is the
-translator's output unchanged, so Envoy validates exactly what ADS would send.
+inline (`route_config` instead of `rds`), each EDS cluster becomes a
+STATIC cluster with its ClusterLoadAssignment inline, and SDS secrets become
+static secrets (`static_resources.secrets`, referred to by name without an
+`sds_config`). Everything else is the translator's output unchanged, so Envoy
+validates exactly what ADS would send.
 """
 
 from __future__ import annotations
@@ -39,13 +41,27 @@ def _static_cluster(cluster: Cluster, assignments: dict[str, dict[str, Any]]) ->
     return body
 
 
+def _static_secret_refs(value: Any, secrets: set[str]) -> Any:
+    """Drop `sds_config` from every SdsSecretConfig: a bare name refers to a static secret."""
+    if isinstance(value, dict):
+        if "sds_config" in value and "name" in value:
+            assert value["name"] in secrets, f"dangling SDS secret name {value['name']!r}"  # a translator bug
+            value = {k: v for k, v in value.items() if k != "sds_config"}
+        return {k: _static_secret_refs(v, secrets) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_static_secret_refs(v, secrets) for v in value]
+    return value
+
+
 def static_bootstrap(resources: GatewayResources) -> dict[str, Any]:
     """One gateway's resources as a bootstrap dict (write it as JSON)."""
     routes = {r.name: to_dict(r) for r in resources.routes}
     assignments = {e.cluster_name: to_dict(e) for e in resources.endpoints}
-    return {
-        "static_resources": {
-            "listeners": [_inline_routes(to_dict(listener), routes) for listener in resources.listeners],
-            "clusters": [_static_cluster(c, assignments) for c in resources.clusters],
-        }
+    secrets = {s.name for s in resources.secrets}
+    static: dict[str, Any] = {
+        "listeners": [_inline_routes(to_dict(listener), routes) for listener in resources.listeners],
+        "clusters": [_static_cluster(c, assignments) for c in resources.clusters],
     }
+    if resources.secrets:
+        static["secrets"] = [to_dict(s) for s in resources.secrets]  # the real keys: Envoy checks they load
+    return {"static_resources": _static_secret_refs(static, secrets)}

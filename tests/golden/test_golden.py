@@ -24,9 +24,11 @@ UPDATE_HINT = "if the change is intended, run `.venv/bin/pytest tests/golden --u
 
 
 def render(policy_dir: Path) -> tuple[str, str]:
-    """(IR YAML, xDS YAML) exactly as `agentxds render --to ir|xds` prints them."""
+    """(IR YAML, xDS YAML) exactly as `agentxds render --to ir|xds` prints them, except that the
+    IR's absolute file paths (certificates, keys) start with `<policies>` instead of this checkout's path."""
     ir, resources = compile_policies(policy_dir)
-    return dump_yaml(ir_document(ir)), dump_yaml(xds_document(resources), sort_keys=True)
+    ir_text = dump_yaml(ir_document(ir)).replace(str(policy_dir.resolve()), "<policies>")
+    return ir_text, dump_yaml(xds_document(resources), sort_keys=True)
 
 
 def versions(policy_dir: Path) -> dict[str, xds.Snapshot]:
@@ -70,11 +72,15 @@ def test_golden(case: str, update_golden: bool) -> None:
 
 
 def _copy_renamed(src: Path, dst: Path) -> Path:
-    """Copy a policy directory, renaming files so they load in reverse order."""
+    """Copy a policy directory, renaming policy files so they load in reverse order
+    (other files, such as certificates the policies name, keep their names)."""
     dst.mkdir()
-    files = sorted(src.iterdir())
+    files = sorted(f for f in src.iterdir() if f.suffix == ".yaml")
     for index, file in enumerate(reversed(files)):
         shutil.copyfile(file, dst / f"{index:02d}-{file.name}")
+    for file in src.iterdir():
+        if file.suffix != ".yaml":
+            shutil.copyfile(file, dst / file.name)
     return dst
 
 

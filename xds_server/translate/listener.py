@@ -12,12 +12,14 @@ The HTTP filter order is the security design, so it lives in one table:
     |   |                                    | after the MCP filter so its errors can carry the request id |
     | 2 | envoy.filters.http.rbac            | allow-list on that metadata + caller identity; per route    |
     |   |                                    | (one route per backend); listener level allows nothing      |
-    | 3 | envoy.filters.http.ext_authz/...   | policy service decisions (conditions, quotas, approvals,    |
-    |   | (fail-closed, fail-open)           | tool guard) after RBAC, so Python only sees calls RBAC let  |
-    |   |                                    | through; disabled unless a route enables one (see           |
-    |   |                                    | policy_service.py); present only if a backend needs them    |
-    | 4 | envoy.filters.http.ext_proc        | rewrites list responses per caller; disabled unless a route |
-    |   |                                    | enables it; present only if a backend needs it              |
+    | 3 | envoy.filters.http.ext_proc        | rewrites list responses per caller; off unless a route      |
+    |   |                                    | enables it; before ext_authz so it sees the caller's        |
+    |   |                                    | identity headers, which ext_authz strips on delegated       |
+    |   |                                    | backends; present only if a backend needs it                |
+    | 4 | envoy.filters.http.ext_authz/...   | policy service decisions (conditions, quotas, approvals,    |
+    |   | (fail-closed, fail-open)           | tool guard, delegated credentials) after RBAC, so Python    |
+    |   |                                    | only sees calls RBAC let through; off unless a route        |
+    |   |                                    | enables one (see policy_service.py)                         |
     | 5 | envoy.filters.http.stateful_session| legacy MCP sessions stick to the backend that created them: |
     |   |                                    | the upstream host is sealed into Mcp-Session-Id, so any     |
     |   |                                    | Envoy replica routes a session with no shared store         |
@@ -26,6 +28,11 @@ The HTTP filter order is the security design, so it lives in one table:
 The MCP filter's body limit is kept at or below the connection buffer limit
 (a larger body with a smaller buffer limit hangs, see ENVOY notes); `ir.build`
 guarantees it.
+
+Before any of these filters, a Gateway with `tls` terminates TLS on the filter
+chain (tls.py): certificates and trust bundle over SDS, client certificates
+checked at the handshake (mTLS, SPIFFE URI SANs), so RBAC's principals can
+match the verified SPIFFE ID.
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ from xds_server.translate.proto import to_message, typed, typed_struct
 
 HCM_TYPE = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 MCP_TYPE = "envoy.extensions.filters.http.mcp.v3.Mcp"
+TLS_HANDSHAKE_TIMEOUT = "10s"
 
 
 def mcp_filter(gateway: GatewayIR) -> dict[str, Any]:
@@ -84,7 +92,9 @@ def http_filters(gateway: GatewayIR) -> list[dict[str, Any]]:
     """The HTTP filters in the order of the table above."""
     python = []
     if policy_service.gateway_needs_policy_service(gateway):
-        python = [*policy_service.ext_authz_filters(gateway), policy_service.ext_proc_filter(gateway)]
+        # ext_proc first: it must see the caller's identity headers before
+        # ext_authz strips them on delegated backends (responses run in reverse).
+        python = [policy_service.ext_proc_filter(gateway), *policy_service.ext_authz_filters(gateway)]
     authn = jwt.jwt_authn_filter(gateway)
     return [
         mcp_filter(gateway),
@@ -98,10 +108,12 @@ def http_filters(gateway: GatewayIR) -> list[dict[str, Any]]:
 
 def _access_log(gateway: GatewayIR) -> list[dict[str, Any]]:
     caller = f"%REQ({gateway.identity.trusted_header})%" if gateway.identity.trusted_header else "-"
+    # The client certificate's SPIFFE ID, as verified by the handshake.
+    peer = " peer=%DOWNSTREAM_PEER_URI_SAN%" if gateway.tls is not None else ""
     line = (
         "[%START_TIME%] " + gateway.name + " %REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% "
         f"mcp={{%DYNAMIC_METADATA({MCP_METADATA_NAMESPACE}:method)% "
-        f"%DYNAMIC_METADATA({MCP_METADATA_NAMESPACE}:params:name)%}} agent={caller} "
+        f"%DYNAMIC_METADATA({MCP_METADATA_NAMESPACE}:params:name)%}} agent={caller}{peer} "
         "-> %RESPONSE_CODE% %RESPONSE_CODE_DETAILS% %DURATION%ms backend=%ROUTE_NAME%\n"
     )
     return [
@@ -122,6 +134,8 @@ def _filter_chain(gateway: GatewayIR, hcm: dict[str, Any]) -> dict[str, Any]:
     socket = tls.downstream_transport_socket(gateway)
     if socket is not None:
         chain["transport_socket"] = socket
+        # A client that opens a connection and never finishes the handshake is dropped.
+        chain["transport_socket_connect_timeout"] = TLS_HANDSHAKE_TIMEOUT
     return chain
 
 
