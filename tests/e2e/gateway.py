@@ -206,3 +206,92 @@ async def stop_gateway(gateway: RunningGateway) -> None:
     gateway.envoy.stop()
     await gateway.control.stop()
     print(f"--- envoy log tail ---\n{gateway.envoy.log_text()[-3000:]}")
+
+
+# ---------------------------------------------------------------- mTLS (SPIFFE) gateways
+
+TRUST_DOMAIN = "example.org"
+
+
+def tls_gateway_yaml(listen_port: int, policy_port: int, *, cert: Path, key: Path, bundle: Path,
+                     trust_domain: str = TRUST_DOMAIN, required: bool = True) -> str:  # fmt: skip
+    """A Gateway that identifies agents by client certificate only (no trusted header)."""
+    return f"""\
+apiVersion: agentxds.dev/v1
+kind: Gateway
+metadata: {{name: {GATEWAY}}}
+spec:
+  listen: {{address: 127.0.0.1, port: {listen_port}}}
+  policyService: {{host: 127.0.0.1, port: {policy_port}}}
+  tls:
+    certificateFile: {cert}
+    privateKeyFile: {key}
+    clientCertificates:
+      trustBundleFile: {bundle}
+      trustDomain: {trust_domain}
+      required: {str(required).lower()}
+"""
+
+
+def spiffe_agents_yaml(trust_domain: str = TRUST_DOMAIN) -> str:
+    """AGENTS_YAML with SPIFFE IDs spiffe://<trust_domain>/agent/<name> instead of header values."""
+    return "---\n".join(
+        f"""\
+apiVersion: agentxds.dev/v1
+kind: Agent
+metadata: {{name: {name}}}
+spec: {{identity: {{spiffe: "spiffe://{trust_domain}/agent/{name}"}}}}
+"""
+        for name in ("triage", "executor", "auditor")
+    )
+
+
+@dataclass
+class TlsGateway(RunningGateway):
+    """A RunningGateway whose listener speaks TLS; `ca_file` verifies its certificate."""
+
+    ca_file: Path = Path()
+
+    def url(self, backend: str = "github") -> str:
+        return f"https://127.0.0.1:{self.listen_port}/mcp/{backend}"
+
+
+async def start_tls_gateway(
+    workdir: Path,
+    backends: dict[str, McpBackend],
+    *,
+    cert: Path,
+    key: Path,
+    bundle: Path,
+    ca_file: Path,
+    policy_yaml: str = POLICY_YAML,
+    trust_domain: str = TRUST_DOMAIN,
+    required: bool = True,
+) -> TlsGateway:
+    """Like `start_gateway`, with agents known by SPIFFE ID over mTLS (files are referenced, not copied).
+
+    `ca_file` is what clients use to verify the gateway's certificate.
+    """
+    listen_port, policy_port = free_port(), free_port()
+    policy_dir = workdir / "policies"
+    policy_dir.mkdir(parents=True, exist_ok=True)
+    (policy_dir / "gateway.yaml").write_text(tls_gateway_yaml(
+        listen_port, policy_port, cert=cert, key=key, bundle=bundle, trust_domain=trust_domain, required=required))
+    (policy_dir / "backends.yaml").write_text("---\n".join(backend_yaml(n, b) for n, b in backends.items()))
+    (policy_dir / "agents.yaml").write_text(spiffe_agents_yaml(trust_domain))
+    (policy_dir / "github-policy.yaml").write_text(policy_yaml)  # fmt: skip
+    control = ControlPlane(policy_dir, port=0, debounce_ms=50, policy_port=policy_port, approvals_port=0)
+    await control.start()
+    assert control.last_reload is not None and control.last_reload.ok, control.last_reload
+    bootstrap = render_bootstrap(
+        node_id="e2e-envoy", node_cluster=GATEWAY, xds_host="127.0.0.1", xds_port=control.port, admin_port=0
+    )
+    envoy = EnvoyProcess(bootstrap, workdir=workdir / "envoy", log_level="warning").start()
+    try:
+        await envoy.wait_live_async(20)
+        await wait_listening(listen_port)
+    except BaseException:
+        envoy.stop()
+        await control.stop()
+        raise
+    return TlsGateway(policy_dir, control, envoy, listen_port, dict(backends), ca_file=ca_file)

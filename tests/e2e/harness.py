@@ -18,6 +18,8 @@ import json
 import os
 import re
 import signal
+import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -276,6 +278,75 @@ def start_mcp_backend(
 
 ClientMode = Literal["modern", "legacy"]
 
+#: How a client checks the gateway's certificate: an SSLContext (used as is), a CA bundle file,
+#: True (the system's CAs) or False (no check).
+TlsVerify = ssl.SSLContext | str | Path | bool
+#: A client certificate: (certificate file, private key file).
+ClientCert = tuple[str | Path, str | Path]
+
+
+def ssl_context(verify: TlsVerify = True, cert: ClientCert | None = None) -> ssl.SSLContext:
+    """A client SSLContext: `verify` as in `TlsVerify`, `cert` loaded into it (into the caller's
+    own context, if `verify` is one)."""
+    if isinstance(verify, ssl.SSLContext):
+        context = verify
+    elif verify is False:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    else:
+        context = ssl.create_default_context(cafile=None if verify is True else str(verify))
+    if cert is not None:
+        context.load_cert_chain(str(cert[0]), str(cert[1]))
+    return context
+
+
+def client_tls(verify: TlsVerify = True, cert: ClientCert | None = None) -> ssl.SSLContext | bool:
+    """What to pass as httpx's (and httpx2's) `verify=`: without a client certificate a bool
+    goes through unchanged (httpx's own defaults), anything else becomes an SSLContext."""
+    if cert is None and isinstance(verify, bool):
+        return verify
+    return ssl_context(verify, cert)
+
+
+def tls_peer_certificate(
+    host: str, port: int, *, verify: TlsVerify = True, cert: ClientCert | None = None, timeout: float = 5.0
+) -> bytes:
+    """Open a new TLS connection and return the server's certificate (DER). Blocking: run it in a thread
+    from async tests. Raises ssl.SSLError (or OSError) when the handshake fails."""
+    context = ssl_context(verify, cert)
+    with socket.create_connection((host, port), timeout=timeout) as raw:
+        with context.wrap_socket(raw, server_hostname=host) as tls:
+            der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return der
+
+
+def tls_exchange(
+    host: str,
+    port: int,
+    data: bytes,
+    *,
+    verify: TlsVerify = True,
+    cert: ClientCert | None = None,
+    timeout: float = 5.0,
+) -> bytes:
+    """Send `data` over a new TLS connection and return the first bytes of the answer. Blocking.
+
+    With TLS 1.3 a server that refuses the client's certificate does so after
+    the client considers the handshake done, so the refusal (an alert, or the
+    connection closed) shows on the first read: this raises ssl.SSLError
+    (ssl.SSLEOFError for a close without an alert) in that case too.
+    """
+    context = ssl_context(verify, cert)
+    with socket.create_connection((host, port), timeout=timeout) as raw:
+        with context.wrap_socket(raw, server_hostname=host) as tls:
+            tls.sendall(data)
+            answer = tls.recv(65536)
+    if not answer:
+        raise ssl.SSLEOFError("the server closed the TLS connection without an answer")
+    return answer
+
 
 @contextlib.asynccontextmanager
 async def mcp_client(
@@ -284,9 +355,14 @@ async def mcp_client(
     mode: ClientMode = "modern",
     *,
     timeout: float = 30.0,
+    verify: TlsVerify = True,
+    cert: ClientCert | None = None,
     **client_kwargs: Any,
 ) -> AsyncIterator[Any]:
     """A connected `mcp.Client` that sends `headers` on every HTTP request.
+
+    For an https URL, `verify` checks the gateway's certificate (see
+    `TlsVerify`) and `cert` is the client certificate to present (mTLS).
 
     mode "modern": the SDK default ("auto": `server/discover`, then 2026-07-28
     with no session); it fails loudly if the client fell back to the legacy
@@ -305,7 +381,8 @@ async def mcp_client(
     # The SDK's own client settings (long read timeout for SSE streams), plus our headers;
     # trust_env=False so a developer's proxy settings never see 127.0.0.1 traffic.
     http = httpx2.AsyncClient(
-        headers=dict(headers or {}), timeout=httpx2.Timeout(30.0, read=300.0), trust_env=False
+        headers=dict(headers or {}), timeout=httpx2.Timeout(30.0, read=300.0), trust_env=False,
+        verify=client_tls(verify, cert),
     )
     async with http:
         # A caller-supplied http client is not closed by the transport: `async with http` does it.
@@ -336,22 +413,31 @@ async def raw_post(
     headers: Mapping[str, str | None] | None = None,
     *,
     timeout: float = 10.0,
+    verify: TlsVerify = True,
+    cert: ClientCert | None = None,
 ) -> httpx.Response:
     """POST `body` exactly as given (no JSON encoding) and return the response, read in full.
 
     `headers` override the defaults (`content-type: application/json`,
     `accept: application/json, text/event-stream`), names compared
     case-insensitively; a value of None drops that default header.
+    `verify` and `cert` are as for `mcp_client` (https URLs).
     """
     content = body.encode() if isinstance(body, str) else body
-    async with httpx.AsyncClient(timeout=timeout, trust_env=False) as http:
+    async with httpx.AsyncClient(timeout=timeout, trust_env=False, verify=client_tls(verify, cert)) as http:
         return await http.post(url, content=content, headers=_post_headers(headers))
 
 
 def raw_post_sync(
-    url: str, body: bytes | str, headers: Mapping[str, str | None] | None = None, *, timeout: float = 10.0
+    url: str,
+    body: bytes | str,
+    headers: Mapping[str, str | None] | None = None,
+    *,
+    timeout: float = 10.0,
+    verify: TlsVerify = True,
+    cert: ClientCert | None = None,
 ) -> httpx.Response:
     """Blocking `raw_post`, for sync tests (never from a coroutine: it would block the loop)."""
     content = body.encode() if isinstance(body, str) else body
-    with httpx.Client(timeout=timeout, trust_env=False) as http:
+    with httpx.Client(timeout=timeout, trust_env=False, verify=client_tls(verify, cert)) as http:
         return http.post(url, content=content, headers=_post_headers(headers))
