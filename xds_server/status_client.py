@@ -29,10 +29,11 @@ _PREFIX = "type.googleapis.com/"
 _SHORT_NAMES = {
     _PREFIX + "envoy.config.cluster.v3.Cluster": "CDS",
     _PREFIX + "envoy.config.endpoint.v3.ClusterLoadAssignment": "EDS",
+    _PREFIX + "envoy.extensions.transport_sockets.tls.v3.Secret": "SDS",
     _PREFIX + "envoy.config.listener.v3.Listener": "LDS",
     _PREFIX + "envoy.config.route.v3.RouteConfiguration": "RDS",
 }
-_TYPE_ORDER = {name: i for i, name in enumerate(("CDS", "EDS", "LDS", "RDS"))}
+_TYPE_ORDER = {name: i for i, name in enumerate(("CDS", "EDS", "SDS", "LDS", "RDS"))}
 
 
 class StatusUnavailable(ConnectionError):
@@ -62,7 +63,7 @@ def fetch_status(target: str, timeout: float = 5.0) -> status_pb2.GetStatusRespo
 
 
 def short_type(type_url: str) -> str:
-    """CDS/EDS/LDS/RDS for the four xDS types served, else the message name."""
+    """CDS/EDS/SDS/LDS/RDS for the xDS types served, else the message name."""
     return _SHORT_NAMES.get(type_url) or type_url.removeprefix(_PREFIX).rsplit(".", 1)[-1]
 
 

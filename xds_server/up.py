@@ -75,8 +75,9 @@ def _print_banner(gateway: GatewayIR, envoy: EnvoyProcess, xds_port: int, out: T
     host = _connect_host(gateway)
     print(f"control plane     127.0.0.1:{xds_port} (ADS; agentxds status --xds 127.0.0.1:{xds_port})", file=out)
     print(f"envoy             pid {envoy.pid}, admin {envoy.admin_url}", file=out)
+    scheme = "https" if gateway.tls is not None else "http"
     for backend in gateway.backends:
-        print(f"MCP backend {backend.name:<8} http://{host}:{gateway.listen_port}{backend.route_path}", file=out)
+        print(f"MCP backend {backend.name:<8} {scheme}://{host}:{gateway.listen_port}{backend.route_path}", file=out)
     if gateway.identity.trusted_header:
         print(f"agents identify with the '{gateway.identity.trusted_header}' header "
               "(development only; see README)", file=out)  # fmt: skip

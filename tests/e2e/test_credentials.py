@@ -353,8 +353,6 @@ async def test_wrong_api_key_is_an_unknown_agent(world: World) -> None:
     assert github.requests() == []
 
 
-@pytest.mark.xfail(reason="`agentxds render --to xds` prints the RBAC header matcher, whose value is the API key "
-                          "(render.py is to redact it)", strict=False)  # fmt: skip
 def test_render_does_not_print_the_api_key(world: World) -> None:
     result = subprocess.run([sys.executable, "-m", "xds_server.cli", "render", str(world.gateway.policy_dir), "--to", "xds"],
                             capture_output=True, text=True, timeout=60, env=python_env(), cwd=REPO_ROOT)  # fmt: skip

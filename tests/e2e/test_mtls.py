@@ -175,13 +175,8 @@ async def test_each_agent_gets_exactly_its_tools(tls: tuple[TlsGateway, Pki], ba
     assert tool_calls(backend) == ["list_issues", "get_issue", "create_issue", "whoami"]
 
 
-LIST_FILTER_NEEDS_PEER = (
-    "the policy service filters lists by the caller's SPIFFE ID only when Envoy's ext_proc filter sends the "
-    "connection.uri_san_peer_certificate attribute (translate/policy_service.py ext_proc_filter: request_attributes)"
-)
 
 
-@pytest.mark.xfail(reason=LIST_FILTER_NEEDS_PEER, strict=False)
 @pytest.mark.parametrize("mode", MODES)
 async def test_tools_list_shows_each_agent_exactly_its_tools(tls: tuple[TlsGateway, Pki], mode: str) -> None:
     gw, _ = tls

@@ -12,6 +12,7 @@ from envoy.extensions.transport_sockets.tls.v3.secret_pb2 import Secret
 
 from xds_server.ir.types import IR, ApiKeyPrincipal, GatewayIR
 from xds_server.translate.cluster import build_cluster, build_load_assignment
+from xds_server.translate.jwt import jwks_clusters
 from xds_server.translate.listener import build_listener
 from xds_server.translate.policy_service import gateway_needs_policy_service, policy_cluster
 from xds_server.translate.route import build_route_config
@@ -46,6 +47,7 @@ def translate_gateway(gateway: GatewayIR) -> GatewayResources:
     clusters = [build_cluster(b) for b in gateway.backends]
     if gateway_needs_policy_service(gateway) and gateway.policy_service is not None:
         clusters.append(policy_cluster(gateway.policy_service))
+    clusters += jwks_clusters(gateway)  # where remote JWKS are fetched from
     endpoints = [cla for b in gateway.backends if (cla := build_load_assignment(b)) is not None]
     return GatewayResources(
         clusters=tuple(sorted(clusters, key=lambda c: c.name)),

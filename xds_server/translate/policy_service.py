@@ -117,6 +117,9 @@ def ext_proc_filter(gateway: GatewayIR) -> dict[str, Any]:
     if gateway.identity.jwt_providers:
         # The verified JWT payloads: agents proven by a token, and the user lists are filtered for.
         config["metadata_options"] = {"forwarding_namespaces": {"untyped": ["envoy.filters.http.jwt_authn"]}}
+    if gateway.tls is not None and gateway.tls.trust_bundle_file is not None:
+        # Agents proven by a client certificate: the policy service needs its SPIFFE ID.
+        config["request_attributes"] = ["connection.uri_san_peer_certificate"]
     return {"name": EXT_PROC, "typed_config": typed(EXT_PROC_TYPE, config)}
 
 
