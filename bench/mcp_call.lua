@@ -2,9 +2,11 @@
 -- no initialize, no Mcp-Session-Id; the protocol version, method and tool
 -- name travel in headers and in `params._meta`).
 --
---   wrk -t1 -c16 -d10s --latency -s bench/mcp_call.lua URL -- TOOL [AGENT]
+--   wrk -t1 -c16 -d10s --latency -s bench/mcp_call.lua URL -- TOOL [AGENT [ARGS_JSON]]
 --
--- TOOL defaults to `whoami`, AGENT (the `x-agent-id` header) to `triage`.
+-- TOOL defaults to `whoami`, AGENT (the `x-agent-id` header) to `triage`,
+-- ARGS_JSON (the tool's `arguments`, a JSON object, sent as is) to `{}`;
+-- e.g. `-- create_issue triage '{"repo":"acme/web","title":"bench"}'`.
 -- Every response is classified (HTTP status class; JSON-RPC `result` or
 -- `error` in the body) and done() prints one line
 --   BENCH_JSON {...}
@@ -13,6 +15,7 @@
 
 local tool = "whoami"
 local agent = "triage"
+local arguments = "{}"
 local threads = {}
 
 -- Per-thread counters (each wrk thread has its own Lua state).
@@ -26,6 +29,7 @@ end
 function init(args)
    if args[1] ~= nil and args[1] ~= "" then tool = args[1] end
    if args[2] ~= nil and args[2] ~= "" then agent = args[2] end
+   if args[3] ~= nil and args[3] ~= "" then arguments = args[3] end
    wrk.method = "POST"
    wrk.headers["Content-Type"] = "application/json"
    wrk.headers["Accept"] = "application/json, text/event-stream"
@@ -34,7 +38,7 @@ function init(args)
    wrk.headers["mcp-method"] = "tools/call"
    wrk.headers["mcp-name"] = tool
    wrk.body = '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"' .. tool ..
-      '","arguments":{},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28",' ..
+      '","arguments":' .. arguments .. ',"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28",' ..
       '"io.modelcontextprotocol/clientCapabilities":{}}}}'
 end
 

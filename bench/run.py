@@ -1,29 +1,41 @@
-"""Gateway overhead benchmark: wrk against the MCP server directly and through Envoy.
+"""Gateway benchmark: wrk against the MCP server directly and through Envoy (native and policy-service).
 
     .venv/bin/python bench/run.py            # or: make bench
-    .venv/bin/python bench/run.py --check    # start everything, verify the three paths, stop
+    .venv/bin/python bench/run.py --check    # start everything, verify the four paths, stop
 
-One run measures three paths, each at every concurrency level, with wrk and
-bench/mcp_call.lua (a 2026-07-28 `tools/call`, no session):
+One run measures four paths, each at every concurrency level, with wrk and
+bench/mcp_call.lua (a 2026-07-28 `tools/call`, no session), all as agent
+`triage`:
 
-  direct   wrk -> demo MCP server                      (`whoami`, allowed)
-  allowed  wrk -> Envoy (agentxds) -> demo MCP server  (`whoami`, allowed for triage)
-  denied   wrk -> Envoy (agentxds)                     (`delete_repo`, denied: Envoy's
-                                                        403 + JSON-RPC error; the
-                                                        server is never reached)
+  direct   wrk -> demo MCP server                 whoami
+  allowed  wrk -> Envoy -> demo MCP server        whoami: granted to every agent without
+                                                  conditions, decided by Envoy's RBAC
+                                                  alone (native)
+  authz    wrk -> Envoy -> policy service         create_issue {repo: acme/web, title: bench}:
+                  (ext_authz, gRPC) -> server     granted by a rule with a `when:`
+                                                  condition, so Envoy asks the Python
+                                                  policy service before forwarding
+  denied   wrk -> Envoy                           delete_repo {repo: acme/web}: granted
+                                                  to nobody; Envoy answers 403 + JSON-RPC
+                                                  error, the server is never reached
 
 Everything it needs it starts itself on 127.0.0.1 and free ports: the demo
-server's app with JSON answers (through bench/backend.py, for TCP_NODELAY;
-`--server stock` runs `python -m xds_server.demo.mcp_server` instead), the control plane (`agentxds serve` on a copy of
-policies/demo rewritten to those ports) and Envoy (`EnvoyProcess`, concurrency
-1, log level error; the listener's stdout access log is product config and
-stays on, written to the Envoy log file). Each is stopped by its PID on exit.
+server (`python -m xds_server.demo.mcp_server --json-response`, as shipped),
+the control plane and policy service (`agentxds serve --policy-port
+--approvals-port` on a copy of policies/demo rewritten to those ports, plus
+the conditional rule below; default log level, so the decision log is
+written as in production) and Envoy (`EnvoyProcess`, concurrency 1, log level
+error; the listener's stdout access log is product config and stays on,
+written to the Envoy log file). Each is stopped by its PID on exit.
 
 Results: a Markdown table on stdout and bench/results/latest.json. Ratios are
 gateway / direct for throughput and gateway minus direct for latency, from
-the same run. A run fails (exit 1) when a path does not answer as expected:
-any non-2xx or JSON-RPC error on direct/allowed, anything but 403 + JSON-RPC
-error on denied, any socket error, or upstream requests during a denied run.
+the same run, plus authz minus allowed: what the policy-service round trip
+adds to a native decision. A run fails (exit 1) when a path does not answer
+as expected: any non-2xx or JSON-RPC error on direct/allowed/authz, anything
+but 403 + JSON-RPC error on denied, any socket error, upstream requests
+during a denied run, or authz requests that Envoy did not send to ext_authz
+(its `ext_authz.ok` counter) or allowed requests that it did.
 """
 
 from __future__ import annotations
@@ -61,10 +73,33 @@ HOST = "127.0.0.1"
 GATEWAY = "demo"  # the Gateway in policies/demo, also the Envoy node cluster
 BACKEND = "github"
 AGENT = "triage"
-ALLOWED_TOOL = "whoami"  # cheap: returns a constant string
-DENIED_TOOL = "delete_repo"  # no rule grants it to anyone
 
-PATHS = ("direct", "allowed", "denied")
+# The conditional rule added to the policy copy: it sends create_issue to ext_authz.
+AUTHZ_RULE = {
+    "description": "bench: triage opens issues in acme/ repositories only (decided by the policy service)",
+    "agents": [AGENT],
+    "tools": ["create_issue"],
+    "when": 'args.repo.startsWith("acme/")',
+}
+
+# path -> (tool, arguments). direct and allowed send the same request, so
+# allowed - direct is the gateway alone. `whoami` is granted to every agent
+# without conditions, so no policy routes it to ext_authz (routing is per
+# tool: a tool that any conditional rule covers goes to the policy service for
+# every agent). create_issue does about as little in the demo server (format a
+# string from its arguments).
+CALLS: dict[str, tuple[str, dict[str, Any]]] = {
+    "direct": ("whoami", {}),
+    "allowed": ("whoami", {}),
+    "authz": ("create_issue", {"repo": "acme/web", "title": "bench"}),
+    "denied": ("delete_repo", {"repo": "acme/web"}),
+}
+# Checked once before measuring, not measured: the condition refuses this one.
+CONDITION_REFUSED = ("create_issue", {"repo": "evil/web", "title": "bench"})
+
+PATHS = ("direct", "allowed", "authz", "denied")
+GATEWAY_PATHS = ("allowed", "authz", "denied")
+TARGET_AUTHZ_ADDED_P50_MS = 1.5  # the policy-service round trip, over the native allowed path, at c=1
 STARTUP_TIMEOUT_S = 30.0
 WRK_GRACE_S = 20.0  # beyond -d, before a wrk run is killed
 
@@ -86,20 +121,16 @@ def stop_process(proc: subprocess.Popen[bytes] | None, timeout: float = 5.0) -> 
         proc.wait()
 
 
-SERVER_COMMANDS = {
-    # The demo app on a TCP_NODELAY socket (see bench/backend.py for why).
-    "bench": [sys.executable, str(BENCH / "backend.py"), "--host", HOST, "--port", "0", "--path", "/mcp"],
-    # The demo server exactly as `agentxds up --demo` runs it (plus JSON answers).
-    "stock": [sys.executable, "-m", "xds_server.demo.mcp_server", "--host", HOST, "--port", "0", "--path", "/mcp",
-              "--json-response"],
-}  # fmt: skip
+# The demo server exactly as `agentxds up --demo` runs it, plus JSON answers.
+SERVER_COMMAND = [sys.executable, "-m", "xds_server.demo.mcp_server", "--host", HOST, "--port", "0",
+                  "--path", "/mcp", "--json-response"]  # fmt: skip
 
 
-def start_demo_server(workdir: Path, kind: str) -> tuple[subprocess.Popen[bytes], str]:
+def start_demo_server(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
     """Start the demo MCP server on a kernel-chosen port; return it and its URL (from the READY line)."""
     err = (workdir / "demo-mcp.err").open("wb")
     proc = subprocess.Popen(
-        SERVER_COMMANDS[kind], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, start_new_session=True
+        SERVER_COMMAND, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, start_new_session=True
     )
     found: list[str] = []
 
@@ -124,30 +155,41 @@ def start_demo_server(workdir: Path, kind: str) -> tuple[subprocess.Popen[bytes]
     return proc, found[0]
 
 
-def write_policies(dest: Path, *, listen_port: int, backend_port: int) -> None:
-    """Copy policies/demo into `dest`, listening on `listen_port` and sending to `backend_port`."""
+def write_policies(dest: Path, *, listen_port: int, backend_port: int, policy_port: int) -> None:
+    """Copy policies/demo into `dest`: listener, backend endpoint and policy service moved to the given
+    ports, and AUTHZ_RULE added to the backend's MCPPolicy."""
     dest.mkdir(parents=True, exist_ok=True)
+    added = False
     for src in sorted(POLICY_SRC.glob("*.yaml")):
         docs = [d for d in yaml.safe_load_all(src.read_text()) if d]
         for doc in docs:
             spec = doc.get("spec", {})
             if doc.get("kind") == "Gateway":
                 spec["listen"] = {"address": HOST, "port": listen_port}
+                spec["policyService"] = {"host": HOST, "port": policy_port}
             elif doc.get("kind") == "MCPBackend":
                 spec["endpoints"] = [{"host": HOST, "port": backend_port}]
+            elif doc.get("kind") == "MCPPolicy" and spec.get("backend") == BACKEND:
+                spec.setdefault("rules", []).append(dict(AUTHZ_RULE))
+                added = True
         (dest / src.name).write_text(yaml.safe_dump_all(docs, sort_keys=False))
+    if not added:
+        raise RuntimeError(f"no MCPPolicy for backend {BACKEND!r} in {POLICY_SRC} to add the conditional rule to")
 
 
-def start_control_plane(policy_dir: Path, workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
+def start_control_plane(policy_dir: Path, workdir: Path, *, policy_port: int) -> tuple[subprocess.Popen[bytes], int]:
+    """`agentxds serve` (control plane + policy service) at the default log level; return it and its ADS port."""
     port = free_port(HOST)
+    approvals_port = free_port(HOST)
     log = (workdir / "control-plane.log").open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "xds_server.cli", "--log-level", "WARNING", "serve", str(policy_dir),
-         "--host", HOST, "--port", str(port)],
+        [sys.executable, "-m", "xds_server.cli", "serve", str(policy_dir), "--host", HOST, "--port", str(port),
+         "--policy-port", str(policy_port), "--approvals-port", str(approvals_port)],
         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     try:
         wait_for_port(HOST, port, timeout=STARTUP_TIMEOUT_S)
+        wait_for_port(HOST, policy_port, timeout=STARTUP_TIMEOUT_S)
     except TimeoutError:
         stop_process(proc)
         raise RuntimeError(f"control plane did not listen; see {workdir / 'control-plane.log'}") from None
@@ -157,13 +199,13 @@ def start_control_plane(policy_dir: Path, workdir: Path) -> tuple[subprocess.Pop
 # -- checks --------------------------------------------------------------------
 
 
-def mcp_call(url: str, tool: str) -> tuple[int, dict[str, Any]]:
+def mcp_call(url: str, tool: str, arguments: dict[str, Any]) -> tuple[int, dict[str, Any]]:
     """One request exactly like bench/mcp_call.lua sends; return (status, JSON body)."""
     m = re.match(r"http://([^:/]+):(\d+)(/.*)", url)
     assert m, url
     body = {
         "jsonrpc": "2.0", "id": 1, "method": "tools/call",
-        "params": {"name": tool, "arguments": {},
+        "params": {"name": tool, "arguments": arguments,
                    "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
                              "io.modelcontextprotocol/clientCapabilities": {}}},
     }  # fmt: skip
@@ -181,34 +223,58 @@ def mcp_call(url: str, tool: str) -> tuple[int, dict[str, Any]]:
 
 
 def check_paths(urls: dict[str, str], envoy: EnvoyProcess) -> dict[str, Any]:
-    """Verify each path answers as the benchmark expects, before measuring it."""
+    """Verify each path answers as the benchmark expects, before measuring it; plus one call the
+    condition refuses (policy service: 403, -32003, reason condition_not_met, backend not reached)."""
     out: dict[str, Any] = {}
-    for path in PATHS:
-        tool = DENIED_TOOL if path == "denied" else ALLOWED_TOOL
-        status, body = mcp_call(urls[path], tool)
-        out[path] = {"status": status, "body": body}
+    checks = [(path, *CALLS[path]) for path in PATHS] + [("refused", *CONDITION_REFUSED)]
+    for path, tool, arguments in checks:
+        before = counters(envoy)
+        status, body = mcp_call(urls.get(path, urls["authz"]), tool, arguments)
+        delta = {k: v - before[k] for k, v in counters(envoy).items()}
+        out[path] = {"status": status, "body": body, "counters": delta}
+        error = body.get("error") if isinstance(body, dict) else None
         if path == "denied":
-            ok = status == 403 and isinstance(body, dict) and "error" in body
+            ok = status == 403 and isinstance(error, dict) and delta["upstream"] == 0 and delta["ext_authz"] == 0
+        elif path == "refused":
+            ok = (status == 403 and isinstance(error, dict) and error.get("code") == -32003
+                  and (error.get("data") or {}).get("reason") == "condition_not_met"
+                  and delta["upstream"] == 0 and delta["ext_authz_denied"] == 1)  # fmt: skip
         else:
             ok = status == 200 and isinstance(body, dict) and "result" in body and not body["result"].get("isError")
+            if path == "allowed":
+                ok = ok and delta["ext_authz"] == 0 and delta["upstream"] == 1
+            elif path == "authz":
+                ok = ok and delta["ext_authz"] == 1 and delta["upstream"] == 1
         if not ok:
-            raise RuntimeError(f"{path}: unexpected answer {status} {body!r}; logs in {envoy.workdir}")
+            raise RuntimeError(f"{path}: unexpected answer {status} {body!r} (Envoy counters {delta}); "
+                               f"logs in {envoy.workdir}")  # fmt: skip
         print(f"check {path:<8} {status} {json.dumps(body)[:110]}", flush=True)
     return out
 
 
-def upstream_requests(envoy: EnvoyProcess) -> int:
-    """Requests Envoy has sent to the backend's cluster(s) so far."""
+def counters(envoy: EnvoyProcess) -> dict[str, int]:
+    """Requests Envoy has sent to the backend's cluster(s), and ext_authz decisions, so far."""
     stats = envoy.stats()
-    return sum(int(v) for k, v in stats.items() if k.endswith(".upstream_rq_total") and BACKEND in k)
+    total = {"upstream": 0, "ext_authz": 0, "ext_authz_denied": 0}
+    for k, v in stats.items():
+        if k.endswith(".upstream_rq_total") and BACKEND in k:
+            total["upstream"] += int(v)
+        # http.<prefix>.ext_authz.*, once per decision (Envoy also counts it under cluster.<target>.ext_authz.*)
+        elif k.startswith("http.") and ".ext_authz." in k and k.endswith((".ok", ".denied", ".error",
+                                                                           ".failure_mode_allowed")):
+            total["ext_authz"] += int(v)
+            if k.endswith(".denied"):
+                total["ext_authz_denied"] += int(v)
+    return total
 
 
 # -- wrk -----------------------------------------------------------------------
 
 
-def run_wrk(wrk: str, url: str, tool: str, *, connections: int, duration: int) -> dict[str, Any]:
+def run_wrk(wrk: str, url: str, call: tuple[str, dict[str, Any]], *, connections: int, duration: int) -> dict[str, Any]:
+    tool, arguments = call
     argv = [wrk, "-t1", f"-c{connections}", f"-d{duration}s", "--timeout", "5s", "--latency",
-            "-s", str(LUA_SCRIPT), url, "--", tool, AGENT]  # fmt: skip
+            "-s", str(LUA_SCRIPT), url, "--", tool, AGENT, json.dumps(arguments, separators=(",", ":"))]  # fmt: skip
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=duration + WRK_GRACE_S)
     if proc.returncode != 0:
         raise RuntimeError(f"wrk failed ({proc.returncode}): {proc.stderr.strip() or proc.stdout.strip()}")
@@ -233,14 +299,20 @@ def problems(path: str, r: dict[str, Any]) -> list[str]:
         out.append(f"{socket_errors} socket errors {r['errors']}")
     if n == 0:
         out.append("no requests completed")
+    counted = r.get("counters", {})
     if path == "denied":
         if r["status_4xx"] != n or r["rpc_error"] != n:
             out.append(f"expected {n} x 403 + JSON-RPC error, got 4xx={r['status_4xx']} rpc_error={r['rpc_error']}")
-        if r.get("upstream_requests", 0):
-            out.append(f"{r['upstream_requests']} requests reached the backend")
+        if counted.get("upstream", 0):
+            out.append(f"{counted['upstream']} requests reached the backend")
     elif r["status_2xx"] != n or r["rpc_result"] != n:
         out.append(f"expected {n} x 200 + result, got 2xx={r['status_2xx']} result={r['rpc_result']} "
                    f"rpc_error={r['rpc_error']}")  # fmt: skip
+    # wrk stops mid-request at the deadline, so Envoy may count a few more than wrk completed.
+    if path == "authz" and not n <= counted.get("ext_authz", 0) <= n + 64:
+        out.append(f"{n} requests but {counted.get('ext_authz', 0)} ext_authz decisions")
+    if path in ("allowed", "denied") and counted.get("ext_authz", 0):
+        out.append(f"{counted['ext_authz']} requests went to ext_authz")
     return out
 
 
@@ -270,20 +342,32 @@ def ms(us: float) -> str:
     return f"{us / 1000:.2f}"
 
 
+def added(g: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+    """g against base: throughput ratio and added latency (ms) at p50, p90, p99."""
+    return {
+        "throughput_ratio": g["rps"] / base["rps"] if base["rps"] else None,
+        **{f"added_{q}_ms": (g["latency_us"][q] - base["latency_us"][q]) / 1000 for q in ("p50", "p90", "p99")},
+    }
+
+
 def summarize(points: dict[int, dict[str, dict[str, Any]]]) -> dict[str, Any]:
+    """Per concurrency: each gateway path against direct, and authz against allowed (native)."""
     ratios: dict[str, Any] = {}
     for c, by_path in points.items():
-        d = by_path["direct"]
-        row: dict[str, Any] = {}
-        for path in ("allowed", "denied"):
-            g = by_path[path]
-            row[path] = {
-                "throughput_ratio": g["rps"] / d["rps"] if d["rps"] else None,
-                "added_p50_ms": (g["latency_us"]["p50"] - d["latency_us"]["p50"]) / 1000,
-                "added_p99_ms": (g["latency_us"]["p99"] - d["latency_us"]["p99"]) / 1000,
-            }
+        row = {f"{path}_vs_direct": added(by_path[path], by_path["direct"]) for path in GATEWAY_PATHS}
+        row["authz_vs_allowed"] = added(by_path["authz"], by_path["allowed"])
         ratios[str(c)] = row
     return ratios
+
+
+def verdict(ratios: dict[str, Any]) -> dict[str, Any] | None:
+    """The target (authz's added p50 over the native path, at one connection) and whether it is met."""
+    row = ratios.get("1")
+    if row is None:
+        return None
+    value = row["authz_vs_allowed"]["added_p50_ms"]
+    return {"connections": 1, "authz_added_p50_over_allowed_ms": round(value, 3),
+            "target_ms": TARGET_AUTHZ_ADDED_P50_MS, "met": value <= TARGET_AUTHZ_ADDED_P50_MS}  # fmt: skip
 
 
 def markdown(points: dict[int, dict[str, dict[str, Any]]], ratios: dict[str, Any]) -> str:
@@ -300,14 +384,15 @@ def markdown(points: dict[int, dict[str, dict[str, Any]]], ratios: dict[str, Any
                          f"| {non2xx}/{r['requests']} | {r['rpc_error']}/{r['requests']} |")  # fmt: skip
     lines += [
         "",
-        "| conns | allowed/direct req/s | allowed +p50 ms | allowed +p99 ms "
-        "| denied/direct req/s | denied +p50 ms | denied +p99 ms |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        "| conns | vs | req/s ratio | +p50 ms | +p90 ms | +p99 ms |",
+        "|---:|---|---:|---:|---:|---:|",
     ]
     for c, row in ratios.items():
-        a, n = row["allowed"], row["denied"]
-        lines.append(f"| {c} | {a['throughput_ratio']:.2f} | {a['added_p50_ms']:+.2f} | {a['added_p99_ms']:+.2f} "
-                     f"| {n['throughput_ratio']:.2f} | {n['added_p50_ms']:+.2f} | {n['added_p99_ms']:+.2f} |")  # fmt: skip
+        for key, label in (("allowed_vs_direct", "allowed / direct"), ("authz_vs_direct", "authz / direct"),
+                           ("denied_vs_direct", "denied / direct"), ("authz_vs_allowed", "authz / allowed")):  # fmt: skip
+            a = row[key]
+            lines.append(f"| {c} | {label} | {a['throughput_ratio']:.2f} | {a['added_p50_ms']:+.2f} "
+                         f"| {a['added_p90_ms']:+.2f} | {a['added_p99_ms']:+.2f} |")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -320,9 +405,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=3, help="seconds of warm-up per path (default 3)")
     p.add_argument("--connections", default="1,4,16", help="comma-separated wrk -c levels (default 1,4,16)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON results (default {DEFAULT_OUT.relative_to(ROOT)})")
-    p.add_argument("--server", choices=sorted(SERVER_COMMANDS), default="bench",
-                   help="bench: the demo app on a TCP_NODELAY socket (default); stock: python -m xds_server.demo.mcp_server")
-    p.add_argument("--check", action="store_true", help="only start everything and verify the three paths")
+    p.add_argument("--check", action="store_true", help="only start everything and verify the four paths")
     p.add_argument("--keep-workdir", action="store_true", help="keep the temp dir with the logs")
     return p.parse_args(argv)
 
@@ -344,19 +427,21 @@ def main(argv: list[str] | None = None) -> int:
     failed = False
     finished = False  # logs are kept when the run raised or failed
     try:
-        server, direct_url = start_demo_server(workdir, args.server)
+        server, direct_url = start_demo_server(workdir)
         backend_port = int(re.search(r":(\d+)/", direct_url).group(1))  # type: ignore[union-attr]
-        listen_port = free_port(HOST)
-        write_policies(workdir / "policies", listen_port=listen_port, backend_port=backend_port)
-        control, xds_port = start_control_plane(workdir / "policies", workdir)
+        listen_port, policy_port = free_port(HOST), free_port(HOST)
+        write_policies(workdir / "policies", listen_port=listen_port, backend_port=backend_port,
+                       policy_port=policy_port)  # fmt: skip
+        control, xds_port = start_control_plane(workdir / "policies", workdir, policy_port=policy_port)
         bootstrap = render_bootstrap(node_id="bench-envoy", node_cluster=GATEWAY, xds_host=HOST, xds_port=xds_port,
                                      admin_port=0)  # fmt: skip
         envoy = EnvoyProcess(bootstrap, workdir=workdir / "envoy", log_level="error", concurrency=1).start()
         envoy.wait_live(timeout=STARTUP_TIMEOUT_S)
         wait_for_port(HOST, listen_port, timeout=STARTUP_TIMEOUT_S)
         gateway_url = f"http://{HOST}:{listen_port}/mcp/{BACKEND}"
-        urls = {"direct": direct_url, "allowed": gateway_url, "denied": gateway_url}
-        print(f"direct  {direct_url}\ngateway {gateway_url}\nlogs    {workdir}", flush=True)
+        urls = {"direct": direct_url, **{path: gateway_url for path in GATEWAY_PATHS}}
+        print(f"direct  {direct_url}\ngateway {gateway_url}\npolicy  {HOST}:{policy_port} (gRPC)\nlogs    {workdir}",
+              flush=True)  # fmt: skip
         checks = check_paths(urls, envoy)
         if args.check:
             finished = True
@@ -367,19 +452,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"machine: {info['cpus']} CPUs, {info['cpu_model']}; envoy {info['envoy']}; {info['wrk']}", flush=True)
         load_before = os.getloadavg()
         started = time.monotonic()
-        for path in PATHS:  # warm-up: connections, Python imports/caches, Envoy's upstream pool
-            tool = DENIED_TOOL if path == "denied" else ALLOWED_TOOL
-            run_wrk(wrk, urls[path], tool, connections=max(levels), duration=args.warmup)
+        for path in PATHS:  # warm-up: connections, Python imports/caches, Envoy's upstream and gRPC pools
+            run_wrk(wrk, urls[path], CALLS[path], connections=max(levels), duration=args.warmup)
         print(f"warm-up done ({time.monotonic() - started:.0f}s)", flush=True)
 
         points: dict[int, dict[str, dict[str, Any]]] = {}
         for c in levels:
             points[c] = {}
             for path in PATHS:
-                tool = DENIED_TOOL if path == "denied" else ALLOWED_TOOL
-                before = upstream_requests(envoy)
-                r = run_wrk(wrk, urls[path], tool, connections=c, duration=args.duration)
-                r["upstream_requests"] = upstream_requests(envoy) - before
+                before = counters(envoy)
+                r = run_wrk(wrk, urls[path], CALLS[path], connections=c, duration=args.duration)
+                r["counters"] = {k: v - before[k] for k, v in counters(envoy).items()}
                 r["problems"] = problems(path, r)
                 failed = failed or bool(r["problems"])
                 points[c][path] = r
@@ -389,6 +472,7 @@ def main(argv: list[str] | None = None) -> int:
         elapsed = time.monotonic() - started
 
         ratios = summarize(points)
+        target = verdict(ratios)
         envoy_log_bytes = envoy.log_path.stat().st_size if envoy.log_path.exists() else 0
         result = {
             "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -396,14 +480,16 @@ def main(argv: list[str] | None = None) -> int:
             "settings": {
                 "duration_s": args.duration, "warmup_s": args.warmup, "connections": levels, "wrk_threads": 1,
                 "envoy_concurrency": 1, "envoy_log_level": "error", "access_log": "stdout, to the Envoy log file",
-                "server": ("demo app via bench/backend.py (TCP_NODELAY)" if args.server == "bench"
-                           else "python -m xds_server.demo.mcp_server --json-response")
-                          + ", uvicorn, one process",
-                "request": f"2026-07-28 tools/call, agent {AGENT}, allowed tool {ALLOWED_TOOL}, denied tool {DENIED_TOOL}",
+                "server": "python -m xds_server.demo.mcp_server --json-response, uvicorn, one process",
+                "policy_service": "agentxds serve (control plane + policy service, one process), default log "
+                                  "level (decision log on)",
+                "agent": AGENT, "calls": {path: {"tool": t, "arguments": a} for path, (t, a) in CALLS.items()},
+                "authz_rule": AUTHZ_RULE,
             },  # fmt: skip
             "checks": checks,
             "points": {str(c): by_path for c, by_path in points.items()},
             "ratios": ratios,
+            "target": target,
             "envoy_log_bytes": envoy_log_bytes,
             # 1/5/15-minute load averages: anything else running skews the numbers.
             "loadavg_before": load_before,
@@ -415,7 +501,11 @@ def main(argv: list[str] | None = None) -> int:
         args.out.write_text(json.dumps(result, indent=2) + "\n")
         print()
         print(markdown(points, ratios))
-        print(f"\nratios: gateway / direct (req/s), gateway - direct (latency); results in {args.out}")
+        print(f"\nratios: path / base (req/s), path - base (latency); results in {args.out}")
+        if target is not None:
+            print(f"target: authz adds {target['authz_added_p50_over_allowed_ms']:.2f} ms at p50 over the native "
+                  f"allowed path at c=1 (target <= {TARGET_AUTHZ_ADDED_P50_MS} ms): "
+                  f"{'met' if target['met'] else 'NOT met'}")  # fmt: skip
         print(f"load average before {load_before[0]:.2f}, after {result['loadavg_after'][0]:.2f} "
               f"(the benchmark itself keeps about 2 busy); Envoy log (access log) {envoy_log_bytes} bytes")
         if failed:
