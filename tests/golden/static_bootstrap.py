@@ -64,4 +64,6 @@ def static_bootstrap(resources: GatewayResources) -> dict[str, Any]:
     }
     if resources.secrets:
         static["secrets"] = [to_dict(s) for s in resources.secrets]  # the real keys: Envoy checks they load
-    return {"static_resources": _static_secret_refs(static, secrets)}
+    from xds_server.runtime.bootstrap import RUNTIME
+
+    return {"static_resources": _static_secret_refs(static, secrets), "layered_runtime": RUNTIME}

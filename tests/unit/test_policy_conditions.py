@@ -115,3 +115,27 @@ def test_conditional_rules_reach_the_ir_apart_from_plain_grants() -> None:
     assert rule.require_approval and rule.approval_ttl_ms == 300000
     assert backend.tool_guard is not None and [p.name for p in backend.tool_guard.pins or ()] == ["x"]
     assert backend.needs_authz and backend.needs_list_processing
+
+
+def test_argument_conditions_are_validated() -> None:
+    two = "    - agents: [bot]\n      tools: [t]\n      arguments: {repo: {prefix: a/, exact: b}}\n"
+    (error,) = errors_of({"base.yaml": BASE, "p.yaml": policy(two)})
+    assert "spec.rules[0].arguments.repo" in error and "exactly one of exact, prefix, suffix, regex, oneOf" in error
+    lookaround = "    - agents: [bot]\n      tools: [t]\n      arguments: {repo: {regex: '(?!evil).*'}}\n"
+    (error,) = errors_of({"base.yaml": BASE, "p.yaml": policy(lookaround)})
+    assert "lookarounds are not supported" in error
+    with_when = "    - agents: [bot]\n      tools: [t]\n      arguments: {repo: {prefix: a/}}\n      when: 'true'\n"
+    (error,) = errors_of({"base.yaml": BASE, "p.yaml": policy(with_when)})
+    assert "states argument conditions in `when`" in error
+
+
+def test_argument_conditions_reach_the_ir_as_native_grants() -> None:
+    rule = "    - agents: [bot]\n      tools: [create_issue]\n      arguments: {repo: {prefix: acme/}, env: {oneOf: [b, a]}}\n"
+    ir = build_ir(load_texts({"base.yaml": BASE, "p.yaml": policy(rule)}))
+    (grant,) = ir.gateways[0].backends[0].grants
+    assert grant.tools == () and grant.conditional_tools == ()
+    (argument_grant,) = grant.argument_grants
+    assert [(m.name, m.kind, m.values) for m in argument_grant.arguments] == [
+        ("env", "one_of", ("a", "b")), ("repo", "prefix", ("acme/",))]  # fmt: skip
+    assert [p.glob for p in grant.listed_tools] == ["create_issue"]
+    assert not ir.gateways[0].backends[0].needs_authz  # Envoy decides it alone

@@ -122,7 +122,7 @@ class BackendView:
 
 def _grant_allows(grant: GrantIR, kind: str, name: str) -> bool:
     if kind == "tools":
-        return _any_match(grant.all_tools, name)
+        return _any_match(grant.listed_tools, name)
     if kind == "prompts":
         return _any_match(grant.prompts, name)
     if kind == "resources":

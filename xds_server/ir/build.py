@@ -18,6 +18,8 @@ from xds_server.ir.types import (
     IR,
     AgentIR,
     ApiKeyPrincipal,
+    ArgumentGrantIR,
+    ArgumentMatchIR,
     BackendAuthIR,
     BackendIR,
     ConditionalRuleIR,
@@ -109,6 +111,18 @@ def _user_match(rule: Rule, identity: IdentityIR) -> UserMatchIR | None:
 GrantKey = tuple[str, UserMatchIR | None]
 
 
+def _argument_grant(rule_id: str, rule: Rule) -> ArgumentGrantIR:
+    matches = []
+    for name, match in sorted(rule.arguments.items()):
+        if match.one_of is not None:
+            matches.append(ArgumentMatchIR(name, "one_of", tuple(sorted(set(match.one_of)))))
+        else:
+            kind, value = next((k, v) for k, v in (("exact", match.exact), ("prefix", match.prefix),
+                               ("suffix", match.suffix), ("regex", match.regex)) if v is not None)  # fmt: skip
+            matches.append(ArgumentMatchIR(name, kind, (value,)))
+    return ArgumentGrantIR(compile_globs(rule.tools), tuple(matches), rule_id)
+
+
 def _grants(rules: list[tuple[str, Rule]], agents: tuple[AgentIR, ...], identity: IdentityIR) -> tuple[GrantIR, ...]:
     """One grant per (agent, user match): rules limited to some users are granted apart."""
     recognisable = [a.name for a in agents if a.principals]
@@ -117,11 +131,15 @@ def _grants(rules: list[tuple[str, Rule]], agents: tuple[AgentIR, ...], identity
     resources: dict[GrantKey, list[str]] = defaultdict(list)
     prompts: dict[GrantKey, list[str]] = defaultdict(list)
     sources: dict[GrantKey, list[str]] = defaultdict(list)
+    with_arguments: dict[GrantKey, list[ArgumentGrantIR]] = defaultdict(list)
     for rule_id, rule in rules:
         user = _user_match(rule, identity)
         for name in _named_agents(rule, recognisable):
             key = (name, user)
-            (conditional if rule.is_conditional else tools)[key] += rule.tools
+            if rule.arguments:
+                with_arguments[key].append(_argument_grant(rule_id, rule))
+            else:
+                (conditional if rule.is_conditional else tools)[key] += rule.tools
             resources[key] += rule.resources
             prompts[key] += rule.prompts
             sources[key].append(rule_id)
@@ -134,6 +152,7 @@ def _grants(rules: list[tuple[str, Rule]], agents: tuple[AgentIR, ...], identity
             sources=tuple(sorted(set(sources[key]))),
             conditional_tools=compile_globs(conditional[key]),
             user=key[1],
+            argument_grants=tuple(sorted(with_arguments[key])),
         )
         for key in sorted(sources, key=lambda k: (k[0], k[1] is not None, k[1] or ()))
     )

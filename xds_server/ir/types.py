@@ -100,6 +100,25 @@ class AgentIR:
 
 
 @dataclass(frozen=True, order=True)
+class ArgumentMatchIR:
+    """One argument condition: `kind` is exact | prefix | suffix | regex | one_of; `values` has one
+    value except for one_of. Checked by Envoy on metadata the MCP filter extracts."""
+
+    name: str
+    kind: str
+    values: tuple[str, ...]
+
+
+@dataclass(frozen=True, order=True)
+class ArgumentGrantIR:
+    """Tools granted only with matching arguments (one rule's `tools` + `arguments`)."""
+
+    tools: tuple[NamePattern, ...]
+    arguments: tuple[ArgumentMatchIR, ...]  # sorted by name; all must hold
+    source: str  # "policy/rules[i]"
+
+
+@dataclass(frozen=True, order=True)
 class GrantIR:
     """What one agent may do on one backend: the union of its matching rules.
 
@@ -114,6 +133,14 @@ class GrantIR:
     sources: tuple[str, ...]
     conditional_tools: tuple[NamePattern, ...] = ()  # granted by conditional rules: Envoy, then the policy service
     user: UserMatchIR | None = None  # only when acting for such a user; None: whoever (if anyone) the user is
+    argument_grants: tuple[ArgumentGrantIR, ...] = ()  # tools allowed only with matching arguments
+
+    @property
+    def listed_tools(self) -> tuple[NamePattern, ...]:
+        """Tools the agent may call at all (some only with some arguments): what its lists show."""
+        merged = set(self.all_tools) | {p for g in self.argument_grants for p in g.tools}
+        anything = [p for p in merged if p.kind is PatternKind.ANY]
+        return tuple(anything[:1]) if anything else tuple(sorted(merged))
 
     @property
     def all_tools(self) -> tuple[NamePattern, ...]:

@@ -379,6 +379,42 @@ class Quota(StrictModel):
         return duration_ms(self.per)
 
 
+def _check_regex(value: str) -> str:
+    # Envoy uses RE2; the common subset (no backreferences or lookarounds) is checked here.
+    if re.search(r"\\[1-9]|\(\?[=!<]", value):
+        raise ValueError("backreferences and lookarounds are not supported (Envoy uses RE2)")
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"invalid regular expression: {exc}") from None
+    return value
+
+
+class ArgumentMatch(StrictModel):
+    """A condition on one tool argument, checked natively by Envoy (exactly one field).
+
+    The argument must be a string; any other JSON type (or a missing argument) does not match.
+    """
+
+    exact: str | None = Field(default=None, description="The argument equals this string.")
+    prefix: str | None = Field(default=None, min_length=1, description="The argument starts with this string.")
+    suffix: str | None = Field(default=None, min_length=1, description="The argument ends with this string.")
+    regex: Annotated[str, AfterValidator(_check_regex)] | None = Field(
+        default=None, description="The whole argument matches this RE2 regular expression."
+    )
+    one_of: tuple[str, ...] | None = Field(default=None, min_length=1, description="The argument is one of these strings.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ArgumentMatch:
+        given = [v for v in (self.exact, self.prefix, self.suffix, self.regex, self.one_of) if v is not None]
+        if len(given) != 1:
+            raise PydanticCustomError("argument_match", "give exactly one of exact, prefix, suffix, regex, oneOf")
+        return self
+
+
+ArgumentName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")]
+
+
 class Rule(StrictModel):
     """Grants the listed agents access to matching tools, resources and prompts.
 
@@ -405,6 +441,11 @@ class Rule(StrictModel):
         "retried after approval passes once.",
     )
     approval_ttl: Duration = Field(default="15m", description="How long an approval request (or approval) stays valid.")
+    arguments: dict[ArgumentName, ArgumentMatch] = Field(
+        default_factory=dict,
+        description='Conditions on named tool arguments, checked natively by Envoy, e.g. {repo: {prefix: "acme/"}}. '
+        "Every one must hold.",
+    )
     users: UserMatch | None = Field(
         default=None,
         description="Only when the agent acts for a matching user (from the user's JWT); checked by Envoy.",
@@ -414,6 +455,17 @@ class Rule(StrictModel):
     def _grants_something(self) -> Rule:
         if not (self.tools or self.resources or self.prompts):
             raise PydanticCustomError("rule_empty", "a rule must grant at least one of tools, resources, prompts")
+        if self.arguments and (self.resources or self.prompts):
+            raise PydanticCustomError(
+                "rule_arguments_scope",
+                "arguments apply to tool calls only: put resources and prompts in a rule of their own",
+            )
+        if self.arguments and self.is_conditional:
+            raise PydanticCustomError(
+                "rule_arguments_conditional",
+                "a rule checked by the policy service (when, quota, requireApproval) states argument conditions in "
+                "`when`, e.g. args.repo.startsWith(\"acme/\")",
+            )
         if self.is_conditional and (self.resources or self.prompts):
             raise PydanticCustomError(
                 "rule_condition_scope",

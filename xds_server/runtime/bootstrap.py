@@ -35,6 +35,13 @@ def _is_ip_literal(host: str) -> bool:
     return True
 
 
+# Envoy refuses regexes whose RE2 program is larger than 100 by default; an
+# argument pattern as plain as [A-Za-z0-9 ]{1,80} is ~320. Policies are
+# reviewed configuration, not user input, so allow larger ones.
+RUNTIME = {"layers": [{"name": "agentxds", "static_layer": {
+    "re2.max_program_size.error_level": 4096, "re2.max_program_size.warn_level": 1024}}]}  # fmt: skip
+
+
 def render_bootstrap(
     *,
     node_id: str,
@@ -97,4 +104,5 @@ def render_bootstrap(
             "lds_config": {"ads": {}, "resource_api_version": "V3"},
         },
         "static_resources": {"clusters": [xds_cluster]},
+        "layered_runtime": RUNTIME,
     }

@@ -67,6 +67,13 @@ def mcp_filter(gateway: GatewayIR) -> dict[str, Any]:
     if policy_service.gateway_needs_policy_service(gateway):
         # Pick the route again once the body is parsed: policy routes match on method and tool.
         config["clear_route_cache"] = True
+    arguments = sorted({m.name for b in gateway.backends for g in b.grants for ag in g.argument_grants
+                        for m in ag.arguments})  # fmt: skip
+    if arguments:
+        # Argument conditions are checked by RBAC on metadata. A parser_config
+        # replaces the method's default extraction, so params.name is listed too.
+        rules = [{"path": "params.name"}] + [{"path": f"params.arguments.{name}"} for name in arguments]
+        config["parser_config"] = {"methods": [{"method": "tools/call", "extraction_rules": rules}]}
     return {"name": MCP_METADATA_NAMESPACE, "typed_config": typed_struct(MCP_TYPE, config)}
 
 

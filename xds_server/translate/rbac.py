@@ -26,6 +26,7 @@ from typing import Any
 
 from xds_server.ir.types import (
     AgentIR,
+    ArgumentMatchIR,
     BackendIR,
     GrantIR,
     HeaderPrincipal,
@@ -71,6 +72,17 @@ def string_matcher(pattern: NamePattern) -> dict[str, Any]:
     return {"string_match": {pattern.kind.value: pattern.value}}
 
 
+def argument_matcher(match: ArgumentMatchIR) -> dict[str, Any]:
+    """An Envoy ValueMatcher for one argument condition."""
+    if match.kind == "one_of":
+        values = [{"string_match": {"exact": v}} for v in match.values]
+        return values[0] if len(values) == 1 else {"or_match": {"value_matchers": values}}
+    if match.kind == "regex":
+        # Anchored: the whole argument must match, as the policy says.
+        return {"string_match": {"safe_regex": {"regex": f"^(?:{match.values[0]})$"}}}
+    return {"string_match": {match.kind: match.values[0]}}
+
+
 def _metadata(path: tuple[str, ...], value: dict[str, Any]) -> dict[str, Any]:
     return {
         "sourced_metadata": {
@@ -111,6 +123,12 @@ def grant_permissions(grant: GrantIR) -> list[dict[str, Any]]:
         permissions.append(
             {"and_rules": {"rules": [_method_is("tools/call"), _metadata(("params", "name"), _any_of(grant.all_tools))]}}
         )
+    for argument_grant in grant.argument_grants:
+        # The MCP filter extracts params.arguments.<name> (see listener.mcp_filter); a
+        # missing or non-string argument leaves nothing to match, so it is denied.
+        checks = [_metadata(("params", "arguments", m.name), argument_matcher(m)) for m in argument_grant.arguments]
+        permissions.append({"and_rules": {"rules": [
+            _method_is("tools/call"), _metadata(("params", "name"), _any_of(argument_grant.tools)), *checks]}})  # fmt: skip
     if grant.resources:
         methods = _or([_method_is(m) for m in RESOURCE_METHODS])
         permissions.append(
