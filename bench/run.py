@@ -48,7 +48,6 @@ import os
 import platform
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -62,6 +61,7 @@ import yaml
 from xds_server.runtime.bootstrap import render_bootstrap
 from xds_server.runtime.envoy import EnvoyProcess, find_envoy_binary
 from xds_server.runtime.ports import free_port, wait_for_port
+from xds_server.runtime.processes import stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -105,20 +105,6 @@ WRK_GRACE_S = 20.0  # beyond -d, before a wrk run is killed
 
 
 # -- processes -----------------------------------------------------------------
-
-
-def stop_process(proc: subprocess.Popen[bytes] | None, timeout: float = 5.0) -> None:
-    """SIGTERM the process (by PID only), SIGKILL it after `timeout`."""
-    if proc is None or proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        proc.wait()
 
 
 # The demo server exactly as `agentxds up --demo` runs it, plus JSON answers.

@@ -177,14 +177,11 @@ def write_policies(
     (policy_dir / "github-policy.yaml").write_text(policy_yaml)
 
 
-async def start_gateway(workdir: Path, backends: dict[str, McpBackend], **policy_opts: Any) -> RunningGateway:
-    """Policies + control plane (with the policy service) + Envoy; returns once Envoy's listener accepts connections.
+async def launch(policy_dir: Path, workdir: Path, listen_port: int, policy_port: int) -> tuple[ControlPlane, EnvoyProcess]:
+    """The control plane (with the policy service) on `policy_dir` and an Envoy it configures.
 
-    `policy_opts` go to `write_policies` (backend_extra, policy_yaml, gateway limits).
+    Returns once the policies are published and Envoy's listener accepts connections.
     """
-    listen_port, policy_port = free_port(), free_port()
-    policy_dir = workdir / "policies"
-    write_policies(policy_dir, listen_port, backends, policy_port=policy_port, **policy_opts)
     control = ControlPlane(policy_dir, port=0, debounce_ms=50, policy_port=policy_port, approvals_port=0)
     await control.start()
     assert control.last_reload is not None and control.last_reload.ok, control.last_reload
@@ -199,6 +196,18 @@ async def start_gateway(workdir: Path, backends: dict[str, McpBackend], **policy
         envoy.stop()
         await control.stop()
         raise
+    return control, envoy
+
+
+async def start_gateway(workdir: Path, backends: dict[str, McpBackend], **policy_opts: Any) -> RunningGateway:
+    """Policies + control plane (with the policy service) + Envoy; returns once Envoy's listener accepts connections.
+
+    `policy_opts` go to `write_policies` (backend_extra, policy_yaml, gateway limits).
+    """
+    listen_port, policy_port = free_port(), free_port()
+    policy_dir = workdir / "policies"
+    write_policies(policy_dir, listen_port, backends, policy_port=policy_port, **policy_opts)
+    control, envoy = await launch(policy_dir, workdir, listen_port, policy_port)
     return RunningGateway(policy_dir, control, envoy, listen_port, dict(backends))
 
 
@@ -280,18 +289,5 @@ async def start_tls_gateway(
     (policy_dir / "backends.yaml").write_text("---\n".join(backend_yaml(n, b) for n, b in backends.items()))
     (policy_dir / "agents.yaml").write_text(spiffe_agents_yaml(trust_domain))
     (policy_dir / "github-policy.yaml").write_text(policy_yaml)  # fmt: skip
-    control = ControlPlane(policy_dir, port=0, debounce_ms=50, policy_port=policy_port, approvals_port=0)
-    await control.start()
-    assert control.last_reload is not None and control.last_reload.ok, control.last_reload
-    bootstrap = render_bootstrap(
-        node_id="e2e-envoy", node_cluster=GATEWAY, xds_host="127.0.0.1", xds_port=control.port, admin_port=0
-    )
-    envoy = EnvoyProcess(bootstrap, workdir=workdir / "envoy", log_level="warning").start()
-    try:
-        await envoy.wait_live_async(20)
-        await wait_listening(listen_port)
-    except BaseException:
-        envoy.stop()
-        await control.stop()
-        raise
+    control, envoy = await launch(policy_dir, workdir, listen_port, policy_port)
     return TlsGateway(policy_dir, control, envoy, listen_port, dict(backends), ca_file=ca_file)

@@ -17,7 +17,6 @@ import contextlib
 import json
 import os
 import re
-import signal
 import socket
 import ssl
 import subprocess
@@ -33,6 +32,7 @@ import httpx
 
 import xds_server
 from xds_server.runtime.ports import wait_for_port
+from xds_server.runtime.processes import stop_process
 
 REPO_ROOT = Path(xds_server.__file__).resolve().parent.parent
 MODERN_PROTOCOL_VERSION = "2026-07-28"
@@ -172,21 +172,10 @@ class ManagedProcess:
 
     def stop(self, timeout: float = 5.0) -> int | None:
         """SIGTERM the PID, SIGKILL it after `timeout`; return the exit code. Idempotent."""
-        proc = self._proc
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                proc.wait()
+        code = stop_process(self._proc, timeout)
         if self._reader is not None:
             self._reader.join(timeout=2)
-        return proc.returncode
+        return code
 
 
 @dataclass

@@ -25,13 +25,17 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 from mcp.shared.exceptions import MCPError
 
-from tests.e2e.gateway import GATEWAY, RunningGateway, backend_yaml, eventually, stop_gateway, wait_listening
+from tests.e2e.gateway import (
+    GATEWAY,
+    RunningGateway,
+    backend_yaml,
+    eventually,
+    launch,
+    stop_gateway,
+)
 from tests.e2e.harness import McpBackend, mcp_client, raw_post
 from tests.e2e.test_mcp_gateway import MODERN, MODERN_META, find_mcp_error, tool_calls
 from xds_server import errors
-from xds_server.control_plane import ControlPlane
-from xds_server.runtime.bootstrap import render_bootstrap
-from xds_server.runtime.envoy import EnvoyProcess
 from xds_server.runtime.ports import free_port
 
 MODES = ["modern", "legacy"]
@@ -139,20 +143,7 @@ async def start_gateway_with(workdir: Path, backends: dict[str, McpBackend],
     policy_dir.mkdir(parents=True, exist_ok=True)
     for name, text in files(listen_port, policy_port).items():
         (policy_dir / name).write_text(text)
-    control = ControlPlane(policy_dir, port=0, debounce_ms=50, policy_port=policy_port, approvals_port=0)
-    await control.start()
-    assert control.last_reload is not None and control.last_reload.ok, control.last_reload
-    bootstrap = render_bootstrap(
-        node_id="e2e-envoy", node_cluster=GATEWAY, xds_host="127.0.0.1", xds_port=control.port, admin_port=0
-    )
-    envoy = EnvoyProcess(bootstrap, workdir=workdir / "envoy", log_level="warning").start()
-    try:
-        await envoy.wait_live_async(20)
-        await wait_listening(listen_port)
-    except BaseException:
-        envoy.stop()
-        await control.stop()
-        raise
+    control, envoy = await launch(policy_dir, workdir, listen_port, policy_port)
     return RunningGateway(policy_dir, control, envoy, listen_port, dict(backends))
 
 
@@ -377,7 +368,10 @@ async def test_the_sdk_discovery_code_accepts_the_challenge_and_the_document(gat
         extract_scope_from_www_auth,
     )
     from mcp.shared.auth import ProtectedResourceMetadata
-    from mcp.shared.auth_utils import check_resource_allowed, resource_url_from_server_url
+    from mcp.shared.auth_utils import (
+        check_resource_allowed,
+        resource_url_from_server_url,
+    )
 
     server_url = gateway.url("secure")
     challenge = await raw_post(server_url, call_body("whoami", 1), {**as_agent("triage"), **modern_headers("whoami")})

@@ -22,7 +22,6 @@ from .checks import Declared, cross_check, references, resolve_gateway
 from .diagnostics import Diagnostic, Path, PolicyError, join_field, subject
 from .model import (
     KINDS,
-    NAME_PATTERN,
     PATTERN_HINTS,
     Agent,
     Gateway,
