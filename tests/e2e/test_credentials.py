@@ -31,7 +31,13 @@ import pytest_asyncio
 from mcp.shared.exceptions import MCPError
 
 from tests.credentials_kit import AUDIENCE, ISSUER, Pki, TokenEndpoint, UserTokens
-from tests.e2e.gateway import GATEWAY, IDENTITY_HEADER, RunningGateway, wait_listening
+from tests.e2e.gateway import (
+    GATEWAY,
+    IDENTITY_HEADER,
+    RunningGateway,
+    backend_yaml,
+    wait_listening,
+)
 from tests.e2e.harness import (
     REPO_ROOT,
     ManagedProcess,
@@ -81,17 +87,7 @@ spec:
   policyService: {{host: 127.0.0.1, port: {policy_port}}}
 """
 
-    def backend(name: str, server: McpBackend, extra: str = "") -> str:
-        return f"""\
-apiVersion: agentxds.dev/v1
-kind: MCPBackend
-metadata: {{name: {name}}}
-spec:
-  route: /mcp/{name}
-  path: {server.path}
-  endpoints: [{{host: {server.host}, port: {server.port}}}]
-  timeouts: {{connect: 2s, request: 0s}}
-{extra}"""
+    backend = backend_yaml
 
     def exchange(url: str) -> str:
         return f"""\
