@@ -193,3 +193,39 @@ async def test_adding_an_agent_keeps_open_sessions_working(gateway: RunningGatew
         assert not await _allowed(client, "list_issues", {"repo": "acme/web"})
     if mode == "legacy":
         assert backend.rpc_methods().count("initialize") == 2  # triage's session and reviewer's, no re-initialise
+
+
+async def test_envoy_keeps_enforcing_while_the_control_plane_is_down_then_reconnects(gateway: RunningGateway) -> None:
+    from tests.e2e.harness import raw_post
+
+    meta = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}
+
+    def call(tool: str, request_id: int) -> str:
+        return json.dumps({"jsonrpc": "2.0", "id": request_id, "method": "tools/call",
+                           "params": {"name": tool, "arguments": {"repo": "acme/web"}, "_meta": meta}})  # fmt: skip
+
+    def headers(tool: str) -> dict[str, str]:
+        return {**TRIAGE, "mcp-protocol-version": "2026-07-28", "mcp-method": "tools/call", "mcp-name": tool}
+
+    xds_port = gateway.control.port
+    policy_port = gateway.control.policy_service.port if gateway.control.policy_service else None
+    await gateway.control.stop()  # ADS and the policy service are gone
+    try:
+        allowed = await raw_post(gateway.url(), call("list_issues", 1), headers("list_issues"))
+        denied = await raw_post(gateway.url(), call("delete_repo", 2), headers("delete_repo"))
+        # Fail static: the last configuration keeps enforcing, natively.
+        assert allowed.status_code == 200 and "issues of acme/web" in allowed.text
+        assert denied.status_code == 403 and denied.json()["error"]["code"] == errors.TOOL_DENIED.code
+    finally:
+        gateway.control = ControlPlane(gateway.policy_dir, port=xds_port, debounce_ms=50, policy_port=policy_port,
+                                       approvals_port=0)  # fmt: skip
+        await gateway.control.start()
+    # Envoy reconnects by itself and follows edits again.
+    await gateway.wait_acked(gateway.control.cache.get(GATEWAY).version, timeout=15)
+    reloads = gateway.control.reloads
+    gateway.write("github-policy.yaml", GRANT_CREATE_ISSUE)
+    await gateway.wait_reloads(reloads + 1)
+    async with mcp_client(gateway.url(), TRIAGE, "modern") as client:
+        took = await eventually(lambda: _allowed(client, "create_issue", {"repo": "acme/web", "title": "t"}),
+                                timeout=15, what="an edit made after the reconnection")  # fmt: skip
+    print(f"edit enforced {took * 1000:.0f} ms after reload on the new control plane")
