@@ -55,6 +55,31 @@ def _start_demo_servers(policy_dir: Path, workdir: Path, out: TextIO) -> list[su
     return procs
 
 
+def _free(host: str, port: int) -> bool:
+    """Whether something could listen on host:port now."""
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # A port left in TIME_WAIT by an earlier run is free to listen on; a listener is not.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _ports_in_use(gateway: GatewayIR, policy: EndpointIR, approvals_port: int, demo_dir: Path | None) -> list[str]:
+    """What `up` would fail to listen on, with where to change it."""
+    wanted = [(gateway.listen_address, gateway.listen_port, f"gateway listener (spec.listen of Gateway {gateway.name})"),
+              (policy.host, policy.port, f"policy service (spec.policyService of Gateway {gateway.name})")]  # fmt: skip
+    if approvals_port:
+        wanted.append(("127.0.0.1", approvals_port, "approvals API (--approvals-port)"))
+    if demo_dir is not None:
+        wanted += [(h, p, "demo MCP server (its MCPBackend endpoint)") for h, p, _ in _demo_endpoints(demo_dir)]
+    return [f"{host}:{port}  {what}" for host, port, what in wanted if not _free(host, port)]
+
+
 def _pick_gateway(ir: IR, name: str | None) -> GatewayIR:
     if name is not None:
         gateway = ir.gateway(name)
@@ -115,6 +140,12 @@ async def run_up(
         return 1
     gateway = _pick_gateway(ir, gateway_name)
     policy = gateway.policy_service or EndpointIR("127.0.0.1", 18001)
+    taken = _ports_in_use(gateway, policy, approvals_port, policy_dir if demo else None)
+    if taken:
+        print("agentxds up: these ports are already in use (another agentxds up, or another program?):", file=out)
+        for line in taken:
+            print(f"  {line}", file=out)
+        return 1
     control = ControlPlane(policy_dir, on_reload=lambda r: _report(r, out), policy_host=policy.host,
                            policy_port=policy.port, approvals_port=approvals_port)  # fmt: skip
     await control.start()

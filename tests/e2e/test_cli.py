@@ -142,3 +142,15 @@ def test_missing_policy_directory_is_a_clear_error(args: tuple[str, ...]) -> Non
     result = agentxds(*args)
     assert result.returncode == 1
     assert "no such policy file or directory" in result.stderr
+
+
+def test_up_says_which_ports_are_taken_before_starting_anything(tmp_path: Path) -> None:
+    import socket
+
+    policy_dir, gateway_port, _ = demo_copy(tmp_path)
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", gateway_port))
+        squatter.listen()
+        result = agentxds("up", "--demo", str(policy_dir), "--approvals-port", str(free_port()))
+    assert result.returncode == 1
+    assert f"127.0.0.1:{gateway_port}  gateway listener (spec.listen of Gateway demo)" in result.stdout
