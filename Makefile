@@ -13,13 +13,14 @@ $(BIN)/agentxds: pyproject.toml
 	@touch $@
 
 up: $(BIN)/agentxds             ## run the gateway with the demo policy and demo MCP server
-	$(BIN)/agentxds up --demo policies/
+	$(BIN)/agentxds up --demo policies/demo
 
 test: $(BIN)/agentxds           ## run the whole test suite (unit, golden, end to end)
 	$(BIN)/pytest tests
 
-validate: $(BIN)/agentxds
-	$(BIN)/agentxds validate policies/
+validate: $(BIN)/agentxds       ## check the shipped policy sets
+	$(BIN)/agentxds validate policies/demo
+	$(BIN)/agentxds validate policies/compose
 
 bench: $(BIN)/agentxds
 	$(BIN)/python bench/run.py
