@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from envoy.extensions.transport_sockets.tls.v3.secret_pb2 import Secret
 
-from xds_server.xds.ads import EventKind, StreamState, next_response, on_request
+from xds_server.xds.ads import EventKind, StreamState, on_request
 from xds_server.xds.snapshot import (
     CLUSTER,
     ENDPOINT,
@@ -17,7 +17,7 @@ from xds_server.xds.snapshot import (
     type_url_of,
 )
 
-from .xds_fixtures import cla, cluster, listener, request, route
+from .xds_fixtures import ack, cla, cluster, drain, listener, request, route
 
 
 def secret(name: str, pem: bytes = b"cert-1") -> Secret:
@@ -48,19 +48,8 @@ def snap(cert: bytes = b"cert-1", ca: bytes = b"ca-1", port: int = 10000) -> Sna
     )
 
 
-def drain(state: StreamState, snapshot: Snapshot) -> tuple[StreamState, list]:
-    out = []
-    while True:
-        state, resp = next_response(state, snapshot)
-        if resp is None:
-            return state, out
-        out.append(resp)
 
 
-def ack(state: StreamState, resp, names: tuple[str, ...] = ()) -> StreamState:
-    state, event = on_request(state, request(resp.type_url, resp.version_info, resp.nonce, names))
-    assert event.kind is EventKind.ACK
-    return state
 
 
 def names_in(resp) -> list[str]:

@@ -9,30 +9,24 @@ from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.route.v3 import route_pb2
 
-from xds_server.xds.ads import EventKind, StreamState, TypeState, next_response, on_request
+from xds_server.xds.ads import (
+    EventKind,
+    StreamState,
+    TypeState,
+    next_response,
+    on_request,
+)
 from xds_server.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, ORDER, ROUTE, Snapshot
 
-from .xds_fixtures import GROUP, NODE_ID, cla, cluster, request, snapshot
+from .xds_fixtures import GROUP, NODE_ID, ack, cla, cluster, drain, request, snapshot
 
 
 def fresh() -> StreamState:
     return StreamState(stream_id="s")
 
 
-def drain(state: StreamState, snap: Snapshot | None) -> tuple[StreamState, list]:
-    """All responses next_response would send now, in order."""
-    out = []
-    while True:
-        state, resp = next_response(state, snap)
-        if resp is None:
-            return state, out
-        out.append(resp)
 
 
-def ack(state: StreamState, resp, names: tuple[str, ...] = ()) -> StreamState:
-    state, event = on_request(state, request(resp.type_url, resp.version_info, resp.nonce, names))
-    assert event.kind is EventKind.ACK
-    return state
 
 
 def unpack(resp, cls):

@@ -10,6 +10,7 @@ from envoy.config.route.v3 import route_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from google.rpc import status_pb2 as rpc_status_pb2
 
+from xds_server.xds.ads import EventKind, StreamState, next_response, on_request
 from xds_server.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE, Snapshot
 
 NODE_ID = "gw-1"
@@ -82,3 +83,20 @@ def request(
     if error is not None:
         req.error_detail.CopyFrom(rpc_status_pb2.Status(code=13, message=error))
     return req
+
+
+def drain(state: StreamState, snap: Snapshot | None) -> tuple[StreamState, list]:
+    """All responses next_response would send now, in order."""
+    out = []
+    while True:
+        state, resp = next_response(state, snap)
+        if resp is None:
+            return state, out
+        out.append(resp)
+
+
+def ack(state: StreamState, resp, names: tuple[str, ...] = ()) -> StreamState:
+    """Envoy's ACK of `resp` (asserts the state machine reads it as one)."""
+    state, event = on_request(state, request(resp.type_url, resp.version_info, resp.nonce, names))
+    assert event.kind is EventKind.ACK
+    return state
