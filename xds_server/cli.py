@@ -77,7 +77,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     async def serve() -> int:
         control = ControlPlane(args.dir, host=args.host, port=args.port, policy_host=args.host,
-                               policy_port=args.policy_port, approvals_port=args.approvals_port)  # fmt: skip
+                               policy_port=args.policy_port, approvals_port=args.approvals_port,
+                               authz_http_port=args.authz_http_port if args.authz_http_port >= 0 else None)  # fmt: skip
         await control.start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -85,8 +86,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, stop.set)
         service = control.policy_service
         assert service is not None
+        http = f" (ext_authz over HTTP on {service.authz_http_port})" if service.authz_http_port is not None else ""
         print(f"agentxds control plane: ADS on {args.host}:{control.port}, policy service on {args.host}:"
-              f"{service.port}, approvals on http://{args.host}:{service.approvals_port}, policies {args.dir}",
+              f"{service.port}{http}, approvals on http://{args.host}:{service.approvals_port}, policies {args.dir}",
               flush=True)  # fmt: skip
         await stop.wait()
         await control.stop()
@@ -170,6 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=DEFAULT_XDS_PORT, help="ADS and status API port (default 18000)")
     serve.add_argument("--policy-port", type=int, default=18001, help="policy service gRPC port (default 18001)")
     serve.add_argument("--approvals-port", type=int, default=18002, help="approvals HTTP API port (default 18002)")
+    serve.add_argument("--authz-http-port", type=int, default=18003,
+                       help="ext_authz over HTTP, for gateways with policyService.extAuthz: http (default 18003; -1: off)")
     serve.set_defaults(func=cmd_serve)
 
     validate = sub.add_parser("validate", help="check a policy directory; non-zero exit on errors")

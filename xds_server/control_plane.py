@@ -31,7 +31,8 @@ class ControlPlane:
     Envoys wait and the errors are in `last_reload`). `watch=False` disables
     the file watcher (reload by calling `reload()`). With `policy_port` set
     (0 = a free port) the policy service runs too, on `policy_host`, with its
-    approvals API on `approvals_port`; each published IR is handed to it.
+    approvals API on `approvals_port` and, unless `authz_http_port` is None, ext_authz over
+    HTTP on that port; each published IR is handed to it.
     """
 
     def __init__(
@@ -46,6 +47,7 @@ class ControlPlane:
         policy_host: str = "127.0.0.1",
         policy_port: int | None = None,
         approvals_port: int = 0,
+        authz_http_port: int | None = None,
     ) -> None:
         self.cache = SnapshotCache()
         self.recorder = StatusRecorder()
@@ -60,8 +62,8 @@ class ControlPlane:
         self.reloads = 0
         self.policy_service: PolicyService | None = None
         if policy_port is not None:
-            self.policy_service = PolicyService(host=policy_host, port=policy_port, approvals_host=policy_host,
-                                                approvals_port=approvals_port)  # fmt: skip
+            self.policy_service = PolicyService(host=policy_host, port=policy_port, authz_http_port=authz_http_port,
+                                                approvals_host=policy_host, approvals_port=approvals_port)  # fmt: skip
 
     @property
     def port(self) -> int:

@@ -73,6 +73,9 @@ def _ports_in_use(gateway: GatewayIR, policy: EndpointIR, approvals_port: int, d
     """What `up` would fail to listen on, with where to change it."""
     wanted = [(gateway.listen_address, gateway.listen_port, f"gateway listener (spec.listen of Gateway {gateway.name})"),
               (policy.host, policy.port, f"policy service (spec.policyService of Gateway {gateway.name})")]  # fmt: skip
+    if gateway.ext_authz_http is not None:
+        wanted.append((gateway.ext_authz_http.host, gateway.ext_authz_http.port,
+                       f"policy service, ext_authz over HTTP (spec.policyService.extAuthzHttpPort of Gateway {gateway.name})"))  # fmt: skip
     if approvals_port:
         wanted.append(("127.0.0.1", approvals_port, "approvals API (--approvals-port)"))
     if demo_dir is not None:
@@ -147,7 +150,8 @@ async def run_up(
             print(f"  {line}", file=out)
         return 1
     control = ControlPlane(policy_dir, on_reload=lambda r: _report(r, out), policy_host=policy.host,
-                           policy_port=policy.port, approvals_port=approvals_port)  # fmt: skip
+                           policy_port=policy.port, approvals_port=approvals_port,
+                           authz_http_port=gateway.ext_authz_http.port if gateway.ext_authz_http else None)  # fmt: skip
     await control.start()
     first = control.last_reload
     if first is None or not first.ok or control.pipeline.ir is None:
@@ -174,7 +178,8 @@ async def run_up(
         _print_banner(gateway, envoy, control.port, out)
         if control.policy_service is not None:
             service = control.policy_service
-            print(f"policy service    {service.host}:{service.port} (gRPC); approvals: agentxds approvals list "
+            http = f", {service.authz_http_port} (ext_authz over HTTP)" if service.authz_http_port is not None else ""
+            print(f"policy service    {service.host}:{service.port} (gRPC){http}; approvals: agentxds approvals list "
                   f"--url http://{service.approvals_host}:{service.approvals_port}", file=out, flush=True)  # fmt: skip
         print(f"envoy log         {envoy.log_path}", file=out, flush=True)
         await stop.wait()

@@ -25,7 +25,10 @@ GATEWAY = "e2e"
 IDENTITY_HEADER = "x-agent-id"
 
 
-def gateway_yaml(listen_port: int, policy_port: int, *, max_body: int = 8192, buffer: int = 65536) -> str:
+def gateway_yaml(listen_port: int, policy_port: int, *, max_body: int = 8192, buffer: int = 65536,
+                 authz_http_port: int | None = None) -> str:  # fmt: skip
+    """The e2e Gateway; with `authz_http_port`, ext_authz goes over HTTP to that port."""
+    http = f", extAuthz: http, extAuthzHttpPort: {authz_http_port}" if authz_http_port is not None else ""
     return f"""\
 apiVersion: agentxds.dev/v1
 kind: Gateway
@@ -34,7 +37,7 @@ spec:
   listen: {{address: 127.0.0.1, port: {listen_port}}}
   identity: {{trustedHeader: {IDENTITY_HEADER}}}
   limits: {{maxRequestBodyBytes: {max_body}, connectionBufferBytes: {buffer}}}
-  policyService: {{host: 127.0.0.1, port: {policy_port}}}
+  policyService: {{host: 127.0.0.1, port: {policy_port}{http}}}
 """
 
 
@@ -177,12 +180,14 @@ def write_policies(
     (policy_dir / "github-policy.yaml").write_text(policy_yaml)
 
 
-async def launch(policy_dir: Path, workdir: Path, listen_port: int, policy_port: int) -> tuple[ControlPlane, EnvoyProcess]:
+async def launch(policy_dir: Path, workdir: Path, listen_port: int, policy_port: int,
+                 authz_http_port: int | None = None) -> tuple[ControlPlane, EnvoyProcess]:  # fmt: skip
     """The control plane (with the policy service) on `policy_dir` and an Envoy it configures.
 
     Returns once the policies are published and Envoy's listener accepts connections.
     """
-    control = ControlPlane(policy_dir, port=0, debounce_ms=50, policy_port=policy_port, approvals_port=0)
+    control = ControlPlane(policy_dir, port=0, debounce_ms=50, policy_port=policy_port, approvals_port=0,
+                           authz_http_port=authz_http_port)  # fmt: skip
     await control.start()
     assert control.last_reload is not None and control.last_reload.ok, control.last_reload
     bootstrap = render_bootstrap(
@@ -199,15 +204,19 @@ async def launch(policy_dir: Path, workdir: Path, listen_port: int, policy_port:
     return control, envoy
 
 
-async def start_gateway(workdir: Path, backends: dict[str, McpBackend], **policy_opts: Any) -> RunningGateway:
+async def start_gateway(workdir: Path, backends: dict[str, McpBackend], *, ext_authz: str = "grpc",
+                        **policy_opts: Any) -> RunningGateway:  # fmt: skip
     """Policies + control plane (with the policy service) + Envoy; returns once Envoy's listener accepts connections.
 
-    `policy_opts` go to `write_policies` (backend_extra, policy_yaml, gateway limits).
+    `ext_authz` is the Gateway's policyService.extAuthz (grpc | http); `policy_opts` go to
+    `write_policies` (backend_extra, policy_yaml, gateway limits).
     """
     listen_port, policy_port = free_port(), free_port()
+    authz_http_port = free_port() if ext_authz == "http" else None
     policy_dir = workdir / "policies"
-    write_policies(policy_dir, listen_port, backends, policy_port=policy_port, **policy_opts)
-    control, envoy = await launch(policy_dir, workdir, listen_port, policy_port)
+    write_policies(policy_dir, listen_port, backends, policy_port=policy_port, authz_http_port=authz_http_port,
+                   **policy_opts)  # fmt: skip
+    control, envoy = await launch(policy_dir, workdir, listen_port, policy_port, authz_http_port)
     return RunningGateway(policy_dir, control, envoy, listen_port, dict(backends))
 
 

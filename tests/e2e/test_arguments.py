@@ -80,6 +80,8 @@ async def test_arguments_are_checked_by_envoy(gateway: RunningGateway, mode: str
               if r["body"] and json.loads(r["body"]).get("method") == "tools/call"]  # fmt: skip
     assert called == [{"repo": "acme/web", "title": "Fix the build"}, {"repo": "acme/api", "number": 1}]
     # Decided by Envoy alone: no policy-service decision for a tools/call.
+    assert gateway.control.policy_service is not None
+    gateway.control.policy_service.flush_decisions()  # written in batches, within 100 ms
     assert not [r for r in caplog.records if r.name == "agentxds.decisions" and "tool" in r.getMessage()]
     stats = gateway.envoy.stats()
     assert not any(k.endswith("ext_authz.ok") and int(v) > 0 for k, v in stats.items() if isinstance(v, int))

@@ -3,6 +3,8 @@
 Conditions on arguments, quotas that count tool calls, approvals, per-caller
 lists (JSON and SSE answers, both protocol revisions), and what happens when
 the policy service goes away (fail closed by default, fail open on request).
+Every test runs twice: with ext_authz over gRPC and over HTTP (the Gateway's
+policyService.extAuthz).
 """
 
 from __future__ import annotations
@@ -67,11 +69,12 @@ spec:
 WIKI_FAILS_OPEN = "  policyService: {failOpen: true}\n"
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def gateway(mcp_backend_factory_module: Any, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RunningGateway]:
-    github = mcp_backend_factory_module(name="github")  # answers with SSE
-    wiki = mcp_backend_factory_module(name="wiki", json_response=True)  # answers with plain JSON
-    gw = await start_gateway(tmp_path_factory.mktemp("gateway"), {"github": github, "wiki": wiki},
+@pytest_asyncio.fixture(scope="module", loop_scope="session", params=["grpc", "http"])
+async def gateway(request: pytest.FixtureRequest, mcp_backend_factory_module: Any,
+                  tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RunningGateway]:  # fmt: skip
+    github = mcp_backend_factory_module(name=f"github-{request.param}")  # answers with SSE
+    wiki = mcp_backend_factory_module(name=f"wiki-{request.param}", json_response=True)  # answers with plain JSON
+    gw = await start_gateway(tmp_path_factory.mktemp("gateway"), {"github": github, "wiki": wiki}, ext_authz=request.param,
                              policy_yaml=POLICY, backend_extra={"wiki": WIKI_FAILS_OPEN})  # fmt: skip
     yield gw
     await stop_gateway(gw)
@@ -250,7 +253,7 @@ async def test_each_caller_sees_only_what_it_may_use(gateway: RunningGateway, mo
 async def test_policy_service_down_fails_closed_then_recovers(gateway: RunningGateway) -> None:
     service = gateway.control.policy_service
     assert service is not None
-    port, approvals_port = service.port, service.approvals_port
+    port, approvals_port, authz_http_port = service.port, service.approvals_port, service.authz_http_port
     await service.stop()
     replacement: PolicyService | None = None
     try:
@@ -271,7 +274,7 @@ async def test_policy_service_down_fails_closed_then_recovers(gateway: RunningGa
         assert opened == "created issue in acme/web: a title far longer than twenty"
         del native
 
-        replacement = PolicyService(port=port, approvals_port=approvals_port)
+        replacement = PolicyService(port=port, approvals_port=approvals_port, authz_http_port=authz_http_port)
         await replacement.start()
         assert gateway.control.pipeline.ir is not None
         replacement.update(gateway.control.pipeline.ir)
@@ -292,6 +295,8 @@ async def test_decisions_are_logged_with_the_rule_that_decided(
     async with mcp_client(gateway.url(), agent("executor"), "modern") as client:
         await call(client, "create_issue", repo="evil/web", title="t")
         await call(client, "create_issue", repo="acme/web", title="t")
+    assert gateway.control.policy_service is not None
+    gateway.control.policy_service.flush_decisions()  # written in batches, within 100 ms
     records = [json.loads(r.getMessage()) for r in caplog.records if r.name == "agentxds.decisions"]
     calls = [r for r in records if r.get("tool") == "create_issue"]
     assert calls[-2] == {"agent": "executor", "allowed": False, "backend": "github", "reason": "condition_not_met",

@@ -392,6 +392,7 @@ async def test_check_sets_the_exchanged_token_and_removes_the_callers_credential
     with caplog.at_level(logging.INFO, logger="agentxds.decisions"):
         response = await ExtAuthzServicer(svc).Check(
             check_request("tx", body=tool_call("whoami"), headers=CALLER, jwt=ALICE), None)  # type: ignore[arg-type]
+        svc.flush_decisions()
     assert response.status.code == 0
     ok = response.ok_response
     assert [(h.header.key, h.header.value, h.append_action) for h in ok.headers] == [

@@ -208,6 +208,27 @@ def test_limits_conflict_is_reported_on_max_request_body_bytes() -> None:
     ]
 
 
+def test_ext_authz_over_http_is_refused_where_identity_needs_grpc() -> None:
+    gateway = GATEWAY.replace("  identity: {trustedHeader: x-agent-id}\n", "") + (
+        "  policyService: {extAuthz: http}\n"
+        "  identity:\n"
+        "    jwtProviders:\n"
+        "      - {name: corp, issuer: 'https://idp.test', jwks: {inline: '{\"keys\": []}'}}\n"
+    )
+    assert errors({**BASE, "gateway.yaml": gateway}) == [
+        "gateway.yaml:6: Gateway/default spec.policyService.extAuthz: policyService.extAuthz http carries no JWT "
+        "claims or client certificates to the policy service: use extAuthz grpc on a gateway with "
+        "identity.jwtProviders or tls.clientCertificates"
+    ]
+
+
+def test_ext_authz_over_http_is_accepted_with_header_identity() -> None:
+    gateway = GATEWAY + "  policyService: {extAuthz: http, extAuthzHttpPort: 18013}\n"
+    policy_set = load_texts({**BASE, "gateway.yaml": gateway})
+    service = policy_set.gateways[0].doc.spec.policy_service
+    assert (service.ext_authz, service.ext_authz_http_port, service.port) == ("http", 18013, 18001)
+
+
 def test_duplicate_name_points_at_first() -> None:
     again = AGENTS.split("---\n")[0].replace("header: triage", "header: other")
     assert errors({**BASE, "zz.yaml": again}) == [

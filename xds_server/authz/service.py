@@ -1,5 +1,5 @@
-"""The policy service: ext_authz + ext_proc over gRPC, the approvals HTTP API, tool refresh,
-delegated backend credentials.
+"""The policy service: ext_authz + ext_proc over gRPC, ext_authz over HTTP, the approvals HTTP
+API, tool refresh, delegated backend credentials.
 
 It reads the same IR as the translators (never the raw YAML): the control
 plane calls `update(ir)` after each published change. Quota counts, approvals,
@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import socket
+from collections.abc import Mapping
 from typing import Any
 
 import grpc
@@ -23,8 +23,10 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc
 from xds_server.authz.approvals import ApprovalStore
 from xds_server.authz.approvals_http import build_app
 from xds_server.authz.credentials import CredentialIssuer
+from xds_server.authz.decision_log import DecisionLog
 from xds_server.authz.engine import Engine
 from xds_server.authz.ext_authz import ExtAuthzServicer
+from xds_server.authz.ext_authz_http import ExtAuthzHttpProtocol
 from xds_server.authz.ext_proc import ExtProcServicer
 from xds_server.authz.quota import QuotaStore
 from xds_server.authz.state import PolicyIndex
@@ -45,22 +47,29 @@ def _listen_socket(host: str, port: int) -> socket.socket:
 
 
 class PolicyService:
-    """Serve decisions on `host:port` (gRPC) and approvals on `approvals_host:approvals_port` (HTTP).
+    """Serve decisions on `host:port` (gRPC: ext_authz and ext_proc) and, if `authz_http_port` is
+    not None, on `host:authz_http_port` (ext_authz over HTTP/1.1), and approvals on
+    `approvals_host:approvals_port` (HTTP).
 
-    Port 0 picks a free port; read the bound ports from `port` and `approvals_port` after `start()`.
+    Port 0 picks a free port; read the bound ports from `port`, `authz_http_port` and
+    `approvals_port` after `start()`.
     """
 
-    def __init__(self, *, host: str = "127.0.0.1", port: int = 18001,
+    def __init__(self, *, host: str = "127.0.0.1", port: int = 18001, authz_http_port: int | None = None,
                  approvals_host: str = "127.0.0.1", approvals_port: int = 18002) -> None:  # fmt: skip
         self.host, self.port = host, port
+        self.authz_http_port = authz_http_port
         self.approvals_host, self.approvals_port = approvals_host, approvals_port
         self.index = PolicyIndex()
         self.approvals = ApprovalStore()
         self.engine = Engine(QuotaStore(), self.approvals)
         self.guard = GuardState()
         self.credentials = CredentialIssuer()
+        self.decision_log = DecisionLog(decisions)
         self._grpc: grpc.aio.Server | None = None
         self._http: uvicorn.Server | None = None
+        self._authz_http: asyncio.Server | None = None
+        self._authz_http_transports: set[asyncio.BaseTransport] = set()
         self._http_task: asyncio.Task[None] | None = None
         self._refreshers: dict[str, asyncio.Task[None]] = {}
 
@@ -82,8 +91,13 @@ class PolicyService:
                     old.cancel()
                 self._refreshers[name] = asyncio.create_task(self._refresh_loop(backend), name=f"refresh-{name}")
 
-    def log_decision(self, record: dict[str, Any]) -> None:
-        decisions.info(json.dumps(record, sort_keys=True, default=str))
+    def log_decision(self, record: Mapping[str, Any]) -> None:
+        """Queue one decision for the decision log (written within 100 ms; see decision_log.py)."""
+        self.decision_log.record(record)
+
+    def flush_decisions(self) -> None:
+        """Write the queued decisions to the decision log now."""
+        self.decision_log.flush()
 
     # -- tool guard --------------------------------------------------------
 
@@ -122,14 +136,21 @@ class PolicyService:
         await server.start()
         self._grpc = server
 
+        if self.authz_http_port is not None:
+            authz_sock = _listen_socket(self.host, self.authz_http_port)
+            self.authz_http_port = authz_sock.getsockname()[1]
+            self._authz_http = await asyncio.get_running_loop().create_server(
+                lambda: ExtAuthzHttpProtocol(self, self._authz_http_transports), sock=authz_sock)
+
         sock = _listen_socket(self.approvals_host, self.approvals_port)
         self.approvals_port = sock.getsockname()[1]
         config = uvicorn.Config(build_app(self.approvals), log_level="warning", lifespan="off")
         self._http = uvicorn.Server(config)
         self._http_task = asyncio.create_task(self._http.serve(sockets=[sock]), name="approvals-http")
         self.update_running()
-        log.info("policy service on %s:%d (gRPC), approvals on http://%s:%d",
-                 self.host, self.port, self.approvals_host, self.approvals_port)  # fmt: skip
+        log.info("policy service on %s:%d (gRPC)%s, approvals on http://%s:%d", self.host, self.port,
+                 f", ext_authz over HTTP on port {self.authz_http_port}" if self._authz_http else "",
+                 self.approvals_host, self.approvals_port)  # fmt: skip
         return self
 
     def update_running(self) -> None:
@@ -150,7 +171,13 @@ class PolicyService:
         if self._http_task is not None:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(self._http_task, timeout=5)
+        if self._authz_http is not None:
+            self._authz_http.close()
+            for transport in list(self._authz_http_transports):
+                transport.close()  # Envoy's kept-alive connections: no more decisions from this instance
+            self._authz_http = None
         if self._grpc is not None:
             await self._grpc.stop(grace=1.0)
             self._grpc = None
         await self.credentials.aclose()
+        self.flush_decisions()

@@ -303,6 +303,8 @@ def _gateway_ir(located: Located[Gateway], policy_set: PolicySet) -> GatewayIR:
         agents=agents,
         backends=backends,
         policy_service=EndpointIR(spec.policy_service.host, spec.policy_service.port),
+        ext_authz_http=(EndpointIR(spec.policy_service.host, spec.policy_service.ext_authz_http_port)
+                        if spec.policy_service.ext_authz == "http" else None),
         tls=tls,
     )
 

@@ -362,6 +362,7 @@ class GatewayIR:
     agents: tuple[AgentIR, ...]  # every agent known to this gateway, sorted by name
     backends: tuple[BackendIR, ...]  # sorted by name
     policy_service: EndpointIR | None = None  # where Envoy reaches the policy service
+    ext_authz_http: EndpointIR | None = None  # ext_authz over HTTP/1.1 here; None: over gRPC at policy_service
     tls: DownstreamTlsIR | None = None
 
 

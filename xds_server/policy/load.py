@@ -209,8 +209,8 @@ def _has_item_errors(path: Path, locs: Iterable[tuple[Any, ...]]) -> bool:
 def _error_path(err: ErrorDetails) -> Path:
     path: list[Any] = [p for p in err["loc"] if p != "[key]"]
     at = (err.get("ctx") or {}).get("at")
-    if at:  # a model validator blaming one of its own fields
-        path.append(at)
+    if at:  # a model validator blaming one of its fields ("a.b" for a nested one)
+        path.extend(str(at).split("."))
     return tuple(path)
 
 

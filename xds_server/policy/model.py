@@ -119,12 +119,24 @@ class Limits(StrictModel):
 
 
 class PolicyServiceAddress(StrictModel):
-    """Where this gateway's Envoys reach the agentxds policy service (ext_authz/ext_proc over gRPC)."""
+    """Where this gateway's Envoys reach the agentxds policy service (ext_proc over gRPC; ext_authz
+    over gRPC or HTTP)."""
 
     host: Annotated[str, AfterValidator(_check_host)] = Field(
         default="127.0.0.1", description="IP address or DNS name of the policy service."
     )
     port: Port = Field(default=18001, description="Its gRPC port (`agentxds serve --policy-port`, default 18001).")
+    ext_authz: Literal["grpc", "http"] = Field(
+        default="grpc",
+        description="How Envoy asks for decisions: `grpc` (Authorization.Check on `port`), or `http` "
+        "(plain HTTP/1.1 on `extAuthzHttpPort`: less latency per decision, for gateways whose agents "
+        "are identified by header or API key).",
+    )
+    ext_authz_http_port: Port = Field(
+        default=18003,
+        description="Its HTTP ext_authz port (`agentxds serve --authz-http-port`, default 18003); "
+        "used when extAuthz is http.",
+    )
 
 
 class GatewaySpec(StrictModel):
@@ -138,6 +150,22 @@ class GatewaySpec(StrictModel):
         default_factory=PolicyServiceAddress,
         description="The policy service, used only by backends whose rules or settings need it.",
     )
+
+    @model_validator(mode="after")
+    def _http_authz_identity(self) -> GatewaySpec:
+        # Over HTTP, Envoy sends the policy service headers and the body only:
+        # no verified JWT payloads and no client certificate. Refuse rather than
+        # decide without the identity the gateway was told to use.
+        if self.policy_service.ext_authz != "http":
+            return self
+        if self.identity.jwt_providers or (self.tls is not None and self.tls.client_certificates is not None):
+            raise PydanticCustomError(
+                "ext_authz_http_identity",
+                "policyService.extAuthz http carries no JWT claims or client certificates to the policy "
+                "service: use extAuthz grpc on a gateway with identity.jwtProviders or tls.clientCertificates",
+                {"at": "policyService.extAuthz"},
+            )
+        return self
 
 
 class Gateway(StrictModel):

@@ -14,7 +14,7 @@ from xds_server.ir.types import IR, ApiKeyPrincipal, GatewayIR
 from xds_server.translate.cluster import build_cluster, build_load_assignment
 from xds_server.translate.jwt import jwks_clusters
 from xds_server.translate.listener import build_listener
-from xds_server.translate.policy_service import gateway_needs_policy_service, policy_cluster
+from xds_server.translate.policy_service import gateway_needs_policy_service, policy_cluster, policy_http_cluster
 from xds_server.translate.route import build_route_config
 from xds_server.translate.secret_refs import read_secret
 from xds_server.translate.tls import gateway_secrets
@@ -47,6 +47,8 @@ def translate_gateway(gateway: GatewayIR) -> GatewayResources:
     clusters = [build_cluster(b) for b in gateway.backends]
     if gateway_needs_policy_service(gateway) and gateway.policy_service is not None:
         clusters.append(policy_cluster(gateway.policy_service))
+        if gateway.ext_authz_http is not None:
+            clusters.append(policy_http_cluster(gateway.ext_authz_http))
     clusters += jwks_clusters(gateway)  # where remote JWKS are fetched from
     endpoints = [cla for b in gateway.backends if (cla := build_load_assignment(b)) is not None]
     return GatewayResources(

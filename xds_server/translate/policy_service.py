@@ -18,6 +18,11 @@ headers, before the body is read, which is never a metadata-matched route.
 A per-route `disabled: true` is read when the filter runs, after the route
 was chosen again.
 
+ext_authz speaks gRPC to the policy service, or plain HTTP/1.1 when the
+Gateway says `extAuthz: http` (cheaper per call). Over HTTP the backend's
+name travels in the path (a per-route `path_prefix`, since context_extensions
+are gRPC-only) and only the gateway's identity headers are sent along.
+
 Fail-closed or fail-open is a per-backend choice, but ext_authz's
 `failure_mode_allow` is per filter: there are two ext_authz filters, one of
 each kind, and a route enables the one its backend asks for. ext_proc can
@@ -36,6 +41,7 @@ from xds_server.translate.names import MCP_METADATA_NAMESPACE
 from xds_server.translate.proto import to_message, typed
 
 POLICY_CLUSTER = "agentxds/policy-service"
+POLICY_HTTP_CLUSTER = "agentxds/policy-service-http"  # ext_authz over HTTP/1.1
 EXT_AUTHZ_CLOSED = "envoy.filters.http.ext_authz/fail-closed"
 EXT_AUTHZ_OPEN = "envoy.filters.http.ext_authz/fail-open"
 EXT_PROC = "envoy.filters.http.ext_proc"
@@ -53,22 +59,32 @@ def gateway_needs_policy_service(gateway: GatewayIR) -> bool:
 
 def policy_cluster(endpoint: EndpointIR) -> Cluster:
     """The gRPC (HTTP/2) cluster of the policy service."""
+    return _cluster(POLICY_CLUSTER, endpoint, http2=True)
+
+
+def policy_http_cluster(endpoint: EndpointIR) -> Cluster:
+    """The HTTP/1.1 cluster of the policy service's ext_authz (extAuthz: http)."""
+    return _cluster(POLICY_HTTP_CLUSTER, endpoint, http2=False)
+
+
+def _cluster(name: str, endpoint: EndpointIR, *, http2: bool) -> Cluster:
     body: dict[str, Any] = {
-        "name": POLICY_CLUSTER,
+        "name": name,
         "type": "STATIC" if _is_ip(endpoint.host) else "STRICT_DNS",
         "connect_timeout": "1s",
-        "typed_extension_protocol_options": {
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": typed(
-                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                {"explicit_http_config": {"http2_protocol_options": {}}},
-            )
-        },
         "load_assignment": {
-            "cluster_name": POLICY_CLUSTER,
+            "cluster_name": name,
             "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {
                 "address": endpoint.host, "port_value": endpoint.port}}}}]}],
         },  # fmt: skip
     }
+    if http2:
+        body["typed_extension_protocol_options"] = {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": typed(
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                {"explicit_http_config": {"http2_protocol_options": {}}},
+            )
+        }
     return to_message(Cluster, body)
 
 
@@ -80,21 +96,46 @@ def _authz_timeout(gateway: GatewayIR) -> int:
     return max((b.policy_service.timeout_ms for b in gateway.backends), default=250)
 
 
+def _http_service(gateway: GatewayIR, backend: str) -> dict[str, Any]:
+    """ext_authz over HTTP: `POST /check/<backend><path>`; denials pass their JSON-RPC body through."""
+    return {
+        "server_uri": {"uri": "http://agentxds-policy-service", "cluster": POLICY_HTTP_CLUSTER,
+                       "timeout": f"{_authz_timeout(gateway) / 1000:.3f}s"},  # fmt: skip
+        "path_prefix": f"/check/{backend}",
+        "authorization_response": {
+            "allowed_client_headers": {"patterns": [{"exact": "content-type"}, {"exact": "retry-after"}]},
+        },
+    }
+
+
+def _identity_headers(gateway: GatewayIR) -> list[str]:
+    """The headers the policy service identifies agents by (all it needs besides the body)."""
+    headers = {gateway.identity.api_key_header}
+    if gateway.identity.trusted_header:
+        headers.add(gateway.identity.trusted_header)
+    return sorted(headers)
+
+
 def ext_authz_filters(gateway: GatewayIR) -> list[dict[str, Any]]:
     """Both ext_authz filters (every route says which, if any, applies to it)."""
     filters = []
     for name, fail_open in ((EXT_AUTHZ_CLOSED, False), (EXT_AUTHZ_OPEN, True)):
-        config = {
-            "grpc_service": _grpc_service(_authz_timeout(gateway)),
+        config: dict[str, Any] = {
             "transport_api_version": "V3",
             "failure_mode_allow": fail_open,
             # The service needs the arguments: send the whole body (bounded by
             # the MCP filter's limit, which is already enforced).
             "with_request_body": {"max_request_bytes": gateway.max_request_body_bytes, "allow_partial_message": False},
-            # The MCP request (method, tool) and the verified JWT claims (the user).
-            "metadata_context_namespaces": [MCP_METADATA_NAMESPACE, "envoy.filters.http.jwt_authn"],
             "status_on_error": {"code": "ServiceUnavailable"},
         }
+        if gateway.ext_authz_http is not None:
+            # No route without its own path_prefix reaches the filter; "-" names no backend (refused).
+            config["http_service"] = _http_service(gateway, "-")
+            config["allowed_headers"] = {"patterns": [{"exact": h} for h in _identity_headers(gateway)]}
+        else:
+            config["grpc_service"] = _grpc_service(_authz_timeout(gateway))
+            # The MCP request (method, tool) and the verified JWT claims (the user).
+            config["metadata_context_namespaces"] = [MCP_METADATA_NAMESPACE, "envoy.filters.http.jwt_authn"]
         filters.append({"name": name, "typed_config": typed(EXT_AUTHZ_TYPE, config)})
     return filters
 
@@ -179,11 +220,14 @@ def no_policy_filters() -> dict[str, Any]:
             EXT_PROC: _off(EXT_PROC_PER_ROUTE)}  # fmt: skip
 
 
-def enable_ext_authz(backend: BackendIR) -> dict[str, Any]:
+def enable_ext_authz(backend: BackendIR, gateway: GatewayIR) -> dict[str, Any]:
     """typed_per_filter_config: the backend's ext_authz filter on (the other and ext_proc off)."""
     name = EXT_AUTHZ_OPEN if backend.policy_service.fail_open else EXT_AUTHZ_CLOSED
-    per_route = typed(EXT_AUTHZ_PER_ROUTE, {"check_settings": {"context_extensions": {"backend": backend.name}}})
-    return {**no_policy_filters(), name: per_route}
+    if gateway.ext_authz_http is not None:
+        settings = {"http_service": _http_service(gateway, backend.name)}
+    else:
+        settings = {"context_extensions": {"backend": backend.name}}
+    return {**no_policy_filters(), name: typed(EXT_AUTHZ_PER_ROUTE, {"check_settings": settings})}
 
 
 def _ext_proc_on(backend: BackendIR) -> dict[str, Any]:
@@ -199,6 +243,6 @@ def enable_ext_proc(backend: BackendIR) -> dict[str, Any]:
     return {**no_policy_filters(), EXT_PROC: _ext_proc_on(backend)}
 
 
-def enable_ext_authz_and_ext_proc(backend: BackendIR) -> dict[str, Any]:
+def enable_ext_authz_and_ext_proc(backend: BackendIR, gateway: GatewayIR) -> dict[str, Any]:
     """typed_per_filter_config for list requests on a delegated backend: credential and filtering."""
-    return {**enable_ext_authz(backend), EXT_PROC: _ext_proc_on(backend)}
+    return {**enable_ext_authz(backend, gateway), EXT_PROC: _ext_proc_on(backend)}

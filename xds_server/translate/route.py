@@ -43,12 +43,12 @@ def _backend_routes(backend: BackendIR, gateway: GatewayIR) -> list[dict[str, An
         # list answers are also filtered, so their route turns both filters on.
         routes = []
         if lists is not None:
-            routes.append(_backend_route(backend, gateway, lists, policy_service.enable_ext_authz_and_ext_proc(backend)))
+            routes.append(_backend_route(backend, gateway, lists, policy_service.enable_ext_authz_and_ext_proc(backend, gateway)))
         assert authz is not None
-        return routes + [_backend_route(backend, gateway, authz, policy_service.enable_ext_authz(backend))]
+        return routes + [_backend_route(backend, gateway, authz, policy_service.enable_ext_authz(backend, gateway))]
     routes = []
     if authz is not None:
-        routes.append(_backend_route(backend, gateway, authz, policy_service.enable_ext_authz(backend)))
+        routes.append(_backend_route(backend, gateway, authz, policy_service.enable_ext_authz(backend, gateway)))
     if lists is not None:
         routes.append(_backend_route(backend, gateway, lists, policy_service.enable_ext_proc(backend)))
     return routes + [native]

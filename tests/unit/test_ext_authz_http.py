@@ -1,0 +1,203 @@
+"""ext_authz over HTTP/1.1: the policy service's plain-HTTP front, spoken to over a real socket.
+
+What Envoy sends (`POST /check/<backend><path>`, identity headers, the body)
+and what it needs back (200 allows; anything else is the client's reply).
+Envoy itself drives this adapter in tests/e2e/test_policy_service.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from xds_server import errors
+from xds_server.authz.decision_log import DecisionLog
+from xds_server.authz.ext_authz_http import backend_of
+from xds_server.authz.service import PolicyService
+from xds_server.pipeline import compile_policies
+
+POLICIES = """\
+apiVersion: agentxds.dev/v1
+kind: Gateway
+metadata: {name: gw}
+spec:
+  listen: {address: 127.0.0.1, port: 10100}
+  identity: {trustedHeader: x-agent-id}
+  policyService: {extAuthz: http}
+---
+apiVersion: agentxds.dev/v1
+kind: MCPBackend
+metadata: {name: github}
+spec:
+  endpoints: [{host: 127.0.0.1, port: 18100}]
+---
+apiVersion: agentxds.dev/v1
+kind: Agent
+metadata: {name: executor}
+spec: {identity: {header: executor}}
+---
+apiVersion: agentxds.dev/v1
+kind: MCPPolicy
+metadata: {name: github}
+spec:
+  backend: github
+  rules:
+    - agents: [executor]
+      tools: [create_issue]
+      when: 'args.repo.startsWith("acme/")'
+    - agents: [executor]
+      tools: [list_issues]
+      quota: {calls: 1, per: 1m}
+"""
+
+
+@pytest_asyncio.fixture
+async def service(tmp_path: Path) -> AsyncIterator[PolicyService]:
+    (tmp_path / "policies.yaml").write_text(POLICIES)
+    ir, _ = compile_policies(tmp_path)
+    svc = PolicyService(port=0, authz_http_port=0, approvals_port=0)
+    await svc.start()
+    svc.update(ir)
+    yield svc
+    await svc.stop()
+
+
+def tool_call(tool: str, request_id: Any = 1, **arguments: Any) -> bytes:
+    body = {"jsonrpc": "2.0", "id": request_id, "method": "tools/call", "params": {"name": tool, "arguments": arguments}}
+    return json.dumps(body).encode()
+
+
+def check(body: bytes, *, backend: str = "github", agent: str = "executor", method: str = "POST") -> bytes:
+    """The request Envoy's ext_authz filter sends for a call to /mcp/<backend>."""
+    head = (f"{method} /check/{backend}/mcp/{backend} HTTP/1.1\r\nhost: gw\r\ncontent-length: {len(body)}\r\n"
+            f"x-agent-id: {agent}\r\nx-envoy-internal: true\r\n\r\n")  # fmt: skip
+    return head.encode() + body
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = dict(line.split(": ", 1) for line in lines[1:] if line)
+    body = await reader.readexactly(int(headers["content-length"]))
+    return status, headers, body
+
+
+async def exchange(service: PolicyService, *requests: bytes) -> list[tuple[int, dict[str, str], bytes]]:
+    """Send the requests one after another on one connection; return the answers."""
+    assert service.authz_http_port is not None
+    reader, writer = await asyncio.open_connection("127.0.0.1", service.authz_http_port)
+    try:
+        answers = []
+        for request in requests:
+            writer.write(request)
+            answers.append(await read_response(reader))
+        return answers
+    finally:
+        writer.close()
+
+
+def test_backend_of_splits_the_check_path() -> None:
+    assert backend_of("/check/github/mcp/github") == ("github", "/mcp/github")
+    assert backend_of("/check/github") == ("github", "")
+    assert backend_of("/mcp/github") == ("", "/mcp/github")
+
+
+async def test_an_allowed_call_gets_an_empty_200(service: PolicyService) -> None:
+    [(status, headers, body)] = await exchange(service, check(tool_call("create_issue", repo="acme/web")))
+    assert (status, headers["content-length"], body) == (200, "0", b"")
+
+
+async def test_a_refusal_is_the_json_rpc_error_the_client_gets(service: PolicyService) -> None:
+    [(status, headers, body)] = await exchange(service, check(tool_call("create_issue", "req-7", repo="evil/web")))
+    assert status == errors.CONDITION_NOT_MET.http_status == 403
+    assert headers["content-type"] == "application/json"
+    answer = json.loads(body)
+    assert answer["id"] == "req-7"
+    assert answer["error"]["code"] == errors.CONDITION_NOT_MET.code
+    assert answer["error"]["data"] == {"reason": "condition_not_met", "tool": "create_issue", "backend": "github",
+                                       "rule": "github/rules[0]"}  # fmt: skip
+
+
+async def test_one_connection_serves_many_checks_and_quotas_say_when_to_retry(service: PolicyService) -> None:
+    answers = await exchange(service, check(tool_call("list_issues")), check(tool_call("list_issues")),
+                             check(tool_call("create_issue", repo="acme/web")))  # fmt: skip
+    assert [status for status, _, _ in answers] == [200, 429, 200]
+    _, headers, body = answers[1]
+    retry = json.loads(body)["error"]["data"]["retryAfterSeconds"]
+    assert headers["retry-after"] == str(retry) and 1 <= retry <= 60
+
+
+@pytest.mark.parametrize(("backend", "agent", "kind"), [
+    ("-", "executor", errors.METHOD_DENIED),       # a route without its own path_prefix
+    ("gitlab", "executor", errors.METHOD_DENIED),  # not a backend of the current policies
+    ("github", "nobody", errors.UNKNOWN_AGENT),
+])  # fmt: skip
+async def test_what_it_cannot_place_is_refused(service: PolicyService, backend: str, agent: str, kind: errors.ErrorKind) -> None:
+    [(status, _, body)] = await exchange(service, check(tool_call("create_issue", repo="acme/web"), backend=backend, agent=agent))
+    assert status == kind.http_status
+    assert json.loads(body)["error"]["data"]["reason"] == kind.reason
+
+
+@pytest.mark.parametrize("request_bytes", [
+    b"NOT HTTP AT ALL\r\n\r\n",
+    b"POST /check/github/mcp HTTP/1.1\r\ncontent-length: 5\r\ncontent-length: 7\r\n\r\nhello!!",
+])  # fmt: skip
+async def test_an_unparseable_request_gets_400_and_the_connection_closes(service: PolicyService, request_bytes: bytes) -> None:
+    assert service.authz_http_port is not None
+    reader, writer = await asyncio.open_connection("127.0.0.1", service.authz_http_port)
+    writer.write(request_bytes)
+    status, headers, _ = await read_response(reader)
+    assert status == 400 and headers["connection"] == "close"
+    assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the service
+    writer.close()
+
+
+async def test_stopping_closes_envoys_kept_alive_connections(service: PolicyService) -> None:
+    assert service.authz_http_port is not None
+    reader, writer = await asyncio.open_connection("127.0.0.1", service.authz_http_port)
+    writer.write(check(tool_call("create_issue", repo="acme/web")))
+    assert (await read_response(reader))[0] == 200
+    await service.stop()
+    # No decision from a stopped service: Envoy must reconnect (and fail closed if it cannot).
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    writer.close()
+
+
+# ---------------------------------------------------------------- the decision log
+
+
+async def test_decisions_are_logged_in_batches_with_their_own_time(caplog: pytest.LogCaptureFixture) -> None:
+    log = DecisionLog(logging.getLogger("agentxds.decisions.test"), interval_s=0.05)
+    with caplog.at_level(logging.INFO, logger="agentxds.decisions.test"):
+        decided = time.time()
+        log.record({"tool": "a", "allowed": True})
+        log.record({"tool": "b", "allowed": False})
+        assert caplog.records == []  # nothing written on the request path
+        await asyncio.sleep(0.2)
+    assert [json.loads(r.getMessage())["tool"] for r in caplog.records] == ["a", "b"]
+    assert all(abs(r.created - decided) < 0.05 for r in caplog.records)
+
+
+def test_without_an_event_loop_a_decision_is_logged_at_once(caplog: pytest.LogCaptureFixture) -> None:
+    log = DecisionLog(logging.getLogger("agentxds.decisions.test"))
+    with caplog.at_level(logging.INFO, logger="agentxds.decisions.test"):
+        log.record({"tool": "a"})
+    assert [r.getMessage() for r in caplog.records] == ['{"tool": "a"}']
+
+
+async def test_stopping_the_service_writes_what_is_queued(service: PolicyService, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="agentxds.decisions"):
+        await exchange(service, check(tool_call("create_issue", repo="acme/web")))
+        await service.stop()
+    logged = [json.loads(r.getMessage()) for r in caplog.records if r.name == "agentxds.decisions"]
+    assert logged == [{"agent": "executor", "allowed": True, "backend": "github", "reason": "allowed",
+                       "rule": "github/rules[0]", "tool": "create_issue"}]  # fmt: skip
