@@ -1,22 +1,23 @@
 """Where the ext_authz path's added latency goes: the decision, or the hop to it?
 
-    .venv/bin/python bench/authz_profile.py              # about 2 minutes
-    .venv/bin/python bench/authz_profile.py --rounds 5   # more rounds, less noise (about 4 minutes)
+    .venv/bin/python bench/authz_profile.py              # about 3 minutes
+    .venv/bin/python bench/authz_profile.py --rounds 5   # more rounds, less noise (about 7 minutes)
 
 Three measurements, all on the same machine as bench/run.py:
 
 1. In process, no network: what one decision costs in Python (parse the
    CheckRequest, `check_tool_call` with its CEL condition, the decision-log
-   line, build the CheckResponse), timed with `timeit` against the same policy
-   copy bench/run.py uses.
+   record, build the CheckResponse; and the HTTP adapter's whole body),
+   timed with `timeit` against the same policy copy bench/run.py uses.
 2. Through Envoy, one connection (wrk -c1), the native `allowed` path against
-   the `authz` path, with three different ext_authz servers behind the
-   Gateway's `policyService`: the real policy service (`agentxds serve`), and
-   two no-op servers that answer OK without looking at the request (grpc.aio,
-   like the policy service, and the thread-pool grpc server). If the no-op
-   servers add as much as the real one, the time is in the hop (Envoy's
-   ext_authz call, the Python gRPC stack, scheduling), not in the decision.
-   The rounds are interleaved so drifting machine load hits every variant.
+   the `authz` path, with five different ext_authz servers behind the
+   Gateway's `policyService`: the real policy service (`agentxds serve`) over
+   gRPC and over HTTP (`extAuthz: http`), and three no-op servers that answer
+   OK without looking at the request (grpc.aio, like the policy service; the
+   thread-pool grpc server; raw asyncio HTTP/1.1). If a no-op server adds as
+   much as the real one, the time is in the hop (Envoy's ext_authz call, the
+   Python gRPC or HTTP stack, scheduling), not in the decision. The rounds
+   are interleaved so drifting machine load hits every variant.
 3. CPU time of the ext_authz server process per request (from /proc), during
    the authz runs of 2.
 
@@ -48,6 +49,7 @@ from xds_server.runtime.envoy import EnvoyProcess
 from xds_server.runtime.ports import free_port, wait_for_port
 
 HOST = run.HOST
+HTTP_VARIANTS = ("real-http", "http")  # Envoy's ext_authz over HTTP (extAuthz: http)
 HZ = os.sysconf("SC_CLK_TCK")
 
 
@@ -63,6 +65,10 @@ def serve_stub(kind: str, port: int) -> None:
         response.status.code = 0
         response.ok_response.SetInParent()
         return response
+
+    if kind == "http":
+        serve_http_stub(port)
+        return
 
     if kind == "sync":
 
@@ -91,6 +97,28 @@ def serve_stub(kind: str, port: int) -> None:
     asyncio.run(main())
 
 
+def serve_http_stub(port: int) -> None:
+    """A no-op ext_authz server over HTTP/1.1: 200 to every complete request, keep-alive."""
+    import httptools
+
+    class Stub(asyncio.Protocol):
+        def connection_made(self, transport: Any) -> None:
+            self.transport = transport
+            self.parser = httptools.HttpRequestParser(self)
+
+        def data_received(self, data: bytes) -> None:
+            self.parser.feed_data(data)
+
+        def on_message_complete(self) -> None:
+            self.transport.write(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+
+    async def main() -> None:
+        server = await asyncio.get_running_loop().create_server(Stub, HOST, port)
+        await server.serve_forever()
+
+    asyncio.run(main())
+
+
 # -- 1. the decision alone -----------------------------------------------------
 
 
@@ -108,6 +136,8 @@ def decision_costs(policy_dir: Path, number: int = 5000) -> dict[str, float]:
     from xds_server.authz.jsonrpc import parse_tool_call
     from xds_server.authz.service import PolicyService
     from xds_server.pipeline import compile_policies
+
+    from xds_server.authz.ext_authz_http import ExtAuthzHttpProtocol
 
     ir, _ = compile_policies(policy_dir)
     service = PolicyService(port=0, approvals_port=0)
@@ -141,8 +171,23 @@ def decision_costs(policy_dir: Path, number: int = 5000) -> dict[str, float]:
         out = check_tool_call(service.index, service.engine, service.guard,
                               backend=req.attributes.context_extensions.get("backend", ""),
                               headers=request_headers(req), body=request_body(req))  # fmt: skip
-        service.log_decision(dict(out.log))
+        service.log_decision(out.log)
+        service.flush_decisions()  # batched in the service: counted here as if written per call
         return to_check_response(out).SerializeToString()
+
+    class Sink:  # the HTTP adapter's transport: Envoy's connection, minus the socket
+        def write(self, data: bytes) -> None:
+            pass
+
+    http_request = (f"POST /check/{run.BACKEND}/mcp/{run.BACKEND} HTTP/1.1\r\nhost: {HOST}\r\n"
+                    f"content-length: {len(body)}\r\nx-agent-id: {run.AGENT}\r\n"
+                    f"x-envoy-internal: true\r\n\r\n{body}").encode()  # fmt: skip
+    adapter = ExtAuthzHttpProtocol(service, set())
+    adapter.connection_made(Sink())  # type: ignore[arg-type]
+
+    def whole_http() -> None:
+        adapter.data_received(http_request)
+        service.flush_decisions()
 
     steps = {
         "parse the CheckRequest (protobuf)": lambda: external_auth_pb2.CheckRequest.FromString(raw),
@@ -150,8 +195,11 @@ def decision_costs(policy_dir: Path, number: int = 5000) -> dict[str, float]:
         "evaluate the CEL condition": lambda: condition.evaluate(variables),
         "check_tool_call (all of the decision)": lambda: check_tool_call(
             service.index, service.engine, service.guard, backend=run.BACKEND, headers=headers, body=body),
-        "write the decision-log line": lambda: service.log_decision(dict(outcome.log)),
-        "the servicer's whole body (proto in, decision, log, proto out)": whole,
+        "queue the decision-log record (the request path's share)": lambda: service.decision_log.record(outcome.log),
+        "write one decision-log line (batched, after the answer)": lambda: (
+            service.decision_log.record(outcome.log), service.decision_log.flush()),
+        "the gRPC servicer's whole body (proto in, decision, log, proto out)": whole,
+        "the HTTP adapter's whole body (bytes in, decision, log, bytes out)": whole_http,
     }  # fmt: skip
     return {name: timeit.timeit(fn, number=number) / number * 1e6 for name, fn in steps.items()}
 
@@ -173,18 +221,23 @@ def measure_variant(kind: str, wrk: str, duration: int) -> dict[str, Any]:
         server, direct_url = run.start_demo_server(workdir)
         procs.append(server)
         backend_port = int(direct_url.rsplit(":", 1)[1].split("/")[0])
-        listen_port, policy_port = free_port(HOST), free_port(HOST)
-        authz_port = policy_port
+        listen_port, policy_port, authz_http_port = free_port(HOST), free_port(HOST), free_port(HOST)
+        authz_port = authz_http_port if kind in HTTP_VARIANTS else policy_port
         stub = None
-        if kind != "real":
+        if kind not in ("real", "real-http"):
             authz_port = free_port(HOST)
             stub = subprocess.Popen([sys.executable, __file__, "--serve-stub", kind, "--port", str(authz_port)],
                                     stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
             procs.append(stub)
             wait_for_port(HOST, authz_port, timeout=run.STARTUP_TIMEOUT_S)
-        run.write_policies(workdir / "policies", listen_port=listen_port, backend_port=backend_port,
-                           policy_port=authz_port)  # fmt: skip
-        control, xds_port = run.start_control_plane(workdir / "policies", workdir, policy_port=policy_port)
+        if kind in HTTP_VARIANTS:  # ext_authz over HTTP to authz_port; list filtering (unused here) to policy_port
+            run.write_policies(workdir / "policies", listen_port=listen_port, backend_port=backend_port,
+                               policy_port=policy_port, authz_http_port=authz_port)  # fmt: skip
+        else:
+            run.write_policies(workdir / "policies", listen_port=listen_port, backend_port=backend_port,
+                               policy_port=authz_port)  # fmt: skip
+        control, xds_port = run.start_control_plane(workdir / "policies", workdir, policy_port=policy_port,
+                                                    authz_http_port=authz_http_port, name="control-plane")  # fmt: skip
         procs.append(control)
         bootstrap = render_bootstrap(node_id="bench-envoy", node_cluster=run.GATEWAY, xds_host=HOST,
                                      xds_port=xds_port, admin_port=0)  # fmt: skip
@@ -219,9 +272,9 @@ def med(values: list[float]) -> float:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--rounds", type=int, default=2, help="interleaved rounds of the three variants (default 2)")
+    p.add_argument("--rounds", type=int, default=2, help="interleaved rounds of the five variants (default 2)")
     p.add_argument("--duration", type=int, default=5, help="seconds per measured point (default 5)")
-    p.add_argument("--serve-stub", choices=("aio", "sync"), help=argparse.SUPPRESS)
+    p.add_argument("--serve-stub", choices=("aio", "sync", "http"), help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.serve_stub:
@@ -239,20 +292,21 @@ def main() -> int:
         print(f"   {us:7.1f} us  {name}")
 
     print(f"\n2./3. through Envoy, wrk -c1, {args.duration}s per point, {args.rounds} interleaved rounds:")
-    results: dict[str, list[dict[str, Any]]] = {"real": [], "aio": [], "sync": []}
+    results: dict[str, list[dict[str, Any]]] = {"real": [], "real-http": [], "aio": [], "sync": [], "http": []}
     for rnd in range(args.rounds):
         for kind in results:
             m = measure_variant(kind, wrk, args.duration)
             results[kind].append(m)
             a, z = m["allowed"]["latency_us"], m["authz"]["latency_us"]
-            print(f"   round {rnd + 1} {kind:<4}: allowed p50 {a['p50'] / 1000:.2f} ms, authz p50 {z['p50'] / 1000:.2f} "
+            print(f"   round {rnd + 1} {kind:<9}: allowed p50 {a['p50'] / 1000:.2f} ms, authz p50 {z['p50'] / 1000:.2f} "
                   f"ms, added {(z['p50'] - a['p50']) / 1000:+.2f} ms; ext_authz server CPU "
                   f"{m['authz']['authz_cpu_ms_per_request']:.2f} ms/request", flush=True)  # fmt: skip
 
     print("\n| ext_authz server | allowed p50 ms | authz p50 ms | authz − allowed p50 ms (min–max) | authz p99 ms "
           "| server CPU ms / authz request |")
     print("|---|---:|---:|---:|---:|---:|")
-    labels = {"real": "policy service (agentxds serve)", "aio": "no-op, grpc.aio", "sync": "no-op, grpc thread pool"}
+    labels = {"real": "policy service, gRPC (agentxds serve)", "real-http": "policy service, HTTP (extAuthz: http)",
+              "aio": "no-op, grpc.aio", "sync": "no-op, grpc thread pool", "http": "no-op, asyncio HTTP/1.1"}
     for kind, ms in results.items():
         a = med([m["allowed"]["latency_us"]["p50"] for m in ms]) / 1000
         z = med([m["authz"]["latency_us"]["p50"] for m in ms]) / 1000

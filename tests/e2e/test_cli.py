@@ -26,13 +26,15 @@ def agentxds(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str
 
 
 def demo_copy(tmp_path: Path) -> tuple[Path, int, int]:
-    """The demo policies with the gateway and demo backend moved to free ports."""
+    """The demo policies with the gateway, demo backend and policy service moved to free ports."""
     target = tmp_path / "demo"
     shutil.copytree(DEMO, target)
     gateway_port, backend_port, policy_port = free_port(), free_port(), free_port()
     gateway = (target / "gateway.yaml").read_text()
     gateway = gateway.replace("port: 10000", f"port: {gateway_port}").replace("port: 18081", f"port: {backend_port}")
     gateway = gateway.replace("port: 18001", f"port: {policy_port}")
+    assert "extAuthzHttpPort: 18003" in gateway
+    gateway = gateway.replace("extAuthzHttpPort: 18003", f"extAuthzHttpPort: {free_port()}")
     (target / "gateway.yaml").write_text(gateway)
     return target, gateway_port, backend_port
 

@@ -57,15 +57,17 @@ class Gateway:
         return self.envoy.bootstrap["node"]["id"]
 
 
-def _copy_demo_policies(dest: Path, listen_port: int, backend_port: int, policy_port: int) -> Path:
-    """The demo policies with the gateway and backend ports replaced by run-time ones."""
+def _copy_demo_policies(dest: Path, listen_port: int, backend_port: int, policy_port: int,
+                        authz_http_port: int) -> Path:  # fmt: skip
+    """The demo policies with the gateway, backend and policy-service ports replaced by run-time ones."""
     shutil.copytree(DEMO_POLICIES, dest)
     gateway = dest / "gateway.yaml"
     text = gateway.read_text()
     for old, new in (
         ("port: 10000}", f"port: {listen_port}}}"),
         ("{host: 127.0.0.1, port: 18081}", f"{{host: 127.0.0.1, port: {backend_port}}}"),
-        ("{host: 127.0.0.1, port: 18001}", f"{{host: 127.0.0.1, port: {policy_port}}}"),
+        ("{host: 127.0.0.1, port: 18001, extAuthz: http, extAuthzHttpPort: 18003}",
+         f"{{host: 127.0.0.1, port: {policy_port}, extAuthz: http, extAuthzHttpPort: {authz_http_port}}}"),
     ):
         assert text.count(old) == 1, f"demo gateway.yaml changed: {old!r} not found once"
         text = text.replace(old, new)
@@ -76,9 +78,9 @@ def _copy_demo_policies(dest: Path, listen_port: int, backend_port: int, policy_
 @pytest.fixture
 async def gateway(tmp_path: Path, envoy_factory, mcp_backend_factory) -> AsyncIterator[Gateway]:
     backend = mcp_backend_factory(name="demo-github")
-    listen_port, policy_port = free_port(), free_port()
-    policies = _copy_demo_policies(tmp_path / "policies", listen_port, backend.port, policy_port)
-    control = ControlPlane(policies, port=0, watch=False, policy_port=policy_port)
+    listen_port, policy_port, authz_http_port = free_port(), free_port(), free_port()
+    policies = _copy_demo_policies(tmp_path / "policies", listen_port, backend.port, policy_port, authz_http_port)
+    control = ControlPlane(policies, port=0, watch=False, policy_port=policy_port, authz_http_port=authz_http_port)
     await control.start()
     assert control.last_reload is not None and control.last_reload.ok, control.last_reload
     try:

@@ -100,9 +100,11 @@ def test_compose_policies_compile() -> None:
     assert listener.address.socket_address.address == "0.0.0.0"
     assert listener.address.socket_address.port_value == 10000
     clusters = {c.name: c for c in resources["demo"].clusters}
-    assert sorted(clusters) == ["agentxds/policy-service", "mcp/github"]
-    policy = clusters["agentxds/policy-service"].load_assignment.endpoints[0].lb_endpoints[0].endpoint.address
-    assert (policy.socket_address.address, policy.socket_address.port_value) == ("control-plane", 18001)
+    assert sorted(clusters) == ["agentxds/policy-service", "agentxds/policy-service-http", "mcp/github"]
+    for name, port in (("agentxds/policy-service", 18001), ("agentxds/policy-service-http", 18003)):
+        policy = clusters[name].load_assignment.endpoints[0].lb_endpoints[0].endpoint.address
+        assert (policy.socket_address.address, policy.socket_address.port_value) == ("control-plane", port)
+        assert clusters[name].type == clusters[name].STRICT_DNS
     cluster = clusters["mcp/github"]
     assert cluster.type == cluster.STRICT_DNS  # `demo-mcp` is a DNS name: EDS cannot carry it
     endpoint = cluster.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address
@@ -155,9 +157,11 @@ def test_compose_file_wires_the_services_together() -> None:
     # Control plane: serves the mounted compose policies on the port the bootstrap names.
     assert control["build"] == "."
     assert control["command"] == ["serve", "/policies", "--host", "0.0.0.0", "--port", "18000",
-                                  "--policy-port", "18001", "--approvals-port", "18002"]  # fmt: skip
+                                  "--policy-port", "18001", "--authz-http-port", "18003",
+                                  "--approvals-port", "18002"]  # fmt: skip
     gateway = next(d for d in _documents(COMPOSE_POLICIES / "gateway.yaml") if d["kind"] == "Gateway")
-    assert gateway["spec"]["policyService"] == {"host": "control-plane", "port": 18001}
+    assert gateway["spec"]["policyService"] == {"host": "control-plane", "port": 18001, "extAuthz": "http",
+                                                "extAuthzHttpPort": 18003}  # the ports `serve` is given
     assert "127.0.0.1:18002:18002" in control["ports"]  # approvals API: host loopback only
     assert "./policies/compose:/policies:ro" in control["volumes"]
     xds = _bootstrap()["static_resources"]["clusters"][0]
