@@ -192,15 +192,7 @@ class ApprovalStore:
                 raise ApprovalError(f"approval {approval_id} was already denied by {current.decided_by}", "denied")
             if current.state is ApprovalState.APPROVED:
                 return current
-            return self._store(
-                dataclasses.replace(
-                    current,
-                    state=ApprovalState.APPROVED,
-                    decided_by=by,
-                    decided_at=now,
-                    expires_at=now + current.ttl_s,
-                )
-            )
+            return self._store(_decided(current, ApprovalState.APPROVED, by, now))
 
     def deny(self, approval_id: str, by: str) -> Approval:
         """Deny a pending request, or revoke an approved one not yet used.
@@ -213,15 +205,7 @@ class ApprovalStore:
             current = self._decidable(approval_id, now)
             if current.state is ApprovalState.DENIED:
                 return current
-            return self._store(
-                dataclasses.replace(
-                    current,
-                    state=ApprovalState.DENIED,
-                    decided_by=by,
-                    decided_at=now,
-                    expires_at=now + current.ttl_s,
-                )
-            )
+            return self._store(_decided(current, ApprovalState.DENIED, by, now))
 
     def consume(self, approval_id: str) -> bool:
         """Spend an approved, unexpired approval: True once, then False."""
@@ -281,3 +265,8 @@ def _ended_at(approval: Approval) -> float:
     if approval.state is ApprovalState.USED and approval.used_at is not None:
         return approval.used_at
     return approval.expires_at
+
+
+def _decided(approval: Approval, state: ApprovalState, by: str, now: float) -> Approval:
+    """`approval` as decided by `by` at `now`; the decision lasts the approval's TTL from now."""
+    return dataclasses.replace(approval, state=state, decided_by=by, decided_at=now, expires_at=now + approval.ttl_s)

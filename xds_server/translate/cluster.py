@@ -25,7 +25,8 @@ from xds_server.translate.names import cluster_name
 from xds_server.translate.proto import to_message, typed
 
 
-def _is_ip(host: str) -> bool:
+def is_ip(host: str) -> bool:
+    """Whether `host` is an IP address (a STATIC endpoint) rather than a DNS name."""
     try:
         ipaddress.ip_address(host)
     except ValueError:
@@ -35,10 +36,11 @@ def _is_ip(host: str) -> bool:
 
 def uses_eds(backend: BackendIR) -> bool:
     """True when every endpoint is an IP address (EDS can serve it)."""
-    return all(_is_ip(e.host) for e in backend.endpoints)
+    return all(is_ip(e.host) for e in backend.endpoints)
 
 
-def _load_assignment(name: str, endpoints: tuple[EndpointIR, ...]) -> dict[str, Any]:
+def load_assignment(name: str, endpoints: tuple[EndpointIR, ...]) -> dict[str, Any]:
+    """A ClusterLoadAssignment body: every endpoint in one locality."""
     return {
         "cluster_name": name,
         "endpoints": [
@@ -74,8 +76,9 @@ def _read_pem(path: str, what: str) -> str:
     return text
 
 
-def _san_matcher(name: str) -> dict[str, Any]:
-    kind = "IP_ADDRESS" if _is_ip(name) else "DNS"
+def san_matcher(name: str) -> dict[str, Any]:
+    """Match a peer certificate's SAN: an IP SAN for an address, a DNS SAN for a name."""
+    kind = "IP_ADDRESS" if is_ip(name) else "DNS"
     return {"san_type": kind, "matcher": {"exact": name}}
 
 
@@ -98,10 +101,10 @@ def upstream_transport_socket(backend: BackendIR) -> dict[str, Any] | None:
         else {"trusted_ca": {"filename": SYSTEM_CA_BUNDLE}}
     )
     context: dict[str, Any] = {}
-    dns_names = sorted({e.host for e in backend.endpoints if not _is_ip(e.host)})
+    dns_names = sorted({e.host for e in backend.endpoints if not is_ip(e.host)})
     if tls.sni is not None:
         names = [tls.sni]
-        if not _is_ip(tls.sni):  # SNI carries host names only (RFC 6066)
+        if not is_ip(tls.sni):  # SNI carries host names only (RFC 6066)
             context["sni"] = tls.sni
     else:
         names = sorted({e.host for e in backend.endpoints})
@@ -110,7 +113,7 @@ def upstream_transport_socket(backend: BackendIR) -> dict[str, Any] | None:
         elif len(dns_names) > 1:
             context["auto_host_sni"] = True
             context["auto_sni_san_validation"] = True
-    validation["match_typed_subject_alt_names"] = [_san_matcher(n) for n in names]
+    validation["match_typed_subject_alt_names"] = [san_matcher(n) for n in names]
     common: dict[str, Any] = {"validation_context": validation}
     if tls.certificate_file is not None and tls.private_key_file is not None:
         common["tls_certificates"] = [{
@@ -145,7 +148,7 @@ def build_cluster(backend: BackendIR) -> Cluster:
     else:
         body["type"] = "STRICT_DNS"
         body["dns_lookup_family"] = "V4_PREFERRED"
-        body["load_assignment"] = _load_assignment(name, backend.endpoints)
+        body["load_assignment"] = load_assignment(name, backend.endpoints)
     if (socket := upstream_transport_socket(backend)) is not None:
         body["transport_socket"] = socket
     return to_message(Cluster, body)
@@ -155,4 +158,4 @@ def build_load_assignment(backend: BackendIR) -> ClusterLoadAssignment | None:
     """The EDS resource for `backend`, or None when its cluster carries endpoints inline."""
     if not uses_eds(backend):
         return None
-    return to_message(ClusterLoadAssignment, _load_assignment(cluster_name(backend.name), backend.endpoints))
+    return to_message(ClusterLoadAssignment, load_assignment(cluster_name(backend.name), backend.endpoints))

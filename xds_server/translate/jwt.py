@@ -28,7 +28,6 @@ filter off.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 from collections import defaultdict
 from pathlib import Path
@@ -40,7 +39,8 @@ from envoy.config.cluster.v3.cluster_pb2 import Cluster
 from envoy.extensions.filters.http.jwt_authn.v3 import config_pb2 as _jwt_authn_pb2  # noqa: F401
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2 as _tls_pb2  # noqa: F401
 
-from xds_server.ir.types import BackendIR, GatewayIR, JwtProviderIR
+from xds_server.ir.types import BackendIR, EndpointIR, GatewayIR, JwtProviderIR
+from xds_server.translate.cluster import SYSTEM_CA_BUNDLE, UPSTREAM_TLS_TYPE, is_ip, load_assignment, san_matcher
 from xds_server.translate.proto import to_message, typed
 from xds_server.translate.rbac import JWT_METADATA_NAMESPACE
 
@@ -49,10 +49,6 @@ JWT_TYPE = "envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication"
 JWT_PER_ROUTE_TYPE = "envoy.extensions.filters.http.jwt_authn.v3.PerRouteConfig"
 OPTIONAL_REQUIREMENT = "optional"
 JWKS_FETCH_TIMEOUT = "5s"
-# Envoy has no built-in trust store: an https JWKS URL is verified against the
-# host's CA bundle (Debian/Ubuntu and the official Envoy image keep it here).
-SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
-UPSTREAM_TLS_TYPE = "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
 
 
 class JwtConfigError(ValueError):
@@ -220,14 +216,6 @@ def route_disabled(gateway: GatewayIR) -> dict[str, Any]:
 # ---------------------------------------------------------------- JWKS clusters
 
 
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
 def _jwks_cluster(provider: JwtProviderIR) -> Cluster:
     assert provider.jwks_url is not None
     url = urlsplit(provider.jwks_url)
@@ -242,27 +230,22 @@ def _jwks_cluster(provider: JwtProviderIR) -> Cluster:
     name = jwks_cluster_name(provider.name)
     body: dict[str, Any] = {
         "name": name,
-        "type": "STATIC" if _is_ip(host) else "STRICT_DNS",
+        "type": "STATIC" if is_ip(host) else "STRICT_DNS",
         "dns_lookup_family": "V4_PREFERRED",
         "connect_timeout": JWKS_FETCH_TIMEOUT,
-        "load_assignment": {
-            "cluster_name": name,
-            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {
-                "address": host, "port_value": port}}}}]}],
-        },  # fmt: skip
+        "load_assignment": load_assignment(name, (EndpointIR(host, port),)),
     }
     if tls:
         context: dict[str, Any] = {
             "common_tls_context": {
                 "validation_context": {
+                    # Envoy has no built-in trust store: the host's CA bundle.
                     "trusted_ca": {"filename": SYSTEM_CA_BUNDLE},
-                    "match_typed_subject_alt_names": [
-                        {"san_type": "IP_ADDRESS" if _is_ip(host) else "DNS", "matcher": {"exact": host}}
-                    ],
+                    "match_typed_subject_alt_names": [san_matcher(host)],
                 }
             }
         }
-        if not _is_ip(host):
+        if not is_ip(host):
             context["sni"] = host
         body["transport_socket"] = {"name": "envoy.transport_sockets.tls", "typed_config": typed(UPSTREAM_TLS_TYPE, context)}
     return to_message(Cluster, body)

@@ -36,7 +36,7 @@ from typing import Any
 from envoy.config.cluster.v3.cluster_pb2 import Cluster
 
 from xds_server.ir.types import BackendIR, EndpointIR, GatewayIR, NamePattern
-from xds_server.translate.cluster import _is_ip
+from xds_server.translate.cluster import is_ip, load_assignment
 from xds_server.translate.names import MCP_METADATA_NAMESPACE
 from xds_server.translate.proto import to_message, typed
 
@@ -70,13 +70,9 @@ def policy_http_cluster(endpoint: EndpointIR) -> Cluster:
 def _cluster(name: str, endpoint: EndpointIR, *, http2: bool) -> Cluster:
     body: dict[str, Any] = {
         "name": name,
-        "type": "STATIC" if _is_ip(endpoint.host) else "STRICT_DNS",
+        "type": "STATIC" if is_ip(endpoint.host) else "STRICT_DNS",
         "connect_timeout": "1s",
-        "load_assignment": {
-            "cluster_name": name,
-            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {
-                "address": endpoint.host, "port_value": endpoint.port}}}}]}],
-        },  # fmt: skip
+        "load_assignment": load_assignment(name, (endpoint,)),
     }
     if http2:
         body["typed_extension_protocol_options"] = {
