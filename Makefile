@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
-.PHONY: up test validate bench clean
+.PHONY: up test lint validate bench clean
 
 $(BIN)/agentxds: pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (or: make PYTHON=python3 ...)"; exit 1; }
@@ -15,8 +15,13 @@ $(BIN)/agentxds: pyproject.toml
 up: $(BIN)/agentxds             ## run the gateway with the demo policy and demo MCP server
 	$(BIN)/agentxds up --demo policies/demo
 
-test: $(BIN)/agentxds           ## run the whole test suite (unit, golden, end to end)
+test: lint                      ## run the whole test suite (lint and types, then unit, golden, end to end)
 	$(BIN)/pytest tests
+
+lint: $(BIN)/agentxds           ## formatting, lint and static types
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 validate: $(BIN)/agentxds       ## check the shipped policy sets
 	$(BIN)/agentxds validate policies/demo

@@ -133,11 +133,10 @@ def decision_costs(policy_dir: Path, number: int = 5000) -> dict[str, float]:
     from xds_server.authz.cel_conditions import compile_condition
     from xds_server.authz.check import check_tool_call
     from xds_server.authz.ext_authz import request_body, request_headers, to_check_response
+    from xds_server.authz.ext_authz_http import ExtAuthzHttpProtocol
     from xds_server.authz.jsonrpc import parse_tool_call
     from xds_server.authz.service import PolicyService
     from xds_server.pipeline import compile_policies
-
-    from xds_server.authz.ext_authz_http import ExtAuthzHttpProtocol
 
     ir, _ = compile_policies(policy_dir)
     service = PolicyService(port=0, approvals_port=0)
@@ -158,7 +157,7 @@ def decision_costs(policy_dir: Path, number: int = 5000) -> dict[str, float]:
     raw = request.SerializeToString()
     condition = compile_condition(str(run.AUTHZ_RULE["when"]))
     variables = {"args": dict(arguments), "agent": {"name": run.AGENT}, "user": {}, "tool": tool,
-                 "now": dt.datetime.now(dt.timezone.utc)}  # fmt: skip
+                 "now": dt.datetime.now(dt.UTC)}  # fmt: skip
     # The decision log as `agentxds serve` configures it (INFO, one formatted line), into memory.
     logging.basicConfig(level="INFO", stream=io.StringIO(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         force=True)  # fmt: skip
@@ -310,11 +309,18 @@ def main() -> int:
                   f"ms, added {(z['p50'] - a['p50']) / 1000:+.2f} ms; ext_authz server CPU "
                   f"{m['authz']['authz_cpu_ms_per_request']:.2f} ms/request", flush=True)  # fmt: skip
 
-    print("\n| ext_authz server | allowed p50 ms | authz p50 ms | authz − allowed p50 ms (min–max) | authz p99 ms "
-          "| server CPU ms / authz request |")
+    print(
+        "\n| ext_authz server | allowed p50 ms | authz p50 ms | authz − allowed p50 ms (min–max) | authz p99 ms "
+        "| server CPU ms / authz request |"
+    )
     print("|---|---:|---:|---:|---:|---:|")
-    labels = {"real": "policy service, gRPC (agentxds serve)", "real-http": "policy service, HTTP (extAuthz: http)",
-              "aio": "no-op, grpc.aio", "sync": "no-op, grpc thread pool", "http": "no-op, asyncio HTTP/1.1"}
+    labels = {
+        "real": "policy service, gRPC (agentxds serve)",
+        "real-http": "policy service, HTTP (extAuthz: http)",
+        "aio": "no-op, grpc.aio",
+        "sync": "no-op, grpc thread pool",
+        "http": "no-op, asyncio HTTP/1.1",
+    }
     for kind, ms in results.items():
         a = med([m["allowed"]["latency_us"]["p50"] for m in ms]) / 1000
         z = med([m["authz"]["latency_us"]["p50"] for m in ms]) / 1000

@@ -262,8 +262,11 @@ def counters(envoy: EnvoyProcess) -> dict[str, int]:
         if k.endswith(".upstream_rq_total") and BACKEND in k:
             total["upstream"] += int(v)
         # http.<prefix>.ext_authz.*, once per decision (Envoy also counts it under cluster.<target>.ext_authz.*)
-        elif k.startswith("http.") and ".ext_authz." in k and k.endswith((".ok", ".denied", ".error",
-                                                                           ".failure_mode_allowed")):
+        elif (
+            k.startswith("http.")
+            and ".ext_authz." in k
+            and k.endswith((".ok", ".denied", ".error", ".failure_mode_allowed"))
+        ):
             total["ext_authz"] += int(v)
             if k.endswith(".denied"):
                 total["ext_authz_denied"] += int(v)
@@ -412,7 +415,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--duration", type=int, default=10, help="seconds per measured point (default 10)")
     p.add_argument("--warmup", type=int, default=3, help="seconds of warm-up per path (default 3)")
     p.add_argument("--connections", default="1,4,16", help="comma-separated wrk -c levels (default 1,4,16)")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON results (default {DEFAULT_OUT.relative_to(ROOT)})")
+    p.add_argument(
+        "--out", type=Path, default=DEFAULT_OUT, help=f"JSON results (default {DEFAULT_OUT.relative_to(ROOT)})"
+    )
     p.add_argument("--check", action="store_true", help="only start everything and verify the five paths")
     p.add_argument("--keep-workdir", action="store_true", help="keep the temp dir with the logs")
     return p.parse_args(argv)
@@ -495,13 +500,19 @@ def main(argv: list[str] | None = None) -> int:
             "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "machine": info,
             "settings": {
-                "duration_s": args.duration, "warmup_s": args.warmup, "connections": levels, "wrk_threads": 1,
-                "envoy_concurrency": 1, "envoy_log_level": "error", "access_log": "stdout, to the Envoy log file",
+                "duration_s": args.duration,
+                "warmup_s": args.warmup,
+                "connections": levels,
+                "wrk_threads": 1,
+                "envoy_concurrency": 1,
+                "envoy_log_level": "error",
+                "access_log": "stdout, to the Envoy log file",
                 "server": "python -m xds_server.demo.mcp_server --json-response, uvicorn, one process",
                 "policy_service": "agentxds serve (control plane + policy service, one process per stack), "
-                                  "default log level (decision log on)",
+                "default log level (decision log on)",
                 "stacks": {"grpc": "allowed, authz, denied (extAuthz: grpc)", "http": "authz-http (extAuthz: http)"},
-                "agent": AGENT, "calls": {path: {"tool": t, "arguments": a} for path, (t, a) in CALLS.items()},
+                "agent": AGENT,
+                "calls": {path: {"tool": t, "arguments": a} for path, (t, a) in CALLS.items()},
                 "authz_rule": AUTHZ_RULE,
             },  # fmt: skip
             "checks": checks,
@@ -526,11 +537,15 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"target: {path} adds {t['added_p50_over_allowed_ms']:.2f} ms at p50 over the native "
                       f"allowed path at c=1 (target <= {TARGET_AUTHZ_ADDED_P50_MS} ms): "
                       f"{'met' if t['met'] else 'NOT met'}")  # fmt: skip
-        print(f"load average before {load_before[0]:.2f}, after {result['loadavg_after'][0]:.2f} "
-              f"(the benchmark itself keeps about 2 busy); Envoy log (access log) {envoy_log_bytes} bytes")
+        print(
+            f"load average before {load_before[0]:.2f}, after {result['loadavg_after'][0]:.2f} "
+            f"(the benchmark itself keeps about 2 busy); Envoy log (access log) {envoy_log_bytes} bytes"
+        )
         if failed:
-            print(f"FAILED: some points did not answer as expected (see PROBLEMS above); logs in {workdir}",
-                  file=sys.stderr)
+            print(
+                f"FAILED: some points did not answer as expected (see PROBLEMS above); logs in {workdir}",
+                file=sys.stderr,
+            )
         finished = True
         return 1 if failed else 0
     finally:

@@ -71,7 +71,7 @@ class Pki:
     def ca(self, name: str) -> tuple[Ca, Path]:
         key = _key()
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{name} test CA")])
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         cert = (
             x509.CertificateBuilder()
             .subject_name(subject).issuer_name(subject).public_key(key.public_key())
@@ -91,7 +91,7 @@ class Pki:
     def server(self, ca: Ca, name: str, *, dns: tuple[str, ...] = (), ips: tuple[str, ...] = ()) -> tuple[Path, Path]:
         """A server certificate with these SANs, signed by `ca`; returns (certificate file, key file)."""
         key = _key()
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         sans: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
         sans += [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
         cert = (

@@ -69,14 +69,16 @@ def spiffe_id(trust_domain: str, agent: str) -> str:
 
 
 def _now(now: dt.datetime | None) -> dt.datetime:
-    return now if now is not None else dt.datetime.now(dt.timezone.utc)
+    return now if now is not None else dt.datetime.now(dt.UTC)
 
 
 def _name(common_name: str) -> x509.Name:
-    return x509.Name([
-        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "agentxds"),
-        x509.NameAttribute(NameOID.COMMON_NAME, common_name),
-    ])
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "agentxds"),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
 
 
 def _validity(ca: KeyPair | None, days: int, now: dt.datetime | None) -> tuple[dt.datetime, dt.datetime]:
@@ -110,9 +112,17 @@ def mint_ca(common_name: str = "agentxds development CA", *, days: int = DEFAULT
         .not_valid_after(end)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
-            x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
-                          data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
-                          encipher_only=False, decipher_only=False),
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
             critical=True,
         )  # fmt: skip
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
@@ -136,7 +146,7 @@ def _leaf(
         ca_ski = ca.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
         authority = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski)
     except x509.ExtensionNotFound:
-        authority = x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.private_key.public_key())  # type: ignore[arg-type]
+        authority = x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.private_key.public_key())
     cert = (
         x509.CertificateBuilder()
         .subject_name(_name(common_name))
@@ -147,9 +157,17 @@ def _leaf(
         .not_valid_after(end)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
-            x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
-                          data_encipherment=False, key_agreement=False, key_cert_sign=False, crl_sign=False,
-                          encipher_only=False, decipher_only=False),
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
             critical=True,
         )  # fmt: skip
         .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
@@ -338,6 +356,6 @@ def policy_snippet(pki: DevPki) -> str:
             "apiVersion: agentxds.dev/v1",
             "kind: Agent",
             f"metadata: {{name: {name}}}",
-            f"spec: {{identity: {{spiffe: \"{sid}\"}}}}",
+            f'spec: {{identity: {{spiffe: "{sid}"}}}}',
         ]
     return "\n".join(lines) + "\n"

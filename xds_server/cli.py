@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import asyncio
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -146,7 +146,9 @@ def cmd_certs(args: argparse.Namespace) -> int:
     width = max(len(r[0]) for r in rows)
     for label, cert, key, sid in rows:
         print(f"{label:<{width}}  {cert}  (key {key.name}, mode 0600)  {sid}".rstrip())
-    print(f"\nLeaf certificates are valid for {args.days} day(s). Re-run to renew: the CA is kept (--new-ca replaces it),")
+    print(
+        f"\nLeaf certificates are valid for {args.days} day(s). Re-run to renew: the CA is kept (--new-ca replaces it),"
+    )
     print("and a running gateway picks up rewritten files without a restart.\n")
     sys.stdout.write(policy_snippet(pki))
     return 0
@@ -159,7 +161,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     up = sub.add_parser("up", help="control plane + Envoy on this machine")
     up.add_argument("dir", nargs="?", type=_policy_dir, default=Path("policies/demo"), help="policy directory")
-    up.add_argument("--demo", action="store_true", help='also start the demo MCP server for backends annotated agentxds.dev/demo: "true"')
+    up.add_argument(
+        "--demo",
+        action="store_true",
+        help='also start the demo MCP server for backends annotated agentxds.dev/demo: "true"',
+    )
     up.add_argument("--gateway", help="which Gateway to run (default: the first by name)")
     up.add_argument("--admin-port", type=int, default=0, help="Envoy admin port on 127.0.0.1 (default: a free one)")
     up.add_argument("--approvals-port", type=int, default=18002, help="approvals HTTP API on 127.0.0.1 (default 18002)")
@@ -172,8 +178,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=DEFAULT_XDS_PORT, help="ADS and status API port (default 18000)")
     serve.add_argument("--policy-port", type=int, default=18001, help="policy service gRPC port (default 18001)")
     serve.add_argument("--approvals-port", type=int, default=18002, help="approvals HTTP API port (default 18002)")
-    serve.add_argument("--authz-http-port", type=int, default=18003,
-                       help="ext_authz over HTTP, for gateways with policyService.extAuthz: http (default 18003; -1: off)")
+    serve.add_argument(
+        "--authz-http-port",
+        type=int,
+        default=18003,
+        help="ext_authz over HTTP, for gateways with policyService.extAuthz: http (default 18003; -1: off)",
+    )
     serve.set_defaults(func=cmd_serve)
 
     validate = sub.add_parser("validate", help="check a policy directory; non-zero exit on errors")
@@ -214,7 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
     pin.set_defaults(func=cmd_pin)
 
     certs = sub.add_parser("certs", help="write a development CA, gateway certificate and SPIFFE agent certificates")
-    certs.add_argument("dir", type=_policy_dir, help="where to write ca.crt, gateway.crt and agents/<name>.crt (+ keys)")
+    certs.add_argument(
+        "dir", type=_policy_dir, help="where to write ca.crt, gateway.crt and agents/<name>.crt (+ keys)"
+    )
     certs.add_argument("--trust-domain", required=True, help="SPIFFE trust domain, e.g. example.org")
     certs.add_argument("--agent", action="append", metavar="NAME",
                        help="an agent certificate for spiffe://<trust-domain>/agent/NAME (repeatable)")  # fmt: skip
@@ -222,8 +234,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="another DNS name for the gateway certificate (localhost is always in it; repeatable)")  # fmt: skip
     certs.add_argument("--gateway-ip", action="append", metavar="IP",
                        help="another IP address for the gateway certificate (127.0.0.1 is always in it; repeatable)")  # fmt: skip
-    certs.add_argument("--days", type=int, default=30, help="validity of the gateway and agent certificates (default 30)")
-    certs.add_argument("--new-ca", action="store_true", help="replace an existing CA (default: reuse DIR/ca.crt and ca.key)")
+    certs.add_argument(
+        "--days", type=int, default=30, help="validity of the gateway and agent certificates (default 30)"
+    )
+    certs.add_argument(
+        "--new-ca", action="store_true", help="replace an existing CA (default: reuse DIR/ca.crt and ca.key)"
+    )
     certs.set_defaults(func=cmd_certs)
     return parser
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from xds_server.authz.service import PolicyService
 from xds_server.pipeline import Pipeline, ReloadResult
@@ -76,7 +76,9 @@ class ControlPlane:
 
     def _record(self, result: ReloadResult) -> None:
         if result.ok and self.policy_service is not None and self.pipeline.ir is not None:
-            self.policy_service.update(self.pipeline.ir, ",".join(f"{g}@{v}" for g, v in sorted(result.versions.items())))
+            self.policy_service.update(
+                self.pipeline.ir, ",".join(f"{g}@{v}" for g, v in sorted(result.versions.items()))
+            )
         self.last_reload = result
         self.reloads += 1
         if self._on_reload is not None:

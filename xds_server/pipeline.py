@@ -140,8 +140,9 @@ class Pipeline:
         self.recorder.set_policy_errors([])
         seconds = time.perf_counter() - started
         if changed:
-            log.info("policies published: %s (%.0f ms)",
-                     ", ".join(f"{g}@{versions[g]}" for g in changed), seconds * 1000)
+            log.info(
+                "policies published: %s (%.0f ms)", ", ".join(f"{g}@{versions[g]}" for g in changed), seconds * 1000
+            )
         return ReloadResult(ok=True, versions=versions, changed=tuple(changed), seconds=seconds)
 
     def _refuse(self, errors: tuple[str, ...], started: float) -> ReloadResult:

@@ -69,11 +69,7 @@ def short_type(type_url: str) -> str:
 
 def nack_in_effect(ts: status_pb2.TypeStatus) -> bool:
     """True while the last version sent for this type is one the node rejected."""
-    return (
-        ts.HasField("last_nack")
-        and ts.last_nack.version == ts.sent_version
-        and ts.acked_version != ts.sent_version
-    )
+    return ts.HasField("last_nack") and ts.last_nack.version == ts.sent_version and ts.acked_version != ts.sent_version
 
 
 def active_nacks(resp: status_pb2.GetStatusResponse) -> list[tuple[status_pb2.NodeStatus, status_pb2.TypeStatus]]:

@@ -114,7 +114,9 @@ def _print_banner(gateway: GatewayIR, envoy: EnvoyProcess, xds_port: int, out: T
 
 def _report(result: ReloadResult, out: TextIO) -> None:
     if result.ok and result.changed:
-        print(f"policies applied: {', '.join(f'{g}@{result.versions[g]}' for g in result.changed)}", file=out, flush=True)
+        print(
+            f"policies applied: {', '.join(f'{g}@{result.versions[g]}' for g in result.changed)}", file=out, flush=True
+        )
     elif not result.ok:
         print("policy change refused; the last good configuration keeps serving:", file=out)
         for line in result.errors:

@@ -30,16 +30,23 @@ def check_consistent(gateway: str, resources: GatewayResources) -> list[str]:
     problems: list[str] = []
     cluster_names = [c.name for c in resources.clusters]
     route_names = [r.name for r in resources.routes]
-    for kind, names in (("cluster", cluster_names), ("route configuration", route_names),
-                        ("listener", [lst.name for lst in resources.listeners]),
-                        ("load assignment", [e.cluster_name for e in resources.endpoints]),
-                        ("secret", [s.name for s in resources.secrets])):
+    for kind, names in (
+        ("cluster", cluster_names),
+        ("route configuration", route_names),
+        ("listener", [lst.name for lst in resources.listeners]),
+        ("load assignment", [e.cluster_name for e in resources.endpoints]),
+        ("secret", [s.name for s in resources.secrets]),
+    ):
         problems += [f"gateway {gateway}: duplicate {kind} '{n}'" for n in sorted(_duplicates(names))]
 
     eds_clusters = {c.name for c in resources.clusters if c.type == Cluster.EDS}
     assigned = {e.cluster_name for e in resources.endpoints}
-    problems += [f"gateway {gateway}: EDS cluster '{n}' has no load assignment" for n in sorted(eds_clusters - assigned)]
-    problems += [f"gateway {gateway}: load assignment '{n}' names no EDS cluster" for n in sorted(assigned - eds_clusters)]
+    problems += [
+        f"gateway {gateway}: EDS cluster '{n}' has no load assignment" for n in sorted(eds_clusters - assigned)
+    ]
+    problems += [
+        f"gateway {gateway}: load assignment '{n}' names no EDS cluster" for n in sorted(assigned - eds_clusters)
+    ]
 
     for route_config in resources.routes:
         for vhost in route_config.virtual_hosts:

@@ -29,11 +29,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable
 
-from watchfiles import awatch
+from watchfiles import Change, awatch
 
 from xds_server.pipeline import Pipeline, ReloadResult
 
@@ -97,7 +96,7 @@ async def _watch_round(
     """Watch until `stop` is set or a rebuild changes the set of outside directories."""
     policy_dir = Path(pipeline.policy_dir).resolve()
     round_stop = asyncio.Event()  # ends this round's watchers (their threads poll it every step)
-    queue: asyncio.Queue[set[tuple[object, str]]] = asyncio.Queue()
+    queue: asyncio.Queue[set[tuple[Change, str]]] = asyncio.Queue()
 
     def relevant(_change: object, path: str) -> bool:
         return is_relevant(path, policy_dir, pipeline.files, outside)
@@ -115,7 +114,7 @@ async def _watch_round(
         log.info("also watching %s (files the policies name)", ", ".join(map(str, outside)))
         tasks.append(asyncio.create_task(feed(outside, False), name="agentxds-watch-referenced"))
     stopped = asyncio.create_task(stop.wait())
-    getter: asyncio.Task[set[tuple[object, str]]] | None = None
+    getter: asyncio.Task[set[tuple[Change, str]]] | None = None
     try:
         while True:
             getter = asyncio.create_task(queue.get())
@@ -133,9 +132,9 @@ async def _watch_round(
                 return  # re-arm with the directories the policies name now
     finally:
         round_stop.set()
-        for task in (stopped, getter):
-            if task is not None:
-                task.cancel()
+        stopped.cancel()
+        if getter is not None:
+            getter.cancel()
         # The watchers' threads see round_stop within a step and end their generators.
         _, pending = await asyncio.wait(tasks, timeout=2)
         for task in pending:

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from tests.e2e.harness import McpBackend
 from xds_server.control_plane import ControlPlane
@@ -175,7 +176,9 @@ def write_policies(
     policy_dir.mkdir(parents=True, exist_ok=True)
     (policy_dir / "gateway.yaml").write_text(gateway_yaml(listen_port, policy_port, **gateway_opts))
     extra = backend_extra or {}
-    (policy_dir / "backends.yaml").write_text("---\n".join(backend_yaml(n, b, extra.get(n, "")) for n, b in backends.items()))
+    (policy_dir / "backends.yaml").write_text(
+        "---\n".join(backend_yaml(n, b, extra.get(n, "")) for n, b in backends.items())
+    )
     (policy_dir / "agents.yaml").write_text(AGENTS_YAML)
     (policy_dir / "github-policy.yaml").write_text(policy_yaml)
 
@@ -293,8 +296,11 @@ async def start_tls_gateway(
     listen_port, policy_port = free_port(), free_port()
     policy_dir = workdir / "policies"
     policy_dir.mkdir(parents=True, exist_ok=True)
-    (policy_dir / "gateway.yaml").write_text(tls_gateway_yaml(
-        listen_port, policy_port, cert=cert, key=key, bundle=bundle, trust_domain=trust_domain, required=required))
+    (policy_dir / "gateway.yaml").write_text(
+        tls_gateway_yaml(
+            listen_port, policy_port, cert=cert, key=key, bundle=bundle, trust_domain=trust_domain, required=required
+        )
+    )
     (policy_dir / "backends.yaml").write_text("---\n".join(backend_yaml(n, b) for n, b in backends.items()))
     (policy_dir / "agents.yaml").write_text(spiffe_agents_yaml(trust_domain))
     (policy_dir / "github-policy.yaml").write_text(policy_yaml)  # fmt: skip

@@ -147,7 +147,9 @@ class ManagedProcess:
 
     def _raise_if_exited(self, waiting_for: str, *, locked: bool = False) -> None:
         if self._proc is not None and self._proc.poll() is not None:
-            raise RuntimeError(self._describe(f"exited with {self._proc.returncode} before {waiting_for}", locked=locked))
+            raise RuntimeError(
+                self._describe(f"exited with {self._proc.returncode} before {waiting_for}", locked=locked)
+            )
 
     def _describe(self, what: str, *, locked: bool = False) -> str:
         return f"{self.name} (pid {self.pid}): {what}; output tail:\n{self.output(locked=locked)[-_OUTPUT_TAIL_CHARS:]}"
@@ -370,7 +372,9 @@ async def mcp_client(
     # The SDK's own client settings (long read timeout for SSE streams), plus our headers;
     # trust_env=False so a developer's proxy settings never see 127.0.0.1 traffic.
     http = httpx2.AsyncClient(
-        headers=dict(headers or {}), timeout=httpx2.Timeout(30.0, read=300.0), trust_env=False,
+        headers=dict(headers or {}),
+        timeout=httpx2.Timeout(30.0, read=300.0),
+        trust_env=False,
         verify=client_tls(verify, cert),
     )
     async with http:

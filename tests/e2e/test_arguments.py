@@ -43,7 +43,9 @@ TRIAGE = {IDENTITY_HEADER: "triage"}
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def gateway(mcp_backend_factory_module: Any, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RunningGateway]:
+async def gateway(
+    mcp_backend_factory_module: Any, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[RunningGateway]:
     github = mcp_backend_factory_module(name="github")
     gw = await start_gateway(tmp_path_factory.mktemp("gateway"), {"github": github}, policy_yaml=POLICY)
     yield gw
@@ -59,7 +61,9 @@ async def call(client: Any, tool: str, **arguments: Any) -> Any:
 
 
 @pytest.mark.parametrize("mode", ["modern", "legacy"])
-async def test_arguments_are_checked_by_envoy(gateway: RunningGateway, mode: str, caplog: pytest.LogCaptureFixture) -> None:
+async def test_arguments_are_checked_by_envoy(
+    gateway: RunningGateway, mode: str, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level("INFO", logger="agentxds.decisions")
     github = gateway.backends["github"]
     github.clear_requests()

@@ -111,8 +111,13 @@ def test_validate_reports_every_error_with_file_line_and_field(tmp_path: Path) -
     result = agentxds("validate", str(broken))
     assert result.returncode == 1
     errors = result.stderr
-    assert re.search(r"github-policy\.yaml:\d+: MCPPolicy/github spec\.rules\[1\]\.agents\[0\]: unknown agent 'exectuor'", errors), errors
-    assert re.search(r"agents\.yaml:\d+: Agent/triage spec\.identity\.spife: unknown field 'spife' \(did you mean 'spiffe'\?\)", errors), errors
+    assert re.search(
+        r"github-policy\.yaml:\d+: MCPPolicy/github spec\.rules\[1\]\.agents\[0\]: unknown agent 'exectuor'", errors
+    ), errors
+    assert re.search(
+        r"agents\.yaml:\d+: Agent/triage spec\.identity\.spife: unknown field 'spife' \(did you mean 'spiffe'\?\)",
+        errors,
+    ), errors
     assert "2 error(s)" in errors
 
 

@@ -417,7 +417,9 @@ async def test_a_conditional_rule_is_decided_before_the_credential_is_added(worl
     assert isinstance(refused, MCPError) and refused.data["reason"] == "condition_not_met"
     calls = [r for r in tx.requests() if '"create_issue"' in r["body"]]
     assert len(calls) == 1 and calls[0]["headers"]["authorization"] == "Bearer backend-token-for-alice"
-    assert_no_caller_credentials(tx.requests(), headers["authorization"].removeprefix("Bearer "), world.keys["TRIAGE_KEY"])
+    assert_no_caller_credentials(
+        tx.requests(), headers["authorization"].removeprefix("Bearer "), world.keys["TRIAGE_KEY"]
+    )
 
 
 async def test_no_user_token_is_refused_before_the_backend(world: World) -> None:

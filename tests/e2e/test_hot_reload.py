@@ -32,7 +32,7 @@ from xds_server.runtime.envoy import EnvoyProcess
 from xds_server.runtime.ports import free_port, port_open
 
 TRIAGE = {IDENTITY_HEADER: "triage"}
-GRANT_CREATE_ISSUE = POLICY_YAML.replace("tools: [list_issues, \"get_*\"]", "tools: [list_issues, \"get_*\", create_issue]")
+GRANT_CREATE_ISSUE = POLICY_YAML.replace('tools: [list_issues, "get_*"]', 'tools: [list_issues, "get_*", create_issue]')
 
 
 @pytest_asyncio.fixture(loop_scope="session")

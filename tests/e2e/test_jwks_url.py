@@ -110,7 +110,10 @@ spec:
     wired = {c.name for c in res.clusters}
     extra = [c for c in jwks_clusters(gateway_ir) if c.name not in wired]  # until translate wires them itself
     res = replace(res, clusters=tuple(sorted((*res.clusters, *extra), key=lambda c: c.name)))
-    bootstrap = {**static_bootstrap(res), "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}}}
+    bootstrap = {
+        **static_bootstrap(res),
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+    }
     envoy = EnvoyProcess(bootstrap, workdir=tmp_path / "envoy", log_level="warning").start()
     try:
         await envoy.wait_live_async(20)

@@ -128,7 +128,9 @@ def policy_files(backends: dict[str, McpBackend]) -> Callable[[int, int], dict[s
             "gateway.yaml": gateway_yaml(listen_port, policy_port),
             "corp-jwks.json": CORP.jwks(),
             "agents.yaml": AGENTS_YAML,
-            "backends.yaml": "---\n".join(backend_yaml(n, b, auth if n == "secure" else "") for n, b in backends.items()),
+            "backends.yaml": "---\n".join(
+                backend_yaml(n, b, auth if n == "secure" else "") for n, b in backends.items()
+            ),
             "policies.yaml": POLICIES_YAML,
         }
 
@@ -148,8 +150,13 @@ async def start_gateway_with(workdir: Path, backends: dict[str, McpBackend],
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def gateway(mcp_backend_factory_module: Any, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RunningGateway]:
-    backends = {"github": mcp_backend_factory_module(name="github"), "secure": mcp_backend_factory_module(name="secure")}
+async def gateway(
+    mcp_backend_factory_module: Any, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[RunningGateway]:
+    backends = {
+        "github": mcp_backend_factory_module(name="github"),
+        "secure": mcp_backend_factory_module(name="secure"),
+    }
     gw = await start_gateway_with(tmp_path_factory.mktemp("jwt-gateway"), backends, policy_files(backends))
     yield gw
     await stop_gateway(gw)
@@ -274,7 +281,11 @@ async def test_an_invalid_user_token_is_a_jsonrpc_401(gateway: RunningGateway, b
     target = gateway.backends[backend]
     target.clear_requests()
     request_id = f"req-{uuid.uuid4().hex[:8]}"
-    headers = {**as_agent("triage"), "authorization": "Bearer " + BAD_USER_TOKENS[bad](), **modern_headers("list_issues")}
+    headers = {
+        **as_agent("triage"),
+        "authorization": "Bearer " + BAD_USER_TOKENS[bad](),
+        **modern_headers("list_issues"),
+    }
     response = await raw_post(gateway.url(backend), call_body("list_issues", request_id, repo="acme/web"), headers)
     assert response.status_code == 401, response.text
     body = rpc_error(response)
@@ -289,7 +300,9 @@ async def test_an_invalid_user_token_is_a_jsonrpc_401(gateway: RunningGateway, b
     assert target.requests() == []
 
 
-async def test_an_expired_agent_token_is_refused_with_the_id_echoed(gateway: RunningGateway, github: McpBackend) -> None:
+async def test_an_expired_agent_token_is_refused_with_the_id_echoed(
+    gateway: RunningGateway, github: McpBackend
+) -> None:
     headers = {"x-agent-token": AGENTS.token(azp="triage", lifetime=-120), **modern_headers("list_issues")}
     response = await raw_post(gateway.url(), call_body("list_issues", 41, repo="acme/web"), headers)
     body = rpc_error(response)
@@ -324,7 +337,9 @@ async def test_auth_backend_without_a_user_token_answers_the_challenge(gateway: 
     headers = {**as_agent("triage"), **modern_headers("whoami")}
     response = await raw_post(gateway.url("secure"), call_body("whoami", 3), headers)
     assert response.status_code == 401
-    assert response.headers["www-authenticate"] == f'Bearer resource_metadata="{metadata_url(gateway)}", scope="mcp:tools"'
+    assert (
+        response.headers["www-authenticate"] == f'Bearer resource_metadata="{metadata_url(gateway)}", scope="mcp:tools"'
+    )
     body = rpc_error(response)
     assert body["id"] == 3
     assert body["error"]["code"] == errors.MISSING_CREDENTIALS.code

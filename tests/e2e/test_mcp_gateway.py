@@ -25,7 +25,9 @@ MODERN_META = {"io.modelcontextprotocol/protocolVersion": MODERN, "io.modelconte
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def gateway(mcp_backend_factory_module: Any, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RunningGateway]:
+async def gateway(
+    mcp_backend_factory_module: Any, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[RunningGateway]:
     github = mcp_backend_factory_module(name="github")
     wiki = mcp_backend_factory_module(name="wiki")  # no MCPPolicy names it: nobody may use it
     gw = await start_gateway(tmp_path_factory.mktemp("gateway"), {"github": github, "wiki": wiki})
@@ -122,7 +124,9 @@ async def test_rule_for_every_agent_applies_to_each_agent(gateway: RunningGatewa
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("headers", [{IDENTITY_HEADER: "mallory"}, {}], ids=["unknown-name", "no-identity"])
-async def test_unknown_agent_is_refused(gateway: RunningGateway, backend: McpBackend, mode: str, headers: dict[str, str]) -> None:
+async def test_unknown_agent_is_refused(
+    gateway: RunningGateway, backend: McpBackend, mode: str, headers: dict[str, str]
+) -> None:
     with pytest.raises(BaseException) as refused:
         async with mcp_client(gateway.url(), headers, mode) as client:
             await client.call_tool("whoami", {})
@@ -187,7 +191,12 @@ async def test_lists_resources_and_prompts_follow_the_policy(
 async def test_denial_echoes_the_request_id_with_its_type(
     gateway: RunningGateway, backend: McpBackend, request_id: Any
 ) -> None:
-    body = {"jsonrpc": "2.0", "id": request_id, "method": "tools/call", "params": {"name": "delete_repo", "arguments": {}}}
+    body = {
+        "jsonrpc": "2.0",
+        "id": request_id,
+        "method": "tools/call",
+        "params": {"name": "delete_repo", "arguments": {}},
+    }
     response = await raw_post(gateway.url(), json.dumps(body), as_agent("triage"))
     error = jsonrpc_error(response)
     assert response.status_code == 403
@@ -237,7 +246,12 @@ async def test_a_lying_mcp_name_header_cannot_smuggle_a_tool(gateway: RunningGat
     """2026-07-28 requests name the tool in a header too; Envoy checks it against the body."""
     body = {"jsonrpc": "2.0", "id": 9, "method": "tools/call",
             "params": {"name": "delete_repo", "arguments": {}, "_meta": MODERN_META}}  # fmt: skip
-    headers = {**as_agent("triage"), "mcp-protocol-version": MODERN, "mcp-method": "tools/call", "mcp-name": "list_issues"}
+    headers = {
+        **as_agent("triage"),
+        "mcp-protocol-version": MODERN,
+        "mcp-method": "tools/call",
+        "mcp-name": "list_issues",
+    }
     response = await raw_post(gateway.url(), json.dumps(body), headers)
     error = jsonrpc_error(response)
     assert response.status_code == 400

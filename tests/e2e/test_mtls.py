@@ -175,8 +175,6 @@ async def test_each_agent_gets_exactly_its_tools(tls: tuple[TlsGateway, Pki], ba
     assert tool_calls(backend) == ["list_issues", "get_issue", "create_issue", "whoami"]
 
 
-
-
 @pytest.mark.parametrize("mode", MODES)
 async def test_tools_list_shows_each_agent_exactly_its_tools(tls: tuple[TlsGateway, Pki], mode: str) -> None:
     gw, _ = tls

@@ -66,8 +66,10 @@ def _copy_demo_policies(dest: Path, listen_port: int, backend_port: int, policy_
     for old, new in (
         ("port: 10000}", f"port: {listen_port}}}"),
         ("{host: 127.0.0.1, port: 18081}", f"{{host: 127.0.0.1, port: {backend_port}}}"),
-        ("{host: 127.0.0.1, port: 18001, extAuthz: http, extAuthzHttpPort: 18003}",
-         f"{{host: 127.0.0.1, port: {policy_port}, extAuthz: http, extAuthzHttpPort: {authz_http_port}}}"),
+        (
+            "{host: 127.0.0.1, port: 18001, extAuthz: http, extAuthzHttpPort: 18003}",
+            f"{{host: 127.0.0.1, port: {policy_port}, extAuthz: http, extAuthzHttpPort: {authz_http_port}}}",
+        ),
     ):
         assert text.count(old) == 1, f"demo gateway.yaml changed: {old!r} not found once"
         text = text.replace(old, new)

@@ -178,8 +178,10 @@ async def test_quota_state_survives_a_policy_reload(gateway: RunningGateway) -> 
         for _ in range(3):
             assert isinstance(await call(client, "list_issues", repo="a/b"), str)
         reloads = gateway.control.reloads
-        gateway.write("github-policy.yaml", POLICY.replace("agents: [\"*\"]\n      tools: [whoami]",
-                                                            "agents: [\"*\"]\n      tools: [whoami, get_issue]"))
+        gateway.write(
+            "github-policy.yaml",
+            POLICY.replace('agents: ["*"]\n      tools: [whoami]', 'agents: ["*"]\n      tools: [whoami, get_issue]'),
+        )
         await gateway.wait_reloads(reloads + 1)
         assert gateway.control.last_reload.ok
         refused = await call(client, "list_issues", repo="a/b")

@@ -105,14 +105,20 @@ async def test_screening_blocks_or_flags_a_poisoned_description(
     backends = gateway.policy_dir / "backends.yaml"
     original = backends.read_text()
 
-    await reload_after(gateway, lambda: backends.write_text(original.replace(GUARD, "  toolGuard: {screening: block, refresh: 200ms}\n")))
+    await reload_after(
+        gateway,
+        lambda: backends.write_text(original.replace(GUARD, "  toolGuard: {screening: block, refresh: 200ms}\n")),
+    )
     await eventually(lambda: _hidden(gateway, "create_issue"), timeout=15, what="the poisoned tool to be hidden")
     refused = await create_issue(gateway)
     assert isinstance(refused, MCPError) and refused.data["reason"] == "tool_changed"
     assert "suspicious description" in refused.data["details"]
     assert not _called(poisoned, "create_issue")
 
-    await reload_after(gateway, lambda: backends.write_text(original.replace(GUARD, "  toolGuard: {screening: flag, refresh: 200ms}\n")))
+    await reload_after(
+        gateway,
+        lambda: backends.write_text(original.replace(GUARD, "  toolGuard: {screening: flag, refresh: 200ms}\n")),
+    )
     await eventually(lambda: _shown(gateway, "create_issue"), timeout=15, what="a flagged tool to stay usable")
     assert await create_issue(gateway) == "created issue in acme/web: t"
 

@@ -48,10 +48,6 @@ def snap(cert: bytes = b"cert-1", ca: bytes = b"ca-1", port: int = 10000) -> Sna
     )
 
 
-
-
-
-
 def names_in(resp) -> list[str]:
     out = []
     for any_msg in resp.resources:

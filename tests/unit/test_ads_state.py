@@ -25,10 +25,6 @@ def fresh() -> StreamState:
     return StreamState(stream_id="s")
 
 
-
-
-
-
 def unpack(resp, cls):
     out = []
     for any_msg in resp.resources:
@@ -222,7 +218,9 @@ def test_all_pending_types_go_out_in_cds_eds_lds_rds_order():
     assert len({r.nonce for r in sent}) == 4
 
     for resp in sent:
-        state = ack(state, resp, names=("r1",) if resp.type_url == ROUTE else ("a",) if resp.type_url == ENDPOINT else ())
+        state = ack(
+            state, resp, names=("r1",) if resp.type_url == ROUTE else ("a",) if resp.type_url == ENDPOINT else ()
+        )
     changed = Snapshot.build(
         {
             CLUSTER: [cluster("a", timeout_s=5)],

@@ -17,7 +17,9 @@ def test_generated_api_imports_as_a_package():
 
 
 def test_import_rewrite_only_touches_project_packages():
-    text = "from agentxds.v1 import status_pb2 as s\nfrom google.protobuf import timestamp_pb2\nimport agentxds.v1.x_pb2\n"
+    text = (
+        "from agentxds.v1 import status_pb2 as s\nfrom google.protobuf import timestamp_pb2\nimport agentxds.v1.x_pb2\n"
+    )
     assert generate._rewrite_imports(text, ["agentxds"]) == (
         "from xds_server.api.agentxds.v1 import status_pb2 as s\n"
         "from google.protobuf import timestamp_pb2\n"

@@ -13,7 +13,7 @@ from xds_server.authz.quota import QuotaStore
 from xds_server.ir.glob import compile_globs
 from xds_server.ir.types import ConditionalRuleIR, QuotaIR, QuotaScope
 
-NOW = dt.datetime(2024, 1, 2, 13, 0, tzinfo=dt.timezone.utc)  # a Tuesday, 13:00 UTC
+NOW = dt.datetime(2024, 1, 2, 13, 0, tzinfo=dt.UTC)  # a Tuesday, 13:00 UTC
 
 
 class Clock:

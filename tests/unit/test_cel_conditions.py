@@ -8,7 +8,7 @@ import pytest
 
 from xds_server.authz.cel_conditions import ConditionError, ConditionResult, compile_condition
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 NOW = dt.datetime(2024, 1, 2, 13, 4, 5, tzinfo=UTC)  # a Tuesday
 
 
@@ -29,7 +29,7 @@ def test_missing_argument_fails_closed_and_says_why() -> None:
 
 
 def test_optional_argument_can_be_tested() -> None:
-    cond = compile_condition('!has(args.draft) || args.draft == false')
+    cond = compile_condition("!has(args.draft) || args.draft == false")
     assert cond.evaluate(variables(args={})).passed
     assert not cond.evaluate(variables(args={"draft": True})).passed
     assert compile_condition('"repo" in args').evaluate(variables(args={"repo": "x"})).passed
@@ -92,7 +92,7 @@ def test_time_zone_accessor_is_unsupported_and_fails_closed() -> None:
     [
         ("args.repo ==", "line 1, column 13: syntax error: unexpected end of expression", 1, 13),
         ('args.repo == "a" && )', "line 1, column 21: syntax error: unexpected ')'", 1, 21),
-        ('args.a == 1 &&\n  foo(', "line 2, column 7: syntax error: unexpected end of expression", 2, 7),
+        ("args.a == 1 &&\n  foo(", "line 2, column 7: syntax error: unexpected end of expression", 2, 7),
         ("99999999999999999999 > 1", "line 1, column 1: invalid int literal", 1, 1),
         (
             'args.a == "x',

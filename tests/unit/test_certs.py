@@ -14,7 +14,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from xds_server import certs
 from xds_server.cli import main
 
-NOW = dt.datetime(2030, 1, 1, tzinfo=dt.timezone.utc)
+NOW = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
 
 
 def verify_signed_by(leaf: x509.Certificate, ca: x509.Certificate) -> None:

@@ -128,7 +128,9 @@ def test_compose_gateway_differs_from_the_demo_only_where_compose_needs_it() -> 
     # The compose service runs the demo server, not `agentxds up --demo`.
     backend["metadata"].pop("annotations", None)
     assert _documents(COMPOSE_POLICIES / "gateway.yaml") == expected
-    assert sorted(p.name for p in COMPOSE_POLICIES.glob("*.y*ml")) == sorted(p.name for p in DEMO_POLICIES.glob("*.y*ml"))
+    assert sorted(p.name for p in COMPOSE_POLICIES.glob("*.y*ml")) == sorted(
+        p.name for p in DEMO_POLICIES.glob("*.y*ml")
+    )
 
 
 # -- docker-compose.yml -----------------------------------------------------------
@@ -160,8 +162,12 @@ def test_compose_file_wires_the_services_together() -> None:
                                   "--policy-port", "18001", "--authz-http-port", "18003",
                                   "--approvals-port", "18002"]  # fmt: skip
     gateway = next(d for d in _documents(COMPOSE_POLICIES / "gateway.yaml") if d["kind"] == "Gateway")
-    assert gateway["spec"]["policyService"] == {"host": "control-plane", "port": 18001, "extAuthz": "http",
-                                                "extAuthzHttpPort": 18003}  # the ports `serve` is given
+    assert gateway["spec"]["policyService"] == {
+        "host": "control-plane",
+        "port": 18001,
+        "extAuthz": "http",
+        "extAuthzHttpPort": 18003,
+    }  # the ports `serve` is given
     assert "127.0.0.1:18002:18002" in control["ports"]  # approvals API: host loopback only
     assert "./policies/compose:/policies:ro" in control["volumes"]
     xds = _bootstrap()["static_resources"]["clusters"][0]

@@ -391,12 +391,14 @@ async def test_check_sets_the_exchanged_token_and_removes_the_callers_credential
     svc, calls = service
     with caplog.at_level(logging.INFO, logger="agentxds.decisions"):
         response = await ExtAuthzServicer(svc).Check(
-            check_request("tx", body=tool_call("whoami"), headers=CALLER, jwt=ALICE), None)  # type: ignore[arg-type]
+            check_request("tx", body=tool_call("whoami"), headers=CALLER, jwt=ALICE), None
+        )  # type: ignore[arg-type]
         svc.flush_decisions()
     assert response.status.code == 0
     ok = response.ok_response
     assert [(h.header.key, h.header.value, h.append_action) for h in ok.headers] == [
-        ("authorization", "Bearer backend-token-for-alice", base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD)]
+        ("authorization", "Bearer backend-token-for-alice", base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD)
+    ]
     assert list(ok.headers_to_remove) == ["x-agent-id", "x-agent-token", "x-api-key"]
     assert len(calls) == 1
     # The decision log names the user and the kind of credential, never a secret.
@@ -405,16 +407,20 @@ async def test_check_sets_the_exchanged_token_and_removes_the_callers_credential
         assert secret not in caplog.text
 
 
-@pytest.mark.parametrize(("body", "method"), [("", "GET"), ("", "DELETE"),
-                                              ('{"jsonrpc":"2.0","id":1,"method":"tools/list"}', "POST")])
+@pytest.mark.parametrize(
+    ("body", "method"), [("", "GET"), ("", "DELETE"), ('{"jsonrpc":"2.0","id":1,"method":"tools/list"}', "POST")]
+)
 async def test_every_request_of_a_delegated_backend_gets_the_credential(
     service: tuple[PolicyService, list[httpx2.Request]], body: str, method: str
 ) -> None:
     svc, calls = service
     response = await ExtAuthzServicer(svc).Check(
-        check_request("store", body=body, method=method, headers=CALLER, jwt=ALICE), None)  # type: ignore[arg-type]
+        check_request("store", body=body, method=method, headers=CALLER, jwt=ALICE), None
+    )  # type: ignore[arg-type]
     assert response.status.code == 0
-    assert [(h.header.key, h.header.value) for h in response.ok_response.headers] == [("x-github-token", "token alice-pat")]
+    assert [(h.header.key, h.header.value) for h in response.ok_response.headers] == [
+        ("x-github-token", "token alice-pat")
+    ]
     assert list(response.ok_response.headers_to_remove) == ["authorization", "x-agent-id", "x-agent-token", "x-api-key"]
     assert calls == []
 
@@ -423,7 +429,8 @@ async def test_no_verified_user_is_refused(service: tuple[PolicyService, list[ht
     svc, calls = service
     # The token is in the header, but jwt_authn verified nothing: that is no user.
     response = await ExtAuthzServicer(svc).Check(
-        check_request("tx", body=tool_call("whoami", "r1"), headers=CALLER), None)  # type: ignore[arg-type]
+        check_request("tx", body=tool_call("whoami", "r1"), headers=CALLER), None
+    )  # type: ignore[arg-type]
     assert response.status.code == 7
     denied = response.denied_response
     assert denied.status.code == 401
@@ -439,7 +446,8 @@ async def test_a_user_without_a_secret_is_refused(service: tuple[PolicyService, 
     svc, _ = service
     bob = {"corp": {"sub": "bob"}}
     response = await ExtAuthzServicer(svc).Check(
-        check_request("store", body=tool_call("whoami"), headers=CALLER, jwt=bob), None)  # type: ignore[arg-type]
+        check_request("store", body=tool_call("whoami"), headers=CALLER, jwt=bob), None
+    )  # type: ignore[arg-type]
     assert response.status.code == 7 and response.denied_response.status.code == 403
     assert f'"code":{NO_USER_CREDENTIAL.code}' in response.denied_response.body
     assert "User 'bob' has no credential for backend 'store'" in response.denied_response.body
@@ -448,11 +456,13 @@ async def test_a_user_without_a_secret_is_refused(service: tuple[PolicyService, 
 async def test_the_rule_is_decided_before_any_exchange(service: tuple[PolicyService, list[httpx2.Request]]) -> None:
     svc, calls = service
     refused = await ExtAuthzServicer(svc).Check(
-        check_request("tx", body=tool_call("create_issue", repo="evil/x"), headers=CALLER, jwt=ALICE), None)  # type: ignore[arg-type]
+        check_request("tx", body=tool_call("create_issue", repo="evil/x"), headers=CALLER, jwt=ALICE), None
+    )  # type: ignore[arg-type]
     assert refused.status.code == 7 and '"reason":"condition_not_met"' in refused.denied_response.body
     assert calls == []
     allowed = await ExtAuthzServicer(svc).Check(
-        check_request("tx", body=tool_call("create_issue", repo="acme/x"), headers=CALLER, jwt=ALICE), None)  # type: ignore[arg-type]
+        check_request("tx", body=tool_call("create_issue", repo="acme/x"), headers=CALLER, jwt=ALICE), None
+    )  # type: ignore[arg-type]
     assert allowed.status.code == 0 and len(calls) == 1
     assert allowed.ok_response.headers[0].header.value == "Bearer backend-token-for-alice"
 
@@ -463,7 +473,8 @@ async def test_token_endpoint_failure_refuses_with_a_json_rpc_error(policy_ir: I
     svc.credentials = CredentialIssuer(exchanger(calls, status=503, body={"error": "temporarily_unavailable"}))
     svc.update(policy_ir)
     response = await ExtAuthzServicer(svc).Check(
-        check_request("tx", body=tool_call("whoami", 11), headers=CALLER, jwt=ALICE), None)  # type: ignore[arg-type]
+        check_request("tx", body=tool_call("whoami", 11), headers=CALLER, jwt=ALICE), None
+    )  # type: ignore[arg-type]
     assert response.status.code == 7 and response.denied_response.status.code == 502
     body = response.denied_response.body
     assert f'"code":{CREDENTIAL_UNAVAILABLE.code}' in body and '"id":11' in body

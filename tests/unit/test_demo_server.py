@@ -27,7 +27,10 @@ async def test_tools_resources_prompts(backend: McpBackend, mode: str) -> None:
         assert client.protocol_version == ("2026-07-28" if mode == "modern" else "2025-11-25")
         tools = await client.list_tools()
         assert [t.name for t in tools.tools] == ["list_issues", "get_issue", "create_issue", "delete_repo", "whoami"]
-        assert _text(await client.call_tool("list_issues", {"repo": "acme/web"})) == "issues of acme/web: #1 bug, #2 feature"
+        assert (
+            _text(await client.call_tool("list_issues", {"repo": "acme/web"}))
+            == "issues of acme/web: #1 bug, #2 feature"
+        )
         assert _text(await client.call_tool("get_issue", {"repo": "acme/web", "number": 7})) == "issue acme/web#7: bug"
         assert _text(await client.call_tool("create_issue", {"repo": "acme/web", "title": "t"})) == (
             "created issue in acme/web: t"

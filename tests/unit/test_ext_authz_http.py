@@ -71,7 +71,12 @@ async def service(tmp_path: Path) -> AsyncIterator[PolicyService]:
 
 
 def tool_call(tool: str, request_id: Any = 1, **arguments: Any) -> bytes:
-    body = {"jsonrpc": "2.0", "id": request_id, "method": "tools/call", "params": {"name": tool, "arguments": arguments}}
+    body = {
+        "jsonrpc": "2.0",
+        "id": request_id,
+        "method": "tools/call",
+        "params": {"name": tool, "arguments": arguments},
+    }
     return json.dumps(body).encode()
 
 
@@ -141,8 +146,12 @@ async def test_one_connection_serves_many_checks_and_quotas_say_when_to_retry(se
     ("gitlab", "executor", errors.METHOD_DENIED),  # not a backend of the current policies
     ("github", "nobody", errors.UNKNOWN_AGENT),
 ])  # fmt: skip
-async def test_what_it_cannot_place_is_refused(service: PolicyService, backend: str, agent: str, kind: errors.ErrorKind) -> None:
-    [(status, _, body)] = await exchange(service, check(tool_call("create_issue", repo="acme/web"), backend=backend, agent=agent))
+async def test_what_it_cannot_place_is_refused(
+    service: PolicyService, backend: str, agent: str, kind: errors.ErrorKind
+) -> None:
+    [(status, _, body)] = await exchange(
+        service, check(tool_call("create_issue", repo="acme/web"), backend=backend, agent=agent)
+    )
     assert status == kind.http_status
     assert json.loads(body)["error"]["data"]["reason"] == kind.reason
 
@@ -151,7 +160,9 @@ async def test_what_it_cannot_place_is_refused(service: PolicyService, backend: 
     b"NOT HTTP AT ALL\r\n\r\n",
     b"POST /check/github/mcp HTTP/1.1\r\ncontent-length: 5\r\ncontent-length: 7\r\n\r\nhello!!",
 ])  # fmt: skip
-async def test_an_unparseable_request_gets_400_and_the_connection_closes(service: PolicyService, request_bytes: bytes) -> None:
+async def test_an_unparseable_request_gets_400_and_the_connection_closes(
+    service: PolicyService, request_bytes: bytes
+) -> None:
     assert service.authz_http_port is not None
     reader, writer = await asyncio.open_connection("127.0.0.1", service.authz_http_port)
     writer.write(request_bytes)
@@ -194,7 +205,9 @@ def test_without_an_event_loop_a_decision_is_logged_at_once(caplog: pytest.LogCa
     assert [r.getMessage() for r in caplog.records] == ['{"tool": "a"}']
 
 
-async def test_stopping_the_service_writes_what_is_queued(service: PolicyService, caplog: pytest.LogCaptureFixture) -> None:
+async def test_stopping_the_service_writes_what_is_queued(
+    service: PolicyService, caplog: pytest.LogCaptureFixture
+) -> None:
     with caplog.at_level(logging.INFO, logger="agentxds.decisions"):
         await exchange(service, check(tool_call("create_issue", repo="acme/web")))
         await service.stop()

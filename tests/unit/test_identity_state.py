@@ -113,7 +113,9 @@ def test_ext_proc_reads_the_verified_payloads_and_the_peer_certificate() -> None
     request = pb.ProcessingRequest()
     json_format.ParseDict({"corp": {"sub": "bob", "roles": ["maintainers"], "exp": 1.7e9}},
                           request.metadata_context.filter_metadata["envoy.filters.http.jwt_authn"])  # fmt: skip
-    request.attributes["envoy.filters.http.ext_proc"].fields["connection.uri_san_peer_certificate"].string_value = "spiffe://x/y"
+    request.attributes["envoy.filters.http.ext_proc"].fields[
+        "connection.uri_san_peer_certificate"
+    ].string_value = "spiffe://x/y"
     assert jwt_payloads(request) == {"corp": {"sub": "bob", "roles": ["maintainers"], "exp": 1.7e9}}
     assert peer_uri_san(request) == "spiffe://x/y"
     assert jwt_payloads(pb.ProcessingRequest()) == {} and peer_uri_san(pb.ProcessingRequest()) is None

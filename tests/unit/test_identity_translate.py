@@ -39,10 +39,24 @@ from xds_server.translate.proto import to_dict
 from xds_server.translate.route import build_route_config
 
 # A real RSA public key: Envoy parses the keys when it loads the configuration.
-JWKS = json.dumps({"keys": [{"kty": "RSA", "kid": "k1", "alg": "RS256", "use": "sig", "e": "AQAB", "n": (
-    "qhTi7BkWk18YJGe6VNvXMCL4Qw8aHTknZk9ahqp9A7h4x8lrCn_1laiwjvudni91vJnkFUoSMHsAkHYDZsPkKmJkIBGuZurYvPp6muKOxbvuzCUzcQ"
-    "hLYA5I9cEcCHLqbJZqmPcVWkXl98JWWKH0TQkpHPY1BERT1IOWLAKikf77KlTSn_rWvmKqgbwZNs66tQVQyuxR3vs8DzW3Mikk47PqGe0i1TGMpPU"
-    "CsI9rSUCUlu-Y8S296N3Web5rj6xySY8bqG1eL2wW_36TS8-UPlimzrkBX5IqLVdHG44QqxjMNtKlPkQPoVb1-vGfHaN63hYCkB7oWgtWLU_Nan4gOw")}]})
+JWKS = json.dumps(
+    {
+        "keys": [
+            {
+                "kty": "RSA",
+                "kid": "k1",
+                "alg": "RS256",
+                "use": "sig",
+                "e": "AQAB",
+                "n": (
+                    "qhTi7BkWk18YJGe6VNvXMCL4Qw8aHTknZk9ahqp9A7h4x8lrCn_1laiwjvudni91vJnkFUoSMHsAkHYDZsPkKmJkIBGuZurYvPp6muKOxbvuzCUzcQ"
+                    "hLYA5I9cEcCHLqbJZqmPcVWkXl98JWWKH0TQkpHPY1BERT1IOWLAKikf77KlTSn_rWvmKqgbwZNs66tQVQyuxR3vs8DzW3Mikk47PqGe0i1TGMpPU"
+                    "CsI9rSUCUlu-Y8S296N3Web5rj6xySY8bqG1eL2wW_36TS8-UPlimzrkBX5IqLVdHG44QqxjMNtKlPkQPoVb1-vGfHaN63hYCkB7oWgtWLU_Nan4gOw"
+                ),
+            }
+        ]
+    }
+)
 
 
 def provider(name: str, **kw: Any) -> JwtProviderIR:
@@ -62,7 +76,9 @@ def backend(name: str, *, auth: BackendAuthIR | None = None, grants: tuple[Grant
 
 
 def grant(agent: str, tools: list[str], user: UserMatchIR | None = None) -> GrantIR:
-    return GrantIR(agent=agent, tools=compile_globs(tools), resources=(), prompts=(), sources=("p/rules[0]",), user=user)
+    return GrantIR(
+        agent=agent, tools=compile_globs(tools), resources=(), prompts=(), sources=("p/rules[0]",), user=user
+    )
 
 
 def gateway(*, providers: tuple[JwtProviderIR, ...] = (provider("corp"), provider("agents", token_header="x-agent-token")),
@@ -118,8 +134,14 @@ def test_tokens_are_optional_but_checked_and_auth_backends_require_theirs() -> N
     gw = gateway()
     requirements = jwt_config(gw)["requirement_map"]
     optional_agents = {"requires_any": {"requirements": [{"provider_name": "agents"}, {"allow_missing": {}}]}}
-    assert requirements["optional"] == {"requires_all": {"requirements": [
-        {"requires_any": {"requirements": [{"provider_name": "corp"}, {"allow_missing": {}}]}}, optional_agents]}}
+    assert requirements["optional"] == {
+        "requires_all": {
+            "requirements": [
+                {"requires_any": {"requirements": [{"provider_name": "corp"}, {"allow_missing": {}}]}},
+                optional_agents,
+            ]
+        }
+    }
     assert requirements["user/corp"] == {"requires_all": {"requirements": [{"provider_name": "corp"}, optional_agents]}}
     github, wiki = gw.backends
     assert jwt.route_requirement(gw, github)["envoy.filters.http.jwt_authn"]["requirement_name"] == "user/corp"
@@ -194,8 +216,14 @@ def test_a_users_grant_is_the_agent_and_the_user() -> None:
     matcher = user_part["sourced_metadata"]["metadata_matcher"]
     assert matcher["filter"] == "envoy.filters.http.jwt_authn"
     assert matcher["path"] == [{"key": "corp"}, {"key": "roles"}]  # the provider's groups claim
-    assert matcher["value"] == {"or_match": {"value_matchers": [
-        {"list_match": {"one_of": {"string_match": {"exact": "maintainers"}}}}, {"string_match": {"exact": "maintainers"}}]}}
+    assert matcher["value"] == {
+        "or_match": {
+            "value_matchers": [
+                {"list_match": {"one_of": {"string_match": {"exact": "maintainers"}}}},
+                {"string_match": {"exact": "maintainers"}},
+            ]
+        }
+    }
 
 
 def test_every_user_condition_must_hold() -> None:
@@ -209,7 +237,10 @@ def test_every_user_condition_must_hold() -> None:
     assert department["sourced_metadata"]["metadata_matcher"]["value"] == {"string_match": {"exact": "platform"}}
     anyone = rbac.user_principal(replace(user, subjects=(), claims=()))
     assert anyone["sourced_metadata"]["metadata_matcher"] == {
-        "filter": "envoy.filters.http.jwt_authn", "path": [{"key": "corp"}], "value": {"present_match": True}}
+        "filter": "envoy.filters.http.jwt_authn",
+        "path": [{"key": "corp"}],
+        "value": {"present_match": True},
+    }
 
 
 # ---------------------------------------------------------------- local replies and oauth
@@ -221,7 +252,9 @@ def test_caller_sources_cover_every_principal_kind_and_never_show_a_key() -> Non
     assert names == ["%REQ(x-agent-id)%", "%DYNAMIC_METADATA(envoy.filters.http.jwt_authn:agents:azp)%",
                      "%DOWNSTREAM_PEER_URI_SAN%", "keyed", "odd"]  # fmt: skip
     assert "^(dev|triage)$" in json.dumps(sources[0].when)
-    assert 'connection.uri_san_peer_certificate in [\\"spiffe://example.org/agent/spiffed\\"]' in json.dumps(sources[2].when)
+    assert 'connection.uri_san_peer_certificate in [\\"spiffe://example.org/agent/spiffed\\"]' in json.dumps(
+        sources[2].when
+    )
     assert all("k-123" not in s.name for s in sources)
 
 
@@ -283,7 +316,10 @@ def test_metadata_routes_need_no_token_and_no_mcp() -> None:
     assert filters["envoy.filters.http.jwt_authn"]["disabled"] is True
     assert set(filters["envoy.filters.http.rbac"]) == {"@type"}  # no rules: RBAC off
     no_backend = routes[-1]
-    assert no_backend["name"] == "no-backend" and no_backend["typed_per_filter_config"]["envoy.filters.http.jwt_authn"]["disabled"]
+    assert (
+        no_backend["name"] == "no-backend"
+        and no_backend["typed_per_filter_config"]["envoy.filters.http.jwt_authn"]["disabled"]
+    )
 
 
 def test_envoy_accepts_every_identity_source(tmp_path: Path) -> None:

@@ -341,9 +341,16 @@ def test_content_type_parameters_and_case() -> None:
 
 def test_unicode_and_big_numbers_survive() -> None:
     raw = json.dumps(
-        {"jsonrpc": "2.0", "id": 12345678901234567890123, "result": {"tools": [
-            {"name": "a"}, {"name": "b", "description": "café ☕ \u2028", "inputSchema": {"maximum": 1.5}},
-        ]}},  # fmt: skip
+        {
+            "jsonrpc": "2.0",
+            "id": 12345678901234567890123,
+            "result": {
+                "tools": [
+                    {"name": "a"},
+                    {"name": "b", "description": "café ☕ \u2028", "inputSchema": {"maximum": 1.5}},
+                ]
+            },
+        },  # fmt: skip
         ensure_ascii=False,
     ).encode()
     out = rewrite_list_response(raw, JSON, deny("a"))

@@ -99,10 +99,12 @@ def test_a_lock_must_name_an_existing_backend_and_be_the_only_one() -> None:
 def test_conditional_rules_reach_the_ir_apart_from_plain_grants() -> None:
     rules = (
         "    - agents: [bot]\n      tools: [list_issues]\n"
-        "    - agents: [\"*\"]\n      tools: [\"create_*\"]\n      when: 'args.repo.startsWith(\"acme/\")'\n"
+        '    - agents: ["*"]\n      tools: ["create_*"]\n      when: \'args.repo.startsWith("acme/")\'\n'
         "      quota: {calls: 10, per: 1m, by: agent+user}\n      requireApproval: true\n      approvalTtl: 5m\n"
     )
-    ir = build_ir(load_texts({"base.yaml": BASE, "p.yaml": policy(rules), "lock.yaml": LOCK % ("l", "github", HEX, HEX)}))
+    ir = build_ir(
+        load_texts({"base.yaml": BASE, "p.yaml": policy(rules), "lock.yaml": LOCK % ("l", "github", HEX, HEX)})
+    )
     backend = ir.gateways[0].backends[0]
     (grant,) = backend.grants
     assert [p.glob for p in grant.tools] == ["list_issues"]  # decided by Envoy alone
@@ -111,7 +113,11 @@ def test_conditional_rules_reach_the_ir_apart_from_plain_grants() -> None:
     (rule,) = backend.conditional_rules
     assert rule.id == "p/rules[1]" and rule.agents == ("bot",)
     assert rule.when == 'args.repo.startsWith("acme/")'
-    assert rule.quota is not None and (rule.quota.calls, rule.quota.window_ms, rule.quota.scope) == (10, 60000, QuotaScope.AGENT_USER)
+    assert rule.quota is not None and (rule.quota.calls, rule.quota.window_ms, rule.quota.scope) == (
+        10,
+        60000,
+        QuotaScope.AGENT_USER,
+    )
     assert rule.require_approval and rule.approval_ttl_ms == 300000
     assert backend.tool_guard is not None and [p.name for p in backend.tool_guard.pins or ()] == ["x"]
     assert backend.needs_authz and backend.needs_list_processing

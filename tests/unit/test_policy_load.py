@@ -88,8 +88,10 @@ def test_valid_multi_file_set_loads_with_defaults() -> None:
 
 
 def test_explicit_values_override_defaults() -> None:
-    gateway = GATEWAY.replace("listen: {port: 10000}", "listen: {address: '::1', port: 1}\n  limits: "
-                              "{maxRequestBodyBytes: 10485760, connectionBufferBytes: 10485760}")
+    gateway = GATEWAY.replace(
+        "listen: {port: 10000}",
+        "listen: {address: '::1', port: 1}\n  limits: {maxRequestBodyBytes: 10485760, connectionBufferBytes: 10485760}",
+    )
     backend = BACKEND + "  route: /tools/gh\n  path: /rpc\n  timeouts: {connect: 250ms, request: 1.5m}\n"
     policies = load_texts({**BASE, "gateway.yaml": gateway, "backends/github.yaml": backend})
     spec = policies.backends[0].doc.spec
@@ -124,8 +126,12 @@ def test_diagnostic_fields() -> None:
     with pytest.raises(PolicyError) as info:
         load_texts({**BASE, "policy.yaml": policy})
     assert info.value.diagnostics == (
-        Diagnostic("policy.yaml", 7, "MCPPolicy/github-triage spec.rules[0].agents[0]",
-                   "unknown agent 'nobody' (known: executor, triage)"),
+        Diagnostic(
+            "policy.yaml",
+            7,
+            "MCPPolicy/github-triage spec.rules[0].agents[0]",
+            "unknown agent 'nobody' (known: executor, triage)",
+        ),
     )
 
 
@@ -167,8 +173,10 @@ def test_wrong_type_and_range() -> None:
 
 
 def test_unknown_kind_and_api_version() -> None:
-    odd = "apiVersion: agentxds.dev/v2\nkind: Agent\nmetadata: {name: x}\nspec: {identity: {header: x}}\n" \
-          "---\napiVersion: agentxds.dev/v1\nkind: Agnet\n"
+    odd = (
+        "apiVersion: agentxds.dev/v2\nkind: Agent\nmetadata: {name: x}\nspec: {identity: {header: x}}\n"
+        "---\napiVersion: agentxds.dev/v1\nkind: Agnet\n"
+    )
     assert errors({**BASE, "odd.yaml": odd}) == [
         "odd.yaml:1: Agent/x apiVersion: must be 'agentxds.dev/v1', got 'agentxds.dev/v2'",
         "odd.yaml:7: kind: unknown kind 'Agnet' (expected one of: Agent, Gateway, MCPBackend, MCPPolicy, MCPToolLock)",
@@ -180,8 +188,9 @@ def test_unknown_kind_and_api_version() -> None:
 
 
 def test_rule_must_grant_something() -> None:
-    policy = POLICY.replace('      resources: ["file:///docs/*"]\n      prompts: [summarize]\n',
-                            "      description: forgot what\n")
+    policy = POLICY.replace(
+        '      resources: ["file:///docs/*"]\n      prompts: [summarize]\n', "      description: forgot what\n"
+    )
     assert errors({**BASE, "policy.yaml": policy}) == [
         "policy.yaml:9: MCPPolicy/github-triage spec.rules[1]: "
         "a rule must grant at least one of tools, resources, prompts"
@@ -314,7 +323,7 @@ def test_references_in_invalid_documents_are_still_checked() -> None:
 
 def test_hostile_yaml_is_contained() -> None:
     bomb = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
-        f"{c}: &{c} [{', '.join([f'*{p}'] * 10)}]\n" for p, c in zip("abcde", "bcdef")
+        f"{c}: &{c} [{', '.join([f'*{p}'] * 10)}]\n" for p, c in zip("abcde", "bcdef", strict=True)
     )
     duplicate = AGENTS.replace("  identity: {header: triage}", "  identity: {header: triage}\n  identity: {}")
     diags = errors({**BASE, "bomb.yaml": bomb, "agents.yaml": duplicate})
@@ -329,7 +338,9 @@ def test_non_mapping_document_and_empty_documents() -> None:
     assert errors({**BASE, "list.yaml": "---\n---\n- a\n"}) == [
         "list.yaml:3: a policy document must be a mapping, got a list"
     ]
-    assert errors({**BASE, "set.yaml": "!!set {a, b}\n"}) == ["set.yaml:1: unsupported YAML tag 'tag:yaml.org,2002:set'"]
+    assert errors({**BASE, "set.yaml": "!!set {a, b}\n"}) == [
+        "set.yaml:1: unsupported YAML tag 'tag:yaml.org,2002:set'"
+    ]
     assert isinstance(load_texts({**BASE, "empty.yaml": "# nothing\n---\n"}), PolicySet)
 
 

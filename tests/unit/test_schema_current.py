@@ -22,8 +22,9 @@ def test_schema_is_a_oneof_over_kinds() -> None:
     schema = generate_schema()
     assert schema["$id"] == SCHEMA_ID
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
-    kinds = sorted(schema["$defs"][ref["$ref"].rsplit("/", 1)[1]]["properties"]["kind"]["const"]
-                   for ref in schema["oneOf"])
+    kinds = sorted(
+        schema["$defs"][ref["$ref"].rsplit("/", 1)[1]]["properties"]["kind"]["const"] for ref in schema["oneOf"]
+    )
     assert kinds == ["Agent", "Gateway", "MCPBackend", "MCPPolicy", "MCPToolLock"]
 
 

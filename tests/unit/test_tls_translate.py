@@ -148,8 +148,12 @@ def test_render_redacts_private_keys(tmp_path: Path) -> None:
         (lambda pki: (pki / "gateway.crt").write_text("not a certificate\n"), "holds no PEM certificate"),
         (lambda pki: (pki / "ca.crt").write_text(""), "is empty"),
         (lambda pki: shutil.copy(pki / "agents" / "triage.key", pki / "gateway.key"), "does not belong to the"),
-        (lambda pki: (pki / "gateway.key").write_text("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"),
-         "is not a PEM private key"),
+        (
+            lambda pki: (pki / "gateway.key").write_text(
+                "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"
+            ),
+            "is not a PEM private key",
+        ),
     ],
 )
 def test_unusable_files_refuse_the_build_and_keep_the_last_good_snapshot(tmp_path: Path, damage, message: str) -> None:

@@ -94,7 +94,10 @@ def test_fingerprint_edge_cases() -> None:
     assert fingerprint({"name": "a", "description": None}).description_sha256 == empty
     assert fingerprint({"name": "a"}).input_schema_sha256 == hashlib.sha256(b"null").hexdigest()
     assert fingerprint({"name": "a", "description": ["x"]}).description_sha256 != empty
-    assert fingerprint({"name": "a", "description": "café"}).description_sha256 == hashlib.sha256("café".encode()).hexdigest()
+    assert (
+        fingerprint({"name": "a", "description": "café"}).description_sha256
+        == hashlib.sha256("café".encode()).hexdigest()
+    )
     assert fingerprint({"name": "a", "description": "\ud800"}).description_sha256  # a lone surrogate does not raise
     assert fingerprint({"name": 3}).name == ""
     # Numbers are part of the schema: 1 and 1.0 are different JSON texts.

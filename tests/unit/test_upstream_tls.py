@@ -68,7 +68,8 @@ def test_an_explicit_sni_is_sent_and_verified() -> None:
     context = tls_context(backend("127.0.0.1", tls=UpstreamTlsIR(None, "mcp.example.com", None, None)))
     assert context["sni"] == "mcp.example.com"
     assert context["common_tls_context"]["validation_context"]["match_typed_subject_alt_names"] == [
-        {"san_type": "DNS", "matcher": {"exact": "mcp.example.com"}}]
+        {"san_type": "DNS", "matcher": {"exact": "mcp.example.com"}}
+    ]
 
 
 def test_several_dns_names_each_connection_sends_its_own() -> None:

@@ -93,7 +93,7 @@ class Approval:
 def approval_id(
     backend: str, rule_id: str, agent: str, user_sub: str | None, tool: str, arguments: Mapping[str, Any]
 ) -> str:
-    """"ap_" + 16 hex digits: a stable hash of the call (canonical JSON, keys sorted).
+    """ "ap_" + 16 hex digits: a stable hash of the call (canonical JSON, keys sorted).
 
     The same call always gets the same id, in any process; any difference in
     the arguments gives another id.

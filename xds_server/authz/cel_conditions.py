@@ -103,7 +103,7 @@ class CompiledCondition:
         context = dict(variables)
         now = context.get("now")
         if isinstance(now, dt.datetime):
-            utc = dt.timezone.utc
+            utc = dt.UTC
             context["now"] = now.replace(tzinfo=utc) if now.tzinfo is None else now.astimezone(utc)
         try:
             value = self._program.execute(context)
@@ -166,7 +166,7 @@ def _syntax_error(text: str) -> ConditionError:
 
 
 def _bound_names(expr: str) -> set[str]:
-    names = set()
+    names: set[str] = set()
     for m in _MACRO_RE.finditer(_STRING_RE.sub(_blank, expr)):
         names.update(n for n in m.groups() if n)
     return names

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from xds_server import errors
@@ -65,7 +65,9 @@ def _refuse(request_id: Any, kind: ErrorKind, message: str, log: dict[str, Any],
             headers: Mapping[str, str] | None = None, **data: Any) -> CheckOutcome:  # fmt: skip
     log.update(allowed=False, reason=data.get("reason_override") or kind.reason)
     data.pop("reason_override", None)
-    return CheckOutcome(False, kind.http_status, error_body(request_id, kind, message, **data), dict(headers or {}), log)
+    return CheckOutcome(
+        False, kind.http_status, error_body(request_id, kind, message, **data), dict(headers or {}), log
+    )
 
 
 def check_tool_call(
@@ -87,12 +89,21 @@ def check_tool_call(
     log: dict[str, Any] = {"backend": backend}
     view = index.backend(backend)
     if view is None:
-        return _refuse(request_id_of(body), errors.METHOD_DENIED,
-                       f"Backend '{backend}' is not in the policy service's current policies", log, backend=backend)
+        return _refuse(
+            request_id_of(body),
+            errors.METHOD_DENIED,
+            f"Backend '{backend}' is not in the policy service's current policies",
+            log,
+            backend=backend,
+        )
     agent = view.agent_of(headers, jwt_payloads, peer_uri_san)
     if agent is None:
-        return _refuse(request_id_of(body), errors.UNKNOWN_AGENT,
-                       "Unknown agent: the request carries no identity of an agent known to this gateway", log)
+        return _refuse(
+            request_id_of(body),
+            errors.UNKNOWN_AGENT,
+            "Unknown agent: the request carries no identity of an agent known to this gateway",
+            log,
+        )
     log["agent"] = agent
     try:
         call = parse_tool_call(body)
@@ -109,7 +120,7 @@ def check_tool_call(
 
     decision = engine.decide(
         CallContext(backend=backend, agent=agent, user=user_claims(view, jwt_payloads), tool=call.tool,
-                    arguments=call.arguments, now=now or datetime.now(timezone.utc), jwt=jwt_payloads),
+                    arguments=call.arguments, now=now or datetime.now(UTC), jwt=jwt_payloads),
         view.backend.conditional_rules,
         unconditional=view.has_unconditional_tool(agent, call.tool, jwt_payloads),
     )  # fmt: skip
@@ -129,7 +140,9 @@ def _guard_refusal(guarded: bool, guard: GuardState, backend: str, tool: str) ->
     return "; ".join(verdict.reasons) or "the tool failed the gateway's checks"
 
 
-def _decision_refusal(request_id: Any, decision: Decision, backend: str, tool: str, log: dict[str, Any]) -> CheckOutcome:
+def _decision_refusal(
+    request_id: Any, decision: Decision, backend: str, tool: str, log: dict[str, Any]
+) -> CheckOutcome:
     kind = _REFUSALS.get(decision.reason, errors.TOOL_DENIED)
     data: dict[str, Any] = {"tool": tool, "backend": backend, "rule": decision.rule}
     headers: dict[str, str] = {}
@@ -140,7 +153,7 @@ def _decision_refusal(request_id: Any, decision: Decision, backend: str, tool: s
     if decision.approval_id is not None:
         data["approvalId"] = decision.approval_id
         if decision.approval_expires_at is not None:
-            data["approvalExpiresAt"] = datetime.fromtimestamp(decision.approval_expires_at, timezone.utc).isoformat()
+            data["approvalExpiresAt"] = datetime.fromtimestamp(decision.approval_expires_at, UTC).isoformat()
     if decision.reason == "condition_error":
         data["reason_override"] = "condition_not_met"
     return _refuse(request_id, kind, decision.message, log, headers=headers, **data)

@@ -59,7 +59,7 @@ class DecisionLog:
             return
         for created, fields in pending:
             message = json.dumps(fields, sort_keys=True, default=str)
-            record = self._logger.makeRecord(self._logger.name, logging.INFO, __file__, 0, message, None, None)
+            record = self._logger.makeRecord(self._logger.name, logging.INFO, __file__, 0, message, (), None)
             # Stamped with the time of the decision, not of the write.
             record.created = created
             record.msecs = int((created - int(created)) * 1000) + 0.0

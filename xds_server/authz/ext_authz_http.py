@@ -50,7 +50,7 @@ def backend_of(path: str) -> tuple[str, str]:
     """Split `/check/<backend><original path>` into (backend, original path); ("", path) if it is not one."""
     if not path.startswith(CHECK_PREFIX):
         return "", path
-    rest = path[len(CHECK_PREFIX):]
+    rest = path[len(CHECK_PREFIX) :]
     name, slash, original = rest.partition("/")
     return name, slash + original
 

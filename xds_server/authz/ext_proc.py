@@ -101,6 +101,7 @@ class ListFilter:
         """(new body or None if unchanged, whether the body could be read)."""
         view, agents, jwt = self._view, self._agents, self._jwt
         guard = view.backend.tool_guard if view is not None else None
+
         def keep(kind: str, item: Mapping[str, Any]) -> bool:
             if view is None or not agents:
                 return False

@@ -8,7 +8,7 @@ to be reviewed and committed next to the policies.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import yaml
@@ -64,7 +64,7 @@ async def fetch_tools(
     raise RuntimeError(f"{url}: tools/list still had a nextCursor after {MAX_PAGES} pages")
 
 
-def lock_document(backend: str, tools: list[Mapping[str, Any]]) -> str:
+def lock_document(backend: str, tools: Sequence[Mapping[str, Any]]) -> str:
     """The MCPToolLock YAML document for `backend`: one entry per tool, sorted by name.
 
     Raises ValueError for a tool without a name or a name listed twice (a
@@ -94,7 +94,7 @@ def lock_document(backend: str, tools: list[Mapping[str, Any]]) -> str:
     return LOCK_HEADER + body
 
 
-class _Flow(dict):  # type: ignore[type-arg]
+class _Flow(dict[str, Any]):
     """A mapping written on one line: `metadata: {name: github}`."""
 
 

@@ -77,8 +77,13 @@ _HIDDEN_PATTERNS = (
     r"(?:\s+(?:this|that|it|anything))?(?:\s+(?:to|with))?(?:\s+the)?\s+users?\b",
     r"\b(?:do\s+not|don'?t|never)\s+mention\b",
     r"\bwithout\s+(?:telling|informing|notifying|alerting)\s+the\s+users?\b",
-    r"\bbefore" + _W + r"(?:using|calling|invoking|running|you\s+use|you\s+call)" + _W + r"(?:this|any|the|other)"
-    + _W + r"tools?\b",
+    r"\bbefore"
+    + _W
+    + r"(?:using|calling|invoking|running|you\s+use|you\s+call)"
+    + _W
+    + r"(?:this|any|the|other)"
+    + _W
+    + r"tools?\b",
     # reading a dot-file in the home directory, or a well-known secret store anywhere
     r"\b(?:read|open|cat|load|access|copy|fetch)\b[^.\n]{0,40}?(?:~|\$HOME|%USERPROFILE%)[/\\]\.\w[^\s`'\",;)]*",
     r"\b(?:read|open|cat|load|access|copy|fetch)\s+[`'\"]?\.(?:ssh|aws|gnupg|netrc|git-credentials|docker|kube)\b",
@@ -111,9 +116,7 @@ def screen_description(text: str) -> list[Finding]:
     for match in _HTML_COMMENT_RE.finditer(visible):
         _add(findings, seen, Finding(HIDDEN_INSTRUCTION, _quote(match.group(0))))
     # One finding per stretch of text: "do not mention it to the user" matches two phrases.
-    spans = sorted(
-        (m.start(), -m.end(), m.group(0)) for pattern in _HIDDEN_RE for m in pattern.finditer(visible)
-    )
+    spans = sorted((m.start(), -m.end(), m.group(0)) for pattern in _HIDDEN_RE for m in pattern.finditer(visible))
     covered = -1
     for start, neg_end, matched in spans:
         if start >= covered:

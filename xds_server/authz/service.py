@@ -140,7 +140,8 @@ class PolicyService:
             authz_sock = _listen_socket(self.host, self.authz_http_port)
             self.authz_http_port = authz_sock.getsockname()[1]
             self._authz_http = await asyncio.get_running_loop().create_server(
-                lambda: ExtAuthzHttpProtocol(self, self._authz_http_transports), sock=authz_sock)
+                lambda: ExtAuthzHttpProtocol(self, self._authz_http_transports), sock=authz_sock
+            )
 
         sock = _listen_socket(self.approvals_host, self.approvals_port)
         self.approvals_port = sock.getsockname()[1]

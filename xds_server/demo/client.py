@@ -55,8 +55,8 @@ async def _run(args: argparse.Namespace) -> int:
                     print(getattr(item, "text", item))
             elif args.action == "read":
                 resource = await client.read_resource(args.target)
-                for item in resource.contents:
-                    print(getattr(item, "text", item))
+                for part in resource.contents:
+                    print(getattr(part, "text", part))
             elif args.action == "prompt":
                 prompt = await client.get_prompt(args.target, _arguments(args.rest))
                 for message in prompt.messages:

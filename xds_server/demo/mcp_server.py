@@ -251,10 +251,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--request-log", type=Path, default=None, help="append one JSON line per HTTP request")
     parser.add_argument("--name", default=DEFAULT_NAME, help="server name, also what `whoami` returns")
     parser.add_argument("--json-response", action="store_true", help="answer POSTs with JSON instead of SSE")
-    parser.add_argument("--poison", action="append", default=[], metavar="TOOL",
-                        help="give TOOL a poisoned description (simulates a rug pull); repeatable")
-    parser.add_argument("--tls-cert", type=Path, default=None, metavar="FILE",
-                        help="PEM certificate chain: serve HTTPS (needs --tls-key)")
+    parser.add_argument(
+        "--poison",
+        action="append",
+        default=[],
+        metavar="TOOL",
+        help="give TOOL a poisoned description (simulates a rug pull); repeatable",
+    )
+    parser.add_argument(
+        "--tls-cert",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="PEM certificate chain: serve HTTPS (needs --tls-key)",
+    )
     parser.add_argument("--tls-key", type=Path, default=None, metavar="FILE", help="PEM private key of --tls-cert")
     args = parser.parse_args(argv)
     if (args.tls_cert is None) != (args.tls_key is None):

@@ -33,17 +33,17 @@ from xds_server.ir.types import (
     IdentityIR,
     JwtPrincipal,
     JwtProviderIR,
-    Principal,
-    SpiffePrincipal,
-    UpstreamTlsIR,
-    UserMatchIR,
-    principal_sort_key,
     PinnedToolIR,
     PolicyServiceUse,
+    Principal,
     QuotaIR,
     QuotaScope,
     ScreeningMode,
+    SpiffePrincipal,
     ToolGuardIR,
+    UpstreamTlsIR,
+    UserMatchIR,
+    principal_sort_key,
 )
 from xds_server.policy.load import PolicySet
 from xds_server.policy.model import Agent, Gateway, Located, MCPBackend, MCPPolicy, MCPToolLock, Rule
@@ -303,8 +303,11 @@ def _gateway_ir(located: Located[Gateway], policy_set: PolicySet) -> GatewayIR:
         agents=agents,
         backends=backends,
         policy_service=EndpointIR(spec.policy_service.host, spec.policy_service.port),
-        ext_authz_http=(EndpointIR(spec.policy_service.host, spec.policy_service.ext_authz_http_port)
-                        if spec.policy_service.ext_authz == "http" else None),
+        ext_authz_http=(
+            EndpointIR(spec.policy_service.host, spec.policy_service.ext_authz_http_port)
+            if spec.policy_service.ext_authz == "http"
+            else None
+        ),
         tls=tls,
     )
 

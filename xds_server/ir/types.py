@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 
-class PatternKind(str, enum.Enum):
+class PatternKind(enum.StrEnum):
     """How a name pattern from a policy compiles to an Envoy string matcher."""
 
     EXACT = "exact"  # no wildcard
@@ -150,7 +150,7 @@ class GrantIR:
         return tuple(anything[:1]) if anything else tuple(sorted(merged))
 
 
-class QuotaScope(str, enum.Enum):
+class QuotaScope(enum.StrEnum):
     """Whose calls a quota counts."""
 
     AGENT = "agent"  # per agent (all its users together)
@@ -189,12 +189,12 @@ class ConditionalRuleIR:
     user: UserMatchIR | None = None  # only when acting for such a user (checked by the policy service too)
 
 
-class DriftAction(str, enum.Enum):
+class DriftAction(enum.StrEnum):
     HIDE = "hide"  # hidden from lists and refused on call
     ALLOW = "allow"  # let through (logged)
 
 
-class ScreeningMode(str, enum.Enum):
+class ScreeningMode(enum.StrEnum):
     OFF = "off"
     FLAG = "flag"  # logged and reported, tool stays usable
     BLOCK = "block"  # treated like drift: hidden and refused

@@ -78,18 +78,18 @@ def references(kind: str, raw: Mapping[str, Any]) -> tuple[Ref, ...]:
     return tuple(refs)
 
 
-def cross_check(
-    declared: Sequence[Declared], valid: Sequence[Located[Any]], *, complete: bool
-) -> list[Diagnostic]:
+def cross_check(declared: Sequence[Declared], valid: Sequence[Located[Any]], *, complete: bool) -> list[Diagnostic]:
     """Every cross-document problem in the set, in document order."""
     names: dict[str, dict[str, Source]] = {}
     diags: list[Diagnostic] = []
     for item in declared:
         seen = names.setdefault(item.kind, {})
         if item.name in seen:
-            diags.append(item.diagnostic(
-                ("metadata", "name"), f"duplicate {item.kind} {item.name!r} (first defined at {seen[item.name]})"
-            ))
+            diags.append(
+                item.diagnostic(
+                    ("metadata", "name"), f"duplicate {item.kind} {item.name!r} (first defined at {seen[item.name]})"
+                )
+            )
         else:
             seen[item.name] = item.source
     if complete:
@@ -103,7 +103,9 @@ def _provider_references(valid: Sequence[Located[Any]]) -> list[Diagnostic]:
     """JWT provider names used by agents, rules and backends must be defined on a Gateway."""
     from .model import MCPPolicy
 
-    providers = {p.name for item in valid if isinstance(item.doc, Gateway) for p in item.doc.spec.identity.jwt_providers}
+    providers = {
+        p.name for item in valid if isinstance(item.doc, Gateway) for p in item.doc.spec.identity.jwt_providers
+    }
     known = f"known: {', '.join(sorted(providers))}" if providers else "no Gateway defines jwtProviders"
     diags: list[Diagnostic] = []
 
@@ -145,8 +147,10 @@ def _references(declared: Sequence[Declared], names: Mapping[str, Mapping[str, S
                 diags.append(item.diagnostic(ref.path, f"unknown {what} {ref.name!r} ({_known(ref.kind, targets)})"))
             elif ref.name is None and len(targets) != 1:
                 # Only a Gateway reference may be left out: it defaults to the only one.
-                problem = "no Gateway is defined to serve this backend" if not targets else (
-                    f"required when there are several gateways ({_known(ref.kind, targets)})"
+                problem = (
+                    "no Gateway is defined to serve this backend"
+                    if not targets
+                    else (f"required when there are several gateways ({_known(ref.kind, targets)})")
                 )
                 diags.append(item.diagnostic(ref.path, problem))
     return diags
@@ -163,35 +167,43 @@ def _conflicts(valid: Sequence[Located[Any]], gateway_names: Sequence[str]) -> l
         doc = item.doc
         if isinstance(doc, MCPToolLock):
             if (first := locks.setdefault(doc.spec.backend, item)) is not item:
-                diags.append(item.diagnostic(
-                    ("spec", "backend"), f"backend {doc.spec.backend!r} is already pinned by {_ref(first)}"
-                ))
+                diags.append(
+                    item.diagnostic(
+                        ("spec", "backend"), f"backend {doc.spec.backend!r} is already pinned by {_ref(first)}"
+                    )
+                )
             continue
         if isinstance(doc, Gateway):
             key = (doc.spec.listen.address, doc.spec.listen.port)
             if (first := listens.setdefault(key, item)) is not item:
-                diags.append(item.diagnostic(
-                    ("spec", "listen"),
-                    f"{key[0]}:{key[1]} is already the listen address of {_ref(first)}",
-                ))
+                diags.append(
+                    item.diagnostic(
+                        ("spec", "listen"),
+                        f"{key[0]}:{key[1]} is already the listen address of {_ref(first)}",
+                    )
+                )
         elif isinstance(doc, MCPBackend):
             gw = resolve_gateway(doc, gateway_names)
             if gw is None:
                 continue  # reported as a reference problem
             if (first := routes.setdefault((gw, doc.route_path), item)) is not item:
-                diags.append(item.diagnostic(
-                    ("spec", "route"),
-                    f"route {doc.route_path!r} on gateway {gw!r} is already used by {_ref(first)}",
-                ))
+                diags.append(
+                    item.diagnostic(
+                        ("spec", "route"),
+                        f"route {doc.route_path!r} on gateway {gw!r} is already used by {_ref(first)}",
+                    )
+                )
         elif isinstance(doc, Agent) and doc.spec.identity.header is not None:
             # Agents are known to every gateway, so one header value naming two
             # agents would make the caller ambiguous wherever it is trusted.
             value = doc.spec.identity.header
             if (first := headers.setdefault(value, item)) is not item:
-                diags.append(item.diagnostic(
-                    ("spec", "identity", "header"),
-                    f"identity header value {value!r} is already claimed by {_ref(first)}",
-                ))
+                diags.append(
+                    item.diagnostic(
+                        ("spec", "identity", "header"),
+                        f"identity header value {value!r} is already claimed by {_ref(first)}",
+                    )
+                )
     return diags
 
 

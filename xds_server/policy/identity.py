@@ -26,7 +26,6 @@ from .base import (
     duration_ms,
 )
 
-
 FilePath = Annotated[str, Field(min_length=1, pattern=r"^[^\x00-\x1f\x7f]+$")]
 
 
@@ -45,7 +44,9 @@ class SecretRef(StrictModel):
     env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] | None = Field(
         default=None, description="Name of an environment variable of the control plane holding the secret."
     )
-    file: FilePath | None = Field(default=None, description="File holding the secret (surrounding whitespace is dropped).")
+    file: FilePath | None = Field(
+        default=None, description="File holding the secret (surrounding whitespace is dropped)."
+    )
 
     @model_validator(mode="after")
     def _exactly_one(self) -> SecretRef:
@@ -108,7 +109,9 @@ class JwtProvider(StrictModel):
     token_header: Annotated[str, Field(pattern=HEADER_NAME_PATTERN)] = Field(
         default="authorization", description="Header carrying the token ('Bearer ' prefix for authorization)."
     )
-    groups_claim: str = Field(default="groups", description="Claim listing the user's groups (for rules' `users.groups`).")
+    groups_claim: str = Field(
+        default="groups", description="Claim listing the user's groups (for rules' `users.groups`)."
+    )
 
 
 # ---------------------------------------------------------------- agents and users
@@ -186,7 +189,9 @@ class BackendAuth(StrictModel):
 class UpstreamTls(StrictModel):
     """TLS from the gateway to the backend."""
 
-    ca_file: FilePath | None = Field(default=None, description="PEM CAs to verify the backend (system roots if omitted).")
+    ca_file: FilePath | None = Field(
+        default=None, description="PEM CAs to verify the backend (system roots if omitted)."
+    )
     sni: str | None = Field(default=None, description="Server name to send and verify (default: the endpoint host).")
     certificate_file: FilePath | None = Field(default=None, description="Client certificate for the backend (mTLS).")
     private_key_file: FilePath | None = Field(default=None, description="Its private key.")

@@ -115,9 +115,7 @@ def _policy_files(root: FsPath) -> list[str]:
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         rel = FsPath(dirpath).relative_to(root)
-        found += [
-            (rel / f).as_posix() for f in filenames if not f.startswith(".") and f.endswith(POLICY_SUFFIXES)
-        ]
+        found += [(rel / f).as_posix() for f in filenames if not f.startswith(".") and f.endswith(POLICY_SUFFIXES)]
     return sorted(found)
 
 
@@ -152,9 +150,7 @@ def _sorted(valid: Iterable[Located[Any]], kind: type) -> tuple[Located[Any], ..
     return tuple(sorted((v for v in valid if isinstance(v.doc, kind)), key=lambda v: v.name))
 
 
-def _validate(
-    parsed: ParsedDocument, file: str
-) -> tuple[Declared | None, Located[Any] | None, list[Diagnostic]]:
+def _validate(parsed: ParsedDocument, file: str) -> tuple[Declared | None, Located[Any] | None, list[Diagnostic]]:
     """Validate one document; returns (its declaration, the model, problems)."""
     raw = parsed.value
     if not isinstance(raw, dict):
@@ -172,7 +168,8 @@ def _validate(
     if kind is None:
         message = (
             f"unknown kind {raw_kind!r} (expected one of: {', '.join(sorted(KINDS))})"
-            if "kind" in raw else f"missing required field 'kind' (one of: {', '.join(sorted(KINDS))})"
+            if "kind" in raw
+            else f"missing required field 'kind' (one of: {', '.join(sorted(KINDS))})"
         )
         return None, None, [*diags, Diagnostic(file, parsed.line_of(("kind",)), "kind", message)]
     model = KINDS[kind]
@@ -193,7 +190,7 @@ def _validate(
                 continue  # "empty" only because its items failed, which are reported
             diags.append(Diagnostic(file, parsed.line_of(path), join_field(who, path), _message(err, model)))
         return decl, None, diags
-    located = Located(doc, Source(file, parsed.line), parsed.lines)
+    located: Located[Any] = Located(doc, Source(file, parsed.line), parsed.lines)
     return decl, (located if not diags else None), diags
 
 
@@ -304,4 +301,3 @@ def _model_in(annotation: Any) -> type[BaseModel] | None:
         if found := _model_in(arg):
             return found
     return None
-

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Annotated, Generic, Literal, TypeVar, Union
+from typing import Annotated, Generic, Literal, TypeVar
 
 from pydantic import AfterValidator, Field, model_validator
 from pydantic_core import PydanticCustomError
@@ -112,8 +112,11 @@ class Limits(StrictModel):
             raise PydanticCustomError(
                 "limits_conflict",
                 "maxRequestBodyBytes ({body}) exceeds connectionBufferBytes ({buffer})",
-                {"body": self.max_request_body_bytes, "buffer": self.connection_buffer_bytes,
-                 "at": "maxRequestBodyBytes"},
+                {
+                    "body": self.max_request_body_bytes,
+                    "buffer": self.connection_buffer_bytes,
+                    "at": "maxRequestBodyBytes",
+                },
             )
         return self
 
@@ -401,9 +404,13 @@ class MCPToolLock(StrictModel):
     spec: MCPToolLockSpec = Field(description="The pinned tools.")
 
 
-Document = Annotated[Union[Gateway, MCPBackend, Agent, MCPPolicy, MCPToolLock], Field(discriminator="kind")]
+Document = Annotated[Gateway | MCPBackend | Agent | MCPPolicy | MCPToolLock, Field(discriminator="kind")]
 KINDS: Mapping[str, type[StrictModel]] = {
-    "Gateway": Gateway, "MCPBackend": MCPBackend, "Agent": Agent, "MCPPolicy": MCPPolicy, "MCPToolLock": MCPToolLock,
+    "Gateway": Gateway,
+    "MCPBackend": MCPBackend,
+    "Agent": Agent,
+    "MCPPolicy": MCPPolicy,
+    "MCPToolLock": MCPToolLock,
 }
 
 # ---------------------------------------------------------------- locations

@@ -79,7 +79,9 @@ class ArgumentMatch(StrictModel):
     regex: Annotated[str, AfterValidator(_check_regex)] | None = Field(
         default=None, description="The whole argument matches this RE2 regular expression."
     )
-    one_of: tuple[str, ...] | None = Field(default=None, min_length=1, description="The argument is one of these strings.")
+    one_of: tuple[str, ...] | None = Field(
+        default=None, min_length=1, description="The argument is one of these strings."
+    )
 
     @model_validator(mode="after")
     def _exactly_one(self) -> ArgumentMatch:
@@ -109,7 +111,7 @@ class Rule(StrictModel):
     when: Annotated[str, AfterValidator(_check_condition)] | None = Field(
         default=None,
         description="CEL condition the call must meet, over args (the tool's arguments), agent.name, user, "
-        "tool and now; e.g. args.repo.startsWith(\"acme/\"). Checked by the policy service.",
+        'tool and now; e.g. args.repo.startsWith("acme/"). Checked by the policy service.',
     )
     quota: Quota | None = Field(default=None, description="At most this many calls of each tool per window.")
     require_approval: bool = Field(
@@ -141,7 +143,7 @@ class Rule(StrictModel):
             raise PydanticCustomError(
                 "rule_arguments_conditional",
                 "a rule checked by the policy service (when, quota, requireApproval) states argument conditions in "
-                "`when`, e.g. args.repo.startsWith(\"acme/\")",
+                '`when`, e.g. args.repo.startsWith("acme/")',
             )
         if self.is_conditional and (self.resources or self.prompts):
             raise PydanticCustomError(

@@ -112,7 +112,11 @@ def _jwks(provider: JwtProviderIR) -> dict[str, Any]:
     if provider.jwks_file is not None:
         return {"local_jwks": {"inline_string": _read_jwks_file(provider)}}
     assert provider.jwks_inline is not None
-    return {"local_jwks": {"inline_string": _checked_jwks(provider.jwks_inline, f"JWT provider {provider.name}: jwks.inline")}}
+    return {
+        "local_jwks": {
+            "inline_string": _checked_jwks(provider.jwks_inline, f"JWT provider {provider.name}: jwks.inline")
+        }
+    }
 
 
 def _token_sources(provider: JwtProviderIR) -> list[dict[str, Any]]:
@@ -247,7 +251,10 @@ def _jwks_cluster(provider: JwtProviderIR) -> Cluster:
         }
         if not is_ip(host):
             context["sni"] = host
-        body["transport_socket"] = {"name": "envoy.transport_sockets.tls", "typed_config": typed(UPSTREAM_TLS_TYPE, context)}
+        body["transport_socket"] = {
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": typed(UPSTREAM_TLS_TYPE, context),
+        }
     return to_message(Cluster, body)
 
 

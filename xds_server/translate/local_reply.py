@@ -45,7 +45,11 @@ _BACKEND = "%ROUTE_NAME%"
 
 
 def _status_is(code: int, op: str = "EQ") -> dict[str, Any]:
-    return {"status_code_filter": {"comparison": {"op": op, "value": {"default_value": code, "runtime_key": f"agentxds.local_reply.{code}"}}}}
+    return {
+        "status_code_filter": {
+            "comparison": {"op": op, "value": {"default_value": code, "runtime_key": f"agentxds.local_reply.{code}"}}
+        }
+    }
 
 
 def _mcp_metadata_is(key: str, *values: str) -> dict[str, Any]:
@@ -85,7 +89,9 @@ def _all(*filters: dict[str, Any]) -> dict[str, Any]:
     return flat[0] if len(flat) == 1 else {"and_filter": {"filters": flat}}
 
 
-def _mapper(when: dict[str, Any], kind: ErrorKind, message: str, *, keep_status: bool = False, **data: str) -> dict[str, Any]:
+def _mapper(
+    when: dict[str, Any], kind: ErrorKind, message: str, *, keep_status: bool = False, **data: str
+) -> dict[str, Any]:
     """A mapper answering `kind`; `keep_status` leaves Envoy's HTTP status as it was (catch-alls)."""
     mapper: dict[str, Any] = {"filter": when}
     if not keep_status:
@@ -171,7 +177,9 @@ def caller_sources(gateway: GatewayIR) -> list[CallerSource]:
     ]  # fmt: skip
     if spiffe:
         ids = ", ".join(json.dumps(i) for i in sorted(set(spiffe)))
-        sources.append(CallerSource(_cel(f"connection.uri_san_peer_certificate in [{ids}]"), "%DOWNSTREAM_PEER_URI_SAN%"))
+        sources.append(
+            CallerSource(_cel(f"connection.uri_san_peer_certificate in [{ids}]"), "%DOWNSTREAM_PEER_URI_SAN%")
+        )
     return sources + named
 
 
@@ -262,33 +270,64 @@ def local_reply_config(gateway: GatewayIR) -> dict[str, Any]:
         # filter's own (2026-07-28 header/body mismatch -32020, missing _meta
         # -32602) and the policy service's denials.
         {"filter": _reply_is_json()},
-        _mapper(_policy_service_failed(), errors.POLICY_SERVICE_UNAVAILABLE,
-                "Policy service unavailable: this call needs a policy decision and none could be had "
-                "(the gateway fails closed)", backend=_BACKEND),
-        _mapper(_mcp_metadata_is("status", "mcp_parse_error"), errors.PARSE_ERROR,
-                "Parse error: the request body is not complete, valid JSON"),
-        _mapper(_mcp_metadata_is("status", "mcp_body_too_large"), errors.TOO_LARGE,
-                f"Request too large: the body exceeds the gateway's limit of {limit} bytes"),
-        _mapper(_mcp_metadata_is("status", "mcp_duplicate_keys"), errors.DUPLICATE_KEYS,
-                "Invalid Request: a JSON object in the body repeats a key"),
-        _mapper(_mcp_metadata_is("status", "mcp_not_jsonrpc"), errors.INVALID_REQUEST,
-                "Invalid Request: %LOCAL_REPLY_BODY%; the gateway accepts one JSON-RPC 2.0 request "
-                "per HTTP request (no batches)"),
-        _mapper(_mcp_metadata_is("status", "mcp_reject_no_mcp"), errors.NOT_MCP,
-                "Invalid Request: only MCP traffic is allowed (POST with Content-Type: application/json and "
-                "Accept: application/json, text/event-stream; GET with Accept: text/event-stream; "
-                "DELETE with Mcp-Session-Id)"),
+        _mapper(
+            _policy_service_failed(),
+            errors.POLICY_SERVICE_UNAVAILABLE,
+            "Policy service unavailable: this call needs a policy decision and none could be had "
+            "(the gateway fails closed)",
+            backend=_BACKEND,
+        ),
+        _mapper(
+            _mcp_metadata_is("status", "mcp_parse_error"),
+            errors.PARSE_ERROR,
+            "Parse error: the request body is not complete, valid JSON",
+        ),
+        _mapper(
+            _mcp_metadata_is("status", "mcp_body_too_large"),
+            errors.TOO_LARGE,
+            f"Request too large: the body exceeds the gateway's limit of {limit} bytes",
+        ),
+        _mapper(
+            _mcp_metadata_is("status", "mcp_duplicate_keys"),
+            errors.DUPLICATE_KEYS,
+            "Invalid Request: a JSON object in the body repeats a key",
+        ),
+        _mapper(
+            _mcp_metadata_is("status", "mcp_not_jsonrpc"),
+            errors.INVALID_REQUEST,
+            "Invalid Request: %LOCAL_REPLY_BODY%; the gateway accepts one JSON-RPC 2.0 request "
+            "per HTTP request (no batches)",
+        ),
+        _mapper(
+            _mcp_metadata_is("status", "mcp_reject_no_mcp"),
+            errors.NOT_MCP,
+            "Invalid Request: only MCP traffic is allowed (POST with Content-Type: application/json and "
+            "Accept: application/json, text/event-stream; GET with Accept: text/event-stream; "
+            "DELETE with Mcp-Session-Id)",
+        ),
         *_token_refusals(gateway),
         *_denials(gateway),
         _mapper(_status_is(404), errors.NO_BACKEND, "No MCP backend is served at path '%REQ(:path)%'"),
-        _mapper(_status_is(413), errors.TOO_LARGE,
-                f"Request too large: the body exceeds the gateway's limit of {limit} bytes"),
-        _mapper(_status_is(504), errors.BACKEND_TIMEOUT, f"Backend '{_BACKEND}' did not answer in time",
-                backend=_BACKEND),
-        _mapper(_status_is(500, "GE"), errors.BACKEND_UNAVAILABLE,
-                f"Backend '{_BACKEND}' is unavailable (%RESPONSE_CODE_DETAILS%)", keep_status=True,
-                backend=_BACKEND),
-        _mapper(_status_is(400, "GE"), errors.GATEWAY_ERROR, "Gateway error %RESPONSE_CODE%: %LOCAL_REPLY_BODY%",
-                keep_status=True),
+        _mapper(
+            _status_is(413),
+            errors.TOO_LARGE,
+            f"Request too large: the body exceeds the gateway's limit of {limit} bytes",
+        ),
+        _mapper(
+            _status_is(504), errors.BACKEND_TIMEOUT, f"Backend '{_BACKEND}' did not answer in time", backend=_BACKEND
+        ),
+        _mapper(
+            _status_is(500, "GE"),
+            errors.BACKEND_UNAVAILABLE,
+            f"Backend '{_BACKEND}' is unavailable (%RESPONSE_CODE_DETAILS%)",
+            keep_status=True,
+            backend=_BACKEND,
+        ),
+        _mapper(
+            _status_is(400, "GE"),
+            errors.GATEWAY_ERROR,
+            "Gateway error %RESPONSE_CODE%: %LOCAL_REPLY_BODY%",
+            keep_status=True,
+        ),
     ]
     return {"mappers": mappers}

@@ -95,8 +95,11 @@ def _authz_timeout(gateway: GatewayIR) -> int:
 def _http_service(gateway: GatewayIR, backend: str) -> dict[str, Any]:
     """ext_authz over HTTP: `POST /check/<backend><path>`; denials pass their JSON-RPC body through."""
     return {
-        "server_uri": {"uri": "http://agentxds-policy-service", "cluster": POLICY_HTTP_CLUSTER,
-                       "timeout": f"{_authz_timeout(gateway) / 1000:.3f}s"},  # fmt: skip
+        "server_uri": {
+            "uri": "http://agentxds-policy-service",
+            "cluster": POLICY_HTTP_CLUSTER,
+            "timeout": f"{_authz_timeout(gateway) / 1000:.3f}s",
+        },  # fmt: skip
         "path_prefix": f"/check/{backend}",
         "authorization_response": {
             "allowed_client_headers": {"patterns": [{"exact": "content-type"}, {"exact": "retry-after"}]},

@@ -37,9 +37,9 @@ from xds_server.ir.types import (
     SpiffePrincipal,
     UserMatchIR,
 )
-from xds_server.translate.secret_refs import read_secret
 from xds_server.translate.names import MCP_METADATA_NAMESPACE, rbac_policy_name
 from xds_server.translate.proto import typed
+from xds_server.translate.secret_refs import read_secret
 
 RBAC_FILTER = "envoy.filters.http.rbac"
 RBAC_TYPE = "envoy.extensions.filters.http.rbac.v3.RBAC"
@@ -121,7 +121,11 @@ def grant_permissions(grant: GrantIR) -> list[dict[str, Any]]:
     permissions = [toolless_permission()]
     if grant.all_tools:
         permissions.append(
-            {"and_rules": {"rules": [_method_is("tools/call"), _metadata(("params", "name"), _any_of(grant.all_tools))]}}
+            {
+                "and_rules": {
+                    "rules": [_method_is("tools/call"), _metadata(("params", "name"), _any_of(grant.all_tools))]
+                }
+            }
         )
     for argument_grant in grant.argument_grants:
         # The MCP filter extracts params.arguments.<name> (see listener.mcp_filter); a
@@ -131,9 +135,7 @@ def grant_permissions(grant: GrantIR) -> list[dict[str, Any]]:
             _method_is("tools/call"), _metadata(("params", "name"), _any_of(argument_grant.tools)), *checks]}})  # fmt: skip
     if grant.resources:
         methods = _or([_method_is(m) for m in RESOURCE_METHODS])
-        permissions.append(
-            {"and_rules": {"rules": [methods, _metadata(("params", "uri"), _any_of(grant.resources))]}}
-        )
+        permissions.append({"and_rules": {"rules": [methods, _metadata(("params", "uri"), _any_of(grant.resources))]}})
     if grant.prompts:
         permissions.append(
             {"and_rules": {"rules": [_method_is("prompts/get"), _metadata(("params", "name"), _any_of(grant.prompts))]}}

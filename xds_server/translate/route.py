@@ -43,7 +43,9 @@ def _backend_routes(backend: BackendIR, gateway: GatewayIR) -> list[dict[str, An
         # list answers are also filtered, so their route turns both filters on.
         routes = []
         if lists is not None:
-            routes.append(_backend_route(backend, gateway, lists, policy_service.enable_ext_authz_and_ext_proc(backend, gateway)))
+            routes.append(
+                _backend_route(backend, gateway, lists, policy_service.enable_ext_authz_and_ext_proc(backend, gateway))
+            )
         assert authz is not None
         return routes + [_backend_route(backend, gateway, authz, policy_service.enable_ext_authz(backend, gateway))]
     routes = []
@@ -107,8 +109,11 @@ def _no_backend_route(gateway: GatewayIR) -> dict[str, Any]:
         "match": {"prefix": "/"},
         "direct_response": {"status": 404},
         # An RBACPerRoute without rules disables RBAC on this route only.
-        "typed_per_filter_config": {rbac.RBAC_FILTER: typed(rbac.RBAC_PER_ROUTE_TYPE), **jwt.route_disabled(gateway),
-                                    **filters},
+        "typed_per_filter_config": {
+            rbac.RBAC_FILTER: typed(rbac.RBAC_PER_ROUTE_TYPE),
+            **jwt.route_disabled(gateway),
+            **filters,
+        },
     }
 
 

@@ -127,9 +127,7 @@ def _with_type(state: StreamState, type_url: str, ts: TypeState, **changes: obje
     return replace(state, types=types, **changes)  # type: ignore[arg-type]
 
 
-def on_request(
-    state: StreamState, req: discovery_pb2.DiscoveryRequest
-) -> tuple[StreamState, Event]:
+def on_request(state: StreamState, req: discovery_pb2.DiscoveryRequest) -> tuple[StreamState, Event]:
     """Apply one DiscoveryRequest to the stream state. Pure: `req` is only read."""
     if state.node is None and req.HasField("node"):
         node = base_pb2.Node()

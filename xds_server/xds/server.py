@@ -43,9 +43,7 @@ def _join(host: str, port: int) -> str:
 class ControlPlaneServer:
     """Start/stop the control plane's gRPC endpoint. Not reusable after `stop`."""
 
-    def __init__(
-        self, cache: SnapshotCache, recorder: StatusRecorder, host: str = "127.0.0.1", port: int = 0
-    ) -> None:
+    def __init__(self, cache: SnapshotCache, recorder: StatusRecorder, host: str = "127.0.0.1", port: int = 0) -> None:
         self.cache = cache
         self.recorder = recorder
         self.host = host

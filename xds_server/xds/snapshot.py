@@ -60,9 +60,9 @@ def resource_name(msg: Message) -> str:
     Raises ValueError for a message type that has neither field.
     """
     if type_url_of(msg) == ENDPOINT:
-        return msg.cluster_name  # type: ignore[attr-defined]
+        return msg.cluster_name
     if "name" in msg.DESCRIPTOR.fields_by_name:
-        return msg.name  # type: ignore[attr-defined]
+        return msg.name
     raise ValueError(f"{msg.DESCRIPTOR.full_name} has no resource name field")
 
 
@@ -72,7 +72,7 @@ def _sorted_types(type_urls: Iterable[str]) -> list[str]:
     return [*ORDER, *extra]
 
 
-def _digest(type_url: str, msgs: tuple[Message, ...], into: "hashlib._Hash") -> None:
+def _digest(type_url: str, msgs: tuple[Message, ...], into: hashlib._Hash) -> None:
     # Length prefixes keep the encoding unambiguous: no concatenation of two
     # different resource lists can produce the same byte stream.
     def put(data: bytes) -> None:
@@ -109,9 +109,9 @@ class Snapshot:
         """
         by_type: dict[str, tuple[Message, ...]] = {}
         for type_url in _sorted_types(resources):
-            msgs = list(resources.get(type_url, ()))
+            listed = list(resources.get(type_url, ()))
             named: dict[str, Message] = {}
-            for msg in msgs:
+            for msg in listed:
                 if type_url_of(msg) != type_url:
                     raise ValueError(f"{type_url_of(msg)} listed under {type_url}")
                 name = resource_name(msg)
