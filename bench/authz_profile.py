@@ -130,13 +130,13 @@ def decision_costs(policy_dir: Path, number: int = 5000) -> dict[str, float]:
 
     from envoy.service.auth.v3 import external_auth_pb2
 
-    from xds_server.authz.cel_conditions import compile_condition
     from xds_server.authz.check import check_tool_call
     from xds_server.authz.ext_authz import request_body, request_headers, to_check_response
     from xds_server.authz.ext_authz_http import ExtAuthzHttpProtocol
     from xds_server.authz.jsonrpc import parse_tool_call
     from xds_server.authz.service import PolicyService
-    from xds_server.pipeline import compile_policies
+    from xds_server.controlplane.pipeline import compile_policies
+    from xds_server.core.cel import compile_condition
 
     ir, _ = compile_policies(policy_dir)
     service = PolicyService(port=0, approvals_port=0)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.e2e.harness import McpBackend
-from xds_server.control_plane import ControlPlane
+from xds_server.controlplane.service import ControlPlane
 from xds_server.runtime.bootstrap import render_bootstrap
 from xds_server.runtime.envoy import EnvoyProcess
 from xds_server.runtime.ports import free_port, port_open

@@ -46,9 +46,9 @@ from tests.e2e.harness import (
     python_env,
     raw_post,
 )
-from xds_server import errors
 from xds_server.authz import credentials
-from xds_server.control_plane import ControlPlane
+from xds_server.controlplane.service import ControlPlane
+from xds_server.core import errors
 from xds_server.ir.types import GatewayIR
 from xds_server.runtime.bootstrap import render_bootstrap
 from xds_server.runtime.envoy import EnvoyProcess

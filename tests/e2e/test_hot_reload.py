@@ -25,8 +25,8 @@ from tests.e2e.gateway import (
     wait_listening,
 )
 from tests.e2e.harness import McpBackend, mcp_client
-from xds_server import errors
-from xds_server.control_plane import ControlPlane
+from xds_server.controlplane.service import ControlPlane
+from xds_server.core import errors
 from xds_server.runtime.bootstrap import render_bootstrap
 from xds_server.runtime.envoy import EnvoyProcess
 from xds_server.runtime.ports import free_port, port_open

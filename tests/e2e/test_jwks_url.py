@@ -22,8 +22,8 @@ from tests.e2e.gateway import backend_yaml, eventually, wait_listening
 from tests.e2e.harness import raw_post
 from tests.e2e.test_jwt import Issuer, call_body, modern_headers, rpc_error
 from tests.golden.static_bootstrap import static_bootstrap
-from xds_server import errors
-from xds_server.pipeline import compile_policies
+from xds_server.controlplane.pipeline import compile_policies
+from xds_server.core import errors
 from xds_server.runtime.envoy import EnvoyProcess
 from xds_server.runtime.ports import free_port
 from xds_server.translate.jwt import jwks_clusters

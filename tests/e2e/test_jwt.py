@@ -35,7 +35,7 @@ from tests.e2e.gateway import (
 )
 from tests.e2e.harness import McpBackend, mcp_client, raw_post
 from tests.e2e.test_mcp_gateway import MODERN, MODERN_META, find_mcp_error, tool_calls
-from xds_server import errors
+from xds_server.core import errors
 from xds_server.runtime.ports import free_port
 
 MODES = ["modern", "legacy"]

@@ -17,7 +17,7 @@ from mcp.shared.exceptions import MCPError
 
 from tests.e2e.gateway import IDENTITY_HEADER, RunningGateway, start_gateway, stop_gateway
 from tests.e2e.harness import McpBackend, mcp_client, raw_post
-from xds_server import errors
+from xds_server.core import errors
 
 MODES = ["modern", "legacy"]
 MODERN = "2026-07-28"

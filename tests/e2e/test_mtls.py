@@ -1,5 +1,5 @@
 """End to end: mTLS with SPIFFE IDs. Agents present client certificates minted by
-`xds_server.certs`; the real Envoy gets its certificate and trust bundle over SDS
+`xds_server.cli.certs`; the real Envoy gets its certificate and trust bundle over SDS
 from the real control plane, checks certificates at the handshake, and RBAC
 matches the verified SPIFFE ID.
 
@@ -34,7 +34,8 @@ from tests.e2e.gateway import (
 )
 from tests.e2e.harness import McpBackend, mcp_client, raw_post, ssl_context, tls_exchange, tls_peer_certificate
 from tests.e2e.test_mcp_gateway import find_mcp_error, jsonrpc_error, tool_calls
-from xds_server import certs, errors
+from xds_server.cli import pki as certs
+from xds_server.core import errors
 
 MODES = ["modern", "legacy"]
 MODERN = "2026-07-28"

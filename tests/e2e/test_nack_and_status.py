@@ -24,8 +24,8 @@ import pytest
 
 from tests.e2e.harness import REPO_ROOT, McpBackend, mcp_client, python_env
 from xds_server.api.agentxds.v1 import status_pb2
-from xds_server.control_plane import ControlPlane
-from xds_server.pipeline import to_snapshot
+from xds_server.controlplane.pipeline import to_snapshot
+from xds_server.controlplane.service import ControlPlane
 from xds_server.runtime.envoy import EnvoyProcess
 from xds_server.runtime.ports import free_port
 from xds_server.translate import translate_gateway

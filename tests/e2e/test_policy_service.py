@@ -22,8 +22,8 @@ from mcp.shared.exceptions import MCPError
 
 from tests.e2e.gateway import IDENTITY_HEADER, RunningGateway, eventually, start_gateway, stop_gateway
 from tests.e2e.harness import REPO_ROOT, McpBackend, mcp_client, python_env, raw_post
-from xds_server import errors
 from xds_server.authz.service import PolicyService
+from xds_server.core import errors
 
 MODES = ["modern", "legacy"]
 

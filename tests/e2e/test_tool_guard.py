@@ -21,7 +21,7 @@ from mcp.shared.exceptions import MCPError
 
 from tests.e2e.gateway import IDENTITY_HEADER, RunningGateway, eventually, start_gateway, stop_gateway
 from tests.e2e.harness import REPO_ROOT, McpBackend, mcp_client, python_env
-from xds_server import errors
+from xds_server.core import errors
 
 EXECUTOR = {IDENTITY_HEADER: "executor"}
 GUARD = "  toolGuard: {refresh: 200ms}\n"

@@ -14,7 +14,7 @@ import pytest
 
 from tests.golden.static_bootstrap import static_bootstrap
 from tests.golden.test_golden import CASES, CASES_DIR
-from xds_server.pipeline import compile_policies
+from xds_server.controlplane.pipeline import compile_policies
 from xds_server.runtime.envoy import find_envoy_binary
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from xds_server.pipeline import compile_policies, to_snapshot
-from xds_server.render import dump_yaml, ir_document, xds_document
+from xds_server.controlplane.pipeline import compile_policies, to_snapshot
+from xds_server.controlplane.render import dump_yaml, ir_document, xds_document
 from xds_server.xds import snapshot as xds
 
 CASES_DIR = Path(__file__).parent / "cases"

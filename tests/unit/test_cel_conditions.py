@@ -6,7 +6,7 @@ import datetime as dt
 
 import pytest
 
-from xds_server.authz.cel_conditions import ConditionError, ConditionResult, compile_condition
+from xds_server.core.cel import ConditionError, ConditionResult, compile_condition
 
 UTC = dt.UTC
 NOW = dt.datetime(2024, 1, 2, 13, 4, 5, tzinfo=UTC)  # a Tuesday

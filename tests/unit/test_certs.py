@@ -1,4 +1,4 @@
-"""The development PKI (xds_server.certs) and `agentxds certs`."""
+"""The development PKI (xds_server.cli.certs) and `agentxds certs`."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from xds_server import certs
 from xds_server.cli import main
+from xds_server.cli import pki as certs
 
 NOW = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
 

@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from xds_server.cli import build_parser
-from xds_server.pipeline import compile_policies
+from xds_server.controlplane.pipeline import compile_policies
 from xds_server.runtime.envoy import find_envoy_binary
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -18,11 +18,11 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from xds_server import errors
 from xds_server.authz.decision_log import DecisionLog
 from xds_server.authz.ext_authz_http import backend_of
 from xds_server.authz.service import PolicyService
-from xds_server.pipeline import compile_policies
+from xds_server.controlplane.pipeline import compile_policies
+from xds_server.core import errors
 
 POLICIES = """\
 apiVersion: agentxds.dev/v1

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from xds_server.authz.listing import ListRewrite, item_name, rewrite_list_response
+from xds_server.authz.mcp.listing import ListRewrite, item_name, rewrite_list_response
 
 DATA = Path(__file__).parent / "data"
 SSE = "text/event-stream"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from xds_server.pipeline import compile_policies
+from xds_server.controlplane.pipeline import compile_policies
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPES = re.findall(r"agentxds (?:up --demo|validate) (\S+)", (ROOT / "Makefile").read_text())

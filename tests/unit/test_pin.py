@@ -14,8 +14,8 @@ import yaml
 
 from tests.conftest import McpBackendFactory
 from tests.e2e.harness import MODERN_PROTOCOL_VERSION, raw_post
-from xds_server.authz.pin import LOCK_HEADER, fetch_tools, lock_document
-from xds_server.authz.tool_guard import fingerprint
+from xds_server.authz.mcp.pin import LOCK_HEADER, fetch_tools, lock_document
+from xds_server.authz.mcp.tool_guard import fingerprint
 from xds_server.demo.mcp_server import build_server
 
 DEMO_TOOLS = ["list_issues", "get_issue", "create_issue", "delete_repo", "whoami"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from xds_server.errors import markdown_table
+from xds_server.core.errors import markdown_table
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -16,7 +16,7 @@ def test_error_table_matches_the_error_catalogue() -> None:
     assert block is not None, "README lost its error-table markers"
     assert block.group(1) == markdown_table(), (
         "README's JSON-RPC error table is out of date; paste the output of "
-        "`python -c 'from xds_server.errors import markdown_table; print(markdown_table())'`"
+        "`python -c 'from xds_server.core.errors import markdown_table; print(markdown_table())'`"
     )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from xds_server.authz.screening import (
+from xds_server.authz.mcp.screening import (
     HIDDEN_INSTRUCTION,
     INSTRUCTION_TAG,
     INVISIBLE_UNICODE,

@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 from envoy.extensions.transport_sockets.tls.v3.tls_pb2 import DownstreamTlsContext
 
-from xds_server import certs
-from xds_server.pipeline import Pipeline, compile_policies, referenced_files, to_snapshot
-from xds_server.render import dump_yaml, redacted, xds_document
+from xds_server.cli import pki as certs
+from xds_server.controlplane.pipeline import Pipeline, compile_policies, referenced_files, to_snapshot
+from xds_server.controlplane.render import dump_yaml, redacted, xds_document
+from xds_server.controlplane.verify import check_consistent
+from xds_server.controlplane.watch import is_relevant, outside_directories
 from xds_server.translate import GatewayResources
 from xds_server.translate.tls import certificate_secret_name, trust_secret_name
-from xds_server.verify import check_consistent
-from xds_server.watch import is_relevant, outside_directories
 from xds_server.xds import snapshot as xds
 from xds_server.xds.cache import SnapshotCache
 from xds_server.xds.status import StatusRecorder

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from xds_server.authz.tool_guard import (
+from xds_server.authz.mcp.tool_guard import (
     DESCRIPTION_CHANGED,
     NO_NAME,
     NOT_PINNED,

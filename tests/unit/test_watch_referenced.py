@@ -8,9 +8,9 @@ import time
 from pathlib import Path
 
 from tests.unit.test_tls_translate import write_policies
-from xds_server import certs
-from xds_server.pipeline import Pipeline, ReloadResult
-from xds_server.watch import watch_policies
+from xds_server.cli import pki as certs
+from xds_server.controlplane.pipeline import Pipeline, ReloadResult
+from xds_server.controlplane.watch import watch_policies
 from xds_server.xds.cache import SnapshotCache
 from xds_server.xds.status import StatusRecorder
 

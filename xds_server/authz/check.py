@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from xds_server import errors
 from xds_server.authz.credentials import CredentialError, CredentialIssuer
 from xds_server.authz.engine import CallContext, Decision, Engine
 from xds_server.authz.jsonrpc import (
@@ -27,9 +26,10 @@ from xds_server.authz.jsonrpc import (
     parse_tool_call,
     request_id_of,
 )
+from xds_server.authz.mcp.tool_guard import GuardState
 from xds_server.authz.state import BackendView, PolicyIndex
-from xds_server.authz.tool_guard import GuardState
-from xds_server.errors import ErrorKind
+from xds_server.core import errors
+from xds_server.core.errors import ErrorKind
 from xds_server.ir.glob import glob_matches
 
 _REFUSALS: Mapping[str, ErrorKind] = {

@@ -41,10 +41,10 @@ from urllib.parse import quote_plus, urlsplit
 
 import yaml
 
-from xds_server import errors
-from xds_server.errors import ErrorKind
+from xds_server.core import errors
+from xds_server.core.errors import ErrorKind
+from xds_server.core.secrets import SecretUnavailable, read_secret
 from xds_server.ir.types import IR, CredentialsIR, GatewayIR
-from xds_server.translate.secret_refs import SecretUnavailable, read_secret
 
 log = logging.getLogger(__name__)
 

@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from xds_server.authz.approvals import ApprovalState, ApprovalStore, approval_id
-from xds_server.authz.cel_conditions import ConditionError, compile_condition
 from xds_server.authz.quota import QuotaKey, QuotaStore, quota_subject
 from xds_server.authz.state import user_matches
+from xds_server.core.cel import ConditionError, compile_condition
 from xds_server.ir.glob import glob_matches
 from xds_server.ir.types import ConditionalRuleIR
 

@@ -32,9 +32,9 @@ from typing import TYPE_CHECKING
 
 import httptools
 
-from xds_server import errors
 from xds_server.authz.check import CheckOutcome, check_tool_call
 from xds_server.authz.jsonrpc import error_body, request_id_of
+from xds_server.core import errors
 
 if TYPE_CHECKING:
     from xds_server.authz.service import PolicyService

@@ -24,10 +24,10 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc
 from google.protobuf import json_format
 
-from xds_server import errors
 from xds_server.authz.jsonrpc import error_body
-from xds_server.authz.listing import rewrite_list_response
+from xds_server.authz.mcp.listing import rewrite_list_response
 from xds_server.authz.state import BackendView, JwtPayloads
+from xds_server.core import errors
 from xds_server.translate.policy_service import BACKEND_METADATA_KEY
 from xds_server.translate.rbac import JWT_METADATA_NAMESPACE
 
@@ -132,7 +132,7 @@ def _user_of(view: BackendView | None, jwt: JwtPayloads) -> str | None:
 
 
 def _item_name(kind: str, item: Mapping[str, Any]) -> str | None:
-    from xds_server.authz.listing import item_name
+    from xds_server.authz.mcp.listing import item_name
 
     name = item_name(kind, item)
     return name if isinstance(name, str) else None

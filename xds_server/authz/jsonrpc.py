@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from xds_server.errors import ErrorKind
+from xds_server.core.errors import ErrorKind
 
 
 @dataclass(frozen=True)

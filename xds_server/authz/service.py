@@ -28,9 +28,9 @@ from xds_server.authz.engine import Engine
 from xds_server.authz.ext_authz import ExtAuthzServicer
 from xds_server.authz.ext_authz_http import ExtAuthzHttpProtocol
 from xds_server.authz.ext_proc import ExtProcServicer
+from xds_server.authz.mcp.tool_guard import GuardState
 from xds_server.authz.quota import QuotaStore
 from xds_server.authz.state import PolicyIndex
-from xds_server.authz.tool_guard import GuardState
 from xds_server.ir.types import IR, BackendIR
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ class PolicyService:
     # -- tool guard --------------------------------------------------------
 
     async def _refresh_loop(self, backend: BackendIR) -> None:
-        from xds_server.authz.pin import fetch_tools
+        from xds_server.authz.mcp.pin import fetch_tools
 
         guard = backend.tool_guard
         assert guard is not None

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from xds_server.core.secrets import SecretUnavailable, read_secret
 from xds_server.ir.glob import glob_matches
 from xds_server.ir.types import (
     IR,
@@ -31,7 +32,6 @@ from xds_server.ir.types import (
     SpiffePrincipal,
     UserMatchIR,
 )
-from xds_server.translate.secret_refs import SecretUnavailable, read_secret
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ GlobList = tuple[Glob, ...]
 
 def _check_condition(value: str) -> str:
     # Imported here: the CEL library is only needed when a policy has conditions.
-    from xds_server.authz.cel_conditions import ConditionError, compile_condition
+    from xds_server.core.cel import ConditionError, compile_condition
 
     try:
         compile_condition(value)

@@ -10,13 +10,13 @@ from envoy.config.listener.v3.listener_pb2 import Listener
 from envoy.config.route.v3.route_pb2 import RouteConfiguration
 from envoy.extensions.transport_sockets.tls.v3.secret_pb2 import Secret
 
+from xds_server.core.secrets import read_secret
 from xds_server.ir.types import IR, ApiKeyPrincipal, GatewayIR
 from xds_server.translate.cluster import build_cluster, build_load_assignment
 from xds_server.translate.jwt import jwks_clusters
 from xds_server.translate.listener import build_listener
 from xds_server.translate.policy_service import gateway_needs_policy_service, policy_cluster, policy_http_cluster
 from xds_server.translate.route import build_route_config
-from xds_server.translate.secret_refs import read_secret
 from xds_server.translate.tls import gateway_secrets
 
 

@@ -27,15 +27,15 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from xds_server import errors
-from xds_server.errors import ErrorKind
+from xds_server.core import errors
+from xds_server.core.errors import ErrorKind
+from xds_server.core.secrets import read_secret
 from xds_server.ir.types import ApiKeyPrincipal, GatewayIR, HeaderPrincipal, JwtPrincipal, SpiffePrincipal
 from xds_server.translate import oauth
 from xds_server.translate.names import MCP_METADATA_NAMESPACE
 from xds_server.translate.oauth import literal
 from xds_server.translate.proto import typed
 from xds_server.translate.rbac import JWT_METADATA_NAMESPACE, RESOURCE_METHODS
-from xds_server.translate.secret_refs import read_secret
 
 _REQUEST_ID = f"%DYNAMIC_METADATA({MCP_METADATA_NAMESPACE}:id)%"
 _METHOD = f"%DYNAMIC_METADATA({MCP_METADATA_NAMESPACE}:method)%"

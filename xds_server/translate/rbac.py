@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from xds_server.core.secrets import read_secret
 from xds_server.ir.types import (
     AgentIR,
     ArgumentMatchIR,
@@ -39,7 +40,6 @@ from xds_server.ir.types import (
 )
 from xds_server.translate.names import MCP_METADATA_NAMESPACE, rbac_policy_name
 from xds_server.translate.proto import typed
-from xds_server.translate.secret_refs import read_secret
 
 RBAC_FILTER = "envoy.filters.http.rbac"
 RBAC_TYPE = "envoy.extensions.filters.http.rbac.v3.RBAC"

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from xds_server.authz.screening import screen_description
+from xds_server.authz.mcp.screening import screen_description
 from xds_server.ir.types import DriftAction, PinnedToolIR, ScreeningMode, ToolGuardIR
 
 DESCRIPTION_CHANGED = "description changed since pinned"

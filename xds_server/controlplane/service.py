@@ -14,8 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from xds_server.authz.service import PolicyService
-from xds_server.pipeline import Pipeline, ReloadResult
-from xds_server.watch import watch_policies
+from xds_server.controlplane.pipeline import Pipeline, ReloadResult
+from xds_server.controlplane.watch import watch_policies
 from xds_server.xds.cache import SnapshotCache
 from xds_server.xds.server import ControlPlaneServer
 from xds_server.xds.status import StatusRecorder

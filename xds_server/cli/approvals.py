@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import getpass
 import json
 import sys
@@ -9,6 +10,8 @@ import urllib.error
 import urllib.request
 from datetime import UTC, datetime
 from typing import Any
+
+from xds_server.cli.common import Subparsers
 
 
 def _request(url: str, method: str = "GET", body: dict[str, Any] | None = None) -> tuple[int, Any]:
@@ -60,3 +63,17 @@ def run_approvals(base_url: str, action: str, approval_id: str | None, *, by: st
         return 1
     print(format_approval(body))
     return 0
+
+
+def cmd_approvals(args: argparse.Namespace) -> int:
+    return run_approvals(args.url, args.action, args.id, by=args.by, include_done=args.all)
+
+
+def register(sub: Subparsers) -> None:
+    approvals = sub.add_parser("approvals", help="list, approve or deny calls waiting for an operator")
+    approvals.add_argument("action", choices=("list", "show", "approve", "deny"))
+    approvals.add_argument("id", nargs="?", help="approval id (from the JSON-RPC error's data.approvalId)")
+    approvals.add_argument("--url", default="http://127.0.0.1:18002", help="the policy service's approvals API")
+    approvals.add_argument("--by", default=None, help="who decides (default: $USER)")
+    approvals.add_argument("--all", action="store_true", help="list: include decided and used approvals")
+    approvals.set_defaults(func=cmd_approvals)

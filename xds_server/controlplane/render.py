@@ -8,8 +8,8 @@ from typing import Any
 
 import yaml
 
+from xds_server.controlplane.pipeline import by_type_url
 from xds_server.ir.types import IR, to_plain
-from xds_server.pipeline import by_type_url
 from xds_server.translate import GatewayResources
 from xds_server.translate.proto import to_dict
 

@@ -18,12 +18,12 @@ from typing import Any
 
 from google.protobuf.message import Message
 
+from xds_server.controlplane.verify import check_consistent
 from xds_server.ir.build import build_ir
 from xds_server.ir.types import IR
 from xds_server.policy.diagnostics import PolicyError
 from xds_server.policy.load import load_directory
 from xds_server.translate import GatewayResources, translate
-from xds_server.verify import check_consistent
 from xds_server.xds import snapshot as xds
 from xds_server.xds.cache import SnapshotCache
 from xds_server.xds.snapshot import Snapshot

@@ -14,6 +14,8 @@ the status unhealthy. Exit code 2 (unreachable) is the CLI's business.
 
 from __future__ import annotations
 
+import argparse
+import sys
 import time
 from collections.abc import Iterable
 
@@ -21,6 +23,7 @@ import grpc
 from google.protobuf import timestamp_pb2
 
 from xds_server.api.agentxds.v1 import status_pb2, status_pb2_grpc
+from xds_server.cli.common import DEFAULT_XDS_PORT, Subparsers
 
 #: Envoy's error texts can be whole config dumps; this much is plenty to act on.
 MAX_ERROR_CHARS = 500
@@ -192,3 +195,20 @@ def format_status(resp: status_pb2.GetStatusResponse, *, now: float | None = Non
         problems.append(f"{len(active)} NACK(s) in effect ({which})")
     out.append(f"UNHEALTHY: {'; '.join(problems)}" if problems else "healthy")
     return "\n".join(out) + "\n"
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    try:
+        status = fetch_status(args.xds, timeout=args.timeout)
+    except Exception as exc:  # grpc errors carry their own explanation
+        print(f"agentxds status: cannot reach the control plane at {args.xds}: {exc}", file=sys.stderr)
+        return 2
+    sys.stdout.write(format_status(status))
+    return status_exit_code(status)  # 1: policy errors or a NACK in effect
+
+
+def register(sub: Subparsers) -> None:
+    status = sub.add_parser("status", help="connected Envoys, versions, NACKs and policy errors")
+    status.add_argument("--xds", default=f"127.0.0.1:{DEFAULT_XDS_PORT}", help="control plane address host:port")
+    status.add_argument("--timeout", type=float, default=5.0)
+    status.set_defaults(func=cmd_status)

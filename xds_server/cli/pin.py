@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import sys
 from pathlib import Path
 
+from xds_server.cli.common import Subparsers, policy_dir
+
 
 def run_pin(policy_dir: Path, backend_name: str, *, url: str | None, legacy: bool) -> int:
-    from xds_server.authz.pin import fetch_tools, lock_document
+    from xds_server.authz.mcp.pin import fetch_tools, lock_document
     from xds_server.policy.diagnostics import PolicyError
     from xds_server.policy.load import load_directory
 
@@ -46,3 +49,16 @@ def _documents_in(path: Path) -> int:
     import yaml
 
     return sum(1 for doc in yaml.safe_load_all(path.read_text()) if doc is not None)
+
+
+def cmd_pin(args: argparse.Namespace) -> int:
+    return run_pin(args.dir, args.backend, url=args.url, legacy=args.legacy)
+
+
+def register(sub: Subparsers) -> None:
+    pin = sub.add_parser("pin", help="record a backend's tools in an MCPToolLock file (commit it)")
+    pin.add_argument("dir", type=policy_dir, help="policy directory; the lock is written as DIR/<backend>.lock.yaml")
+    pin.add_argument("--backend", required=True, help="MCPBackend name")
+    pin.add_argument("--url", help="MCP URL to read the tools from (default: the backend's first endpoint)")
+    pin.add_argument("--legacy", action="store_true", help="speak 2025-11-25 to the backend")
+    pin.set_defaults(func=cmd_pin)

@@ -34,7 +34,7 @@ from pathlib import Path
 
 from watchfiles import Change, awatch
 
-from xds_server.pipeline import Pipeline, ReloadResult
+from xds_server.controlplane.pipeline import Pipeline, ReloadResult
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,33 @@
+"""`agentxds up [DIR]`: everything on this machine (the work is in `embedded.run_up`)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from pathlib import Path
+
+from xds_server.cli.common import Subparsers, policy_dir
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from xds_server.cli.embedded import run_up
+
+    return asyncio.run(
+        run_up(args.dir, gateway_name=args.gateway, demo=args.demo, admin_port=args.admin_port,
+               approvals_port=args.approvals_port, envoy_log_level=args.envoy_log_level)
+    )  # fmt: skip
+
+
+def register(sub: Subparsers) -> None:
+    up = sub.add_parser("up", help="control plane + Envoy on this machine")
+    up.add_argument("dir", nargs="?", type=policy_dir, default=Path("policies/demo"), help="policy directory")
+    up.add_argument(
+        "--demo",
+        action="store_true",
+        help='also start the demo MCP server for backends annotated agentxds.dev/demo: "true"',
+    )
+    up.add_argument("--gateway", help="which Gateway to run (default: the first by name)")
+    up.add_argument("--admin-port", type=int, default=0, help="Envoy admin port on 127.0.0.1 (default: a free one)")
+    up.add_argument("--approvals-port", type=int, default=18002, help="approvals HTTP API on 127.0.0.1 (default 18002)")
+    up.add_argument("--envoy-log-level", default="warning")
+    up.set_defaults(func=cmd_up)
