@@ -6,7 +6,7 @@
 Three measurements, all on the same machine as bench/run.py:
 
 1. In process, no network: what one decision costs in Python (parse the
-   CheckRequest, `check_tool_call` with its CEL condition, the decision-log
+   CheckRequest, `check_call` with its CEL condition, the decision-log
    record, build the CheckResponse; and the HTTP adapter's whole body),
    timed with `timeit` against the same policy copy bench/run.py uses.
 2. Through Envoy, one connection (wrk -c1), the native `allowed` path against
@@ -130,10 +130,10 @@ def decision_costs(policy_dir: Path, number: int = 5000) -> dict[str, float]:
 
     from envoy.service.auth.v3 import external_auth_pb2
 
-    from xds_server.authz.check import check_tool_call
+    from xds_server.authz.decide import check_call
     from xds_server.authz.ext_authz import request_body, request_headers, to_check_response
     from xds_server.authz.ext_authz_http import ExtAuthzHttpProtocol
-    from xds_server.authz.jsonrpc import parse_tool_call
+    from xds_server.authz.mcp.handler import parse_tool_call
     from xds_server.authz.service import PolicyService
     from xds_server.controlplane.pipeline import compile_policies
     from xds_server.core.cel import compile_condition
@@ -161,15 +161,13 @@ def decision_costs(policy_dir: Path, number: int = 5000) -> dict[str, float]:
     # The decision log as `agentxds serve` configures it (INFO, one formatted line), into memory.
     logging.basicConfig(level="INFO", stream=io.StringIO(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         force=True)  # fmt: skip
-    outcome = check_tool_call(service.index, service.engine, service.guard, backend=run.BACKEND, headers=headers,
-                              body=body)  # fmt: skip
+    outcome = check_call(service.decider, route=run.BACKEND, headers=headers, body=body)
     assert outcome.allowed, outcome
 
     def whole() -> bytes:
         req = external_auth_pb2.CheckRequest.FromString(raw)
-        out = check_tool_call(service.index, service.engine, service.guard,
-                              backend=req.attributes.context_extensions.get("backend", ""),
-                              headers=request_headers(req), body=request_body(req))  # fmt: skip
+        out = check_call(service.decider, route=req.attributes.context_extensions.get("backend", ""),
+                         headers=request_headers(req), body=request_body(req))  # fmt: skip
         service.log_decision(out.log)
         service.flush_decisions()  # batched in the service: counted here as if written per call
         return to_check_response(out).SerializeToString()
@@ -192,8 +190,8 @@ def decision_costs(policy_dir: Path, number: int = 5000) -> dict[str, float]:
         "parse the CheckRequest (protobuf)": lambda: external_auth_pb2.CheckRequest.FromString(raw),
         "parse the JSON-RPC body": lambda: parse_tool_call(body),
         "evaluate the CEL condition": lambda: condition.evaluate(variables),
-        "check_tool_call (all of the decision)": lambda: check_tool_call(
-            service.index, service.engine, service.guard, backend=run.BACKEND, headers=headers, body=body),
+        "check_call (all of the decision)": lambda: check_call(
+            service.decider, route=run.BACKEND, headers=headers, body=body),
         # Queued on the request path, formatted and written in batches after the answers.
         "one decision-log line, queued and written in a batch": lambda: service.decision_log.record(outcome.log),
         "the gRPC servicer's whole body (proto in, decision, log, proto out)": whole,

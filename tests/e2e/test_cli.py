@@ -141,7 +141,7 @@ def test_render_shows_what_envoy_receives() -> None:
     ir = agentxds("render", str(DEMO), "--to", "ir")
     assert ir.returncode == 0, ir.stderr
     gateway = yaml.safe_load(ir.stdout)["gateways"][0]
-    assert [g["agent"] for g in gateway["backends"][0]["grants"]] == ["executor", "triage"]
+    assert [g["agent"] for g in gateway["listener"]["routes"][0]["grants"]] == ["executor", "triage"]
 
 
 @pytest.mark.parametrize("args", [("validate", "/nonexistent/policies"), ("render", "/nonexistent/policies")])

@@ -49,12 +49,9 @@ from tests.e2e.harness import (
 from xds_server.authz import credentials
 from xds_server.controlplane.service import ControlPlane
 from xds_server.core import errors
-from xds_server.ir.types import GatewayIR
 from xds_server.runtime.bootstrap import render_bootstrap
 from xds_server.runtime.envoy import EnvoyProcess
 from xds_server.runtime.ports import free_port
-from xds_server.translate import jwt as jwt_translate
-from xds_server.translate.proto import typed
 
 MODES = ["modern", "legacy"]
 API_KEY_HEADER = "x-api-key"
@@ -144,30 +141,6 @@ spec: {identity: {header: helper}}
             "policies.yaml": policy_docs}  # fmt: skip
 
 
-def fallback_jwt_authn(gateway: GatewayIR) -> dict[str, Any] | None:
-    """A minimal jwt_authn filter, used only while `translate.jwt` does not translate providers yet.
-
-    Tokens are optional (agents prove themselves otherwise); a token that is
-    sent must be valid; the payload goes to metadata under the provider's
-    name and the token is forwarded (the policy service exchanges it, then
-    removes it).
-    """
-    if not gateway.identity.jwt_providers:
-        return None
-    providers = {}
-    for p in gateway.identity.jwt_providers:
-        provider: dict[str, Any] = {"issuer": p.issuer, "audiences": list(p.audiences), "forward": True,
-                                    "payload_in_metadata": p.name, "local_jwks": {"inline_string": p.jwks_inline}}  # fmt: skip
-        if p.token_header != "authorization":
-            provider["from_headers"] = [{"name": p.token_header}]
-        providers[p.name] = provider
-    requirements = [{"provider_name": p.name} for p in gateway.identity.jwt_providers] + [{"allow_missing": {}}]
-    config = {"providers": providers,
-              "rules": [{"match": {"prefix": "/"}, "requires": {"requires_any": {"requirements": requirements}}}]}  # fmt: skip
-    return {"name": "envoy.filters.http.jwt_authn",
-            "typed_config": typed("envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication", config)}  # fmt: skip
-
-
 # ---------------------------------------------------------------- processes
 
 
@@ -198,17 +171,7 @@ def secret_env() -> Iterator[dict[str, str]]:
     with pytest.MonkeyPatch.context() as mp:
         for name, value in values.items():
             mp.setenv(name, value)
-        if jwt_translate.jwt_authn_filter(_probe_gateway()) is None:
-            mp.setattr(jwt_translate, "jwt_authn_filter", fallback_jwt_authn)
         yield values
-
-
-def _probe_gateway() -> GatewayIR:
-    from xds_server.ir.types import IdentityIR, JwtProviderIR
-
-    provider = JwtProviderIR(PROVIDER, ISSUER, (AUDIENCE,), UserTokens().jwks, None, None, 600_000, "authorization",
-                             "groups")  # fmt: skip
-    return GatewayIR("probe", "127.0.0.1", 1, 8192, 65536, IdentityIR(None, (provider,)), (), ())
 
 
 class World:

@@ -153,7 +153,10 @@ def _bad_snapshot(control: ControlPlane) -> Snapshot:
     """The served gateway with an MCP body limit Envoy refuses (bypasses the pipeline's checks)."""
     assert control.pipeline.ir is not None
     (good_ir,) = [g for g in control.pipeline.ir.gateways if g.name == GATEWAY]
-    bad_ir = dataclasses.replace(good_ir, max_request_body_bytes=TOO_LARGE, connection_buffer_bytes=TOO_LARGE)
+    listener = dataclasses.replace(
+        good_ir.listener, max_request_body_bytes=TOO_LARGE, connection_buffer_bytes=TOO_LARGE
+    )
+    bad_ir = dataclasses.replace(good_ir, listener=listener)
     return to_snapshot(translate_gateway(bad_ir))
 
 

@@ -127,8 +127,8 @@ async def _reloaded_with_lock(gateway: RunningGateway) -> bool:
     ir = gateway.control.pipeline.ir
     if ir is None:
         return False
-    backend = ir.gateways[0].backends[0]
-    return backend.tool_guard is not None and backend.tool_guard.pins is not None
+    guard = ir.gateways[0].routes[0].protocol.tool_guard
+    return guard is not None and guard.pins is not None
 
 
 async def _hidden(gateway: RunningGateway, tool: str) -> bool:

@@ -1,9 +1,16 @@
 """Policy → IR and IR → xDS goldens, and determinism of both.
 
 Each directory under `cases/` holds `policies/` (the input) and the expected
-`ir.yaml` and `xds.yaml`. After an intended change to the IR or a translator,
-regenerate them with `.venv/bin/pytest tests/golden --update-golden` and
-review the diff like any other code change.
+`ir.yaml` and `xds.yaml`. Two stages are checked:
+
+- policies → `ir.yaml` and `xds.yaml` (the whole pipeline);
+- `ir.yaml` → `xds.yaml`: the IR loaded from its YAML alone, with no
+  policies and no files, translates to the same xDS (translators are pure
+  functions of the IR).
+
+After an intended change to the IR or a translator, regenerate them with
+`.venv/bin/pytest tests/golden --update-golden` and review the diff like any
+other code change.
 """
 
 from __future__ import annotations
@@ -13,9 +20,11 @@ import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 
-from xds_server.controlplane.pipeline import compile_policies, to_snapshot
+from xds_server.controlplane.pipeline import compile_policies, to_snapshot, translate_checked
 from xds_server.controlplane.render import dump_yaml, ir_document, xds_document
+from xds_server.ir.load import ir_from_plain
 from xds_server.xds import snapshot as xds
 
 CASES_DIR = Path(__file__).parent / "cases"
@@ -69,6 +78,23 @@ def test_golden(case: str, update_golden: bool) -> None:
     ]
     if any(problems):
         pytest.fail("\n".join(p for p in problems if p), pytrace=False)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_xds_from_the_loaded_ir(case: str) -> None:
+    """The golden IR, read back from YAML, translates to the golden xDS: the IR is the whole input."""
+    ir = ir_from_plain(yaml.safe_load((CASES_DIR / case / "ir.yaml").read_text()))
+    xds_text = dump_yaml(xds_document(translate_checked(ir)), sort_keys=True)
+    problem = check_golden(CASES_DIR / case / "xds.yaml", xds_text, update=False)
+    if problem:
+        pytest.fail(f"xDS translated from {case}/ir.yaml alone:\n{problem}", pytrace=False)
+
+
+def test_a_loaded_ir_renders_as_it_was_read() -> None:
+    """ir.yaml → IR → YAML is the identity, so the loader reads every field the renderer writes."""
+    for case in CASES:
+        text = (CASES_DIR / case / "ir.yaml").read_text()
+        assert dump_yaml(ir_document(ir_from_plain(yaml.safe_load(text)))) == text, case
 
 
 def _copy_renamed(src: Path, dst: Path) -> Path:

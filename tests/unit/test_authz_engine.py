@@ -266,11 +266,11 @@ def test_a_rule_limited_to_users_only_applies_to_those_users() -> None:
 
     maintainers = UserMatchIR("corp", (), ("maintainers",), "groups", ())
     limited = ConditionalRuleIR(
-        id="p/rules[0]", agents=("bot",), tools=compile_globs(["merge_*"]), when=None,
+        id="p/rules[0]", agents=("bot",), targets=compile_globs(["merge_*"]), when=None,
         quota=None, require_approval=False, approval_ttl_ms=60_000, user=maintainers,
     )  # fmt: skip
     engine = Engine(QuotaStore(), ApprovalStore())
-    base = dict(backend="b", agent="bot", user={}, tool="merge_pr", arguments={}, now=NOW)
+    base = dict(backend="b", agent="bot", user={}, target="merge_pr", arguments={}, now=NOW)
     allowed = engine.decide(CallContext(**base, jwt={"corp": {"sub": "alice", "groups": ["maintainers"]}}),
                             [limited], unconditional=False)  # fmt: skip
     refused = engine.decide(CallContext(**base, jwt={"corp": {"sub": "bob", "groups": ["devs"]}}),

@@ -9,7 +9,7 @@ import pytest
 
 from xds_server.ir.glob import compile_glob, compile_globs, glob_matches
 from xds_server.ir.types import NamePattern, PatternKind
-from xds_server.translate.rbac import string_matcher
+from xds_server.translate.protocols.mcp import string_matcher
 
 
 @pytest.mark.parametrize(

@@ -8,20 +8,18 @@ import pytest
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from google.protobuf import json_format
 
+from tests import ir_kit
 from xds_server.authz.ext_proc import jwt_payloads, peer_uri_san
-from xds_server.authz.state import PolicyIndex, user_matches
-from xds_server.ir.glob import compile_globs
+from xds_server.authz.mcp.access import has_unconditional_tool, may_use
+from xds_server.authz.state import PolicyIndex
 from xds_server.ir.types import (
     IR,
     AgentIR,
     ApiKeyPrincipal,
-    BackendIR,
-    EndpointIR,
-    GatewayIR,
     GrantIR,
     HeaderPrincipal,
-    IdentityIR,
     JwtPrincipal,
+    SecretIR,
     SpiffePrincipal,
     UserMatchIR,
 )
@@ -32,28 +30,26 @@ ALICE_IN_PLATFORM = UserMatchIR(provider="corp", subjects=("alice",), groups=(),
 
 
 def _grant(agent: str, tools: list[str], user: UserMatchIR | None = None, **kinds: list[str]) -> GrantIR:
-    return GrantIR(agent=agent, tools=compile_globs(tools), resources=compile_globs(kinds.get("resources", [])),
-                   prompts=compile_globs(kinds.get("prompts", [])), sources=("p/rules[0]",), user=user)  # fmt: skip
+    return ir_kit.grant(agent, tools, user, resources=kinds.get("resources", []), prompts=kinds.get("prompts", []))
+
+
+def user_matches(user: UserMatchIR, payloads: dict[str, Any] | None) -> bool:
+    return user.matches(payloads)
 
 
 @pytest.fixture
-def index(monkeypatch: pytest.MonkeyPatch) -> PolicyIndex:
-    monkeypatch.setenv("STATE_TEST_KEY", "sekret")
+def index() -> PolicyIndex:
     agents = (
-        AgentIR("bot", (ApiKeyPrincipal("x-api-key", "STATE_TEST_KEY", None),)),
+        AgentIR("bot", (ApiKeyPrincipal("x-api-key", SecretIR("STATE_TEST_KEY", None, "sekret")),)),
         AgentIR("mesh", (SpiffePrincipal("spiffe://example.org/agent/mesh"),)),
         AgentIR("triage", (JwtPrincipal("agents", "azp", "triage-bot"), HeaderPrincipal("x-agent-id", "triage"))),
     )
-    backend = BackendIR(
-        name="github", route_path="/mcp/github", upstream_path="/mcp", endpoints=(EndpointIR("127.0.0.1", 9),),
-        connect_timeout_ms=1000, request_timeout_ms=0, idle_timeout_ms=0,
+    backend = ir_kit.route(
+        "github",
         grants=(_grant("bot", ["whoami"]), _grant("triage", ["list_issues"], prompts=["summarize"]),
                 _grant("triage", ["create_issue"], MAINTAINERS), _grant("triage", ["merge_*"], ALICE_IN_PLATFORM)),
     )  # fmt: skip
-    gateway = GatewayIR(name="gw", listen_address="127.0.0.1", listen_port=1, max_request_body_bytes=8192,
-                        connection_buffer_bytes=65536, identity=IdentityIR("x-agent-id"), agents=agents,
-                        backends=(backend,))  # fmt: skip
-    return PolicyIndex.from_ir(IR((gateway,)))
+    return PolicyIndex.from_ir(IR((ir_kit.gateway(agents=agents, routes=(backend,)),)))
 
 
 @pytest.mark.parametrize(
@@ -80,7 +76,7 @@ def test_subjects_and_claims_must_all_hold() -> None:
 
 
 def test_callers_are_recognised_by_every_source(index: PolicyIndex) -> None:
-    view = index.backend("github")
+    view = index.route("github")
     assert view is not None
     assert view.agents_of({"x-agent-id": "triage"}) == ("triage",)
     assert view.agents_of({}, {"agents": {"azp": "triage-bot"}}) == ("triage",)
@@ -93,18 +89,18 @@ def test_callers_are_recognised_by_every_source(index: PolicyIndex) -> None:
 
 
 def test_users_grants_count_only_for_their_users(index: PolicyIndex) -> None:
-    view = index.backend("github")
+    view = index.route("github")
     assert view is not None
     maintainer = {"corp": {"sub": "bob", "roles": ["maintainers"]}}
     alice = {"corp": {"sub": "alice", "department": "platform"}}
-    assert view.may_use("triage", "tools", "list_issues")
-    assert not view.may_use("triage", "tools", "create_issue")
-    assert view.may_use("triage", "tools", "create_issue", maintainer)
-    assert not view.may_use("triage", "tools", "merge_pr", maintainer)
-    assert view.may_use("triage", "tools", "merge_pr", alice)
-    assert view.may_use("triage", "prompts", "summarize", alice)
-    assert view.has_unconditional_tool("triage", "create_issue", maintainer)
-    assert not view.has_unconditional_tool("triage", "create_issue")
+    assert may_use(view, "triage", "tools", "list_issues")
+    assert not may_use(view, "triage", "tools", "create_issue")
+    assert may_use(view, "triage", "tools", "create_issue", maintainer)
+    assert not may_use(view, "triage", "tools", "merge_pr", maintainer)
+    assert may_use(view, "triage", "tools", "merge_pr", alice)
+    assert may_use(view, "triage", "prompts", "summarize", alice)
+    assert has_unconditional_tool(view, "triage", "create_issue", maintainer)
+    assert not has_unconditional_tool(view, "triage", "create_issue")
     plain = view.grant("triage")
     assert plain is not None and plain.user is None  # the grant for whoever the user is
 

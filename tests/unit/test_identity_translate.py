@@ -15,27 +15,32 @@ from typing import Any
 
 import pytest
 
+from tests import ir_kit
 from tests.golden.static_bootstrap import static_bootstrap
-from xds_server.ir.glob import compile_globs
+from xds_server.ir.build import build_ir
+from xds_server.ir.principals import reply_matchers
 from xds_server.ir.types import (
     AgentIR,
     ApiKeyPrincipal,
     BackendAuthIR,
-    BackendIR,
-    EndpointIR,
     GatewayIR,
     GrantIR,
     HeaderPrincipal,
     IdentityIR,
     JwtPrincipal,
     JwtProviderIR,
+    RouteIR,
+    SecretIR,
     SpiffePrincipal,
     UserMatchIR,
 )
+from xds_server.policy.diagnostics import PolicyError
+from xds_server.policy.load import load_texts
 from xds_server.runtime.envoy import find_envoy_binary
 from xds_server.translate import jwt, oauth, rbac, translate_gateway
-from xds_server.translate.local_reply import caller_sources, local_reply_config
+from xds_server.translate.local_reply import local_reply_config
 from xds_server.translate.proto import to_dict
+from xds_server.translate.protocols.mcp import McpTranslator
 from xds_server.translate.route import build_route_config
 
 # A real RSA public key: Envoy parses the keys when it loads the configuration.
@@ -60,7 +65,7 @@ JWKS = json.dumps(
 
 
 def provider(name: str, **kw: Any) -> JwtProviderIR:
-    values: dict[str, Any] = dict(name=name, issuer=f"https://{name}.example.com", audiences=(), jwks_inline=JWKS,
+    values: dict[str, Any] = dict(name=name, issuer=f"https://{name}.example.com", audiences=(), jwks=JWKS,
                                   jwks_file=None, jwks_url=None, jwks_cache_ms=600_000, token_header="authorization",
                                   groups_claim="groups")  # fmt: skip
     return JwtProviderIR(**(values | kw))
@@ -69,23 +74,19 @@ def provider(name: str, **kw: Any) -> JwtProviderIR:
 MAINTAINERS = UserMatchIR(provider="corp", subjects=(), groups=("maintainers",), groups_claim="roles", claims=())
 
 
-def backend(name: str, *, auth: BackendAuthIR | None = None, grants: tuple[GrantIR, ...] = ()) -> BackendIR:
-    return BackendIR(name=name, route_path=f"/mcp/{name}", upstream_path="/mcp", endpoints=(EndpointIR("127.0.0.1", 9),),
-                     connect_timeout_ms=1000, request_timeout_ms=0, idle_timeout_ms=0, grants=grants,
-                     auth=auth)  # fmt: skip
+def backend(name: str, *, auth: BackendAuthIR | None = None, grants: tuple[GrantIR, ...] = ()) -> RouteIR:
+    return ir_kit.route(name, auth=auth, grants=grants)
 
 
 def grant(agent: str, tools: list[str], user: UserMatchIR | None = None) -> GrantIR:
-    return GrantIR(
-        agent=agent, tools=compile_globs(tools), resources=(), prompts=(), sources=("p/rules[0]",), user=user
-    )
+    return ir_kit.grant(agent, tools, user)
 
 
 def gateway(*, providers: tuple[JwtProviderIR, ...] = (provider("corp"), provider("agents", token_header="x-agent-token")),
-            backends: tuple[BackendIR, ...] | None = None) -> GatewayIR:  # fmt: skip
+            backends: tuple[RouteIR, ...] | None = None) -> GatewayIR:  # fmt: skip
     agents = (
         AgentIR("dev", (HeaderPrincipal("x-agent-id", "dev"),)),
-        AgentIR("keyed", (ApiKeyPrincipal("x-api-key", "TEST_AGENT_KEY", None),)),
+        AgentIR("keyed", (ApiKeyPrincipal("x-api-key", SecretIR("TEST_AGENT_KEY", None, "k-123")),)),
         AgentIR("odd", (JwtPrincipal("agents", "https://example.com/agent:id", "odd-1"),)),
         AgentIR("spiffed", (SpiffePrincipal("spiffe://example.org/agent/spiffed"),)),
         AgentIR("triage", (JwtPrincipal("agents", "azp", "triage-bot"), HeaderPrincipal("x-agent-id", "triage"))),
@@ -96,14 +97,42 @@ def gateway(*, providers: tuple[JwtProviderIR, ...] = (provider("corp"), provide
                     grants=(grant("triage", ["list_issues"]), grant("triage", ["create_issue"], MAINTAINERS))),
             backend("wiki", grants=tuple(grant(a.name, ["*"]) for a in agents)),
         )  # fmt: skip
-    return GatewayIR(name="gw", listen_address="127.0.0.1", listen_port=10400, max_request_body_bytes=8192,
-                     connection_buffer_bytes=65536, identity=IdentityIR("x-agent-id", providers), agents=agents,
-                     backends=backends)  # fmt: skip
+    return ir_kit.gateway(agents=agents, routes=backends, identity=IdentityIR("x-agent-id", providers))
 
 
-@pytest.fixture(autouse=True)
-def api_key(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TEST_AGENT_KEY", "k-123")
+def policies_with_jwks(jwks: dict[str, Any], *, second_gateway: bool = False, auth: str | None = None) -> str:
+    """A policy set whose gateway has provider `corp` with these JWKS settings."""
+    gateways = f"""apiVersion: agentxds.dev/v1
+kind: Gateway
+metadata: {{name: gw}}
+spec:
+  listen: {{port: 10401}}
+  identity:
+    jwtProviders:
+      - {{name: corp, issuer: https://corp.example.com, jwks: {json.dumps(jwks)}}}
+"""
+    if second_gateway:
+        gateways += f"""---
+apiVersion: agentxds.dev/v1
+kind: Gateway
+metadata: {{name: other}}
+spec:
+  listen: {{port: 10402}}
+  identity:
+    jwtProviders:
+      - {{name: elsewhere, issuer: https://elsewhere.example.com, jwks: {{inline: {json.dumps(JWKS)}}}}}
+"""
+    backend_doc = """---
+apiVersion: agentxds.dev/v1
+kind: MCPBackend
+metadata: {name: wiki}
+spec:
+  gateway: gw
+  endpoints: [{host: 127.0.0.1, port: 9}]
+"""
+    if auth is not None:
+        backend_doc += f"  auth: {{provider: {auth}}}\n"
+    return gateways + backend_doc
 
 
 # ---------------------------------------------------------------- jwt_authn
@@ -111,14 +140,14 @@ def api_key(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def jwt_config(gw: GatewayIR) -> dict[str, Any]:
     f = jwt.jwt_authn_filter(gw)
-    assert f is not None and f["name"] == "envoy.filters.http.jwt_authn"
-    return f["typed_config"]
+    assert f is not None and f.name == "envoy.filters.http.jwt_authn"
+    return f.config
 
 
 def test_no_providers_no_filter() -> None:
     gw = gateway(providers=(), backends=(backend("wiki"),))
     assert jwt.jwt_authn_filter(gw) is None
-    assert jwt.route_requirement(gw, gw.backends[0]) == {} and jwt.route_disabled(gw) == {}
+    assert jwt.route_requirement(gw, gw.routes[0]) == {} and jwt.route_disabled(gw) == {}
 
 
 def test_providers_check_tokens_from_their_header_and_expose_the_payload() -> None:
@@ -143,7 +172,7 @@ def test_tokens_are_optional_but_checked_and_auth_backends_require_theirs() -> N
         }
     }
     assert requirements["user/corp"] == {"requires_all": {"requirements": [{"provider_name": "corp"}, optional_agents]}}
-    github, wiki = gw.backends
+    github, wiki = gw.routes
     assert jwt.route_requirement(gw, github)["envoy.filters.http.jwt_authn"]["requirement_name"] == "user/corp"
     assert jwt.route_requirement(gw, wiki)["envoy.filters.http.jwt_authn"]["requirement_name"] == "optional"
 
@@ -157,11 +186,15 @@ def test_providers_sharing_a_header_accept_either_token() -> None:
 def test_a_jwks_file_is_read_at_every_build(tmp_path: Path) -> None:
     path = tmp_path / "jwks.json"
     path.write_text(JWKS)
-    gw = gateway(providers=(provider("corp", jwks_inline=None, jwks_file=str(path)),), backends=(backend("wiki"),))
-    assert jwt_config(gw)["providers"]["corp"]["local_jwks"]["inline_string"] == JWKS
+    policies = {"all.yaml": policies_with_jwks({"file": str(path)})}
+
+    def built() -> GatewayIR:
+        return build_ir(load_texts(policies)).gateways[0]
+
+    assert jwt_config(built())["providers"]["corp"]["local_jwks"]["inline_string"] == JWKS
     rotated = JWKS.replace('"k1"', '"k2"')
     path.write_text(rotated)
-    assert jwt_config(gw)["providers"]["corp"]["local_jwks"]["inline_string"] == rotated
+    assert jwt_config(built())["providers"]["corp"]["local_jwks"]["inline_string"] == rotated
 
 
 @pytest.mark.parametrize("content, message", [(None, "cannot read it"), ("{nope", "not JSON"),
@@ -170,22 +203,22 @@ def test_unusable_keys_refuse_the_build(tmp_path: Path, content: str | None, mes
     path = tmp_path / "jwks.json"
     if content is not None:
         path.write_text(content)
-    gw = gateway(providers=(provider("corp", jwks_inline=None, jwks_file=str(path)),), backends=(backend("wiki"),))
-    with pytest.raises(jwt.JwtConfigError, match=message) as refused:
-        jwt.jwt_authn_filter(gw)
-    assert isinstance(refused.value, ValueError)  # the pipeline refuses the change and keeps the last good one
-    assert "corp" in str(refused.value)
+    with pytest.raises(PolicyError, match=message) as refused:
+        build_ir(load_texts({"all.yaml": policies_with_jwks({"file": str(path)})}))
+    # the pipeline refuses the change and keeps the last good one; the diagnostic names the field
+    (diagnostic,) = refused.value.diagnostics
+    assert "corp" in str(diagnostic) and diagnostic.field == "Gateway/gw spec.identity.jwtProviders[0].jwks.file"
 
 
 def test_a_backend_naming_a_provider_its_gateway_lacks_refuses_the_build() -> None:
-    gw = gateway(backends=(backend("github", auth=BackendAuthIR("elsewhere", None, ())),))
-    with pytest.raises(jwt.JwtConfigError, match="not a jwtProvider of gateway gw"):
-        jwt.jwt_authn_filter(gw)
+    policies = {"all.yaml": policies_with_jwks({"inline": JWKS}, second_gateway=True, auth="elsewhere")}
+    with pytest.raises(PolicyError, match="not a jwtProvider of gateway gw"):
+        build_ir(load_texts(policies))
 
 
 def test_a_jwks_url_gets_a_cluster_of_its_own() -> None:
-    remote = provider("idp", jwks_inline=None, jwks_url="https://login.example.com/keys", jwks_cache_ms=300_000)
-    local = provider("local", jwks_inline=None, jwks_url="http://127.0.0.1:8081/jwks.json")
+    remote = provider("idp", jwks=None, jwks_url="https://login.example.com/keys", jwks_cache_ms=300_000)
+    local = provider("local", jwks=None, jwks_url="http://127.0.0.1:8081/jwks.json")
     gw = gateway(providers=(remote, local), backends=(backend("wiki"),))
     fetched = jwt_config(gw)["providers"]["idp"]["remote_jwks"]
     assert fetched["http_uri"] == {"uri": "https://login.example.com/keys", "cluster": "jwks/idp", "timeout": "5s"}
@@ -206,7 +239,7 @@ def test_a_jwks_url_gets_a_cluster_of_its_own() -> None:
 
 def test_a_users_grant_is_the_agent_and_the_user() -> None:
     gw = gateway()
-    policies = rbac.backend_rbac(gw.backends[0], gw.agents)["rbac"]["rules"]["policies"]
+    policies = rbac.route_rbac(gw.routes[0], gw.agents, McpTranslator())["rbac"]["rules"]["policies"]
     assert set(policies) == {"agent/triage", "agent/triage/users[1]"}
     (plain,) = [p["principals"] for k, p in policies.items() if k == "agent/triage"]
     assert len(plain) == 2  # either of the agent's sources, whoever the user is
@@ -229,13 +262,13 @@ def test_a_users_grant_is_the_agent_and_the_user() -> None:
 def test_every_user_condition_must_hold() -> None:
     user = UserMatchIR(provider="corp", subjects=("alice", "bob"), groups=(), groups_claim="groups",
                        claims=(("department", "platform"),))  # fmt: skip
-    principal = rbac.user_principal(user)
+    principal = user.rbac()
     subjects, department = principal["and_ids"]["ids"]
     assert subjects["sourced_metadata"]["metadata_matcher"]["path"] == [{"key": "corp"}, {"key": "sub"}]
     assert subjects["sourced_metadata"]["metadata_matcher"]["value"]["or_match"]["value_matchers"] == [
         {"string_match": {"exact": "alice"}}, {"string_match": {"exact": "bob"}}]  # fmt: skip
     assert department["sourced_metadata"]["metadata_matcher"]["value"] == {"string_match": {"exact": "platform"}}
-    anyone = rbac.user_principal(replace(user, subjects=(), claims=()))
+    anyone = replace(user, subjects=(), claims=()).rbac()
     assert anyone["sourced_metadata"]["metadata_matcher"] == {
         "filter": "envoy.filters.http.jwt_authn",
         "path": [{"key": "corp"}],
@@ -247,7 +280,7 @@ def test_every_user_condition_must_hold() -> None:
 
 
 def test_caller_sources_cover_every_principal_kind_and_never_show_a_key() -> None:
-    sources = caller_sources(gateway())
+    sources = reply_matchers(gateway().agents)
     names = [s.name for s in sources]
     assert names == ["%REQ(x-agent-id)%", "%DYNAMIC_METADATA(envoy.filters.http.jwt_authn:agents:azp)%",
                      "%DOWNSTREAM_PEER_URI_SAN%", "keyed", "odd"]  # fmt: skip
@@ -324,7 +357,7 @@ def test_metadata_routes_need_no_token_and_no_mcp() -> None:
 
 def test_envoy_accepts_every_identity_source(tmp_path: Path) -> None:
     gw = gateway(providers=(provider("corp"), provider("agents", token_header="x-agent-token"),
-                            provider("idp", jwks_inline=None, jwks_url="https://login.example.com/keys")))  # fmt: skip
+                            provider("idp", jwks=None, jwks_url="https://login.example.com/keys")))  # fmt: skip
     resources = translate_gateway(gw)
     resources = replace(resources, clusters=tuple(sorted(
         {c.name: c for c in (*resources.clusters, *jwt.jwks_clusters(gw))}.values(), key=lambda c: c.name)))  # fmt: skip

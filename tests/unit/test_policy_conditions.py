@@ -105,11 +105,11 @@ def test_conditional_rules_reach_the_ir_apart_from_plain_grants() -> None:
     ir = build_ir(
         load_texts({"base.yaml": BASE, "p.yaml": policy(rules), "lock.yaml": LOCK % ("l", "github", HEX, HEX)})
     )
-    backend = ir.gateways[0].backends[0]
+    backend = ir.gateways[0].routes[0]
     (grant,) = backend.grants
-    assert [p.glob for p in grant.tools] == ["list_issues"]  # decided by Envoy alone
-    assert [p.glob for p in grant.conditional_tools] == ["create_*"]
-    assert {p.glob for p in grant.all_tools} == {"create_*", "list_issues"}  # what RBAC lets through
+    assert [p.glob for p in grant.allows.tools] == ["list_issues"]  # decided by Envoy alone
+    assert [p.glob for p in grant.allows.conditional_tools] == ["create_*"]
+    assert {p.glob for p in grant.allows.all_tools} == {"create_*", "list_issues"}  # what RBAC lets through
     (rule,) = backend.conditional_rules
     assert rule.id == "p/rules[1]" and rule.agents == ("bot",)
     assert rule.when == 'args.repo.startsWith("acme/")'
@@ -119,8 +119,9 @@ def test_conditional_rules_reach_the_ir_apart_from_plain_grants() -> None:
         QuotaScope.AGENT_USER,
     )
     assert rule.require_approval and rule.approval_ttl_ms == 300000
-    assert backend.tool_guard is not None and [p.name for p in backend.tool_guard.pins or ()] == ["x"]
-    assert backend.needs_authz and backend.needs_list_processing
+    guard = backend.protocol.tool_guard
+    assert guard is not None and [p.name for p in guard.pins or ()] == ["x"]
+    assert backend.decisions.calls is not None and backend.decisions.responses  # calls and lists go to Python
 
 
 def test_argument_conditions_are_validated() -> None:
@@ -138,10 +139,11 @@ def test_argument_conditions_are_validated() -> None:
 def test_argument_conditions_reach_the_ir_as_native_grants() -> None:
     rule = "    - agents: [bot]\n      tools: [create_issue]\n      arguments: {repo: {prefix: acme/}, env: {oneOf: [b, a]}}\n"
     ir = build_ir(load_texts({"base.yaml": BASE, "p.yaml": policy(rule)}))
-    (grant,) = ir.gateways[0].backends[0].grants
-    assert grant.tools == () and grant.conditional_tools == ()
-    (argument_grant,) = grant.argument_grants
+    (grant,) = ir.gateways[0].routes[0].grants
+    assert grant.allows.tools == () and grant.allows.conditional_tools == ()
+    (argument_grant,) = grant.allows.argument_grants
     assert [(m.name, m.kind, m.values) for m in argument_grant.arguments] == [
         ("env", "one_of", ("a", "b")), ("repo", "prefix", ("acme/",))]  # fmt: skip
-    assert [p.glob for p in grant.listed_tools] == ["create_issue"]
-    assert not ir.gateways[0].backends[0].needs_authz  # Envoy decides it alone
+    assert [p.glob for p in grant.allows.listed_tools] == ["create_issue"]
+    decisions = ir.gateways[0].routes[0].decisions
+    assert decisions.calls is None and not decisions.every_request  # Envoy decides it alone

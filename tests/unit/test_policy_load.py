@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from xds_server.policy.base import duration_ms
 from xds_server.policy.diagnostics import Diagnostic, PolicyError
 from xds_server.policy.load import PolicySet, load_directory, load_texts
-from xds_server.policy.model import duration_ms
 
 HEAD = "apiVersion: agentxds.dev/v1\n"
 

@@ -165,7 +165,7 @@ def test_unusable_files_refuse_the_build_and_keep_the_last_good_snapshot(tmp_pat
     damage(tmp_path / "pki")
     result = pipeline.reload()
     assert not result.ok
-    assert any(message in e and "gateway gw" in e for e in result.errors), result.errors
+    assert any(message in e and "Gateway/gw spec.tls" in e for e in result.errors), result.errors
     assert cache.get("gw") is good
     # the files are still followed although the build was refused
     assert tmp_path / "pki" / "gateway.key" in pipeline.files

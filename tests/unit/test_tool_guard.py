@@ -21,7 +21,7 @@ from xds_server.authz.mcp.tool_guard import (
     fingerprint,
     judge_tool,
 )
-from xds_server.ir.types import DriftAction, PinnedToolIR, ScreeningMode, ToolGuardIR
+from xds_server.ir.mcp import DriftAction, PinnedToolIR, ScreeningMode, ToolGuardIR
 
 DATA = Path(__file__).parent / "data"
 

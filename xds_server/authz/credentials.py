@@ -55,7 +55,6 @@ CREDENTIAL_UNAVAILABLE = errors.CREDENTIAL_UNAVAILABLE
 
 TOKEN_EXCHANGE_GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
 ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
-JWT_METADATA_NAMESPACE = "envoy.filters.http.jwt_authn"
 MAX_EXCHANGE_SECONDS = 10.0
 _ERROR_CODE = re.compile(r"^[\x21-\x7e]{1,64}$")  # an RFC 6749 `error` value; anything else is not echoed
 _HEADER_VALUE = re.compile(r"^[\x20-\x7e\x80-\xff\t]*$")  # no CR, LF or other controls
@@ -102,7 +101,7 @@ def delegations_from_ir(ir: IR) -> dict[str, Delegation]:
     """A `Delegation` per backend with credentials (reads client secrets; never raises for them)."""
     out: dict[str, Delegation] = {}
     for gateway in ir.gateways:
-        for backend in gateway.backends:
+        for backend in gateway.routes:
             if backend.credentials is None:
                 continue
             creds = backend.credentials

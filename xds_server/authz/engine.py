@@ -1,4 +1,7 @@
-"""The policy service's decision for one `tools/call`: pure logic over the IR's rules.
+"""The policy service's decision for one call (an MCP `tools/call`, ...): pure logic over the IR's rules.
+
+The generic part of every protocol's decisions: conditions, quotas and
+approvals, over the call's target (MCP: the tool) and arguments.
 
 Envoy's RBAC already let the call through because some rule could allow it;
 this decides whether one actually does. Each matching conditional rule is
@@ -24,7 +27,6 @@ from typing import Any
 
 from xds_server.authz.approvals import ApprovalState, ApprovalStore, approval_id
 from xds_server.authz.quota import QuotaKey, QuotaStore, quota_subject
-from xds_server.authz.state import user_matches
 from xds_server.core.cel import ConditionError, compile_condition
 from xds_server.ir.glob import glob_matches
 from xds_server.ir.types import ConditionalRuleIR
@@ -55,7 +57,8 @@ _RANK = {
 
 @dataclass(frozen=True)
 class CallContext:
-    """One `tools/call` as the policy service sees it.
+    """One call as the policy service sees it: `target` is what is called (MCP: the tool),
+    `noun` what a target is called in messages ("tool").
 
     `user` holds what is known of the user the agent acts for ({} when
     unknown); `user["sub"]`, when present, is the user's subject.
@@ -64,10 +67,11 @@ class CallContext:
     backend: str
     agent: str
     user: Mapping[str, Any]
-    tool: str
+    target: str
     arguments: Mapping[str, Any]
     now: dt.datetime
     jwt: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # provider → verified token payload
+    noun: str = "tool"
 
     @property
     def user_sub(self) -> str | None:
@@ -81,7 +85,7 @@ class Decision:
 
     `rule` is the id of the rule that allowed the call or that the refusal is
     about (None for an unconditional grant or when no rule matched);
-    `message` one sentence for humans naming the tool and the rule.
+    `message` one sentence for humans naming the target and the rule.
     `retry_after_s` is set for quota_exceeded; `approval_id` and
     `approval_expires_at` (the approval store's clock) for approval_required
     and approval_denied.
@@ -106,20 +110,25 @@ class Engine:
     def decide(self, ctx: CallContext, rules: Sequence[ConditionalRuleIR], *, unconditional: bool) -> Decision:
         """Allow or refuse `ctx` under `rules` (the backend's conditional rules, in policy order).
 
-        `unconditional` says the agent also has a plain grant for this tool:
+        `unconditional` says the agent also has a plain grant for this target:
         the call is then allowed without looking at any rule. Side effects,
         only on the outcome: an allowing rule spends its quota and its
         approval; an approval refusal creates (or finds) the approval request.
         """
         if unconditional:
-            return Decision(True, Reason.ALLOWED, None, f"Tool '{ctx.tool}' is allowed by a grant without conditions.")
+            return Decision(
+                True,
+                Reason.ALLOWED,
+                None,
+                f"{ctx.noun.capitalize()} '{ctx.target}' is allowed by a grant without conditions.",
+            )
         best: Decision | None = None  # the most actionable refusal so far
         best_rule: ConditionalRuleIR | None = None
         variables: dict[str, Any] | None = None  # built once, only if some rule has a condition
         for rule in rules:
-            if rule.user is not None and not user_matches(rule.user, ctx.jwt):
+            if rule.user is not None and not rule.user.matches(ctx.jwt):
                 continue  # the rule is for other users (RBAC let the call in through another rule)
-            if ctx.agent not in rule.agents or not any(glob_matches(p, ctx.tool) for p in rule.tools):
+            if ctx.agent not in rule.agents or not any(glob_matches(p, ctx.target) for p in rule.targets):
                 continue
             if rule.when is not None and variables is None:
                 variables = _variables(ctx)
@@ -128,7 +137,12 @@ class Engine:
                 if rule.quota is not None:
                     # Checked in this same synchronous call, so this succeeds.
                     self._quotas.consume(self._quota_key(ctx, rule), rule.quota)
-                return Decision(True, Reason.ALLOWED, rule.id, f"Tool '{ctx.tool}' is allowed by rule '{rule.id}'.")
+                return Decision(
+                    True,
+                    Reason.ALLOWED,
+                    rule.id,
+                    f"{ctx.noun.capitalize()} '{ctx.target}' is allowed by rule '{rule.id}'.",
+                )
             if best is None or _RANK[Reason(refusal.reason)] > _RANK[Reason(best.reason)]:
                 best, best_rule = refusal, rule
         if best is None or best_rule is None:
@@ -136,7 +150,7 @@ class Engine:
                 False,
                 Reason.NO_MATCHING_RULE,
                 None,
-                f"No rule lets agent '{ctx.agent}' call tool '{ctx.tool}' on backend '{ctx.backend}'.",
+                f"No rule lets agent '{ctx.agent}' call {ctx.noun} '{ctx.target}' on backend '{ctx.backend}'.",
             )
         if best.reason == Reason.APPROVAL_REQUIRED:
             return self._approval_refusal(ctx, best_rule)
@@ -160,25 +174,25 @@ class Engine:
             if not check.allowed:
                 return _quota_refusal(ctx, rule, check.retry_after_s)
         if rule.require_approval:
-            aid = approval_id(ctx.backend, rule.id, ctx.agent, ctx.user_sub, ctx.tool, ctx.arguments)
+            aid = approval_id(ctx.backend, rule.id, ctx.agent, ctx.user_sub, ctx.target, ctx.arguments)
             if not self._approvals.consume(aid):
                 return Decision(False, Reason.APPROVAL_REQUIRED, rule.id, "", approval_id=aid)
         return None
 
     def _quota_key(self, ctx: CallContext, rule: ConditionalRuleIR) -> QuotaKey:
         assert rule.quota is not None
-        return QuotaKey(ctx.backend, rule.id, ctx.tool, quota_subject(rule.quota.scope, ctx.agent, ctx.user_sub))
+        return QuotaKey(ctx.backend, rule.id, ctx.target, quota_subject(rule.quota.scope, ctx.agent, ctx.user_sub))
 
     def _approval_refusal(self, ctx: CallContext, rule: ConditionalRuleIR) -> Decision:
         approval = self._approvals.request(
-            ctx.backend, rule.id, ctx.agent, ctx.user_sub, ctx.tool, ctx.arguments, rule.approval_ttl_ms / 1000
+            ctx.backend, rule.id, ctx.agent, ctx.user_sub, ctx.target, ctx.arguments, rule.approval_ttl_ms / 1000
         )
         if approval.state is ApprovalState.DENIED:
             return Decision(
                 False,
                 Reason.APPROVAL_DENIED,
                 rule.id,
-                f"Call to tool '{ctx.tool}' refused: approval {approval.id} under rule '{rule.id}' "
+                f"Call to {ctx.noun} '{ctx.target}' refused: approval {approval.id} under rule '{rule.id}' "
                 f"was denied by {approval.decided_by}.",
                 approval_id=approval.id,
                 approval_expires_at=approval.expires_at,
@@ -187,7 +201,7 @@ class Engine:
             False,
             Reason.APPROVAL_REQUIRED,
             rule.id,
-            f"Call to tool '{ctx.tool}' needs a human approval under rule '{rule.id}': "
+            f"Call to {ctx.noun} '{ctx.target}' needs a human approval under rule '{rule.id}': "
             f"ask an operator to approve {approval.id}, then retry the same call.",
             approval_id=approval.id,
             approval_expires_at=approval.expires_at,
@@ -200,7 +214,7 @@ def _variables(ctx: CallContext) -> dict[str, Any]:
         "args": dict(ctx.arguments),
         "agent": {"name": ctx.agent},
         "user": dict(ctx.user),
-        "tool": ctx.tool,
+        "tool": ctx.target,  # CEL's name for the target
         "now": ctx.now,
     }
 
@@ -221,13 +235,13 @@ def _condition_refusal(ctx: CallContext, rule: ConditionalRuleIR, variables: Map
             False,
             Reason.CONDITION_NOT_MET,
             rule.id,
-            f"Call to tool '{ctx.tool}' refused: the condition of rule '{rule.id}' is not met.",
+            f"Call to {ctx.noun} '{ctx.target}' refused: the condition of rule '{rule.id}' is not met.",
         )
     return Decision(
         False,
         Reason.CONDITION_ERROR,
         rule.id,
-        f"Call to tool '{ctx.tool}' refused: the condition of rule '{rule.id}' could not be evaluated ({error}).",
+        f"Call to {ctx.noun} '{ctx.target}' refused: the condition of rule '{rule.id}' could not be evaluated ({error}).",
     )
 
 
@@ -237,7 +251,7 @@ def _quota_refusal(ctx: CallContext, rule: ConditionalRuleIR, retry_after_s: flo
         False,
         Reason.QUOTA_EXCEEDED,
         rule.id,
-        f"Call to tool '{ctx.tool}' refused: rule '{rule.id}' allows {rule.quota.calls} "
+        f"Call to {ctx.noun} '{ctx.target}' refused: rule '{rule.id}' allows {rule.quota.calls} "
         f"call{'s' if rule.quota.calls != 1 else ''} per {_window(rule.quota.window_ms)}; "
         f"retry in {retry_after_s:.1f}s.",
         retry_after_s=retry_after_s,

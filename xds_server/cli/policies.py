@@ -24,8 +24,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
         return 1
     for gateway in ir.gateways:
         agents = sum(1 for a in gateway.agents if a.principals)
-        grants = sum(len(b.grants) for b in gateway.backends)
-        print(f"gateway {gateway.name}: {len(gateway.backends)} backend(s), {agents} agent(s), {grants} grant(s)")
+        grants = sum(len(r.grants) for r in gateway.routes)
+        print(f"gateway {gateway.name}: {len(gateway.routes)} backend(s), {agents} agent(s), {grants} grant(s)")
     print(f"OK: {args.dir} is valid")
     return 0
 

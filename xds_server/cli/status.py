@@ -81,8 +81,8 @@ def active_nacks(resp: status_pb2.GetStatusResponse) -> list[tuple[status_pb2.No
 
 
 def status_exit_code(resp: status_pb2.GetStatusResponse) -> int:
-    """0 when healthy, 1 with policy errors or a NACK in effect."""
-    return 1 if resp.policy_errors or active_nacks(resp) else 0
+    """0 when healthy, 1 with policy errors, an internal error or a NACK in effect."""
+    return 1 if resp.policy_errors or resp.internal_errors or active_nacks(resp) else 0
 
 
 # -- formatting ---------------------------------------------------------------
@@ -170,6 +170,12 @@ def format_status(resp: status_pb2.GetStatusResponse, *, now: float | None = Non
         for err in resp.policy_errors:
             out += _indent(err, "  ! ")
         out.append("")
+    if resp.internal_errors:
+        kept = "the last good configuration keeps serving" if resp.groups else "nothing is served yet"
+        out.append(f"INTERNAL ERROR: the gateway failed to build the configuration (a bug, not your policies); {kept}")
+        for err in resp.internal_errors:
+            out += _indent(err, "  ! ")
+        out.append("")
 
     out.append("Groups (snapshot served):")
     if not resp.groups:
@@ -189,6 +195,8 @@ def format_status(resp: status_pb2.GetStatusResponse, *, now: float | None = Non
     problems = []
     if resp.policy_errors:
         problems.append(f"{len(resp.policy_errors)} policy error(s)")
+    if resp.internal_errors:
+        problems.append("internal error in the last build")
     active = active_nacks(resp)
     if active:
         which = ", ".join(f"{node.node_id} {short_type(ts.type_url)}" for node, ts in active)
@@ -204,7 +212,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"agentxds status: cannot reach the control plane at {args.xds}: {exc}", file=sys.stderr)
         return 2
     sys.stdout.write(format_status(status))
-    return status_exit_code(status)  # 1: policy errors or a NACK in effect
+    return status_exit_code(status)  # 1: policy errors, an internal error or a NACK in effect
 
 
 def register(sub: Subparsers) -> None:

@@ -1,17 +1,27 @@
-"""load → IR → translate → verify → publish, keeping the last good configuration.
+"""source → IR → translate → verify → publish, keeping the last good configuration.
 
-`Pipeline.reload()` runs the whole chain on the policy directory. Only a set
-that passes every stage is published; otherwise the previous snapshots keep
-serving and the errors (with file, line and field) are logged, returned and
-recorded for `agentxds status`. The data flows one way: nothing downstream
-ever reaches back into the policies.
+`Pipeline.reload()` runs the whole chain on its policy source. Only a set that
+passes every stage is published; otherwise the previous snapshots keep
+serving. Two kinds of failure, told apart:
+
+- **policy errors** (`PolicyError`: the loader's diagnostics, and files or
+  secrets the policies name that cannot be used): the change is refused, the
+  diagnostics (file, line, field) are logged, returned and shown by
+  `agentxds status` as policy errors;
+- **internal errors** (any exception from translating or verifying, i.e. a
+  bug of the gateway): logged with the stack, recorded for `agentxds status`
+  as an internal error, never blamed on the policies.
+
+The data flows one way: nothing downstream ever reaches back into the policies.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,10 +29,11 @@ from typing import Any
 from google.protobuf.message import Message
 
 from xds_server.controlplane.verify import check_consistent
-from xds_server.ir.build import build_ir
+from xds_server.ir.build import UnusableMaterial, build_ir
 from xds_server.ir.types import IR
 from xds_server.policy.diagnostics import PolicyError
-from xds_server.policy.load import load_directory
+from xds_server.sources import PolicySource
+from xds_server.sources.directory import DirectorySource
 from xds_server.translate import GatewayResources, translate
 from xds_server.xds import snapshot as xds
 from xds_server.xds.cache import SnapshotCache
@@ -32,15 +43,21 @@ from xds_server.xds.status import StatusRecorder
 log = logging.getLogger(__name__)
 
 
+class InconsistentResources(AssertionError):
+    """Translation produced resources that do not refer to each other correctly (a bug)."""
+
+
 @dataclass(frozen=True)
 class ReloadResult:
-    """What one reload did: `errors` empty means published (or unchanged)."""
+    """What one reload did: `ok` means published (or unchanged); `errors` are policy errors,
+    `internal` is set when the gateway itself failed (a bug)."""
 
     ok: bool
     errors: tuple[str, ...] = ()
     versions: dict[str, str] = field(default_factory=dict)  # gateway → snapshot version now served
     changed: tuple[str, ...] = ()  # gateways whose snapshot changed
     seconds: float = 0.0
+    internal: str | None = None
 
 
 def by_type_url(resources: GatewayResources) -> dict[str, tuple[Message, ...]]:
@@ -60,28 +77,32 @@ def to_snapshot(resources: GatewayResources) -> Snapshot:
 
 
 def translate_checked(ir: IR) -> dict[str, GatewayResources]:
-    """Translate and verify; raises ValueError for an unreadable referenced file (certificate,
-    key, API key...) or inconsistent xDS."""
+    """Translate and verify; raises InconsistentResources (or whatever a translator raised) on a bug."""
     resources = translate(ir)
     problems = [p for name, res in resources.items() for p in check_consistent(name, res)]
     if problems:
-        raise ValueError("\n".join(problems))
+        raise InconsistentResources("\n".join(problems))
     return resources
 
 
-def compile_policies(policy_dir: Path) -> tuple[IR, dict[str, GatewayResources]]:
-    """Load, resolve and translate; raises PolicyError (with every diagnostic) or ValueError (see translate_checked)."""
-    ir = build_ir(load_directory(policy_dir))
+def compile_policies(source: PolicySource | str | os.PathLike[str]) -> tuple[IR, dict[str, GatewayResources]]:
+    """Load, resolve and translate; raises PolicyError (every diagnostic), or an internal error."""
+    ir = build_ir(as_source(source).load())
     return ir, translate_checked(ir)
+
+
+def as_source(source: PolicySource | str | os.PathLike[str]) -> PolicySource:
+    """A policy source as given, or the directory (or file) at a path."""
+    return DirectorySource.of(source) if isinstance(source, (str, os.PathLike)) else source
 
 
 def referenced_files(ir: IR) -> frozenset[Path]:
     """Every file the IR names (absolute paths): certificates, keys, trust bundles, JWKS, secrets.
 
-    These are read at build time (or by the policy service), so a change to
-    any of them must trigger a rebuild just like a policy edit. Found by
-    walking the IR for fields named `*_file`, so a new file reference in the
-    IR is followed without touching this function.
+    These are read when the IR is built (or by the policy service), so a
+    change to any of them must trigger a rebuild just like a policy edit.
+    Found by walking the IR for fields named `file` or `*_file`, so a new
+    file reference in the IR is followed without touching this function.
     """
     found: set[Path] = set()
 
@@ -89,9 +110,9 @@ def referenced_files(ir: IR) -> frozenset[Path]:
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
             for f in dataclasses.fields(value):
                 item = getattr(value, f.name)
-                if f.name.endswith("_file") and isinstance(item, str) and item:
+                if (f.name == "file" or f.name.endswith("_file")) and isinstance(item, str) and item:
                     found.add(Path(item))
-                else:
+                elif not isinstance(item, str):
                     walk(item)
         elif isinstance(value, (tuple, list)):
             for item in value:
@@ -102,10 +123,10 @@ def referenced_files(ir: IR) -> frozenset[Path]:
 
 
 class Pipeline:
-    """Owns the publish step for one policy directory."""
+    """Owns the publish step for one policy source."""
 
-    def __init__(self, policy_dir: str | Path, cache: SnapshotCache, recorder: StatusRecorder) -> None:
-        self.policy_dir = Path(policy_dir)
+    def __init__(self, source: PolicySource | str | os.PathLike[str], cache: SnapshotCache, recorder: StatusRecorder):
+        self.source = as_source(source)
         self.cache = cache
         self.recorder = recorder
         self.ir: IR | None = None  # the IR of the last good configuration
@@ -113,31 +134,47 @@ class Pipeline:
         # for the watcher: their changes rebuild too, even when the build they broke was refused.
         self.files: frozenset[Path] = frozenset()
 
+    @property
+    def policy_dir(self) -> Path:
+        """The directory the watcher follows (directory sources only)."""
+        if not isinstance(self.source, DirectorySource):
+            raise TypeError(f"policy source {self.source.name} is not a directory")
+        return self.source.path
+
     def reload(self) -> ReloadResult:
         started = time.perf_counter()
         try:
-            ir = build_ir(load_directory(self.policy_dir))
-            self.files = referenced_files(ir)
-            resources = translate_checked(ir)
+            policy_set = self.source.load()
         except PolicyError as exc:
-            errors = tuple(str(d) for d in exc.diagnostics)
-            return self._refuse(errors, started)
-        except ValueError as exc:
-            return self._refuse(tuple(str(exc).splitlines()), started)
+            return self._refuse(tuple(str(d) for d in exc.diagnostics), started)
+        try:
+            ir = build_ir(policy_set)
+        except UnusableMaterial as exc:
+            # A file the policies name cannot be used: follow it, so fixing it rebuilds.
+            self.files = referenced_files(exc.ir)
+            return self._refuse(tuple(str(d) for d in exc.diagnostics), started)
+        self.files = referenced_files(ir)
+        try:
+            resources = translate_checked(ir)
+            snapshots = {group: to_snapshot(res) for group, res in resources.items()}
+        except Exception:
+            return self._internal_error(traceback.format_exc(), started)
+        return self._publish(ir, snapshots, started)
 
+    def _publish(self, ir: IR, snapshots: dict[str, Snapshot], started: float) -> ReloadResult:
         changed = []
         versions = {}
-        groups = set(resources) | set(self.cache.groups())
-        for group in sorted(groups):
+        for group in sorted(set(snapshots) | set(self.cache.groups())):
             # A gateway removed from the policies gets an empty snapshot: its
             # Envoys drop the listener rather than keep serving stale rules.
-            snap = to_snapshot(resources[group]) if group in resources else Snapshot.build({})
+            snap = snapshots.get(group) or Snapshot.build({})
             if self.cache.set(group, snap):
                 changed.append(group)
             versions[group] = snap.version
             self.recorder.set_snapshot_version(group, snap.version)
         self.ir = ir
         self.recorder.set_policy_errors([])
+        self.recorder.set_internal_errors([])
         seconds = time.perf_counter() - started
         if changed:
             log.info(
@@ -145,9 +182,21 @@ class Pipeline:
             )
         return ReloadResult(ok=True, versions=versions, changed=tuple(changed), seconds=seconds)
 
+    def _kept(self) -> str:
+        return "the last good configuration keeps serving" if self.ir else "nothing is served yet"
+
     def _refuse(self, errors: tuple[str, ...], started: float) -> ReloadResult:
         self.recorder.set_policy_errors(errors)
-        kept = "the last good configuration keeps serving" if self.ir else "nothing is served yet"
-        log.error("policy change refused (%s):\n  %s", kept, "\n  ".join(errors))
+        self.recorder.set_internal_errors([])
+        log.error("policy change refused (%s):\n  %s", self._kept(), "\n  ".join(errors))
         versions = self.cache.groups()
         return ReloadResult(ok=False, errors=errors, versions=versions, seconds=time.perf_counter() - started)
+
+    def _internal_error(self, stack: str, started: float) -> ReloadResult:
+        self.recorder.set_policy_errors([])
+        self.recorder.set_internal_errors([stack.rstrip()])
+        log.error("internal error while building the configuration (a bug; %s):\n%s", self._kept(), stack)
+        versions = self.cache.groups()
+        return ReloadResult(
+            ok=False, versions=versions, seconds=time.perf_counter() - started, internal=stack.splitlines()[-1]
+        )

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import base64
-import hashlib
 from typing import Any
 
 import yaml
 
 from xds_server.controlplane.pipeline import by_type_url
+from xds_server.core.secrets import redacted
 from xds_server.ir.types import IR, to_plain
 from xds_server.translate import GatewayResources
 from xds_server.translate.proto import to_dict
@@ -16,11 +16,6 @@ from xds_server.translate.proto import to_dict
 
 def ir_document(ir: IR) -> dict[str, Any]:
     return {"gateways": to_plain(ir.gateways)}
-
-
-def redacted(data: bytes) -> str:
-    """What `render` shows instead of secret material: its size and digest, never its bytes."""
-    return f"[redacted: {len(data)} bytes, sha256 {hashlib.sha256(data).hexdigest()[:16]}]"
 
 
 def _inline_data(source: dict[str, Any]) -> bytes | None:

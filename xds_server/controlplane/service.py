@@ -1,6 +1,11 @@
 """The running control plane: pipeline + snapshot cache + ADS/Status server + watcher,
 and the policy service (ext_authz/ext_proc) fed with the same IR.
 
+    control = ControlPlane("policies/", policy_port=18001)
+    await control.start()      # loads and publishes once, then serves ADS, follows edits
+    ...
+    await control.stop()
+
 Used by `agentxds serve`, `agentxds up` and the end-to-end tests alike, so the
 tests exercise exactly what users run.
 """
@@ -16,6 +21,7 @@ from pathlib import Path
 from xds_server.authz.service import PolicyService
 from xds_server.controlplane.pipeline import Pipeline, ReloadResult
 from xds_server.controlplane.watch import watch_policies
+from xds_server.sources import PolicySource
 from xds_server.xds.cache import SnapshotCache
 from xds_server.xds.server import ControlPlaneServer
 from xds_server.xds.status import StatusRecorder
@@ -24,20 +30,24 @@ log = logging.getLogger(__name__)
 
 
 class ControlPlane:
-    """Serve `policy_dir` over ADS on `host:port` (0 = pick a free port) and follow its changes.
+    """Serve `source` (a policy directory, or any PolicySource) over ADS on `host:port` (0 = pick a
+    free port) and follow its changes.
 
     `start()` publishes the policies once before it serves, so the first Envoy
     to connect gets a configuration at once (if the policies are valid; if not,
-    Envoys wait and the errors are in `last_reload`). `watch=False` disables
-    the file watcher (reload by calling `reload()`). With `policy_port` set
-    (0 = a free port) the policy service runs too, on `policy_host`, with its
-    approvals API on `approvals_port` and, unless `authz_http_port` is None, ext_authz over
-    HTTP on that port; each published IR is handed to it.
+    Envoys wait and the errors are in `last_reload`); a `reload()` before
+    `start()` counts as that first publish. `watch=False` disables the file
+    watcher (reload by calling `reload()`). With `policy_port` set (0 = a free
+    port), or after `add_policy_service`, the policy service runs too, on
+    `policy_host`, with its approvals API on `approvals_port` and, unless
+    `authz_http_port` is None, ext_authz over HTTP on that port; each
+    published IR is handed to it. `on_reload` is called after every reload
+    (it may be set later).
     """
 
     def __init__(
         self,
-        policy_dir: str | Path,
+        source: PolicySource | str | Path,
         *,
         host: str = "127.0.0.1",
         port: int = 0,
@@ -51,19 +61,28 @@ class ControlPlane:
     ) -> None:
         self.cache = SnapshotCache()
         self.recorder = StatusRecorder()
-        self.pipeline = Pipeline(policy_dir, self.cache, self.recorder)
+        self.pipeline = Pipeline(source, self.cache, self.recorder)
         self.server = ControlPlaneServer(self.cache, self.recorder, host=host, port=port)
         self._watch = watch
         self._debounce_ms = debounce_ms
-        self._on_reload = on_reload
+        self.on_reload = on_reload
         self._stop = asyncio.Event()
         self._watcher: asyncio.Task[None] | None = None
         self.last_reload: ReloadResult | None = None
         self.reloads = 0
         self.policy_service: PolicyService | None = None
         if policy_port is not None:
-            self.policy_service = PolicyService(host=policy_host, port=policy_port, authz_http_port=authz_http_port,
-                                                approvals_host=policy_host, approvals_port=approvals_port)  # fmt: skip
+            self.add_policy_service(policy_host, policy_port, approvals_port, authz_http_port)
+
+    def add_policy_service(
+        self, host: str, port: int, approvals_port: int = 0, authz_http_port: int | None = None
+    ) -> PolicyService:
+        """Run the policy service too (before `start()`), fed with the current and every later IR."""
+        self.policy_service = PolicyService(host=host, port=port, authz_http_port=authz_http_port,
+                                            approvals_host=host, approvals_port=approvals_port)  # fmt: skip
+        if self.pipeline.ir is not None and self.last_reload is not None:
+            self.policy_service.update(self.pipeline.ir, _versions(self.last_reload))
+        return self.policy_service
 
     @property
     def port(self) -> int:
@@ -76,19 +95,18 @@ class ControlPlane:
 
     def _record(self, result: ReloadResult) -> None:
         if result.ok and self.policy_service is not None and self.pipeline.ir is not None:
-            self.policy_service.update(
-                self.pipeline.ir, ",".join(f"{g}@{v}" for g, v in sorted(result.versions.items()))
-            )
+            self.policy_service.update(self.pipeline.ir, _versions(result))
         self.last_reload = result
         self.reloads += 1
-        if self._on_reload is not None:
-            self._on_reload(result)
+        if self.on_reload is not None:
+            self.on_reload(result)
 
     async def start(self) -> ControlPlane:
+        if self.last_reload is None:
+            self.reload()
         if self.policy_service is not None:
-            # Before the first publish: Envoy must find the policy service up once routes use it.
+            # Before ADS serves: Envoy must find the policy service up once routes use it.
             await self.policy_service.start()
-        self.reload()
         await self.server.start()
         if self._watch:
             self._watcher = asyncio.create_task(self._watch_loop(), name="agentxds-policy-watch")
@@ -113,3 +131,7 @@ class ControlPlane:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+
+def _versions(result: ReloadResult) -> str:
+    return ",".join(f"{g}@{v}" for g, v in sorted(result.versions.items()))

@@ -1,13 +1,21 @@
-"""Read the secrets that policies only reference (environment variables, files).
+"""Secrets that policies only reference (environment variables, files): reading them, and
+what is shown instead of them.
 
-Translation is the one place they are read, so a rotated file or a changed
-variable takes effect on the next build, and the values never enter the IR.
+The IR builder reads the secrets the translators need (API keys), so the
+values reach Envoy's configuration without translators touching the
+environment or the disk; the policy service reads its own (a token exchange
+client secret). Wherever a value is shown (render, goldens, logs) it is
+`redacted`: its size and digest, never its bytes.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 from pathlib import Path
+
+_REDACTED = re.compile(r"^\[redacted: \d+ bytes, sha256 [0-9a-f]{16}\]$")
 
 
 class SecretUnavailable(ValueError):
@@ -15,6 +23,7 @@ class SecretUnavailable(ValueError):
 
 
 def read_secret(env: str | None, file: str | None, *, what: str) -> str:
+    """The secret in environment variable `env`, or in `file` (surrounding whitespace dropped)."""
     if env is not None:
         value = os.environ.get(env)
         if not value:
@@ -29,3 +38,16 @@ def read_secret(env: str | None, file: str | None, *, what: str) -> str:
             raise SecretUnavailable(f"{what}: {file} is empty")
         return value
     raise SecretUnavailable(f"{what}: no env or file given")
+
+
+def redacted(data: bytes | str) -> str:
+    """What is shown instead of secret material: `[redacted: N bytes, sha256 <16 hex>]`.
+
+    Idempotent: a value that is already such a marker (an IR loaded from its
+    rendered YAML carries markers in place of secrets) is returned as it is.
+    """
+    text = data if isinstance(data, str) else data.decode("utf-8", errors="replace")
+    if _REDACTED.match(text):
+        return text
+    raw = data.encode() if isinstance(data, str) else data
+    return f"[redacted: {len(raw)} bytes, sha256 {hashlib.sha256(raw).hexdigest()[:16]}]"

@@ -1,64 +1,85 @@
-"""PolicySet (validated documents) → IR (resolved, defaulted, sorted).
+"""PolicySet (validated documents) → IR (resolved, defaulted, sorted, with its material read).
 
-The loader has already checked every reference, so this stage only resolves:
-which backends belong to which gateway, which principals prove each agent on
-that gateway, what each agent may do on each backend (the union of every rule
-that names it, with the rules' locations kept for explanations), and which
-rules need the policy service (conditions, quotas, approvals).
+The loader has already checked every reference, so this stage resolves:
+which routes each gateway serves (each protocol's builder, ir/parts.py),
+which principals prove each agent on that gateway, what each agent may do on
+each route, which requests need the policy service, and the files and secrets
+the translators will need (API keys, JWKS files, certificates and keys, read
+and checked by `materials`).
+
+A file or secret that cannot be used is a policy diagnostic on the field
+that names it; every one is collected and raised together as a PolicyError,
+like the loader's. Nothing else can fail here: anything that does is a bug,
+reported as such by the pipeline.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
-from pathlib import Path
 from typing import Any
 
-from xds_server.ir.glob import compile_globs
+from xds_server.ir import materials
+from xds_server.ir.parts import ROUTE_BUILDERS
+from xds_server.ir.principals import SecretIR
+from xds_server.ir.routes import RouteBuild, near
 from xds_server.ir.types import (
     IR,
     AgentIR,
     ApiKeyPrincipal,
-    ArgumentGrantIR,
-    ArgumentMatchIR,
-    BackendAuthIR,
-    BackendIR,
-    ConditionalRuleIR,
-    CredentialsIR,
     DownstreamTlsIR,
-    DriftAction,
     EndpointIR,
     GatewayIR,
-    GrantIR,
     HeaderPrincipal,
     IdentityIR,
     JwtPrincipal,
     JwtProviderIR,
-    PinnedToolIR,
-    PolicyServiceUse,
+    ListenerIR,
     Principal,
-    QuotaIR,
-    QuotaScope,
-    ScreeningMode,
     SpiffePrincipal,
-    ToolGuardIR,
-    UpstreamTlsIR,
-    UserMatchIR,
     principal_sort_key,
 )
+from xds_server.policy.agent import Agent
+from xds_server.policy.diagnostics import Diagnostic, PolicyError
+from xds_server.policy.gateway import Gateway
 from xds_server.policy.load import PolicySet
-from xds_server.policy.model import Agent, Gateway, Located, MCPBackend, MCPPolicy, MCPToolLock, Rule
-
-ANY_AGENT = "*"
+from xds_server.policy.located import Located
 
 
-def _near(located: Located[Any], path: str | None) -> str | None:
-    """`path` as an absolute path, relative paths taken from the file that names it."""
-    if path is None:
-        return None
-    return str((Path(located.source.file).parent / path).resolve())
+class UnusableMaterial(PolicyError):
+    """Policies that load but name files or secrets that cannot be used (one diagnostic each).
+
+    `ir` is what could be built around them: incomplete, never to be
+    translated, but it names every file the policies refer to, so the caller
+    can follow them and rebuild once they are fixed.
+    """
+
+    def __init__(self, diagnostics: list[Diagnostic], ir: IR) -> None:
+        super().__init__(diagnostics)
+        self.ir = ir
 
 
-def _agent_ir(located: Located[Agent], identity: IdentityIR, tls: DownstreamTlsIR | None) -> AgentIR:
+# ---------------------------------------------------------------- agents
+
+
+def _api_keys(policy_set: PolicySet, diagnostics: list[Diagnostic]) -> dict[str, SecretIR]:
+    """Each agent's API key, read once for every gateway (agent name → key)."""
+    keys = {}
+    for located in policy_set.agents:
+        api_key = located.doc.spec.identity.api_key
+        if api_key is None:
+            continue
+        ref = api_key.key
+        file = near(located, ref.file)
+        at = ("spec", "identity", "apiKey", "key", "env" if ref.env is not None else "file")
+        try:
+            keys[located.name] = materials.secret(ref.env, file, f"API key ({ref.env or file})")
+        except materials.MaterialError as exc:
+            diagnostics.append(located.diagnostic(at, str(exc)))
+    return keys
+
+
+def _agent_ir(
+    located: Located[Agent], identity: IdentityIR, tls: DownstreamTlsIR | None, keys: dict[str, SecretIR]
+) -> AgentIR:
     """The agent with the principals this gateway can check.
 
     A source counts only where the gateway can check it: a header identity on
@@ -74,245 +95,112 @@ def _agent_ir(located: Located[Agent], identity: IdentityIR, tls: DownstreamTlsI
         principals.append(SpiffePrincipal(ident.spiffe))
     if ident.jwt is not None and ident.jwt.provider in {p.name for p in identity.jwt_providers}:
         principals.append(JwtPrincipal(ident.jwt.provider, ident.jwt.claim, ident.jwt.value))
-    if ident.api_key is not None:
-        key = ident.api_key.key
-        principals.append(ApiKeyPrincipal(identity.api_key_header, key.env, _near(located, key.file)))
+    if located.name in keys:
+        principals.append(ApiKeyPrincipal(identity.api_key_header, keys[located.name]))
     return AgentIR(located.doc.metadata.name, tuple(sorted(principals, key=principal_sort_key)))
 
 
-def _rules_of(backend: MCPBackend, policies: tuple[Located[MCPPolicy], ...]) -> list[tuple[str, Rule]]:
-    """(rule id, rule) for every rule on `backend`, in policy-name then rule order."""
-    return [
-        (f"{p.doc.metadata.name}/rules[{i}]", rule)
-        for p in policies
-        if p.doc.spec.backend == backend.metadata.name
-        for i, rule in enumerate(p.doc.spec.rules)
-    ]
+# ---------------------------------------------------------------- gateway
 
 
-def _named_agents(rule: Rule, recognisable: list[str]) -> list[str]:
-    return recognisable if ANY_AGENT in rule.agents else [n for n in rule.agents if n in recognisable]
-
-
-def _user_match(rule: Rule, identity: IdentityIR) -> UserMatchIR | None:
-    users = rule.users
-    if users is None:
-        return None
-    provider = next((p for p in identity.jwt_providers if p.name == users.provider), None)
-    return UserMatchIR(
-        provider=users.provider,
-        subjects=tuple(sorted(users.subjects)),
-        groups=tuple(sorted(users.groups)),
-        groups_claim=provider.groups_claim if provider else "groups",
-        claims=tuple(sorted(users.claims.items())),
-    )
-
-
-GrantKey = tuple[str, UserMatchIR | None]
-
-
-def _argument_grant(rule_id: str, rule: Rule) -> ArgumentGrantIR:
-    matches = []
-    for name, match in sorted(rule.arguments.items()):
-        if match.one_of is not None:
-            matches.append(ArgumentMatchIR(name, "one_of", tuple(sorted(set(match.one_of)))))
-        else:
-            kind, value = next((k, v) for k, v in (("exact", match.exact), ("prefix", match.prefix),
-                               ("suffix", match.suffix), ("regex", match.regex)) if v is not None)  # fmt: skip
-            matches.append(ArgumentMatchIR(name, kind, (value,)))
-    return ArgumentGrantIR(compile_globs(rule.tools), tuple(matches), rule_id)
-
-
-def _grants(rules: list[tuple[str, Rule]], agents: tuple[AgentIR, ...], identity: IdentityIR) -> tuple[GrantIR, ...]:
-    """One grant per (agent, user match): rules limited to some users are granted apart."""
-    recognisable = [a.name for a in agents if a.principals]
-    tools: dict[GrantKey, list[str]] = defaultdict(list)
-    conditional: dict[GrantKey, list[str]] = defaultdict(list)
-    resources: dict[GrantKey, list[str]] = defaultdict(list)
-    prompts: dict[GrantKey, list[str]] = defaultdict(list)
-    sources: dict[GrantKey, list[str]] = defaultdict(list)
-    with_arguments: dict[GrantKey, list[ArgumentGrantIR]] = defaultdict(list)
-    for rule_id, rule in rules:
-        user = _user_match(rule, identity)
-        for name in _named_agents(rule, recognisable):
-            key = (name, user)
-            if rule.arguments:
-                with_arguments[key].append(_argument_grant(rule_id, rule))
-            else:
-                (conditional if rule.is_conditional else tools)[key] += rule.tools
-            resources[key] += rule.resources
-            prompts[key] += rule.prompts
-            sources[key].append(rule_id)
-    return tuple(
-        GrantIR(
-            agent=key[0],
-            tools=compile_globs(tools[key]),
-            resources=compile_globs(resources[key]),
-            prompts=compile_globs(prompts[key]),
-            sources=tuple(sorted(set(sources[key]))),
-            conditional_tools=compile_globs(conditional[key]),
-            user=key[1],
-            argument_grants=tuple(sorted(with_arguments[key])),
-        )
-        for key in sorted(sources, key=lambda k: (k[0], k[1] is not None, k[1] or ()))
-    )
-
-
-def _conditional_rules(
-    rules: list[tuple[str, Rule]], agents: tuple[AgentIR, ...], identity: IdentityIR
-) -> tuple[ConditionalRuleIR, ...]:
-    recognisable = [a.name for a in agents if a.principals]
-    out = []
-    for rule_id, rule in rules:
-        if not rule.is_conditional:
-            continue
-        quota = None
-        if rule.quota is not None:
-            quota = QuotaIR(rule.quota.calls, rule.quota.window_ms, QuotaScope(rule.quota.by))
-        out.append(
-            ConditionalRuleIR(
-                id=rule_id,
-                agents=tuple(sorted(_named_agents(rule, recognisable))),
-                tools=compile_globs(rule.tools),
-                when=rule.when,
-                quota=quota,
-                require_approval=rule.require_approval,
-                approval_ttl_ms=rule.approval_ttl_ms,
-                user=_user_match(rule, identity),
-            )
-        )
-    return tuple(out)
-
-
-def _tool_guard(backend: MCPBackend, lock: Located[MCPToolLock] | None) -> ToolGuardIR | None:
-    guard = backend.spec.tool_guard
-    if lock is None and guard.screening == "off":
-        return None
-    pins = None
-    if lock is not None:
-        pins = tuple(
-            sorted(PinnedToolIR(t.name, t.description_sha256, t.input_schema_sha256) for t in lock.doc.spec.tools)
-        )
-    return ToolGuardIR(
-        pins=pins,
-        unpinned=DriftAction(guard.unpinned),
-        screening=ScreeningMode(guard.screening),
-        refresh_ms=guard.refresh_ms,
-    )
-
-
-def _credentials(located: Located[MCPBackend]) -> CredentialsIR | None:
-    creds = located.doc.spec.credentials
-    if creds is None:
-        return None
-    if creds.token_exchange is not None:
-        tx = creds.token_exchange
-        return CredentialsIR(
-            kind="token_exchange", token_endpoint=tx.token_endpoint, client_id=tx.client_id,
-            client_secret_env=tx.client_secret.env, client_secret_file=_near(located, tx.client_secret.file),
-            audience=tx.audience, scope=tx.scope,
-        )  # fmt: skip
-    secrets = creds.per_user_secrets
-    assert secrets is not None
-    return CredentialsIR(kind="per_user_secrets", header=secrets.header.lower(),
-                         secrets_file=_near(located, secrets.file), format=secrets.format)  # fmt: skip
-
-
-def _upstream_tls(located: Located[MCPBackend]) -> UpstreamTlsIR | None:
-    tls = located.doc.spec.tls
-    if tls is None:
-        return None
-    return UpstreamTlsIR(_near(located, tls.ca_file), tls.sni, _near(located, tls.certificate_file),
-                         _near(located, tls.private_key_file))  # fmt: skip
-
-
-def _backend_ir(
-    located: Located[MCPBackend], policy_set: PolicySet, agents: tuple[AgentIR, ...], identity: IdentityIR
-) -> BackendIR:
-    backend = located.doc
-    spec = backend.spec
-    rules = _rules_of(backend, policy_set.policies)
-    return BackendIR(
-        name=backend.metadata.name,
-        route_path=backend.route_path,
-        upstream_path=spec.path,
-        endpoints=tuple(sorted({EndpointIR(e.host, e.port) for e in spec.endpoints})),
-        connect_timeout_ms=spec.timeouts.connect_ms,
-        request_timeout_ms=spec.timeouts.request_ms,
-        idle_timeout_ms=spec.timeouts.idle_ms,
-        grants=_grants(rules, agents, identity),
-        conditional_rules=_conditional_rules(rules, agents, identity),
-        policy_service=PolicyServiceUse(
-            fail_open=spec.policy_service.fail_open,
-            timeout_ms=spec.policy_service.timeout_ms,
-            list_filtering=spec.policy_service.list_filtering,
-        ),
-        tool_guard=_tool_guard(backend, policy_set.lock_for(backend.metadata.name)),
-        auth=BackendAuthIR(spec.auth.provider, spec.auth.resource, tuple(spec.auth.scopes)) if spec.auth else None,
-        credentials=_credentials(located),
-        upstream_tls=_upstream_tls(located),
-    )
-
-
-def _jwt_provider(located: Located[Gateway], provider: Any) -> JwtProviderIR:
+def _jwt_provider(located: Located[Gateway], index: int, provider: Any, build: RouteBuild) -> JwtProviderIR:
     jwks = provider.jwks
+    at = ("spec", "identity", "jwtProviders", index, "jwks")
+    file = near(located, jwks.file)
+    what = f"JWT provider {provider.name}: jwks"
+    document: str | None = None
+    if file is not None:
+        document = build.material(located, (*at, "file"), lambda: materials.jwks_file(file, f"{what}.file"))
+    elif jwks.inline is not None:
+        inline = jwks.inline
+        document = build.material(located, (*at, "inline"), lambda: materials.checked_jwks(inline, f"{what}.inline"))
     return JwtProviderIR(
         name=provider.name, issuer=provider.issuer, audiences=tuple(provider.audiences),
-        jwks_inline=jwks.inline, jwks_file=_near(located, jwks.file), jwks_url=jwks.url,
-        jwks_cache_ms=jwks.cache_ms, token_header=provider.token_header.lower(), groups_claim=provider.groups_claim,
+        jwks=document, jwks_file=file, jwks_url=jwks.url, jwks_cache_ms=jwks.cache_ms,
+        token_header=provider.token_header.lower(), groups_claim=provider.groups_claim,
     )  # fmt: skip
 
 
-def _downstream_tls(located: Located[Gateway]) -> DownstreamTlsIR | None:
+def _downstream_tls(located: Located[Gateway], build: RouteBuild) -> DownstreamTlsIR | None:
     tls = located.doc.spec.tls
     if tls is None:
         return None
     client = tls.client_certificates
+    cert_file = near(located, tls.certificate_file) or ""
+    key_file = near(located, tls.private_key_file) or ""
+    bundle_file = near(located, client.trust_bundle_file) if client else None
+    chain = build.material(located, ("spec", "tls", "certificateFile"),
+                           lambda: materials.certificates(cert_file, "certificate"))  # fmt: skip
+    key = None
+    if chain is not None:
+        leaf = chain[1][0]
+        key = build.material(located, ("spec", "tls", "privateKeyFile"),
+                             lambda: materials.private_key_for(key_file, leaf, cert_file))  # fmt: skip
+    bundle = None
+    if bundle_file is not None:
+        bundle = build.material(located, ("spec", "tls", "clientCertificates", "trustBundleFile"),
+                                lambda: materials.certificates(bundle_file, "trust bundle"))  # fmt: skip
     return DownstreamTlsIR(
-        certificate_file=_near(located, tls.certificate_file) or "",
-        private_key_file=_near(located, tls.private_key_file) or "",
-        trust_bundle_file=_near(located, client.trust_bundle_file) if client else None,
+        certificate_file=cert_file,
+        certificate_pem=chain[0] if chain else "",
+        private_key_file=key_file,
+        private_key=key or SecretIR(None, key_file, ""),
+        trust_bundle_file=bundle_file,
+        trust_bundle_pem=bundle[0] if bundle else None,
         require_client_certificate=bool(client and client.required),
         trust_domain=client.trust_domain if client else None,
     )
 
 
-def _gateway_ir(located: Located[Gateway], policy_set: PolicySet) -> GatewayIR:
+def _gateway_ir(
+    located: Located[Gateway], policy_set: PolicySet, keys: dict[str, SecretIR], diagnostics: list[Diagnostic]
+) -> GatewayIR:
     gateway = located.doc
     spec = gateway.spec
     header = spec.identity.trusted_header
+    build = RouteBuild(gateway.metadata.name, IdentityIR(header.lower() if header else None), (), diagnostics)
     identity = IdentityIR(
         trusted_header=header.lower() if header else None,
-        jwt_providers=tuple(sorted(_jwt_provider(located, p) for p in spec.identity.jwt_providers)),
+        jwt_providers=tuple(
+            sorted(_jwt_provider(located, i, p, build) for i, p in enumerate(spec.identity.jwt_providers))
+        ),
         api_key_header=spec.identity.api_key_header.lower(),
     )
-    tls = _downstream_tls(located)
-    agents = tuple(sorted((_agent_ir(a, identity, tls) for a in policy_set.agents), key=lambda a: a.name))
-    backends = tuple(
-        _backend_ir(b, policy_set, agents, identity)
-        for b in sorted(policy_set.backends, key=lambda b: b.doc.metadata.name)
-        if policy_set.gateway_of(b.doc) == gateway.metadata.name
-    )
+    tls = _downstream_tls(located, build)
+    agents = tuple(sorted((_agent_ir(a, identity, tls, keys) for a in policy_set.agents), key=lambda a: a.name))
+    build = RouteBuild(gateway.metadata.name, identity, agents, diagnostics)
+    routes = [route for builder in ROUTE_BUILDERS for route in builder(policy_set, build)]
     return GatewayIR(
         name=gateway.metadata.name,
-        listen_address=spec.listen.address,
-        listen_port=spec.listen.port,
-        max_request_body_bytes=spec.limits.max_request_body_bytes,
-        connection_buffer_bytes=spec.limits.connection_buffer_bytes,
         identity=identity,
         agents=agents,
-        backends=backends,
+        listener=ListenerIR(
+            address=spec.listen.address,
+            port=spec.listen.port,
+            max_request_body_bytes=spec.limits.max_request_body_bytes,
+            connection_buffer_bytes=spec.limits.connection_buffer_bytes,
+            routes=tuple(sorted(routes, key=lambda r: (r.name, r.kind))),
+            tls=tls,
+        ),
         policy_service=EndpointIR(spec.policy_service.host, spec.policy_service.port),
         ext_authz_http=(
             EndpointIR(spec.policy_service.host, spec.policy_service.ext_authz_http_port)
             if spec.policy_service.ext_authz == "http"
             else None
-        ),
-        tls=tls,
+        ),  # fmt: skip
     )
 
 
 def build_ir(policy_set: PolicySet) -> IR:
-    """Resolve a validated policy set into the IR. Pure and deterministic."""
+    """Resolve a validated policy set into the IR, reading the material it references.
+
+    Deterministic for the same policies and files. Raises UnusableMaterial (a
+    PolicyError) with a diagnostic per referenced file or secret that cannot be used.
+    """
+    diagnostics: list[Diagnostic] = []
+    keys = _api_keys(policy_set, diagnostics)
     gateways = sorted(policy_set.gateways, key=lambda g: g.doc.metadata.name)
-    return IR(gateways=tuple(_gateway_ir(g, policy_set) for g in gateways))
+    ir = IR(gateways=tuple(_gateway_ir(g, policy_set, keys, diagnostics) for g in gateways))
+    if diagnostics:
+        raise UnusableMaterial(diagnostics, ir)
+    return ir

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from xds_server.ir.types import NamePattern, PatternKind
+from xds_server.ir.patterns import NamePattern, PatternKind
 
 
 def compile_glob(glob: str) -> NamePattern:

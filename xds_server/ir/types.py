@@ -1,10 +1,30 @@
 """The intermediate representation: resolved, defaulted, sorted, serialisable.
 
-The IR is what translators see; they never see policy models. Every value here
-is already validated and defaulted by `ir.build`, every collection is a sorted
-tuple, so the same policies always give the same IR (and the same xDS bytes).
-`to_plain` turns any IR value into plain dicts/lists for YAML goldens and
-`agentxds render --to ir`.
+The IR is what translators and the policy service see; they never see policy
+models, and they read no files: every secret and file content they need is
+already in it (redacted when rendered). Every collection is a sorted tuple,
+so the same policies always give the same IR (and the same xDS bytes).
+
+Shape:
+
+    IR ─ gateways: GatewayIR            one Envoy node group (node.cluster = name)
+           ├─ identity, agents           who may call (principals: ir/principals.py)
+           ├─ policy_service             where Envoy reaches the policy service
+           └─ listener: ListenerIR       address, limits, TLS
+                └─ routes: RouteIR       the neutral part: path, upstream, timeouts,
+                     │                   grants (who), conditional rules, decision
+                     │                   needs, user tokens, delegated credentials
+                     └─ protocol         the protocol part (ir/mcp.py: McpRouteIR; A2A,
+                                         LLM and virtual MCP servers next)
+
+A grant is neutral too (which agent, acting for which users, from which
+rules) with a protocol part saying what it allows (`GrantIR.allows`: tools,
+resources and prompts for MCP). A protocol's parts live in its own module
+(ir/mcp.py) and are listed in ir/parts.py; nothing here changes for a new one.
+
+`to_plain` turns any IR value into plain dicts and lists for YAML (goldens,
+`agentxds render --to ir`), with a `kind` on every member of a union and
+secrets redacted; `ir.load` reads that form back.
 """
 
 from __future__ import annotations
@@ -12,142 +32,80 @@ from __future__ import annotations
 import dataclasses
 import enum
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from xds_server.core.secrets import redacted
+from xds_server.ir.patterns import NamePattern, PatternKind
+from xds_server.ir.principals import (
+    ApiKeyPrincipal,
+    HeaderPrincipal,
+    JwtPrincipal,
+    Principal,
+    SecretIR,
+    SpiffePrincipal,
+    UserMatchIR,
+    principal_sort_key,
+)
 
-class PatternKind(enum.StrEnum):
-    """How a name pattern from a policy compiles to an Envoy string matcher."""
+__all__ = [
+    "IR",
+    "AgentIR",
+    "ApiKeyPrincipal",
+    "BackendAuthIR",
+    "ConditionalRuleIR",
+    "CredentialsIR",
+    "DecisionNeedsIR",
+    "DownstreamTlsIR",
+    "EndpointIR",
+    "GatewayIR",
+    "GrantIR",
+    "HeaderPrincipal",
+    "IdentityIR",
+    "JwtPrincipal",
+    "JwtProviderIR",
+    "ListenerIR",
+    "NamePattern",
+    "PatternKind",
+    "PolicyServiceUse",
+    "Principal",
+    "QuotaIR",
+    "QuotaScope",
+    "RouteIR",
+    "SecretIR",
+    "SpiffePrincipal",
+    "UpstreamIR",
+    "UpstreamTlsIR",
+    "UserMatchIR",
+    "principal_sort_key",
+    "to_plain",
+]
 
-    EXACT = "exact"  # no wildcard
-    PREFIX = "prefix"  # "get_*"
-    SUFFIX = "suffix"  # "*_issue"
-    REGEX = "regex"  # any other glob, compiled to an anchored RE2 regex
-    ANY = "any"  # "*"
-
-
-@dataclass(frozen=True, order=True)
-class NamePattern:
-    """A compiled glob over tool names, prompt names or resource URIs.
-
-    `value` is the literal for EXACT/PREFIX/SUFFIX, the RE2 regex for REGEX,
-    and empty for ANY. `glob` keeps what the user wrote, for messages.
-    """
-
-    kind: PatternKind
-    value: str
-    glob: str
-
-
-@dataclass(frozen=True, order=True)
-class HeaderPrincipal:
-    """Identity asserted by a request header the gateway trusts (development only)."""
-
-    header: str  # lower-case header name
-    value: str
-
-
-@dataclass(frozen=True, order=True)
-class SpiffePrincipal:
-    """Identity proven by an mTLS client certificate whose URI SAN is `spiffe_id`."""
-
-    spiffe_id: str
-
-
-@dataclass(frozen=True, order=True)
-class JwtPrincipal:
-    """Identity proven by a valid JWT from `provider` whose `claim` equals `value`."""
-
-    provider: str
-    claim: str
-    value: str
-
-
-@dataclass(frozen=True, order=True)
-class ApiKeyPrincipal:
-    """Identity proven by an API key in `header`. The key itself stays a reference
-    (environment variable or absolute file path) until translation reads it."""
-
-    header: str
-    key_env: str | None
-    key_file: str | None
-
-
-Principal = HeaderPrincipal | SpiffePrincipal | JwtPrincipal | ApiKeyPrincipal
-
-
-def principal_sort_key(principal: Principal) -> tuple[str, tuple[str, ...]]:
-    """Principals of different kinds do not compare; sort them by kind, then fields."""
-    return type(principal).__name__, tuple(str(v) for v in dataclasses.astuple(principal))
-
-
-@dataclass(frozen=True, order=True)
-class UserMatchIR:
-    """The user an agent acts for, from a JWT of `provider`: every non-empty condition must hold."""
-
-    provider: str
-    subjects: tuple[str, ...]
-    groups: tuple[str, ...]  # at least one of them in the token's `groups_claim`
-    groups_claim: str
-    claims: tuple[tuple[str, str], ...]  # exact claim values, sorted
+if TYPE_CHECKING:  # the unions of every protocol's parts (ir/parts.py imports this module)
+    from xds_server.ir.parts import GrantAllows, ProtocolPart
 
 
 @dataclass(frozen=True, order=True)
 class AgentIR:
-    """A named agent and every principal that proves it is that agent."""
+    """A named agent and every principal that proves it is that agent on this gateway."""
 
     name: str
     principals: tuple[Principal, ...]
 
 
 @dataclass(frozen=True, order=True)
-class ArgumentMatchIR:
-    """One argument condition: `kind` is exact | prefix | suffix | regex | one_of; `values` has one
-    value except for one_of. Checked by Envoy on metadata the MCP filter extracts."""
-
-    name: str
-    kind: str
-    values: tuple[str, ...]
-
-
-@dataclass(frozen=True, order=True)
-class ArgumentGrantIR:
-    """Tools granted only with matching arguments (one rule's `tools` + `arguments`)."""
-
-    tools: tuple[NamePattern, ...]
-    arguments: tuple[ArgumentMatchIR, ...]  # sorted by name; all must hold
-    source: str  # "policy/rules[i]"
-
-
-@dataclass(frozen=True, order=True)
 class GrantIR:
-    """What one agent may do on one backend: the union of its matching rules.
+    """What one agent may do on one route, acting for whichever user `user` admits (None:
+    whoever, if anyone, the user is): the union of the rules that name it.
 
-    `sources` names the rules that contributed ("policy-name/rules[2]") so a
-    denial or an explain can say which rule set decided.
+    `sources` names the rules that contributed ("policy-name/rules[2]"), so a
+    denial or an explain can say which rule set decided; `allows` is the
+    protocol's part (MCP: tools, resources, prompts).
     """
 
     agent: str
-    tools: tuple[NamePattern, ...]  # granted without conditions: decided by Envoy alone
-    resources: tuple[NamePattern, ...]
-    prompts: tuple[NamePattern, ...]
+    user: UserMatchIR | None
     sources: tuple[str, ...]
-    conditional_tools: tuple[NamePattern, ...] = ()  # granted by conditional rules: Envoy, then the policy service
-    user: UserMatchIR | None = None  # only when acting for such a user; None: whoever (if anyone) the user is
-    argument_grants: tuple[ArgumentGrantIR, ...] = ()  # tools allowed only with matching arguments
-
-    @property
-    def listed_tools(self) -> tuple[NamePattern, ...]:
-        """Tools the agent may call at all (some only with some arguments): what its lists show."""
-        merged = set(self.all_tools) | {p for g in self.argument_grants for p in g.tools}
-        anything = [p for p in merged if p.kind is PatternKind.ANY]
-        return tuple(anything[:1]) if anything else tuple(sorted(merged))
-
-    @property
-    def all_tools(self) -> tuple[NamePattern, ...]:
-        """Every tool the agent may call under some condition (what RBAC lets through)."""
-        merged = set(self.tools) | set(self.conditional_tools)
-        anything = [p for p in merged if p.kind is PatternKind.ANY]
-        return tuple(anything[:1]) if anything else tuple(sorted(merged))
+    allows: GrantAllows
 
 
 class QuotaScope(enum.StrEnum):
@@ -160,7 +118,7 @@ class QuotaScope(enum.StrEnum):
 
 @dataclass(frozen=True, order=True)
 class QuotaIR:
-    """At most `calls` tool calls per `window_ms`, counted per tool and per `scope`."""
+    """At most `calls` calls per `window_ms`, counted per target (tool) and per `scope`."""
 
     calls: int
     window_ms: int
@@ -169,19 +127,19 @@ class QuotaIR:
 
 @dataclass(frozen=True, order=True)
 class ConditionalRuleIR:
-    """A rule the policy service must check on each `tools/call` it covers.
+    """A rule the policy service checks on each call it covers.
 
     `id` is "policy-name/rules[i]" (stable across reloads while the rule keeps
     its place), `agents` the agent names it names ("*" already expanded),
-    `tools` its tool patterns. `when` is a CEL expression over `args`,
-    `agent`, `user` and `now`, already checked to compile; None means no
-    condition. Native RBAC lets these tools through for these agents, then the
-    policy service decides.
+    `targets` the patterns of what it covers (MCP: tool names). `when` is a CEL
+    expression, already checked to compile; None means no condition. Native
+    RBAC lets these calls through for these agents, then the policy service
+    decides.
     """
 
     id: str
     agents: tuple[str, ...]
-    tools: tuple[NamePattern, ...]
+    targets: tuple[NamePattern, ...]
     when: str | None
     quota: QuotaIR | None
     require_approval: bool
@@ -189,50 +147,32 @@ class ConditionalRuleIR:
     user: UserMatchIR | None = None  # only when acting for such a user (checked by the policy service too)
 
 
-class DriftAction(enum.StrEnum):
-    HIDE = "hide"  # hidden from lists and refused on call
-    ALLOW = "allow"  # let through (logged)
-
-
-class ScreeningMode(enum.StrEnum):
-    OFF = "off"
-    FLAG = "flag"  # logged and reported, tool stays usable
-    BLOCK = "block"  # treated like drift: hidden and refused
-
-
-@dataclass(frozen=True, order=True)
-class PinnedToolIR:
-    """What `agentxds pin` recorded for one tool: sha256 hex digests."""
-
-    name: str
-    description_sha256: str
-    input_schema_sha256: str
-
-
 @dataclass(frozen=True)
-class ToolGuardIR:
-    """Defences against a backend changing its tools under the gateway ("rug pulls").
+class DecisionNeedsIR:
+    """Which requests of a route go to the policy service: the translators route exactly these to
+    ext_authz and ext_proc, and the policy service checks the same (it reads this, never Envoy config).
 
-    `pins` comes from the backend's MCPToolLock document (None: no lock, so
-    nothing is pinned). A pinned tool whose description or input schema no
-    longer matches is hidden from lists and refused on call until the lock is
-    updated; `unpinned` says what happens to tools the lock does not list.
-    `screening` checks descriptions for prompt-injection markers.
+    `every_request`: every request (delegated credentials are attached to each).
+    `calls`: the calls decided on, by target (MCP: `tools/call` by tool name); `()`
+    every call, None none. `responses`: list responses are rewritten per caller.
     """
 
-    pins: tuple[PinnedToolIR, ...] | None  # sorted by name
-    unpinned: DriftAction
-    screening: ScreeningMode
-    refresh_ms: int  # how often the policy service re-reads the backend's tools
+    every_request: bool = False
+    calls: tuple[NamePattern, ...] | None = None
+    responses: bool = False
+
+    @property
+    def needed(self) -> bool:
+        """Whether any request of the route goes to the policy service."""
+        return self.every_request or self.calls is not None or self.responses
 
 
 @dataclass(frozen=True)
 class PolicyServiceUse:
-    """How one backend uses the policy service."""
+    """How one route uses the policy service."""
 
     fail_open: bool  # service down or slow: allow (True) or refuse (False, the default)
     timeout_ms: int
-    list_filtering: bool  # tools/list, prompts/list, resources/list filtered per caller
 
 
 @dataclass(frozen=True, order=True)
@@ -242,48 +182,107 @@ class EndpointIR:
 
 
 @dataclass(frozen=True)
-class BackendIR:
-    """An MCP backend as the gateway serves it.
+class UpstreamTlsIR:
+    """TLS to a route's upstream; file contents read when the IR was built (paths kept for watching)."""
 
-    `route_path` is the path clients use on the gateway; `upstream_path` the
-    MCP endpoint path on the backend. `grants` is sorted by agent name and has
-    at most one entry per agent; an agent without a grant has no access at all.
+    ca_file: str | None  # absolute; None: the system's roots
+    ca_pem: str | None
+    sni: str | None
+    certificate_file: str | None
+    certificate_pem: str | None
+    private_key_file: str | None
+    private_key: SecretIR | None
+
+
+@dataclass(frozen=True)
+class UpstreamIR:
+    """Where a route's requests go: the endpoints (load balanced), the protocol endpoint's path
+    there, the connect timeout and TLS."""
+
+    endpoints: tuple[EndpointIR, ...]
+    path: str
+    connect_timeout_ms: int
+    tls: UpstreamTlsIR | None = None
+
+
+@dataclass(frozen=True)
+class BackendAuthIR:
+    """The route requires a user token from `provider` (OAuth resource server: RFC 9728 metadata
+    and the 401 challenge; the MCP authorization spec)."""
+
+    provider: str
+    resource: str | None  # RFC 9728 `resource`; None: derived from the request's host and path
+    scopes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class CredentialsIR:
+    """What the upstream receives instead of the caller's credentials (set by the policy service).
+
+    kind "token_exchange": RFC 8693 at `token_endpoint` with the user's token as subject_token.
+    kind "per_user_secrets": `format` with the user's secret from `secrets_file` in `header`.
+    The client secret and the secrets file stay references: the policy service reads them itself.
+    """
+
+    kind: str
+    header: str = "authorization"
+    token_endpoint: str | None = None
+    client_id: str | None = None
+    client_secret_env: str | None = None
+    client_secret_file: str | None = None
+    audience: str | None = None
+    scope: str | None = None
+    secrets_file: str | None = None
+    format: str = "Bearer {secret}"
+
+
+@dataclass(frozen=True)
+class RouteIR:
+    """One route of a gateway: a path clients use, served by one upstream, for one protocol.
+
+    The neutral part is what every protocol has; `protocol` holds the rest.
+    `name` is the routed document's name (unique across routed kinds, so bare
+    names never collide); `path` the exact gateway path. `grants` is sorted
+    by agent and has an entry per (agent, user match); an agent without a
+    grant has no access at all. `conditional_rules` are in policy order.
     """
 
     name: str
-    route_path: str
-    upstream_path: str
-    endpoints: tuple[EndpointIR, ...]
-    connect_timeout_ms: int
+    path: str
+    upstream: UpstreamIR
     request_timeout_ms: int  # 0 = no timeout (long-lived streams)
     idle_timeout_ms: int  # 0 = never; no bytes either way for this long closes the stream
     grants: tuple[GrantIR, ...]
-    conditional_rules: tuple[ConditionalRuleIR, ...] = ()  # in policy order
-    policy_service: PolicyServiceUse = PolicyServiceUse(fail_open=False, timeout_ms=250, list_filtering=False)
-    tool_guard: ToolGuardIR | None = None
+    protocol: ProtocolPart
+    conditional_rules: tuple[ConditionalRuleIR, ...] = ()
+    decisions: DecisionNeedsIR = DecisionNeedsIR()
+    policy_service: PolicyServiceUse = PolicyServiceUse(fail_open=False, timeout_ms=250)
     auth: BackendAuthIR | None = None
     credentials: CredentialsIR | None = None
-    upstream_tls: UpstreamTlsIR | None = None
+    annotations: tuple[tuple[str, str], ...] = ()  # the document's metadata.annotations, sorted
 
     @property
-    def needs_authz(self) -> bool:
-        """Whether some request on this backend goes to the policy service (ext_authz)."""
-        return bool(self.conditional_rules) or self.tool_guard is not None or self.credentials is not None
+    def kind(self) -> str:
+        """The protocol's name: "mcp", ..."""
+        return self.protocol.KIND
 
-    @property
-    def needs_list_processing(self) -> bool:
-        """Whether list responses on this backend go to the policy service."""
-        return self.policy_service.list_filtering or self.tool_guard is not None
+    def annotation(self, key: str) -> str | None:
+        return dict(self.annotations).get(key)
 
 
 @dataclass(frozen=True, order=True)
 class JwtProviderIR:
-    """A JWT issuer Envoy checks tokens of. Exactly one of the jwks_* fields is set."""
+    """A JWT issuer Envoy checks tokens of.
+
+    `jwks` is the JWKS document (written inline, or read from `jwks_file`,
+    which is kept so that changes to it are followed); otherwise Envoy fetches
+    `jwks_url`.
+    """
 
     name: str
     issuer: str
     audiences: tuple[str, ...]
-    jwks_inline: str | None
+    jwks: str | None
     jwks_file: str | None  # absolute path
     jwks_url: str | None
     jwks_cache_ms: int
@@ -302,68 +301,51 @@ class IdentityIR:
 
 @dataclass(frozen=True)
 class DownstreamTlsIR:
-    """TLS on the listener (absolute file paths; their contents go to Envoy over SDS)."""
+    """TLS on the listener; contents read and checked when the IR was built (they go to Envoy
+    over SDS), paths kept for watching."""
 
     certificate_file: str
+    certificate_pem: str
     private_key_file: str
+    private_key: SecretIR
     trust_bundle_file: str | None  # set: client certificates are asked for (mTLS)
+    trust_bundle_pem: str | None
     require_client_certificate: bool
     trust_domain: str | None
 
 
 @dataclass(frozen=True)
-class BackendAuthIR:
-    """The MCP authorization spec on a backend: a user token from `provider` is required."""
+class ListenerIR:
+    """Where a gateway's Envoy accepts connections, its limits and TLS, and its routes
+    (sorted by name; paths are unique on a gateway)."""
 
-    provider: str
-    resource: str | None  # RFC 9728 `resource`; None: derived from the request's host and path
-    scopes: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class CredentialsIR:
-    """What the backend receives instead of the caller's credentials (set by the policy service).
-
-    kind "token_exchange": RFC 8693 at `token_endpoint` with the user's token as subject_token.
-    kind "per_user_secrets": `format` with the user's secret from `secrets_file` in `header`.
-    Secrets stay references (env name or absolute file path).
-    """
-
-    kind: str
-    header: str = "authorization"
-    token_endpoint: str | None = None
-    client_id: str | None = None
-    client_secret_env: str | None = None
-    client_secret_file: str | None = None
-    audience: str | None = None
-    scope: str | None = None
-    secrets_file: str | None = None
-    format: str = "Bearer {secret}"
-
-
-@dataclass(frozen=True)
-class UpstreamTlsIR:
-    ca_file: str | None  # absolute; None: the system's roots
-    sni: str | None
-    certificate_file: str | None
-    private_key_file: str | None
+    address: str
+    port: int
+    max_request_body_bytes: int
+    connection_buffer_bytes: int
+    routes: tuple[RouteIR, ...]
+    tls: DownstreamTlsIR | None = None
 
 
 @dataclass(frozen=True)
 class GatewayIR:
-    """One gateway: one Envoy node group (`node.cluster` == `name`)."""
+    """One gateway: one Envoy node group (`node.cluster` == `name`), one listener."""
 
     name: str
-    listen_address: str
-    listen_port: int
-    max_request_body_bytes: int
-    connection_buffer_bytes: int
     identity: IdentityIR
     agents: tuple[AgentIR, ...]  # every agent known to this gateway, sorted by name
-    backends: tuple[BackendIR, ...]  # sorted by name
+    listener: ListenerIR
     policy_service: EndpointIR | None = None  # where Envoy reaches the policy service
     ext_authz_http: EndpointIR | None = None  # ext_authz over HTTP/1.1 here; None: over gRPC at policy_service
-    tls: DownstreamTlsIR | None = None
+
+    @property
+    def routes(self) -> tuple[RouteIR, ...]:
+        return self.listener.routes
+
+    @property
+    def needs_policy_service(self) -> bool:
+        """Whether some route sends some request to the policy service."""
+        return any(r.decisions.needed for r in self.routes)
 
 
 @dataclass(frozen=True)
@@ -377,9 +359,17 @@ class IR:
 
 
 def to_plain(value: Any) -> Any:
-    """Return `value` as plain dicts, lists, strings and numbers (for YAML)."""
+    """`value` as plain dicts, lists, strings and numbers (for YAML).
+
+    A dataclass that is one member of a union (it has a `KIND`) gets a `kind`
+    key first; a `SecretIR` shows its value redacted.
+    """
+    if isinstance(value, SecretIR):
+        return {"env": value.env, "file": value.file, "value": redacted(value.value)}
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        kind = getattr(type(value), "KIND", None)
+        body = {f.name: to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {"kind": kind, **body} if kind is not None else body
     if isinstance(value, enum.Enum):
         return value.value
     if isinstance(value, (tuple, list)):

@@ -6,7 +6,7 @@ import ipaddress
 import re
 from collections.abc import Mapping
 from decimal import Decimal
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
@@ -118,3 +118,11 @@ class Metadata(StrictModel):
     name: Name = Field(description="Unique name among documents of this kind (a DNS label).")
     labels: dict[str, str] = Field(default_factory=dict, description="Free-form string labels.")
     annotations: dict[str, str] = Field(default_factory=dict, description="Free-form string annotations.")
+
+
+class DocumentModel(StrictModel):
+    """A whole policy document. Each kind narrows `kind` to its own name and adds its `spec`."""
+
+    api_version: Literal["agentxds.dev/v1"] = Field(description="Always agentxds.dev/v1.")
+    kind: str = Field(description="Document kind.")
+    metadata: Metadata = Field(description="Name, labels and annotations.")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, Field, model_validator
 from pydantic_core import PydanticCustomError
@@ -32,6 +33,13 @@ FilePath = Annotated[str, Field(min_length=1, pattern=r"^[^\x00-\x1f\x7f]+$")]
 def _check_https_url(value: str) -> str:
     if not re.fullmatch(r"https?://[^\s/?#]+(/[^\s]*)?", value):
         raise ValueError(f"{value!r} is not an http(s) URL")
+    url = urlsplit(value)
+    try:
+        url.port  # noqa: B018 (raises for a port that is not a number in 0-65535)
+    except ValueError:
+        raise ValueError(f"{value!r} has a bad port") from None
+    if not url.hostname:
+        raise ValueError(f"{value!r} names no host")
     return value
 
 

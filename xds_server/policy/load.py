@@ -11,56 +11,75 @@ from __future__ import annotations
 import difflib
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path as FsPath
-from typing import Any, get_args
+from typing import Any, TypeVar, get_args
 
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
-from .checks import Declared, cross_check, references, resolve_gateway
+from .agent import Agent
+from .base import PATTERN_HINTS, DocumentModel
+from .checks import Declared, cross_check, provided, references
 from .diagnostics import Diagnostic, Path, PolicyError, join_field, subject
-from .model import (
-    KINDS,
-    PATTERN_HINTS,
-    Agent,
-    Gateway,
-    Located,
-    MCPBackend,
-    MCPPolicy,
-    MCPToolLock,
-    Source,
-)
+from .gateway import Gateway
+from .kinds import KIND_OF_MODEL, KIND_SPECS, MODELS, resolve_gateway
+from .located import Located, Source
+from .mcp import MCPBackend, MCPPolicy, MCPToolLock
 from .yamldoc import ParsedDocument, parse_documents
 
 POLICY_SUFFIXES = (".yaml", ".yml")
 MAX_FILE_BYTES = 4 * 1024 * 1024  # far beyond any real policy file; bounds memory on mistakes
 
 
+D = TypeVar("D", bound=DocumentModel)
+
+
 @dataclass(frozen=True)
 class PolicySet:
-    """A valid, cross-checked policy set. Each tuple is sorted by name.
+    """A valid, cross-checked policy set: the documents of each kind (`kinds.KIND_SPECS`),
+    each tuple sorted by name.
 
-    A backend without `spec.gateway` belongs to the only gateway; use
+    A routed document without `spec.gateway` belongs to the only gateway; use
     `gateway_of` rather than reading `spec.gateway` directly.
     """
 
-    gateways: tuple[Located[Gateway], ...]
-    backends: tuple[Located[MCPBackend], ...]
-    agents: tuple[Located[Agent], ...]
-    policies: tuple[Located[MCPPolicy], ...]
-    locks: tuple[Located[MCPToolLock], ...] = ()
+    by_kind: Mapping[str, tuple[Located[Any], ...]] = field(default_factory=dict)
+
+    def of(self, model: type[D]) -> tuple[Located[D], ...]:
+        """The documents of one kind, sorted by name."""
+        return self.by_kind.get(KIND_OF_MODEL[model], ())
+
+    @property
+    def gateways(self) -> tuple[Located[Gateway], ...]:
+        return self.of(Gateway)
+
+    @property
+    def backends(self) -> tuple[Located[MCPBackend], ...]:
+        return self.of(MCPBackend)
+
+    @property
+    def agents(self) -> tuple[Located[Agent], ...]:
+        return self.of(Agent)
+
+    @property
+    def policies(self) -> tuple[Located[MCPPolicy], ...]:
+        return self.of(MCPPolicy)
+
+    @property
+    def locks(self) -> tuple[Located[MCPToolLock], ...]:
+        return self.of(MCPToolLock)
 
     def lock_for(self, backend: str) -> Located[MCPToolLock] | None:
         """The MCPToolLock pinning `backend`'s tools, if any (there is at most one)."""
         return next((lk for lk in self.locks if lk.doc.spec.backend == backend), None)
 
-    def gateway_of(self, backend: Located[MCPBackend] | MCPBackend) -> str:
-        """Name of the gateway serving `backend` (its own, or the only one)."""
-        doc = backend.doc if isinstance(backend, Located) else backend
-        name = resolve_gateway(doc, [g.name for g in self.gateways])
+    def gateway_of(self, routed: Located[Any] | DocumentModel) -> str:
+        """Name of the gateway serving a routed document (its own, or the only one)."""
+        doc = routed.doc if isinstance(routed, Located) else routed
+        name = resolve_gateway(doc.spec.gateway, [g.name for g in self.gateways])  # type: ignore[union-attr]
         if name is None:  # impossible for a loaded set; guards hand-built ones
-            raise ValueError(f"backend {doc.metadata.name!r} has no resolvable gateway")
+            raise ValueError(f"{doc.kind} {doc.metadata.name!r} has no resolvable gateway")
         return name
 
     def backends_of(self, gateway: str) -> tuple[Located[MCPBackend], ...]:
@@ -137,17 +156,11 @@ def _load(texts: Mapping[str, str], diags: list[Diagnostic], *, empty: Diagnosti
     diags += cross_check(declared, valid, complete=complete)
     if diags:
         raise PolicyError(diags)
-    return PolicySet(
-        gateways=_sorted(valid, Gateway),
-        backends=_sorted(valid, MCPBackend),
-        agents=_sorted(valid, Agent),
-        policies=_sorted(valid, MCPPolicy),
-        locks=_sorted(valid, MCPToolLock),
-    )
+    return PolicySet({spec.kind: _sorted(valid, spec.kind) for spec in KIND_SPECS})
 
 
-def _sorted(valid: Iterable[Located[Any]], kind: type) -> tuple[Located[Any], ...]:
-    return tuple(sorted((v for v in valid if isinstance(v.doc, kind)), key=lambda v: v.name))
+def _sorted(valid: Iterable[Located[Any]], kind: str) -> tuple[Located[Any], ...]:
+    return tuple(sorted((v for v in valid if v.doc.kind == kind), key=lambda v: v.name))
 
 
 def _validate(parsed: ParsedDocument, file: str) -> tuple[Declared | None, Located[Any] | None, list[Diagnostic]]:
@@ -160,23 +173,23 @@ def _validate(parsed: ParsedDocument, file: str) -> tuple[Declared | None, Locat
             diags.append(Diagnostic(file, parsed.line, "", f"a policy document must be a mapping, got {found}"))
         return None, None, diags
     raw_kind = raw.get("kind")
-    kind = raw_kind if isinstance(raw_kind, str) and raw_kind in KINDS else None
+    kind = raw_kind if isinstance(raw_kind, str) and raw_kind in MODELS else None
     metadata = raw.get("metadata")
     name = metadata.get("name") if isinstance(metadata, dict) else None
     who = subject(kind, name if isinstance(name, str) else None)
     diags = [Diagnostic(file, parsed.line_of(p), join_field(who, p), msg) for p, msg in parsed.issues]
     if kind is None:
         message = (
-            f"unknown kind {raw_kind!r} (expected one of: {', '.join(sorted(KINDS))})"
+            f"unknown kind {raw_kind!r} (expected one of: {', '.join(sorted(MODELS))})"
             if "kind" in raw
-            else f"missing required field 'kind' (one of: {', '.join(sorted(KINDS))})"
+            else f"missing required field 'kind' (one of: {', '.join(sorted(MODELS))})"
         )
         return None, None, [*diags, Diagnostic(file, parsed.line_of(("kind",)), "kind", message)]
-    model = KINDS[kind]
+    model = MODELS[kind]
     decl = None
     if isinstance(name, str):
         name_line = parsed.line_of(("metadata", "name"))
-        decl = Declared(kind, name, Source(file, name_line), references(kind, raw), parsed.line_of)
+        decl = Declared(kind, name, Source(file, name_line), references(kind, raw), provided(kind, raw), parsed.line_of)
     try:
         doc = model.model_validate(raw, by_alias=True, by_name=False)
     except ValidationError as exc:

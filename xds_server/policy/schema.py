@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
-from .model import Document
+from .kinds import Document
 
 SCHEMA_ID = "https://agentxds.dev/schemas/v1/policy.json"
 DEFAULT_OUTPUT = Path("policies") / "schema.json"
@@ -25,7 +25,7 @@ DEFAULT_OUTPUT = Path("policies") / "schema.json"
 
 def generate_schema() -> dict[str, Any]:
     """The JSON Schema (draft 2020-12) of one agentxds.dev/v1 policy document."""
-    body = TypeAdapter(Document).json_schema(by_alias=True, mode="validation")
+    body = TypeAdapter(Document).json_schema(by_alias=True, mode="validation")  # type: ignore[arg-type]
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": SCHEMA_ID,

@@ -1,4 +1,23 @@
-"""IR → Envoy resources, one set per gateway (= per Envoy node group)."""
+"""IR → Envoy resources, one set per gateway (= per Envoy node group).
+
+Pure: translators read only the IR (no files, no environment, no policy
+models), so the same IR always gives the same resources, and an IR loaded
+from its YAML (ir.load) translates exactly like one built from policies.
+Any exception raised here is a bug of the gateway, not a problem of the
+policies (those were all reported while the IR was built).
+
+    listener.py       the listener: HCM, filters in slot order, local replies, access log
+    filters.py        the filter order and how each Envoy route treats each filter
+    route.py          routes (RDS): per route its Envoy routes, RBAC, policy-service uses
+    rbac.py           grants → RBAC allow-lists (principals from ir/principals.py)
+    local_reply.py    Envoy's own replies → JSON-RPC errors
+    cluster.py        upstreams → clusters (CDS) and endpoints (EDS)
+    tls.py            downstream TLS and its SDS secrets
+    jwt.py            jwt_authn providers, requirements, JWKS clusters
+    oauth.py          OAuth protected-resource metadata and the 401 challenge
+    policy_service.py ext_authz / ext_proc and their clusters
+    protocols/        what depends on the protocol: mcp.py (one module per protocol)
+"""
 
 from __future__ import annotations
 
@@ -10,12 +29,11 @@ from envoy.config.listener.v3.listener_pb2 import Listener
 from envoy.config.route.v3.route_pb2 import RouteConfiguration
 from envoy.extensions.transport_sockets.tls.v3.secret_pb2 import Secret
 
-from xds_server.core.secrets import read_secret
 from xds_server.ir.types import IR, ApiKeyPrincipal, GatewayIR
 from xds_server.translate.cluster import build_cluster, build_load_assignment
 from xds_server.translate.jwt import jwks_clusters
 from xds_server.translate.listener import build_listener
-from xds_server.translate.policy_service import gateway_needs_policy_service, policy_cluster, policy_http_cluster
+from xds_server.translate.policy_service import policy_clusters
 from xds_server.translate.route import build_route_config
 from xds_server.translate.tls import gateway_secrets
 
@@ -28,7 +46,7 @@ class GatewayResources:
     endpoints: tuple[ClusterLoadAssignment, ...]
     listeners: tuple[Listener, ...]
     routes: tuple[RouteConfiguration, ...]
-    secrets: tuple[Secret, ...] = ()  # SDS: certificates and trust bundles, read from files at build time
+    secrets: tuple[Secret, ...] = ()  # SDS: certificates and trust bundles
     # Secret values some resources carry in clear (API keys in header matchers), for `render` to redact.
     redact: frozenset[str] = field(default=frozenset(), repr=False)
 
@@ -36,21 +54,15 @@ class GatewayResources:
 def _values_to_redact(gateway: GatewayIR) -> frozenset[str]:
     """The API keys the gateway's RBAC and local-reply matchers compare headers with."""
     return frozenset(
-        read_secret(p.key_env, p.key_file, what=f"API key ({p.key_env or p.key_file})")
-        for agent in gateway.agents
-        for p in agent.principals
-        if isinstance(p, ApiKeyPrincipal)
+        p.key.value for agent in gateway.agents for p in agent.principals if isinstance(p, ApiKeyPrincipal)
     )
 
 
 def translate_gateway(gateway: GatewayIR) -> GatewayResources:
-    clusters = [build_cluster(b) for b in gateway.backends]
-    if gateway_needs_policy_service(gateway) and gateway.policy_service is not None:
-        clusters.append(policy_cluster(gateway.policy_service))
-        if gateway.ext_authz_http is not None:
-            clusters.append(policy_http_cluster(gateway.ext_authz_http))
+    clusters = [build_cluster(r) for r in gateway.routes]
+    clusters += policy_clusters(gateway)
     clusters += jwks_clusters(gateway)  # where remote JWKS are fetched from
-    endpoints = [cla for b in gateway.backends if (cla := build_load_assignment(b)) is not None]
+    endpoints = [cla for r in gateway.routes if (cla := build_load_assignment(r)) is not None]
     return GatewayResources(
         clusters=tuple(sorted(clusters, key=lambda c: c.name)),
         endpoints=tuple(sorted(endpoints, key=lambda e: e.cluster_name)),

@@ -1,28 +1,28 @@
-"""MCP backends → Envoy clusters (CDS) and their endpoints (EDS).
+"""Route upstreams → Envoy clusters (CDS) and their endpoints (EDS).
 
-A backend whose endpoints are all IP addresses becomes an EDS cluster, so an
+An upstream whose endpoints are all IP addresses becomes an EDS cluster, so an
 endpoint change is a small EDS push that leaves the cluster (and its
-connections) alone. EDS cannot carry DNS names, so a backend with any host
+connections) alone. EDS cannot carry DNS names, so an upstream with any host
 name becomes a STRICT_DNS cluster with its endpoints inline.
 
-A backend with `tls` gets an `UpstreamTlsContext` transport socket (see
-`upstream_transport_socket`): the CA bundle and the client certificate are
-read at build time and sent inline, so a rotated file takes effect on the
-next build.
+An upstream with `tls` gets an `UpstreamTlsContext` transport socket (see
+`upstream_transport_socket`): the CA bundle and the client certificate were
+read when the IR was built and are sent inline, so a rotated file takes
+effect on the next build.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from pathlib import Path
 from typing import Any
 
 from envoy.config.cluster.v3.cluster_pb2 import Cluster
 from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
 
-from xds_server.ir.types import BackendIR, EndpointIR
+from xds_server.core.wire import typed
+from xds_server.ir.types import EndpointIR, RouteIR, UpstreamIR
 from xds_server.translate.names import cluster_name
-from xds_server.translate.proto import to_message, typed
+from xds_server.translate.proto import to_message
 
 
 def is_ip(host: str) -> bool:
@@ -34,9 +34,9 @@ def is_ip(host: str) -> bool:
     return True
 
 
-def uses_eds(backend: BackendIR) -> bool:
+def uses_eds(upstream: UpstreamIR) -> bool:
     """True when every endpoint is an IP address (EDS can serve it)."""
-    return all(is_ip(e.host) for e in backend.endpoints)
+    return all(is_ip(e.host) for e in upstream.endpoints)
 
 
 def load_assignment(name: str, endpoints: tuple[EndpointIR, ...]) -> dict[str, Any]:
@@ -61,53 +61,38 @@ SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 UPSTREAM_TLS_TYPE = "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
 
 
-class UpstreamTlsError(ValueError):
-    """A file the backend's TLS settings name cannot be read; the build is refused (fail closed)."""
-
-
-def _read_pem(path: str, what: str) -> str:
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-        raise UpstreamTlsError(f"{what}: cannot read {path}: {reason}") from None
-    if "-----BEGIN " not in text:
-        raise UpstreamTlsError(f"{what}: {path} holds no PEM block")
-    return text
-
-
 def san_matcher(name: str) -> dict[str, Any]:
     """Match a peer certificate's SAN: an IP SAN for an address, a DNS SAN for a name."""
     kind = "IP_ADDRESS" if is_ip(name) else "DNS"
     return {"san_type": kind, "matcher": {"exact": name}}
 
 
-def upstream_transport_socket(backend: BackendIR) -> dict[str, Any] | None:
+def upstream_transport_socket(route: RouteIR) -> dict[str, Any] | None:
     """The cluster's TLS transport socket, or None for plain HTTP.
 
     Server name: `sni` when given; otherwise the endpoints' DNS name (one
     distinct name: sent as SNI; several: each connection sends its host's
     name, `auto_host_sni`); IP endpoints send no SNI. The certificate must
     carry that name (DNS SAN), or the endpoint's IP (IP SAN) when there is
-    no name. Raises UpstreamTlsError for an unreadable file.
+    no name.
     """
-    tls = backend.upstream_tls
+    tls = route.upstream.tls
     if tls is None:
         return None
-    what = f"backend {backend.name}: tls"
+    endpoints = route.upstream.endpoints
     validation: dict[str, Any] = (
-        {"trusted_ca": {"inline_string": _read_pem(tls.ca_file, f"{what}.caFile")}}
-        if tls.ca_file is not None
+        {"trusted_ca": {"inline_string": tls.ca_pem}}
+        if tls.ca_pem is not None
         else {"trusted_ca": {"filename": SYSTEM_CA_BUNDLE}}
     )
     context: dict[str, Any] = {}
-    dns_names = sorted({e.host for e in backend.endpoints if not is_ip(e.host)})
+    dns_names = sorted({e.host for e in endpoints if not is_ip(e.host)})
     if tls.sni is not None:
         names = [tls.sni]
         if not is_ip(tls.sni):  # SNI carries host names only (RFC 6066)
             context["sni"] = tls.sni
     else:
-        names = sorted({e.host for e in backend.endpoints})
+        names = sorted({e.host for e in endpoints})
         if len(dns_names) == 1:
             context["sni"] = dns_names[0]
         elif len(dns_names) > 1:
@@ -115,10 +100,10 @@ def upstream_transport_socket(backend: BackendIR) -> dict[str, Any] | None:
             context["auto_sni_san_validation"] = True
     validation["match_typed_subject_alt_names"] = [san_matcher(n) for n in names]
     common: dict[str, Any] = {"validation_context": validation}
-    if tls.certificate_file is not None and tls.private_key_file is not None:
+    if tls.certificate_pem is not None and tls.private_key is not None:
         common["tls_certificates"] = [{
-            "certificate_chain": {"inline_string": _read_pem(tls.certificate_file, f"{what}.certificateFile")},
-            "private_key": {"inline_string": _read_pem(tls.private_key_file, f"{what}.privateKeyFile")},
+            "certificate_chain": {"inline_string": tls.certificate_pem},
+            "private_key": {"inline_string": tls.private_key.value},
         }]  # fmt: skip
     context["common_tls_context"] = common
     return {"name": "envoy.transport_sockets.tls", "typed_config": typed(UPSTREAM_TLS_TYPE, context)}
@@ -128,12 +113,13 @@ def _duration(ms: int) -> str:
     return f"{ms / 1000:.3f}s"
 
 
-def build_cluster(backend: BackendIR) -> Cluster:
-    """The cluster for `backend`: HTTP/1.1 upstream (over TLS with `tls`), round robin, EDS or STRICT_DNS."""
-    name = cluster_name(backend.name)
+def build_cluster(route: RouteIR) -> Cluster:
+    """The cluster for `route`'s upstream: HTTP/1.1 (over TLS with `tls`), round robin, EDS or STRICT_DNS."""
+    name = cluster_name(route)
+    upstream = route.upstream
     body: dict[str, Any] = {
         "name": name,
-        "connect_timeout": _duration(backend.connect_timeout_ms),
+        "connect_timeout": _duration(upstream.connect_timeout_ms),
         "lb_policy": "ROUND_ROBIN",
         "typed_extension_protocol_options": {
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": typed(
@@ -142,20 +128,20 @@ def build_cluster(backend: BackendIR) -> Cluster:
             )
         },
     }
-    if uses_eds(backend):
+    if uses_eds(upstream):
         body["type"] = "EDS"
         body["eds_cluster_config"] = {"eds_config": {"ads": {}, "resource_api_version": "V3"}}
     else:
         body["type"] = "STRICT_DNS"
         body["dns_lookup_family"] = "V4_PREFERRED"
-        body["load_assignment"] = load_assignment(name, backend.endpoints)
-    if (socket := upstream_transport_socket(backend)) is not None:
+        body["load_assignment"] = load_assignment(name, upstream.endpoints)
+    if (socket := upstream_transport_socket(route)) is not None:
         body["transport_socket"] = socket
     return to_message(Cluster, body)
 
 
-def build_load_assignment(backend: BackendIR) -> ClusterLoadAssignment | None:
-    """The EDS resource for `backend`, or None when its cluster carries endpoints inline."""
-    if not uses_eds(backend):
+def build_load_assignment(route: RouteIR) -> ClusterLoadAssignment | None:
+    """The EDS resource for `route`'s upstream, or None when its cluster carries endpoints inline."""
+    if not uses_eds(route.upstream):
         return None
-    return to_message(ClusterLoadAssignment, load_assignment(cluster_name(backend.name), backend.endpoints))
+    return to_message(ClusterLoadAssignment, load_assignment(cluster_name(route), route.upstream.endpoints))

@@ -5,9 +5,10 @@ header the token comes in, its verified payload put in metadata under the
 provider's name (RBAC principals and the policy service read it there), and
 the token forwarded (delegated credentials need the user's own token).
 
-Keys: inline JWKS as written; a JWKS file read here, at build time, so a
-rotated file takes effect on the next build; a JWKS URL fetched and cached by
-Envoy through a cluster of its own (`jwks_clusters`).
+Keys: the JWKS document in the IR (written inline, or read from its file when
+the IR was built, so a rotated file takes effect on the next build); or a
+JWKS URL fetched and cached by Envoy through a cluster of its own
+(`jwks_clusters`).
 
 Requirements, per route (`PerRouteConfig.requirement_name`):
 
@@ -15,22 +16,19 @@ Requirements, per route (`PerRouteConfig.requirement_name`):
   sent. A missing token passes (RBAC then decides, usually by denying); a
   token that is present but invalid (expired, bad signature, unknown issuer,
   audience not accepted) is refused by jwt_authn itself.
-- `user/<provider>` (the routes of backends with `auth`): the same, except
-  that a valid token of the backend's provider is required; a missing one is
-  answered 401 with the MCP authorization challenge (see `oauth.py`).
+- `user/<provider>` (the routes with `auth`): the same, except that a valid
+  token of the route's provider is required; a missing one is answered 401
+  with the OAuth challenge (see `oauth.py`).
 
 Providers that read the same header share one `requires_any`, so a token of
 either is accepted there; each header is checked on its own (`requires_all`
 over headers), so an agent token and a user token can travel side by side.
-Routes that are not MCP backends (no-backend, metadata documents) switch the
-filter off.
+The gateway's own routes (no-backend, metadata documents) switch the filter off.
 """
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -39,24 +37,17 @@ from envoy.config.cluster.v3.cluster_pb2 import Cluster
 from envoy.extensions.filters.http.jwt_authn.v3 import config_pb2 as _jwt_authn_pb2  # noqa: F401
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2 as _tls_pb2  # noqa: F401
 
-from xds_server.ir.types import BackendIR, EndpointIR, GatewayIR, JwtProviderIR
+from xds_server.core.wire import JWT_METADATA_NAMESPACE, typed
+from xds_server.ir.types import EndpointIR, GatewayIR, JwtProviderIR, RouteIR
 from xds_server.translate.cluster import SYSTEM_CA_BUNDLE, UPSTREAM_TLS_TYPE, is_ip, load_assignment, san_matcher
-from xds_server.translate.proto import to_message, typed
-from xds_server.translate.rbac import JWT_METADATA_NAMESPACE
+from xds_server.translate.filters import FilterUses, HttpFilter, Slot, Use
+from xds_server.translate.proto import to_message
 
 JWT_FILTER = JWT_METADATA_NAMESPACE  # the filter's name is also its metadata namespace
 JWT_TYPE = "envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication"
 JWT_PER_ROUTE_TYPE = "envoy.extensions.filters.http.jwt_authn.v3.PerRouteConfig"
 OPTIONAL_REQUIREMENT = "optional"
 JWKS_FETCH_TIMEOUT = "5s"
-
-
-class JwtConfigError(ValueError):
-    """A provider's keys cannot be used, or a backend names a provider its gateway lacks.
-
-    The build is refused (fail closed): a gateway that cannot check tokens
-    must not serve with half of its identity configuration.
-    """
 
 
 def user_requirement_name(provider: str) -> str:
@@ -68,29 +59,6 @@ def jwks_cluster_name(provider: str) -> str:
 
 
 # ---------------------------------------------------------------- keys
-
-
-def _checked_jwks(text: str, what: str) -> str:
-    """`text` if it is a JWKS document with at least one key (Envoy would reject every token otherwise)."""
-    try:
-        document = json.loads(text)
-    except ValueError as exc:
-        raise JwtConfigError(f"{what}: not JSON ({exc})") from None
-    keys = document.get("keys") if isinstance(document, dict) else None
-    if not isinstance(keys, list) or not keys:
-        raise JwtConfigError(f"{what}: not a JWKS document (an object with a non-empty `keys` list)")
-    return text
-
-
-def _read_jwks_file(provider: JwtProviderIR) -> str:
-    assert provider.jwks_file is not None
-    what = f"JWT provider {provider.name}: jwks.file {provider.jwks_file}"
-    try:
-        text = Path(provider.jwks_file).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-        raise JwtConfigError(f"{what}: cannot read it: {reason}") from None
-    return _checked_jwks(text, what)
 
 
 def _jwks(provider: JwtProviderIR) -> dict[str, Any]:
@@ -109,14 +77,8 @@ def _jwks(provider: JwtProviderIR) -> dict[str, Any]:
                 "async_fetch": {"fast_listener": True},
             }
         }
-    if provider.jwks_file is not None:
-        return {"local_jwks": {"inline_string": _read_jwks_file(provider)}}
-    assert provider.jwks_inline is not None
-    return {
-        "local_jwks": {
-            "inline_string": _checked_jwks(provider.jwks_inline, f"JWT provider {provider.name}: jwks.inline")
-        }
-    }
+    assert provider.jwks is not None  # written inline or read from its file, checked when the IR was built
+    return {"local_jwks": {"inline_string": provider.jwks}}
 
 
 def _token_sources(provider: JwtProviderIR) -> list[dict[str, Any]]:
@@ -126,7 +88,7 @@ def _token_sources(provider: JwtProviderIR) -> list[dict[str, Any]]:
 
 
 def provider_config(provider: JwtProviderIR) -> dict[str, Any]:
-    """One jwt_authn `JwtProvider` (raises JwtConfigError for unusable keys)."""
+    """One jwt_authn `JwtProvider`."""
     config: dict[str, Any] = {
         "issuer": provider.issuer,
         **_jwks(provider),
@@ -163,19 +125,8 @@ def _all(requirements: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def auth_providers(gateway: GatewayIR) -> list[str]:
-    """The providers whose tokens some backend of `gateway` requires (raises JwtConfigError for unknown ones)."""
-    known = {p.name for p in gateway.identity.jwt_providers}
-    names = set()
-    for backend in gateway.backends:
-        if backend.auth is None:
-            continue
-        if backend.auth.provider not in known:
-            raise JwtConfigError(
-                f"backend {backend.name}: auth.provider {backend.auth.provider!r} is not a jwtProvider of gateway "
-                f"{gateway.name} (known: {', '.join(sorted(known)) or 'none'})"
-            )
-        names.add(backend.auth.provider)
-    return sorted(names)
+    """The providers whose tokens some route of `gateway` requires (each one of the gateway's)."""
+    return sorted({r.auth.provider for r in gateway.routes if r.auth is not None})
 
 
 def requirement_map(gateway: GatewayIR) -> dict[str, Any]:
@@ -188,7 +139,7 @@ def requirement_map(gateway: GatewayIR) -> dict[str, Any]:
     return requirements
 
 
-def jwt_authn_filter(gateway: GatewayIR) -> dict[str, Any] | None:
+def jwt_authn_filter(gateway: GatewayIR) -> HttpFilter | None:
     """The jwt_authn HTTP filter, or None when the gateway has no JWT providers."""
     providers = gateway.identity.jwt_providers
     if not providers:
@@ -199,22 +150,24 @@ def jwt_authn_filter(gateway: GatewayIR) -> dict[str, Any] | None:
         # Every route names its requirement; this is the safety net for one that would not.
         "rules": [{"match": {"prefix": "/"}, "requirement_name": OPTIONAL_REQUIREMENT}],
     }
-    return {"name": JWT_FILTER, "typed_config": typed(JWT_TYPE, config)}
+    return HttpFilter(
+        JWT_FILTER, Slot.AUTHN, typed(JWT_TYPE, config), off=typed(JWT_PER_ROUTE_TYPE, {"disabled": True})
+    )
 
 
-def route_requirement(gateway: GatewayIR, backend: BackendIR) -> dict[str, Any]:
-    """typed_per_filter_config entries for one backend route ({} when the gateway checks no JWTs)."""
+def route_requirement(gateway: GatewayIR, route: RouteIR) -> FilterUses:
+    """The route's jwt_authn requirement ({} when the gateway checks no JWTs)."""
     if not gateway.identity.jwt_providers:
         return {}
-    name = user_requirement_name(backend.auth.provider) if backend.auth is not None else OPTIONAL_REQUIREMENT
+    name = user_requirement_name(route.auth.provider) if route.auth is not None else OPTIONAL_REQUIREMENT
     return {JWT_FILTER: typed(JWT_PER_ROUTE_TYPE, {"requirement_name": name})}
 
 
-def route_disabled(gateway: GatewayIR) -> dict[str, Any]:
-    """typed_per_filter_config entries switching jwt_authn off on a route that serves no backend."""
+def route_disabled(gateway: GatewayIR) -> FilterUses:
+    """jwt_authn off, on a route that serves no upstream ({} when the gateway checks no JWTs)."""
     if not gateway.identity.jwt_providers:
         return {}
-    return {JWT_FILTER: typed(JWT_PER_ROUTE_TYPE, {"disabled": True})}
+    return {JWT_FILTER: Use.OFF}
 
 
 # ---------------------------------------------------------------- JWKS clusters
@@ -224,13 +177,13 @@ def _jwks_cluster(provider: JwtProviderIR) -> Cluster:
     assert provider.jwks_url is not None
     url = urlsplit(provider.jwks_url)
     host = url.hostname or ""
-    if not host:
-        raise JwtConfigError(f"JWT provider {provider.name}: jwks.url {provider.jwks_url!r} names no host")
+    if not host:  # the policy model accepts http(s) URLs with a host only
+        raise ValueError(f"JWT provider {provider.name}: jwks.url {provider.jwks_url!r} names no host")
     tls = url.scheme == "https"
     try:
         port = url.port or (443 if tls else 80)
     except ValueError:
-        raise JwtConfigError(f"JWT provider {provider.name}: jwks.url {provider.jwks_url!r} has a bad port") from None
+        raise ValueError(f"JWT provider {provider.name}: jwks.url {provider.jwks_url!r} has a bad port") from None
     name = jwks_cluster_name(provider.name)
     body: dict[str, Any] = {
         "name": name,

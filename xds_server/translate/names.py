@@ -2,12 +2,17 @@
 
 Every cross-reference between resources (listener → route config, route →
 cluster, cluster → endpoints) goes through these functions, so a rename is one
-edit and `verify` can recompute what each reference must be.
+edit and `verify` can recompute what each reference must be. Resources that
+belong to a route carry its protocol's kind (`mcp/github`), so routes of two
+kinds can never share a cluster.
 """
 
 from __future__ import annotations
 
-MCP_METADATA_NAMESPACE = "envoy.filters.http.mcp"
+from xds_server.core.wire import MCP_METADATA_NAMESPACE
+from xds_server.ir.types import RouteIR
+
+__all__ = ["MCP_METADATA_NAMESPACE", "cluster_name", "listener_name", "rbac_policy_name", "route_config_name"]
 
 
 def listener_name(gateway: str) -> str:
@@ -18,13 +23,15 @@ def route_config_name(gateway: str) -> str:
     return f"gateway/{gateway}/routes"
 
 
-def cluster_name(backend: str) -> str:
-    return f"mcp/{backend}"
+def cluster_name(route: RouteIR) -> str:
+    """The route's upstream cluster (and its EDS resource): `<kind>/<name>`."""
+    return f"{route.kind}/{route.name}"
 
 
-def route_name(backend: str) -> str:
-    """The route's name is the backend's: local replies show it as %ROUTE_NAME%."""
-    return backend
+def route_name(route: RouteIR) -> str:
+    """The Envoy route entries' name is the route's: local replies show it as %ROUTE_NAME% (the
+    backend a refusal names), and names are unique across routed kinds."""
+    return route.name
 
 
 def rbac_policy_name(agent: str) -> str:

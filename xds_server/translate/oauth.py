@@ -30,22 +30,19 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit
 
-from xds_server.ir.types import BackendIR, GatewayIR, JwtProviderIR
+from xds_server.core.wire import literal
+from xds_server.ir.types import GatewayIR, JwtProviderIR, RouteIR
 
 WELL_KNOWN = "/.well-known/oauth-protected-resource"
 REQUEST_ORIGIN = "%REQ(:scheme)%://%REQ(:authority)%"
 
 
-def literal(text: str) -> str:
-    """`text` as a literal inside an Envoy format string."""
-    return text.replace("%", "%%")
+def auth_backends(gateway: GatewayIR) -> list[RouteIR]:
+    """The routes that require a user token."""
+    return [r for r in gateway.routes if r.auth is not None]
 
 
-def auth_backends(gateway: GatewayIR) -> list[BackendIR]:
-    return [b for b in gateway.backends if b.auth is not None]
-
-
-def metadata_route_name(backend: BackendIR) -> str:
+def metadata_route_name(backend: RouteIR) -> str:
     """Route name of the backend's metadata document (backend names hold no '/', so it is unique)."""
     return f"{backend.name}/oauth-protected-resource"
 
@@ -56,10 +53,10 @@ def _inserted(path: str) -> str:
     return WELL_KNOWN + path
 
 
-def document_paths(gateway: GatewayIR, backend: BackendIR) -> list[str]:
+def document_paths(gateway: GatewayIR, backend: RouteIR) -> list[str]:
     """Gateway paths serving `backend`'s metadata document."""
     assert backend.auth is not None
-    paths = {_inserted(backend.route_path)}
+    paths = {_inserted(backend.path)}
     if backend.auth.resource is not None:
         # Clients build the URL from the configured resource; serve it there too.
         paths.add(_inserted(urlsplit(backend.auth.resource).path))
@@ -68,29 +65,29 @@ def document_paths(gateway: GatewayIR, backend: BackendIR) -> list[str]:
     return sorted(paths)
 
 
-def resource(backend: BackendIR) -> str:
+def resource(backend: RouteIR) -> str:
     """The RFC 9728 `resource` (format string): configured, or this request's origin + the route path."""
     assert backend.auth is not None
     if backend.auth.resource is not None:
         return literal(backend.auth.resource)
-    return REQUEST_ORIGIN + literal(backend.route_path)
+    return REQUEST_ORIGIN + literal(backend.path)
 
 
-def metadata_url(backend: BackendIR) -> str:
+def metadata_url(backend: RouteIR) -> str:
     """Absolute URL of the metadata document (format string), for `resource_metadata`."""
     assert backend.auth is not None
     if backend.auth.resource is not None:
         url = urlsplit(backend.auth.resource)
         return literal(f"{url.scheme}://{url.netloc}{_inserted(url.path)}")
-    return REQUEST_ORIGIN + literal(_inserted(backend.route_path))
+    return REQUEST_ORIGIN + literal(_inserted(backend.path))
 
 
-def provider_of(gateway: GatewayIR, backend: BackendIR) -> JwtProviderIR | None:
+def provider_of(gateway: GatewayIR, backend: RouteIR) -> JwtProviderIR | None:
     assert backend.auth is not None
     return next((p for p in gateway.identity.jwt_providers if p.name == backend.auth.provider), None)
 
 
-def document(gateway: GatewayIR, backend: BackendIR) -> dict[str, Any]:
+def document(gateway: GatewayIR, backend: RouteIR) -> dict[str, Any]:
     """The protected-resource metadata document (a JSON object of format strings)."""
     assert backend.auth is not None
     provider = provider_of(gateway, backend)
@@ -105,7 +102,7 @@ def document(gateway: GatewayIR, backend: BackendIR) -> dict[str, Any]:
     return body
 
 
-def challenge(backend: BackendIR, *, invalid_token: bool) -> str:
+def challenge(backend: RouteIR, *, invalid_token: bool) -> str:
     """The `WWW-Authenticate` value (format string) for a 401 on `backend`.
 
     RFC 6750 §3.1: no error code when the request carried no token,

@@ -4,10 +4,9 @@ Translators write configuration as dicts shaped like Envoy's documented YAML
 (easy to read next to Envoy's docs) and convert them here with `ParseDict`,
 which rejects any unknown field at translation time rather than at Envoy.
 
-`typed(type_name, body)` makes an `Any`-style dict. For messages whose
-xds-protos version lags Envoy 1.40 (fields Envoy has but the Python classes
-lack), `typed_struct` wraps the config in `xds.type.v3.TypedStruct`, which
-Envoy converts with its own, current, descriptors.
+`typed(type_name, body)` makes an `Any`-style dict and `typed_struct` wraps
+a config whose xds-protos message lags Envoy 1.40 (both from core.wire,
+re-exported here for the translators).
 """
 
 from __future__ import annotations
@@ -18,6 +17,10 @@ from typing import Any, TypeVar
 
 from google.protobuf import json_format
 from google.protobuf.message import Message
+
+from xds_server.core.wire import typed, typed_struct
+
+__all__ = ["to_dict", "to_message", "typed", "typed_struct"]
 
 M = TypeVar("M", bound=Message)
 
@@ -42,8 +45,6 @@ _ANY_MODULES = (
 )
 _loaded = False
 
-TYPE_PREFIX = "type.googleapis.com/"
-
 
 def _ensure_descriptors() -> None:
     global _loaded
@@ -51,20 +52,6 @@ def _ensure_descriptors() -> None:
         for name in _ANY_MODULES:
             importlib.import_module(name)
         _loaded = True
-
-
-def typed(type_name: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-    """An `Any` in dict form: `{"@type": type.googleapis.com/<type_name>, **body}`."""
-    return {"@type": TYPE_PREFIX + type_name, **(body or {})}
-
-
-def typed_struct(type_name: str, body: dict[str, Any]) -> dict[str, Any]:
-    """An `Any` holding a `xds.type.v3.TypedStruct` for `type_name` with `body` as its value.
-
-    Use only where xds-protos lacks fields that Envoy 1.40 has; Envoy validates
-    the converted message exactly as if it had been sent typed.
-    """
-    return typed("xds.type.v3.TypedStruct", {"type_url": TYPE_PREFIX + type_name, "value": body})
 
 
 def to_message(cls: type[M], body: dict[str, Any]) -> M:

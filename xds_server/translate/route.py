@@ -1,19 +1,26 @@
-"""A gateway's backends → one RouteConfiguration (RDS).
+"""A gateway's routes → one RouteConfiguration (RDS).
 
-Per backend, matched on its exact gateway path and all carrying the
-backend's RBAC allow-list: first the route whose tool calls need a policy
-decision (ext_authz on), then the route for list methods (ext_proc on), then
-the native route for everything else (see `policy_service`). Every route of a
-backend is named after it, so replies name the backend whichever matched.
-A last catch-all route answers 404 (mapped to a JSON-RPC "no backend" error)
-with RBAC switched off, so a wrong path is reported as a wrong path rather
-than as a denial.
+Per route, matched on its exact gateway path and all carrying the route's
+RBAC allow-list, most specific first:
 
-Each backend route names its JWT requirement (optional tokens, or the
-backend's user token when it has `auth`, see `jwt`). A backend with `auth`
-also gets routes serving its OAuth protected-resource metadata (see
-`oauth`): plain GETs that need no token, so the MCP filter, jwt_authn, RBAC
-and the policy filters are off there.
+- a route with delegated credentials: the requests whose responses are
+  rewritten (ext_authz and ext_proc on), then every other request (ext_authz on);
+- otherwise: the calls that need a policy decision (ext_authz on), the
+  requests whose responses are rewritten (ext_proc on), then the native
+  route for everything else (RBAC only).
+
+The protocol translator says how to match calls and rewritten responses
+(`call_match`, `response_match`); the policy service's filters are enabled
+by `policy_service`. Every Envoy route of one route is named after it, so
+replies name it whichever matched. What each Envoy route does with each
+listener filter is computed by `filters.RouteFilters`, never written per
+route kind.
+
+The gateway's own routes: a route with `auth` also gets routes serving its
+OAuth protected-resource metadata (plain GETs that need no token: protocol
+filters, jwt_authn, RBAC and the policy filters off there; see `oauth`); a
+last catch-all answers 404 (mapped to a JSON-RPC "no backend" error) with
+RBAC off, so a wrong path is reported as a wrong path rather than as a denial.
 """
 
 from __future__ import annotations
@@ -22,106 +29,99 @@ from typing import Any
 
 from envoy.config.route.v3.route_pb2 import RouteConfiguration
 
-from xds_server.ir.types import BackendIR, GatewayIR
+from xds_server.ir.types import GatewayIR, RouteIR
 from xds_server.translate import jwt, oauth, policy_service, rbac
-from xds_server.translate.names import MCP_METADATA_NAMESPACE, cluster_name, route_config_name, route_name
-from xds_server.translate.proto import to_message, typed
+from xds_server.translate.filters import FilterUses, HttpFilter, RouteFilters, Slot, Use
+from xds_server.translate.listener import listener_filters
+from xds_server.translate.names import cluster_name, route_config_name, route_name
+from xds_server.translate.proto import to_message
+from xds_server.translate.protocols import translator_for
 
 NO_BACKEND_ROUTE = "no-backend"
-FILTER_CONFIG_TYPE = "envoy.config.route.v3.FilterConfig"
 
 
-def _backend_routes(backend: BackendIR, gateway: GatewayIR) -> list[dict[str, Any]]:
-    """The backend's routes, most specific first."""
-    python = policy_service.gateway_needs_policy_service(gateway)
-    native = _backend_route(backend, gateway, {"path": backend.route_path},
-                            policy_service.no_policy_filters() if python else None)  # fmt: skip
-    authz = policy_service.authz_route_match(backend)
-    lists = policy_service.list_route_match(backend)
-    if backend.credentials is not None:
-        # Every request needs the policy service (for the backend's credential);
-        # list answers are also filtered, so their route turns both filters on.
-        routes = []
-        if lists is not None:
-            routes.append(
-                _backend_route(backend, gateway, lists, policy_service.enable_ext_authz_and_ext_proc(backend, gateway))
-            )
-        assert authz is not None
-        return routes + [_backend_route(backend, gateway, authz, policy_service.enable_ext_authz(backend, gateway))]
-    routes = []
-    if authz is not None:
-        routes.append(_backend_route(backend, gateway, authz, policy_service.enable_ext_authz(backend, gateway)))
-    if lists is not None:
-        routes.append(_backend_route(backend, gateway, lists, policy_service.enable_ext_proc(backend)))
-    return routes + [native]
+def _variants(route: RouteIR, gateway: GatewayIR) -> list[tuple[dict[str, Any], FilterUses]]:
+    """(match, policy-service filter uses) of the route's Envoy routes, most specific first."""
+    protocol = translator_for(route)
+    whole = {"path": route.path}
+    calls, responses = protocol.call_match(route), protocol.response_match(route)
+    authz = policy_service.ext_authz_use(route, gateway)
+    proc = policy_service.ext_proc_use(route)
+    variants: list[tuple[dict[str, Any], FilterUses]] = []
+    if route.decisions.every_request:
+        # Every request needs the policy service (for its credential); rewritten
+        # responses also go through ext_proc, so their route turns both on.
+        if responses is not None:
+            variants.append((responses, {**authz, **proc}))
+        return [*variants, (whole, authz)]
+    if calls is not None:
+        variants.append((calls, authz))
+    if responses is not None:
+        variants.append((responses, proc))
+    return [*variants, (whole, {})]
 
 
-def _backend_route(
-    backend: BackendIR, gateway: GatewayIR, match: dict[str, Any], filters: dict[str, Any] | None = None
-) -> dict[str, Any]:
+def _route_entries(route: RouteIR, gateway: GatewayIR, filters: list[HttpFilter]) -> list[dict[str, Any]]:
+    protocol = translator_for(route)
     action: dict[str, Any] = {
-        "cluster": cluster_name(backend.name),
-        "timeout": f"{backend.request_timeout_ms / 1000:.3f}s",
+        "cluster": cluster_name(route),
+        "timeout": f"{route.request_timeout_ms / 1000:.3f}s",
         # Set explicitly: Envoy's own default (5 min) would otherwise apply unseen.
-        "idle_timeout": f"{backend.idle_timeout_ms / 1000:.3f}s",
+        "idle_timeout": f"{route.idle_timeout_ms / 1000:.3f}s",
     }
-    if backend.upstream_path != backend.route_path:
-        action["prefix_rewrite"] = backend.upstream_path
-    return {
-        "name": route_name(backend.name),
-        "match": match,
-        "route": action,
-        # An agent's API key proves who it is to the gateway; the backend never sees it.
-        "request_headers_to_remove": [gateway.identity.api_key_header],
-        "typed_per_filter_config": {
-            rbac.RBAC_FILTER: rbac.backend_rbac(backend, gateway.agents),
-            **jwt.route_requirement(gateway, backend),
-            **(filters or {}),
-        },
-    }
-
-
-def _metadata_routes(gateway: GatewayIR) -> list[dict[str, Any]]:
-    """The protected-resource metadata documents of the backends with `auth` (bodies: local replies)."""
-    filters = {
-        # Not MCP traffic: a plain GET the MCP filter would refuse (REJECT_NO_MCP).
-        MCP_METADATA_NAMESPACE: typed(FILTER_CONFIG_TYPE, {"disabled": True}),
-        rbac.RBAC_FILTER: typed(rbac.RBAC_PER_ROUTE_TYPE),
-        **jwt.route_disabled(gateway),
-        **(policy_service.no_policy_filters() if policy_service.gateway_needs_policy_service(gateway) else {}),
+    if route.upstream.path != route.path:
+        action["prefix_rewrite"] = route.upstream.path
+    common: FilterUses = {
+        rbac.RBAC_FILTER: rbac.route_rbac(route, gateway.agents, protocol),
+        **jwt.route_requirement(gateway, route),
     }
     return [
         {
-            "name": oauth.metadata_route_name(backend),
-            "match": {"path": path},
-            "direct_response": {"status": 200},
-            "typed_per_filter_config": filters,
+            "name": route_name(route),
+            "match": match,
+            "route": action,
+            # An agent's API key proves who it is to the gateway; the upstream never sees it.
+            "request_headers_to_remove": [gateway.identity.api_key_header],
+            "typed_per_filter_config": RouteFilters(route.kind, {**common, **uses}).config(filters),
         }
-        for backend in oauth.auth_backends(gateway)
-        for path in oauth.document_paths(gateway, backend)
+        for match, uses in _variants(route, gateway)
     ]
 
 
-def _no_backend_route(gateway: GatewayIR) -> dict[str, Any]:
-    filters = policy_service.no_policy_filters() if policy_service.gateway_needs_policy_service(gateway) else {}
+def _metadata_routes(gateway: GatewayIR, filters: list[HttpFilter]) -> list[dict[str, Any]]:
+    """The protected-resource metadata documents of the routes with `auth` (bodies: local replies)."""
+    # Not protocol traffic: a plain GET a protocol filter would refuse; no token, no RBAC.
+    uses: FilterUses = {Slot.DEFRAME: Use.OFF, rbac.RBAC_FILTER: Use.OFF, **jwt.route_disabled(gateway)}
+    config = RouteFilters(None, uses).config(filters)
+    return [
+        {
+            "name": oauth.metadata_route_name(route),
+            "match": {"path": path},
+            "direct_response": {"status": 200},
+            "typed_per_filter_config": config,
+        }
+        for route in oauth.auth_backends(gateway)
+        for path in oauth.document_paths(gateway, route)
+    ]
+
+
+def _no_backend_route(gateway: GatewayIR, filters: list[HttpFilter]) -> dict[str, Any]:
+    # The protocol filter stays on: it reads the request's id for the reply.
+    uses: FilterUses = {rbac.RBAC_FILTER: Use.OFF, **jwt.route_disabled(gateway)}
     return {
         "name": NO_BACKEND_ROUTE,
         "match": {"prefix": "/"},
         "direct_response": {"status": 404},
-        # An RBACPerRoute without rules disables RBAC on this route only.
-        "typed_per_filter_config": {
-            rbac.RBAC_FILTER: typed(rbac.RBAC_PER_ROUTE_TYPE),
-            **jwt.route_disabled(gateway),
-            **filters,
-        },
+        "typed_per_filter_config": RouteFilters(None, uses).config(filters),
     }
 
 
 def build_route_config(gateway: GatewayIR) -> RouteConfiguration:
+    filters = listener_filters(gateway)
     routes = [
-        *_metadata_routes(gateway),
-        *(r for b in gateway.backends for r in _backend_routes(b, gateway)),
-        _no_backend_route(gateway),
+        *_metadata_routes(gateway, filters),
+        *(entry for route in gateway.routes for entry in _route_entries(route, gateway, filters)),
+        _no_backend_route(gateway, filters),
     ]
     body = {
         "name": route_config_name(gateway.name),

@@ -6,10 +6,10 @@ ADS stream (SDS, by name, like EDS and RDS):
     gateway/<gw>/cert    tls_certificate: the gateway's certificate chain and private key
     gateway/<gw>/trust   validation_context: the CAs that sign agent certificates
 
-Their contents are read from the files the Gateway names at build time, so a
-rotated file only changes the Secret resources: Envoy swaps the certificate
-or trust bundle in place (new connections use it, open ones keep theirs), with
-no listener drain and no restart.
+Their contents were read from the files the Gateway names when the IR was
+built, so a rotated file only changes the Secret resources: Envoy swaps the
+certificate or trust bundle in place (new connections use it, open ones keep
+theirs), with no listener drain and no restart.
 
 What the listener refuses at the handshake, before any HTTP is read:
 - with client certificates required: a client that presents none;
@@ -20,34 +20,27 @@ A valid certificate of an identity no agent has gets through the handshake
 and is refused by RBAC (unknown agent), which matches the URI SAN against each
 agent's SPIFFE ID (`authenticated.principal_name`, see rbac.py).
 
-The files are checked while building: readable PEM, a private key that
-matches the leaf certificate, a non-empty trust bundle. A half-written
-rotation (new certificate, old key) is refused like a policy error and never
-reaches Envoy; the next file event publishes the finished pair.
+The files were checked when they were read (ir/materials.py): readable PEM, a
+private key that matches the leaf certificate, a non-empty trust bundle. A
+half-written rotation (new certificate, old key) is refused like a policy
+error and never reaches Envoy; the next file event publishes the finished pair.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2  # noqa: F401 (registers the Any type)
 from envoy.extensions.transport_sockets.tls.v3.secret_pb2 import Secret
 
-from xds_server.ir.types import DownstreamTlsIR, GatewayIR
-from xds_server.translate.proto import typed
+from xds_server.core.wire import typed
+from xds_server.ir.types import GatewayIR
 
 DOWNSTREAM_TLS_TYPE = "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
 TLS_SOCKET = "envoy.transport_sockets.tls"
 ALPN = ("h2", "http/1.1")
 #: Secrets come over the ADS stream that carries everything else.
 SDS_CONFIG = {"ads": {}, "resource_api_version": "V3"}
-
-
-class TlsMaterialError(ValueError):
-    """A certificate, key or trust bundle file cannot be used; the build is refused."""
 
 
 def certificate_secret_name(gateway: str) -> str:
@@ -69,7 +62,7 @@ def _sds(name: str) -> dict[str, Any]:
 
 def downstream_transport_socket(gateway: GatewayIR) -> dict[str, Any] | None:
     """The listener's TLS transport socket, or None for plain HTTP."""
-    tls = gateway.tls
+    tls = gateway.listener.tls
     if tls is None:
         return None
     common: dict[str, Any] = {
@@ -94,68 +87,18 @@ def downstream_transport_socket(gateway: GatewayIR) -> dict[str, Any] | None:
 # ---------------------------------------------------------------- secrets
 
 
-def _read(path: str, what: str, gateway: str) -> bytes:
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise TlsMaterialError(f"gateway {gateway}: {what} {path}: cannot read it ({exc.strerror})") from None
-    if not data.strip():
-        raise TlsMaterialError(f"gateway {gateway}: {what} {path} is empty")
-    return data
-
-
-def _certificates(data: bytes, path: str, what: str, gateway: str) -> list[x509.Certificate]:
-    try:
-        certs = x509.load_pem_x509_certificates(data)
-    except ValueError:
-        certs = []
-    if not certs:
-        raise TlsMaterialError(f"gateway {gateway}: {what} {path} holds no PEM certificate")
-    return certs
-
-
-def _check_key(key_pem: bytes, leaf: x509.Certificate, tls: DownstreamTlsIR, gateway: str) -> None:
-    path = tls.private_key_file
-    try:
-        key = serialization.load_pem_private_key(key_pem, password=None)
-    except TypeError:
-        raise TlsMaterialError(
-            f"gateway {gateway}: private key {path} is encrypted (Envoy needs it unencrypted)"
-        ) from None
-    except Exception as exc:  # ValueError, or UnsupportedAlgorithm for a key type cryptography lacks
-        raise TlsMaterialError(f"gateway {gateway}: private key {path} is not a PEM private key ({exc})") from None
-
-    def spki(public: Any) -> bytes:
-        return public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-
-    if spki(key.public_key()) != spki(leaf.public_key()):
-        raise TlsMaterialError(
-            f"gateway {gateway}: private key {path} does not belong to the certificate in {tls.certificate_file}"
-        )
-
-
 def gateway_secrets(gateway: GatewayIR) -> list[Secret]:
-    """The SDS secrets the gateway's listener names (none without TLS).
-
-    Raises TlsMaterialError when a file is missing, unreadable, not PEM, or
-    the key does not match the certificate.
-    """
-    tls = gateway.tls
+    """The SDS secrets the gateway's listener names (none without TLS)."""
+    tls = gateway.listener.tls
     if tls is None:
         return []
-    chain = _read(tls.certificate_file, "certificate", gateway.name)
-    key = _read(tls.private_key_file, "private key", gateway.name)
-    leaf = _certificates(chain, tls.certificate_file, "certificate", gateway.name)[0]
-    _check_key(key, leaf, tls, gateway.name)
     cert_secret = Secret(name=certificate_secret_name(gateway.name))
-    cert_secret.tls_certificate.certificate_chain.inline_bytes = chain
-    cert_secret.tls_certificate.private_key.inline_bytes = key
+    cert_secret.tls_certificate.certificate_chain.inline_bytes = tls.certificate_pem.encode()
+    cert_secret.tls_certificate.private_key.inline_bytes = tls.private_key.value.encode()
     secrets = [cert_secret]
-    if tls.trust_bundle_file is not None:
-        bundle = _read(tls.trust_bundle_file, "trust bundle", gateway.name)
-        _certificates(bundle, tls.trust_bundle_file, "trust bundle", gateway.name)
+    if tls.trust_bundle_pem is not None:
         trust = Secret(name=trust_secret_name(gateway.name))
-        trust.validation_context.trusted_ca.inline_bytes = bundle
+        trust.validation_context.trusted_ca.inline_bytes = tls.trust_bundle_pem.encode()
         secrets.append(trust)
     return secrets
 

@@ -2,7 +2,7 @@
 
 `StatusRecorder` is written by the ADS servicer (connections, sends, ACKs,
 NACKs) and by the publishing pipeline (`set_policy_errors`,
-`set_snapshot_version`), and read through `view()` as an immutable
+`set_internal_errors`, `set_snapshot_version`), and read through `view()` as an immutable
 `StatusView`. Records outlive streams: a node that disconnected is still listed
 (`connected=False`) with its last versions and NACKs.
 
@@ -73,6 +73,7 @@ class StatusView:
     nodes: tuple[NodeStatus, ...]  # sorted by node id
     groups: tuple[GroupStatus, ...]  # sorted by group
     policy_errors: tuple[str, ...]
+    internal_errors: tuple[str, ...] = ()  # the last build failed in the gateway itself (a bug)
 
     def node(self, node_id: str) -> NodeStatus | None:
         return next((n for n in self.nodes if n.node_id == node_id), None)
@@ -101,6 +102,7 @@ class StatusRecorder:
         self._nodes: dict[str, _Node] = {}
         self._groups: dict[str, GroupStatus] = {}
         self._policy_errors: tuple[str, ...] = ()
+        self._internal_errors: tuple[str, ...] = ()
 
     # -- written by the ADS servicer ---------------------------------------
 
@@ -159,6 +161,11 @@ class StatusRecorder:
         with self._lock:
             self._policy_errors = tuple(errors)
 
+    def set_internal_errors(self, errors: Iterable[str]) -> None:
+        """What went wrong inside the gateway in the last build (empty when it did not fail)."""
+        with self._lock:
+            self._internal_errors = tuple(errors)
+
     def set_snapshot_version(self, group: str, version: str) -> None:
         """The snapshot version the pipeline published for `group`."""
         with self._lock:
@@ -180,7 +187,9 @@ class StatusRecorder:
                 for node_id, n in sorted(self._nodes.items())
             )
             groups = tuple(self._groups[g] for g in sorted(self._groups))
-            return StatusView(nodes=nodes, groups=groups, policy_errors=self._policy_errors)
+            return StatusView(
+                nodes=nodes, groups=groups, policy_errors=self._policy_errors, internal_errors=self._internal_errors
+            )
 
     # -- helpers (call with the lock held) -----------------------------------
 

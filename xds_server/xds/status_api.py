@@ -52,7 +52,9 @@ def to_proto(view: StatusView, served: dict[str, str] | None = None) -> status_p
         prev = groups.get(group)
         at = prev.updated_at if prev is not None and prev.snapshot_version == version else None
         groups[group] = GroupStatus(group, version, at)
-    resp = status_pb2.GetStatusResponse(policy_errors=list(view.policy_errors))
+    resp = status_pb2.GetStatusResponse(
+        policy_errors=list(view.policy_errors), internal_errors=list(view.internal_errors)
+    )
     for node in view.nodes:
         resp.nodes.append(
             status_pb2.NodeStatus(

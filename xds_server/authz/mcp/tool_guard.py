@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from xds_server.authz.mcp.screening import screen_description
-from xds_server.ir.types import DriftAction, PinnedToolIR, ScreeningMode, ToolGuardIR
+from xds_server.ir.mcp import DriftAction, PinnedToolIR, ScreeningMode, ToolGuardIR
 
 DESCRIPTION_CHANGED = "description changed since pinned"
 SCHEMA_CHANGED = "input schema changed since pinned"

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x61gentxds/v1/status.proto\x12\x0b\x61gentxds.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x12\n\x10GetStatusRequest\"{\n\x04Nack\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x10\n\x08type_url\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x15\n\rerror_message\x18\x04 \x01(\t\x12(\n\x04time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xd0\x01\n\nTypeStatus\x12\x10\n\x08type_url\x18\x01 \x01(\t\x12\x14\n\x0csent_version\x18\x02 \x01(\t\x12-\n\tsent_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\racked_version\x18\x04 \x01(\t\x12.\n\nacked_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12$\n\tlast_nack\x18\x06 \x01(\x0b\x32\x11.agentxds.v1.Nack\"\xc5\x01\n\nNodeStatus\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\r\n\x05group\x18\x02 \x01(\t\x12\x11\n\tconnected\x18\x03 \x01(\x08\x12\x33\n\x0f\x63onnected_since\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x05types\x18\x05 \x03(\x0b\x32\x17.agentxds.v1.TypeStatus\x12\'\n\x0crecent_nacks\x18\x06 \x03(\x0b\x32\x11.agentxds.v1.Nack\"h\n\x0bGroupStatus\x12\r\n\x05group\x18\x01 \x01(\t\x12\x18\n\x10snapshot_version\x18\x02 \x01(\t\x12\x30\n\x0cupdated_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"|\n\x11GetStatusResponse\x12&\n\x05nodes\x18\x01 \x03(\x0b\x32\x17.agentxds.v1.NodeStatus\x12(\n\x06groups\x18\x02 \x03(\x0b\x32\x18.agentxds.v1.GroupStatus\x12\x15\n\rpolicy_errors\x18\x03 \x03(\t2T\n\x06Status\x12J\n\tGetStatus\x12\x1d.agentxds.v1.GetStatusRequest\x1a\x1e.agentxds.v1.GetStatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x61gentxds/v1/status.proto\x12\x0b\x61gentxds.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x12\n\x10GetStatusRequest\"{\n\x04Nack\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x10\n\x08type_url\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x15\n\rerror_message\x18\x04 \x01(\t\x12(\n\x04time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xd0\x01\n\nTypeStatus\x12\x10\n\x08type_url\x18\x01 \x01(\t\x12\x14\n\x0csent_version\x18\x02 \x01(\t\x12-\n\tsent_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\racked_version\x18\x04 \x01(\t\x12.\n\nacked_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12$\n\tlast_nack\x18\x06 \x01(\x0b\x32\x11.agentxds.v1.Nack\"\xc5\x01\n\nNodeStatus\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\r\n\x05group\x18\x02 \x01(\t\x12\x11\n\tconnected\x18\x03 \x01(\x08\x12\x33\n\x0f\x63onnected_since\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x05types\x18\x05 \x03(\x0b\x32\x17.agentxds.v1.TypeStatus\x12\'\n\x0crecent_nacks\x18\x06 \x03(\x0b\x32\x11.agentxds.v1.Nack\"h\n\x0bGroupStatus\x12\r\n\x05group\x18\x01 \x01(\t\x12\x18\n\x10snapshot_version\x18\x02 \x01(\t\x12\x30\n\x0cupdated_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x95\x01\n\x11GetStatusResponse\x12&\n\x05nodes\x18\x01 \x03(\x0b\x32\x17.agentxds.v1.NodeStatus\x12(\n\x06groups\x18\x02 \x03(\x0b\x32\x18.agentxds.v1.GroupStatus\x12\x15\n\rpolicy_errors\x18\x03 \x03(\t\x12\x17\n\x0finternal_errors\x18\x04 \x03(\t2T\n\x06Status\x12J\n\tGetStatus\x12\x1d.agentxds.v1.GetStatusRequest\x1a\x1e.agentxds.v1.GetStatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,8 +42,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_NODESTATUS']._serialized_end=628
   _globals['_GROUPSTATUS']._serialized_start=630
   _globals['_GROUPSTATUS']._serialized_end=734
-  _globals['_GETSTATUSRESPONSE']._serialized_start=736
-  _globals['_GETSTATUSRESPONSE']._serialized_end=860
-  _globals['_STATUS']._serialized_start=862
-  _globals['_STATUS']._serialized_end=946
+  _globals['_GETSTATUSRESPONSE']._serialized_start=737
+  _globals['_GETSTATUSRESPONSE']._serialized_end=886
+  _globals['_STATUS']._serialized_start=888
+  _globals['_STATUS']._serialized_end=972
 # @@protoc_insertion_point(module_scope)

@@ -1,0 +1,239 @@
+"""The policy service's answer to one request Envoy sent to ext_authz: the generic decision pipeline.
+
+Envoy has already checked everything it can (the body is one request of the
+route's protocol, the caller is a known agent, RBAC lets this call through
+for it), so this decides only what is left, the same way for every protocol:
+
+    the caller (as RBAC recognised it) ─► the call (the protocol's handler parses it)
+        ─► the protocol's own refusals (MCP: the tool guard)
+        ─► the rules: conditions, quotas, approvals (engine.py, pure logic)
+        ─► on a route with delegated credentials, the upstream's credential for the user
+
+Which requests come here is in the IR (`RouteIR.decisions`), read by the
+translators and by `needs_decision` below alike. On a route with delegated
+credentials every request comes here: a call that needs a decision is
+decided first, then the credential is attached (`check_request`). Anything
+unexpected refuses: the service fails closed, never open.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from xds_server.authz.credentials import CredentialError, CredentialIssuer
+from xds_server.authz.engine import CallContext, Decision, Engine
+from xds_server.authz.jsonrpc import error_body, request_id_of
+from xds_server.authz.protocols import Call, NotACall, ProtocolHandler
+from xds_server.authz.state import PolicyIndex, RouteView
+from xds_server.core import errors
+from xds_server.core.errors import ErrorKind
+from xds_server.ir.glob import glob_matches
+
+_REFUSALS: Mapping[str, ErrorKind] = {
+    "condition_not_met": errors.CONDITION_NOT_MET,
+    "condition_error": errors.CONDITION_NOT_MET,
+    "quota_exceeded": errors.QUOTA_EXCEEDED,
+    "approval_required": errors.APPROVAL_REQUIRED,
+    "approval_denied": errors.APPROVAL_DENIED,
+}
+
+
+@dataclass(frozen=True)
+class CheckOutcome:
+    """What to answer Envoy.
+
+    A refusal carries the HTTP status, `headers` and the JSON-RPC body. An
+    allowed request may carry request headers to set on the way to the
+    upstream (`set_headers`: its credential) and to remove (`remove_headers`:
+    the caller's credentials). `set_headers` holds secrets: never log it.
+    """
+
+    allowed: bool
+    http_status: int = 200
+    body: str = ""
+    headers: Mapping[str, str] = field(default_factory=dict)
+    log: Mapping[str, Any] = field(default_factory=dict)  # one decision-log record
+    set_headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+    remove_headers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Decider:
+    """What a decision reads: the policies (as an index), the rules' engine, the protocol handlers
+    (by kind) and the credential issuer."""
+
+    index: PolicyIndex
+    engine: Engine
+    handlers: Mapping[str, ProtocolHandler]
+    issuer: CredentialIssuer
+
+
+def _refuse(
+    request_id: Any,
+    kind: ErrorKind,
+    message: str,
+    log: dict[str, Any],
+    *,
+    headers: Mapping[str, str] | None = None,
+    reason: str | None = None,
+    **data: Any,
+) -> CheckOutcome:
+    log.update(allowed=False, reason=reason or kind.reason)
+    return CheckOutcome(
+        False, kind.http_status, error_body(request_id, kind, message, **data), dict(headers or {}), log
+    )
+
+
+def user_claims(view: RouteView, jwt_payloads: Mapping[str, Any]) -> dict[str, Any]:
+    """The user the agent acts for (CEL's `user`, quotas by user): the verified payload of the
+    route's user-token provider; without `auth`, the first verified payload (by provider name)
+    with a `sub`; {} when there is none."""
+    auth = view.route.auth
+    providers = [auth.provider] if auth is not None else sorted(jwt_payloads)
+    for provider in providers:
+        payload = jwt_payloads.get(provider)
+        if isinstance(payload, Mapping) and isinstance(payload.get("sub"), str):
+            return dict(payload)
+    return {}
+
+
+def is_decided(view: RouteView, call: Call) -> bool:
+    """Whether the route's decision needs cover `call` (the same rule as the routes to ext_authz)."""
+    calls = view.route.decisions.calls
+    if calls is None:
+        return False
+    return not calls or any(glob_matches(p, call.target) for p in calls)
+
+
+def check_call(
+    decider: Decider,
+    *,
+    route: str,
+    headers: Mapping[str, str],
+    body: str,
+    jwt_payloads: Mapping[str, Any] | None = None,
+    peer_uri_san: str | None = None,
+    now: datetime | None = None,
+) -> CheckOutcome:
+    """Decide one call. `headers` have lower-case names; `body` is the full request body;
+    `jwt_payloads` what jwt_authn verified (provider name → payload); `peer_uri_san` the
+    client certificate's URI SAN (SPIFFE ID), if any."""
+    jwt_payloads = jwt_payloads or {}
+    log: dict[str, Any] = {"backend": route}
+    view = decider.index.route(route)
+    handler = decider.handlers.get(view.route.kind) if view is not None else None
+    if view is None or handler is None:
+        return _refuse(request_id_of(body), errors.METHOD_DENIED,
+                       f"Backend '{route}' is not in the policy service's current policies", log, backend=route)  # fmt: skip
+    agent = view.agent_of(headers, jwt_payloads, peer_uri_san)
+    if agent is None:
+        return _refuse(request_id_of(body), errors.UNKNOWN_AGENT,
+                       "Unknown agent: the request carries no identity of an agent known to this gateway", log)  # fmt: skip
+    log["agent"] = agent
+    try:
+        call = handler.parse_call(body)
+    except NotACall as exc:
+        return _refuse(request_id_of(body), errors.INVALID_REQUEST, f"Invalid Request: {exc}", log)
+    log[handler.noun] = call.target
+
+    refusal = handler.withheld(view, call)
+    if refusal is not None:
+        log["rule"] = refusal.rule
+        return _refuse(call.request_id, refusal.kind, refusal.message, log, **refusal.data)
+
+    decision = decider.engine.decide(
+        CallContext(backend=route, agent=agent, user=user_claims(view, jwt_payloads), target=call.target,
+                    arguments=call.arguments, now=now or datetime.now(UTC), jwt=jwt_payloads, noun=handler.noun),
+        view.route.conditional_rules,
+        unconditional=handler.unconditionally_allowed(view, agent, call, jwt_payloads),
+    )  # fmt: skip
+    log["rule"] = decision.rule
+    if decision.allowed:
+        log.update(allowed=True, reason="allowed")
+        return CheckOutcome(True, log=log)
+    return _decision_refusal(call, decision, route, handler, log)
+
+
+def _decision_refusal(
+    call: Call, decision: Decision, route: str, handler: ProtocolHandler, log: dict[str, Any]
+) -> CheckOutcome:
+    kind = _REFUSALS.get(decision.reason, handler.denied)
+    data: dict[str, Any] = {handler.noun: call.target, "backend": route, "rule": decision.rule}
+    headers: dict[str, str] = {}
+    if decision.retry_after_s is not None:
+        seconds = max(1, int(decision.retry_after_s + 0.999))
+        data["retryAfterSeconds"] = seconds
+        headers["retry-after"] = str(seconds)
+    if decision.approval_id is not None:
+        data["approvalId"] = decision.approval_id
+        if decision.approval_expires_at is not None:
+            data["approvalExpiresAt"] = datetime.fromtimestamp(decision.approval_expires_at, UTC).isoformat()
+    reason = "condition_not_met" if decision.reason == "condition_error" else None
+    return _refuse(call.request_id, kind, decision.message, log, headers=headers, reason=reason, **data)
+
+
+# ---------------------------------------------------------------- every request of a route
+
+
+def needs_decision(decider: Decider, view: RouteView, body: str) -> bool:
+    """Whether this request is a call that the policy service decides on."""
+    handler = decider.handlers.get(view.route.kind)
+    if handler is None:
+        return False
+    try:
+        call = handler.parse_call(body)
+    except NotACall:
+        return False
+    return is_decided(view, call)
+
+
+async def check_request(
+    decider: Decider,
+    *,
+    route: str,
+    headers: Mapping[str, str],
+    body: str,
+    jwt_payloads: Mapping[str, Any],
+    peer_uri_san: str | None = None,
+    now: datetime | None = None,
+) -> CheckOutcome:
+    """Answer one ext_authz check: the decision (if the request needs one), then the credential.
+
+    `jwt_payloads` is what jwt_authn verified (provider name → payload).
+    A route without delegated credentials only sends the calls it decides
+    on, so the answer is `check_call`'s.
+    """
+    view = decider.index.route(route)
+    delegation = decider.issuer.delegation(route)
+    if view is None or delegation is None or needs_decision(decider, view, body):
+        outcome = check_call(decider, route=route, headers=headers, body=body, jwt_payloads=jwt_payloads,
+                             peer_uri_san=peer_uri_san, now=now)  # fmt: skip
+        if not outcome.allowed or delegation is None:
+            return outcome
+        log = dict(outcome.log)
+    else:
+        # Nothing to decide (RBAC did): only the credential to attach.
+        log = {"backend": route, "agent": view.agent_of(headers, jwt_payloads, peer_uri_san),
+               "method": _method_of(body, headers), "allowed": True, "reason": "allowed"}  # fmt: skip
+    try:
+        credential = await decider.issuer.issue(delegation, jwt_payloads, headers)
+    except CredentialError as exc:
+        log.update(credential=delegation.credentials.kind)
+        return _refuse(request_id_of(body), exc.kind, exc.message, log, backend=route)
+    log.update(credential=credential.kind, user=credential.user)
+    return CheckOutcome(True, log=log, set_headers={credential.header: credential.value},
+                        remove_headers=credential.remove)  # fmt: skip
+
+
+def _method_of(body: str, headers: Mapping[str, str]) -> str:
+    """The JSON-RPC method for the decision log, else the HTTP method (GET stream, DELETE)."""
+    try:
+        message = json.loads(body) if body else None
+    except ValueError:
+        message = None
+    method = message.get("method") if isinstance(message, dict) else None
+    return method if isinstance(method, str) else headers.get(":method", "")

@@ -1,0 +1,44 @@
+"""What an MCP grant lets an agent use, as Envoy's RBAC decides it (pure functions over a route view).
+
+`may_use` is what lists show a caller: tools it may call at all (some only
+with some arguments, or under conditions), prompts it may get, resources it
+may read, and resource templates to agents that may read some resource.
+`has_unconditional_tool` is whether a grant without conditions allows a
+call, in which case the policy service decides nothing more.
+"""
+
+from __future__ import annotations
+
+from xds_server.authz.state import RouteView
+from xds_server.ir.glob import glob_matches
+from xds_server.ir.mcp import McpAllowsIR
+from xds_server.ir.patterns import NamePattern
+from xds_server.ir.principals import JwtPayloads
+
+
+def _any_match(patterns: tuple[NamePattern, ...], name: str) -> bool:
+    return any(glob_matches(p, name) for p in patterns)
+
+
+def _allows(allows: McpAllowsIR, kind: str, name: str) -> bool:
+    if kind == "tools":
+        return _any_match(allows.listed_tools, name)
+    if kind == "prompts":
+        return _any_match(allows.prompts, name)
+    if kind == "resources":
+        return _any_match(allows.resources, name)
+    if kind == "resourceTemplates":
+        # A template is not a URI: show it to agents that may read some resource.
+        return bool(allows.resources)
+    return False
+
+
+def may_use(view: RouteView, agent: str, kind: str, name: str, jwt_payloads: JwtPayloads | None = None) -> bool:
+    """Whether `agent` (acting for the user of `jwt_payloads`) may use a list item of `kind`
+    ("tools", "prompts", "resources", "resourceTemplates") named `name`."""
+    return any(_allows(g.allows, kind, name) for g in view.grants_for(agent, jwt_payloads))
+
+
+def has_unconditional_tool(view: RouteView, agent: str, tool: str, jwt_payloads: JwtPayloads | None = None) -> bool:
+    """Whether a grant without conditions lets `agent` call `tool`."""
+    return any(_any_match(g.allows.tools, tool) for g in view.grants_for(agent, jwt_payloads))

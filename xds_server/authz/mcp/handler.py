@@ -1,0 +1,179 @@
+"""The policy service's MCP handler: `tools/call` as the call, the tool guard, lists per caller.
+
+- A call is a `tools/call`: its target is the tool name, its arguments the
+  tool's arguments (parsed from the raw body, so the id keeps its JSON type).
+- The tool guard withholds a pinned tool that changed, a tool the lock does
+  not list (unless `unpinned: allow`) and, with `screening: block`, a tool
+  whose description failed screening (-32003 `tool_changed`, naming why).
+  Verdicts come from the list answers that pass (`rewrite_response`) and
+  from re-reading each guarded backend's tools every `toolGuard.refresh`.
+- List responses (`tools/list`, `prompts/list`, `resources/list`,
+  `resources/templates/list`) keep only what the caller may use
+  (`access.may_use`) and, on a guarded backend, no withheld tool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+from xds_server.authz.mcp import access
+from xds_server.authz.mcp.listing import item_name, rewrite_list_response
+from xds_server.authz.mcp.tool_guard import GuardState
+from xds_server.authz.protocols import Call, LogDecision, NotACall, ProtocolHandler, Refusal, ResponseRewrite
+from xds_server.authz.state import PolicyIndex, RouteView
+from xds_server.core import errors
+from xds_server.ir.mcp import McpRouteIR
+from xds_server.ir.principals import JwtPayloads
+from xds_server.ir.types import RouteIR
+
+log = logging.getLogger(__name__)
+
+
+def parse_tool_call(body: str | bytes) -> Call:
+    """The id, tool name and arguments of a `tools/call` body; raises NotACall.
+
+    Envoy's MCP filter has already rejected anything that is not one JSON-RPC
+    request, so this failing means a disagreement to refuse, not to guess at.
+    """
+    try:
+        message = json.loads(body)
+    except ValueError as exc:
+        raise NotACall(f"body is not JSON: {exc}") from None
+    if not isinstance(message, dict) or message.get("method") != "tools/call":
+        raise NotACall("not a tools/call request")
+    params = message.get("params")
+    if not isinstance(params, dict) or not isinstance(params.get("name"), str):
+        raise NotACall("tools/call without params.name")
+    arguments = params.get("arguments", {})
+    if arguments is None:
+        arguments = {}
+    if not isinstance(arguments, dict):
+        raise NotACall("params.arguments is not an object")
+    return Call(message.get("id"), params["name"], arguments)
+
+
+def _user_sub(view: RouteView, jwt: JwtPayloads) -> str | None:
+    """The `sub` of the user, for the decision log: from the route's user provider, else any verified token."""
+    providers = [view.route.auth.provider] if view.route.auth is not None else sorted(jwt)
+    for provider in providers:
+        payload = jwt.get(provider)
+        if isinstance(payload, Mapping) and isinstance(payload.get("sub"), str):
+            return str(payload["sub"])
+    return None
+
+
+class McpHandler(ProtocolHandler):
+    kind: ClassVar[str] = McpRouteIR.KIND
+    noun: ClassVar[str] = "tool"
+    denied = errors.TOOL_DENIED
+
+    def __init__(self, log_decision: LogDecision) -> None:
+        self.guard = GuardState()
+        self._log_decision = log_decision
+        self._refreshers: dict[str, asyncio.Task[None]] = {}
+
+    # -- calls ---------------------------------------------------------------
+
+    def parse_call(self, body: str | bytes) -> Call:
+        return parse_tool_call(body)
+
+    def withheld(self, view: RouteView, call: Call) -> Refusal | None:
+        part = view.route.protocol
+        if part.tool_guard is None:
+            return None
+        verdict = self.guard.verdict(view.name, call.target)
+        if verdict is None or verdict.usable:
+            return None
+        why = "; ".join(verdict.reasons) or "the tool failed the gateway's checks"
+        return Refusal(
+            errors.TOOL_DRIFTED,
+            f"Tool '{call.target}' on backend '{view.name}' is withheld: {why}",
+            {"tool": call.target, "backend": view.name, "details": why},
+            rule="toolGuard",
+        )
+
+    def unconditionally_allowed(self, view: RouteView, agent: str, call: Call, jwt: JwtPayloads) -> bool:
+        return access.has_unconditional_tool(view, agent, call.target, jwt)
+
+    # -- lists -----------------------------------------------------------------
+
+    def rewrite_response(
+        self, view: RouteView, agents: tuple[str, ...], jwt: JwtPayloads, body: bytes, content_type: str
+    ) -> ResponseRewrite:
+        guard = view.route.protocol.tool_guard
+
+        def keep(kind: str, item: Mapping[str, Any]) -> bool:
+            if not agents:
+                return False
+            name = item_name(kind, item)
+            if not any(access.may_use(view, a, kind, name, jwt) for a in agents):
+                return False
+            if kind == "tools" and guard is not None:
+                verdict = self.guard.observe(view.name, [item], guard).get(name)
+                return verdict is None or verdict.usable
+            return True
+
+        result = rewrite_list_response(body, content_type, keep)
+        if result.removed:
+            self._log_decision({"backend": view.name, "agent": agents[0] if agents else None,
+                                "user": _user_sub(view, jwt), "list": True, "hidden": list(result.removed)})  # fmt: skip
+        return ResponseRewrite(result.body, not result.parse_failed, result.removed)
+
+    # -- following the policies --------------------------------------------------
+
+    def update(self, index: PolicyIndex, running: bool) -> None:
+        """Forget backends no longer guarded; (re)start the tool refresh of the guarded ones."""
+        guarded = {
+            name: view.route
+            for name, view in index.routes.items()
+            if isinstance(view.route.protocol, McpRouteIR) and view.route.protocol.tool_guard is not None
+        }
+        for name in list(self._refreshers):
+            if name not in guarded:
+                self._refreshers.pop(name).cancel()
+                self.guard.forget(name)
+        if not running:
+            return
+        for name, route in guarded.items():
+            # Refresh now, with the new guard settings.
+            old = self._refreshers.pop(name, None)
+            if old is not None:
+                old.cancel()
+            self._refreshers[name] = asyncio.create_task(self._refresh_loop(route), name=f"refresh-{name}")
+
+    async def _refresh_loop(self, route: RouteIR) -> None:
+        from xds_server.authz.mcp.pin import fetch_tools
+
+        guard = route.protocol.tool_guard
+        assert guard is not None
+        endpoint = route.upstream.endpoints[0]
+        scheme = "https" if route.upstream.tls is not None else "http"
+        host = f"[{endpoint.host}]" if ":" in endpoint.host else endpoint.host
+        url = f"{scheme}://{host}:{endpoint.port}{route.upstream.path}"
+        while True:
+            try:
+                tools = await fetch_tools(url, timeout=10)
+                verdicts = self.guard.observe(route.name, tools, guard)
+                withheld = sorted(n for n, v in verdicts.items() if not v.usable)
+                if withheld:
+                    log.warning("backend %s: tools withheld by the tool guard: %s", route.name, ", ".join(withheld))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the backend may be down; the next round tries again
+                log.warning("backend %s: could not read its tools (%s)", route.name, exc)
+            await asyncio.sleep(guard.refresh_ms / 1000)
+
+    async def stop(self) -> None:
+        tasks = list(self._refreshers.values())
+        self._refreshers.clear()
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):  # noqa: PERF203 (each task ends on its own)
+                pass

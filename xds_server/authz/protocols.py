@@ -1,0 +1,106 @@
+"""What the policy service asks of a protocol; the generic decision pipeline (decide.py) does the rest.
+
+The pipeline (identify the caller, conditions, quotas, approvals, delegated
+credentials, the decision log) knows nothing of MCP. What depends on the
+protocol's messages is asked of its handler, one `ProtocolHandler` subclass
+per protocol (authz/mcp/handler.py for MCP), found by the route's kind:
+
+- `parse_call`: what a request calls (MCP: the tool of a `tools/call`), with
+  its arguments and id;
+- `withheld`: a protocol-specific reason to refuse the call before any rule
+  is tried (MCP: the tool guard);
+- `unconditionally_allowed`: whether a grant without conditions allows it;
+- `rewrite_response`: the response as this caller may see it (MCP: lists
+  filtered per caller);
+- `update` / `stop`: the handler's own state and background work,
+  following each published IR (MCP: re-reading guarded backends' tools).
+
+Every method is abstract: a protocol cannot be half wired.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from xds_server.core.errors import ErrorKind
+from xds_server.ir.principals import JwtPayloads
+
+if TYPE_CHECKING:
+    from xds_server.authz.state import PolicyIndex, RouteView
+
+
+@dataclass(frozen=True)
+class Call:
+    """One call the policy service may decide on: its JSON-RPC id (with its exact JSON type),
+    what it calls (`target`: the MCP tool), and its arguments."""
+
+    request_id: Any
+    target: str
+    arguments: Mapping[str, Any] = field(default_factory=dict)
+
+
+class NotACall(ValueError):
+    """The body is not one call the service can decide on."""
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A protocol's own reason to refuse: the error, its message, and `data` besides the reason."""
+
+    kind: ErrorKind
+    message: str
+    data: Mapping[str, Any] = field(default_factory=dict)
+    rule: str | None = None  # what decided, for the decision log
+
+
+@dataclass(frozen=True)
+class ResponseRewrite:
+    """A response as the caller may see it: `body` None when unchanged; `readable` False when the
+    body could not be read (the adapter then withholds it); `hidden` names what was removed."""
+
+    body: bytes | None
+    readable: bool = True
+    hidden: tuple[str, ...] = ()
+
+
+#: Queues one decision-log record (the service's `log_decision`).
+LogDecision = Callable[[Mapping[str, Any]], None]
+
+
+class ProtocolHandler(abc.ABC):
+    """The protocol-specific half of the policy service's decisions for routes of `kind`."""
+
+    kind: ClassVar[str]
+    #: What a call's target is called in messages and in `error.data` ("tool").
+    noun: ClassVar[str]
+    #: The refusal when no rule allows the call.
+    denied: ClassVar[ErrorKind]
+
+    @abc.abstractmethod
+    def parse_call(self, body: str | bytes) -> Call:
+        """The call in a request body; raises NotACall."""
+
+    @abc.abstractmethod
+    def withheld(self, view: RouteView, call: Call) -> Refusal | None:
+        """Why the call is refused before any rule is tried, or None."""
+
+    @abc.abstractmethod
+    def unconditionally_allowed(self, view: RouteView, agent: str, call: Call, jwt: JwtPayloads) -> bool:
+        """Whether a grant without conditions lets `agent` (acting for the user of `jwt`) make the call."""
+
+    @abc.abstractmethod
+    def rewrite_response(
+        self, view: RouteView, agents: tuple[str, ...], jwt: JwtPayloads, body: bytes, content_type: str
+    ) -> ResponseRewrite:
+        """The response as the caller (proving `agents`, acting for the user of `jwt`) may see it."""
+
+    @abc.abstractmethod
+    def update(self, index: PolicyIndex, running: bool) -> None:
+        """Follow a newly published policy index (`running`: background work may start now)."""
+
+    @abc.abstractmethod
+    async def stop(self) -> None:
+        """Stop background work."""

@@ -1,0 +1,47 @@
+"""What Envoy's configuration and the policy service must agree on, named once.
+
+The translators write these names into Envoy's configuration and the policy
+service reads them back from what Envoy sends it, so neither may spell them
+on its own: metadata namespaces, the gRPC metadata and HTTP path that name a
+route to the policy service, and two helpers for Envoy's wire formats (an
+`Any` in dict form, a literal inside a format string).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+#: Where Envoy's MCP filter puts what it read from the JSON-RPC body (method, id, params.name, ...).
+MCP_METADATA_NAMESPACE = "envoy.filters.http.mcp"
+#: Where jwt_authn puts each verified token's payload, under the provider's name.
+JWT_METADATA_NAMESPACE = "envoy.filters.http.jwt_authn"
+#: gRPC metadata naming the route (its name) on ext_proc streams.
+ROUTE_METADATA_KEY = "x-agentxds-backend"
+#: ext_authz context extension naming the route (gRPC transport).
+ROUTE_CONTEXT_EXTENSION = "backend"
+#: ext_authz over HTTP: Envoy asks `POST <CHECK_PREFIX><route name><original path>`.
+CHECK_PREFIX = "/check/"
+#: The attribute ext_proc sends with the client certificate's URI SAN (the SPIFFE ID).
+PEER_URI_SAN_ATTRIBUTE = "connection.uri_san_peer_certificate"
+
+TYPE_PREFIX = "type.googleapis.com/"
+
+
+def typed(type_name: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    """An `Any` in dict form: `{"@type": type.googleapis.com/<type_name>, **body}`."""
+    return {"@type": TYPE_PREFIX + type_name, **(body or {})}
+
+
+def literal(text: str) -> str:
+    """`text` as a literal inside an Envoy format string (`%` doubled)."""
+    return text.replace("%", "%%")
+
+
+def typed_struct(type_name: str, body: dict[str, Any]) -> dict[str, Any]:
+    """An `Any` holding a `xds.type.v3.TypedStruct` for `type_name` with `body` as its value.
+
+    For extensions whose xds-protos message lags Envoy 1.40 (fields Envoy has
+    but the Python classes lack): Envoy converts it with its own descriptors
+    and validates it exactly as if it had been sent typed.
+    """
+    return typed("xds.type.v3.TypedStruct", {"type_url": TYPE_PREFIX + type_name, "value": body})

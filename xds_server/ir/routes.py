@@ -1,0 +1,230 @@
+"""The neutral part of building a route, shared by every routed kind (ir/mcp.py today).
+
+A protocol's builder gets a `RouteBuild` for one gateway and calls these to
+fill in what every route has: the upstream (endpoints, TLS material read and
+checked), timeouts, user tokens, delegated credentials, how it uses the policy
+service, its grants grouped per (agent, user) and its conditional rules. The
+protocol only says what its rules grant (`allows`) and what they cover
+(`targets`).
+
+Problems with referenced files and secrets are collected as diagnostics on
+the field that names them (`RouteBuild.report`); the IR builder raises them
+together once every gateway is built.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from xds_server.ir import materials
+from xds_server.ir.patterns import NamePattern
+from xds_server.ir.types import (
+    AgentIR,
+    BackendAuthIR,
+    ConditionalRuleIR,
+    CredentialsIR,
+    EndpointIR,
+    GrantIR,
+    IdentityIR,
+    PolicyServiceUse,
+    QuotaIR,
+    QuotaScope,
+    UpstreamIR,
+    UpstreamTlsIR,
+    UserMatchIR,
+)
+from xds_server.policy.diagnostics import Diagnostic
+from xds_server.policy.diagnostics import Path as FieldPath
+from xds_server.policy.located import Located
+from xds_server.policy.rules import RuleBase
+
+ANY_AGENT = "*"
+T = TypeVar("T")
+R = TypeVar("R", bound=RuleBase)
+
+
+def near(located: Located[Any], path: str | None) -> str | None:
+    """`path` as an absolute path, a relative one taken from the file that names it."""
+    if path is None:
+        return None
+    return str((Path(located.source.file).parent / path).resolve())
+
+
+@dataclass
+class RouteBuild:
+    """What building the routes of one gateway needs: its identity settings and agents, and
+    where problems with referenced material are collected."""
+
+    gateway: str
+    identity: IdentityIR
+    agents: tuple[AgentIR, ...]
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+
+    def report(self, located: Located[Any], at: FieldPath, message: str) -> None:
+        self.diagnostics.append(located.diagnostic(at, message))
+
+    def material(self, located: Located[Any], at: FieldPath, read: Callable[[], T]) -> T | None:
+        """`read()`, or None with a diagnostic on `at` when the material cannot be used."""
+        try:
+            return read()
+        except materials.MaterialError as exc:
+            self.report(located, at, str(exc))
+            return None
+
+    @property
+    def recognisable(self) -> list[str]:
+        """Agents this gateway can recognise (those with a principal here)."""
+        return [a.name for a in self.agents if a.principals]
+
+
+# ---------------------------------------------------------------- upstream
+
+
+def _upstream_tls(located: Located[Any], build: RouteBuild) -> UpstreamTlsIR | None:
+    tls = located.doc.spec.tls
+    if tls is None:
+        return None
+    at = ("spec", "tls")
+    ca_file = near(located, tls.ca_file)
+    cert_file = near(located, tls.certificate_file)
+    key_file = near(located, tls.private_key_file)
+    ca = build.material(located, (*at, "caFile"), lambda: materials.pem_text(ca_file, "CA file")) if ca_file else None
+    cert = (
+        build.material(located, (*at, "certificateFile"), lambda: materials.pem_text(cert_file, "certificate"))
+        if cert_file
+        else None
+    )
+    key = (
+        build.material(located, (*at, "privateKeyFile"), lambda: materials.private_key_text(key_file, "private key"))
+        if key_file
+        else None
+    )
+    return UpstreamTlsIR(ca_file, ca, tls.sni, cert_file, cert, key_file, key)
+
+
+def upstream(located: Located[Any], build: RouteBuild, path: str) -> UpstreamIR:
+    """The route's upstream: its endpoints (sorted, de-duplicated), `path` on them, TLS."""
+    spec = located.doc.spec
+    return UpstreamIR(
+        endpoints=tuple(sorted({EndpointIR(e.host, e.port) for e in spec.endpoints})),
+        path=path,
+        connect_timeout_ms=spec.timeouts.connect_ms,
+        tls=_upstream_tls(located, build),
+    )
+
+
+def auth(located: Located[Any], build: RouteBuild) -> BackendAuthIR | None:
+    """The route's user-token requirement; its provider must be a JWT provider of the route's gateway."""
+    spec = located.doc.spec
+    if spec.auth is None:
+        return None
+    known = {p.name for p in build.identity.jwt_providers}
+    if spec.auth.provider not in known:
+        build.report(
+            located,
+            ("spec", "auth", "provider"),
+            f"auth.provider {spec.auth.provider!r} is not a jwtProvider of gateway {build.gateway} "
+            f"(known: {', '.join(sorted(known)) or 'none'})",
+        )
+    return BackendAuthIR(spec.auth.provider, spec.auth.resource, tuple(spec.auth.scopes))
+
+
+def credentials(located: Located[Any]) -> CredentialsIR | None:
+    creds = located.doc.spec.credentials
+    if creds is None:
+        return None
+    if creds.token_exchange is not None:
+        tx = creds.token_exchange
+        return CredentialsIR(
+            kind="token_exchange", token_endpoint=tx.token_endpoint, client_id=tx.client_id,
+            client_secret_env=tx.client_secret.env, client_secret_file=near(located, tx.client_secret.file),
+            audience=tx.audience, scope=tx.scope,
+        )  # fmt: skip
+    secrets = creds.per_user_secrets
+    assert secrets is not None
+    return CredentialsIR(kind="per_user_secrets", header=secrets.header.lower(),
+                         secrets_file=near(located, secrets.file), format=secrets.format)  # fmt: skip
+
+
+def policy_service(located: Located[Any]) -> PolicyServiceUse:
+    use = located.doc.spec.policy_service
+    return PolicyServiceUse(fail_open=use.fail_open, timeout_ms=use.timeout_ms)
+
+
+def annotations_of(located: Located[Any]) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted(located.doc.metadata.annotations.items()))
+
+
+# ---------------------------------------------------------------- rules
+
+
+def user_match(rule: RuleBase, identity: IdentityIR) -> UserMatchIR | None:
+    users = rule.users
+    if users is None:
+        return None
+    provider = next((p for p in identity.jwt_providers if p.name == users.provider), None)
+    return UserMatchIR(
+        provider=users.provider,
+        subjects=tuple(sorted(users.subjects)),
+        groups=tuple(sorted(users.groups)),
+        groups_claim=provider.groups_claim if provider else "groups",
+        claims=tuple(sorted(users.claims.items())),
+    )
+
+
+def named_agents(rule: RuleBase, recognisable: list[str]) -> list[str]:
+    return recognisable if ANY_AGENT in rule.agents else [n for n in rule.agents if n in recognisable]
+
+
+GrantKey = tuple[str, UserMatchIR | None]
+
+
+def grants(
+    rules: Sequence[tuple[str, R]], build: RouteBuild, allows: Callable[[list[tuple[str, R]]], Any]
+) -> tuple[GrantIR, ...]:
+    """One grant per (agent, user match): rules limited to some users are granted apart.
+
+    `allows(rules)` is the protocol's part: what the rules naming one agent
+    (for one user match), in policy order, allow together.
+    """
+    by_key: dict[GrantKey, list[tuple[str, R]]] = defaultdict(list)
+    for rule_id, rule in rules:
+        user = user_match(rule, build.identity)
+        for name in named_agents(rule, build.recognisable):
+            by_key[(name, user)].append((rule_id, rule))
+    return tuple(
+        GrantIR(
+            agent=key[0], user=key[1], sources=tuple(sorted({i for i, _ in by_key[key]})), allows=allows(by_key[key])
+        )
+        for key in sorted(by_key, key=lambda k: (k[0], k[1] is not None, k[1] or ()))
+    )
+
+
+def conditional_rules(
+    rules: Sequence[tuple[str, R]], build: RouteBuild, targets: Callable[[R], tuple[NamePattern, ...]]
+) -> tuple[ConditionalRuleIR, ...]:
+    """The rules the policy service checks (a condition, a quota or an approval), in policy order."""
+    out = []
+    for rule_id, rule in rules:
+        if not rule.is_conditional:
+            continue
+        quota = None
+        if rule.quota is not None:
+            quota = QuotaIR(rule.quota.calls, rule.quota.window_ms, QuotaScope(rule.quota.by))
+        out.append(
+            ConditionalRuleIR(
+                id=rule_id,
+                agents=tuple(sorted(named_agents(rule, build.recognisable))),
+                targets=targets(rule),
+                when=rule.when,
+                quota=quota,
+                require_approval=rule.require_approval,
+                approval_ttl_ms=rule.approval_ttl_ms,
+                user=user_match(rule, build.identity),
+            )
+        )
+    return tuple(out)

@@ -1,0 +1,145 @@
+"""The Gateway kind: where Envoy listens, how callers are identified, limits, the policy service.
+
+A Gateway is one Envoy node group (`node.cluster` = its name). Routed kinds
+(MCPBackend today) name the gateway that serves them.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, Field, model_validator
+from pydantic_core import PydanticCustomError
+
+from .base import (
+    HEADER_NAME_PATTERN,
+    MAX_BODY_BYTES,
+    DocumentModel,
+    Port,
+    StrictModel,
+    _check_host,
+    _check_ip,
+)
+from .identity import GatewayTls, JwtProvider
+
+
+class Listen(StrictModel):
+    """Where the gateway's Envoy accepts client connections."""
+
+    address: Annotated[str, AfterValidator(_check_ip)] = Field(
+        default="127.0.0.1", description="IP address to listen on."
+    )
+    port: Port = Field(description="TCP port to listen on (1-65535).")
+
+
+class GatewayIdentity(StrictModel):
+    """How the gateway learns who the calling agent (and the user behind it) is."""
+
+    trusted_header: Annotated[str, Field(pattern=HEADER_NAME_PATTERN)] | None = Field(
+        default=None,
+        description="DEVELOPMENT ONLY: take the caller's identity from this request header, "
+        "as sent by the client. Anyone who can reach the gateway can claim any agent.",
+    )
+    jwt_providers: tuple[JwtProvider, ...] = Field(
+        default=(), description="JWT issuers whose tokens identify agents or the users they act for."
+    )
+    api_key_header: Annotated[str, Field(pattern=HEADER_NAME_PATTERN)] = Field(
+        default="x-api-key", description="Header carrying an agent's API key (agents with identity.apiKey)."
+    )
+
+    @model_validator(mode="after")
+    def _unique_providers(self) -> GatewayIdentity:
+        names = [p.name for p in self.jwt_providers]
+        if len(names) != len(set(names)):
+            raise PydanticCustomError("duplicate_provider", "two jwtProviders have the same name")
+        return self
+
+
+class Limits(StrictModel):
+    """Buffer limits for requests through the gateway."""
+
+    max_request_body_bytes: int = Field(
+        default=65536,
+        ge=1,
+        le=MAX_BODY_BYTES,
+        description="Largest JSON-RPC request body the MCP filter parses (1-10485760).",
+    )
+    connection_buffer_bytes: int = Field(
+        default=1048576,
+        ge=1,
+        le=2**32 - 1,
+        description="Per-connection buffer limit; must be at least maxRequestBodyBytes.",
+    )
+
+    @model_validator(mode="after")
+    def _buffer_holds_body(self) -> Limits:
+        # A body larger than the connection buffer could never be parsed whole.
+        # ctx["at"] tells the loader which field to blame.
+        if self.connection_buffer_bytes < self.max_request_body_bytes:
+            raise PydanticCustomError(
+                "limits_conflict",
+                "maxRequestBodyBytes ({body}) exceeds connectionBufferBytes ({buffer})",
+                {
+                    "body": self.max_request_body_bytes,
+                    "buffer": self.connection_buffer_bytes,
+                    "at": "maxRequestBodyBytes",
+                },
+            )
+        return self
+
+
+class PolicyServiceAddress(StrictModel):
+    """Where this gateway's Envoys reach the agentxds policy service (ext_proc over gRPC; ext_authz
+    over gRPC or HTTP)."""
+
+    host: Annotated[str, AfterValidator(_check_host)] = Field(
+        default="127.0.0.1", description="IP address or DNS name of the policy service."
+    )
+    port: Port = Field(default=18001, description="Its gRPC port (`agentxds serve --policy-port`, default 18001).")
+    ext_authz: Literal["grpc", "http"] = Field(
+        default="grpc",
+        description="How Envoy asks for decisions: `grpc` (Authorization.Check on `port`), or `http` "
+        "(plain HTTP/1.1 on `extAuthzHttpPort`: less latency per decision, for gateways whose agents "
+        "are identified by header or API key).",
+    )
+    ext_authz_http_port: Port = Field(
+        default=18003,
+        description="Its HTTP ext_authz port (`agentxds serve --authz-http-port`, default 18003); "
+        "used when extAuthz is http.",
+    )
+
+
+class GatewaySpec(StrictModel):
+    """One gateway: one Envoy (or group of identical Envoys)."""
+
+    listen: Listen = Field(description="Listener address and port.")
+    identity: GatewayIdentity = Field(default_factory=GatewayIdentity, description="Caller identity sources.")
+    limits: Limits = Field(default_factory=Limits, description="Request and buffer size limits.")
+    tls: GatewayTls | None = Field(default=None, description="TLS (and mTLS with SPIFFE IDs) on the listener.")
+    policy_service: PolicyServiceAddress = Field(
+        default_factory=PolicyServiceAddress,
+        description="The policy service, used only by backends whose rules or settings need it.",
+    )
+
+    @model_validator(mode="after")
+    def _http_authz_identity(self) -> GatewaySpec:
+        # Over HTTP, Envoy sends the policy service headers and the body only:
+        # no verified JWT payloads and no client certificate. Refuse rather than
+        # decide without the identity the gateway was told to use.
+        if self.policy_service.ext_authz != "http":
+            return self
+        if self.identity.jwt_providers or (self.tls is not None and self.tls.client_certificates is not None):
+            raise PydanticCustomError(
+                "ext_authz_http_identity",
+                "policyService.extAuthz http carries no JWT claims or client certificates to the policy "
+                "service: use extAuthz grpc on a gateway with identity.jwtProviders or tls.clientCertificates",
+                {"at": "policyService.extAuthz"},
+            )
+        return self
+
+
+class Gateway(DocumentModel):
+    """A gateway that MCP backends are served on."""
+
+    kind: Literal["Gateway"] = Field(description="Document kind.")
+    spec: GatewaySpec = Field(description="Gateway settings.")

@@ -1,0 +1,212 @@
+"""The registry of policy kinds: each kind's model, the names it declares, what it references,
+and the values that must be unique. Everything else about kinds derives from this table:
+the `Document` union (and so the JSON Schema), the loader's list of kinds, `PolicySet`, and
+the cross-document checks in `checks.py`.
+
+Adding a kind (an A2A agent, say) is one `KindSpec` here and its model in a module of
+its own; no loader or checker code changes.
+
+References and provided names are read from the raw YAML (paths with `*` for
+every list item), so a document with an unrelated mistake still has its
+references checked. Unique keys are read from validated models.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any, Union
+
+from pydantic import Field
+
+from .agent import Agent
+from .base import DocumentModel
+from .diagnostics import Path
+from .gateway import Gateway
+from .mcp import MCPBackend, MCPPolicy, MCPToolLock
+
+#: A path into a raw document; "*" stands for every item of a list.
+Pattern = tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Namespace:
+    """A set of names documents refer to: a kind's metadata names, or names a kind provides.
+
+    `noun` names one of them in messages ("backend", "JWT provider"); `none`
+    is what a message says when there are none at all.
+    """
+
+    name: str
+    noun: str
+    none: str
+
+
+@dataclass(frozen=True)
+class RefSpec:
+    """Where a kind refers to names of `namespace`.
+
+    `optional` references may be left out and then mean the only name of
+    the namespace (a backend's gateway); `missing` is the message when there
+    is none to default to. `skip` values are not references ("*" = every agent).
+    """
+
+    pattern: Pattern
+    namespace: str
+    optional: bool = False
+    missing: str = ""
+    skip: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class UniqueKey:
+    """A value two documents may not share (across every kind that uses the same `namespace`).
+
+    `key(doc, gateways)` returns the value (None: the document has none), with
+    `gateways` the Gateway names for kinds whose value depends on their gateway;
+    `message(key, first)` says what clashes, `first` naming the earlier document.
+    """
+
+    namespace: str
+    path: Path
+    key: Callable[[Any, Sequence[str]], tuple[Any, ...] | None]
+    message: Callable[[tuple[Any, ...], str], str]
+
+
+@dataclass(frozen=True)
+class KindSpec:
+    """One policy kind. `plural` is its attribute on PolicySet."""
+
+    kind: str
+    model: type[DocumentModel]
+    plural: str
+    noun: str
+    references: tuple[RefSpec, ...] = ()
+    provides: tuple[tuple[str, Pattern], ...] = ()  # (namespace, where in the raw document)
+    unique: tuple[UniqueKey, ...] = ()
+    routed: bool = False  # served on a gateway route (it names its gateway)
+
+
+def resolve_gateway(gateway: str | None, gateways: Sequence[str]) -> str | None:
+    """The gateway a routed document is served on (its own, or the only one), or None if undecidable."""
+    if gateway is not None:
+        return gateway
+    return gateways[0] if len(gateways) == 1 else None
+
+
+def _route_key(doc: Any, gateways: Sequence[str]) -> tuple[Any, ...] | None:
+    gateway = resolve_gateway(doc.spec.gateway, gateways)
+    return None if gateway is None else (gateway, doc.route_path)
+
+
+JWT_PROVIDERS = Namespace("JwtProvider", "JWT provider", "no Gateway defines jwtProviders")
+_AGENT_PROVIDER = RefSpec(("spec", "identity", "jwt", "provider"), JWT_PROVIDERS.name)
+_BACKEND_PROVIDER = RefSpec(("spec", "auth", "provider"), JWT_PROVIDERS.name)
+
+KIND_SPECS: tuple[KindSpec, ...] = (
+    KindSpec(
+        "Gateway",
+        Gateway,
+        "gateways",
+        "gateway",
+        provides=((JWT_PROVIDERS.name, ("spec", "identity", "jwtProviders", "*", "name")),),
+        unique=(
+            UniqueKey(
+                "listen address",
+                ("spec", "listen"),
+                lambda doc, _: (doc.spec.listen.address, doc.spec.listen.port),
+                lambda key, first: f"{key[0]}:{key[1]} is already the listen address of {first}",
+            ),
+        ),
+    ),
+    KindSpec(
+        "MCPBackend",
+        MCPBackend,
+        "backends",
+        "backend",
+        references=(
+            RefSpec(
+                ("spec", "gateway"), "Gateway", optional=True, missing="no Gateway is defined to serve this backend"
+            ),
+            _BACKEND_PROVIDER,
+        ),
+        unique=(
+            UniqueKey(
+                "gateway route",
+                ("spec", "route"),
+                _route_key,
+                lambda key, first: f"route {key[1]!r} on gateway {key[0]!r} is already used by {first}",
+            ),
+        ),
+        routed=True,
+    ),
+    KindSpec(
+        "Agent",
+        Agent,
+        "agents",
+        "agent",
+        references=(_AGENT_PROVIDER,),
+        unique=(
+            # Agents are known to every gateway, so one header value naming two
+            # agents would make the caller ambiguous wherever it is trusted.
+            UniqueKey(
+                "identity header value",
+                ("spec", "identity", "header"),
+                lambda doc, _: None if doc.spec.identity.header is None else (doc.spec.identity.header,),
+                lambda key, first: f"identity header value {key[0]!r} is already claimed by {first}",
+            ),
+        ),
+    ),
+    KindSpec(
+        "MCPPolicy",
+        MCPPolicy,
+        "policies",
+        "policy",
+        references=(
+            RefSpec(("spec", "backend"), "MCPBackend"),
+            RefSpec(("spec", "rules", "*", "agents", "*"), "Agent", skip=frozenset({"*"})),
+            RefSpec(("spec", "rules", "*", "users", "provider"), JWT_PROVIDERS.name),
+        ),
+    ),
+    KindSpec(
+        "MCPToolLock",
+        MCPToolLock,
+        "locks",
+        "tool lock",
+        references=(RefSpec(("spec", "backend"), "MCPBackend"),),
+        unique=(
+            UniqueKey(
+                "pinned backend",
+                ("spec", "backend"),
+                lambda doc, _: (doc.spec.backend,),
+                lambda key, first: f"backend {key[0]!r} is already pinned by {first}",
+            ),
+        ),
+    ),
+)
+
+KINDS: Mapping[str, KindSpec] = {spec.kind: spec for spec in KIND_SPECS}
+MODELS: Mapping[str, type[DocumentModel]] = {spec.kind: spec.model for spec in KIND_SPECS}
+KIND_OF_MODEL: Mapping[type[DocumentModel], str] = {spec.model: spec.kind for spec in KIND_SPECS}
+
+#: Every namespace a reference may name: each kind's names, and the names kinds provide.
+NAMESPACES: Mapping[str, Namespace] = {
+    **{s.kind: Namespace(s.kind, s.noun, f"no {s.kind} is defined") for s in KIND_SPECS},
+    JWT_PROVIDERS.name: JWT_PROVIDERS,
+}
+
+#: One policy document of any kind, told apart by `kind` (the JSON Schema is generated from it).
+Document = Annotated[Union[tuple(s.model for s in KIND_SPECS)], Field(discriminator="kind")]  # type: ignore[valid-type]  # noqa: UP007
+
+
+def values_at(raw: Any, pattern: Pattern, at: Path = ()) -> list[tuple[Path, Any]]:
+    """Every (path, value) in `raw` that `pattern` reaches ("*": each item of a list)."""
+    if not pattern:
+        return [(at, raw)]
+    head, rest = pattern[0], pattern[1:]
+    if head == "*":
+        items = raw if isinstance(raw, list) else []
+        return [found for i, item in enumerate(items) for found in values_at(item, rest, (*at, i))]
+    if not isinstance(raw, dict) or head not in raw:
+        return []
+    return values_at(raw[head], rest, (*at, head))

@@ -1,0 +1,113 @@
+"""What every routed kind shares (MCPBackend today; A2A agents and LLM providers next):
+upstream endpoints, timeouts, the gateway serving it, user tokens, delegated
+credentials, upstream TLS and how it uses the policy service.
+
+A routed kind's spec subclasses `RouteSpec` and adds its own fields (its
+route and upstream path defaults, its protocol's settings).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import AfterValidator, Field, model_validator
+from pydantic_core import PydanticCustomError
+
+from .base import Duration, Name, Port, StrictModel, _check_host, duration_ms
+from .identity import BackendAuth, BackendCredentials, UpstreamTls
+
+
+class Endpoint(StrictModel):
+    """One upstream address of an MCP server."""
+
+    host: Annotated[str, AfterValidator(_check_host)] = Field(description="IP address or DNS name.")
+    port: Port = Field(description="TCP port (1-65535).")
+
+
+class Timeouts(StrictModel):
+    """Upstream timeouts."""
+
+    connect: Duration = Field(default="5s", description="TCP connect timeout, e.g. 5s; must be above 0.")
+    request: Duration = Field(
+        default="0s", description="Whole-request timeout; 0s (default) means none, as MCP streams are long-lived."
+    )
+    idle: Duration = Field(
+        default="300s",
+        description="Close a request or SSE stream after this long with no bytes either way; 0s means never. "
+        "Clients reopen idle SSE streams; raise it for tools that run silently for longer.",
+    )
+
+    @model_validator(mode="after")
+    def _connect_positive(self) -> Timeouts:
+        if duration_ms(self.connect) == 0:
+            raise PydanticCustomError("timeout_zero", "connect timeout must be above 0", {"at": "connect"})
+        return self
+
+    @property
+    def connect_ms(self) -> int:
+        return duration_ms(self.connect)
+
+    @property
+    def request_ms(self) -> int:
+        return duration_ms(self.request)
+
+    @property
+    def idle_ms(self) -> int:
+        return duration_ms(self.idle)
+
+
+class RoutePolicyService(StrictModel):
+    """How one route uses the policy service: its failure mode and time budget."""
+
+    fail_open: bool = Field(
+        default=False,
+        description="When the policy service is down or slow: false (default) refuses the calls that need it; "
+        "true lets them through unchecked.",
+    )
+    timeout: Duration = Field(default="250ms", description="How long Envoy waits for a policy decision.")
+
+    @property
+    def timeout_ms(self) -> int:
+        return duration_ms(self.timeout)
+
+
+class RouteSpec(StrictModel):
+    """The settings every routed kind has. Subclasses add `route`, their upstream path and protocol fields."""
+
+    gateway: Name | None = Field(
+        default=None, description="Gateway serving this backend; optional when exactly one Gateway exists."
+    )
+    endpoints: tuple[Endpoint, ...] = Field(
+        min_length=1, max_length=64, description="Upstream addresses (1-64), load balanced."
+    )
+    timeouts: Timeouts = Field(default_factory=Timeouts, description="Connect and request timeouts to the backend.")
+    policy_service: RoutePolicyService = Field(
+        default_factory=RoutePolicyService, description="How this route uses the policy service."
+    )
+    auth: BackendAuth | None = Field(
+        default=None,
+        description="Require a user token from a JWT provider (MCP authorization spec: 401 with "
+        "WWW-Authenticate and a protected-resource metadata document).",
+    )
+    credentials: BackendCredentials | None = Field(
+        default=None,
+        description="What the backend receives instead of the caller's credentials (needs `auth`): "
+        "a token exchanged for the user's, or the user's stored secret.",
+    )
+    tls: UpstreamTls | None = Field(default=None, description="TLS to the backend.")
+
+    @model_validator(mode="after")
+    def _credentials_need_a_user(self) -> RouteSpec:
+        if self.credentials is not None and self.auth is None:
+            raise PydanticCustomError(
+                "credentials_without_auth",
+                "credentials are issued for the user the agent acts for: set `auth` (a user token provider) too",
+            )
+        if self.credentials is not None and self.policy_service.fail_open:
+            # Failing open would send requests on without the backend's credential
+            # (and with the user's own token): refuse the combination.
+            raise PydanticCustomError(
+                "credentials_fail_open",
+                "a backend with credentials must fail closed: remove policyService.failOpen",
+            )
+        return self

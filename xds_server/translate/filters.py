@@ -1,0 +1,144 @@
+"""The listener's HTTP filters, their order, and what each Envoy route says about each of them.
+
+The order is the security design, so it is defined once, here, as slots:
+
+    | slot      | filters (contributed by)                 | why there                                       |
+    |-----------|------------------------------------------|-------------------------------------------------|
+    | DEFRAME   | envoy.filters.http.mcp (mcp)             | the body into metadata; what is not one message |
+    |           |                                          | of the protocol is refused before anything else |
+    | AUTHN     | envoy.filters.http.jwt_authn (jwt)       | tokens verified, claims into metadata; after    |
+    |           |                                          | deframing so its errors carry the request id    |
+    | AUTHZ     | envoy.filters.http.rbac (rbac)           | the native allow-list, per route; the listener  |
+    |           |                                          | level allows nothing                            |
+    | RESPONSES | envoy.filters.http.ext_proc (policy      | rewrites list responses; before ext_authz so it |
+    |           | service)                                 | sees the caller's identity headers, which       |
+    |           |                                          | ext_authz strips on delegated routes            |
+    | DECISIONS | ext_authz fail-closed, fail-open (policy | decisions after RBAC, so Python only sees what  |
+    |           | service)                                 | RBAC let through                                |
+    | SESSION   | envoy.filters.http.stateful_session (mcp)| legacy sessions stick to their upstream host    |
+    | TERMINAL  | envoy.filters.http.router                | terminal                                        |
+
+Each filter says, once, what happens on an Envoy route that does not mention
+it (`route_default`), and how it is switched off there (`off`). The
+per-route configuration of every route is computed from that (`route_config`),
+so a new kind of route cannot forget to switch a filter off:
+
+1. what the route declares for the filter (by name, or for its whole slot);
+2. else, a filter that belongs to another protocol than the route's is off
+   (a protocol's filters run on its own routes only);
+3. else the filter's own default: `OFF` (the policy-service filters: they
+   refuse what they were not configured for) or `LISTENER` (the listener-level
+   configuration applies; for RBAC that is "allow nothing").
+
+A route that enables a filter the listener does not have is a translator bug
+and raises `FilterError`.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from xds_server.core.wire import typed
+
+
+class Slot(enum.IntEnum):
+    """Where a filter sits in the chain (lower runs first on requests)."""
+
+    DEFRAME = 1
+    AUTHN = 2
+    AUTHZ = 3
+    RESPONSES = 4
+    DECISIONS = 5
+    SESSION = 6
+    TERMINAL = 7
+
+
+class RouteDefault(enum.Enum):
+    """What a filter does on an Envoy route that does not mention it."""
+
+    LISTENER = "listener"  # the listener's configuration applies (it must be safe on its own)
+    OFF = "off"  # switched off: it runs only where a route turns it on
+
+
+class FilterError(ValueError):
+    """The translators asked for a filter configuration that cannot be built (a bug, not a policy error)."""
+
+
+@dataclass(frozen=True)
+class HttpFilter:
+    """One HTTP filter of the listener.
+
+    `owner` is the protocol kind that contributed it (None: a neutral one);
+    `off` the per-route configuration that switches it off (None: it cannot
+    be switched off per route).
+    """
+
+    name: str
+    slot: Slot
+    config: dict[str, Any]
+    route_default: RouteDefault = RouteDefault.LISTENER
+    off: dict[str, Any] | None = None
+    owner: str | None = None
+
+    def as_config(self) -> dict[str, Any]:
+        return {"name": self.name, "typed_config": self.config}
+
+
+#: A route's declaration for one filter: its per-route config, or `LISTENER_CONFIG` (run with the
+#: listener's config), or `OFF` (switched off).
+class Use(enum.Enum):
+    LISTENER_CONFIG = "listener"
+    OFF = "off"
+
+
+FilterUses = Mapping[str | Slot, dict[str, Any] | Use]
+
+
+def ordered(filters: Iterable[HttpFilter]) -> list[HttpFilter]:
+    """`filters` in slot order (contribution order within a slot); names must be unique."""
+    chain = sorted(filters, key=lambda f: f.slot)
+    names = [f.name for f in chain]
+    if len(names) != len(set(names)):
+        raise FilterError(f"two HTTP filters share a name: {names}")
+    return chain
+
+
+@dataclass(frozen=True)
+class RouteFilters:
+    """How one Envoy route treats the listener's filters (see the module docstring)."""
+
+    kind: str | None  # the route's protocol kind; None for the gateway's own routes (404, metadata documents)
+    uses: FilterUses = field(default_factory=dict)
+
+    def config(self, listener: list[HttpFilter]) -> dict[str, Any]:
+        """The route's `typed_per_filter_config`."""
+        present = {f.name for f in listener}
+        named = [k for k in self.uses if isinstance(k, str)]
+        missing = sorted(set(named) - present)
+        if missing:
+            raise FilterError(f"route declares filters the listener does not have: {', '.join(missing)}")
+        out: dict[str, Any] = {}
+        for f in listener:
+            use = self.uses.get(f.name, self.uses.get(f.slot))
+            if use is None:
+                if f.owner is not None and self.kind is not None and f.owner != self.kind:
+                    use = Use.OFF  # another protocol's filter
+                elif f.route_default is RouteDefault.OFF:
+                    use = Use.OFF
+                else:
+                    use = Use.LISTENER_CONFIG
+            if use is Use.OFF:
+                if f.off is None:
+                    raise FilterError(f"filter {f.name} cannot be switched off on a route (kind {self.kind})")
+                out[f.name] = f.off
+            elif isinstance(use, dict):
+                out[f.name] = use
+        return out
+
+
+def disabled(per_route_type: str) -> dict[str, Any]:
+    """The usual per-route "off": the filter's per-route message with `disabled: true`."""
+    return typed(per_route_type, {"disabled": True})

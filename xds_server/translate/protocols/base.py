@@ -1,0 +1,75 @@
+"""What a protocol's translator must provide; the neutral translators do the rest.
+
+The neutral translators (listener, route, rbac, local_reply, cluster, jwt,
+tls, oauth, policy_service) know routes, principals, upstreams and the policy
+service. Everything that depends on what the protocol's messages look like is
+asked of its translator, one subclass of `ProtocolTranslator` per protocol:
+
+- `http_filters`: its filters (a deframer, a session filter), each in a slot
+  of the one filter order (filters.py); they run on its own routes only;
+- `call_match` / `response_match`: how its routes pick out the requests the
+  policy service decides on, or whose responses it rewrites;
+- `permissions`: what one grant allows, as RBAC permissions;
+- `request_rejections` / `denials`: its local replies (its filter's own
+  refusals; what a known caller was refused);
+- `metadata_namespace`, `request_id`, `access_log_field`: where its filter's
+  metadata is, and how replies and logs name the request.
+
+Every method is abstract: a translator that leaves one out cannot be
+instantiated, so a new protocol cannot be half wired.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, ClassVar
+
+from xds_server.ir.principals import ReplyMatcher
+from xds_server.ir.types import GatewayIR, RouteIR
+from xds_server.translate.filters import HttpFilter
+
+
+class ProtocolTranslator(abc.ABC):
+    """The protocol-specific half of translating routes of `part` (an IR protocol part class)."""
+
+    kind: ClassVar[str]
+    part: ClassVar[type]
+
+    @abc.abstractmethod
+    def http_filters(self, gateway: GatewayIR) -> list[HttpFilter]:
+        """The listener filters this protocol contributes (owner = `kind`)."""
+
+    @abc.abstractmethod
+    def call_match(self, route: RouteIR) -> dict[str, Any] | None:
+        """A route match for the calls `route.decisions.calls` names (None when it names none)."""
+
+    @abc.abstractmethod
+    def response_match(self, route: RouteIR) -> dict[str, Any] | None:
+        """A route match for the requests whose responses the policy service rewrites (None: none)."""
+
+    @abc.abstractmethod
+    def permissions(self, allows: Any) -> list[dict[str, Any]]:
+        """The RBAC permissions (OR-ed by Envoy) that one grant's protocol part allows."""
+
+    @abc.abstractmethod
+    def request_rejections(self, gateway: GatewayIR) -> list[dict[str, Any]]:
+        """Local-reply mappers for the protocol filter's own refusals (parse errors, limits, ...)."""
+
+    @abc.abstractmethod
+    def denials(self, caller: ReplyMatcher, known: dict[str, Any]) -> list[dict[str, Any]]:
+        """Local-reply mappers for what a known caller (`known`: its RBAC denial) was refused."""
+
+    @property
+    @abc.abstractmethod
+    def metadata_namespace(self) -> str:
+        """Where its filter puts what it deframed (sent to the policy service with each check)."""
+
+    @property
+    @abc.abstractmethod
+    def request_id(self) -> str:
+        """The Envoy format string of the request's id, for JSON-RPC error bodies."""
+
+    @property
+    @abc.abstractmethod
+    def access_log_field(self) -> str:
+        """This protocol's part of the access log line (e.g. the method and the tool)."""

@@ -1,0 +1,276 @@
+"""MCP routes in Envoy: the MCP filter, legacy sessions, RBAC on MCP metadata, MCP's local replies.
+
+- **Filters.** `envoy.filters.http.mcp` deframes the JSON-RPC body into
+  metadata (method, id, params.name, params.uri, named arguments) and refuses
+  what is not one MCP message (REJECT_NO_MCP), duplicate keys included: with
+  them Envoy would match RBAC on one `method` value while the backend may act
+  on another. Sent as a TypedStruct because xds-protos lacks
+  `reject_duplicate_keys`. Its body limit is kept at or below the connection
+  buffer (a larger body with a smaller buffer limit hangs); the policy model
+  guarantees it. `envoy.filters.http.stateful_session` with the envelope on
+  `mcp-session-id` seals the upstream host into legacy session ids, so any
+  Envoy replica routes a session to the backend that created it.
+- **RBAC permissions** per grant, OR-ed: the methods that carry no tool
+  (lifecycle, lists, notifications, the client's answers to server requests,
+  the GET stream, session DELETE); `tools/call` AND `params.name` matches a
+  tool pattern (AND each named argument matches, for argument grants);
+  `resources/read|subscribe|unsubscribe` AND `params.uri` matches;
+  `prompts/get` AND `params.name` matches. Only ALLOW lists: a body Envoy
+  could not parse carries no metadata and so matches nothing.
+- **Policy-service routes** match on the deframed method and tool (the MCP
+  filter clears the route cache when some route needs it).
+- **Local replies**: the MCP filter's refusals as JSON-RPC errors, and per
+  known caller what it was refused (tool, resource, prompt, method).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from xds_server.core import errors
+from xds_server.core.wire import MCP_METADATA_NAMESPACE, typed, typed_struct
+from xds_server.ir.mcp import ArgumentMatchIR, McpAllowsIR, McpRouteIR
+from xds_server.ir.patterns import NamePattern, PatternKind
+from xds_server.ir.principals import ReplyMatcher
+from xds_server.ir.types import GatewayIR, RouteIR
+from xds_server.translate.filters import HttpFilter, Slot, disabled
+from xds_server.translate.protocols.base import ProtocolTranslator
+from xds_server.translate.replies import all_of, mapper, metadata_is
+
+MCP_TYPE = "envoy.extensions.filters.http.mcp.v3.Mcp"
+FILTER_CONFIG_TYPE = "envoy.config.route.v3.FilterConfig"
+SESSION_FILTER = "envoy.filters.http.stateful_session"
+
+# JSON-RPC methods that name no tool, resource or prompt. Any agent with a
+# grant on the backend may send them. "__jsonrpc_response" is how the MCP filter
+# labels a JSON-RPC response the client sends back (to sampling/elicitation).
+TOOLLESS_METHODS = (
+    "__jsonrpc_response",
+    "initialize",
+    "logging/setLevel",
+    "ping",
+    "prompts/list",
+    "resources/list",
+    "resources/templates/list",
+    "server/discover",
+    "tools/list",
+)
+TOOLLESS_METHOD_PREFIXES = ("notifications/",)
+RESOURCE_METHODS = ("resources/read", "resources/subscribe", "resources/unsubscribe")
+LIST_METHODS = ("prompts/list", "resources/list", "resources/templates/list", "tools/list")
+
+REQUEST_ID = f"%DYNAMIC_METADATA({MCP_METADATA_NAMESPACE}:id)%"
+METHOD = f"%DYNAMIC_METADATA({MCP_METADATA_NAMESPACE}:method)%"
+TOOL = f"%DYNAMIC_METADATA({MCP_METADATA_NAMESPACE}:params:name)%"
+URI = f"%DYNAMIC_METADATA({MCP_METADATA_NAMESPACE}:params:uri)%"
+BACKEND = "%ROUTE_NAME%"
+
+# ---------------------------------------------------------------- matchers
+
+
+def string_matcher(pattern: NamePattern) -> dict[str, Any]:
+    """An Envoy ValueMatcher for one compiled pattern."""
+    if pattern.kind is PatternKind.ANY:
+        return {"present_match": True}
+    if pattern.kind is PatternKind.REGEX:
+        return {"string_match": {"safe_regex": {"regex": pattern.value}}}
+    return {"string_match": {pattern.kind.value: pattern.value}}
+
+
+def argument_matcher(match: ArgumentMatchIR) -> dict[str, Any]:
+    """An Envoy ValueMatcher for one argument condition."""
+    if match.kind == "one_of":
+        values = [{"string_match": {"exact": v}} for v in match.values]
+        return values[0] if len(values) == 1 else {"or_match": {"value_matchers": values}}
+    if match.kind == "regex":
+        # Anchored: the whole argument must match, as the policy says.
+        return {"string_match": {"safe_regex": {"regex": f"^(?:{match.values[0]})$"}}}
+    return {"string_match": {match.kind: match.values[0]}}
+
+
+def _metadata(path: tuple[str, ...], value: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "sourced_metadata": {
+            "metadata_matcher": {
+                "filter": MCP_METADATA_NAMESPACE,
+                "path": [{"key": k} for k in path],
+                "value": value,
+            }
+        }
+    }
+
+
+def _method_is(method: str) -> dict[str, Any]:
+    return _metadata(("method",), {"string_match": {"exact": method}})
+
+
+def _any_of(patterns: tuple[NamePattern, ...]) -> dict[str, Any]:
+    matchers = [string_matcher(p) for p in patterns]
+    return matchers[0] if len(matchers) == 1 else {"or_match": {"value_matchers": matchers}}
+
+
+def _or(rules: list[dict[str, Any]]) -> dict[str, Any]:
+    return rules[0] if len(rules) == 1 else {"or_rules": {"rules": rules}}
+
+
+def toolless_permission() -> dict[str, Any]:
+    """Requests that carry no tool: lifecycle methods, lists, notifications, GET, DELETE."""
+    rules = [_method_is(m) for m in TOOLLESS_METHODS]
+    rules += [_metadata(("method",), {"string_match": {"prefix": p}}) for p in TOOLLESS_METHOD_PREFIXES]
+    rules += [{"header": {"name": ":method", "string_match": {"exact": verb}}} for verb in ("DELETE", "GET")]
+    return _or(rules)
+
+
+def _route_method_matcher(*methods: str) -> dict[str, Any]:
+    values = [{"string_match": {"exact": m}} for m in methods]
+    value = values[0] if len(values) == 1 else {"or_match": {"value_matchers": values}}
+    return {"filter": MCP_METADATA_NAMESPACE, "path": [{"key": "method"}], "value": value}
+
+
+def _route_tool_matcher(patterns: tuple[NamePattern, ...]) -> dict[str, Any]:
+    return {"filter": MCP_METADATA_NAMESPACE, "path": [{"key": "params"}, {"key": "name"}], "value": _any_of(patterns)}
+
+
+# ---------------------------------------------------------------- the translator
+
+
+class McpTranslator(ProtocolTranslator):
+    kind: ClassVar[str] = McpRouteIR.KIND
+    part: ClassVar[type] = McpRouteIR
+
+    def http_filters(self, gateway: GatewayIR) -> list[HttpFilter]:
+        return [
+            HttpFilter(MCP_METADATA_NAMESPACE, Slot.DEFRAME, self._mcp_filter_config(gateway),
+                       off=typed(FILTER_CONFIG_TYPE, {"disabled": True}), owner=self.kind),
+            HttpFilter(SESSION_FILTER, Slot.SESSION, _session_config(),
+                       off=disabled("envoy.extensions.filters.http.stateful_session.v3.StatefulSessionPerRoute"),
+                       owner=self.kind),
+        ]  # fmt: skip
+
+    def _mcp_filter_config(self, gateway: GatewayIR) -> dict[str, Any]:
+        config: dict[str, Any] = {
+            "traffic_mode": "REJECT_NO_MCP",
+            "max_request_body_size": gateway.listener.max_request_body_bytes,
+            "reject_duplicate_keys": True,
+        }
+        if gateway.needs_policy_service:
+            # Pick the route again once the body is parsed: policy routes match on method and tool.
+            config["clear_route_cache"] = True
+        arguments = sorted({m.name for r in gateway.routes if r.kind == self.kind for g in r.grants
+                            for ag in g.allows.argument_grants for m in ag.arguments})  # fmt: skip
+        if arguments:
+            # Argument conditions are checked by RBAC on metadata. A parser_config
+            # replaces the method's default extraction, so params.name is listed too.
+            rules = [{"path": "params.name"}] + [{"path": f"params.arguments.{name}"} for name in arguments]
+            config["parser_config"] = {"methods": [{"method": "tools/call", "extraction_rules": rules}]}
+        return typed_struct(MCP_TYPE, config)
+
+    def call_match(self, route: RouteIR) -> dict[str, Any] | None:
+        """`tools/call` of the tools the policy service decides on (any tool for `()`)."""
+        tools = route.decisions.calls
+        if tools is None:
+            return None
+        metadata = [_route_method_matcher("tools/call")]
+        if tools:
+            metadata.append(_route_tool_matcher(tools))
+        return {"path": route.path, "dynamic_metadata": metadata}
+
+    def response_match(self, route: RouteIR) -> dict[str, Any] | None:
+        """The list methods, whose answers are filtered per caller."""
+        if not route.decisions.responses:
+            return None
+        return {"path": route.path, "dynamic_metadata": [_route_method_matcher(*LIST_METHODS)]}
+
+    def permissions(self, allows: McpAllowsIR) -> list[dict[str, Any]]:
+        permissions = [toolless_permission()]
+        if allows.all_tools:
+            permissions.append(
+                {"and_rules": {"rules": [_method_is("tools/call"), _metadata(("params", "name"), _any_of(allows.all_tools))]}}
+            )  # fmt: skip
+        for argument_grant in allows.argument_grants:
+            # The MCP filter extracts params.arguments.<name> (see _mcp_filter_config); a
+            # missing or non-string argument leaves nothing to match, so it is denied.
+            checks = [_metadata(("params", "arguments", m.name), argument_matcher(m)) for m in argument_grant.arguments]
+            permissions.append({"and_rules": {"rules": [
+                _method_is("tools/call"), _metadata(("params", "name"), _any_of(argument_grant.tools)), *checks]}})  # fmt: skip
+        if allows.resources:
+            methods = _or([_method_is(m) for m in RESOURCE_METHODS])
+            permissions.append(
+                {"and_rules": {"rules": [methods, _metadata(("params", "uri"), _any_of(allows.resources))]}}
+            )
+        if allows.prompts:
+            permissions.append(
+                {"and_rules": {"rules": [_method_is("prompts/get"), _metadata(("params", "name"), _any_of(allows.prompts))]}}
+            )  # fmt: skip
+        return permissions
+
+    def request_rejections(self, gateway: GatewayIR) -> list[dict[str, Any]]:
+        limit = gateway.listener.max_request_body_bytes
+
+        def status(value: str) -> dict[str, Any]:
+            return metadata_is(MCP_METADATA_NAMESPACE, "status", value)
+
+        return [
+            mapper(status("mcp_parse_error"), errors.PARSE_ERROR,
+                   "Parse error: the request body is not complete, valid JSON", REQUEST_ID),
+            mapper(status("mcp_body_too_large"), errors.TOO_LARGE,
+                   f"Request too large: the body exceeds the gateway's limit of {limit} bytes", REQUEST_ID),
+            mapper(status("mcp_duplicate_keys"), errors.DUPLICATE_KEYS,
+                   "Invalid Request: a JSON object in the body repeats a key", REQUEST_ID),
+            mapper(status("mcp_not_jsonrpc"), errors.INVALID_REQUEST,
+                   "Invalid Request: %LOCAL_REPLY_BODY%; the gateway accepts one JSON-RPC 2.0 request "
+                   "per HTTP request (no batches)", REQUEST_ID),
+            mapper(status("mcp_reject_no_mcp"), errors.NOT_MCP,
+                   "Invalid Request: only MCP traffic is allowed (POST with Content-Type: application/json and "
+                   "Accept: application/json, text/event-stream; GET with Accept: text/event-stream; "
+                   "DELETE with Mcp-Session-Id)", REQUEST_ID),
+        ]  # fmt: skip
+
+    def denials(self, caller: ReplyMatcher, known: dict[str, Any]) -> list[dict[str, Any]]:
+        name = caller.name
+
+        def method(*values: str) -> dict[str, Any]:
+            return metadata_is(MCP_METADATA_NAMESPACE, "method", *values)
+
+        return [
+            mapper(all_of(known, method("tools/call")), errors.TOOL_DENIED,
+                   f"Tool '{TOOL}' is not allowed for agent '{name}' on backend '{BACKEND}'", REQUEST_ID,
+                   tool=TOOL, backend=BACKEND),
+            mapper(all_of(known, method(*RESOURCE_METHODS)), errors.RESOURCE_DENIED,
+                   f"Resource '{URI}' is not allowed for agent '{name}' on backend '{BACKEND}'", REQUEST_ID,
+                   resource=URI, backend=BACKEND),
+            mapper(all_of(known, method("prompts/get")), errors.PROMPT_DENIED,
+                   f"Prompt '{TOOL}' is not allowed for agent '{name}' on backend '{BACKEND}'", REQUEST_ID,
+                   prompt=TOOL, backend=BACKEND),
+            mapper(known, errors.METHOD_DENIED,
+                   f"Method '{METHOD}' (HTTP %REQ(:method)%) is not allowed for agent '{name}' on backend "
+                   f"'{BACKEND}': the agent has no grant there, or the method is not allowed through the gateway",
+                   REQUEST_ID, method=METHOD, backend=BACKEND),
+        ]  # fmt: skip
+
+    @property
+    def metadata_namespace(self) -> str:
+        return MCP_METADATA_NAMESPACE
+
+    @property
+    def request_id(self) -> str:
+        return REQUEST_ID
+
+    @property
+    def access_log_field(self) -> str:
+        return f"mcp={{{METHOD} {TOOL}}}"
+
+
+def _session_config() -> dict[str, Any]:
+    return typed(
+        "envoy.extensions.filters.http.stateful_session.v3.StatefulSession",
+        {
+            "session_state": {
+                "name": "envoy.http.stateful_session.envelope",
+                "typed_config": typed(
+                    "envoy.extensions.http.stateful_session.envelope.v3.EnvelopeSessionState",
+                    {"header": {"name": "mcp-session-id"}},
+                ),
+            }
+        },
+    )
