@@ -1,7 +1,7 @@
 """PolicySet (validated documents) → IR (resolved, defaulted, sorted, with its material read).
 
 The loader has already checked every reference, so this stage resolves:
-which routes each gateway serves (each protocol's builder, ir/parts.py),
+which routes each gateway serves (each protocol's builder, `ROUTE_BUILDERS`),
 which principals prove each agent on that gateway, what each agent may do on
 each route, which requests need the policy service, and the files and secrets
 the translators will need (API keys, JWKS files, certificates and keys, read
@@ -15,10 +15,10 @@ reported as such by the pipeline.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from xds_server.ir import materials
-from xds_server.ir.parts import ROUTE_BUILDERS
+from xds_server.ir import build_mcp, materials
 from xds_server.ir.principals import SecretIR
 from xds_server.ir.routes import RouteBuild, near
 from xds_server.ir.types import (
@@ -34,6 +34,7 @@ from xds_server.ir.types import (
     JwtProviderIR,
     ListenerIR,
     Principal,
+    RouteIR,
     SpiffePrincipal,
     principal_sort_key,
 )
@@ -56,6 +57,9 @@ class UnusableMaterial(PolicyError):
         super().__init__(diagnostics)
         self.ir = ir
 
+
+#: How each protocol's routes are built from a policy set, for one gateway (a new protocol: one entry).
+ROUTE_BUILDERS: tuple[Callable[[PolicySet, RouteBuild], list[RouteIR]], ...] = (build_mcp.build_routes,)
 
 # ---------------------------------------------------------------- agents
 

@@ -1,13 +1,14 @@
-"""The MCP part of the IR, and how MCPBackend and MCPPolicy documents become MCP routes.
+"""The MCP part of the IR.
 
 An MCP route is the neutral `RouteIR` (path, upstream, grants, conditional
 rules, decision needs, ...) with an `McpRouteIR` protocol part (list
 filtering, the tool guard), and each grant allows an `McpAllowsIR`: which
 tools it may call (plainly, under conditions, or only with matching
 arguments), which resources it may read and which prompts it may get.
+How MCPBackend and MCPPolicy documents become these: ir/build_mcp.py.
 
-What goes to the policy service (`DecisionNeedsIR`), decided here once for
-the translators and the policy service alike:
+What goes to the policy service (`DecisionNeedsIR`, `with_decisions`),
+decided here once for the translators and the policy service alike:
 - every request, on a backend with delegated credentials;
 - `tools/call` of any tool on a guarded backend (pins or screening), else of
   the tools a conditional rule covers;
@@ -20,13 +21,8 @@ import enum
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
-from xds_server.ir import routes
-from xds_server.ir.glob import compile_globs
 from xds_server.ir.patterns import NamePattern, PatternKind
 from xds_server.ir.types import DecisionNeedsIR, RouteIR
-from xds_server.policy.load import PolicySet
-from xds_server.policy.located import Located
-from xds_server.policy.mcp import MCPBackend, MCPToolLock, Rule
 
 # ---------------------------------------------------------------- what a grant allows
 
@@ -130,53 +126,7 @@ class McpRouteIR:
     tool_guard: ToolGuardIR | None = None
 
 
-# ---------------------------------------------------------------- building
-
-
-def _argument_grant(rule_id: str, rule: Rule) -> ArgumentGrantIR:
-    matches = []
-    for name, match in sorted(rule.arguments.items()):
-        if match.one_of is not None:
-            matches.append(ArgumentMatchIR(name, "one_of", tuple(sorted(set(match.one_of)))))
-        else:
-            kind, value = next((k, v) for k, v in (("exact", match.exact), ("prefix", match.prefix),
-                               ("suffix", match.suffix), ("regex", match.regex)) if v is not None)  # fmt: skip
-            matches.append(ArgumentMatchIR(name, kind, (value,)))
-    return ArgumentGrantIR(compile_globs(rule.tools), tuple(matches), rule_id)
-
-
-def _allows(rules: list[tuple[str, Rule]]) -> McpAllowsIR:
-    """What the rules naming one agent (for one user match) allow together."""
-    tools: list[str] = []
-    conditional: list[str] = []
-    with_arguments = []
-    for rule_id, rule in rules:
-        if rule.arguments:
-            with_arguments.append(_argument_grant(rule_id, rule))
-        else:
-            (conditional if rule.is_conditional else tools).extend(rule.tools)
-    return McpAllowsIR(
-        tools=compile_globs(tools),
-        resources=compile_globs([r for _, rule in rules for r in rule.resources]),
-        prompts=compile_globs([p for _, rule in rules for p in rule.prompts]),
-        conditional_tools=compile_globs(conditional),
-        argument_grants=tuple(sorted(with_arguments)),
-    )
-
-
-def _tool_guard(backend: MCPBackend, lock: Located[MCPToolLock] | None) -> ToolGuardIR | None:
-    guard = backend.spec.tool_guard
-    if lock is None and guard.screening == "off":
-        return None
-    pins = None
-    if lock is not None:
-        pins = tuple(
-            sorted(PinnedToolIR(t.name, t.description_sha256, t.input_schema_sha256) for t in lock.doc.spec.tools)
-        )
-    return ToolGuardIR(
-        pins=pins, unpinned=DriftAction(guard.unpinned), screening=ScreeningMode(guard.screening),
-        refresh_ms=guard.refresh_ms,
-    )  # fmt: skip
+# ---------------------------------------------------------------- what goes to the policy service
 
 
 def with_decisions(route: RouteIR) -> RouteIR:
@@ -185,6 +135,8 @@ def with_decisions(route: RouteIR) -> RouteIR:
 
 
 def _decisions(route: RouteIR) -> DecisionNeedsIR:
+    from xds_server.ir.types import DecisionNeedsIR
+
     part = route.protocol
     calls: tuple[NamePattern, ...] | None = None
     if part.tool_guard is not None:
@@ -196,35 +148,3 @@ def _decisions(route: RouteIR) -> DecisionNeedsIR:
         calls=calls,
         responses=part.list_filtering or part.tool_guard is not None,
     )
-
-
-def build_routes(policy_set: PolicySet, build: routes.RouteBuild) -> list[RouteIR]:
-    """The MCP routes of one gateway: one per MCPBackend it serves, with the MCPPolicy rules on it."""
-    out = []
-    for located in policy_set.backends_of(build.gateway):
-        backend = located.doc
-        spec = backend.spec
-        rules = [
-            (f"{p.doc.metadata.name}/rules[{i}]", rule)
-            for p in policy_set.policies_for(backend.metadata.name)
-            for i, rule in enumerate(p.doc.spec.rules)
-        ]
-        route = RouteIR(
-            name=backend.metadata.name,
-            path=backend.route_path,
-            upstream=routes.upstream(located, build, spec.path),
-            request_timeout_ms=spec.timeouts.request_ms,
-            idle_timeout_ms=spec.timeouts.idle_ms,
-            grants=routes.grants(rules, build, _allows),
-            protocol=McpRouteIR(
-                list_filtering=spec.policy_service.list_filtering,
-                tool_guard=_tool_guard(backend, policy_set.lock_for(backend.metadata.name)),
-            ),
-            conditional_rules=routes.conditional_rules(rules, build, lambda rule: compile_globs(rule.tools)),
-            policy_service=routes.policy_service(located),
-            auth=routes.auth(located, build),
-            credentials=routes.credentials(located),
-            annotations=routes.annotations_of(located),
-        )
-        out.append(with_decisions(route))
-    return out

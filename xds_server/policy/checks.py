@@ -100,12 +100,34 @@ def cross_check(declared: Sequence[Declared], valid: Sequence[Located[Any]], *, 
             )
         else:
             seen[item.name] = item.source
+    diags += _routed_names(declared)
     for item in declared:
         for namespace, name in item.provides:
             names.setdefault(namespace, {}).setdefault(name, item.source)
     if complete:
         diags += _references(declared, names)
     diags += _conflicts(valid, sorted(names.get("Gateway", {})))
+    return diags
+
+
+def _routed_names(declared: Sequence[Declared]) -> list[Diagnostic]:
+    """Routed documents of every kind share one name space: a route's name names it in replies, logs and
+    the policy service, so an MCPBackend and another routed kind may not both be `github`. (Two
+    documents of one kind are already reported as duplicates.)"""
+    first: dict[str, Declared] = {}
+    diags = []
+    for item in declared:
+        if not KINDS[item.kind].routed:
+            continue
+        seen = first.setdefault(item.name, item)
+        if seen.kind != item.kind:
+            diags.append(
+                item.diagnostic(
+                    ("metadata", "name"),
+                    f"name {item.name!r} is already used by {seen.kind}/{seen.name} ({seen.source}); routed "
+                    "documents of every kind share one name space",
+                )
+            )
     return diags
 
 

@@ -15,7 +15,7 @@ import importlib
 import json
 from typing import Any, TypeVar
 
-from google.protobuf import json_format
+from google.protobuf import json_format, message_factory
 from google.protobuf.message import Message
 
 from xds_server.core.wire import typed, typed_struct
@@ -55,9 +55,42 @@ def _ensure_descriptors() -> None:
 
 
 def to_message(cls: type[M], body: dict[str, Any]) -> M:
-    """Parse `body` into a new `cls`; raises `json_format.ParseError` on unknown fields."""
+    """Parse `body` into a new `cls` with every `Any` in it packed canonically; raises
+    `json_format.ParseError` on unknown fields."""
     _ensure_descriptors()
-    return json_format.ParseDict(body, cls())
+    message = json_format.ParseDict(body, cls())
+    canonical_anys(message)
+    return message
+
+
+def canonical_anys(message: Message) -> None:
+    """Re-pack every `google.protobuf.Any` inside `message` with deterministic serialization.
+
+    `ParseDict` packs an Any's value with the default serialization, whose map
+    order (a Struct's fields, typed_per_filter_config) depends on the
+    process's hash seed. A snapshot's version is a hash of its bytes, so two
+    control planes serving the same policies must produce the same bytes:
+    the innermost Anys are re-packed first, then those holding them.
+    """
+    for field, value in message.ListFields():
+        if field.message_type is None:
+            continue
+        if field.message_type.GetOptions().map_entry:
+            if field.message_type.fields_by_name["value"].message_type is not None:
+                for item in value.values():
+                    canonical_anys(item)
+        elif field.is_repeated:
+            for item in value:
+                canonical_anys(item)
+        else:
+            canonical_anys(value)
+    if message.DESCRIPTOR.full_name == "google.protobuf.Any":
+        pool = message.DESCRIPTOR.file.pool
+        inner_cls = message_factory.GetMessageClass(pool.FindMessageTypeByName(message.TypeName()))
+        inner = inner_cls()
+        inner.ParseFromString(message.value)
+        canonical_anys(inner)
+        message.value = inner.SerializeToString(deterministic=True)
 
 
 def to_dict(message: Message) -> dict[str, Any]:

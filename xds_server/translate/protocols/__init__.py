@@ -26,16 +26,16 @@ class UnknownProtocol(TypeError):
     """A route's protocol part has no translator (a bug: the IR and the translators disagree)."""
 
 
-def translator_of(kind: str, translators: Iterable[ProtocolTranslator] = TRANSLATORS) -> ProtocolTranslator:
-    for translator in translators:
+def translator_of(kind: str, translators: Iterable[ProtocolTranslator] | None = None) -> ProtocolTranslator:
+    for translator in TRANSLATORS if translators is None else translators:
         if translator.kind == kind:
             return translator
     raise UnknownProtocol(f"no translator for routes of protocol {kind!r}")
 
 
-def translator_for(route: RouteIR, translators: Iterable[ProtocolTranslator] = TRANSLATORS) -> ProtocolTranslator:
+def translator_for(route: RouteIR, translators: Iterable[ProtocolTranslator] | None = None) -> ProtocolTranslator:
     """The translator of `route`'s protocol part (matched by its class, not only its name)."""
-    for translator in translators:
+    for translator in TRANSLATORS if translators is None else translators:
         if isinstance(route.protocol, translator.part):
             return translator
     raise UnknownProtocol(

@@ -1,0 +1,125 @@
+"""Protocols plug into the translators structurally: a route whose protocol has no translator
+cannot be built, a translator that leaves out part of its contract cannot exist, and no route
+kind has to remember which filters to switch off (filters.RouteFilters decides from each
+filter's own declaration)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar
+
+import pytest
+
+from tests import ir_kit
+from xds_server.core.wire import typed
+from xds_server.translate import translate_gateway
+from xds_server.translate.filters import FilterError, HttpFilter, RouteDefault, RouteFilters, Slot, Use, disabled
+from xds_server.translate.listener import listener_filters
+from xds_server.translate.protocols import UnknownProtocol, translator_for
+from xds_server.translate.protocols.base import ProtocolTranslator
+from xds_server.translate.protocols.mcp import McpTranslator
+from xds_server.translate.route import build_route_config
+
+
+@dataclass(frozen=True)
+class A2ARouteIR:
+    """A protocol part no translator knows (as A2A's would be before its translator exists)."""
+
+    KIND: ClassVar[str] = "a2a"
+
+
+def _gateway_with_an_unknown_part() -> Any:
+    known = ir_kit.route("github", grants=(ir_kit.grant("triage", ["*"]),))
+    unknown = replace(ir_kit.route("agents"), protocol=A2ARouteIR())
+    return ir_kit.gateway(routes=(known, unknown))
+
+
+def test_a_route_of_an_unknown_protocol_cannot_be_built() -> None:
+    gw = _gateway_with_an_unknown_part()
+    with pytest.raises(UnknownProtocol, match="agents.*A2ARouteIR"):
+        translator_for(gw.routes[1])
+    with pytest.raises(UnknownProtocol):
+        build_route_config(gw)
+    with pytest.raises(UnknownProtocol):
+        translate_gateway(gw)
+
+
+def test_a_translator_that_does_not_declare_its_filters_cannot_exist() -> None:
+    class Halfway(ProtocolTranslator):  # everything but http_filters
+        kind: ClassVar[str] = "a2a"
+        part: ClassVar[type] = A2ARouteIR
+
+        def call_match(self, route: Any) -> dict[str, Any] | None:
+            return None
+
+        def response_match(self, route: Any) -> dict[str, Any] | None:
+            return None
+
+        def permissions(self, allows: Any) -> list[dict[str, Any]]:
+            return []
+
+        def request_rejections(self, gateway: Any) -> list[dict[str, Any]]:
+            return []
+
+        def denials(self, caller: Any, known: dict[str, Any]) -> list[dict[str, Any]]:
+            return []
+
+        metadata_namespace = "envoy.filters.http.a2a"
+        request_id = "%DYNAMIC_METADATA(envoy.filters.http.a2a:id)%"
+        access_log_field = "a2a={}"
+
+    with pytest.raises(TypeError, match="http_filters"):
+        Halfway()  # type: ignore[abstract]
+
+
+# ---------------------------------------------------------------- the per-route rule
+
+
+def _filter(name: str, slot: Slot, *, default: RouteDefault = RouteDefault.LISTENER, owner: str | None = None,
+            off: bool = True) -> HttpFilter:  # fmt: skip
+    return HttpFilter(name, slot, typed("x.Config"), default, disabled("x.PerRoute") if off else None, owner)
+
+
+LISTENER = [
+    _filter("mcp", Slot.DEFRAME, owner="mcp"),
+    _filter("a2a", Slot.DEFRAME, owner="a2a"),
+    _filter("rbac", Slot.AUTHZ),
+    _filter("ext_authz", Slot.DECISIONS, default=RouteDefault.OFF),
+    _filter("router", Slot.TERMINAL, off=False),
+]
+OFF = disabled("x.PerRoute")
+
+
+def test_a_route_that_declares_nothing_gets_the_safe_defaults() -> None:
+    config = RouteFilters("mcp").config(LISTENER)
+    # its own protocol's filter runs (listener config), another protocol's is off, RBAC keeps the
+    # listener's allow-nothing, a policy-service filter is off, the router is untouched
+    assert config == {"a2a": OFF, "ext_authz": OFF}
+    assert RouteFilters("a2a").config(LISTENER) == {"mcp": OFF, "ext_authz": OFF}
+
+
+def test_declarations_win_and_slots_can_be_named() -> None:
+    config = RouteFilters(None, {Slot.DEFRAME: Use.OFF, "rbac": Use.OFF, "ext_authz": {"on": True}}).config(LISTENER)
+    assert config == {"mcp": OFF, "a2a": OFF, "rbac": OFF, "ext_authz": {"on": True}}
+
+
+def test_a_route_cannot_enable_a_filter_the_listener_lacks_or_switch_off_one_that_cannot_be() -> None:
+    with pytest.raises(FilterError, match="ext_proc"):
+        RouteFilters("mcp", {"ext_proc": {"on": True}}).config(LISTENER)
+    with pytest.raises(FilterError, match="router"):
+        RouteFilters("mcp", {"router": Use.OFF}).config(LISTENER)
+
+
+def test_the_real_listener_filters_declare_what_routes_need() -> None:
+    routes = (
+        ir_kit.route("github", grants=(ir_kit.grant("triage", ["*"]),), list_filtering=True),
+        ir_kit.route("wiki", grants=(ir_kit.grant("triage", ["*"]),)),
+    )
+    gw = ir_kit.gateway(routes=routes)
+    filters = {f.name: f for f in listener_filters(gw)}
+    assert [f.slot for f in listener_filters(gw)] == sorted(f.slot for f in filters.values())
+    assert filters["envoy.filters.http.mcp"].owner == McpTranslator.kind
+    for name in ("envoy.filters.http.ext_proc", "envoy.filters.http.ext_authz/fail-closed",
+                 "envoy.filters.http.ext_authz/fail-open"):  # fmt: skip
+        assert filters[name].route_default is RouteDefault.OFF  # on only where a route turns it on
+    assert filters["envoy.filters.http.rbac"].route_default is RouteDefault.LISTENER  # which allows nothing
