@@ -1,1 +1,12 @@
-"""The policy service: decisions Envoy cannot make natively (CEL conditions, quotas, approvals)."""
+"""The policy service: decisions Envoy cannot make natively.
+
+    decide.py      the generic pipeline: caller → call → protocol refusals → rules → credentials
+    engine.py      conditions (CEL), quotas and approvals over a route's conditional rules (pure)
+    credentials.py delegated credentials (token exchange, per-user secrets)
+    protocols.py   what a protocol's handler provides; mcp/ is MCP's (tools/call, tool guard, lists)
+    state.py       the IR indexed per route; callers recognised by ir/principals.py
+    ext_authz.py, ext_authz_http.py, ext_proc.py, approvals_http.py   thin adapters
+    service.py     runs them all and follows each published IR
+
+It reads the IR and `core` only: never policy models, never the translators.
+"""

@@ -4,8 +4,19 @@ from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 
 from xds_server.cli.common import Subparsers, policy_dir
+
+INTERNAL_ERROR = 3
+
+
+def _internal_error(command: str) -> int:
+    """A failure of the gateway itself (not of the policies): the stack, and exit code 3."""
+    traceback.print_exc()
+    print(f"agentxds {command}: internal error while building the configuration: a bug of agentxds, not a "
+          "problem in your policies (the stack is above)", file=sys.stderr)  # fmt: skip
+    return INTERNAL_ERROR
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -19,9 +30,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
             print(d, file=sys.stderr)
         print(f"{len(exc.diagnostics)} error(s) in {args.dir}", file=sys.stderr)
         return 1
-    except ValueError as exc:
-        print(exc, file=sys.stderr)
-        return 1
+    except Exception:
+        return _internal_error("validate")
     for gateway in ir.gateways:
         agents = sum(1 for a in gateway.agents if a.principals)
         grants = sum(len(r.grants) for r in gateway.routes)
@@ -37,9 +47,11 @@ def cmd_render(args: argparse.Namespace) -> int:
 
     try:
         ir, resources = compile_policies(args.dir)
-    except (PolicyError, ValueError) as exc:
+    except PolicyError as exc:
         print(exc, file=sys.stderr)
         return 1
+    except Exception:
+        return _internal_error("render")
     if args.to == "ir":
         sys.stdout.write(dump_yaml(ir_document(ir)))
     else:
