@@ -122,6 +122,5 @@ def upstream_tls(
         sni,
         certificate_file,
         materials.pem_text(certificate_file, "certificate") if certificate_file else None,
-        private_key_file,
         materials.private_key_text(private_key_file, "private key") if private_key_file else None,
     )

@@ -1,5 +1,5 @@
 """End to end: mTLS with SPIFFE IDs. Agents present client certificates minted by
-`xds_server.cli.certs`; the real Envoy gets its certificate and trust bundle over SDS
+`xds_server.cli.pki`; the real Envoy gets its certificate and trust bundle over SDS
 from the real control plane, checks certificates at the handshake, and RBAC
 matches the verified SPIFFE ID.
 

@@ -1,4 +1,4 @@
-"""The development PKI (xds_server.cli.certs) and `agentxds certs`."""
+"""The development PKI (xds_server.cli.pki) and `agentxds certs`."""
 
 from __future__ import annotations
 

@@ -467,6 +467,22 @@ async def test_the_rule_is_decided_before_any_exchange(service: tuple[PolicyServ
     assert allowed.ok_response.headers[0].header.value == "Bearer backend-token-for-alice"
 
 
+@pytest.mark.parametrize("arguments", [[], "repo=acme/x", 7])
+async def test_an_unreadable_call_of_a_conditional_tool_is_refused_not_credentialed(
+    service: tuple[PolicyService, list[httpx2.Request]], arguments: object
+) -> None:
+    """A tools/call whose arguments are not an object is not "nothing to decide": no credential, a refusal."""
+    import json
+
+    svc, calls = service
+    body = json.dumps({"jsonrpc": "2.0", "id": 5, "method": "tools/call",
+                       "params": {"name": "create_issue", "arguments": arguments}})  # fmt: skip
+    refused = await ExtAuthzServicer(svc).Check(check_request("tx", body=body, headers=CALLER, jwt=ALICE), None)  # type: ignore[arg-type]
+    assert refused.status.code == 7 and '"reason":"invalid_request"' in refused.denied_response.body
+    assert '"id":5' in refused.denied_response.body
+    assert calls == []  # no token was exchanged for it
+
+
 async def test_token_endpoint_failure_refuses_with_a_json_rpc_error(policy_ir: IR) -> None:
     calls: list[httpx2.Request] = []
     svc = PolicyService(port=0, approvals_port=0)

@@ -35,6 +35,27 @@ ALLOWED: dict[str, set[str]] = {
 }
 
 
+def _absolute(parts: tuple[str, ...], node: ast.ImportFrom) -> str:
+    """The absolute module an import-from names (`from ..translate import x` in xds_server/authz/a.py:
+    xds_server.translate)."""
+    if node.level == 0:
+        return node.module or ""
+    package = ["xds_server", *(parts if parts[-1] == "__init__" else parts[:-1])]
+    if parts[-1] == "__init__":
+        package = package[:-1]
+    base = package[: len(package) - (node.level - 1)]
+    return ".".join([*base, *([node.module] if node.module else [])])
+
+
+def test_relative_imports_are_resolved() -> None:
+    node = ast.parse("from ..translate import rbac").body[0]
+    assert isinstance(node, ast.ImportFrom)
+    assert _absolute(("authz", "decide"), node) == "xds_server.translate"
+    inner = ast.parse("from .cache import SnapshotCache").body[0]
+    assert isinstance(inner, ast.ImportFrom)
+    assert _absolute(("xds", "server"), inner) == "xds_server.xds.cache"
+
+
 def _imports() -> dict[str, set[tuple[str, str]]]:
     """package → {(imported package, where)} for every absolute import of another xds_server package."""
     found: dict[str, set[tuple[str, str]]] = defaultdict(set)
@@ -47,8 +68,8 @@ def _imports() -> dict[str, set[tuple[str, str]]]:
             modules = []
             if isinstance(node, ast.Import):
                 modules = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                modules = [node.module]
+            elif isinstance(node, ast.ImportFrom):
+                modules = [_absolute(parts, node)]
             for module in modules:
                 if module.startswith("xds_server."):
                     target = module.split(".")[1]

@@ -350,7 +350,7 @@ def test_unicode_and_big_numbers_survive() -> None:
                     {"name": "b", "description": "café ☕ \u2028", "inputSchema": {"maximum": 1.5}},
                 ]
             },
-        },  # fmt: skip
+        },
         ensure_ascii=False,
     ).encode()
     out = rewrite_list_response(raw, JSON, deny("a"))

@@ -27,15 +27,16 @@ def policies(tmp_path: Path) -> Path:
     return shutil.copytree(MINIMAL, tmp_path / "policies")
 
 
-def _break_the_translator(monkeypatch: pytest.MonkeyPatch) -> None:
+def _break(monkeypatch: pytest.MonkeyPatch, stage: str) -> None:
     def broken(ir: object) -> object:
         raise RuntimeError("translator bug: route table exploded")
 
-    monkeypatch.setattr(pipeline_module, "translate", broken)
+    monkeypatch.setattr(pipeline_module, stage, broken)
 
 
-async def test_a_translator_exception_is_an_internal_error_and_the_last_good_snapshot_serves(
-    policies: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize("stage", ["translate", "build_ir"])
+async def test_a_gateway_exception_is_an_internal_error_and_the_last_good_snapshot_serves(
+    policies: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, stage: str
 ) -> None:
     control = ControlPlane(policies, watch=False)
     await control.start()
@@ -43,7 +44,7 @@ async def test_a_translator_exception_is_an_internal_error_and_the_last_good_sna
         good = control.cache.get("gw")
         assert good is not None and control.last_reload is not None and control.last_reload.ok
 
-        _break_the_translator(monkeypatch)
+        _break(monkeypatch, stage)
         (policies / "all.yaml").write_text((policies / "all.yaml").read_text().replace("[echo, add]", "[echo]"))
         with caplog.at_level(logging.ERROR, logger="xds_server.controlplane.pipeline"):
             result = control.reload()
@@ -79,3 +80,16 @@ def test_a_policy_error_is_not_an_internal_error(policies: Path) -> None:
     assert any("unknown kind 'Nope'" in e for e in result.errors)
     view = control.recorder.view()
     assert view.policy_errors and not view.internal_errors
+
+
+def test_reload_never_raises_so_the_watcher_lives_on(policies: Path) -> None:
+    class Exploding:
+        name = "exploding"
+
+        def load(self) -> object:
+            raise KeyError("loader bug")
+
+    control = ControlPlane(Exploding(), watch=False)  # type: ignore[arg-type]
+    result = control.reload()
+    assert not result.ok and result.internal == "KeyError: 'loader bug'"
+    assert control.recorder.view().internal_errors

@@ -121,7 +121,7 @@ def test_conditional_rules_reach_the_ir_apart_from_plain_grants() -> None:
     assert rule.require_approval and rule.approval_ttl_ms == 300000
     guard = backend.protocol.tool_guard
     assert guard is not None and [p.name for p in guard.pins or ()] == ["x"]
-    assert backend.decisions.calls is not None and backend.decisions.responses  # calls and lists go to Python
+    assert backend.decisions.calls == () and backend.decisions.responses  # guarded: every call and list goes to Python
 
 
 def test_argument_conditions_are_validated() -> None:

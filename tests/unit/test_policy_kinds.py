@@ -50,7 +50,7 @@ spec: {endpoints: [{host: 127.0.0.1, port: 9}]}
 def test_routed_documents_of_two_kinds_cannot_share_a_name(monkeypatch: pytest.MonkeyPatch) -> None:
     # A second routed kind, as A2A agents will be: registering it is all it takes.
     backend = kinds.KINDS["MCPBackend"]
-    agent_kind = replace(backend, kind="A2AAgent", plural="a2a_agents", noun="A2A agent")
+    agent_kind = replace(backend, kind="A2AAgent", noun="A2A agent")
     monkeypatch.setattr(checks, "KINDS", {**kinds.KINDS, "A2AAgent": agent_kind})
     declared = [
         Declared("MCPBackend", "github", Source("mcp.yaml", 3)),

@@ -108,6 +108,8 @@ def test_a_route_cannot_enable_a_filter_the_listener_lacks_or_switch_off_one_tha
         RouteFilters("mcp", {"ext_proc": {"on": True}}).config(LISTENER)
     with pytest.raises(FilterError, match="router"):
         RouteFilters("mcp", {"router": Use.OFF}).config(LISTENER)
+    with pytest.raises(FilterError, match="DECISIONS"):  # one config for filters of different owners
+        RouteFilters("mcp", {Slot.DECISIONS: {"on": True}}).config(LISTENER)
 
 
 def test_the_real_listener_filters_declare_what_routes_need() -> None:

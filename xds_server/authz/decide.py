@@ -27,7 +27,7 @@ from typing import Any
 from xds_server.authz.credentials import CredentialError, CredentialIssuer
 from xds_server.authz.engine import CallContext, Decision, Engine
 from xds_server.authz.jsonrpc import error_body, request_id_of
-from xds_server.authz.protocols import Call, NotACall, ProtocolHandler
+from xds_server.authz.protocols import Call, MalformedCall, NotACall, ProtocolHandler
 from xds_server.authz.state import PolicyIndex, RouteView
 from xds_server.core import errors
 from xds_server.core.errors import ErrorKind
@@ -88,19 +88,6 @@ def _refuse(
     )
 
 
-def user_claims(view: RouteView, jwt_payloads: Mapping[str, Any]) -> dict[str, Any]:
-    """The user the agent acts for (CEL's `user`, quotas by user): the verified payload of the
-    route's user-token provider; without `auth`, the first verified payload (by provider name)
-    with a `sub`; {} when there is none."""
-    auth = view.route.auth
-    providers = [auth.provider] if auth is not None else sorted(jwt_payloads)
-    for provider in providers:
-        payload = jwt_payloads.get(provider)
-        if isinstance(payload, Mapping) and isinstance(payload.get("sub"), str):
-            return dict(payload)
-    return {}
-
-
 def is_decided(view: RouteView, call: Call) -> bool:
     """Whether the route's decision needs cover `call` (the same rule as the routes to ext_authz)."""
     calls = view.route.decisions.calls
@@ -126,9 +113,13 @@ def check_call(
     log: dict[str, Any] = {"backend": route}
     view = decider.index.route(route)
     handler = decider.handlers.get(view.route.kind) if view is not None else None
-    if view is None or handler is None:
+    if view is None:
         return _refuse(request_id_of(body), errors.METHOD_DENIED,
                        f"Backend '{route}' is not in the policy service's current policies", log, backend=route)  # fmt: skip
+    if handler is None:
+        return _refuse(request_id_of(body), errors.METHOD_DENIED,
+                       f"Backend '{route}' speaks {view.route.kind!r}, which the policy service cannot decide on",
+                       log, backend=route)  # fmt: skip
     agent = view.agent_of(headers, jwt_payloads, peer_uri_san)
     if agent is None:
         return _refuse(request_id_of(body), errors.UNKNOWN_AGENT,
@@ -146,7 +137,7 @@ def check_call(
         return _refuse(call.request_id, refusal.kind, refusal.message, log, **refusal.data)
 
     decision = decider.engine.decide(
-        CallContext(backend=route, agent=agent, user=user_claims(view, jwt_payloads), target=call.target,
+        CallContext(backend=route, agent=agent, user=view.user_claims(jwt_payloads), target=call.target,
                     arguments=call.arguments, now=now or datetime.now(UTC), jwt=jwt_payloads, noun=handler.noun),
         view.route.conditional_rules,
         unconditional=handler.unconditionally_allowed(view, agent, call, jwt_payloads),
@@ -180,12 +171,19 @@ def _decision_refusal(
 
 
 def needs_decision(decider: Decider, view: RouteView, body: str) -> bool:
-    """Whether this request is a call that the policy service decides on."""
+    """Whether this request is a call that the policy service decides on (or must refuse).
+
+    True, so that `check_call` decides or refuses, for a route whose protocol
+    has no handler here and for a call that cannot be read: neither may pass
+    as "nothing to decide" with a credential attached.
+    """
     handler = decider.handlers.get(view.route.kind)
     if handler is None:
-        return False
+        return True
     try:
         call = handler.parse_call(body)
+    except MalformedCall:
+        return True
     except NotACall:
         return False
     return is_decided(view, call)

@@ -46,6 +46,11 @@ class NotACall(ValueError):
     """The body is not one call the service can decide on."""
 
 
+class MalformedCall(NotACall):
+    """The body is the protocol's call method (MCP: `tools/call`) but not one that can be read
+    (no tool name, arguments that are not an object). Never "nothing to decide": refused."""
+
+
 @dataclass(frozen=True)
 class Refusal:
     """A protocol's own reason to refuse: the error, its message, and `data` besides the reason."""
@@ -81,7 +86,8 @@ class ProtocolHandler(abc.ABC):
 
     @abc.abstractmethod
     def parse_call(self, body: str | bytes) -> Call:
-        """The call in a request body; raises NotACall."""
+        """The call in a request body; raises NotACall (MalformedCall when it is the call method,
+        unreadable)."""
 
     @abc.abstractmethod
     def withheld(self, view: RouteView, call: Call) -> Refusal | None:

@@ -71,6 +71,7 @@ class PolicyService:
         self.mcp = McpHandler(self.log_decision)
         #: One handler per protocol, by route kind.
         self.handlers: dict[str, ProtocolHandler] = {self.mcp.kind: self.mcp}
+        self._decider: Decider | None = None
         self._grpc: grpc.aio.Server | None = None
         self._http: uvicorn.Server | None = None
         self._authz_http: asyncio.Server | None = None
@@ -81,8 +82,11 @@ class PolicyService:
 
     @property
     def decider(self) -> Decider:
-        """What a decision reads now (the latest policies)."""
-        return Decider(self.index, self.engine, self.handlers, self.credentials)
+        """What a decision reads now: the latest policies (built again only when they change)."""
+        decider = self._decider
+        if decider is None or decider.index is not self.index or decider.issuer is not self.credentials:
+            decider = self._decider = Decider(self.index, self.engine, self.handlers, self.credentials)
+        return decider
 
     def update(self, ir: IR, version: str = "") -> None:
         """Swap in a newly published policy set, read its client secrets, and let each protocol follow it."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from xds_server.ir.principals import Caller, JwtPayloads
 from xds_server.ir.types import IR, AgentIR, GatewayIR, GrantIR, RouteIR
@@ -53,6 +54,18 @@ class RouteView:
     def grants_for(self, agent: str, jwt_payloads: JwtPayloads | None = None) -> tuple[GrantIR, ...]:
         """The agent's grants that apply: unlimited ones, and those whose user matches the verified token."""
         return tuple(g for g in self.grants_by_agent.get(agent, ()) if g.user is None or g.user.matches(jwt_payloads))
+
+    def user_claims(self, jwt_payloads: JwtPayloads) -> dict[str, Any]:
+        """The user the agent acts for (CEL's `user`, quotas by user, the decision log): the
+        verified payload of the route's user-token provider; without `auth`, the first verified
+        payload (by provider name) with a `sub`; {} when there is none."""
+        auth = self.route.auth
+        providers = [auth.provider] if auth is not None else sorted(jwt_payloads)
+        for provider in providers:
+            payload = jwt_payloads.get(provider)
+            if isinstance(payload, Mapping) and isinstance(payload.get("sub"), str):
+                return dict(payload)
+        return {}
 
     def grant(self, agent: str) -> GrantIR | None:
         """The agent's grant for whoever the user is (None if it has only user-limited ones, or none)."""

@@ -41,21 +41,25 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from xds_server.controlplane.pipeline import compile_policies
+    from xds_server.controlplane.pipeline import as_source, translate_checked
     from xds_server.controlplane.render import dump_yaml, ir_document, xds_document
+    from xds_server.ir.build import build_ir
     from xds_server.policy.diagnostics import PolicyError
 
     try:
-        ir, resources = compile_policies(args.dir)
+        ir = build_ir(as_source(args.dir).load())
+        # The IR alone needs no translation, so it can be shown even when a translator fails.
+        text = (
+            dump_yaml(ir_document(ir))
+            if args.to == "ir"
+            else dump_yaml(xds_document(translate_checked(ir)), sort_keys=True)
+        )
     except PolicyError as exc:
         print(exc, file=sys.stderr)
         return 1
     except Exception:
         return _internal_error("render")
-    if args.to == "ir":
-        sys.stdout.write(dump_yaml(ir_document(ir)))
-    else:
-        sys.stdout.write(dump_yaml(xds_document(resources), sort_keys=True))
+    sys.stdout.write(text)
     return 0
 
 

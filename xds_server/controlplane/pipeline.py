@@ -8,9 +8,10 @@ serving. Two kinds of failure, told apart:
   secrets the policies name that cannot be used): the change is refused, the
   diagnostics (file, line, field) are logged, returned and shown by
   `agentxds status` as policy errors;
-- **internal errors** (any exception from translating or verifying, i.e. a
-  bug of the gateway): logged with the stack, recorded for `agentxds status`
-  as an internal error, never blamed on the policies.
+- **internal errors** (any other exception, from loading, building the IR,
+  translating or verifying, i.e. a bug of the gateway): logged with the
+  stack, recorded for `agentxds status` as an internal error, never blamed on
+  the policies. `reload()` never raises, so the watcher keeps following edits.
 
 The data flows one way: nothing downstream ever reaches back into the policies.
 """
@@ -29,7 +30,7 @@ from typing import Any
 from google.protobuf.message import Message
 
 from xds_server.controlplane.verify import check_consistent
-from xds_server.ir.build import UnusableMaterial, build_ir
+from xds_server.ir.build import BuildRefused, build_ir
 from xds_server.ir.types import IR
 from xds_server.policy.diagnostics import PolicyError
 from xds_server.sources import PolicySource
@@ -142,22 +143,24 @@ class Pipeline:
         return self.source.path
 
     def reload(self) -> ReloadResult:
+        """Build and publish the source's current policies; never raises (see the module docstring)."""
         started = time.perf_counter()
         try:
-            policy_set = self.source.load()
-        except PolicyError as exc:
-            return self._refuse(tuple(str(d) for d in exc.diagnostics), started)
-        try:
-            ir = build_ir(policy_set)
-        except UnusableMaterial as exc:
-            # A file the policies name cannot be used: follow it, so fixing it rebuilds.
-            self.files = referenced_files(exc.ir)
-            return self._refuse(tuple(str(d) for d in exc.diagnostics), started)
-        self.files = referenced_files(ir)
-        try:
+            try:
+                policy_set = self.source.load()
+            except PolicyError as exc:
+                return self._refuse(tuple(str(d) for d in exc.diagnostics), started)
+            try:
+                ir = build_ir(policy_set)
+            except BuildRefused as exc:
+                # A file the policies name cannot be used: follow it, so fixing it rebuilds.
+                self.files = referenced_files(exc.ir)
+                return self._refuse(tuple(str(d) for d in exc.diagnostics), started)
+            self.files = referenced_files(ir)
             resources = translate_checked(ir)
             snapshots = {group: to_snapshot(res) for group, res in resources.items()}
         except Exception:
+            # Anything else, at any stage, is a bug of the gateway: the watcher must live on.
             return self._internal_error(traceback.format_exc(), started)
         return self._publish(ir, snapshots, started)
 

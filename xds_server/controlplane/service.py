@@ -22,6 +22,7 @@ from xds_server.authz.service import PolicyService
 from xds_server.controlplane.pipeline import Pipeline, ReloadResult
 from xds_server.controlplane.watch import watch_policies
 from xds_server.sources import PolicySource
+from xds_server.sources.directory import DirectorySource
 from xds_server.xds.cache import SnapshotCache
 from xds_server.xds.server import ControlPlaneServer
 from xds_server.xds.status import StatusRecorder
@@ -37,11 +38,11 @@ class ControlPlane:
     to connect gets a configuration at once (if the policies are valid; if not,
     Envoys wait and the errors are in `last_reload`); a `reload()` before
     `start()` counts as that first publish. `watch=False` disables the file
-    watcher (reload by calling `reload()`). With `policy_port` set (0 = a free
-    port), or after `add_policy_service`, the policy service runs too, on
-    `policy_host`, with its approvals API on `approvals_port` and, unless
-    `authz_http_port` is None, ext_authz over HTTP on that port; each
-    published IR is handed to it. `on_reload` is called after every reload
+    watcher (reload by calling `reload()`); only a directory source is
+    watched. With `policy_port` set (0 = a free port), or after
+    `add_policy_service`, the policy service runs too, on `policy_host`, with
+    its approvals API on `approvals_port` and, unless `authz_http_port` is
+    None, ext_authz over HTTP on that port; each published IR is handed to it. `on_reload` is called after every reload
     (it may be set later).
     """
 
@@ -108,8 +109,11 @@ class ControlPlane:
             # Before ADS serves: Envoy must find the policy service up once routes use it.
             await self.policy_service.start()
         await self.server.start()
-        if self._watch:
+        if self._watch and isinstance(self.pipeline.source, DirectorySource):
             self._watcher = asyncio.create_task(self._watch_loop(), name="agentxds-policy-watch")
+        elif self._watch:
+            log.info("policy source %s is not a directory: it is not watched (reload() publishes it)",
+                     self.pipeline.source.name)  # fmt: skip
         log.info("control plane serving ADS on %s", self.server.address)
         return self
 

@@ -8,9 +8,9 @@ the translators will need (API keys, JWKS files, certificates and keys, read
 and checked by `materials`).
 
 A file or secret that cannot be used is a policy diagnostic on the field
-that names it; every one is collected and raised together as a PolicyError,
-like the loader's. Nothing else can fail here: anything that does is a bug,
-reported as such by the pipeline.
+that names it; every one is collected and raised together (BuildRefused, a
+PolicyError like the loader's). Any other exception here is a bug, reported
+as such by the pipeline.
 """
 
 from __future__ import annotations
@@ -45,8 +45,10 @@ from xds_server.policy.load import PolicySet
 from xds_server.policy.located import Located
 
 
-class UnusableMaterial(PolicyError):
-    """Policies that load but name files or secrets that cannot be used (one diagnostic each).
+class BuildRefused(PolicyError):
+    """Policies that load but cannot be built (one diagnostic each): files or secrets they name
+    that cannot be used, or references only a gateway can check (a route's user-token provider
+    that is not one of its gateway's).
 
     `ir` is what could be built around them: incomplete, never to be
     translated, but it names every file the policies refer to, so the caller
@@ -147,7 +149,6 @@ def _downstream_tls(located: Located[Gateway], build: RouteBuild) -> DownstreamT
     return DownstreamTlsIR(
         certificate_file=cert_file,
         certificate_pem=chain[0] if chain else "",
-        private_key_file=key_file,
         private_key=key or SecretIR(None, key_file, ""),
         trust_bundle_file=bundle_file,
         trust_bundle_pem=bundle[0] if bundle else None,
@@ -198,7 +199,7 @@ def _gateway_ir(
 def build_ir(policy_set: PolicySet) -> IR:
     """Resolve a validated policy set into the IR, reading the material it references.
 
-    Deterministic for the same policies and files. Raises UnusableMaterial (a
+    Deterministic for the same policies and files. Raises BuildRefused (a
     PolicyError) with a diagnostic per referenced file or secret that cannot be used.
     """
     diagnostics: list[Diagnostic] = []
@@ -206,5 +207,5 @@ def build_ir(policy_set: PolicySet) -> IR:
     gateways = sorted(policy_set.gateways, key=lambda g: g.doc.metadata.name)
     ir = IR(gateways=tuple(_gateway_ir(g, policy_set, keys, diagnostics) for g in gateways))
     if diagnostics:
-        raise UnusableMaterial(diagnostics, ir)
+        raise BuildRefused(diagnostics, ir)
     return ir

@@ -89,7 +89,10 @@ def _dataclass(cls: type[T], value: Any, at: str) -> T:
         raise IRLoadError(f"{at}: expected a mapping for {cls.__name__}")
     hints = _hints(cls)  # type: ignore[arg-type]
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    body = {k: v for k, v in value.items() if not (k == "kind" and hasattr(cls, "KIND"))}
+    kind = getattr(cls, "KIND", None)
+    if kind is not None and value.get("kind") != kind:
+        raise IRLoadError(f"{at}: kind {value.get('kind')!r} is not {cls.__name__}'s ({kind!r})")
+    body = {k: v for k, v in value.items() if not (k == "kind" and kind is not None)}
     unknown = sorted(set(body) - set(fields))
     if unknown:
         raise IRLoadError(f"{at}: unknown field(s) of {cls.__name__}: {', '.join(unknown)}")

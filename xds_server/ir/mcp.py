@@ -141,8 +141,8 @@ def _decisions(route: RouteIR) -> DecisionNeedsIR:
     calls: tuple[NamePattern, ...] | None = None
     if part.tool_guard is not None:
         calls = ()  # every tool: any of them may have changed since it was pinned
-    elif route.conditional_rules:
-        calls = tuple(sorted({p for rule in route.conditional_rules for p in rule.targets}))
+    elif targets := {p for rule in route.conditional_rules for p in rule.targets}:
+        calls = tuple(sorted(targets))
     return DecisionNeedsIR(
         every_request=route.credentials is not None,
         calls=calls,

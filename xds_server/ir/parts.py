@@ -1,4 +1,5 @@
-"""Every protocol's IR parts, in one list: the unions the neutral IR refers to.
+"""Every protocol's IR parts, in one list: the unions the neutral IR refers to (and ir.load
+reads, telling the members apart by their `KIND`).
 
 A new protocol adds its module (ir/a2a.py: its route part and what its
 grants allow) and one entry to each line here; its builder is listed in
@@ -13,7 +14,3 @@ from xds_server.ir import mcp
 ProtocolPart = mcp.McpRouteIR
 #: What a grant allows, in its protocol's terms (GrantIR.allows).
 GrantAllows = mcp.McpAllowsIR
-
-#: Every dataclass that is a member of one of the unions above, by its `KIND` (for ir.load).
-PROTOCOL_PARTS: tuple[type, ...] = (mcp.McpRouteIR,)
-GRANT_PARTS: tuple[type, ...] = (mcp.McpAllowsIR,)

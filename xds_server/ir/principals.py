@@ -5,7 +5,7 @@ class here that says, in one place, what it means everywhere it is checked:
 
     | source   | RBAC principal (Envoy, native)   | local-reply filter (Envoy)   | Python check (policy service) |
     |----------|----------------------------------|------------------------------|-------------------------------|
-    | header   | request header equals the value  | header matches any value     | header equals the value       |
+    | header   | request header equals the value  | header is one of the values  | header equals the value       |
     | spiffe   | verified URI SAN of the client   | CEL on the peer's URI SAN    | the URI SAN Envoy forwarded   |
     |          | certificate (mTLS)               |                              |                               |
     | jwt      | jwt_authn metadata claim         | metadata claim               | verified payload's claim      |
@@ -21,8 +21,10 @@ agent instead.
 The user an agent acts for (`UserMatchIR`, a rule's `users`) is checked the
 same way: one RBAC principal, one Python check, both here.
 
-A new identity source is one dataclass with these four methods and its entry
-in `Principal`; the translators and the policy service pick it up from here.
+A new identity source is one dataclass satisfying `PrincipalSource` (its
+`KIND`, `ORDER` and methods), its entry in `Principal`, and the line of
+ir/build.py that gives agents that principal on a gateway that can check it;
+the translators and the policy service pick it up from here.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import re
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from xds_server.core.wire import JWT_METADATA_NAMESPACE, literal, typed
 
@@ -125,6 +127,33 @@ def _formattable(key: str) -> bool:
 # ---------------------------------------------------------------- the sources
 
 
+class PrincipalSource(Protocol):
+    """What every identity source defines (checked by mypy wherever a `Principal` is used)."""
+
+    KIND: ClassVar[str]  # its `kind` in the rendered IR
+    ORDER: ClassVar[int]  # where its shared reply filter goes among the sources
+
+    def rbac(self) -> dict[str, Any]:
+        """Its RBAC principal."""
+        ...
+
+    def reply_group(self) -> tuple[str, ...] | None:
+        """The key of the reply filter it shares with principals of its source (None: a filter of its own)."""
+        ...
+
+    def group_value(self) -> str:
+        """The value it adds to its group's shared filter."""
+        ...
+
+    def reply_filter(self) -> dict[str, Any]:
+        """Its own reply filter (used when it shares none)."""
+        ...
+
+    def matches(self, caller: Caller) -> bool:
+        """The policy service's check: does `caller` prove this principal?"""
+        ...
+
+
 @dataclass(frozen=True, order=True)
 class HeaderPrincipal:
     """Identity asserted by a request header the gateway trusts (development only)."""
@@ -149,6 +178,9 @@ class HeaderPrincipal:
 
     def group_value(self) -> str:
         return self.value
+
+    def reply_filter(self) -> dict[str, Any]:
+        return self.reply_matcher((self.header,), [self.value]).when
 
     def matches(self, caller: Caller) -> bool:
         return caller.headers.get(self.header) == self.value
@@ -177,6 +209,9 @@ class SpiffePrincipal:
 
     def group_value(self) -> str:
         return self.spiffe_id
+
+    def reply_filter(self) -> dict[str, Any]:
+        return self.reply_matcher((), [self.spiffe_id]).when
 
     def matches(self, caller: Caller) -> bool:
         return caller.peer_uri_san == self.spiffe_id
@@ -234,10 +269,6 @@ class ApiKeyPrincipal:
     def reply_group(self) -> tuple[str, ...] | None:
         return None  # the key is never shown: the reply names the agent
 
-    @staticmethod
-    def reply_matcher(group: tuple[str, ...], values: list[str]) -> ReplyMatcher:
-        raise AssertionError("API keys are never grouped")
-
     def group_value(self) -> str:
         return self.key.value
 
@@ -249,6 +280,8 @@ class ApiKeyPrincipal:
 
 
 Principal = HeaderPrincipal | SpiffePrincipal | JwtPrincipal | ApiKeyPrincipal
+#: Every source, checked against PrincipalSource by mypy (a source missing a method fails `make lint`).
+_SOURCES: tuple[type[PrincipalSource], ...] = (HeaderPrincipal, SpiffePrincipal, JwtPrincipal, ApiKeyPrincipal)
 
 
 def principal_sort_key(principal: Principal) -> tuple[str, str]:

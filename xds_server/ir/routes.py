@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 from xds_server.ir import materials
 from xds_server.ir.patterns import NamePattern
+from xds_server.ir.principals import SecretIR
 from xds_server.ir.types import (
     AgentIR,
     BackendAuthIR,
@@ -98,12 +99,14 @@ def _upstream_tls(located: Located[Any], build: RouteBuild) -> UpstreamTlsIR | N
         if cert_file
         else None
     )
-    key = (
-        build.material(located, (*at, "privateKeyFile"), lambda: materials.private_key_text(key_file, "private key"))
-        if key_file
-        else None
-    )
-    return UpstreamTlsIR(ca_file, ca, tls.sni, cert_file, cert, key_file, key)
+    key = None
+    if key_file:
+        read = build.material(
+            located, (*at, "privateKeyFile"), lambda: materials.private_key_text(key_file, "private key")
+        )
+        # When it cannot be read the build is refused; the path stays in the IR so that it is followed.
+        key = read or SecretIR(None, key_file, "")
+    return UpstreamTlsIR(ca_file, ca, tls.sni, cert_file, cert, key)
 
 
 def upstream(located: Located[Any], build: RouteBuild, path: str) -> UpstreamIR:

@@ -190,8 +190,7 @@ class UpstreamTlsIR:
     sni: str | None
     certificate_file: str | None
     certificate_pem: str | None
-    private_key_file: str | None
-    private_key: SecretIR | None
+    private_key: SecretIR | None  # its `file` is where it was read from
 
 
 @dataclass(frozen=True)
@@ -306,8 +305,7 @@ class DownstreamTlsIR:
 
     certificate_file: str
     certificate_pem: str
-    private_key_file: str
-    private_key: SecretIR
+    private_key: SecretIR  # its `file` is where it was read from
     trust_bundle_file: str | None  # set: client certificates are asked for (mTLS)
     trust_bundle_pem: str | None
     require_client_certificate: bool

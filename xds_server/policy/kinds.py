@@ -1,6 +1,7 @@
 """The registry of policy kinds: each kind's model, the names it declares, what it references,
 and the values that must be unique. Everything else about kinds derives from this table:
-the `Document` union (and so the JSON Schema), the loader's list of kinds, `PolicySet`, and
+the `Document` union (and so the JSON Schema), the loader's list of kinds, how `PolicySet`
+groups documents (`PolicySet.of(model)`; its named properties are conveniences over it), and
 the cross-document checks in `checks.py`.
 
 Adding a kind (an A2A agent, say) is one `KindSpec` here and its model in a module of
@@ -75,11 +76,10 @@ class UniqueKey:
 
 @dataclass(frozen=True)
 class KindSpec:
-    """One policy kind. `plural` is its attribute on PolicySet."""
+    """One policy kind: its name, model, and the noun messages use for one document of it."""
 
     kind: str
     model: type[DocumentModel]
-    plural: str
     noun: str
     references: tuple[RefSpec, ...] = ()
     provides: tuple[tuple[str, Pattern], ...] = ()  # (namespace, where in the raw document)
@@ -107,7 +107,6 @@ KIND_SPECS: tuple[KindSpec, ...] = (
     KindSpec(
         "Gateway",
         Gateway,
-        "gateways",
         "gateway",
         provides=((JWT_PROVIDERS.name, ("spec", "identity", "jwtProviders", "*", "name")),),
         unique=(
@@ -122,7 +121,6 @@ KIND_SPECS: tuple[KindSpec, ...] = (
     KindSpec(
         "MCPBackend",
         MCPBackend,
-        "backends",
         "backend",
         references=(
             RefSpec(
@@ -143,7 +141,6 @@ KIND_SPECS: tuple[KindSpec, ...] = (
     KindSpec(
         "Agent",
         Agent,
-        "agents",
         "agent",
         references=(_AGENT_PROVIDER,),
         unique=(
@@ -160,7 +157,6 @@ KIND_SPECS: tuple[KindSpec, ...] = (
     KindSpec(
         "MCPPolicy",
         MCPPolicy,
-        "policies",
         "policy",
         references=(
             RefSpec(("spec", "backend"), "MCPBackend"),
@@ -171,7 +167,6 @@ KIND_SPECS: tuple[KindSpec, ...] = (
     KindSpec(
         "MCPToolLock",
         MCPToolLock,
-        "locks",
         "tool lock",
         references=(RefSpec(("spec", "backend"), "MCPBackend"),),
         unique=(

@@ -21,7 +21,9 @@ policies (those were all reported while the IR was built).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
+from typing import Any
 
 from envoy.config.cluster.v3.cluster_pb2 import Cluster
 from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
@@ -29,7 +31,7 @@ from envoy.config.listener.v3.listener_pb2 import Listener
 from envoy.config.route.v3.route_pb2 import RouteConfiguration
 from envoy.extensions.transport_sockets.tls.v3.secret_pb2 import Secret
 
-from xds_server.ir.types import IR, ApiKeyPrincipal, GatewayIR
+from xds_server.ir.types import IR, GatewayIR, SecretIR
 from xds_server.translate.cluster import build_cluster, build_load_assignment
 from xds_server.translate.jwt import jwks_clusters
 from xds_server.translate.listener import build_listener
@@ -47,15 +49,27 @@ class GatewayResources:
     listeners: tuple[Listener, ...]
     routes: tuple[RouteConfiguration, ...]
     secrets: tuple[Secret, ...] = ()  # SDS: certificates and trust bundles
-    # Secret values some resources carry in clear (API keys in header matchers), for `render` to redact.
+    # Secret values some resources carry in clear (API keys, private keys), for `render` to redact.
     redact: frozenset[str] = field(default=frozenset(), repr=False)
 
 
 def _values_to_redact(gateway: GatewayIR) -> frozenset[str]:
-    """The API keys the gateway's RBAC and local-reply matchers compare headers with."""
-    return frozenset(
-        p.key.value for agent in gateway.agents for p in agent.principals if isinstance(p, ApiKeyPrincipal)
-    )
+    """Every secret the gateway's IR carries (API keys in header matchers, private keys, any
+    future one): whatever shows the resources (render, goldens) must not show these."""
+    found: set[str] = set()
+
+    def walk(value: Any) -> None:
+        if isinstance(value, SecretIR):
+            found.add(value.value)
+        elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+            for f in dataclasses.fields(value):
+                walk(getattr(value, f.name))
+        elif isinstance(value, (tuple, list)):
+            for item in value:
+                walk(item)
+
+    walk(gateway)
+    return frozenset(v for v in found if v)
 
 
 def translate_gateway(gateway: GatewayIR) -> GatewayResources:

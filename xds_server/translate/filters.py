@@ -23,7 +23,8 @@ it (`route_default`), and how it is switched off there (`off`). The
 per-route configuration of every route is computed from that (`route_config`),
 so a new kind of route cannot forget to switch a filter off:
 
-1. what the route declares for the filter (by name, or for its whole slot);
+1. what the route declares for the filter (by name; or `OFF` for its whole
+   slot, the only thing that can be said of a slot);
 2. else, a filter that belongs to another protocol than the route's is off
    (a protocol's filters run on its own routes only);
 3. else the filter's own default: `OFF` (the policy-service filters: they
@@ -120,9 +121,13 @@ class RouteFilters:
         missing = sorted(set(named) - present)
         if missing:
             raise FilterError(f"route declares filters the listener does not have: {', '.join(missing)}")
+        for slot, declared in self.uses.items():
+            # A slot holds filters of different owners: it can only be switched off as a whole.
+            if isinstance(slot, Slot) and declared is not Use.OFF:
+                raise FilterError(f"a whole slot ({slot.name}) can only be switched off, not configured")
         out: dict[str, Any] = {}
         for f in listener:
-            use = self.uses.get(f.name, self.uses.get(f.slot))
+            use = self.uses[f.name] if f.name in self.uses else self.uses.get(f.slot)
             if use is None:
                 if f.owner is not None and self.kind is not None and f.owner != self.kind:
                     use = Use.OFF  # another protocol's filter

@@ -23,7 +23,15 @@ from typing import Any, ClassVar
 from xds_server.authz.mcp import access
 from xds_server.authz.mcp.listing import item_name, rewrite_list_response
 from xds_server.authz.mcp.tool_guard import GuardState
-from xds_server.authz.protocols import Call, LogDecision, NotACall, ProtocolHandler, Refusal, ResponseRewrite
+from xds_server.authz.protocols import (
+    Call,
+    LogDecision,
+    MalformedCall,
+    NotACall,
+    ProtocolHandler,
+    Refusal,
+    ResponseRewrite,
+)
 from xds_server.authz.state import PolicyIndex, RouteView
 from xds_server.core import errors
 from xds_server.ir.mcp import McpRouteIR
@@ -47,23 +55,13 @@ def parse_tool_call(body: str | bytes) -> Call:
         raise NotACall("not a tools/call request")
     params = message.get("params")
     if not isinstance(params, dict) or not isinstance(params.get("name"), str):
-        raise NotACall("tools/call without params.name")
+        raise MalformedCall("tools/call without params.name")
     arguments = params.get("arguments", {})
     if arguments is None:
         arguments = {}
     if not isinstance(arguments, dict):
-        raise NotACall("params.arguments is not an object")
+        raise MalformedCall("params.arguments is not an object")
     return Call(message.get("id"), params["name"], arguments)
-
-
-def _user_sub(view: RouteView, jwt: JwtPayloads) -> str | None:
-    """The `sub` of the user, for the decision log: from the route's user provider, else any verified token."""
-    providers = [view.route.auth.provider] if view.route.auth is not None else sorted(jwt)
-    for provider in providers:
-        payload = jwt.get(provider)
-        if isinstance(payload, Mapping) and isinstance(payload.get("sub"), str):
-            return str(payload["sub"])
-    return None
 
 
 class McpHandler(ProtocolHandler):
@@ -120,7 +118,7 @@ class McpHandler(ProtocolHandler):
         result = rewrite_list_response(body, content_type, keep)
         if result.removed:
             self._log_decision({"backend": view.name, "agent": agents[0] if agents else None,
-                                "user": _user_sub(view, jwt), "list": True, "hidden": list(result.removed)})  # fmt: skip
+                                "user": view.user_claims(jwt).get("sub"), "list": True, "hidden": list(result.removed)})  # fmt: skip
         return ResponseRewrite(result.body, not result.parse_failed, result.removed)
 
     # -- following the policies --------------------------------------------------
