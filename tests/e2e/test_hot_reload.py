@@ -122,6 +122,45 @@ async def test_bad_edit_is_refused_with_file_line_and_field_and_the_last_good_po
         assert await _allowed(client, "create_issue", {"repo": "acme/web", "title": "t"})
 
 
+async def test_an_emptied_policy_file_is_refused_and_reported_while_the_old_policy_keeps_serving(
+    gateway: RunningGateway,
+) -> None:
+    from xds_server.cli.status import format_status
+    from xds_server.xds.status_api import get_status
+
+    good_version = gateway.control.cache.get(GATEWAY).version
+    reloads = gateway.control.reloads
+    gateway.write("github-policy.yaml", "")  # an editor truncating the file mid-save
+    await gateway.wait_reloads(reloads + 1)
+
+    result = gateway.control.last_reload
+    assert result is not None and not result.ok and result.internal is None
+    report = "\n".join(result.errors)
+    assert "github-policy.yaml: this file had 1 policy document(s) and is now empty" in report, report
+    assert f"Gateway/{GATEWAY}: every grant is gone" in report, report
+    assert "--allow-emptying" in report, report
+    assert gateway.control.cache.get(GATEWAY).version == good_version
+
+    # Reported where an operator looks: the status API and `agentxds status`.
+    status = await get_status(gateway.control.server.address, timeout=5.0)
+    assert tuple(status.policy_errors) == result.errors
+    shown = format_status(status)
+    assert "POLICY ERRORS" in shown and "the last good configuration keeps serving" in shown, shown
+    assert "github-policy.yaml: this file had 1 policy document(s)" in shown, shown
+
+    # Envoy still enforces the last good policy, in both revisions.
+    for revision in ("modern", "legacy"):
+        async with mcp_client(gateway.url(), TRIAGE, revision) as client:
+            assert await _allowed(client, "list_issues", {"repo": "acme/web"})
+            assert not await _allowed(client, "delete_repo", {"repo": "acme/web"})
+
+    # Writing the file back publishes again and clears the report.
+    gateway.write("github-policy.yaml", POLICY_YAML)
+    await gateway.wait_reloads(reloads + 2)
+    assert gateway.control.last_reload.ok
+    assert gateway.control.recorder.view().policy_errors == ()
+
+
 async def test_envoy_started_before_the_control_plane_waits_then_gets_its_config(
     mcp_backend_factory: Any, tmp_path: Path
 ) -> None:
@@ -151,12 +190,17 @@ async def test_envoy_started_before_the_control_plane_waits_then_gets_its_config
         await control.stop()
 
 
-async def test_removing_a_grant_file_denies_again(gateway: RunningGateway) -> None:
-    """Deleting a policy file removes its grants: no rule means deny."""
+async def test_removing_a_grant_file_denies_again_once_allowed(gateway: RunningGateway) -> None:
+    """Deleting the only grant file leaves the gateway without grants: refused unless the operator
+    allows emptying (`--allow-emptying`); then no rule means deny."""
     reloads = gateway.control.reloads
     (gateway.policy_dir / "github-policy.yaml").unlink()
     await gateway.wait_reloads(reloads + 1)
-    assert gateway.control.last_reload.ok
+    refused = gateway.control.last_reload
+    assert not refused.ok and any(f"Gateway/{GATEWAY}: every grant is gone" in e for e in refused.errors)
+
+    gateway.control.pipeline.allow_emptying = True  # what `serve --allow-emptying` sets
+    assert gateway.control.reload().ok
     await gateway.wait_acked(gateway.control.cache.get(GATEWAY).version)
     body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
     from tests.e2e.harness import raw_post

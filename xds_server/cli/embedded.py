@@ -137,10 +137,11 @@ async def run_up(
     admin_port: int = 0,
     approvals_port: int = 18002,
     envoy_log_level: str = "warning",
+    allow_emptying: bool = False,
     out: TextIO = sys.stdout,
 ) -> int:
     """Run until SIGINT/SIGTERM; returns the exit code."""
-    control = ControlPlane(policy_dir)
+    control = ControlPlane(policy_dir, allow_emptying=allow_emptying)
     first = control.reload()  # the one load: everything below reads its IR
     ir = control.pipeline.ir
     if not first.ok or ir is None:

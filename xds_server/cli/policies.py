@@ -20,11 +20,16 @@ def _internal_error(command: str) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from xds_server.controlplane.pipeline import compile_policies
+    from xds_server.controlplane import emptying
+    from xds_server.controlplane.pipeline import as_source, translate_checked
+    from xds_server.ir.build import build_ir
     from xds_server.policy.diagnostics import PolicyError
 
     try:
-        ir, resources = compile_policies(args.dir)
+        policy_set = as_source(args.dir).load()
+        ir = build_ir(policy_set)
+        translate_checked(ir)
+        warnings = emptying.warnings(emptying.Coverage.of(policy_set, ir))
     except PolicyError as exc:
         for d in exc.diagnostics:
             print(d, file=sys.stderr)
@@ -36,7 +41,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
         agents = sum(1 for a in gateway.agents if a.principals)
         grants = sum(len(r.grants) for r in gateway.routes)
         print(f"gateway {gateway.name}: {len(gateway.routes)} backend(s), {agents} agent(s), {grants} grant(s)")
-    print(f"OK: {args.dir} is valid")
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(f"OK: {args.dir} is valid" + (f" ({len(warnings)} warning(s))" if warnings else ""))
     return 0
 
 

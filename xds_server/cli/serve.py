@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import signal
 
-from xds_server.cli.common import DEFAULT_XDS_PORT, Subparsers, policy_dir
+from xds_server.cli.common import DEFAULT_XDS_PORT, Subparsers, add_allow_emptying, policy_dir
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -15,7 +15,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     async def serve() -> int:
         control = ControlPlane(args.dir, host=args.host, port=args.port, policy_host=args.host,
                                policy_port=args.policy_port, approvals_port=args.approvals_port,
-                               authz_http_port=args.authz_http_port if args.authz_http_port >= 0 else None)  # fmt: skip
+                               authz_http_port=args.authz_http_port if args.authz_http_port >= 0 else None,
+                               allow_emptying=args.allow_emptying)  # fmt: skip
         await control.start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -47,4 +48,5 @@ def register(sub: Subparsers) -> None:
         default=18003,
         help="ext_authz over HTTP, for gateways with policyService.extAuthz: http (default 18003; -1: off)",
     )
+    add_allow_emptying(serve)
     serve.set_defaults(func=cmd_serve)

@@ -177,6 +177,12 @@ def format_status(resp: status_pb2.GetStatusResponse, *, now: float | None = Non
             out += _indent(err, "  ! ")
         out.append("")
 
+    if resp.policy_warnings:
+        out.append(f"WARNINGS ({len(resp.policy_warnings)}) about the configuration served:")
+        for warning in resp.policy_warnings:
+            out += _indent(warning, "  ~ ")
+        out.append("")
+
     out.append("Groups (snapshot served):")
     if not resp.groups:
         out.append("  (none: nothing published yet)")

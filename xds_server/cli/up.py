@@ -6,7 +6,7 @@ import argparse
 import asyncio
 from pathlib import Path
 
-from xds_server.cli.common import Subparsers, policy_dir
+from xds_server.cli.common import Subparsers, add_allow_emptying, policy_dir
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -14,7 +14,8 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     return asyncio.run(
         run_up(args.dir, gateway_name=args.gateway, demo=args.demo, admin_port=args.admin_port,
-               approvals_port=args.approvals_port, envoy_log_level=args.envoy_log_level)
+               approvals_port=args.approvals_port, envoy_log_level=args.envoy_log_level,
+               allow_emptying=args.allow_emptying)
     )  # fmt: skip
 
 
@@ -30,4 +31,5 @@ def register(sub: Subparsers) -> None:
     up.add_argument("--admin-port", type=int, default=0, help="Envoy admin port on 127.0.0.1 (default: a free one)")
     up.add_argument("--approvals-port", type=int, default=18002, help="approvals HTTP API on 127.0.0.1 (default 18002)")
     up.add_argument("--envoy-log-level", default="warning")
+    add_allow_emptying(up)
     up.set_defaults(func=cmd_up)

@@ -13,6 +13,11 @@ serving. Two kinds of failure, told apart:
   stack, recorded for `agentxds status` as an internal error, never blamed on
   the policies. `reload()` never raises, so the watcher keeps following edits.
 
+A valid set that would take everything away compared with the one served (an
+emptied file, a gateway left without grants: `emptying.py`) is refused too,
+unless the pipeline was made with `allow_emptying`; warnings about the served
+set (empty files, gateways granting nothing) are shown by `agentxds status`.
+
 The data flows one way: nothing downstream ever reaches back into the policies.
 """
 
@@ -29,6 +34,7 @@ from typing import Any
 
 from google.protobuf.message import Message
 
+from xds_server.controlplane import emptying
 from xds_server.controlplane.verify import check_consistent
 from xds_server.ir.build import BuildRefused, build_ir
 from xds_server.ir.types import IR
@@ -59,6 +65,7 @@ class ReloadResult:
     changed: tuple[str, ...] = ()  # gateways whose snapshot changed
     seconds: float = 0.0
     internal: str | None = None
+    warnings: tuple[str, ...] = ()  # about the published set: emptied files, gateways without grants
 
 
 def by_type_url(resources: GatewayResources) -> dict[str, tuple[Message, ...]]:
@@ -126,11 +133,20 @@ def referenced_files(ir: IR) -> frozenset[Path]:
 class Pipeline:
     """Owns the publish step for one policy source."""
 
-    def __init__(self, source: PolicySource | str | os.PathLike[str], cache: SnapshotCache, recorder: StatusRecorder):
+    def __init__(
+        self,
+        source: PolicySource | str | os.PathLike[str],
+        cache: SnapshotCache,
+        recorder: StatusRecorder,
+        *,
+        allow_emptying: bool = False,
+    ):
         self.source = as_source(source)
         self.cache = cache
         self.recorder = recorder
+        self.allow_emptying = allow_emptying
         self.ir: IR | None = None  # the IR of the last good configuration
+        self.coverage: emptying.Coverage | None = None  # what the last good configuration covers
         # Files the latest loadable policies name (kept when a later edit does not load),
         # for the watcher: their changes rebuild too, even when the build they broke was refused.
         self.files: frozenset[Path] = frozenset()
@@ -157,14 +173,22 @@ class Pipeline:
                 self.files = referenced_files(exc.ir)
                 return self._refuse(tuple(str(d) for d in exc.diagnostics), started)
             self.files = referenced_files(ir)
+            coverage = emptying.Coverage.of(policy_set, ir)
+            lost = emptying.losses(self.coverage, coverage) if self.coverage else []
+            if lost and not self.allow_emptying:
+                return self._refuse(emptying.refusal(lost), started)
             resources = translate_checked(ir)
             snapshots = {group: to_snapshot(res) for group, res in resources.items()}
         except Exception:
             # Anything else, at any stage, is a bug of the gateway: the watcher must live on.
             return self._internal_error(traceback.format_exc(), started)
-        return self._publish(ir, snapshots, started)
+        notes = [f"published on purpose ({emptying.OPT_IN_FLAG}): {d}" for d in lost]
+        notes += [str(d) for d in emptying.warnings(coverage)]
+        return self._publish(ir, coverage, snapshots, notes, started)
 
-    def _publish(self, ir: IR, snapshots: dict[str, Snapshot], started: float) -> ReloadResult:
+    def _publish(
+        self, ir: IR, coverage: emptying.Coverage, snapshots: dict[str, Snapshot], notes: list[str], started: float
+    ) -> ReloadResult:
         changed = []
         versions = {}
         for group in sorted(set(snapshots) | set(self.cache.groups())):
@@ -176,14 +200,18 @@ class Pipeline:
             versions[group] = snap.version
             self.recorder.set_snapshot_version(group, snap.version)
         self.ir = ir
+        self.coverage = coverage
         self.recorder.set_policy_errors([])
         self.recorder.set_internal_errors([])
+        self.recorder.set_policy_warnings(notes)
         seconds = time.perf_counter() - started
         if changed:
             log.info(
                 "policies published: %s (%.0f ms)", ", ".join(f"{g}@{versions[g]}" for g in changed), seconds * 1000
             )
-        return ReloadResult(ok=True, versions=versions, changed=tuple(changed), seconds=seconds)
+        if notes and changed:
+            log.warning("policy warnings:\n  %s", "\n  ".join(notes))
+        return ReloadResult(ok=True, versions=versions, changed=tuple(changed), seconds=seconds, warnings=tuple(notes))
 
     def _kept(self) -> str:
         return "the last good configuration keeps serving" if self.ir else "nothing is served yet"

@@ -42,8 +42,10 @@ class ControlPlane:
     watched. With `policy_port` set (0 = a free port), or after
     `add_policy_service`, the policy service runs too, on `policy_host`, with
     its approvals API on `approvals_port` and, unless `authz_http_port` is
-    None, ext_authz over HTTP on that port; each published IR is handed to it. `on_reload` is called after every reload
-    (it may be set later).
+    None, ext_authz over HTTP on that port; each published IR is handed to it.
+    `on_reload` is called after every reload (it may be set later).
+    `allow_emptying` publishes edits that empty a file or leave a gateway
+    without grants (refused otherwise; see controlplane/emptying.py).
     """
 
     def __init__(
@@ -59,10 +61,11 @@ class ControlPlane:
         policy_port: int | None = None,
         approvals_port: int = 0,
         authz_http_port: int | None = None,
+        allow_emptying: bool = False,
     ) -> None:
         self.cache = SnapshotCache()
         self.recorder = StatusRecorder()
-        self.pipeline = Pipeline(source, self.cache, self.recorder)
+        self.pipeline = Pipeline(source, self.cache, self.recorder, allow_emptying=allow_emptying)
         self.server = ControlPlaneServer(self.cache, self.recorder, host=host, port=port)
         self._watch = watch
         self._debounce_ms = debounce_ms

@@ -45,6 +45,8 @@ class PolicySet:
     """
 
     by_kind: Mapping[str, tuple[Located[Any], ...]] = field(default_factory=dict)
+    # Every file read, with how many documents it holds (0: empty, or comments only).
+    documents: Mapping[str, int] = field(default_factory=dict)
 
     def of(self, model: type[D]) -> tuple[Located[D], ...]:
         """The documents of one kind, sorted by name."""
@@ -142,8 +144,10 @@ def _load(texts: Mapping[str, str], diags: list[Diagnostic], *, empty: Diagnosti
     complete = not diags
     declared: list[Declared] = []
     valid: list[Located[Any]] = []
+    documents: dict[str, int] = {}
     for file in sorted(texts):
         docs, parse_diags = parse_documents(texts[file], file)
+        documents[file] = len(docs)
         diags += parse_diags
         complete = complete and not parse_diags
         for parsed in docs:
@@ -156,7 +160,7 @@ def _load(texts: Mapping[str, str], diags: list[Diagnostic], *, empty: Diagnosti
     diags += cross_check(declared, valid, complete=complete)
     if diags:
         raise PolicyError(diags)
-    return PolicySet({spec.kind: _sorted(valid, spec.kind) for spec in KIND_SPECS})
+    return PolicySet({spec.kind: _sorted(valid, spec.kind) for spec in KIND_SPECS}, documents)
 
 
 def _sorted(valid: Iterable[Located[Any]], kind: str) -> tuple[Located[Any], ...]:

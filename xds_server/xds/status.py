@@ -2,8 +2,8 @@
 
 `StatusRecorder` is written by the ADS servicer (connections, sends, ACKs,
 NACKs) and by the publishing pipeline (`set_policy_errors`,
-`set_internal_errors`, `set_snapshot_version`), and read through `view()` as an immutable
-`StatusView`. Records outlive streams: a node that disconnected is still listed
+`set_internal_errors`, `set_policy_warnings`, `set_snapshot_version`), and
+read through `view()` as an immutable `StatusView`. Records outlive streams: a node that disconnected is still listed
 (`connected=False`) with its last versions and NACKs.
 
 Every NACK is logged once at WARNING with node, type, version and Envoy's error
@@ -74,6 +74,7 @@ class StatusView:
     groups: tuple[GroupStatus, ...]  # sorted by group
     policy_errors: tuple[str, ...]
     internal_errors: tuple[str, ...] = ()  # the last build failed in the gateway itself (a bug)
+    policy_warnings: tuple[str, ...] = ()  # about the served set (emptied files, gateways without grants)
 
     def node(self, node_id: str) -> NodeStatus | None:
         return next((n for n in self.nodes if n.node_id == node_id), None)
@@ -103,6 +104,7 @@ class StatusRecorder:
         self._groups: dict[str, GroupStatus] = {}
         self._policy_errors: tuple[str, ...] = ()
         self._internal_errors: tuple[str, ...] = ()
+        self._policy_warnings: tuple[str, ...] = ()
 
     # -- written by the ADS servicer ---------------------------------------
 
@@ -166,6 +168,11 @@ class StatusRecorder:
         with self._lock:
             self._internal_errors = tuple(errors)
 
+    def set_policy_warnings(self, warnings: Iterable[str]) -> None:
+        """Warnings about the set last published (kept while later changes are refused)."""
+        with self._lock:
+            self._policy_warnings = tuple(warnings)
+
     def set_snapshot_version(self, group: str, version: str) -> None:
         """The snapshot version the pipeline published for `group`."""
         with self._lock:
@@ -188,7 +195,11 @@ class StatusRecorder:
             )
             groups = tuple(self._groups[g] for g in sorted(self._groups))
             return StatusView(
-                nodes=nodes, groups=groups, policy_errors=self._policy_errors, internal_errors=self._internal_errors
+                nodes=nodes,
+                groups=groups,
+                policy_errors=self._policy_errors,
+                internal_errors=self._internal_errors,
+                policy_warnings=self._policy_warnings,
             )
 
     # -- helpers (call with the lock held) -----------------------------------

@@ -53,7 +53,9 @@ def to_proto(view: StatusView, served: dict[str, str] | None = None) -> status_p
         at = prev.updated_at if prev is not None and prev.snapshot_version == version else None
         groups[group] = GroupStatus(group, version, at)
     resp = status_pb2.GetStatusResponse(
-        policy_errors=list(view.policy_errors), internal_errors=list(view.internal_errors)
+        policy_errors=list(view.policy_errors),
+        internal_errors=list(view.internal_errors),
+        policy_warnings=list(view.policy_warnings),
     )
     for node in view.nodes:
         resp.nodes.append(

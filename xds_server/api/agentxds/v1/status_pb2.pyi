@@ -70,13 +70,15 @@ class GroupStatus(_message.Message):
     def __init__(self, group: _Optional[str] = ..., snapshot_version: _Optional[str] = ..., updated_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class GetStatusResponse(_message.Message):
-    __slots__ = ("nodes", "groups", "policy_errors", "internal_errors")
+    __slots__ = ("nodes", "groups", "policy_errors", "internal_errors", "policy_warnings")
     NODES_FIELD_NUMBER: _ClassVar[int]
     GROUPS_FIELD_NUMBER: _ClassVar[int]
     POLICY_ERRORS_FIELD_NUMBER: _ClassVar[int]
     INTERNAL_ERRORS_FIELD_NUMBER: _ClassVar[int]
+    POLICY_WARNINGS_FIELD_NUMBER: _ClassVar[int]
     nodes: _containers.RepeatedCompositeFieldContainer[NodeStatus]
     groups: _containers.RepeatedCompositeFieldContainer[GroupStatus]
     policy_errors: _containers.RepeatedScalarFieldContainer[str]
     internal_errors: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, nodes: _Optional[_Iterable[_Union[NodeStatus, _Mapping]]] = ..., groups: _Optional[_Iterable[_Union[GroupStatus, _Mapping]]] = ..., policy_errors: _Optional[_Iterable[str]] = ..., internal_errors: _Optional[_Iterable[str]] = ...) -> None: ...
+    policy_warnings: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, nodes: _Optional[_Iterable[_Union[NodeStatus, _Mapping]]] = ..., groups: _Optional[_Iterable[_Union[GroupStatus, _Mapping]]] = ..., policy_errors: _Optional[_Iterable[str]] = ..., internal_errors: _Optional[_Iterable[str]] = ..., policy_warnings: _Optional[_Iterable[str]] = ...) -> None: ...
