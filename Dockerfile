@@ -24,9 +24,13 @@ COPY xds_server ./xds_server
 RUN pip install . \
     && rm -rf /src
 
-# No shell, no home directory: the control plane only reads /policies
-# (mounted read-only) and serves gRPC; the demo server only serves HTTP.
-RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin agentxds
+# No shell, no home directory: the control plane reads /policies (mounted
+# read-only), serves gRPC and HTTP, and keeps approvals in /var/lib/agentxds
+# (a volume in docker-compose.yml, so they survive a restart); the demo
+# server only serves HTTP.
+RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin agentxds \
+    && install -d -o agentxds -g agentxds -m 0700 /var/lib/agentxds
+ENV AGENTXDS_STATE_DIR=/var/lib/agentxds
 USER agentxds
 WORKDIR /tmp
 

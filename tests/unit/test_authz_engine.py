@@ -154,8 +154,10 @@ def test_approval_flow(world: World) -> None:
     world.approvals.approve(first.approval_id, by="bob")
     allowed = world.decide(call(), r)
     assert (allowed.allowed, allowed.rule) == (True, "p/rules[0]")
-    again = world.decide(call(), r)  # single use
-    assert again.reason == "approval_required" and again.approval_id == first.approval_id
+    again = world.decide(call(), r)  # single use: the retry asks anew, under a new id
+    assert again.reason == "approval_required" and again.approval_id not in (None, first.approval_id)
+    used = world.approvals.status(first.approval_id)
+    assert used is not None and (used.state, used.decided_by) == ("used", "bob")
     assert again.approval_expires_at == world.wall_clock.now + 600  # a fresh request
 
 

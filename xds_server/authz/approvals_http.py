@@ -1,6 +1,7 @@
 """The operators' HTTP API for approvals (used by `agentxds approvals`).
 
     GET  /approvals                 pending (and approved, not yet used) approvals, newest first
+    GET  /approvals?all=1           every approval remembered: decided, used and expired ones too
     GET  /approvals/{id}            one approval
     POST /approvals/{id}/approve    body (optional): {"by": "alice"}
     POST /approvals/{id}/deny       body (optional): {"by": "alice"}

@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from xds_server.authz.approvals import ApprovalState, ApprovalStore, approval_id
+from xds_server.authz.approvals import ApprovalCall, ApprovalState, ApprovalStore
 from xds_server.authz.quota import QuotaKey, QuotaStore, quota_subject
 from xds_server.core.cel import ConditionError, compile_condition
 from xds_server.ir.glob import glob_matches
@@ -173,10 +173,8 @@ class Engine:
             check = self._quotas.check(self._quota_key(ctx, rule), rule.quota)
             if not check.allowed:
                 return _quota_refusal(ctx, rule, check.retry_after_s)
-        if rule.require_approval:
-            aid = approval_id(ctx.backend, rule.id, ctx.agent, ctx.user_sub, ctx.target, ctx.arguments)
-            if not self._approvals.consume(aid):
-                return Decision(False, Reason.APPROVAL_REQUIRED, rule.id, "", approval_id=aid)
+        if rule.require_approval and self._approvals.use(_approval_call(ctx, rule)) is None:
+            return Decision(False, Reason.APPROVAL_REQUIRED, rule.id, "")
         return None
 
     def _quota_key(self, ctx: CallContext, rule: ConditionalRuleIR) -> QuotaKey:
@@ -184,9 +182,7 @@ class Engine:
         return QuotaKey(ctx.backend, rule.id, ctx.target, quota_subject(rule.quota.scope, ctx.agent, ctx.user_sub))
 
     def _approval_refusal(self, ctx: CallContext, rule: ConditionalRuleIR) -> Decision:
-        approval = self._approvals.request(
-            ctx.backend, rule.id, ctx.agent, ctx.user_sub, ctx.target, ctx.arguments, rule.approval_ttl_ms / 1000
-        )
+        approval = self._approvals.request(_approval_call(ctx, rule), rule.approval_ttl_ms / 1000)
         if approval.state is ApprovalState.DENIED:
             return Decision(
                 False,
@@ -206,6 +202,10 @@ class Engine:
             approval_id=approval.id,
             approval_expires_at=approval.expires_at,
         )
+
+
+def _approval_call(ctx: CallContext, rule: ConditionalRuleIR) -> ApprovalCall:
+    return ApprovalCall(ctx.backend, rule.id, ctx.agent, ctx.user_sub, ctx.target, ctx.arguments)
 
 
 def _variables(ctx: CallContext) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 from collections.abc import Mapping
 from typing import Any
@@ -55,16 +56,18 @@ class PolicyService:
     `approvals_host:approvals_port` (HTTP).
 
     Port 0 picks a free port; read the bound ports from `port`, `authz_http_port` and
-    `approvals_port` after `start()`.
+    `approvals_port` after `start()`. `approvals_db` is the SQLite file approvals are kept in
+    (they survive a restart); None keeps them in memory.
     """
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 18001, authz_http_port: int | None = None,
-                 approvals_host: str = "127.0.0.1", approvals_port: int = 18002) -> None:  # fmt: skip
+                 approvals_host: str = "127.0.0.1", approvals_port: int = 18002,
+                 approvals_db: str | os.PathLike[str] | None = None) -> None:  # fmt: skip
         self.host, self.port = host, port
         self.authz_http_port = authz_http_port
         self.approvals_host, self.approvals_port = approvals_host, approvals_port
         self.index = PolicyIndex()
-        self.approvals = ApprovalStore()
+        self.approvals = ApprovalStore(path=approvals_db)
         self.engine = Engine(QuotaStore(), self.approvals)
         self.credentials = CredentialIssuer()
         self.decision_log = DecisionLog(decisions)

@@ -11,7 +11,9 @@ import urllib.request
 from datetime import UTC, datetime
 from typing import Any
 
-from xds_server.cli.common import Subparsers
+from xds_server.cli.common import Subparsers, add_state_dir
+
+DEFAULT_URL = "http://127.0.0.1:18002"
 
 
 def _request(url: str, method: str = "GET", body: dict[str, Any] | None = None) -> tuple[int, Any]:
@@ -32,19 +34,37 @@ def _when(value: Any) -> str:
 
 
 def format_approval(a: dict[str, Any]) -> str:
+    """One line per approval: id, state, the call, who asked, and what happened to it when."""
     args = json.dumps(a.get("arguments", {}), sort_keys=True)
-    return (f"{a['id']}  {a['state']:<8}  {a['backend']}/{a['tool']} {args}  agent={a['agent']}  "
-            f"rule={a['rule']}  expires {_when(a.get('expires_at'))}")  # fmt: skip
+    user = f"  user={a['user']}" if a.get("user") else ""
+    return (f"{a['id']}  {a['state']:<8}  {a['backend']}/{a['tool']} {args}  agent={a['agent']}{user}  "
+            f"rule={a['rule']}  {_history(a)}")  # fmt: skip
 
 
-def run_approvals(base_url: str, action: str, approval_id: str | None, *, by: str | None, include_done: bool) -> int:
+def _history(a: dict[str, Any]) -> str:
+    decided = f"decided by {a.get('decided_by')} at {_when(a.get('decided_at'))}" if a.get("decided_by") else ""
+    state = a.get("state")
+    if state == "pending":
+        return f"asked at {_when(a.get('created_at'))}, expires {_when(a.get('expires_at'))}"
+    if state == "approved":
+        return f"{decided}, valid until {_when(a.get('expires_at'))}"
+    if state == "used":
+        return f"{decided}, used at {_when(a.get('used_at'))}"
+    if state == "denied":
+        return f"{decided}, stands until {_when(a.get('expires_at'))}"
+    return f"expired at {_when(a.get('expires_at'))}" + (f" ({decided})" if decided else "")
+
+
+def run_approvals(
+    base_url: str, action: str, approval_id: str | None, *, by: str | None, include_done: bool, source: str = ""
+) -> int:
     base = base_url.rstrip("/")
     try:
         if action == "list":
             status, body = _request(f"{base}/approvals" + ("?all=1" if include_done else ""))
             approvals = body.get("approvals", []) if isinstance(body, dict) else []
             if not approvals:
-                print("no approvals waiting")
+                print("no approvals recorded" if include_done else "no approvals waiting")
             for a in approvals:
                 print(format_approval(a))
             return 0 if status == 200 else 1
@@ -56,7 +76,8 @@ def run_approvals(base_url: str, action: str, approval_id: str | None, *, by: st
         else:
             status, body = _request(f"{base}/approvals/{approval_id}/{action}", "POST", {"by": by or getpass.getuser()})
     except (urllib.error.URLError, OSError) as exc:
-        print(f"agentxds approvals: cannot reach {base}: {exc}", file=sys.stderr)
+        where = f" ({source})" if source else ""
+        print(f"agentxds approvals: cannot reach {base}{where}: {getattr(exc, 'reason', exc)}", file=sys.stderr)
         return 2
     if status != 200:
         print(f"agentxds approvals {action}: {body.get('error') if isinstance(body, dict) else body}", file=sys.stderr)
@@ -66,14 +87,22 @@ def run_approvals(base_url: str, action: str, approval_id: str | None, *, by: st
 
 
 def cmd_approvals(args: argparse.Namespace) -> int:
-    return run_approvals(args.url, args.action, args.id, by=args.by, include_done=args.all)
+    from xds_server.cli.up_record import locate
+
+    url, source = locate(args.state_dir, args.url, "approvals_url", DEFAULT_URL)
+    return run_approvals(url, args.action, args.id, by=args.by, include_done=args.all, source=source)
 
 
 def register(sub: Subparsers) -> None:
     approvals = sub.add_parser("approvals", help="list, approve or deny calls waiting for an operator")
     approvals.add_argument("action", choices=("list", "show", "approve", "deny"))
     approvals.add_argument("id", nargs="?", help="approval id (from the JSON-RPC error's data.approvalId)")
-    approvals.add_argument("--url", default="http://127.0.0.1:18002", help="the policy service's approvals API")
+    approvals.add_argument(
+        "--url",
+        default=None,
+        help=f"the policy service's approvals API (default: the running `agentxds up`'s, else {DEFAULT_URL})",
+    )
+    add_state_dir(approvals)
     approvals.add_argument("--by", default=None, help="who decides (default: $USER)")
     approvals.add_argument("--all", action="store_true", help="list: include decided and used approvals")
     approvals.set_defaults(func=cmd_approvals)

@@ -6,17 +6,20 @@ import argparse
 import asyncio
 import signal
 
-from xds_server.cli.common import DEFAULT_XDS_PORT, Subparsers, add_allow_emptying, policy_dir
+from xds_server.cli.common import DEFAULT_XDS_PORT, Subparsers, add_allow_emptying, add_state_dir, policy_dir
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from xds_server.controlplane.service import ControlPlane
+    from xds_server.runtime.state_dir import StateDir
+
+    state = StateDir.at(args.state_dir).ensure()
 
     async def serve() -> int:
         control = ControlPlane(args.dir, host=args.host, port=args.port, policy_host=args.host,
                                policy_port=args.policy_port, approvals_port=args.approvals_port,
                                authz_http_port=args.authz_http_port if args.authz_http_port >= 0 else None,
-                               allow_emptying=args.allow_emptying)  # fmt: skip
+                               allow_emptying=args.allow_emptying, approvals_db=state.approvals_db)  # fmt: skip
         await control.start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -26,7 +29,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         assert service is not None
         http = f" (ext_authz over HTTP on {service.authz_http_port})" if service.authz_http_port is not None else ""
         print(f"agentxds control plane: ADS on {args.host}:{control.port}, policy service on {args.host}:"
-              f"{service.port}{http}, approvals on http://{args.host}:{service.approvals_port}, policies {args.dir}",
+              f"{service.port}{http}, approvals on http://{args.host}:{service.approvals_port} (kept in "
+              f"{state.approvals_db}), policies {args.dir}",
               flush=True)  # fmt: skip
         await stop.wait()
         await control.stop()
@@ -49,4 +53,5 @@ def register(sub: Subparsers) -> None:
         help="ext_authz over HTTP, for gateways with policyService.extAuthz: http (default 18003; -1: off)",
     )
     add_allow_emptying(serve)
+    add_state_dir(serve)
     serve.set_defaults(func=cmd_serve)

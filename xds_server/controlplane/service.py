@@ -46,6 +46,8 @@ class ControlPlane:
     `on_reload` is called after every reload (it may be set later).
     `allow_emptying` publishes edits that empty a file or leave a gateway
     without grants (refused otherwise; see controlplane/emptying.py).
+    `approvals_db`: the SQLite file the policy service keeps approvals in
+    (None: in memory, lost on stop).
     """
 
     def __init__(
@@ -62,6 +64,7 @@ class ControlPlane:
         approvals_port: int = 0,
         authz_http_port: int | None = None,
         allow_emptying: bool = False,
+        approvals_db: str | Path | None = None,
     ) -> None:
         self.cache = SnapshotCache()
         self.recorder = StatusRecorder()
@@ -74,6 +77,7 @@ class ControlPlane:
         self._watcher: asyncio.Task[None] | None = None
         self.last_reload: ReloadResult | None = None
         self.reloads = 0
+        self.approvals_db = approvals_db
         self.policy_service: PolicyService | None = None
         if policy_port is not None:
             self.add_policy_service(policy_host, policy_port, approvals_port, authz_http_port)
@@ -83,7 +87,8 @@ class ControlPlane:
     ) -> PolicyService:
         """Run the policy service too (before `start()`), fed with the current and every later IR."""
         self.policy_service = PolicyService(host=host, port=port, authz_http_port=authz_http_port,
-                                            approvals_host=host, approvals_port=approvals_port)  # fmt: skip
+                                            approvals_host=host, approvals_port=approvals_port,
+                                            approvals_db=self.approvals_db)  # fmt: skip
         if self.pipeline.ir is not None and self.last_reload is not None:
             self.policy_service.update(self.pipeline.ir, _versions(self.last_reload))
         return self.policy_service
