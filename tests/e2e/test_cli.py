@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -49,50 +50,157 @@ def _alive(pid: int) -> bool:
     return stat.exists() and stat.read_text().split(")")[-1].split()[0] != "Z"
 
 
-def test_up_with_the_demo_serves_allowed_and_denied_calls_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
-    policy_dir, gateway_port, _ = demo_copy(tmp_path)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "xds_server.cli", "up", "--demo", str(policy_dir), "--approvals-port", str(free_port())],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=python_env(), cwd=REPO_ROOT,
-    )  # fmt: skip
-    lines: list[str] = []
-    try:
-        deadline = time.monotonic() + 60
-        assert proc.stdout is not None
+class Up:
+    """`agentxds up --demo` as a user runs it, with its own state directory; read its output as it comes."""
+
+    def __init__(self, policy_dir: Path, state_dir: Path, *args: str) -> None:
+        self.state_dir = state_dir
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "xds_server.cli", "up", "--demo", str(policy_dir), "--state-dir", str(state_dir),
+             "--approvals-port", str(free_port()), *args],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=python_env(), cwd=REPO_ROOT,
+        )  # fmt: skip
+        self.lines: list[str] = []
+        self.banner = self.read_until("state ")
+
+    def read_until(self, marker: str, timeout: float = 60) -> str:
+        """Output lines up to the first (new) one containing `marker`, joined."""
+        assert self.proc.stdout is not None
+        start, deadline = len(self.lines), time.monotonic() + timeout
         while time.monotonic() < deadline:
-            line = proc.stdout.readline()
+            line = self.proc.stdout.readline()
             if not line:
                 break
-            lines.append(line)
-            if "Ctrl-C stops everything" in line:
-                break
-        banner = "".join(lines)
-        assert "Ctrl-C stops everything" in banner, banner
-        url = f"http://127.0.0.1:{gateway_port}/mcp/github"
-        assert url in banner
-        pids = [int(p) for p in re.findall(r"pid (\d+)", banner)]
-        assert len(pids) == 2, banner  # the demo MCP server and Envoy
+            self.lines.append(line)
+            if marker in line:
+                return "".join(self.lines[start:])
+        raise AssertionError(f"`up` never printed {marker!r}; it printed:\n{''.join(self.lines)}")
 
-        client = [sys.executable, "-m", "xds_server.demo.client", "--url", url, "--agent", "triage"]
-        allowed = subprocess.run([*client, "call", "list_issues", "repo=acme/web"], capture_output=True, text=True,
-                                 timeout=60, env=python_env())  # fmt: skip
+    def pids(self) -> dict[str, int]:
+        """The pid of each child the banner names: demo MCP server, envoy."""
+        found = re.findall(r"^(demo MCP server|envoy)\s.*?pid (\d+)", self.banner, re.M)
+        return {what: int(pid) for what, pid in found}
+
+    def agentxds(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """Another command, finding this `up` through the state directory only (no address given)."""
+        return agentxds(*args, "--state-dir", str(self.state_dir))
+
+    def stop(self) -> str:
+        """Ctrl-C, and everything `up` printed from then on."""
+        self.proc.send_signal(signal.SIGINT)
+        rest, _ = self.proc.communicate(timeout=30)
+        return rest
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def demo_client(url: str, agent: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "xds_server.demo.client", "--url", url, "--agent", agent, *args],
+                          capture_output=True, text=True, timeout=60, env=python_env())  # fmt: skip
+
+
+def test_up_with_the_demo_serves_allowed_and_denied_calls_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
+    policy_dir, gateway_port, _ = demo_copy(tmp_path)
+    up = Up(policy_dir, tmp_path / "state")
+    try:
+        url = f"http://127.0.0.1:{gateway_port}/mcp/github"
+        assert url in up.banner
+        pids = up.pids()
+        assert set(pids) == {"demo MCP server", "envoy"}, up.banner
+        workdir = Path(re.search(r"^logs\s+(\S+)", up.banner, re.M).group(1))  # type: ignore[union-attr]
+        assert (workdir / "envoy.log").exists() and (workdir / "control-plane.log").exists()
+
+        allowed = demo_client(url, "triage", "call", "list_issues", "repo=acme/web")
         assert allowed.returncode == 0, allowed.stdout + allowed.stderr
         assert "issues of acme/web" in allowed.stdout
-        denied = subprocess.run([*client, "--legacy", "call", "delete_repo", "repo=acme/web"], capture_output=True,
-                                text=True, timeout=60, env=python_env())  # fmt: skip
+        denied = demo_client(url, "triage", "--legacy", "call", "delete_repo", "repo=acme/web")
         assert denied.returncode == 3, denied.stdout + denied.stderr
         assert '"code": -32003' in denied.stdout and "delete_repo" in denied.stdout
 
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=30) == 0
+        # status and approvals find this `up` with no address given.
+        status = up.agentxds("status")
+        assert status.returncode == 0, status.stdout + status.stderr
+        assert "demo  version" in status.stdout and "healthy" in status.stdout
+        assert "demo-up  group demo  connected" in status.stdout, status.stdout
+        listed = up.agentxds("approvals", "list")
+        assert listed.returncode == 0 and "no approvals waiting" in listed.stdout, listed.stdout + listed.stderr
+
+        rest = up.stop()
+        assert up.proc.returncode == 0, rest
+        assert f"removed {workdir}" in rest
         deadline = time.monotonic() + 10
-        while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        while any(_alive(p) for p in pids.values()) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not [p for p in pids if _alive(p)], "up left processes running"
+        assert not [p for p in pids.values() if _alive(p)], "up left processes running"
+        assert not workdir.exists(), "up left its temporary directory behind"
+        assert not (tmp_path / "state" / "up.json").exists(), "up left its record behind"
+        gone = up.agentxds("status")
+        assert gone.returncode == 2 and "no running agentxds up recorded in" in gone.stderr, gone.stderr
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        up.kill()
+
+
+def _approval_id(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 3, result.stdout + result.stderr
+    error = json.loads(result.stdout)
+    assert error["code"] == -32006, error
+    return str(error["data"]["approvalId"])
+
+
+def test_approvals_keep_their_history_across_a_restart_and_a_dead_child_is_reported(tmp_path: Path) -> None:
+    policy_dir, gateway_port, backend_port = demo_copy(tmp_path)
+    url = f"http://127.0.0.1:{gateway_port}/mcp/github"
+    delete = ("call", "delete_repo", "repo=acme/old")
+    up = Up(policy_dir, tmp_path / "state")
+    try:
+        first = _approval_id(demo_client(url, "executor", *delete))
+        approved = up.agentxds("approvals", "approve", first, "--by", "alice")
+        assert approved.returncode == 0, approved.stdout + approved.stderr
+        done = demo_client(url, "executor", *delete)
+        assert done.returncode == 0 and "deleted acme/old" in done.stdout, done.stdout + done.stderr
+        second = _approval_id(demo_client(url, "executor", *delete))  # the same call again: asks anew
+        assert second != first
+        up.stop()
+    finally:
+        up.kill()
+
+    up = Up(policy_dir, tmp_path / "state")  # the same state directory: a restart
+    try:
+        history = up.agentxds("approvals", "list", "--all")
+        assert history.returncode == 0, history.stderr
+        rows = {line.split()[0]: line for line in history.stdout.splitlines()}
+        assert set(rows) == {first, second}, history.stdout
+        assert " used " in rows[first] and "decided by alice" in rows[first], rows[first]
+        assert " pending " in rows[second], rows[second]
+        assert _approval_id(demo_client(url, "executor", *delete)) == second  # still the call's open approval
+
+        # The demo MCP server dies: `up` says so at once, reaps it, and calls say what happened.
+        demo_pid = up.pids()["demo MCP server"]
+        os.kill(demo_pid, signal.SIGKILL)
+        report = up.read_until("was killed by signal 9", timeout=10)
+        assert f"demo MCP server http://127.0.0.1:{backend_port}/mcp (pid {demo_pid})" in report, report
+        assert "Its log: " in report
+        deadline = time.monotonic() + 5
+        while Path(f"/proc/{demo_pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not Path(f"/proc/{demo_pid}").exists(), "the dead demo server was not reaped (a zombie)"
+        unavailable = demo_client(url, "triage", "call", "list_issues", "repo=acme/web")
+        assert unavailable.returncode == 3, unavailable.stdout + unavailable.stderr
+        error = json.loads(unavailable.stdout)
+        assert error["code"] == -32053
+        assert error["message"] == f"Backend 'github' is unavailable: connection refused by 127.0.0.1:{backend_port}"
+        assert "Connection_refused" in error["data"]["detail"]
+
+        rest = up.stop()
+        assert up.proc.returncode == 0, rest
+        kept = re.search(r"logs kept in (\S+)", rest)
+        assert kept is not None, rest  # something died: the logs stay for the operator
+        shutil.rmtree(kept.group(1))
+    finally:
+        up.kill()
 
 
 def test_validate_accepts_the_demo() -> None:

@@ -242,6 +242,62 @@ async def test_non_mcp_http_is_rejected_as_jsonrpc(gateway: RunningGateway, back
     assert backend.requests() == []
 
 
+async def raw_http1(port: int, request: bytes) -> tuple[int, bytes]:
+    """Send `request` as it is on a fresh connection; the status code and the body of the answer."""
+    import asyncio
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length:"))  # fmt: skip
+        return int(head.split(b" ", 2)[1]), await asyncio.wait_for(reader.readexactly(length), 10)
+    finally:
+        writer.close()
+
+
+_INITIALIZE = json.dumps({"jsonrpc": "2.0", "id": 31, "method": "initialize", "params": {
+    "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}})  # fmt: skip
+_MODERN_LIST = json.dumps({"jsonrpc": "2.0", "id": 32, "method": "tools/list", "params": {"_meta": MODERN_META}})
+
+
+@pytest.mark.parametrize(
+    ("method", "extra_headers", "body"),
+    [
+        ("POST", "content-type: application/json\r\nmcp-protocol-version: 2025-11-25\r\n", _INITIALIZE),
+        ("POST", f"content-type: application/json\r\nmcp-protocol-version: {MODERN}\r\nmcp-method: tools/list\r\n",
+         _MODERN_LIST),
+        ("GET", "mcp-protocol-version: 2025-11-25\r\nmcp-session-id: s-1\r\n", ""),
+        ("GET", f"mcp-protocol-version: {MODERN}\r\n", ""),
+    ],
+    ids=["post-legacy", "post-modern", "get-legacy", "get-modern"],
+)  # fmt: skip
+async def test_a_request_without_accept_never_reaches_the_backend(
+    gateway: RunningGateway, backend: McpBackend, method: str, extra_headers: str, body: str
+) -> None:
+    """The MCP transport requires Accept; Envoy's MCP filter refuses a request without one (raw bytes,
+    so no client library adds a default Accept)."""
+    request = (f"{method} /mcp/github HTTP/1.1\r\nhost: gateway\r\n{IDENTITY_HEADER}: triage\r\n{extra_headers}"
+               f"content-length: {len(body)}\r\nconnection: close\r\n\r\n{body}").encode()  # fmt: skip
+    status, answer = await raw_http1(gateway.listen_port, request)
+    error = json.loads(answer)
+    assert status == 400
+    assert error["error"]["code"] == errors.NOT_MCP.code and error["error"]["data"]["reason"] == "not_mcp"
+    assert "Accept header listing application/json and text/event-stream" in error["error"]["message"]
+    assert error["id"] is None  # refused on its headers, before the body is read
+    assert backend.requests() == []
+
+
+async def test_accept_any_type_is_mcp(gateway: RunningGateway, backend: McpBackend) -> None:
+    """`Accept: */*` includes both types MCP needs, so it passes (as the MCP SDK servers accept it)."""
+    response = await raw_post(gateway.url(), _MODERN_LIST, {**as_agent("triage"), "accept": "*/*",
+                              "mcp-protocol-version": MODERN, "mcp-method": "tools/list"})  # fmt: skip
+    assert response.status_code == 200, response.text
+    assert len(backend.requests()) == 1
+
+
 async def test_a_lying_mcp_name_header_cannot_smuggle_a_tool(gateway: RunningGateway, backend: McpBackend) -> None:
     """2026-07-28 requests name the tool in a header too; Envoy checks it against the body."""
     body = {"jsonrpc": "2.0", "id": 9, "method": "tools/call",

@@ -24,3 +24,14 @@ def add_allow_emptying(parser: argparse.ArgumentParser) -> None:
         help="publish edits that empty a policy file or remove every grant of a gateway "
         "(refused by default, and reported in the log and in agentxds status)",
     )
+
+
+def add_state_dir(parser: argparse.ArgumentParser) -> None:
+    """Where approvals (and up's record of what it started) are kept."""
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=None,
+        help="where approvals and the record of a running `up` are kept (default: $AGENTXDS_STATE_DIR, "
+        "else $XDG_STATE_HOME/agentxds, else ~/.local/state/agentxds)",
+    )

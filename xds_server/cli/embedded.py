@@ -6,25 +6,40 @@ anything starts), which demo MCP servers to start (routes annotated
 `agentxds.dev/demo: "true"`). Starts the control plane in-process, the demo
 servers, Envoy with a generated ADS bootstrap, prints where to connect, then
 follows policy edits until Ctrl-C, when everything it started is stopped.
+
+While it runs, `up` watches what it started: a demo server that exits is
+reported at once (and reaped; the gateway keeps serving, its calls get
+-32053), Envoy exiting stops `up` (exit 1). Where everything listens is
+recorded in the state directory (`up_record.py`) for `status` and
+`approvals`, and removed on exit. Logs (Envoy's, the demo servers', the
+control plane's) are in a temporary directory, removed on exit unless
+`--keep-logs` is given or a child died.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+from xds_server.cli.up_record import UpRecord, remove_record, write_record
 from xds_server.controlplane.pipeline import ReloadResult
 from xds_server.controlplane.service import ControlPlane
 from xds_server.ir.types import IR, EndpointIR, GatewayIR
 from xds_server.runtime.bootstrap import render_bootstrap
 from xds_server.runtime.envoy import EnvoyProcess
 from xds_server.runtime.ports import free_port, wait_for_port
-from xds_server.runtime.processes import stop_process
+from xds_server.runtime.processes import stop_process, wait_exit
+from xds_server.runtime.state_dir import StateDir
 
 DEMO_ANNOTATION = "agentxds.dev/demo"
 
@@ -39,20 +54,20 @@ def _demo_endpoints(gateway: GatewayIR) -> list[tuple[str, int, str]]:
     ]
 
 
-def _start_demo_servers(gateway: GatewayIR, workdir: Path, out: TextIO) -> list[subprocess.Popen[bytes]]:
-    procs = []
+def _start_demo_servers(gateway: GatewayIR, workdir: Path, out: TextIO) -> list[_Child]:
+    started = []
     for host, port, path in _demo_endpoints(gateway):
-        log = (workdir / f"demo-mcp-{port}.log").open("ab")
-        procs.append(
-            subprocess.Popen(
+        log_path = workdir / f"demo-mcp-{port}.log"
+        with log_path.open("ab") as log:
+            proc = subprocess.Popen(
                 [sys.executable, "-m", "xds_server.demo.mcp_server", "--host", host, "--port", str(port),
                  "--path", path, "--name", f"demo-{port}"],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-            )
-        )  # fmt: skip
+            )  # fmt: skip
+        started.append(_Child(f"demo MCP server http://{host}:{port}{path}", proc, log_path, essential=False))
         wait_for_port(host, port, timeout=20)
-        print(f"demo MCP server   http://{host}:{port}{path} (pid {procs[-1].pid})", file=out)
-    return procs
+        print(f"demo MCP server   http://{host}:{port}{path} (pid {proc.pid})", file=out)
+    return started
 
 
 def _free(host: str, port: int) -> bool:
@@ -103,30 +118,85 @@ def _connect_host(gateway: GatewayIR) -> str:
 
 def _print_banner(gateway: GatewayIR, envoy: EnvoyProcess, xds_port: int, out: TextIO) -> None:
     host = _connect_host(gateway)
-    print(f"control plane     127.0.0.1:{xds_port} (ADS; agentxds status --xds 127.0.0.1:{xds_port})", file=out)
+    print(f"control plane     127.0.0.1:{xds_port} (ADS; agentxds status finds it)", file=out)
     print(f"envoy             pid {envoy.pid}, admin {envoy.admin_url}", file=out)
     scheme = "https" if gateway.listener.tls is not None else "http"
     for route in gateway.routes:
-        print(f"MCP backend {route.name:<8} {scheme}://{host}:{gateway.listener.port}{route.path}", file=out)
+        print(f"{_ROUTE_NOUNS.get(route.kind, route.kind)} {route.name:<8} "
+              f"{scheme}://{host}:{gateway.listener.port}{route.path}", file=out)  # fmt: skip
     if gateway.identity.trusted_header:
         print(f"agents identify with the '{gateway.identity.trusted_header}' header "
               "(development only; see README)", file=out)  # fmt: skip
     print("edit the policy files to change what is allowed; Ctrl-C stops everything", file=out, flush=True)
 
 
-def _report(result: ReloadResult, out: TextIO) -> None:
-    if result.ok and result.changed:
-        print(
-            f"policies applied: {', '.join(f'{g}@{result.versions[g]}' for g in result.changed)}", file=out, flush=True
-        )
-    elif result.internal is not None:
-        print(f"internal error while building the configuration (a bug; the last good configuration keeps "
-              f"serving; the control plane log has the details): {result.internal}", file=out, flush=True)  # fmt: skip
-    elif not result.ok:
-        print("policy change refused; the last good configuration keeps serving:", file=out)
-        for line in result.errors:
-            print(f"  {line}", file=out)
+_ROUTE_NOUNS = {"mcp": "MCP backend"}
+
+
+class _Reporter:
+    """What `up` says on its terminal about reloads: the control plane's own log goes to a file."""
+
+    def __init__(self, out: TextIO, log_path: Path) -> None:
+        self.out, self.log_path = out, log_path
+
+    def __call__(self, result: ReloadResult) -> None:
+        out = self.out
+        if result.ok and result.changed:
+            print(f"policies applied: {', '.join(f'{g}@{result.versions[g]}' for g in result.changed)}", file=out)
+            for line in result.warnings:
+                print(f"  warning: {line}", file=out)
+        elif result.internal is not None:
+            print(f"internal error while building the configuration (a bug; the last good configuration keeps "
+                  f"serving; the stack is in {self.log_path}): {result.internal}", file=out)  # fmt: skip
+        elif not result.ok:
+            print("policy change refused; the last good configuration keeps serving:", file=out)
+            for line in result.errors:
+                print(f"  {line}", file=out)
         out.flush()
+
+
+def _log_to_file(path: Path) -> None:
+    """The control plane's log (reloads, NACKs, decisions, stacks) goes to `path`; the terminal
+    keeps only warnings and errors that `up` does not report itself (no message twice)."""
+    root = logging.getLogger()
+    console = [
+        h for h in root.handlers if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
+    ]
+    file_handler = logging.FileHandler(path)
+    file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(file_handler)
+    for handler in console:
+        handler.setLevel(logging.WARNING)
+        handler.addFilter(lambda record: not record.name.startswith(_REPORTED_BY_UP))
+
+
+_REPORTED_BY_UP = ("xds_server.controlplane.pipeline", "agentxds.decisions")
+
+
+@dataclass
+class _Child:
+    """A process `up` started and watches."""
+
+    what: str  # "demo MCP server http://127.0.0.1:18081/mcp", "envoy"
+    proc: subprocess.Popen[bytes]
+    log: Path
+    essential: bool  # its exit stops `up`
+
+
+async def _watch(child: _Child, out: TextIO, stop: asyncio.Event, died: list[_Child]) -> None:
+    """Report `child`'s exit as soon as it happens (and reap it); an essential child's exit stops `up`."""
+    code = await wait_exit(child.proc)
+    if stop.is_set():
+        return  # stopped by us
+    died.append(child)
+    how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+    if child.essential:
+        print(f"{child.what} (pid {child.proc.pid}) {how}; stopping everything. Its log: {child.log}", file=out)
+        stop.set()
+    else:
+        print(f"{child.what} (pid {child.proc.pid}) {how}; calls to it now fail with -32053 "
+              f"backend_unavailable. Its log: {child.log}", file=out)  # fmt: skip
+    out.flush()
 
 
 async def run_up(
@@ -138,20 +208,59 @@ async def run_up(
     approvals_port: int = 18002,
     envoy_log_level: str = "warning",
     allow_emptying: bool = False,
+    state_dir: Path | None = None,
+    keep_logs: bool = False,
     out: TextIO = sys.stdout,
 ) -> int:
-    """Run until SIGINT/SIGTERM; returns the exit code."""
-    control = ControlPlane(policy_dir, allow_emptying=allow_emptying)
+    """Run until SIGINT/SIGTERM (exit 0) or until Envoy dies (exit 1); returns the exit code."""
+    state = StateDir.at(state_dir).ensure()
+    workdir = Path(tempfile.mkdtemp(prefix="agentxds-up-"))
+    log_path = workdir / "control-plane.log"
+    _log_to_file(log_path)
+    died: list[_Child] = []
+    try:
+        code = await _run(policy_dir, workdir, log_path, state, gateway_name=gateway_name, demo=demo,
+                          admin_port=admin_port, approvals_port=approvals_port, envoy_log_level=envoy_log_level,
+                          allow_emptying=allow_emptying, died=died, out=out)  # fmt: skip
+    finally:
+        remove_record(state, os.getpid())
+    if keep_logs or died:
+        print(f"logs kept in {workdir}", file=out, flush=True)
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
+        print(f"removed {workdir} (the logs; --keep-logs keeps them)", file=out, flush=True)
+    return code
+
+
+async def _run(
+    policy_dir: Path,
+    workdir: Path,
+    log_path: Path,
+    state: StateDir,
+    *,
+    gateway_name: str | None,
+    demo: bool,
+    admin_port: int,
+    approvals_port: int,
+    envoy_log_level: str,
+    allow_emptying: bool,
+    died: list[_Child],
+    out: TextIO,
+) -> int:
+    control = ControlPlane(policy_dir, allow_emptying=allow_emptying, approvals_db=state.approvals_db)
     first = control.reload()  # the one load: everything below reads its IR
     ir = control.pipeline.ir
     if not first.ok or ir is None:
         if first.internal is not None:
-            print(f"agentxds up: internal error while building the configuration: {first.internal}", file=out)
+            print(f"agentxds up: internal error while building the configuration (a bug of agentxds; the stack is "
+                  f"in {log_path}): {first.internal}", file=out)  # fmt: skip
         else:
             print(f"agentxds up: {policy_dir} has errors:", file=out)
             for line in first.errors:
                 print(f"  {line}", file=out)
         return 1
+    for line in first.warnings:
+        print(f"warning: {line}", file=out)
     gateway = _pick_gateway(ir, gateway_name)
     policy = gateway.policy_service or EndpointIR("127.0.0.1", 18001)
     taken = _ports_in_use(gateway, policy, approvals_port, demo)
@@ -162,39 +271,55 @@ async def run_up(
         return 1
     control.add_policy_service(policy.host, policy.port, approvals_port,
                                gateway.ext_authz_http.port if gateway.ext_authz_http else None)  # fmt: skip
-    control.on_reload = lambda r: _report(r, out)
+    control.on_reload = _Reporter(out, log_path)
     await control.start()
-    workdir = Path(tempfile.mkdtemp(prefix="agentxds-up-"))
-    demos: list[subprocess.Popen[bytes]] = []
+    children: list[_Child] = []
     envoy: EnvoyProcess | None = None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    watchers: list[asyncio.Task[None]] = []
     try:
         if demo:
-            demos = _start_demo_servers(gateway, workdir, out)
+            children += _start_demo_servers(gateway, workdir, out)
         bootstrap = render_bootstrap(
             node_id=f"{gateway.name}-up", node_cluster=gateway.name, xds_host="127.0.0.1",
             xds_port=control.port, admin_port=admin_port or free_port(),
         )  # fmt: skip
         envoy = EnvoyProcess(bootstrap, workdir=workdir, log_level=envoy_log_level).start()
+        children.append(_Child("envoy", envoy.process, envoy.log_path, essential=True))
+        watchers = [asyncio.create_task(_watch(c, out, stop, died)) for c in children]
         await asyncio.to_thread(envoy.wait_live, 30.0)
         # The listener accepting connections is what the user waits for.
         await asyncio.to_thread(wait_for_port, _connect_host(gateway), gateway.listener.port, 30.0)
         _print_banner(gateway, envoy, control.port, out)
-        if control.policy_service is not None:
-            service = control.policy_service
-            http = f", {service.authz_http_port} (ext_authz over HTTP)" if service.authz_http_port is not None else ""
-            print(f"policy service    {service.host}:{service.port} (gRPC){http}; approvals: agentxds approvals list "
-                  f"--url http://{service.approvals_host}:{service.approvals_port}", file=out, flush=True)  # fmt: skip
-        print(f"envoy log         {envoy.log_path}", file=out, flush=True)
+        service = control.policy_service
+        assert service is not None
+        http = f", {service.authz_http_port} (ext_authz over HTTP)" if service.authz_http_port is not None else ""
+        approvals_url = f"http://{service.approvals_host}:{service.approvals_port}"
+        print(f"policy service    {service.host}:{service.port} (gRPC){http}; approvals {approvals_url} "
+              f"(agentxds approvals list)", file=out)  # fmt: skip
+        print(f"logs              {workdir} (envoy.log, control-plane.log)", file=out)
+        scheme = "https" if gateway.listener.tls is not None else "http"
+        record = UpRecord(
+            pid=os.getpid(), xds=f"127.0.0.1:{control.port}", policy_service=f"{service.host}:{service.port}",
+            approvals_url=approvals_url, gateway=gateway.name,
+            listener=f"{scheme}://{_connect_host(gateway)}:{gateway.listener.port}", envoy_admin=envoy.admin_url,
+            workdir=str(workdir), policies=str(policy_dir), started_at=time.time(),
+        )  # fmt: skip
+        print(f"state             {write_record(state, record)} (approvals in {state.approvals_db.name})",
+              file=out, flush=True)  # fmt: skip
         await stop.wait()
         print("stopping", file=out, flush=True)
-        return 0
+        return 1 if any(c.essential for c in died) else 0
     finally:
+        stop.set()  # the watchers see the children stopped by us as expected
         if envoy is not None:
             envoy.stop()
-        for proc in demos:
-            stop_process(proc)
+        for child in children:
+            stop_process(child.proc)
+        for task in watchers:
+            task.cancel()
+        await asyncio.gather(*watchers, return_exceptions=True)
         await control.stop()

@@ -23,7 +23,7 @@ import grpc
 from google.protobuf import timestamp_pb2
 
 from xds_server.api.agentxds.v1 import status_pb2, status_pb2_grpc
-from xds_server.cli.common import DEFAULT_XDS_PORT, Subparsers
+from xds_server.cli.common import DEFAULT_XDS_PORT, Subparsers, add_state_dir
 
 #: Envoy's error texts can be whole config dumps; this much is plenty to act on.
 MAX_ERROR_CHARS = 500
@@ -212,10 +212,14 @@ def format_status(resp: status_pb2.GetStatusResponse, *, now: float | None = Non
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from xds_server.cli.up_record import locate
+
+    target, source = locate(args.state_dir, args.xds, "xds", f"127.0.0.1:{DEFAULT_XDS_PORT}")
     try:
-        status = fetch_status(args.xds, timeout=args.timeout)
+        status = fetch_status(target, timeout=args.timeout)
     except Exception as exc:  # grpc errors carry their own explanation
-        print(f"agentxds status: cannot reach the control plane at {args.xds}: {exc}", file=sys.stderr)
+        print(f"agentxds status: cannot reach the control plane at {target} ({source}): {exc}",
+              file=sys.stderr)  # fmt: skip
         return 2
     sys.stdout.write(format_status(status))
     return status_exit_code(status)  # 1: policy errors, an internal error or a NACK in effect
@@ -223,6 +227,11 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def register(sub: Subparsers) -> None:
     status = sub.add_parser("status", help="connected Envoys, versions, NACKs and policy errors")
-    status.add_argument("--xds", default=f"127.0.0.1:{DEFAULT_XDS_PORT}", help="control plane address host:port")
+    status.add_argument(
+        "--xds",
+        default=None,
+        help=f"control plane address host:port (default: the running `agentxds up`, else 127.0.0.1:{DEFAULT_XDS_PORT})",
+    )
+    add_state_dir(status)
     status.add_argument("--timeout", type=float, default=5.0)
     status.set_defaults(func=cmd_status)

@@ -6,7 +6,7 @@ import argparse
 import asyncio
 from pathlib import Path
 
-from xds_server.cli.common import Subparsers, add_allow_emptying, policy_dir
+from xds_server.cli.common import Subparsers, add_allow_emptying, add_state_dir, policy_dir
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -15,7 +15,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     return asyncio.run(
         run_up(args.dir, gateway_name=args.gateway, demo=args.demo, admin_port=args.admin_port,
                approvals_port=args.approvals_port, envoy_log_level=args.envoy_log_level,
-               allow_emptying=args.allow_emptying)
+               allow_emptying=args.allow_emptying, state_dir=args.state_dir,
+               keep_logs=args.keep_logs)
     )  # fmt: skip
 
 
@@ -31,5 +32,12 @@ def register(sub: Subparsers) -> None:
     up.add_argument("--admin-port", type=int, default=0, help="Envoy admin port on 127.0.0.1 (default: a free one)")
     up.add_argument("--approvals-port", type=int, default=18002, help="approvals HTTP API on 127.0.0.1 (default 18002)")
     up.add_argument("--envoy-log-level", default="warning")
+    up.add_argument(
+        "--keep-logs",
+        action="store_true",
+        help="keep the directory with Envoy's, the demo servers' "
+        "and the control plane's logs on exit (kept anyway when something died)",
+    )
     add_allow_emptying(up)
+    add_state_dir(up)
     up.set_defaults(func=cmd_up)

@@ -45,7 +45,8 @@ NOT_MCP = ErrorKind(
     -32600,
     "not_mcp",
     400,
-    "not an MCP request: wrong HTTP method, Content-Type or Accept header",
+    "not an MCP request: wrong HTTP method or Content-Type, or an Accept header that is missing or lacks "
+    "what MCP needs (POST: application/json and text/event-stream; GET: text/event-stream; */* covers both)",
 )
 INVALID_CREDENTIALS = ErrorKind(
     -32001,

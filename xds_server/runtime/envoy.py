@@ -186,6 +186,13 @@ class EnvoyProcess:
         return self._proc.pid
 
     @property
+    def process(self) -> subprocess.Popen[bytes]:
+        """The running Envoy (to wait for its exit: `processes.wait_exit`)."""
+        if self._proc is None:
+            raise EnvoyError("EnvoyProcess not started")
+        return self._proc
+
+    @property
     def returncode(self) -> int | None:
         """None while running (or before start), else the exit code."""
         return None if self._proc is None else self._proc.poll()

@@ -112,6 +112,39 @@ def _denials(gateway: GatewayIR, protocol: ProtocolTranslator) -> list[dict[str,
     return mappers
 
 
+# Why Envoy could not get an answer from the backend, by its response code details, in
+# plain words. Refused, closed and connect-timeout details are verified against Envoy 1.40
+# (tests/e2e/test_backend_failures.py); the last two are Envoy's documented details for
+# cases the gateway cannot produce yet (no health checks, no circuit breaker settings).
+_UPSTREAM_FAILURES = (
+    ("response.code_details.contains('Connection_refused')", "connection refused by %UPSTREAM_HOST%"),
+    ("response.code_details.contains('connection_timeout')", "connecting to %UPSTREAM_HOST% timed out"),
+    ("response.code_details.contains('connection_termination') || response.code_details.contains('remote_reset')",
+     "%UPSTREAM_HOST% closed the connection before answering"),
+    ("response.code_details == 'no_healthy_upstream'", "no endpoint of it is healthy"),
+    ("response.code_details.contains('overflow')", "too many requests to it at once (the gateway's circuit breaker)"),
+)  # fmt: skip
+
+
+def _upstream_failures(request_id: str) -> list[dict[str, Any]]:
+    """5xx replies Envoy made because the backend gave no answer: what happened, in plain words;
+    Envoy's own detail and the endpoint in `data`."""
+    data = {"backend": BACKEND, "endpoint": "%UPSTREAM_HOST%", "detail": "%RESPONSE_CODE_DETAILS%"}
+    failed = status_is(500, "GE")
+    timeout = mapper(status_is(504), errors.BACKEND_TIMEOUT,
+                     f"Backend '{BACKEND}' did not answer in time (its request timeout passed waiting for "
+                     "%UPSTREAM_HOST%)", request_id, keep_status=False, **data)  # fmt: skip
+    causes = [
+        mapper(all_of(failed, cel_filter(cel)), errors.BACKEND_UNAVAILABLE, f"Backend '{BACKEND}' is unavailable: {why}",
+               request_id, keep_status=True, **data)
+        for cel, why in _UPSTREAM_FAILURES
+    ]  # fmt: skip
+    other = mapper(failed, errors.BACKEND_UNAVAILABLE,
+                   f"Backend '{BACKEND}' is unavailable: the gateway got no answer from it "
+                   "(Envoy's detail: %RESPONSE_CODE_DETAILS%)", request_id, keep_status=True, **data)  # fmt: skip
+    return [timeout, *causes, other]
+
+
 def _the_protocol(gateway: GatewayIR) -> ProtocolTranslator:
     protocols = protocols_of(gateway)
     if len(protocols) != 1:
@@ -140,11 +173,7 @@ def local_reply_config(gateway: GatewayIR) -> dict[str, Any]:
         mapper(status_is(404), errors.NO_BACKEND, "No MCP backend is served at path '%REQ(:path)%'", request_id),
         mapper(status_is(413), errors.TOO_LARGE,
                f"Request too large: the body exceeds the gateway's limit of {limit} bytes", request_id),
-        mapper(status_is(504), errors.BACKEND_TIMEOUT, f"Backend '{BACKEND}' did not answer in time", request_id,
-               backend=BACKEND),
-        mapper(status_is(500, "GE"), errors.BACKEND_UNAVAILABLE,
-               f"Backend '{BACKEND}' is unavailable (%RESPONSE_CODE_DETAILS%)", request_id, keep_status=True,
-               backend=BACKEND),
+        *_upstream_failures(request_id),
         mapper(status_is(400, "GE"), errors.GATEWAY_ERROR, "Gateway error %RESPONSE_CODE%: %LOCAL_REPLY_BODY%",
                request_id, keep_status=True),
     ]  # fmt: skip

@@ -218,12 +218,17 @@ class McpTranslator(ProtocolTranslator):
             mapper(status("mcp_duplicate_keys"), errors.DUPLICATE_KEYS,
                    "Invalid Request: a JSON object in the body repeats a key", REQUEST_ID),
             mapper(status("mcp_not_jsonrpc"), errors.INVALID_REQUEST,
-                   "Invalid Request: %LOCAL_REPLY_BODY%; the gateway accepts one JSON-RPC 2.0 request "
-                   "per HTTP request (no batches)", REQUEST_ID),
+                   "Invalid Request: the body is not one JSON-RPC 2.0 request (the gateway accepts one JSON-RPC "
+                   "request object per HTTP request: no batches, no other content)", REQUEST_ID,
+                   detail="%LOCAL_REPLY_BODY%"),
+            # Envoy's MCP filter checks the method and headers before it reads the body (so the id
+            # is unknown here): a POST needs Content-Type application/json and an Accept listing
+            # application/json and text/event-stream, a GET an Accept listing text/event-stream
+            # (*/* covers both); a missing Accept is refused, a DELETE needs Mcp-Session-Id.
             mapper(status("mcp_reject_no_mcp"), errors.NOT_MCP,
-                   "Invalid Request: only MCP traffic is allowed (POST with Content-Type: application/json and "
-                   "Accept: application/json, text/event-stream; GET with Accept: text/event-stream; "
-                   "DELETE with Mcp-Session-Id)", REQUEST_ID),
+                   "Invalid Request: not an MCP request (a POST needs Content-Type: application/json and an "
+                   "Accept header listing application/json and text/event-stream; a GET needs Accept: "
+                   "text/event-stream; a DELETE needs Mcp-Session-Id)", REQUEST_ID),
         ]  # fmt: skip
 
     def denials(self, caller: ReplyMatcher, known: dict[str, Any]) -> list[dict[str, Any]]:
