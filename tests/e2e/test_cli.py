@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import re
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -61,15 +63,25 @@ class Up:
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=python_env(), cwd=REPO_ROOT,
         )  # fmt: skip
         self.lines: list[str] = []
+        self._output: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
         self.banner = self.read_until("state ")
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._output.put(line)
+        self._output.put(None)
 
     def read_until(self, marker: str, timeout: float = 60) -> str:
         """Output lines up to the first (new) one containing `marker`, joined."""
-        assert self.proc.stdout is not None
         start, deadline = len(self.lines), time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if not line:
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                line = self._output.get(timeout=left)
+            except queue.Empty:
+                break
+            if line is None:
                 break
             self.lines.append(line)
             if marker in line:
@@ -88,8 +100,12 @@ class Up:
     def stop(self) -> str:
         """Ctrl-C, and everything `up` printed from then on."""
         self.proc.send_signal(signal.SIGINT)
-        rest, _ = self.proc.communicate(timeout=30)
-        return rest
+        self.proc.wait(timeout=30)
+        rest = []
+        while (line := self._output.get(timeout=10)) is not None:
+            rest.append(line)
+        self.lines += rest
+        return "".join(rest)
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -127,6 +143,15 @@ def test_up_with_the_demo_serves_allowed_and_denied_calls_and_ctrl_c_stops_every
         assert "demo-up  group demo  connected" in status.stdout, status.stdout
         listed = up.agentxds("approvals", "list")
         assert listed.returncode == 0 and "no approvals waiting" in listed.stdout, listed.stdout + listed.stderr
+
+        # A bad edit is reported once (the control plane's log goes to its file), then a fix applies.
+        agents = (policy_dir / "agents.yaml").read_text()
+        (policy_dir / "agents.yaml").write_text(agents.replace("header: triage", "header: triage\n    spife: x"))
+        refused = up.read_until("spife", timeout=20)
+        assert "policy change refused; the last good configuration keeps serving:" in refused, refused
+        (policy_dir / "agents.yaml").write_text(agents)
+        applied = up.read_until("policies fixed", timeout=20)
+        assert "".join([refused, applied]).count("unknown field 'spife'") == 1, refused + applied
 
         rest = up.stop()
         assert up.proc.returncode == 0, rest

@@ -234,6 +234,17 @@ async def test_unparseable_requests_are_jsonrpc_errors_and_never_reach_the_backe
     assert backend.requests() == []
 
 
+async def test_a_body_that_is_not_json_is_told_so(gateway: RunningGateway, backend: McpBackend) -> None:
+    response = await raw_post(gateway.url(), "this is not json", as_agent("triage"))
+    error = jsonrpc_error(response)["error"]
+    assert error["message"] == (
+        "Invalid Request: the body is not one JSON-RPC 2.0 request (the gateway accepts one JSON-RPC request "
+        "object per HTTP request: no batches, no other content)"
+    )
+    assert error["data"] == {"reason": "invalid_request", "detail": "not a valid JSON"}  # Envoy's own words
+    assert backend.requests() == []
+
+
 async def test_non_mcp_http_is_rejected_as_jsonrpc(gateway: RunningGateway, backend: McpBackend) -> None:
     response = await raw_post(gateway.url(), "{}", {**as_agent("triage"), "content-type": "text/plain"})
     error = jsonrpc_error(response)

@@ -144,3 +144,25 @@ async def test_fetch_tools_follows_next_cursor() -> None:
         assert len(first_page) == 2
         for mode in ("auto", "legacy"):
             assert [t["name"] for t in await fetch_tools(url, mode=mode)] == DEMO_TOOLS  # type: ignore[arg-type]
+
+
+def test_pin_with_the_backend_down_says_what_failed_and_where(
+    tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+    from pathlib import Path
+
+    from xds_server.cli.pin import run_pin
+    from xds_server.runtime.ports import free_port
+
+    policies = Path(shutil.copytree(Path(__file__).resolve().parents[2] / "policies" / "demo", tmp_path / "p"))
+    url = f"http://127.0.0.1:{free_port()}/mcp"  # nothing listens there
+
+    assert run_pin(policies, "github", url=url, legacy=False) == 1
+
+    err = capsys.readouterr().err
+    where = url.removeprefix("http://").removesuffix("/mcp")
+    assert err == (
+        f"agentxds pin: cannot list the tools at {url}: cannot connect to {where} "
+        "(nothing listens there, or it is unreachable)\n"
+    )

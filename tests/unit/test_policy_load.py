@@ -135,10 +135,22 @@ def test_diagnostic_fields() -> None:
     )
 
 
-def test_yaml_syntax_error_has_line_and_column() -> None:
+def test_yaml_syntax_error_is_reported_on_the_line_to_fix() -> None:
+    # The missing `]` is on line 3, though the parser notices it at the end of the file.
     assert errors({**BASE, "broken.yaml": "kind: Agent\nmetadata:\n  name: [x\n"}) == [
-        "broken.yaml:4: YAML syntax error (column 1): while parsing a flow sequence: expected ',' or ']', "
-        "but got '<stream end>'"
+        "broken.yaml:3: YAML syntax error: while parsing a flow sequence (opened at column 9): expected ',' or "
+        "']', but got '<stream end>' on line 4, column 1"
+    ]
+    unclosed = "kind: MCPPolicy\nspec:\n  rules:\n    - tools: [a, b\n      agents: [x]\n"
+    assert errors({**BASE, "policy.yaml": unclosed})[0].startswith(
+        "policy.yaml:4: YAML syntax error: while parsing a flow sequence (opened at column 14): "
+    )
+
+
+def test_other_yaml_syntax_errors_keep_the_line_and_column_of_the_problem() -> None:
+    assert errors({**BASE, "broken.yaml": "kind: Agent\nmetadata:\n  name: x\n bad: y\n"}) == [
+        "broken.yaml:4: YAML syntax error (column 2): while parsing a block mapping: expected <block end>, but found "
+        "'<block mapping start>'"
     ]
 
 

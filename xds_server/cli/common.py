@@ -35,3 +35,36 @@ def add_state_dir(parser: argparse.ArgumentParser) -> None:
         help="where approvals and the record of a running `up` are kept (default: $AGENTXDS_STATE_DIR, "
         "else $XDG_STATE_HOME/agentxds, else ~/.local/state/agentxds)",
     )
+
+
+def describe_error(exc: BaseException, where: str = "") -> str:
+    """What went wrong, for a person: the leaf errors of exception groups (an SDK's task group
+    says only "unhandled errors in a TaskGroup"), each in plain words, joined by "; "."""
+    leaves: list[BaseException] = []
+
+    def collect(e: BaseException) -> None:
+        if isinstance(e, BaseExceptionGroup):
+            for inner in e.exceptions:
+                collect(inner)
+        else:
+            leaves.append(e)
+
+    collect(exc)
+    said = dict.fromkeys(_plain(e, where) for e in leaves)  # in order, once each
+    return "; ".join(said)
+
+
+def _plain(exc: BaseException, where: str) -> str:
+    name = type(exc).__name__
+    at = f" {where}" if where else ""
+    if name == "ConnectError" or isinstance(exc, ConnectionRefusedError):
+        return f"cannot connect to{at} (nothing listens there, or it is unreachable)"
+    if name in ("ConnectTimeout", "ReadTimeout", "WriteTimeout", "PoolTimeout") or isinstance(exc, TimeoutError):
+        return f"no answer from{at} in time"
+    response = getattr(exc, "response", None)
+    if name == "HTTPStatusError" and response is not None:
+        return f"{where or 'the server'} answered HTTP {response.status_code}"
+    code = getattr(getattr(exc, "error", None), "code", None)
+    if name == "MCPError" or code is not None:
+        return f"{where or 'the server'} answered with JSON-RPC error {code}: {exc}"
+    return str(exc) or name

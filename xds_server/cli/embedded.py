@@ -138,20 +138,25 @@ class _Reporter:
 
     def __init__(self, out: TextIO, log_path: Path) -> None:
         self.out, self.log_path = out, log_path
+        self.failing = False  # the last reload was refused or failed
 
     def __call__(self, result: ReloadResult) -> None:
         out = self.out
-        if result.ok and result.changed:
-            print(f"policies applied: {', '.join(f'{g}@{result.versions[g]}' for g in result.changed)}", file=out)
-            for line in result.warnings:
+        if result.ok:
+            if result.changed:
+                print(f"policies applied: {', '.join(f'{g}@{result.versions[g]}' for g in result.changed)}", file=out)
+            elif self.failing:
+                print("policies fixed: they give the configuration already served, which keeps serving", file=out)
+            for line in result.warnings if result.changed or self.failing else ():
                 print(f"  warning: {line}", file=out)
         elif result.internal is not None:
             print(f"internal error while building the configuration (a bug; the last good configuration keeps "
                   f"serving; the stack is in {self.log_path}): {result.internal}", file=out)  # fmt: skip
-        elif not result.ok:
+        else:
             print("policy change refused; the last good configuration keeps serving:", file=out)
             for line in result.errors:
                 print(f"  {line}", file=out)
+        self.failing = not result.ok
         out.flush()
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+import urllib.parse
 from pathlib import Path
 
-from xds_server.cli.common import Subparsers, policy_dir
+from xds_server.cli.common import Subparsers, describe_error, policy_dir
 
 
 def run_pin(policy_dir: Path, backend_name: str, *, url: str | None, legacy: bool) -> int:
@@ -31,7 +32,8 @@ def run_pin(policy_dir: Path, backend_name: str, *, url: str | None, legacy: boo
     try:
         tools = asyncio.run(fetch_tools(url, mode="legacy" if legacy else "auto"))
     except Exception as exc:  # the SDK raises many kinds; the message is what matters here
-        print(f"agentxds pin: cannot list the tools at {url}: {exc}", file=sys.stderr)
+        where = urllib.parse.urlsplit(url).netloc
+        print(f"agentxds pin: cannot list the tools at {url}: {describe_error(exc, where)}", file=sys.stderr)
         return 1
     existing = policy_set.lock_for(backend_name)
     target = Path(existing.source.file) if existing is not None else Path(policy_dir) / f"{backend_name}.lock.yaml"

@@ -79,16 +79,31 @@ def parse_documents(text: str, file: str) -> tuple[list[ParsedDocument], list[Di
                 continue
             docs.append(ParsedDocument(value, line, builder.lines, builder.issues, builder.dropped))
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else 0
-        column = f" (column {mark.column + 1})" if mark else ""
-        problem = ": ".join(p for p in (exc.context, exc.problem) if p) or "invalid YAML"
-        diags.append(Diagnostic(file, line, "", f"YAML syntax error{column}: {problem}"))
+        diags.append(_syntax_error(exc, file))
     except yaml.YAMLError as exc:
         diags.append(Diagnostic(file, 0, "", f"YAML error: {exc}"))
     except RecursionError:
         diags.append(Diagnostic(file, 0, "", "YAML nesting is too deep"))
     return docs, diags
+
+
+def _syntax_error(exc: yaml.MarkedYAMLError, file: str) -> Diagnostic:
+    """A YAML syntax error on the line a person must fix.
+
+    PyYAML marks where it noticed the problem: for an unclosed `[` or `{` that
+    is the next token, often on the next line. Then the line that opened the
+    collection is the one reported, and where parsing broke is said too.
+    """
+    problem, context = exc.problem_mark, exc.context_mark
+    if context is not None and problem is not None and "flow" in (exc.context or "") and context.line < problem.line:
+        return Diagnostic(file, context.line + 1, "",
+                          f"YAML syntax error: {exc.context} (opened at column {context.column + 1}): "
+                          f"{exc.problem} on line {problem.line + 1}, column {problem.column + 1}")  # fmt: skip
+    mark = problem or context
+    line = mark.line + 1 if mark else 0
+    column = f" (column {mark.column + 1})" if mark else ""
+    what = ": ".join(p for p in (exc.context, exc.problem) if p) or "invalid YAML"
+    return Diagnostic(file, line, "", f"YAML syntax error{column}: {what}")
 
 
 class _Builder:
