@@ -65,7 +65,7 @@ class Up:
         self.lines: list[str] = []
         self._output: queue.Queue[str | None] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
-        self.banner = self.read_until("state ")
+        self.banner = self.read_until("Ctrl-C stops everything")
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
@@ -113,6 +113,24 @@ class Up:
             self.proc.wait()
 
 
+def readme_try_it() -> dict[str, str]:
+    """The README's "Try it" examples: the banner of `make up`, and the output shown after each client call."""
+    section = (REPO_ROOT / "README.md").read_text().split("## Try it", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"((?:^    .*\n)+)", section, re.M)
+    shown = {"banner": "\n".join(line[4:] for line in blocks[0].splitlines())}
+    for block in blocks[1:]:
+        lines = [line[4:] for line in block.splitlines()]
+        for i, line in enumerate(lines):
+            if line.startswith(".venv/bin/python -m xds_server.demo.client --agent triage call "):
+                output = []
+                for following in lines[i + 1 :]:
+                    if following.startswith(".venv/") or not following.strip():
+                        break
+                    output.append(following)
+                shown[line.split(" --agent triage ", 1)[1]] = "\n".join(output)
+    return shown
+
+
 def demo_client(url: str, agent: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "xds_server.demo.client", "--url", url, "--agent", agent, *args],
                           capture_output=True, text=True, timeout=60, env=python_env())  # fmt: skip
@@ -134,7 +152,12 @@ def test_up_with_the_demo_serves_allowed_and_denied_calls_and_ctrl_c_stops_every
         assert "issues of acme/web" in allowed.stdout
         denied = demo_client(url, "triage", "--legacy", "call", "delete_repo", "repo=acme/web")
         assert denied.returncode == 3, denied.stdout + denied.stderr
-        assert '"code": -32003' in denied.stdout and "delete_repo" in denied.stdout
+        # What the README's "Try it" shows is what users see.
+        try_it = readme_try_it()
+        assert allowed.stdout.strip() == try_it["call list_issues repo=acme/web"], allowed.stdout
+        assert denied.stdout.strip() == try_it["call delete_repo repo=acme/web"], denied.stdout
+        labels = [line[:18].rstrip() for line in up.banner.splitlines()]
+        assert labels == [line[:18].rstrip() for line in try_it["banner"].splitlines()], up.banner
 
         # status and approvals find this `up` with no address given.
         status = up.agentxds("status")

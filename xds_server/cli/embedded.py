@@ -127,7 +127,6 @@ def _print_banner(gateway: GatewayIR, envoy: EnvoyProcess, xds_port: int, out: T
     if gateway.identity.trusted_header:
         print(f"agents identify with the '{gateway.identity.trusted_header}' header "
               "(development only; see README)", file=out)  # fmt: skip
-    print("edit the policy files to change what is allowed; Ctrl-C stops everything", file=out, flush=True)
 
 
 _ROUTE_NOUNS = {"mcp": "MCP backend"}
@@ -313,8 +312,8 @@ async def _run(
             listener=f"{scheme}://{_connect_host(gateway)}:{gateway.listener.port}", envoy_admin=envoy.admin_url,
             workdir=str(workdir), policies=str(policy_dir), started_at=time.time(),
         )  # fmt: skip
-        print(f"state             {write_record(state, record)} (approvals in {state.approvals_db.name})",
-              file=out, flush=True)  # fmt: skip
+        print(f"state             {write_record(state, record)} (approvals in {state.approvals_db.name})", file=out)
+        print("edit the policy files to change what is allowed; Ctrl-C stops everything", file=out, flush=True)
         await stop.wait()
         print("stopping", file=out, flush=True)
         return 1 if any(c.essential for c in died) else 0
