@@ -434,3 +434,64 @@ def raw_post_sync(
     content = body.encode() if isinstance(body, str) else body
     with httpx.Client(timeout=timeout, trust_env=False, verify=client_tls(verify, cert)) as http:
         return http.post(url, content=content, headers=_post_headers(headers))
+
+
+# ---------------------------------------------------------------- raw HTTP/1.1 and HTTP/2
+
+
+async def raw_http1(port: int, request: bytes, *, timeout: float = 10.0) -> tuple[int, bytes]:
+    """Send `request` as it is on a fresh connection; the status code and the body of the answer
+    (read to its content-length, or to the end of the connection without one)."""
+    import asyncio
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
+        lengths = [int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                   if line.lower().startswith(b"content-length:")]  # fmt: skip
+        read = reader.readexactly(lengths[0]) if lengths else reader.read()
+        return int(head.split(b" ", 2)[1]), await asyncio.wait_for(read, timeout)
+    finally:
+        writer.close()
+
+
+def _h2_exchange(port: int, headers: Sequence[tuple[str, str]], body: bytes, timeout: float) -> tuple[int, bytes]:
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    config = h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
+    conn = h2.connection.H2Connection(config=config)
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        conn.initiate_connection()
+        stream = conn.get_next_available_stream_id()
+        conn.send_headers(stream, list(headers), end_stream=not body)
+        if body:
+            conn.send_data(stream, body, end_stream=True)
+        sock.sendall(conn.data_to_send())
+        status, answer = 0, b""
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                raise ConnectionError(f"HTTP/2 connection closed before the answer ended (status {status})")
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived):
+                    status = int(dict(event.headers)[":status"])
+                elif isinstance(event, h2.events.DataReceived):
+                    answer += event.data
+                    conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                elif isinstance(event, h2.events.StreamEnded | h2.events.StreamReset):
+                    return status, answer
+            sock.sendall(conn.data_to_send())
+
+
+async def raw_h2(port: int, headers: Sequence[tuple[str, str]], body: bytes = b"", *,
+                 timeout: float = 10.0) -> tuple[int, bytes]:  # fmt: skip
+    """One HTTP/2 request (cleartext, prior knowledge) with `headers` exactly as listed, repeated
+    names included (pseudo-headers first); the status and the body of the answer. Runs in a
+    thread so the session's event loop (the in-process control plane) keeps running."""
+    import asyncio
+
+    return await asyncio.to_thread(_h2_exchange, port, headers, body, timeout)

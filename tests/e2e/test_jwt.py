@@ -33,7 +33,7 @@ from tests.e2e.gateway import (
     launch,
     stop_gateway,
 )
-from tests.e2e.harness import McpBackend, mcp_client, raw_post
+from tests.e2e.harness import McpBackend, mcp_client, raw_h2, raw_http1, raw_post
 from tests.e2e.test_mcp_gateway import MODERN, MODERN_META, find_mcp_error, tool_calls
 from xds_server.core import errors
 from xds_server.runtime.ports import free_port
@@ -220,6 +220,44 @@ async def test_a_maintainer_acting_through_triage_may_create_issues(gateway: Run
     assert tool_calls(github) == ["create_issue", "list_issues"]
     # The backend received the verified tokens (forwarded), so it can act for the user.
     assert any(r["headers"].get("authorization", "").startswith("Bearer ") for r in github.requests())
+    # ... and who called, as the gateway verified it: the agent (from its token's claim) and the
+    # user (the sub of the provider that names users, never the agent token's own sub).
+    assert {(r["headers"].get("x-agentxds-agent"), r["headers"].get("x-agentxds-user")) for r in github.requests()} == {
+        ("triage", "alice")
+    }
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_an_agent_without_a_user_reaches_the_backend_with_no_user_header(
+    gateway: RunningGateway, github: McpBackend, mode: str
+) -> None:
+    headers = {**as_agent("triage"), "x-agentxds-user": "root"}  # forged: removed
+    async with mcp_client(gateway.url(), headers, mode) as client:
+        assert not (await client.call_tool("list_issues", {"repo": "acme/web"})).is_error
+    seen = [r["headers"] for r in github.requests()]
+    assert seen and all(h.get("x-agentxds-agent") == "triage" and "x-agentxds-user" not in h for h in seen), seen
+
+
+@pytest.mark.parametrize("transport", ["h1", "h2"])
+async def test_two_user_tokens_are_an_ambiguous_identity(gateway: RunningGateway, github: McpBackend,
+                                                          transport: str) -> None:  # fmt: skip
+    """Two Authorization headers (a maintainer's and someone else's): refused before jwt_authn picks one."""
+    agent = as_agent("triage")["x-agent-token"]
+    tokens = ["Bearer " + CORP.token(sub="mallory"), "Bearer " + CORP.token(sub="alice", groups=["maintainers"])]
+    body = call_body("create_issue", repo="acme/web", title="t").encode()
+    headers = [("content-type", "application/json"), ("accept", "application/json, text/event-stream"),
+               ("x-agent-token", agent), *(("authorization", t) for t in tokens),
+               *modern_headers("create_issue").items()]  # fmt: skip
+    if transport == "h2":
+        pseudo = [(":method", "POST"), (":scheme", "http"), (":authority", "gw"), (":path", "/mcp/github")]
+        status, answer = await raw_h2(gateway.listen_port, pseudo + headers, body)
+    else:
+        lines = "".join(f"{k}: {v}\r\n" for k, v in headers)
+        request = f"POST /mcp/github HTTP/1.1\r\nhost: gw\r\n{lines}content-length: {len(body)}\r\n\r\n"
+        status, answer = await raw_http1(gateway.listen_port, request.encode() + body)
+    reply = json.loads(answer)
+    assert status == 400 and reply["id"] == 7 and reply["error"]["data"]["reason"] == "ambiguous_identity", reply
+    assert github.requests() == []
 
 
 @pytest.mark.parametrize("mode", MODES)

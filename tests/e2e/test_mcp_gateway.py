@@ -16,7 +16,7 @@ import pytest_asyncio
 from mcp.shared.exceptions import MCPError
 
 from tests.e2e.gateway import IDENTITY_HEADER, RunningGateway, start_gateway, stop_gateway
-from tests.e2e.harness import McpBackend, mcp_client, raw_post
+from tests.e2e.harness import McpBackend, mcp_client, raw_http1, raw_post
 from xds_server.core import errors
 
 MODES = ["modern", "legacy"]
@@ -251,22 +251,6 @@ async def test_non_mcp_http_is_rejected_as_jsonrpc(gateway: RunningGateway, back
     assert response.status_code == 400
     assert error["error"]["code"] == errors.NOT_MCP.code and error["error"]["data"]["reason"] == "not_mcp"
     assert backend.requests() == []
-
-
-async def raw_http1(port: int, request: bytes) -> tuple[int, bytes]:
-    """Send `request` as it is on a fresh connection; the status code and the body of the answer."""
-    import asyncio
-
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(request)
-        await writer.drain()
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-        length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
-                      if line.lower().startswith(b"content-length:"))  # fmt: skip
-        return int(head.split(b" ", 2)[1]), await asyncio.wait_for(reader.readexactly(length), 10)
-    finally:
-        writer.close()
 
 
 _INITIALIZE = json.dumps({"jsonrpc": "2.0", "id": 31, "method": "initialize", "params": {

@@ -62,6 +62,13 @@ MISSING_CREDENTIALS = ErrorKind(
     "the backend requires a user token (`auth`) and none was sent; `WWW-Authenticate` names its "
     "protected-resource metadata",
 )
+AMBIGUOUS_IDENTITY = ErrorKind(
+    -32001,
+    "ambiguous_identity",
+    400,
+    "a credential header (the trusted header, the API-key header, a JWT provider's token header) was sent more "
+    "than once or holds a comma; `data.headers` lists them (refused before any identity is read)",
+)
 UNKNOWN_AGENT = ErrorKind(-32001, "unknown_agent", 403, "the request carries no identity of a known agent")
 TOOL_DENIED = ErrorKind(-32003, "tool_not_allowed", 403, "the agent may not call this tool on this backend")
 RESOURCE_DENIED = ErrorKind(-32003, "resource_not_allowed", 403, "the agent may not read this resource")
@@ -125,6 +132,7 @@ CATALOGUE: tuple[ErrorKind, ...] = (
     NOT_MCP,
     HEADER_MISMATCH,
     MISSING_META,
+    AMBIGUOUS_IDENTITY,
     MISSING_CREDENTIALS,
     INVALID_CREDENTIALS,
     USER_TOKEN_REQUIRED,

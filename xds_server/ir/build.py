@@ -77,7 +77,7 @@ def _api_keys(policy_set: PolicySet, diagnostics: list[Diagnostic]) -> dict[str,
         file = near(located, ref.file)
         at = ("spec", "identity", "apiKey", "key", "env" if ref.env is not None else "file")
         try:
-            keys[located.name] = materials.secret(ref.env, file, f"API key ({ref.env or file})")
+            keys[located.name] = materials.api_key(ref.env, file, f"API key ({ref.env or file})")
         except materials.MaterialError as exc:
             diagnostics.append(located.diagnostic(at, str(exc)))
     return keys
@@ -157,6 +157,10 @@ def _downstream_tls(located: Located[Gateway], build: RouteBuild) -> DownstreamT
     )
 
 
+def _lower(header: str | None) -> str | None:
+    return header.lower() if header is not None else None
+
+
 def _gateway_ir(
     located: Located[Gateway], policy_set: PolicySet, keys: dict[str, SecretIR], diagnostics: list[Diagnostic]
 ) -> GatewayIR:
@@ -170,6 +174,8 @@ def _gateway_ir(
             sorted(_jwt_provider(located, i, p, build) for i, p in enumerate(spec.identity.jwt_providers))
         ),
         api_key_header=spec.identity.api_key_header.lower(),
+        agent_header=_lower(spec.identity.caller_headers.agent),
+        user_header=_lower(spec.identity.caller_headers.user),
     )
     tls = _downstream_tls(located, build)
     agents = tuple(sorted((_agent_ir(a, identity, tls, keys) for a in policy_set.agents), key=lambda a: a.name))

@@ -16,6 +16,7 @@ next build (the watcher follows these files, see controlplane/watch.py).
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,15 @@ def secret(env: str | None, file: str | None, what: str) -> SecretIR:
         return SecretIR(env, file, read_secret(env, file, what=what))
     except SecretUnavailable as exc:
         raise MaterialError(str(exc)) from None
+
+
+def api_key(env: str | None, file: str | None, what: str) -> SecretIR:
+    """An agent's API key: a secret that can be sent as one header value."""
+    key = secret(env, file, what)
+    if "," in key.value or re.search(r"[\x00-\x1f\x7f]", key.value):
+        # A comma in an identity header is refused as two values; control characters cannot be sent.
+        raise MaterialError(f"{what}: a key cannot contain ',' or control characters")
+    return key
 
 
 def _text(path: str, what: str) -> str:

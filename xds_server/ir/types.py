@@ -296,6 +296,9 @@ class IdentityIR:
     trusted_header: str | None  # lower-case header name, or None if not trusted
     jwt_providers: tuple[JwtProviderIR, ...] = ()  # sorted by name
     api_key_header: str = "x-api-key"  # lower-case
+    # Set by the gateway on forwarded requests (client copies removed); None: not sent.
+    agent_header: str | None = "x-agentxds-agent"  # the verified agent's name
+    user_header: str | None = "x-agentxds-user"  # the verified user's `sub`
 
 
 @dataclass(frozen=True)
@@ -339,6 +342,18 @@ class GatewayIR:
     @property
     def routes(self) -> tuple[RouteIR, ...]:
         return self.listener.routes
+
+    @property
+    def credential_headers(self) -> tuple[str, ...]:
+        """The headers callers prove who they are with (sorted): the trusted header, the API-key
+        header when some agent has a key, each JWT provider's token header. Each must appear
+        at most once, with no comma, or the identity is ambiguous."""
+        names = {p.token_header for p in self.identity.jwt_providers}
+        if self.identity.trusted_header is not None:
+            names.add(self.identity.trusted_header)
+        if any(p.KIND == "apiKey" for a in self.agents for p in a.principals):
+            names.add(self.identity.api_key_header)
+        return tuple(sorted(names))
 
     @property
     def needs_policy_service(self) -> bool:

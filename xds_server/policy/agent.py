@@ -11,10 +11,17 @@ from .base import DocumentModel, StrictModel, _check_header_value
 from .identity import ApiKeyIdentity, JwtAgentIdentity, SpiffeId
 
 
+def _check_identity_value(value: str) -> str:
+    # The gateway refuses an identity header with a comma as ambiguous (two values joined).
+    if "," in value:
+        raise ValueError("cannot contain ',' (the gateway refuses a comma in an identity header as two values)")
+    return value
+
+
 class AgentIdentity(StrictModel):
     """How an agent proves who it is; at least one source must be set. Any one of them suffices."""
 
-    header: Annotated[str, AfterValidator(_check_header_value)] | None = Field(
+    header: Annotated[str, AfterValidator(_check_header_value), AfterValidator(_check_identity_value)] | None = Field(
         default=None,
         description="DEVELOPMENT ONLY: value of the gateway's trusted identity header that names this agent.",
     )

@@ -32,6 +32,26 @@ class Listen(StrictModel):
     port: Port = Field(description="TCP port to listen on (1-65535).")
 
 
+HeaderName = Annotated[str, Field(pattern=HEADER_NAME_PATTERN)]
+
+
+class CallerHeaders(StrictModel):
+    """Headers the gateway sets on every request it forwards, saying who called, as verified.
+
+    Any copy a client sent is removed first, so a backend can log or authorise
+    on them. `null` turns one off.
+    """
+
+    agent: HeaderName | None = Field(
+        default="x-agentxds-agent", description="The verified agent's name (Agent metadata.name)."
+    )
+    user: HeaderName | None = Field(
+        default="x-agentxds-user",
+        description="The `sub` of the verified user token (the backend's `auth` provider, else the first "
+        "provider by name with a verified token); absent when there is no user.",
+    )
+
+
 class GatewayIdentity(StrictModel):
     """How the gateway learns who the calling agent (and the user behind it) is."""
 
@@ -46,12 +66,36 @@ class GatewayIdentity(StrictModel):
     api_key_header: Annotated[str, Field(pattern=HEADER_NAME_PATTERN)] = Field(
         default="x-api-key", description="Header carrying an agent's API key (agents with identity.apiKey)."
     )
+    caller_headers: CallerHeaders = Field(
+        default_factory=CallerHeaders,
+        description="Headers telling backends who called (verified by the gateway; client copies removed).",
+    )
 
     @model_validator(mode="after")
     def _unique_providers(self) -> GatewayIdentity:
         names = [p.name for p in self.jwt_providers]
         if len(names) != len(set(names)):
             raise PydanticCustomError("duplicate_provider", "two jwtProviders have the same name")
+        return self
+
+    @model_validator(mode="after")
+    def _caller_headers_are_not_credentials(self) -> GatewayIdentity:
+        # The gateway removes the caller's credential headers and overwrites these:
+        # one name in both roles would either leak a credential or lose the identity.
+        credentials = {h.lower() for h in (self.trusted_header, self.api_key_header) if h}
+        credentials |= {p.token_header.lower() for p in self.jwt_providers}
+        set_by_gateway = [h.lower() for h in (self.caller_headers.agent, self.caller_headers.user) if h]
+        for header in set_by_gateway:
+            if header in credentials:
+                raise PydanticCustomError(
+                    "caller_header_is_credential",
+                    "callerHeaders: {header} is also a header callers send credentials in; pick another name",
+                    {"header": header, "at": "callerHeaders"},
+                )
+        if len(set(set_by_gateway)) != len(set_by_gateway):
+            raise PydanticCustomError(
+                "caller_headers_same", "callerHeaders: agent and user need different headers", {"at": "callerHeaders"}
+            )
         return self
 
 

@@ -6,10 +6,13 @@ The order is the security design, so it is defined once, here, as slots:
     |-----------|------------------------------------------|-------------------------------------------------|
     | DEFRAME   | envoy.filters.http.mcp (mcp)             | the body into metadata; what is not one message |
     |           |                                          | of the protocol is refused before anything else |
+    | IDENTITY  | agentxds.identity.unambiguous (identity) | a repeated or comma-joined credential header is |
+    |           |                                          | refused before anything reads it                |
     | AUTHN     | envoy.filters.http.jwt_authn (jwt)       | tokens verified, claims into metadata; after    |
     |           |                                          | deframing so its errors carry the request id    |
     | AUTHZ     | envoy.filters.http.rbac (rbac)           | the native allow-list, per route; the listener  |
     |           |                                          | level allows nothing                            |
+    |           | agentxds.identity.identify (identity)    | names the agent for the backend (shadow rules)  |
     | RESPONSES | envoy.filters.http.ext_proc (policy      | rewrites list responses; before ext_authz so it |
     |           | service)                                 | sees the caller's identity headers, which       |
     |           |                                          | ext_authz strips on delegated routes            |
@@ -49,12 +52,13 @@ class Slot(enum.IntEnum):
     """Where a filter sits in the chain (lower runs first on requests)."""
 
     DEFRAME = 1
-    AUTHN = 2
-    AUTHZ = 3
-    RESPONSES = 4
-    DECISIONS = 5
-    SESSION = 6
-    TERMINAL = 7
+    IDENTITY = 2
+    AUTHN = 3
+    AUTHZ = 4
+    RESPONSES = 5
+    DECISIONS = 6
+    SESSION = 7
+    TERMINAL = 8
 
 
 class RouteDefault(enum.Enum):

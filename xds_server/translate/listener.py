@@ -19,7 +19,7 @@ from envoy.config.listener.v3.listener_pb2 import Listener
 
 from xds_server.core.wire import typed
 from xds_server.ir.types import GatewayIR
-from xds_server.translate import jwt, policy_service, rbac, tls
+from xds_server.translate import identity, jwt, policy_service, rbac, tls
 from xds_server.translate.filters import HttpFilter, Slot, ordered
 from xds_server.translate.local_reply import local_reply_config
 from xds_server.translate.names import listener_name, route_config_name
@@ -33,12 +33,14 @@ ROUTER = HttpFilter("envoy.filters.http.router", Slot.TERMINAL, typed("envoy.ext
 
 def listener_filters(gateway: GatewayIR) -> list[HttpFilter]:
     """Every HTTP filter of the gateway's listener, in slot order."""
-    authn = jwt.jwt_authn_filter(gateway)
+    optional = [identity.unambiguous_filter(gateway), jwt.jwt_authn_filter(gateway)]
+    identify = identity.identify_filter(gateway)
     return ordered(
         [
             *(f for protocol in protocols_of(gateway) for f in protocol.http_filters(gateway)),
-            *([authn] if authn is not None else []),
+            *(f for f in optional if f is not None),
             rbac.rbac_filter(),
+            *([identify] if identify is not None else []),
             *policy_service.policy_filters(gateway),
             ROUTER,
         ]

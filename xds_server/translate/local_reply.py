@@ -11,7 +11,7 @@ the most specific to the catch-all:
     1. the OAuth protected-resource metadata documents (not errors)
     2. replies that are JSON already (the protocol filter's own JSON-RPC
        errors, the policy service's denials): kept as they are
-    3. the policy service could not be asked
+    3. the policy service could not be asked; an ambiguous identity (identity.py)
     4. the protocol filter's refusals (protocol translator: `request_rejections`)
     5. jwt_authn's refusals (with the OAuth challenge on routes with `auth`)
     6. RBAC denials, per way of recognising a known agent (ir/principals.py),
@@ -33,7 +33,7 @@ from typing import Any
 from xds_server.core import errors
 from xds_server.ir.principals import cel_filter, reply_matchers
 from xds_server.ir.types import GatewayIR
-from xds_server.translate import oauth
+from xds_server.translate import identity, oauth
 from xds_server.translate.protocols import protocols_of
 from xds_server.translate.protocols.base import ProtocolTranslator
 from xds_server.translate.replies import all_of, mapper, route_is, status_is
@@ -167,6 +167,7 @@ def local_reply_config(gateway: GatewayIR) -> dict[str, Any]:
         mapper(_policy_service_failed(), errors.POLICY_SERVICE_UNAVAILABLE,
                "Policy service unavailable: this call needs a policy decision and none could be had "
                "(the gateway fails closed)", request_id, backend=BACKEND),
+        *identity.ambiguity_reply(gateway, request_id),
         *protocol.request_rejections(gateway),
         *_token_refusals(gateway, request_id),
         *_denials(gateway, protocol),

@@ -33,6 +33,8 @@ _ANY_MODULES = (
     "envoy.config.route.v3.route_pb2",
     "envoy.extensions.filters.network.http_connection_manager.v3.http_connection_manager_pb2",
     "envoy.extensions.filters.http.rbac.v3.rbac_pb2",
+    "envoy.config.rbac.v3.rbac_pb2",
+    "envoy.type.matcher.v3.http_inputs_pb2",
     "envoy.extensions.filters.http.router.v3.router_pb2",
     "envoy.extensions.filters.http.stateful_session.v3.stateful_session_pb2",
     "envoy.extensions.http.stateful_session.envelope.v3.envelope_pb2",

@@ -30,7 +30,7 @@ from typing import Any
 from envoy.config.route.v3.route_pb2 import RouteConfiguration
 
 from xds_server.ir.types import GatewayIR, RouteIR
-from xds_server.translate import jwt, oauth, policy_service, rbac
+from xds_server.translate import identity, jwt, oauth, policy_service, rbac
 from xds_server.translate.filters import FilterUses, HttpFilter, RouteFilters, Slot, Use
 from xds_server.translate.listener import listener_filters
 from xds_server.translate.names import cluster_name, route_config_name, route_name
@@ -80,8 +80,8 @@ def _route_entries(route: RouteIR, gateway: GatewayIR, filters: list[HttpFilter]
             "name": route_name(route),
             "match": match,
             "route": action,
-            # An agent's API key proves who it is to the gateway; the upstream never sees it.
-            "request_headers_to_remove": [gateway.identity.api_key_header],
+            # The backend learns who called as verified, never the caller's key or trusted header.
+            **identity.backend_headers(gateway, route),
             "typed_per_filter_config": RouteFilters(route.kind, {**common, **uses}).config(filters),
         }
         for match, uses in _variants(route, gateway)
@@ -91,7 +91,8 @@ def _route_entries(route: RouteIR, gateway: GatewayIR, filters: list[HttpFilter]
 def _metadata_routes(gateway: GatewayIR, filters: list[HttpFilter]) -> list[dict[str, Any]]:
     """The protected-resource metadata documents of the routes with `auth` (bodies: local replies)."""
     # Not protocol traffic: a plain GET a protocol filter would refuse; no token, no RBAC.
-    uses: FilterUses = {Slot.DEFRAME: Use.OFF, rbac.RBAC_FILTER: Use.OFF, **jwt.route_disabled(gateway)}
+    uses: FilterUses = {Slot.DEFRAME: Use.OFF, Slot.IDENTITY: Use.OFF, rbac.RBAC_FILTER: Use.OFF,
+                        **jwt.route_disabled(gateway)}  # fmt: skip
     config = RouteFilters(None, uses).config(filters)
     return [
         {
