@@ -117,6 +117,7 @@ def test_the_example_is_what_the_command_prints(
     # The block's lines, cut at "..." into pieces: each piece is consecutive lines of the real
     # output, the pieces in order.
     at = 0
+    assert shown.strip(), f"example {name} shows nothing"
     for piece in "\n".join(shown.splitlines()).split("\n...\n"):
         lines = piece.removesuffix("\n...").splitlines()
         found = next((i for i in range(at, len(real) - len(lines) + 1) if real[i : i + len(lines)] == lines), None)

@@ -115,3 +115,31 @@ def test_validate_warns_and_succeeds(policies: Path, capsys: pytest.CaptureFixtu
         f"warning: {policies}/gateway.yaml:2: Gateway/demo: grants nothing: every call will be refused",
     ]
     assert out.endswith(f"OK: {policies} is valid (2 warning(s))\n")
+
+
+def test_a_restart_is_checked_against_what_was_published_before_it(policies: Path, tmp_path: Path) -> None:
+    """The last published coverage is kept: an edit made while the control plane was down
+    (or that a crash and restart would otherwise swallow) is refused at the first build."""
+    kept = tmp_path / "state" / "published.json"
+    kept.parent.mkdir()
+    first = Pipeline(policies, SnapshotCache(), StatusRecorder(), coverage_file=kept)
+    assert first.reload().ok and kept.exists()
+    (policies / "github-policy.yaml").write_text("")
+
+    restarted = Pipeline(policies, SnapshotCache(), StatusRecorder(), coverage_file=kept)
+    result = restarted.reload()
+
+    assert not result.ok and result.errors[0].endswith("is now empty; every rule in it is gone"), result
+    assert restarted.cache.get("demo") is None  # nothing published: Envoys keep what they have
+    opted_in = Pipeline(policies, SnapshotCache(), StatusRecorder(), coverage_file=kept, allow_emptying=True)
+    assert opted_in.reload().ok
+    # What is published now is what the next restart compares with: the empty file is no loss any more.
+    assert Pipeline(policies, SnapshotCache(), StatusRecorder(), coverage_file=kept).reload().ok
+
+
+def test_an_unreadable_record_of_what_was_published_is_ignored(policies: Path, tmp_path: Path) -> None:
+    kept = tmp_path / "published.json"
+    kept.write_text("{not json")
+    pipeline = Pipeline(policies, SnapshotCache(), StatusRecorder(), coverage_file=kept)
+    assert pipeline.coverage is None and pipeline.reload().ok
+    assert '"github-policy.yaml"' in kept.read_text() or "github-policy.yaml" in kept.read_text()

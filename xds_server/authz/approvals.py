@@ -183,9 +183,14 @@ class ApprovalStore:
         self._lock = threading.Lock()
         self.path = os.fspath(path) if path is not None else None
         if self.path is not None:
-            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+            os.makedirs(os.path.dirname(os.path.abspath(self.path)), mode=0o700, exist_ok=True)
+            # Approvals hold tool arguments: readable by the service's user only.
+            os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
+            os.chmod(self.path, 0o600)
         # Autocommit; every change runs in an explicit transaction (`_tx`) under the lock.
-        self._db = sqlite3.connect(self.path or ":memory:", isolation_level=None, check_same_thread=False)
+        # A short busy timeout: decisions run on the event loop and Envoy waits 250 ms at most.
+        self._db = sqlite3.connect(self.path or ":memory:", isolation_level=None, check_same_thread=False,
+                                   timeout=0.1)  # fmt: skip
         self._db.row_factory = sqlite3.Row
         if self.path is not None:
             self._db.execute("PRAGMA journal_mode = WAL")
@@ -310,7 +315,7 @@ class ApprovalStore:
     def _open(self, call_key: str, now: float) -> Approval | None:
         """The call's newest approval if it is still open (live, or a denial still standing)."""
         row = self._db.execute(
-            "SELECT * FROM approvals WHERE call_key = ? ORDER BY created_at DESC, rowid DESC LIMIT 1", (call_key,)
+            "SELECT * FROM approvals WHERE call_key = ? ORDER BY rowid DESC LIMIT 1", (call_key,)
         ).fetchone()
         if row is None:
             return None

@@ -61,6 +61,18 @@ class CheckOutcome:
     remove_headers: tuple[str, ...] = ()
 
 
+def failed_decision(body: str) -> CheckOutcome:
+    """The refusal of a call whose decision raised (a bug, a store that failed): never let it through.
+
+    Returned to Envoy as a denial, so a route with `failOpen` refuses it too
+    (fail open covers a policy service that cannot be reached, not one that
+    cannot decide)."""
+    kind = errors.POLICY_SERVICE_UNAVAILABLE
+    return CheckOutcome(False, kind.http_status, error_body(
+        request_id_of(body), kind, "The policy service failed to decide; the call is refused"),
+        log={"allowed": False, "reason": kind.reason})  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Decider:
     """What a decision reads: the policies (as an index), the rules' engine, the protocol handlers

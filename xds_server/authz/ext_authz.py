@@ -11,7 +11,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from google.protobuf import json_format
 
-from xds_server.authz.decide import CheckOutcome, check_request
+from xds_server.authz.decide import CheckOutcome, check_request, failed_decision
 from xds_server.core.wire import JWT_METADATA_NAMESPACE, ROUTE_CONTEXT_EXTENSION
 
 if TYPE_CHECKING:
@@ -73,13 +73,18 @@ class ExtAuthzServicer(external_auth_pb2_grpc.AuthorizationServicer):
 
     async def Check(self, request: external_auth_pb2.CheckRequest, context: grpc.aio.ServicerContext) -> Any:
         extensions: Mapping[str, str] = request.attributes.context_extensions
-        outcome = await check_request(
-            self._service.decider,
-            route=extensions.get(ROUTE_CONTEXT_EXTENSION, ""),
-            headers=request_headers(request),
-            body=request_body(request),
-            jwt_payloads=jwt_payloads(request),
-            peer_uri_san=request.attributes.source.principal or None,
-        )
+        body = request_body(request)
+        try:
+            outcome = await check_request(
+                self._service.decider,
+                route=extensions.get(ROUTE_CONTEXT_EXTENSION, ""),
+                headers=request_headers(request),
+                body=body,
+                jwt_payloads=jwt_payloads(request),
+                peer_uri_san=request.attributes.source.principal or None,
+            )
+        except Exception:  # an error answer would let a failOpen route through: refuse instead
+            log.exception("ext_authz: decision failed; refusing")
+            outcome = failed_decision(body)
         self._service.log_decision(outcome.log)
         return to_check_response(outcome)

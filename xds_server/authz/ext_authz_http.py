@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 
 import httptools
 
-from xds_server.authz.decide import CheckOutcome, check_call
+from xds_server.authz.decide import CheckOutcome, check_call, failed_decision
 from xds_server.authz.jsonrpc import error_body, request_id_of
 from xds_server.core import errors
 from xds_server.core.wire import CHECK_PREFIX
@@ -167,10 +167,7 @@ class ExtAuthzHttpProtocol(asyncio.Protocol):
             response = answer(outcome)
         except Exception:  # a bug must refuse the call, not let it through
             log.exception("ext_authz (HTTP): decision failed; refusing")
-            kind = errors.POLICY_SERVICE_UNAVAILABLE
-            outcome = CheckOutcome(False, kind.http_status, error_body(
-                request_id_of(body), kind, "The policy service failed to decide; the call is refused"),
-                log={"allowed": False, "reason": kind.reason})  # fmt: skip
+            outcome = failed_decision(body)
             response = answer(outcome)
         if self._transport is not None:
             self._transport.write(response)

@@ -222,12 +222,17 @@ async def run_up(
     log_path = workdir / "control-plane.log"
     _log_to_file(log_path)
     died: list[_Child] = []
+    code = 1
     try:
         code = await _run(policy_dir, workdir, log_path, state, gateway_name=gateway_name, demo=demo,
                           admin_port=admin_port, approvals_port=approvals_port, envoy_log_level=envoy_log_level,
                           allow_emptying=allow_emptying, died=died, out=out)  # fmt: skip
     finally:
         remove_record(state, os.getpid())
+        if code != 0:  # something failed (or raised): the logs it may have pointed to stay
+            print(f"logs kept in {workdir}", file=out, flush=True)
+    if code != 0:
+        return code
     if keep_logs or died:
         print(f"logs kept in {workdir}", file=out, flush=True)
     else:
@@ -251,7 +256,8 @@ async def _run(
     died: list[_Child],
     out: TextIO,
 ) -> int:
-    control = ControlPlane(policy_dir, allow_emptying=allow_emptying, approvals_db=state.approvals_db)
+    control = ControlPlane(policy_dir, allow_emptying=allow_emptying, approvals_db=state.approvals_db,
+                           coverage_file=state.published_coverage(policy_dir))  # fmt: skip
     first = control.reload()  # the one load: everything below reads its IR
     ir = control.pipeline.ir
     if not first.ok or ir is None:

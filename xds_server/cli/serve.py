@@ -19,7 +19,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         control = ControlPlane(args.dir, host=args.host, port=args.port, policy_host=args.host,
                                policy_port=args.policy_port, approvals_port=args.approvals_port,
                                authz_http_port=args.authz_http_port if args.authz_http_port >= 0 else None,
-                               allow_emptying=args.allow_emptying, approvals_db=state.approvals_db)  # fmt: skip
+                               allow_emptying=args.allow_emptying, approvals_db=state.approvals_db,
+                               coverage_file=state.published_coverage(args.dir))  # fmt: skip
         await control.start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

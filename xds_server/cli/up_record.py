@@ -64,6 +64,8 @@ def read_record(state: StateDir, *, check_alive: bool = True) -> UpRecord | None
         record = UpRecord(**data)
     except (OSError, ValueError, TypeError):
         return None
+    if not isinstance(record.pid, int) or isinstance(record.pid, bool) or not 0 < record.pid < 2**22:
+        return None  # not a pid a process can have: a damaged record
     if check_alive and not _alive(record.pid):
         return None
     return record

@@ -11,7 +11,10 @@ published build covered:
 
 are *losses*. Under `serve`/`up` a build with losses is refused like a policy
 error, unless the operator started the control plane with `--allow-emptying`;
-then it is published with a warning. Independently of any previous build,
+then it is published with a warning. The last published coverage is kept in
+the state directory (`save` / `load`), so a restart compares its first build
+with what was served before it, and an emptied file is refused after a restart
+too. Independently of any previous build,
 empty files and gateways without grants are *warnings* (`validate` prints them,
 `status` shows them); they are never refused on their own, so a fresh start
 and a new, not yet filled file are fine.
@@ -19,14 +22,19 @@ and a new, not yet filled file are fine.
 
 from __future__ import annotations
 
+import json
+import logging
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from xds_server.ir.types import IR
 from xds_server.policy.diagnostics import Diagnostic
 from xds_server.policy.load import PolicySet
 
 OPT_IN_FLAG = "--allow-emptying"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -42,6 +50,30 @@ class Coverage:
         grants = {gw.name: sum(len(r.grants) + len(r.conditional_rules) for r in gw.routes) for gw in ir.gateways}
         declared = {g.name: (g.source.file, g.source.line) for g in policy_set.gateways}
         return cls(dict(policy_set.documents), grants, declared)
+
+
+def save(coverage: Coverage, path: Path) -> None:
+    """Keep `coverage` (what is published now) in `path`, atomically."""
+    body = {"documents": dict(coverage.documents), "grants": dict(coverage.grants),
+            "declaredAt": {g: list(at) for g, at in coverage.declared_at.items()}}  # fmt: skip
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(body, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def load(path: Path) -> Coverage | None:
+    """The coverage `save` kept in `path`; None when there is none (or it cannot be read: logged)."""
+    try:
+        body = json.loads(path.read_text())
+        documents = {str(f): int(n) for f, n in body["documents"].items()}
+        grants = {str(g): int(n) for g, n in body["grants"].items()}
+        declared = {str(g): (str(at[0]), int(at[1])) for g, at in body["declaredAt"].items()}
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+        log.warning("ignoring %s (what was published before the restart): cannot read it: %s", path, exc)
+        return None
+    return Coverage(documents, grants, declared)
 
 
 def losses(before: Coverage, after: Coverage) -> list[Diagnostic]:

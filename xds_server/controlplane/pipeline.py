@@ -140,13 +140,16 @@ class Pipeline:
         recorder: StatusRecorder,
         *,
         allow_emptying: bool = False,
+        coverage_file: Path | None = None,
     ):
         self.source = as_source(source)
         self.cache = cache
         self.recorder = recorder
         self.allow_emptying = allow_emptying
         self.ir: IR | None = None  # the IR of the last good configuration
-        self.coverage: emptying.Coverage | None = None  # what the last good configuration covers
+        # What the last good configuration covers; kept in `coverage_file` (if given) across restarts.
+        self.coverage_file = coverage_file
+        self.coverage = emptying.load(coverage_file) if coverage_file is not None else None
         # Files the latest loadable policies name (kept when a later edit does not load),
         # for the watcher: their changes rebuild too, even when the build they broke was refused.
         self.files: frozenset[Path] = frozenset()
@@ -201,6 +204,11 @@ class Pipeline:
             self.recorder.set_snapshot_version(group, snap.version)
         self.ir = ir
         self.coverage = coverage
+        if self.coverage_file is not None:
+            try:
+                emptying.save(coverage, self.coverage_file)
+            except OSError as exc:  # the published configuration stands; only the restart check is weaker
+                log.warning("cannot keep what was published in %s: %s", self.coverage_file, exc)
         self.recorder.set_policy_errors([])
         self.recorder.set_internal_errors([])
         self.recorder.set_policy_warnings(notes)

@@ -65,10 +65,12 @@ class ControlPlane:
         authz_http_port: int | None = None,
         allow_emptying: bool = False,
         approvals_db: str | Path | None = None,
+        coverage_file: Path | None = None,
     ) -> None:
         self.cache = SnapshotCache()
         self.recorder = StatusRecorder()
-        self.pipeline = Pipeline(source, self.cache, self.recorder, allow_emptying=allow_emptying)
+        self.pipeline = Pipeline(source, self.cache, self.recorder, allow_emptying=allow_emptying,
+                                 coverage_file=coverage_file)  # fmt: skip
         self.server = ControlPlaneServer(self.cache, self.recorder, host=host, port=port)
         self._watch = watch
         self._debounce_ms = debounce_ms

@@ -7,6 +7,7 @@ use (mode 0700: approvals name who asked for what).
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,12 @@ class StateDir:
     def approvals_db(self) -> Path:
         """The SQLite database of approvals (pending, decided, used: the history)."""
         return self.path / "approvals.sqlite3"
+
+    def published_coverage(self, policy_dir: str | os.PathLike[str]) -> Path:
+        """What the control plane serving `policy_dir` last published (controlplane/emptying.py),
+        one file per policy directory, so a restart is checked against it."""
+        key = hashlib.sha256(os.fsencode(os.path.abspath(policy_dir))).hexdigest()[:16]
+        return self.path / f"published-{key}.json"
 
     @property
     def up_record(self) -> Path:
