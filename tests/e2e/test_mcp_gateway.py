@@ -320,3 +320,31 @@ async def test_unknown_path_is_a_jsonrpc_not_found(gateway: RunningGateway, back
     assert error["error"]["code"] == errors.NO_BACKEND.code
     assert "/mcp/nowhere" in error["error"]["message"]
     assert backend.requests() == []
+
+
+# ---------------------------------------------------------------- HTTP Envoy cannot parse
+
+_MALFORMED = {
+    "content-length-and-chunked": (b"POST /mcp/github HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\n"
+                                   b"content-length: 5\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+    "http-1.0": (b"POST /mcp/github HTTP/1.0\r\nhost: gw\r\ncontent-type: application/json\r\ncontent-length: 2\r\n"
+                 b"\r\n{}", 426),
+    "space-before-colon": (b"POST /mcp/github HTTP/1.1\r\nhost: gw\r\nx-agent-id : triage\r\ncontent-length: 0\r\n\r\n",
+                           400),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(_MALFORMED))
+async def test_malformed_http_gets_a_jsonrpc_error_and_never_reaches_the_backend(
+    gateway: RunningGateway, backend: McpBackend, case: str
+) -> None:
+    """Envoy's HTTP/1 codec refuses these before any filter runs; the client still gets an answer
+    (the gateway has policy-service filters, which once made Envoy drop such replies unsent)."""
+    assert gateway.control.pipeline.ir is not None and gateway.control.pipeline.ir.gateways[0].needs_policy_service
+    request, expected = _MALFORMED[case]
+    status, answer = await raw_http1(gateway.listen_port, request)
+    error = json.loads(answer)
+    assert status == expected, answer
+    assert error["id"] is None and error["error"]["code"] == errors.MALFORMED_HTTP.code, error
+    assert error["error"]["data"]["reason"] == "malformed_http" and error["error"]["data"]["detail"], error
+    assert backend.requests() == []

@@ -40,6 +40,13 @@ MISSING_META = ErrorKind(
     400,
     "a 2026-07-28 request without the required params._meta fields (Envoy's own error, passed through)",
 )
+MALFORMED_HTTP = ErrorKind(
+    -32600,
+    "malformed_http",
+    400,
+    "Envoy could not parse the HTTP request (both Content-Length and Transfer-Encoding, a space before a "
+    "header's colon, ...; `data.detail` has Envoy's words); HTTP/1.0 gets HTTP 426 with this reason",
+)
 DUPLICATE_KEYS = ErrorKind(-32600, "duplicate_keys", 400, "a JSON object in the body repeats a key")
 NOT_MCP = ErrorKind(
     -32600,
@@ -128,6 +135,7 @@ GATEWAY_ERROR = ErrorKind(-32603, "gateway_error", 500, "any other error raised 
 CATALOGUE: tuple[ErrorKind, ...] = (
     PARSE_ERROR,
     INVALID_REQUEST,
+    MALFORMED_HTTP,
     DUPLICATE_KEYS,
     NOT_MCP,
     HEADER_MISMATCH,

@@ -11,7 +11,8 @@ the most specific to the catch-all:
     1. the OAuth protected-resource metadata documents (not errors)
     2. replies that are JSON already (the protocol filter's own JSON-RPC
        errors, the policy service's denials): kept as they are
-    3. the policy service could not be asked; an ambiguous identity (identity.py)
+    3. the policy service could not be asked; an ambiguous identity (identity.py);
+       HTTP Envoy could not parse (its codec's details; no id can be read)
     4. the protocol filter's refusals (protocol translator: `request_rejections`)
     5. jwt_authn's refusals (with the OAuth challenge on routes with `auth`)
     6. RBAC denials, per way of recognising a known agent (ir/principals.py),
@@ -145,6 +146,19 @@ def _upstream_failures(request_id: str) -> list[dict[str, Any]]:
     return [timeout, *causes, other]
 
 
+def _malformed_http(request_id: str) -> list[dict[str, Any]]:
+    """Requests Envoy's HTTP/1 codec could not parse: nothing was deframed, so the id comes out null."""
+    kind = errors.MALFORMED_HTTP
+    return [
+        mapper(cel_filter("response.code_details == 'low_version'"), kind,
+               "HTTP/1.0 is not supported: send HTTP/1.1 or HTTP/2", request_id, keep_status=True,
+               detail="%RESPONSE_CODE_DETAILS%"),
+        mapper(cel_filter("response.code_details.startsWith('http1.')"), kind,
+               "Malformed HTTP request: Envoy could not parse it, and nothing was forwarded", request_id,
+               keep_status=True, detail="%RESPONSE_CODE_DETAILS%"),
+    ]  # fmt: skip
+
+
 def _the_protocol(gateway: GatewayIR) -> ProtocolTranslator:
     protocols = protocols_of(gateway)
     if len(protocols) != 1:
@@ -168,6 +182,7 @@ def local_reply_config(gateway: GatewayIR) -> dict[str, Any]:
                "Policy service unavailable: this call needs a policy decision and none could be had "
                "(the gateway fails closed)", request_id, backend=BACKEND),
         *identity.ambiguity_reply(gateway, request_id),
+        *_malformed_http(request_id),
         *protocol.request_rejections(gateway),
         *_token_refusals(gateway, request_id),
         *_denials(gateway, protocol),

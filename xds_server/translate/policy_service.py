@@ -155,18 +155,28 @@ def _ext_authz(gateway: GatewayIR, name: str, *, fail_open: bool) -> HttpFilter:
                       disabled(EXT_AUTHZ_PER_ROUTE))  # fmt: skip
 
 
+_INERT_MODE = {
+    "request_header_mode": "SKIP", "request_body_mode": "NONE", "request_trailer_mode": "SKIP",
+    "response_header_mode": "SKIP", "response_body_mode": "NONE", "response_trailer_mode": "SKIP",
+}  # fmt: skip
+_RESPONSE_REWRITE_MODE = {
+    "request_header_mode": "SEND",  # who is asking
+    "request_body_mode": "NONE",
+    "request_trailer_mode": "SKIP",
+    "response_header_mode": "SEND",
+    "response_body_mode": "BUFFERED",  # list responses are short; never a long-lived stream
+    "response_trailer_mode": "SKIP",
+}
+
+
 def _ext_proc(gateway: GatewayIR) -> HttpFilter:
     config = {
         "grpc_service": _grpc_service(_authz_timeout(gateway)),
         "failure_mode_allow": False,
-        "processing_mode": {
-            "request_header_mode": "SEND",  # who is asking
-            "request_body_mode": "NONE",
-            "request_trailer_mode": "SKIP",
-            "response_header_mode": "SEND",
-            "response_body_mode": "BUFFERED",  # list responses are short; never a long-lived stream
-            "response_trailer_mode": "SKIP",
-        },
+        # Inert at the listener level: a reply Envoy makes before any route is chosen (a
+        # malformed HTTP/1 request) must not wait on the policy service, which dropped it
+        # unanswered (verified with Envoy 1.40). Routes that rewrite responses turn it on.
+        "processing_mode": _INERT_MODE,
         "message_timeout": f"{_authz_timeout(gateway) / 1000:.3f}s",
     }
     if gateway.identity.jwt_providers:
@@ -209,6 +219,7 @@ def ext_authz_use(route: RouteIR, gateway: GatewayIR) -> FilterUses:
 def ext_proc_use(route: RouteIR) -> FilterUses:
     """ext_proc on for the route's responses."""
     overrides = {
+        "processing_mode": _RESPONSE_REWRITE_MODE,
         "failure_mode_allow": route.policy_service.fail_open,
         "grpc_initial_metadata": [{"key": ROUTE_METADATA_KEY, "value": route.name}],
     }
