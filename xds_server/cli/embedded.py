@@ -229,9 +229,10 @@ async def run_up(
                           allow_emptying=allow_emptying, died=died, out=out)  # fmt: skip
     finally:
         remove_record(state, os.getpid())
-        if code != 0:  # something failed (or raised): the logs it may have pointed to stay
+        failed = code != 0 and _has_logs(workdir)
+        if failed:  # something failed (or raised): the logs it may have pointed to stay
             print(f"logs kept in {workdir}", file=out, flush=True)
-    if code != 0:
+    if failed:
         return code
     if keep_logs or died:
         print(f"logs kept in {workdir}", file=out, flush=True)
@@ -239,6 +240,17 @@ async def run_up(
         shutil.rmtree(workdir, ignore_errors=True)
         print(f"removed {workdir} (the logs; --keep-logs keeps them)", file=out, flush=True)
     return code
+
+
+def _has_logs(workdir: Path) -> bool:
+    """Whether `workdir` holds logs worth keeping: a child's log, or a warning or error of the
+    control plane (a start refused before anything ran has neither)."""
+    for f in workdir.rglob("*"):
+        if not f.is_file() or f.stat().st_size == 0:
+            continue
+        if f.name != "control-plane.log" or any(w in f.read_text(errors="replace") for w in (" WARNING ", " ERROR ")):
+            return True
+    return False
 
 
 async def _run(
