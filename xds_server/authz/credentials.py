@@ -129,9 +129,8 @@ def delegations_from_ir(ir: IR) -> dict[str, Delegation]:
 
 
 def _caller_credential_headers(gateway: GatewayIR, credential_header: str) -> tuple[str, ...]:
-    names = {p.token_header for p in gateway.identity.jwt_providers} | {gateway.identity.api_key_header}
-    if gateway.identity.trusted_header is not None:
-        names.add(gateway.identity.trusted_header)
+    # The API-key header even when no agent has a key: whatever a caller sends there is not for the backend.
+    names = set(gateway.credential_headers) | {gateway.identity.api_key_header}
     # Envoy applies removals after setting headers: never remove the one we set.
     names.discard(credential_header)
     return tuple(sorted(names))

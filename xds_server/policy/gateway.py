@@ -47,8 +47,8 @@ class CallerHeaders(StrictModel):
     )
     user: HeaderName | None = Field(
         default="x-agentxds-user",
-        description="The `sub` of the verified user token (the backend's `auth` provider, else the first "
-        "provider by name with a verified token); absent when there is no user.",
+        description="The `sub` of the verified user token: the backend's `auth` provider first, then the "
+        "other providers a rule's `users` or a backend's `auth` names, by name; absent when there is none.",
     )
 
 

@@ -40,7 +40,7 @@ from typing import Any
 
 from xds_server.core import errors
 from xds_server.core.wire import JWT_METADATA_NAMESPACE, typed
-from xds_server.ir.types import GatewayIR, RouteIR
+from xds_server.ir.types import AgentIR, GatewayIR, RouteIR
 from xds_server.translate.filters import HttpFilter, Slot
 from xds_server.translate.rbac import RBAC_PER_ROUTE_TYPE, RBAC_TYPE
 from xds_server.translate.replies import cel_filter, mapper
@@ -86,9 +86,14 @@ def unambiguous_filter(gateway: GatewayIR) -> HttpFilter | None:
     return HttpFilter(UNAMBIGUOUS_FILTER, Slot.IDENTITY, typed(RBAC_TYPE, config), off=typed(RBAC_PER_ROUTE_TYPE))
 
 
+def _recognisable_agents(gateway: GatewayIR) -> list[AgentIR]:
+    """The agents this gateway can recognise (those it can check some principal of)."""
+    return [a for a in gateway.agents if a.principals]
+
+
 def identify_filter(gateway: GatewayIR) -> HttpFilter | None:
     """The shadow-only RBAC filter naming the agent a request proves (None: no agent header)."""
-    agents = [a for a in gateway.agents if a.principals]
+    agents = _recognisable_agents(gateway)
     if gateway.identity.agent_header is None or not agents:
         return None
     policies = {
@@ -119,7 +124,7 @@ def backend_headers(gateway: GatewayIR, route: RouteIR) -> dict[str, Any]:
     add: list[dict[str, Any]] = []
     if identity.agent_header is not None:
         remove.add(identity.agent_header)
-        if identify_filter(gateway) is not None:
+        if _recognisable_agents(gateway):  # else there is no identify filter to name anyone
             add.append({"header": {"key": identity.agent_header, "value": _AGENT_METADATA},
                         "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"})  # fmt: skip
     if identity.user_header is not None:
