@@ -192,7 +192,9 @@ async def launch(policy_dir: Path, workdir: Path, listen_port: int, policy_port:
     control = ControlPlane(policy_dir, port=0, debounce_ms=50, policy_port=policy_port, approvals_port=0,
                            authz_http_port=authz_http_port)  # fmt: skip
     await control.start()
-    assert control.last_reload is not None and control.last_reload.ok, control.last_reload
+    if control.last_reload is None or not control.last_reload.ok:
+        await control.stop()  # a control plane left running would keep the test session from ending
+        raise AssertionError(f"the policies were refused: {control.last_reload}")
     bootstrap = render_bootstrap(
         node_id="e2e-envoy", node_cluster=GATEWAY, xds_host="127.0.0.1", xds_port=control.port, admin_port=0
     )

@@ -115,3 +115,15 @@ def test_ext_proc_reads_the_verified_payloads_and_the_peer_certificate() -> None
     assert jwt_payloads(request) == {"corp": {"sub": "bob", "roles": ["maintainers"], "exp": 1.7e9}}
     assert peer_uri_san(request) == "spiffe://x/y"
     assert jwt_payloads(pb.ProcessingRequest()) == {} and peer_uri_san(pb.ProcessingRequest()) is None
+
+
+def test_the_anonymous_principal_matches_only_a_caller_with_no_credential_at_all() -> None:
+    from xds_server.ir.principals import AnonymousPrincipal, Caller
+
+    anonymous = AnonymousPrincipal(("authorization", "x-agent-id", "x-api-key"), certificates=True)
+    assert anonymous.matches(Caller({"user-agent": "inspector"}))
+    assert not anonymous.matches(Caller({"x-agent-id": ""}))  # present, even empty
+    assert not anonymous.matches(Caller({"authorization": "Bearer x"}))
+    assert not anonymous.matches(Caller({}, jwt={"corp": {"sub": "alice"}}))
+    assert not anonymous.matches(Caller({}, peer_uri_san="spiffe://example.org/agent/x"))
+    assert AnonymousPrincipal(("x-api-key",), certificates=False).matches(Caller({}, peer_uri_san="spiffe://x/y"))

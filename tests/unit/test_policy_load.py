@@ -416,3 +416,30 @@ def test_anchors_and_merge_keys() -> None:
     assert errors({**BASE, "policy.yaml": bad}) == [
         "policy.yaml:11: MCPPolicy/github-triage spec.rules[1].tols: unknown field 'tols' (did you mean 'tools'?)"
     ]
+
+
+ANONYMOUS_GATEWAY = GATEWAY.replace("identity: {trustedHeader: x-agent-id}",
+                                    "identity: {trustedHeader: x-agent-id, anonymous: {agent: public}}")  # fmt: skip
+PUBLIC = doc("""\
+    kind: Agent
+    metadata: {name: public}
+    spec: {description: callers with no credential}
+""")
+
+
+def test_the_anonymous_agent_has_no_identity_and_every_other_agent_has_one() -> None:
+    loaded = load_texts({**BASE, "gateway.yaml": ANONYMOUS_GATEWAY, "public.yaml": PUBLIC})
+    assert [a.name for a in loaded.agents if a.doc.spec.identity is None] == ["public"]
+    assert errors({**BASE, "public.yaml": PUBLIC}) == [
+        "public.yaml:4: Agent/public spec: identity is required (header, spiffe, jwt or apiKey); only the agent a "
+        "Gateway's identity.anonymous names has none"
+    ]
+    assert errors({**BASE, "gateway.yaml": ANONYMOUS_GATEWAY.replace("agent: public", "agent: triage")}) == [
+        "gateway.yaml:6: Gateway/default spec.identity.anonymous.agent: agent 'triage' has identity sources "
+        "(Agent/triage (agents.yaml:3)); the anonymous agent must have none: define a separate agent for callers "
+        "with no credential"
+    ]
+    assert errors({**BASE, "gateway.yaml": ANONYMOUS_GATEWAY}) == [
+        "gateway.yaml:6: Gateway/default spec.identity.anonymous.agent: unknown agent 'public' "
+        "(known: executor, triage)"
+    ]

@@ -24,6 +24,7 @@ from xds_server.ir.routes import RouteBuild, near
 from xds_server.ir.types import (
     IR,
     AgentIR,
+    AnonymousPrincipal,
     ApiKeyPrincipal,
     DownstreamTlsIR,
     EndpointIR,
@@ -70,7 +71,8 @@ def _api_keys(policy_set: PolicySet, diagnostics: list[Diagnostic]) -> dict[str,
     """Each agent's API key, read once for every gateway (agent name → key)."""
     keys = {}
     for located in policy_set.agents:
-        api_key = located.doc.spec.identity.api_key
+        identity = located.doc.spec.identity
+        api_key = identity.api_key if identity is not None else None
         if api_key is None:
             continue
         ref = api_key.key
@@ -81,6 +83,16 @@ def _api_keys(policy_set: PolicySet, diagnostics: list[Diagnostic]) -> dict[str,
         except materials.MaterialError as exc:
             diagnostics.append(located.diagnostic(at, str(exc)))
     return keys
+
+
+def _credential_headers(identity: IdentityIR) -> tuple[str, ...]:
+    """Every header a credential can arrive in on this gateway, whether or not an agent uses it:
+    a caller sending any of them is not anonymous. `authorization` always counts (a bearer
+    token the gateway cannot check is still a credential the caller meant to present)."""
+    names = {identity.api_key_header, "authorization", *(p.token_header for p in identity.jwt_providers)}
+    if identity.trusted_header is not None:
+        names.add(identity.trusted_header)
+    return tuple(sorted(names))
 
 
 def _agent_ir(
@@ -95,6 +107,11 @@ def _agent_ir(
     """
     ident = located.doc.spec.identity
     principals: list[Principal] = []
+    if located.name == identity.anonymous_agent:
+        principals.append(AnonymousPrincipal(_credential_headers(identity), tls is not None and
+                                             tls.trust_bundle_file is not None))  # fmt: skip
+    if ident is None:
+        return AgentIR(located.doc.metadata.name, tuple(principals))
     if identity.trusted_header and ident.header is not None:
         principals.append(HeaderPrincipal(identity.trusted_header, ident.header))
     if ident.spiffe is not None and tls is not None and tls.trust_bundle_file is not None:
@@ -176,6 +193,7 @@ def _gateway_ir(
         api_key_header=spec.identity.api_key_header.lower(),
         agent_header=_lower(spec.identity.caller_headers.agent),
         user_header=_lower(spec.identity.caller_headers.user),
+        anonymous_agent=spec.identity.anonymous.agent if spec.identity.anonymous is not None else None,
     )
     tls = _downstream_tls(located, build)
     agents = tuple(sorted((_agent_ir(a, identity, tls, keys) for a in policy_set.agents), key=lambda a: a.name))

@@ -10,6 +10,8 @@ class here that says, in one place, what it means everywhere it is checked:
     |          | certificate (mTLS)               |                              |                               |
     | jwt      | jwt_authn metadata claim         | metadata claim               | verified payload's claim      |
     | apiKey   | key header equals the key        | key header equals the key    | key header equals the key     |
+    | anonymous| no credential header, no client  | CEL: no such header, no      | no such header, no token, no  |
+    |          | certificate                      | peer certificate             | certificate                   |
 
 RBAC denials do not say which agent was recognised, so the local replies
 check the principals again to tell "unknown agent" from "a known agent that
@@ -279,9 +281,52 @@ class ApiKeyPrincipal:
         return caller.headers.get(self.header) == self.key.value
 
 
-Principal = HeaderPrincipal | SpiffePrincipal | JwtPrincipal | ApiKeyPrincipal
+@dataclass(frozen=True, order=True)
+class AnonymousPrincipal:
+    """No identity at all: none of `headers` (every header a credential can come in) and, where
+    client certificates are asked for, no certificate. Only a Gateway's anonymous agent has it.
+
+    It excludes every other principal by construction (each needs one of those
+    headers or a certificate), so a caller that presents a credential which
+    proves nothing is an unknown agent, never anonymous.
+    """
+
+    KIND: ClassVar[str] = "anonymous"
+    ORDER: ClassVar[int] = 4
+
+    headers: tuple[str, ...]  # lower-case, sorted
+    certificates: bool  # client certificates are asked for on this gateway
+
+    def rbac(self) -> dict[str, Any]:
+        absent = [{"not_id": {"header": {"name": h, "present_match": True}}} for h in self.headers]
+        if self.certificates:
+            # Any verified peer certificate (its URI SAN, DNS SAN or subject is not empty).
+            absent.append({"not_id": {"authenticated": {"principal_name": {"safe_regex": {"regex": ".+"}}}}})
+        return {"and_ids": {"ids": absent}}
+
+    def reply_group(self) -> tuple[str, ...] | None:
+        return None  # one anonymous agent per gateway: the reply names it
+
+    def group_value(self) -> str:
+        return ",".join(self.headers)
+
+    def reply_filter(self) -> dict[str, Any]:
+        absent = [f"!({json.dumps(h)} in request.headers)" for h in self.headers]
+        if self.certificates:
+            absent.append("!connection.mtls")
+        return cel_filter(" && ".join(absent))
+
+    def matches(self, caller: Caller) -> bool:
+        if any(h in caller.headers for h in self.headers) or caller.jwt:
+            return False
+        return not (self.certificates and caller.peer_uri_san is not None)
+
+
+Principal = HeaderPrincipal | SpiffePrincipal | JwtPrincipal | ApiKeyPrincipal | AnonymousPrincipal
 #: Every source, checked against PrincipalSource by mypy (a source missing a method fails `make lint`).
-_SOURCES: tuple[type[PrincipalSource], ...] = (HeaderPrincipal, SpiffePrincipal, JwtPrincipal, ApiKeyPrincipal)
+_SOURCES: tuple[type[PrincipalSource], ...] = (
+    HeaderPrincipal, SpiffePrincipal, JwtPrincipal, ApiKeyPrincipal, AnonymousPrincipal
+)  # fmt: skip
 
 
 def principal_sort_key(principal: Principal) -> tuple[str, str]:

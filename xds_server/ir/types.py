@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 from xds_server.core.secrets import redacted
 from xds_server.ir.patterns import NamePattern, PatternKind
 from xds_server.ir.principals import (
+    AnonymousPrincipal,
     ApiKeyPrincipal,
     HeaderPrincipal,
     JwtPrincipal,
@@ -50,6 +51,7 @@ from xds_server.ir.principals import (
 __all__ = [
     "IR",
     "AgentIR",
+    "AnonymousPrincipal",
     "ApiKeyPrincipal",
     "BackendAuthIR",
     "ConditionalRuleIR",
@@ -299,6 +301,7 @@ class IdentityIR:
     # Set by the gateway on forwarded requests (client copies removed); None: not sent.
     agent_header: str | None = "x-agentxds-agent"  # the verified agent's name
     user_header: str | None = "x-agentxds-user"  # the verified user's `sub`
+    anonymous_agent: str | None = None  # the agent callers with no credential become; None: refused
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,11 @@ class AgentSpec(StrictModel):
     """An agent: a caller the gateway can identify."""
 
     description: str | None = Field(default=None, description="Free text for humans.")
-    identity: AgentIdentity = Field(description="How the gateway recognises this agent.")
+    identity: AgentIdentity | None = Field(
+        default=None,
+        description="How the gateway recognises this agent. Omitted only for the agent a Gateway's "
+        "identity.anonymous names: callers with no credential become it.",
+    )
 
 
 class Agent(DocumentModel):

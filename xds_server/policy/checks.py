@@ -107,6 +107,30 @@ def cross_check(declared: Sequence[Declared], valid: Sequence[Located[Any]], *, 
     if complete:
         diags += _references(declared, names)
     diags += _conflicts(valid, sorted(names.get("Gateway", {})))
+    diags += _anonymous_agents(valid)
+    return diags
+
+
+def _anonymous_agents(valid: Sequence[Located[Any]]) -> list[Diagnostic]:
+    """An agent has identity sources unless it is a Gateway's anonymous agent, and then it has none:
+    a caller proving it and a caller proving nothing must not be one agent by accident."""
+    anonymous: dict[str, Located[Any]] = {}
+    for item in valid:
+        if item.doc.kind == "Gateway" and item.doc.spec.identity.anonymous is not None:
+            anonymous.setdefault(item.doc.spec.identity.anonymous.agent, item)
+    diags: list[Diagnostic] = []
+    for item in valid:
+        if item.doc.kind != "Agent":
+            continue
+        gateway = anonymous.get(item.name)
+        if item.doc.spec.identity is None and gateway is None:
+            diags.append(item.diagnostic(("spec",), "identity is required (header, spiffe, jwt or apiKey); only "
+                                         "the agent a Gateway's identity.anonymous names has none"))  # fmt: skip
+        elif item.doc.spec.identity is not None and gateway is not None:
+            diags.append(gateway.diagnostic(("spec", "identity", "anonymous", "agent"),
+                                            f"agent {item.name!r} has identity sources ({_ref(item)}); the anonymous "
+                                            "agent must have none: define a separate agent for callers with no "
+                                            "credential"))  # fmt: skip
     return diags
 
 

@@ -15,6 +15,7 @@ from .base import (
     HEADER_NAME_PATTERN,
     MAX_BODY_BYTES,
     DocumentModel,
+    Name,
     Port,
     StrictModel,
     _check_host,
@@ -52,6 +53,21 @@ class CallerHeaders(StrictModel):
     )
 
 
+class AnonymousCallers(StrictModel):
+    """Callers that present no credential at all become one agent, so rules can grant them chosen tools.
+
+    "No credential" means no trusted header, no API-key header, no
+    `authorization` header, no JWT provider's token header and no client
+    certificate. A caller that presents any of them and fails to prove an
+    agent is refused (unknown agent, or the token's refusal), never treated as
+    anonymous.
+    """
+
+    agent: Name = Field(
+        description="The Agent callers with no credential become; it must have no identity sources of its own."
+    )
+
+
 class GatewayIdentity(StrictModel):
     """How the gateway learns who the calling agent (and the user behind it) is."""
 
@@ -65,6 +81,11 @@ class GatewayIdentity(StrictModel):
     )
     api_key_header: Annotated[str, Field(pattern=HEADER_NAME_PATTERN)] = Field(
         default="x-api-key", description="Header carrying an agent's API key (agents with identity.apiKey)."
+    )
+    anonymous: AnonymousCallers | None = Field(
+        default=None,
+        description="Let callers with no credential in as one agent (off by default). Anyone who can reach "
+        "the gateway gets what that agent is granted.",
     )
     caller_headers: CallerHeaders = Field(
         default_factory=CallerHeaders,

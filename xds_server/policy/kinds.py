@@ -109,6 +109,7 @@ KIND_SPECS: tuple[KindSpec, ...] = (
         Gateway,
         "gateway",
         provides=((JWT_PROVIDERS.name, ("spec", "identity", "jwtProviders", "*", "name")),),
+        references=(RefSpec(("spec", "identity", "anonymous", "agent"), "Agent"),),
         unique=(
             UniqueKey(
                 "listen address",
@@ -149,7 +150,11 @@ KIND_SPECS: tuple[KindSpec, ...] = (
             UniqueKey(
                 "identity header value",
                 ("spec", "identity", "header"),
-                lambda doc, _: None if doc.spec.identity.header is None else (doc.spec.identity.header,),
+                lambda doc, _: (
+                    None
+                    if doc.spec.identity is None or doc.spec.identity.header is None
+                    else (doc.spec.identity.header,)
+                ),
                 lambda key, first: f"identity header value {key[0]!r} is already claimed by {first}",
             ),
         ),

@@ -45,6 +45,7 @@ from xds_server.core.wire import (
     ROUTE_METADATA_KEY,
     typed,
 )
+from xds_server.ir.principals import AnonymousPrincipal
 from xds_server.ir.types import EndpointIR, GatewayIR, RouteIR
 from xds_server.translate.cluster import is_ip, load_assignment
 from xds_server.translate.filters import FilterUses, HttpFilter, RouteDefault, Slot, disabled
@@ -127,6 +128,9 @@ def _identity_headers(gateway: GatewayIR) -> list[str]:
     headers = {gateway.identity.api_key_header}
     if gateway.identity.trusted_header:
         headers.add(gateway.identity.trusted_header)
+    for agent in gateway.agents:
+        # The anonymous agent is proven by the absence of every credential header.
+        headers.update(h for p in agent.principals if isinstance(p, AnonymousPrincipal) for h in p.headers)
     return sorted(headers)
 
 

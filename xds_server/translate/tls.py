@@ -15,7 +15,10 @@ What the listener refuses at the handshake, before any HTTP is read:
 - with client certificates required: a client that presents none;
 - a certificate that does not chain to the trust bundle (another CA);
 - a certificate without a URI SAN `spiffe://<trustDomain>/...` (another
-  trust domain, or no SPIFFE ID at all).
+  trust domain, or no SPIFFE ID at all), where certificates are required.
+  Where they are optional, Envoy 1.40 cannot match SANs without also
+  refusing clients that present none, so such a certificate passes the
+  handshake and proves no agent (RBAC: unknown agent).
 A valid certificate of an identity no agent has gets through the handshake
 and is refused by RBAC (unknown agent), which matches the URI SAN against each
 agent's SPIFFE ID (`authenticated.principal_name`, see rbac.py).
@@ -71,7 +74,11 @@ def downstream_transport_socket(gateway: GatewayIR) -> dict[str, Any] | None:
     }
     if tls.trust_bundle_file is not None:
         validation: dict[str, Any] = {}
-        if tls.trust_domain is not None:
+        # Envoy 1.40 fails the handshake of a client with no certificate when SANs are to be
+        # matched, even with require_client_certificate false. Where certificates are optional
+        # the trust domain is left to RBAC (each agent's exact SPIFFE ID), so a certificate of
+        # another trust domain is refused there as an unknown agent instead.
+        if tls.trust_domain is not None and tls.require_client_certificate:
             validation["match_typed_subject_alt_names"] = [
                 {"san_type": "URI", "matcher": {"prefix": spiffe_prefix(tls.trust_domain)}}
             ]
