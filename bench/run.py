@@ -18,8 +18,9 @@ bench/mcp_call.lua (a 2026-07-28 `tools/call`, no session), all as agent
   authz-http  the same as authz, through a second Envoy whose Gateway says
               `policyService.extAuthz: http` (ext_authz over HTTP/1.1)
   denied   wrk -> Envoy                           delete_repo {repo: acme/web}: granted
-                                                  to nobody; Envoy answers 403 + JSON-RPC
-                                                  error, the server is never reached
+                                                  to nobody; Envoy answers a JSON-RPC error
+                                                  (HTTP 200, the Gateway's default denials
+                                                  status), the server is never reached
 
 Everything it needs it starts itself on 127.0.0.1 and free ports: the demo
 server (`python -m xds_server.demo.mcp_server --json-response`, as shipped),
@@ -37,7 +38,7 @@ gateway / direct for throughput and gateway minus direct for latency, from
 the same run, plus authz (and authz-http) minus allowed: what the
 policy-service round trip adds to a native decision. A run fails (exit 1) when a path does not answer
 as expected: any non-2xx or JSON-RPC error on direct/allowed/authz, anything
-but 403 + JSON-RPC error on denied, any socket error, upstream requests
+but 200 + JSON-RPC error on denied, any socket error, upstream requests
 during a denied run, or authz requests that Envoy did not send to ext_authz
 (its `ext_authz.ok` counter) or allowed requests that it did.
 """
@@ -223,7 +224,7 @@ def mcp_call(url: str, tool: str, arguments: dict[str, Any]) -> tuple[int, dict[
 
 def check_paths(urls: dict[str, str], envoys: dict[str, EnvoyProcess]) -> dict[str, Any]:
     """Verify each path answers as the benchmark expects, before measuring it; plus one call the
-    condition refuses on each stack (policy service: 403, -32003, reason condition_not_met, backend
+    condition refuses on each stack (policy service: 200, -32003, reason condition_not_met, backend
     not reached)."""
     out: dict[str, Any] = {}
     checks = [(path, path, *CALLS[path]) for path in PATHS]
@@ -236,9 +237,9 @@ def check_paths(urls: dict[str, str], envoys: dict[str, EnvoyProcess]) -> dict[s
         out[name] = {"status": status, "body": body, "counters": delta}
         error = body.get("error") if isinstance(body, dict) else None
         if path == "denied":
-            ok = status == 403 and isinstance(error, dict) and delta["upstream"] == 0 and delta["ext_authz"] == 0
+            ok = status == 200 and isinstance(error, dict) and delta["upstream"] == 0 and delta["ext_authz"] == 0
         elif name.startswith("refused"):
-            ok = (status == 403 and isinstance(error, dict) and error.get("code") == -32003
+            ok = (status == 200 and isinstance(error, dict) and error.get("code") == -32003
                   and (error.get("data") or {}).get("reason") == "condition_not_met"
                   and delta["upstream"] == 0 and delta["ext_authz_denied"] == 1)  # fmt: skip
         else:
@@ -306,8 +307,8 @@ def problems(path: str, r: dict[str, Any]) -> list[str]:
         out.append("no requests completed")
     counted = r.get("counters", {})
     if path == "denied":
-        if r["status_4xx"] != n or r["rpc_error"] != n:
-            out.append(f"expected {n} x 403 + JSON-RPC error, got 4xx={r['status_4xx']} rpc_error={r['rpc_error']}")
+        if r["status_2xx"] != n or r["rpc_error"] != n:
+            out.append(f"expected {n} x 200 + JSON-RPC error, got 2xx={r['status_2xx']} rpc_error={r['rpc_error']}")
         if counted.get("upstream", 0):
             out.append(f"{counted['upstream']} requests reached the backend")
     elif r["status_2xx"] != n or r["rpc_result"] != n:

@@ -120,17 +120,20 @@ spec:
         await wait_listening(listen_port)
         url = f"http://127.0.0.1:{listen_port}/mcp/github"
 
-        async def status(token: str) -> int:
+        async def answer(token: str) -> tuple[int, str]:
+            """(HTTP status, "result" or the refusal's data.reason)."""
             headers = {"x-agent-id": "triage", "authorization": f"Bearer {token}", **modern_headers("list_issues")}
-            return (await raw_post(url, call_body("list_issues", 5, repo="acme/web"), headers)).status_code
+            response = await raw_post(url, call_body("list_issues", 5, repo="acme/web"), headers)
+            error = response.json().get("error") if "json" in response.headers.get("content-type", "") else None
+            return response.status_code, "result" if error is None else error["data"]["reason"]
 
         async def accepted() -> bool:
-            return await status(ISSUER.token(sub="alice")) == 200
+            return await answer(ISSUER.token(sub="alice")) == (200, "result")
 
         await eventually(accepted, timeout=15, what="a token verified with the fetched keys")
         assert jwks_server.fetches >= 1
-        denied = await status(ISSUER.token(sub="bob"))  # a valid token of another user: the rule does not apply
-        assert denied == 403
+        # A valid token of another user: the rule does not apply (a policy refusal: HTTP 200, JSON-RPC error).
+        assert await answer(ISSUER.token(sub="bob")) == (200, errors.TOOL_DENIED.reason)
         forged = Issuer("https://login.test", "remote-1").token(sub="alice")
         response = await raw_post(url, call_body("list_issues", 6, repo="acme/web"),
                                   {"x-agent-id": "triage", "authorization": f"Bearer {forged}", **modern_headers("list_issues")})  # fmt: skip

@@ -146,7 +146,7 @@ def check_call(
     refusal = handler.withheld(view, call)
     if refusal is not None:
         log["rule"] = refusal.rule
-        return _refuse(call.request_id, refusal.kind, refusal.message, log, **refusal.data)
+        return _refuse_call(view, handler, call, refusal.kind, refusal.message, log, dict(refusal.data))
 
     decision = decider.engine.decide(
         CallContext(backend=route, agent=agent, user=view.user_claims(jwt_payloads), target=call.target,
@@ -158,12 +158,34 @@ def check_call(
     if decision.allowed:
         log.update(allowed=True, reason="allowed")
         return CheckOutcome(True, log=log)
-    return _decision_refusal(call, decision, route, handler, log)
+    return _decision_refusal(view, call, decision, handler, log)
+
+
+def _refuse_call(
+    view: RouteView,
+    handler: ProtocolHandler,
+    call: Call,
+    kind: ErrorKind,
+    message: str,
+    log: dict[str, Any],
+    data: dict[str, Any],
+    *,
+    headers: Mapping[str, str] | None = None,
+    reason: str | None = None,
+) -> CheckOutcome:
+    """Refuse a parsed call: a policy refusal (status 403) as the protocol's own result where the
+    route asks for it (Envoy then sends it with status 200), else a JSON-RPC error."""
+    result = handler.refusal_as_result(view, call, kind, message, data) if errors.is_policy_refusal(kind) else None
+    if result is None:
+        return _refuse(call.request_id, kind, message, log, headers=headers, reason=reason, **data)
+    log.update(allowed=False, reason=reason or kind.reason, answered="result")
+    return CheckOutcome(False, kind.http_status, result, dict(headers or {}), log)
 
 
 def _decision_refusal(
-    call: Call, decision: Decision, route: str, handler: ProtocolHandler, log: dict[str, Any]
+    view: RouteView, call: Call, decision: Decision, handler: ProtocolHandler, log: dict[str, Any]
 ) -> CheckOutcome:
+    route = view.name
     kind = _REFUSALS.get(decision.reason, handler.denied)
     data: dict[str, Any] = {handler.noun: call.target, "backend": route, "rule": decision.rule}
     headers: dict[str, str] = {}
@@ -176,7 +198,7 @@ def _decision_refusal(
         if decision.approval_expires_at is not None:
             data["approvalExpiresAt"] = datetime.fromtimestamp(decision.approval_expires_at, UTC).isoformat()
     reason = "condition_not_met" if decision.reason == "condition_error" else None
-    return _refuse(call.request_id, kind, decision.message, log, headers=headers, reason=reason, **data)
+    return _refuse_call(view, handler, call, kind, decision.message, log, data, headers=headers, reason=reason)
 
 
 # ---------------------------------------------------------------- every request of a route

@@ -10,6 +10,8 @@ per protocol (authz/mcp/handler.py for MCP), found by the route's kind:
 - `withheld`: a protocol-specific reason to refuse the call before any rule
   is tried (MCP: the tool guard);
 - `unconditionally_allowed`: whether a grant without conditions allows it;
+- `refusal_as_result`: a refusal written as the call's own result, where the
+  route asks for it (MCP: `deniedToolCalls: toolResult`);
 - `rewrite_response`: the response as this caller may see it (MCP: lists
   filtered per caller);
 - `update` / `stop`: the handler's own state and background work,
@@ -92,6 +94,13 @@ class ProtocolHandler(abc.ABC):
     @abc.abstractmethod
     def withheld(self, view: RouteView, call: Call) -> Refusal | None:
         """Why the call is refused before any rule is tried, or None."""
+
+    @abc.abstractmethod
+    def refusal_as_result(
+        self, view: RouteView, call: Call, kind: ErrorKind, message: str, data: Mapping[str, Any]
+    ) -> str | None:
+        """The body answering a policy refusal of `call` as the protocol's own result, where the route
+        asks for that (MCP: a tool result with isError), or None for a JSON-RPC error."""
 
     @abc.abstractmethod
     def unconditionally_allowed(self, view: RouteView, agent: str, call: Call, jwt: JwtPayloads) -> bool:

@@ -165,8 +165,19 @@ CATALOGUE: tuple[ErrorKind, ...] = (
 )
 
 
+def is_policy_refusal(kind: ErrorKind) -> bool:
+    """A refusal by the policies (not of the credentials, limits or failures): it goes out with the
+    Gateway's `denials.httpStatus` (200 by default) instead of its own 403."""
+    return kind.http_status == 403
+
+
 def markdown_table() -> str:
     """The README's table of error codes."""
     rows = ["| code | data.reason | HTTP | when |", "|---|---|---|---|"]
-    rows += [f"| {k.code} | `{k.reason}` | {k.http_status} | {k.when} |" for k in CATALOGUE]
-    return "\n".join(rows) + "\n"
+    rows += [
+        f"| {k.code} | `{k.reason}` | {'200 or 403 ¹' if is_policy_refusal(k) else k.http_status} | {k.when} |"
+        for k in CATALOGUE
+    ]
+    note = ("\n¹ A policy refusal: HTTP 200 by default, 403 with the Gateway's `denials: {httpStatus: 403}`. "
+            "On a backend with `deniedToolCalls: toolResult` a refused `tools/call` is a tool result instead.\n")  # fmt: skip
+    return "\n".join(rows) + "\n" + note

@@ -217,6 +217,7 @@ def _gateway_ir(
             if spec.policy_service.ext_authz == "http"
             else None
         ),  # fmt: skip
+        denial_status=spec.denials.http_status,
     )
 
 

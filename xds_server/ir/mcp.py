@@ -124,6 +124,7 @@ class McpRouteIR:
 
     list_filtering: bool
     tool_guard: ToolGuardIR | None = None
+    refusals_as_tool_results: bool = False  # a refused tools/call is answered as a result with isError
 
 
 # ---------------------------------------------------------------- what goes to the policy service

@@ -341,6 +341,7 @@ class GatewayIR:
     listener: ListenerIR
     policy_service: EndpointIR | None = None  # where Envoy reaches the policy service
     ext_authz_http: EndpointIR | None = None  # ext_authz over HTTP/1.1 here; None: over gRPC at policy_service
+    denial_status: int = 200  # HTTP status of a policy refusal (an error kind whose own status is 403)
 
     @property
     def routes(self) -> tuple[RouteIR, ...]:

@@ -174,6 +174,17 @@ class PolicyServiceAddress(StrictModel):
     )
 
 
+class Denials(StrictModel):
+    """How the gateway answers a request its policies refuse (the caller is known or unknown, and may not)."""
+
+    http_status: Literal[200, 403] = Field(
+        default=200,
+        description="HTTP status of a policy refusal's JSON-RPC error: 200 (default; clients read the error as a "
+        "JSON-RPC answer) or 403 (some MCP clients then report it as an authentication problem). Missing or "
+        "invalid credentials stay 401, quotas 429, limits 413, failures 5xx.",
+    )
+
+
 class GatewaySpec(StrictModel):
     """One gateway: one Envoy (or group of identical Envoys)."""
 
@@ -185,6 +196,7 @@ class GatewaySpec(StrictModel):
         default_factory=PolicyServiceAddress,
         description="The policy service, used only by backends whose rules or settings need it.",
     )
+    denials: Denials = Field(default_factory=Denials, description="How policy refusals are answered.")
 
     @model_validator(mode="after")
     def _http_authz_identity(self) -> GatewaySpec:

@@ -61,6 +61,11 @@ class MCPBackendSpec(RouteSpec):
         default_factory=ToolGuard,
         description="Defences against the backend changing its tools: pinning (MCPToolLock) and description screening.",
     )
+    denied_tool_calls: Literal["error", "toolResult"] = Field(
+        default="error",
+        description="How a refused tools/call is answered: a JSON-RPC error (default), or a tool result with "
+        "isError true and the reason in its text, so the model reads why and can choose another way.",
+    )
 
 
 class MCPBackend(DocumentModel):

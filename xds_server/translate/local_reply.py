@@ -5,12 +5,18 @@ route, upstream failure) is rewritten into `{"jsonrpc": "2.0", "id": <the
 request's id, with its type>, "error": {code, message, data}}`, so clients
 report the gateway's code and reason instead of a bare `RBAC: access denied`.
 
+Every policy refusal (an error kind whose own HTTP status is 403) goes out
+with the Gateway's `denials.httpStatus`: 200 by default, because MCP clients
+read a 403 as an authentication problem and hide the JSON-RPC error.
+
 Mappers are tried in order and the first match wins, so the order goes from
 the most specific to the catch-all:
 
     1. the OAuth protected-resource metadata documents (not errors)
     2. replies that are JSON already (the protocol filter's own JSON-RPC
-       errors, the policy service's denials): kept as they are
+       errors, the policy service's denials): kept as they are, a policy
+       refusal with the gateway's denial status (`denials.httpStatus`, 200 by
+       default) or 200 where it is answered as a tool result
     3. the policy service could not be asked; an ambiguous identity (identity.py);
        HTTP Envoy could not parse (its codec's details; no id can be read)
     4. the protocol filter's refusals (protocol translator: `request_rejections`)
@@ -105,7 +111,9 @@ def _denials(gateway: GatewayIR, protocol: ProtocolTranslator) -> list[dict[str,
     """403 mappers: per way of recognising a known agent, what it was refused; then "unknown agent"."""
     denied = status_is(403)
     mappers = [
-        m for caller in reply_matchers(gateway.agents) for m in protocol.denials(caller, all_of(denied, caller.when))
+        m
+        for caller in reply_matchers(gateway.agents)
+        for m in protocol.denials(gateway, caller, all_of(denied, caller.when))
     ]
     mappers.append(mapper(denied, errors.UNKNOWN_AGENT,
                           "Unknown agent: the request carries no identity of an agent known to this gateway",
@@ -170,6 +178,26 @@ def _the_protocol(gateway: GatewayIR) -> ProtocolTranslator:
     return protocols[0]
 
 
+def _answered_already(gateway: GatewayIR, protocol: ProtocolTranslator) -> list[dict[str, Any]]:
+    """Replies that are JSON already (the protocol filter's errors, the policy service's answers) are
+    kept, with the status a policy refusal (403) goes out with: 200 where the protocol answers it
+    as a result of the call (the policy service wrote it so), else the gateway's denial status."""
+    json_reply, refused = _reply_is_json(), status_is(403)
+    mappers = []
+    as_results = protocol.refusals_as_results(gateway)
+    if as_results is not None:
+        mappers.append({"filter": all_of(json_reply, refused, as_results), "status_code": 200})
+    if gateway.denial_status != 403:
+        mappers.append({"filter": all_of(json_reply, refused), "status_code": gateway.denial_status})
+    return [*mappers, {"filter": json_reply}]
+
+
+def _with_denial_status(mappers: list[dict[str, Any]], status: int) -> list[dict[str, Any]]:
+    """Mappers answering a policy refusal (`errors.is_policy_refusal`: an error kind whose own
+    status is 403) with `status`."""
+    return [m | {"status_code": status} if m.get("status_code") == 403 else m for m in mappers]
+
+
 def local_reply_config(gateway: GatewayIR) -> dict[str, Any]:
     """The HCM `local_reply_config` for `gateway`."""
     protocol = _the_protocol(gateway)
@@ -177,7 +205,7 @@ def local_reply_config(gateway: GatewayIR) -> dict[str, Any]:
     limit = gateway.listener.max_request_body_bytes
     mappers = [
         *_metadata_documents(gateway),
-        {"filter": _reply_is_json()},
+        *_answered_already(gateway, protocol),
         mapper(_policy_service_failed(), errors.POLICY_SERVICE_UNAVAILABLE,
                "Policy service unavailable: this call needs a policy decision and none could be had "
                "(the gateway fails closed)", request_id, backend=BACKEND),
@@ -193,4 +221,4 @@ def local_reply_config(gateway: GatewayIR) -> dict[str, Any]:
         mapper(status_is(400, "GE"), errors.GATEWAY_ERROR, "Gateway error %RESPONSE_CODE%: %LOCAL_REPLY_BODY%",
                request_id, keep_status=True),
     ]  # fmt: skip
-    return {"mappers": mappers}
+    return {"mappers": _with_denial_status(mappers, gateway.denial_status)}

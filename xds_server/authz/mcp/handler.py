@@ -34,6 +34,8 @@ from xds_server.authz.protocols import (
 )
 from xds_server.authz.state import PolicyIndex, RouteView
 from xds_server.core import errors
+from xds_server.core.errors import ErrorKind
+from xds_server.core.tool_results import refused_call_result
 from xds_server.ir.mcp import McpRouteIR
 from xds_server.ir.principals import JwtPayloads
 from xds_server.ir.types import RouteIR
@@ -93,6 +95,13 @@ class McpHandler(ProtocolHandler):
             {"tool": call.target, "backend": view.name, "details": why},
             rule="toolGuard",
         )
+
+    def refusal_as_result(
+        self, view: RouteView, call: Call, kind: ErrorKind, message: str, data: Mapping[str, Any]
+    ) -> str | None:
+        if not view.route.protocol.refusals_as_tool_results:
+            return None
+        return json.dumps(refused_call_result(call.request_id, kind, message, **data), separators=(",", ":"))
 
     def unconditionally_allowed(self, view: RouteView, agent: str, call: Call, jwt: JwtPayloads) -> bool:
         return access.has_unconditional_tool(view, agent, call.target, jwt)

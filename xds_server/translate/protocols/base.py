@@ -10,8 +10,9 @@ asked of its translator, one subclass of `ProtocolTranslator` per protocol:
 - `call_match` / `response_match`: how its routes pick out the requests the
   policy service decides on, or whose responses it rewrites;
 - `permissions`: what one grant allows, as RBAC permissions;
-- `request_rejections` / `denials`: its local replies (its filter's own
-  refusals; what a known caller was refused);
+- `request_rejections` / `denials` / `refusals_as_results`: its local
+  replies (its filter's own refusals; what a known caller was refused;
+  which refusals read as a result of the call rather than an error);
 - `metadata_namespace`, `request_id`, `access_log_field`: where its filter's
   metadata is, and how replies and logs name the request.
 
@@ -56,8 +57,13 @@ class ProtocolTranslator(abc.ABC):
         """Local-reply mappers for the protocol filter's own refusals (parse errors, limits, ...)."""
 
     @abc.abstractmethod
-    def denials(self, caller: ReplyMatcher, known: dict[str, Any]) -> list[dict[str, Any]]:
+    def denials(self, gateway: GatewayIR, caller: ReplyMatcher, known: dict[str, Any]) -> list[dict[str, Any]]:
         """Local-reply mappers for what a known caller (`known`: its RBAC denial) was refused."""
+
+    @abc.abstractmethod
+    def refusals_as_results(self, gateway: GatewayIR) -> dict[str, Any] | None:
+        """A reply filter true for requests whose policy refusals are answered as the protocol's own
+        successful result (MCP: a tool result with isError), or None where there are none."""
 
     @property
     @abc.abstractmethod

@@ -25,9 +25,11 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any, ClassVar
 
 from xds_server.core import errors
+from xds_server.core.tool_results import refused_call_result
 from xds_server.core.wire import MCP_METADATA_NAMESPACE, typed, typed_struct
 from xds_server.ir.mcp import ArgumentMatchIR, McpAllowsIR, McpRouteIR
 from xds_server.ir.patterns import NamePattern, PatternKind
@@ -35,7 +37,7 @@ from xds_server.ir.principals import ReplyMatcher
 from xds_server.ir.types import GatewayIR, RouteIR
 from xds_server.translate.filters import HttpFilter, Slot, disabled
 from xds_server.translate.protocols.base import ProtocolTranslator
-from xds_server.translate.replies import all_of, mapper, metadata_is
+from xds_server.translate.replies import all_of, cel_filter, mapper, metadata_is
 
 MCP_TYPE = "envoy.extensions.filters.http.mcp.v3.Mcp"
 FILTER_CONFIG_TYPE = "envoy.config.route.v3.FilterConfig"
@@ -231,15 +233,26 @@ class McpTranslator(ProtocolTranslator):
                    "text/event-stream; a DELETE needs Mcp-Session-Id)", REQUEST_ID),
         ]  # fmt: skip
 
-    def denials(self, caller: ReplyMatcher, known: dict[str, Any]) -> list[dict[str, Any]]:
+    def refusals_as_results(self, gateway: GatewayIR) -> dict[str, Any] | None:
+        routes = [r.name for r in gateway.routes if isinstance(r.protocol, McpRouteIR)
+                  and r.protocol.refusals_as_tool_results]  # fmt: skip
+        if not routes:
+            return None
+        names = ", ".join(json.dumps(n) for n in routes)
+        return all_of(cel_filter(f"xds.route_name in [{names}]"), _method("tools/call"))
+
+    def denials(self, gateway: GatewayIR, caller: ReplyMatcher, known: dict[str, Any]) -> list[dict[str, Any]]:
         name = caller.name
-
-        def method(*values: str) -> dict[str, Any]:
-            return metadata_is(MCP_METADATA_NAMESPACE, "method", *values)
-
+        method = _method
+        tool_denied = f"Tool '{TOOL}' is not allowed for agent '{name}' on backend '{BACKEND}'"
+        as_results = self.refusals_as_results(gateway)
+        results = [] if as_results is None else [
+            refused_call_result_mapper(all_of(known, as_results), errors.TOOL_DENIED, tool_denied, REQUEST_ID,
+                                       tool=TOOL, backend=BACKEND)
+        ]  # fmt: skip
         return [
-            mapper(all_of(known, method("tools/call")), errors.TOOL_DENIED,
-                   f"Tool '{TOOL}' is not allowed for agent '{name}' on backend '{BACKEND}'", REQUEST_ID,
+            *results,
+            mapper(all_of(known, method("tools/call")), errors.TOOL_DENIED, tool_denied, REQUEST_ID,
                    tool=TOOL, backend=BACKEND),
             mapper(all_of(known, method(*RESOURCE_METHODS)), errors.RESOURCE_DENIED,
                    f"Resource '{URI}' is not allowed for agent '{name}' on backend '{BACKEND}'", REQUEST_ID,
@@ -264,6 +277,25 @@ class McpTranslator(ProtocolTranslator):
     @property
     def access_log_field(self) -> str:
         return f"mcp={{{METHOD} {TOOL}}}"
+
+
+def _method(*values: str) -> dict[str, Any]:
+    """A reply filter: the deframed JSON-RPC method is one of `values`."""
+    return metadata_is(MCP_METADATA_NAMESPACE, "method", *values)
+
+
+def refused_call_result_mapper(
+    when: dict[str, Any], kind: errors.ErrorKind, message: str, request_id: str, **data: str
+) -> dict[str, Any]:
+    """A mapper answering a refused tools/call as a tool result with isError (HTTP 200)."""
+    return {
+        "filter": when,
+        "status_code": 200,
+        "body_format_override": {
+            "content_type": "application/json",
+            "json_format": refused_call_result(request_id, kind, message, **data),
+        },
+    }
 
 
 def _session_config() -> dict[str, Any]:
