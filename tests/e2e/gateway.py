@@ -84,7 +84,7 @@ spec:
   rules:
     - agents: [triage]
       tools: [list_issues, "get_*"]
-      resources: ["docs://readme"]
+      resources: ["docs://readme", "docs://pages/*"]
       prompts: [summarize]
     - agents: [executor]
       tools: [create_issue]

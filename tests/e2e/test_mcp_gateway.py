@@ -155,6 +155,34 @@ async def test_backend_without_a_policy_is_closed_to_known_agents(gateway: Runni
 
 
 @pytest.mark.parametrize("mode", MODES)
+async def test_completion_is_granted_with_the_prompt_or_resource_template_it_completes(
+    gateway: RunningGateway, backend: McpBackend, mode: str
+) -> None:
+    """triage may get prompt `summarize` and read `docs://pages/*`, not prompt `exfiltrate`; executor
+    has no prompt or resource grant at all."""
+    from mcp.types import PromptReference, ResourceTemplateReference
+
+    summarize, exfiltrate = PromptReference(type="ref/prompt", name="summarize"), PromptReference(
+        type="ref/prompt", name="exfiltrate")  # fmt: skip
+    pages = ResourceTemplateReference(type="ref/resource", uri="docs://pages/{page}")
+    async with mcp_client(gateway.url(), as_agent("triage"), mode) as client:
+        words = await client.complete(summarize, {"name": "text", "value": "he"})
+        names = await client.complete(pages, {"name": "page", "value": "in"})
+        with pytest.raises(MCPError) as refused:
+            await client.complete(exfiltrate, {"name": "text", "value": "pa"})
+    async with mcp_client(gateway.url(), as_agent("executor"), mode) as client:
+        with pytest.raises(MCPError) as no_grant:
+            await client.complete(pages, {"name": "page", "value": "in"})
+    assert words.completion.values == ["hello", "help"]
+    assert names.completion.values == ["intro", "install"]
+    for error in (refused.value, no_grant.value):
+        assert error.code == errors.METHOD_DENIED.code and error.data["method"] == "completion/complete", error
+    completed = [json.loads(r["body"])["params"]["ref"] for r in backend.requests()
+                 if r["body"] and json.loads(r["body"]).get("method") == "completion/complete"]  # fmt: skip
+    assert [r.get("name") or r.get("uri") for r in completed] == ["summarize", "docs://pages/{page}"]
+
+
+@pytest.mark.parametrize("mode", MODES)
 async def test_lists_resources_and_prompts_follow_the_policy(
     gateway: RunningGateway, backend: McpBackend, mode: str
 ) -> None:

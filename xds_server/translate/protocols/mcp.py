@@ -15,8 +15,10 @@
   the GET stream, session DELETE); `tools/call` AND `params.name` matches a
   tool pattern (AND each named argument matches, for argument grants);
   `resources/read|subscribe|unsubscribe` AND `params.uri` matches;
-  `prompts/get` AND `params.name` matches. Only ALLOW lists: a body Envoy
-  could not parse carries no metadata and so matches nothing.
+  `prompts/get` AND `params.name` matches; `completion/complete` of a
+  granted prompt (`params.ref.name`) or resource template (`params.ref.uri`
+  matched by the resource patterns). Only ALLOW lists: a body Envoy could
+  not parse carries no metadata and so matches nothing.
 - **Policy-service routes** match on the deframed method and tool (the MCP
   filter clears the route cache when some route needs it).
 - **Local replies**: the MCP filter's refusals as JSON-RPC errors, and per
@@ -115,6 +117,17 @@ def _or(rules: list[dict[str, Any]]) -> dict[str, Any]:
     return rules[0] if len(rules) == 1 else {"or_rules": {"rules": rules}}
 
 
+def _completion(ref_type: str, path: tuple[str, ...], patterns: tuple[NamePattern, ...]) -> dict[str, Any]:
+    """`completion/complete` of a granted prompt (by name) or resource template (its URI template
+    text, matched by the resource patterns). The MCP filter extracts the whole `params.ref`
+    object; its `type` is checked too, so a prompt grant never completes a template of that name."""
+    return {"and_rules": {"rules": [
+        _method_is("completion/complete"),
+        _metadata(("params", "ref", "type"), {"string_match": {"exact": ref_type}}),
+        _metadata(path, _any_of(patterns)),
+    ]}}  # fmt: skip
+
+
 def toolless_permission() -> dict[str, Any]:
     """Requests that carry no tool: lifecycle methods, lists, notifications, GET, DELETE."""
     rules = [_method_is(m) for m in TOOLLESS_METHODS]
@@ -200,10 +213,12 @@ class McpTranslator(ProtocolTranslator):
             permissions.append(
                 {"and_rules": {"rules": [methods, _metadata(("params", "uri"), _any_of(allows.resources))]}}
             )
+            permissions.append(_completion("ref/resource", ("params", "ref", "uri"), allows.resources))
         if allows.prompts:
             permissions.append(
                 {"and_rules": {"rules": [_method_is("prompts/get"), _metadata(("params", "name"), _any_of(allows.prompts))]}}
             )  # fmt: skip
+            permissions.append(_completion("ref/prompt", ("params", "ref", "name"), allows.prompts))
         return permissions
 
     def request_rejections(self, gateway: GatewayIR) -> list[dict[str, Any]]:
