@@ -443,3 +443,10 @@ def test_the_anonymous_agent_has_no_identity_and_every_other_agent_has_one() -> 
         "gateway.yaml:6: Gateway/default spec.identity.anonymous.agent: unknown agent 'public' "
         "(known: executor, triage)"
     ]
+
+
+def test_a_character_yaml_forbids_is_reported_on_its_line() -> None:
+    assert errors({**BASE, "bad.yaml": "kind: Agent\nmetadata: {name: x\x1f}\n"}) == [
+        "bad.yaml:2: YAML error: character U+001F is not allowed in YAML (control characters other than tab and "
+        "line breaks)"
+    ]

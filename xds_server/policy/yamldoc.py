@@ -80,10 +80,16 @@ def parse_documents(text: str, file: str) -> tuple[list[ParsedDocument], list[Di
             docs.append(ParsedDocument(value, line, builder.lines, builder.issues, builder.dropped))
     except yaml.MarkedYAMLError as exc:
         diags.append(_syntax_error(exc, file))
+    except yaml.reader.ReaderError as exc:
+        # A character YAML does not allow (a control character, say): point at its line.
+        line = text.count("\n", 0, exc.position) + 1
+        char = exc.character if isinstance(exc.character, int) else ord(str(exc.character)[:1] or "\0")
+        diags.append(Diagnostic(file, line, "", f"YAML error: character U+{char:04X} is not allowed in YAML "
+                                                "(control characters other than tab and line breaks)"))  # fmt: skip
     except yaml.YAMLError as exc:
-        diags.append(Diagnostic(file, 0, "", f"YAML error: {exc}"))
+        diags.append(Diagnostic(file, 1, "", f"YAML error: {exc}"))
     except RecursionError:
-        diags.append(Diagnostic(file, 0, "", "YAML nesting is too deep"))
+        diags.append(Diagnostic(file, 1, "", "YAML nesting is too deep"))
     return docs, diags
 
 
