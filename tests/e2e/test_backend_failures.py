@@ -1,5 +1,9 @@
 """End to end: when a backend gives no answer, the client is told what happened, in plain words.
 
+Last, a real MCP backend is killed by its PID in the middle of a session
+(both revisions): the client gets -32053, and once the backend is back on
+the same endpoint a new session works through the same Envoy.
+
 Each backend here is a real TCP peer that fails in one way: nothing listens
 (connection refused), it accepts and drops the connection (closed before
 answering), it never answers (request timeout), or its accept queue is full
@@ -19,9 +23,10 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+from mcp.shared.exceptions import MCPError
 
-from tests.e2e.gateway import AGENTS_YAML, IDENTITY_HEADER, gateway_yaml, launch
-from tests.e2e.harness import raw_post
+from tests.e2e.gateway import AGENTS_YAML, IDENTITY_HEADER, gateway_yaml, launch, start_gateway, stop_gateway
+from tests.e2e.harness import mcp_client, raw_post, start_mcp_backend
 from xds_server.core import errors
 from xds_server.runtime.ports import free_port
 
@@ -148,3 +153,29 @@ async def test_a_backend_that_gives_no_answer_is_named_in_plain_words(
     assert error["message"].startswith(f"Backend '{backend}' ")
     assert error["data"]["endpoint"] == endpoint and error["data"]["backend"] == backend
     assert detail in error["data"]["detail"], error
+
+
+# ---------------------------------------------------------------- a backend that dies mid-session
+
+
+@pytest.mark.parametrize("mode", ["legacy", "modern"])
+async def test_a_backend_killed_mid_session_is_a_json_rpc_error_and_a_new_session_works_once_it_returns(
+    tmp_path: Path, mode: str
+) -> None:
+    backend = start_mcp_backend(tmp_path / "backend", name="github")
+    gw = await start_gateway(tmp_path, {"github": backend})
+    try:
+        async with mcp_client(gw.url(), {IDENTITY_HEADER: "triage"}, mode) as client:
+            assert not (await client.call_tool("list_issues", {"repo": "acme/web"})).is_error
+            backend.stop()  # by its PID, mid-session
+            with pytest.raises(MCPError) as lost:
+                await client.call_tool("list_issues", {"repo": "acme/web"})
+        assert lost.value.error.code == errors.BACKEND_UNAVAILABLE.code, lost.value.error
+        assert lost.value.error.data["reason"] == errors.BACKEND_UNAVAILABLE.reason
+        # The same endpoint comes back (same port): a new session there works, through the same Envoy.
+        backend = start_mcp_backend(tmp_path / "backend", name="github", port=backend.port)
+        async with mcp_client(gw.url(), {IDENTITY_HEADER: "triage"}, mode) as client:
+            assert not (await client.call_tool("list_issues", {"repo": "acme/web"})).is_error
+    finally:
+        backend.stop()
+        await stop_gateway(gw)
