@@ -120,6 +120,13 @@ CREDENTIAL_UNAVAILABLE = ErrorKind(
     502,
     "the gateway could not obtain the backend's credential for the user (token exchange failed, secrets unreadable)",
 )
+REQUEST_TIMEOUT = ErrorKind(
+    -32008,
+    "request_timeout",
+    408,
+    "the request's headers did not arrive within the Gateway's `limits.requestHeadersTimeout` (slowloris); "
+    "the connection is closed",
+)
 NO_BACKEND = ErrorKind(-32004, "no_backend", 404, "no MCP backend is served at this path")
 TOO_LARGE = ErrorKind(-32013, "request_too_large", 413, "the body is larger than the gateway's maxRequestBodyBytes")
 POLICY_SERVICE_UNAVAILABLE = ErrorKind(
@@ -155,6 +162,7 @@ CATALOGUE: tuple[ErrorKind, ...] = (
     APPROVAL_REQUIRED,
     APPROVAL_DENIED,
     QUOTA_EXCEEDED,
+    REQUEST_TIMEOUT,
     NO_BACKEND,
     TOO_LARGE,
     POLICY_SERVICE_UNAVAILABLE,

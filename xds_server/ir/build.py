@@ -40,6 +40,7 @@ from xds_server.ir.types import (
     principal_sort_key,
 )
 from xds_server.policy.agent import Agent
+from xds_server.policy.base import duration_ms
 from xds_server.policy.diagnostics import Diagnostic, PolicyError
 from xds_server.policy.gateway import Gateway
 from xds_server.policy.load import PolicySet
@@ -101,8 +102,8 @@ def _agent_ir(
     """The agent with the principals this gateway can check.
 
     A source counts only where the gateway can check it: a header identity on
-    a gateway that trusts a header, a SPIFFE ID where client certificates are
-    asked for, a JWT where the provider is defined. An agent left with no
+    a gateway that trusts a header, a SPIFFE ID of the trust domain where
+    client certificates are asked for, a JWT where the provider is defined. An agent left with no
     principal cannot be recognised on that gateway and gets no access there.
     """
     ident = located.doc.spec.identity
@@ -114,7 +115,14 @@ def _agent_ir(
         return AgentIR(located.doc.metadata.name, tuple(principals))
     if identity.trusted_header and ident.header is not None:
         principals.append(HeaderPrincipal(identity.trusted_header, ident.header))
-    if ident.spiffe is not None and tls is not None and tls.trust_bundle_file is not None:
+    if (
+        ident.spiffe is not None
+        and tls is not None
+        and tls.trust_bundle_file is not None
+        and (tls.trust_domain is None or ident.spiffe.startswith(f"spiffe://{tls.trust_domain}/"))
+    ):
+        # Only SPIFFE IDs of the gateway's trust domain: with optional client certificates that is
+        # where the domain is enforced (the handshake does not match SANs then, see translate/tls.py).
         principals.append(SpiffePrincipal(ident.spiffe))
     if ident.jwt is not None and ident.jwt.provider in {p.name for p in identity.jwt_providers}:
         principals.append(JwtPrincipal(ident.jwt.provider, ident.jwt.claim, ident.jwt.value))
@@ -208,6 +216,7 @@ def _gateway_ir(
             port=spec.listen.port,
             max_request_body_bytes=spec.limits.max_request_body_bytes,
             connection_buffer_bytes=spec.limits.connection_buffer_bytes,
+            request_headers_timeout_ms=duration_ms(spec.limits.request_headers_timeout),
             routes=tuple(sorted(routes, key=lambda r: (r.name, r.kind))),
             tls=tls,
         ),

@@ -329,6 +329,7 @@ class ListenerIR:
     connection_buffer_bytes: int
     routes: tuple[RouteIR, ...]
     tls: DownstreamTlsIR | None = None
+    request_headers_timeout_ms: int = 10_000  # 0: off
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from .base import (
     HEADER_NAME_PATTERN,
     MAX_BODY_BYTES,
     DocumentModel,
+    Duration,
     Name,
     Port,
     StrictModel,
@@ -135,6 +136,11 @@ class Limits(StrictModel):
         le=2**32 - 1,
         description="Per-connection buffer limit; must be at least maxRequestBodyBytes.",
     )
+    request_headers_timeout: Duration = Field(
+        default="10s",
+        description="A client must send a request's whole headers within this time, or its connection is "
+        "closed (slowloris). 0s turns the limit off.",
+    )
 
     @model_validator(mode="after")
     def _buffer_holds_body(self) -> Limits:
@@ -181,7 +187,7 @@ class Denials(StrictModel):
         default=200,
         description="HTTP status of a policy refusal's JSON-RPC error: 200 (default; clients read the error as a "
         "JSON-RPC answer) or 403 (some MCP clients then report it as an authentication problem). Missing or "
-        "invalid credentials stay 401, quotas 429, limits 413, failures 5xx.",
+        "invalid tokens stay 401, quotas 429, limits 413, failures 5xx.",
     )
 
 

@@ -13,6 +13,7 @@ silently surprising values.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,6 +59,10 @@ class _TooLarge(Exception):
     pass
 
 
+#: What YAML counts as a line break (so lines are numbered as its marks number them).
+YAML_LINE_BREAK = re.compile("\r\n|[\n\r\x85\u2028\u2029]")
+
+
 def parse_documents(text: str, file: str) -> tuple[list[ParsedDocument], list[Diagnostic]]:
     """Every non-empty document in `text`, and diagnostics for what is unreadable.
 
@@ -82,7 +87,7 @@ def parse_documents(text: str, file: str) -> tuple[list[ParsedDocument], list[Di
         diags.append(_syntax_error(exc, file))
     except yaml.reader.ReaderError as exc:
         # A character YAML does not allow (a control character, say): point at its line.
-        line = text.count("\n", 0, exc.position) + 1
+        line = len(YAML_LINE_BREAK.split(text[: exc.position]))
         char = exc.character if isinstance(exc.character, int) else ord(str(exc.character)[:1] or "\0")
         diags.append(Diagnostic(file, line, "", f"YAML error: character U+{char:04X} is not allowed in YAML "
                                                 "(control characters other than tab and line breaks)"))  # fmt: skip

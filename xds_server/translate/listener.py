@@ -80,6 +80,10 @@ def _filter_chain(gateway: GatewayIR, hcm: dict[str, Any]) -> dict[str, Any]:
     return chain
 
 
+def _duration(ms: int) -> str:
+    return f"{ms // 1000}.{ms % 1000:03d}s"
+
+
 def build_listener(gateway: GatewayIR) -> Listener:
     """The listener for `gateway`, taking its routes from RDS over ADS."""
     hcm = {
@@ -98,6 +102,9 @@ def build_listener(gateway: GatewayIR) -> Listener:
         "access_log": _access_log(gateway),
     }
     listener = gateway.listener
+    if listener.request_headers_timeout_ms:
+        # Slowloris: a connection that trickles its headers is closed (Envoy's default is no limit).
+        hcm["request_headers_timeout"] = _duration(listener.request_headers_timeout_ms)
     body = {
         "name": listener_name(gateway.name),
         "address": {"socket_address": {"address": listener.address, "port_value": listener.port}},

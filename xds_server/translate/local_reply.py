@@ -214,6 +214,10 @@ def local_reply_config(gateway: GatewayIR) -> dict[str, Any]:
         *protocol.request_rejections(gateway),
         *_token_refusals(gateway, request_id),
         *_denials(gateway, protocol),
+        mapper(status_is(408), errors.REQUEST_TIMEOUT,
+               f"Request timeout: the request's headers did not arrive within "
+               f"{gateway.listener.request_headers_timeout_ms / 1000:g} s; the connection is closed",
+               request_id, keep_status=True),
         mapper(status_is(404), errors.NO_BACKEND, "No MCP backend is served at path '%REQ(:path)%'", request_id),
         mapper(status_is(413), errors.TOO_LARGE,
                f"Request too large: the body exceeds the gateway's limit of {limit} bytes", request_id),

@@ -101,6 +101,10 @@ class McpHandler(ProtocolHandler):
     ) -> str | None:
         if not view.route.protocol.refusals_as_tool_results:
             return None
+        if kind is errors.TOOL_DRIFTED:
+            # The guard's reasons quote the backend's own text (a screened description): never
+            # put that into what the model reads; it stays in _meta for the operator.
+            message = f"Tool '{call.target}' on backend '{view.name}' is withheld by the gateway's tool guard"
         return json.dumps(refused_call_result(call.request_id, kind, message, **data), separators=(",", ":"))
 
     def unconditionally_allowed(self, view: RouteView, agent: str, call: Call, jwt: JwtPayloads) -> bool:
