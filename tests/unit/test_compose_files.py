@@ -34,6 +34,7 @@ BOOTSTRAP_ARGV = [
     "bootstrap", "--gateway", "demo", "--node-id", "demo-envoy-1",
     "--xds-host", "control-plane", "--xds-port", "18000",
     "--admin-host", "0.0.0.0", "--admin-port", "9901",
+    "--max-heap", "1GiB", "--max-connections", "16384",
 ]  # fmt: skip
 REGENERATE = "agentxds " + " ".join(BOOTSTRAP_ARGV) + " > envoy/bootstrap.json"
 

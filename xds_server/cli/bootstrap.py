@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from xds_server.cli.common import DEFAULT_XDS_PORT, Subparsers
+from xds_server.cli.common import DEFAULT_XDS_PORT, Subparsers, add_overload_limits, overload_limits
 
 
 def cmd_bootstrap(args: argparse.Namespace) -> int:
@@ -19,6 +19,7 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
         xds_port=args.xds_port,
         admin_host=args.admin_host,
         admin_port=args.admin_port,
+        overload=overload_limits(args),
     )
     # JSON is valid YAML, and avoids YAML 1.1 surprises in Envoy's reader.
     sys.stdout.write(json.dumps(bootstrap, indent=2) + "\n")
@@ -33,4 +34,5 @@ def register(sub: Subparsers) -> None:
     boot.add_argument("--xds-port", type=int, default=DEFAULT_XDS_PORT)
     boot.add_argument("--admin-host", default="127.0.0.1")
     boot.add_argument("--admin-port", type=int, default=9901)
+    add_overload_limits(boot)
     boot.set_defaults(func=cmd_bootstrap)

@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 from typing import TypeAlias
 
+from xds_server.runtime.overload import OverloadLimits, limits_for_this_machine, parse_bytes
+
 DEFAULT_XDS_PORT = 18000
 
 #: What `argparse.ArgumentParser.add_subparsers()` returns; each command module adds its parsers to it.
@@ -35,6 +37,31 @@ def add_state_dir(parser: argparse.ArgumentParser) -> None:
         help="where approvals and the record of a running `up` are kept (default: $AGENTXDS_STATE_DIR, "
         "else $XDG_STATE_HOME/agentxds, else ~/.local/state/agentxds)",
     )
+
+
+def add_overload_limits(parser: argparse.ArgumentParser) -> None:
+    """Envoy's process-wide limits (overload manager), defaults derived from this machine."""
+    parser.add_argument(
+        "--max-heap",
+        help="Envoy's heap limit, e.g. 512MiB or 2GiB: near it Envoy sheds load and answers new requests "
+        "with JSON-RPC -32051 (default: a quarter of this machine's memory, 64 MiB to 4 GiB)",
+    )
+    parser.add_argument(
+        "--max-connections",
+        type=int,
+        help="open client connections Envoy accepts before closing new ones (default: this process's "
+        "open-file limit less 256, up to 50000)",
+    )
+
+
+def overload_limits(args: argparse.Namespace) -> OverloadLimits:
+    """The limits `add_overload_limits`' flags ask for, this machine's defaults for those not given."""
+    defaults = limits_for_this_machine()
+    try:
+        heap = parse_bytes(args.max_heap) if args.max_heap else defaults.max_heap_bytes
+        return OverloadLimits(max_heap_bytes=heap, max_connections=args.max_connections or defaults.max_connections)
+    except ValueError as exc:
+        raise SystemExit(f"agentxds: {exc}") from None
 
 
 def describe_error(exc: BaseException, where: str = "") -> str:

@@ -37,6 +37,7 @@ from xds_server.controlplane.service import ControlPlane
 from xds_server.ir.types import IR, EndpointIR, GatewayIR
 from xds_server.runtime.bootstrap import render_bootstrap
 from xds_server.runtime.envoy import EnvoyProcess
+from xds_server.runtime.overload import OverloadLimits, limits_for_this_machine
 from xds_server.runtime.ports import free_port, wait_for_port
 from xds_server.runtime.processes import stop_process, wait_exit
 from xds_server.runtime.state_dir import StateDir
@@ -116,10 +117,13 @@ def _connect_host(gateway: GatewayIR) -> str:
     return "127.0.0.1" if address in ("0.0.0.0", "::") else address
 
 
-def _print_banner(gateway: GatewayIR, envoy: EnvoyProcess, xds_port: int, out: TextIO) -> None:
+def _print_banner(gateway: GatewayIR, envoy: EnvoyProcess, xds_port: int, overload: OverloadLimits,
+                  out: TextIO) -> None:  # fmt: skip
     host = _connect_host(gateway)
     print(f"control plane     127.0.0.1:{xds_port} (ADS; agentxds status finds it)", file=out)
     print(f"envoy             pid {envoy.pid}, admin {envoy.admin_url}", file=out)
+    print(f"envoy limits      heap {overload.max_heap_bytes >> 20} MiB, {overload.max_connections} client connections "
+          "(--max-heap, --max-connections)", file=out)  # fmt: skip
     scheme = "https" if gateway.listener.tls is not None else "http"
     for route in gateway.routes:
         print(f"{_ROUTE_NOUNS.get(route.kind, route.kind)} {route.name:<8} "
@@ -214,9 +218,11 @@ async def run_up(
     allow_emptying: bool = False,
     state_dir: Path | None = None,
     keep_logs: bool = False,
+    overload: OverloadLimits | None = None,
     out: TextIO = sys.stdout,
 ) -> int:
-    """Run until SIGINT/SIGTERM (exit 0) or until Envoy dies (exit 1); returns the exit code."""
+    """Run until SIGINT/SIGTERM (exit 0) or until Envoy dies (exit 1); returns the exit code.
+    `overload`: Envoy's heap and connection limits (default: this machine's)."""
     state = StateDir.at(state_dir).ensure()
     workdir = Path(tempfile.mkdtemp(prefix="agentxds-up-"))
     log_path = workdir / "control-plane.log"
@@ -226,7 +232,8 @@ async def run_up(
     try:
         code = await _run(policy_dir, workdir, log_path, state, gateway_name=gateway_name, demo=demo,
                           admin_port=admin_port, approvals_port=approvals_port, envoy_log_level=envoy_log_level,
-                          allow_emptying=allow_emptying, died=died, out=out)  # fmt: skip
+                          allow_emptying=allow_emptying, died=died, out=out,
+                          overload=overload or limits_for_this_machine())  # fmt: skip
     finally:
         remove_record(state, os.getpid())
         failed = code != 0 and _has_logs(workdir)
@@ -267,6 +274,7 @@ async def _run(
     allow_emptying: bool,
     died: list[_Child],
     out: TextIO,
+    overload: OverloadLimits,
 ) -> int:
     control = ControlPlane(policy_dir, allow_emptying=allow_emptying, approvals_db=state.approvals_db,
                            coverage_file=state.published_coverage(policy_dir))  # fmt: skip
@@ -307,7 +315,7 @@ async def _run(
             children += _start_demo_servers(gateway, workdir, out)
         bootstrap = render_bootstrap(
             node_id=f"{gateway.name}-up", node_cluster=gateway.name, xds_host="127.0.0.1",
-            xds_port=control.port, admin_port=admin_port or free_port(),
+            xds_port=control.port, admin_port=admin_port or free_port(), overload=overload,
         )  # fmt: skip
         envoy = EnvoyProcess(bootstrap, workdir=workdir, log_level=envoy_log_level).start()
         children.append(_Child("envoy", envoy.process, envoy.log_path, essential=True))
@@ -315,7 +323,7 @@ async def _run(
         await asyncio.to_thread(envoy.wait_live, 30.0)
         # The listener accepting connections is what the user waits for.
         await asyncio.to_thread(wait_for_port, _connect_host(gateway), gateway.listener.port, 30.0)
-        _print_banner(gateway, envoy, control.port, out)
+        _print_banner(gateway, envoy, control.port, overload, out)
         service = control.policy_service
         assert service is not None
         http = f", {service.authz_http_port} (ext_authz over HTTP)" if service.authz_http_port is not None else ""

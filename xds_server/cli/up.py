@@ -6,7 +6,14 @@ import argparse
 import asyncio
 from pathlib import Path
 
-from xds_server.cli.common import Subparsers, add_allow_emptying, add_state_dir, policy_dir
+from xds_server.cli.common import (
+    Subparsers,
+    add_allow_emptying,
+    add_overload_limits,
+    add_state_dir,
+    overload_limits,
+    policy_dir,
+)
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -16,7 +23,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         run_up(args.dir, gateway_name=args.gateway, demo=args.demo, admin_port=args.admin_port,
                approvals_port=args.approvals_port, envoy_log_level=args.envoy_log_level,
                allow_emptying=args.allow_emptying, state_dir=args.state_dir,
-               keep_logs=args.keep_logs)
+               keep_logs=args.keep_logs, overload=overload_limits(args))
     )  # fmt: skip
 
 
@@ -40,4 +47,5 @@ def register(sub: Subparsers) -> None:
     )
     add_allow_emptying(up)
     add_state_dir(up)
+    add_overload_limits(up)
     up.set_defaults(func=cmd_up)

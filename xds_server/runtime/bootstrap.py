@@ -11,6 +11,8 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
+from xds_server.runtime.overload import OverloadLimits, overload_manager
+
 XDS_CLUSTER = "xds"
 
 # Envoy re-opens a closed or refused ADS stream after a jittered exponential
@@ -50,6 +52,7 @@ def render_bootstrap(
     xds_port: int,
     admin_host: str = "127.0.0.1",
     admin_port: int,
+    overload: OverloadLimits | None = None,
 ) -> dict[str, Any]:
     """Return an ADS bootstrap as plain data (dump it as YAML or JSON).
 
@@ -59,7 +62,8 @@ def render_bootstrap(
     kernel pick; read the bound address back with `--admin-address-path`
     (EnvoyProcess does). The admin API is bound to `admin_host` only: it can
     stop the server and dump secrets, so never expose it beyond localhost
-    without reason.
+    without reason. `overload` sets the process's heap and connection limits
+    (overload.py); None leaves Envoy unbounded (tests that need no limits).
     """
     socket_address = {"address": xds_host, "port_value": int(xds_port)}
     xds_cluster: dict[str, Any] = {
@@ -78,9 +82,13 @@ def render_bootstrap(
             "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": socket_address}}}]}],
         },
     }
-    return {
+    bootstrap: dict[str, Any] = {
         "node": {"id": node_id, "cluster": node_cluster},
-        "admin": {"address": {"socket_address": {"address": admin_host, "port_value": int(admin_port)}}},
+        "admin": {
+            "address": {"socket_address": {"address": admin_host, "port_value": int(admin_port)}},
+            # An operator must reach the admin API even when clients hold every connection.
+            "ignore_global_conn_limit": True,
+        },
         "dynamic_resources": {
             "ads_config": {
                 "api_type": "GRPC",  # state of the world; DELTA_GRPC would be incremental
@@ -106,3 +114,6 @@ def render_bootstrap(
         "static_resources": {"clusters": [xds_cluster]},
         "layered_runtime": RUNTIME,
     }
+    if overload is not None:
+        bootstrap["overload_manager"] = overload_manager(overload)
+    return bootstrap
