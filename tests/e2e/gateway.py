@@ -27,8 +27,10 @@ IDENTITY_HEADER = "x-agent-id"
 
 
 def gateway_yaml(listen_port: int, policy_port: int, *, max_body: int = 8192, buffer: int = 65536,
-                 authz_http_port: int | None = None) -> str:  # fmt: skip
-    """The e2e Gateway; with `authz_http_port`, ext_authz goes over HTTP to that port."""
+                 authz_http_port: int | None = None, extra_limits: str = "") -> str:  # fmt: skip
+    """The e2e Gateway; with `authz_http_port`, ext_authz goes over HTTP to that port;
+    `extra_limits` is appended to its `limits` mapping (flow style, e.g. "maxHeaders: 30")."""
+    more = f", {extra_limits}" if extra_limits else ""
     http = f", extAuthz: http, extAuthzHttpPort: {authz_http_port}" if authz_http_port is not None else ""
     return f"""\
 apiVersion: agentxds.dev/v1
@@ -37,7 +39,7 @@ metadata: {{name: {GATEWAY}}}
 spec:
   listen: {{address: 127.0.0.1, port: {listen_port}}}
   identity: {{trustedHeader: {IDENTITY_HEADER}}}
-  limits: {{maxRequestBodyBytes: {max_body}, connectionBufferBytes: {buffer}}}
+  limits: {{maxRequestBodyBytes: {max_body}, connectionBufferBytes: {buffer}{more}}}
   policyService: {{host: 127.0.0.1, port: {policy_port}{http}}}
 """
 
@@ -184,8 +186,10 @@ def write_policies(
 
 
 async def launch(policy_dir: Path, workdir: Path, listen_port: int, policy_port: int,
-                 authz_http_port: int | None = None) -> tuple[ControlPlane, EnvoyProcess]:  # fmt: skip
-    """The control plane (with the policy service) on `policy_dir` and an Envoy it configures.
+                 authz_http_port: int | None = None,
+                 overload_manager: dict[str, Any] | None = None) -> tuple[ControlPlane, EnvoyProcess]:  # fmt: skip
+    """The control plane (with the policy service) on `policy_dir` and an Envoy it configures
+    (with `overload_manager` as its bootstrap's, if given).
 
     Returns once the policies are published and Envoy's listener accepts connections.
     """
@@ -198,6 +202,8 @@ async def launch(policy_dir: Path, workdir: Path, listen_port: int, policy_port:
     bootstrap = render_bootstrap(
         node_id="e2e-envoy", node_cluster=GATEWAY, xds_host="127.0.0.1", xds_port=control.port, admin_port=0
     )
+    if overload_manager is not None:
+        bootstrap["overload_manager"] = overload_manager
     envoy = EnvoyProcess(bootstrap, workdir=workdir / "envoy", log_level="warning").start()
     try:
         await envoy.wait_live_async(20)

@@ -495,3 +495,42 @@ async def raw_h2(port: int, headers: Sequence[tuple[str, str]], body: bytes = b"
     import asyncio
 
     return await asyncio.to_thread(_h2_exchange, port, headers, body, timeout)
+
+
+# ---------------------------------------------------------------- MCP requests as bytes
+
+MODERN_REVISION = "2026-07-28"
+LEGACY_REVISION = "2025-11-25"
+MODERN_META = {
+    "io.modelcontextprotocol/protocolVersion": MODERN_REVISION,
+    "io.modelcontextprotocol/clientCapabilities": {},
+}
+
+
+def tools_call_request(mode: str, tool: str, arguments: dict[str, Any]) -> tuple[Any, list[tuple[str, str]], bytes]:
+    """(id, MCP headers, body) of a tools/call in `mode` (modern | legacy); the id's JSON type
+    differs per mode (7 and "req-7"), so that a test can check the gateway keeps it."""
+    request_id: Any = 7 if mode == "modern" else "req-7"
+    params: dict[str, Any] = {"name": tool, "arguments": arguments}
+    headers = [("content-type", "application/json"), ("accept", "application/json, text/event-stream")]
+    if mode == "modern":
+        params["_meta"] = MODERN_META
+        headers += [("mcp-protocol-version", MODERN_REVISION), ("mcp-method", "tools/call"), ("mcp-name", tool)]
+    else:
+        headers += [("mcp-protocol-version", LEGACY_REVISION)]
+    body = json.dumps({"jsonrpc": "2.0", "id": request_id, "method": "tools/call", "params": params}).encode()
+    return request_id, headers, body
+
+
+async def send_raw(port: int, transport: str, method: str, headers: Sequence[tuple[str, str]],
+                   body: bytes = b"", *, path: str = "/mcp/github") -> tuple[int, bytes]:  # fmt: skip
+    """One request over a fresh connection (transport h1 | h2), headers exactly as listed
+    (repeated names kept); the status and the body of the answer."""
+    if transport == "h2":
+        pseudo = [(":method", method), (":scheme", "http"), (":authority", "gateway"), (":path", path)]
+        return await raw_h2(port, pseudo + list(headers), body)
+    lines = "".join(f"{name}: {value}\r\n" for name, value in headers)
+    head = (
+        f"{method} {path} HTTP/1.1\r\nhost: gateway\r\n{lines}content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+    )
+    return await raw_http1(port, head.encode() + body)

@@ -18,13 +18,11 @@ import pytest
 import pytest_asyncio
 
 from tests.e2e.gateway import IDENTITY_HEADER, RunningGateway, launch, stop_gateway, write_policies
-from tests.e2e.harness import McpBackend, mcp_client, raw_h2, raw_http1
+from tests.e2e.harness import LEGACY_REVISION, McpBackend, mcp_client, send_raw, tools_call_request
 from xds_server.core import errors
 from xds_server.runtime.ports import free_port
 
-MODERN = "2026-07-28"
-LEGACY = "2025-11-25"
-MODERN_META = {"io.modelcontextprotocol/protocolVersion": MODERN, "io.modelcontextprotocol/clientCapabilities": {}}
+LEGACY = LEGACY_REVISION
 API_KEY = "k-runner-0123456789"
 AGENT_HEADER, USER_HEADER = "x-agentxds-agent", "x-agentxds-user"
 
@@ -78,37 +76,6 @@ def backend(gateway: RunningGateway) -> McpBackend:
     return b
 
 
-# ---------------------------------------------------------------- requests as bytes
-
-
-def call(mode: str, tool: str, arguments: dict[str, Any]) -> tuple[Any, list[tuple[str, str]], bytes]:
-    """(id, MCP headers, body) of a tools/call in `mode`; the id's type differs per mode, to check it is kept."""
-    request_id: Any = 7 if mode == "modern" else "req-7"
-    params: dict[str, Any] = {"name": tool, "arguments": arguments}
-    headers = [("content-type", "application/json"), ("accept", "application/json, text/event-stream")]
-    if mode == "modern":
-        params["_meta"] = MODERN_META
-        headers += [("mcp-protocol-version", MODERN), ("mcp-method", "tools/call"), ("mcp-name", tool)]
-    else:
-        headers += [("mcp-protocol-version", LEGACY)]
-    body = json.dumps({"jsonrpc": "2.0", "id": request_id, "method": "tools/call", "params": params}).encode()
-    return request_id, headers, body
-
-
-async def send(gateway: RunningGateway, transport: str, method: str, headers: list[tuple[str, str]],
-               body: bytes = b"") -> tuple[int, bytes]:  # fmt: skip
-    """One request over a fresh connection, headers exactly as listed (repeated names kept)."""
-    path = "/mcp/github"
-    if transport == "h2":
-        pseudo = [(":method", method), (":scheme", "http"), (":authority", "gateway"), (":path", path)]
-        return await raw_h2(gateway.listen_port, pseudo + headers, body)
-    lines = "".join(f"{name}: {value}\r\n" for name, value in headers)
-    head = (
-        f"{method} {path} HTTP/1.1\r\nhost: gateway\r\n{lines}content-length: {len(body)}\r\nconnection: close\r\n\r\n"
-    )
-    return await raw_http1(gateway.listen_port, head.encode() + body)
-
-
 # (identity headers, tool, arguments): each identity is ambiguous; the tool is one its
 # legitimate agent may call, natively or (executor's create_issue) through the policy service.
 AMBIGUOUS = {
@@ -132,8 +99,8 @@ async def test_an_ambiguous_identity_is_refused_and_never_reaches_the_backend(
     gateway: RunningGateway, backend: McpBackend, case: str, mode: str, transport: str
 ) -> None:
     identity, tool = AMBIGUOUS[case]
-    request_id, headers, body = call(mode, tool, ARGUMENTS[tool])
-    status, answer = await send(gateway, transport, "POST", identity + headers, body)
+    request_id, headers, body = tools_call_request(mode, tool, ARGUMENTS[tool])
+    status, answer = await send_raw(gateway.listen_port, transport, "POST", identity + headers, body)
     reply = json.loads(answer)
     assert status == 400, answer
     assert reply["id"] == request_id and type(reply["id"]) is type(request_id), reply
@@ -152,8 +119,8 @@ async def test_the_same_request_with_one_identity_reaches_the_backend(
     without a session is then the backend's to answer)."""
     for identity, tool in ([(IDENTITY_HEADER, "triage")], "list_issues"), ([("x-api-key", API_KEY)], "whoami"):
         backend.clear_requests()
-        _, headers, body = call(mode, tool, ARGUMENTS[tool])
-        status, answer = await send(gateway, transport, "POST", identity + headers, body)
+        _, headers, body = tools_call_request(mode, tool, ARGUMENTS[tool])
+        status, answer = await send_raw(gateway.listen_port, transport, "POST", identity + headers, body)
         assert b"ambiguous_identity" not in answer, answer
         assert [json.loads(r["body"])["params"]["name"] for r in backend.requests()] == [tool], (status, answer)
 
@@ -164,7 +131,7 @@ async def test_an_ambiguous_identity_is_refused_on_get_streams_too(
 ) -> None:
     headers = [(IDENTITY_HEADER, "mallory"), (IDENTITY_HEADER, "triage"), ("accept", "text/event-stream"),
                ("mcp-protocol-version", LEGACY), ("mcp-session-id", "s-1")]  # fmt: skip
-    status, answer = await send(gateway, transport, "GET", headers)
+    status, answer = await send_raw(gateway.listen_port, transport, "GET", headers)
     reply = json.loads(answer)
     assert status == 400 and reply["id"] is None and reply["error"]["data"]["reason"] == "ambiguous_identity"
     assert backend.requests() == []

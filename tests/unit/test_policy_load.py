@@ -229,6 +229,34 @@ def test_limits_conflict_is_reported_on_max_request_body_bytes() -> None:
     ]
 
 
+def test_a_receive_timeout_shorter_than_the_headers_timeout_is_refused() -> None:
+    gateway = GATEWAY + "  limits:\n    requestHeadersTimeout: 10s\n    requestReceiveTimeout: 5s\n"
+    assert errors({**BASE, "gateway.yaml": gateway}) == [
+        "gateway.yaml:9: Gateway/default spec.limits.requestReceiveTimeout: requestReceiveTimeout (5s) is shorter "
+        "than requestHeadersTimeout (10s): the whole request includes its headers, so the headers limit could "
+        "never apply"
+    ]
+    off = GATEWAY + "  limits:\n    requestHeadersTimeout: 10s\n    requestReceiveTimeout: 0s\n"
+    (loaded,) = load_texts({**BASE, "gateway.yaml": off}).gateways
+    assert loaded.doc.spec.limits.request_receive_timeout == "0s"  # off: no conflict
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("maxHeaders", "0", "must be at least 1"),
+        ("maxHeaders", "20000", "must be at most 10000"),
+        ("maxRequestHeadersKib", "9000", "must be at most 8192"),
+        ("maxConnections", "0", "must be at least 1"),
+        ("connectionIdleTimeout", "soon", "must be a duration such as 500ms"),
+    ],
+)
+def test_header_and_connection_limits_are_range_checked(field: str, value: str, message: str) -> None:
+    gateway = GATEWAY + f"  limits:\n    {field}: {value}\n"
+    (error,) = errors({**BASE, "gateway.yaml": gateway})
+    assert error.startswith(f"gateway.yaml:8: Gateway/default spec.limits.{field}: ") and message in error, error
+
+
 def test_ext_authz_over_http_is_refused_where_identity_needs_grpc() -> None:
     gateway = GATEWAY.replace("  identity: {trustedHeader: x-agent-id}\n", "") + (
         "  policyService: {extAuthz: http}\n"

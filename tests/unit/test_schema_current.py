@@ -48,5 +48,8 @@ def test_every_field_has_a_description() -> None:
 
 def test_schema_uses_yaml_spelling() -> None:
     limits = generate_schema()["$defs"]["Limits"]
-    assert set(limits["properties"]) == {"maxRequestBodyBytes", "connectionBufferBytes", "requestHeadersTimeout"}
+    assert set(limits["properties"]) == {
+        "maxRequestBodyBytes", "connectionBufferBytes", "requestHeadersTimeout", "requestReceiveTimeout",
+        "connectionIdleTimeout", "maxRequestHeadersKib", "maxHeaders", "maxConnections",
+    }  # fmt: skip
     assert limits["additionalProperties"] is False

@@ -124,8 +124,15 @@ REQUEST_TIMEOUT = ErrorKind(
     -32008,
     "request_timeout",
     408,
-    "the request's headers did not arrive within the Gateway's `limits.requestHeadersTimeout` (slowloris); "
-    "the connection is closed",
+    "the request's headers did not arrive within the Gateway's `limits.requestHeadersTimeout`, or the whole "
+    "request within `limits.requestReceiveTimeout` (slowloris, trickled bodies); the connection is closed",
+)
+HEADERS_TOO_LARGE = ErrorKind(
+    -32031,
+    "request_headers_too_large",
+    431,
+    "the request's headers exceed the Gateway's `limits.maxRequestHeadersKib` or `limits.maxHeaders` (HTTP/1; "
+    "over HTTP/2 Envoy's codec resets the stream instead)",
 )
 NO_BACKEND = ErrorKind(-32004, "no_backend", 404, "no MCP backend is served at this path")
 TOO_LARGE = ErrorKind(-32013, "request_too_large", 413, "the body is larger than the gateway's maxRequestBodyBytes")
@@ -134,6 +141,13 @@ POLICY_SERVICE_UNAVAILABLE = ErrorKind(
     "policy_service_unavailable",
     503,
     "the call needs the policy service, which did not answer (fail closed; see policyService.failOpen)",
+)
+OVERLOADED = ErrorKind(
+    -32051,
+    "overloaded",
+    503,
+    "Envoy is close to its heap limit (`agentxds up --max-heap`) and sheds new requests until memory is freed; "
+    "retry later",
 )
 BACKEND_UNAVAILABLE = ErrorKind(-32053, "backend_unavailable", 503, "the backend cannot be reached")
 BACKEND_TIMEOUT = ErrorKind(-32054, "backend_timeout", 504, "the backend did not answer in time")
@@ -163,9 +177,11 @@ CATALOGUE: tuple[ErrorKind, ...] = (
     APPROVAL_DENIED,
     QUOTA_EXCEEDED,
     REQUEST_TIMEOUT,
+    HEADERS_TOO_LARGE,
     NO_BACKEND,
     TOO_LARGE,
     POLICY_SERVICE_UNAVAILABLE,
+    OVERLOADED,
     CREDENTIAL_UNAVAILABLE,
     BACKEND_UNAVAILABLE,
     BACKEND_TIMEOUT,

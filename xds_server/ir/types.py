@@ -330,6 +330,11 @@ class ListenerIR:
     routes: tuple[RouteIR, ...]
     tls: DownstreamTlsIR | None = None
     request_headers_timeout_ms: int = 10_000  # 0: off
+    request_receive_timeout_ms: int = 30_000  # the whole request (headers and body); 0: off
+    connection_idle_timeout_ms: int = 60_000  # no request in flight; 0: never
+    max_request_headers_kib: int = 60
+    max_headers: int = 100
+    max_connections: int | None = None  # on this listener; None: the Envoy process's limit only
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from .base import (
     StrictModel,
     _check_host,
     _check_ip,
+    duration_ms,
 )
 from .identity import GatewayTls, JwtProvider
 
@@ -122,7 +123,8 @@ class GatewayIdentity(StrictModel):
 
 
 class Limits(StrictModel):
-    """Buffer limits for requests through the gateway."""
+    """Size, time and connection limits of requests through the gateway (the Envoy process's own heap and
+    connection limits are set where it starts: `agentxds up` / `agentxds bootstrap`)."""
 
     max_request_body_bytes: int = Field(
         default=65536,
@@ -141,6 +143,35 @@ class Limits(StrictModel):
         description="A client must send a request's whole headers within this time, or its connection is "
         "closed (slowloris). 0s turns the limit off.",
     )
+    request_receive_timeout: Duration = Field(
+        default="30s",
+        description="A client must send a whole request, headers and body, within this time (a body "
+        "trickled byte by byte is cut off). Answers and SSE streams are not bounded by it. 0s turns it off.",
+    )
+    connection_idle_timeout: Duration = Field(
+        default="60s",
+        description="A client connection with no request in flight is closed after this long (an open SSE "
+        "stream is a request in flight). 0s keeps idle connections open for ever.",
+    )
+    max_request_headers_kib: int = Field(
+        default=60,
+        ge=1,
+        le=8192,
+        description="Largest total size of a request's headers, in KiB (1-8192). Over it, HTTP/1 requests get "
+        "HTTP 431 with JSON-RPC -32031; HTTP/2 streams are reset (Envoy's HTTP/2 codec cannot answer).",
+    )
+    max_headers: int = Field(
+        default=100,
+        ge=1,
+        le=10000,
+        description="Most headers a request may carry (1-10000); over it, as for maxRequestHeadersKib.",
+    )
+    max_connections: int | None = Field(
+        default=None,
+        ge=1,
+        description="Most open client connections on this gateway's listener; further ones are closed as they "
+        "are accepted. Unset: only the Envoy process's limit applies (`agentxds up --max-connections`).",
+    )
 
     @model_validator(mode="after")
     def _buffer_holds_body(self) -> Limits:
@@ -156,6 +187,21 @@ class Limits(StrictModel):
                     "at": "maxRequestBodyBytes",
                 },
             )
+        return self
+
+    @model_validator(mode="after")
+    def _receive_covers_headers(self) -> Limits:
+        # The whole request includes its headers: a shorter overall limit would always fire first,
+        # and a reader of the policy would believe the headers limit applies.
+        headers, whole = duration_ms(self.request_headers_timeout), duration_ms(self.request_receive_timeout)
+        if headers and whole and whole < headers:
+            raise PydanticCustomError(
+                "limits_conflict",
+                "requestReceiveTimeout ({whole}) is shorter than requestHeadersTimeout ({headers}): the whole "
+                "request includes its headers, so the headers limit could never apply",
+                {"whole": self.request_receive_timeout, "headers": self.request_headers_timeout,
+                 "at": "requestReceiveTimeout"},
+            )  # fmt: skip
         return self
 
 

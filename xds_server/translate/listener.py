@@ -18,7 +18,7 @@ from typing import Any
 from envoy.config.listener.v3.listener_pb2 import Listener
 
 from xds_server.core.wire import typed
-from xds_server.ir.types import GatewayIR
+from xds_server.ir.types import GatewayIR, ListenerIR
 from xds_server.translate import identity, jwt, policy_service, rbac, tls
 from xds_server.translate.filters import HttpFilter, Slot, ordered
 from xds_server.translate.local_reply import local_reply_config
@@ -27,6 +27,7 @@ from xds_server.translate.proto import to_message
 from xds_server.translate.protocols import protocols_of
 
 HCM_TYPE = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+CONNECTION_LIMIT_TYPE = "envoy.extensions.filters.network.connection_limit.v3.ConnectionLimit"
 TLS_HANDSHAKE_TIMEOUT = "10s"
 ROUTER = HttpFilter("envoy.filters.http.router", Slot.TERMINAL, typed("envoy.extensions.filters.http.router.v3.Router"))
 
@@ -69,9 +70,8 @@ def _access_log(gateway: GatewayIR) -> list[dict[str, Any]]:
 
 
 def _filter_chain(gateway: GatewayIR, hcm: dict[str, Any]) -> dict[str, Any]:
-    chain: dict[str, Any] = {
-        "filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": typed(HCM_TYPE, hcm)}]
-    }
+    manager = {"name": "envoy.filters.network.http_connection_manager", "typed_config": typed(HCM_TYPE, hcm)}
+    chain: dict[str, Any] = {"filters": [*_connection_limit(gateway), manager]}
     socket = tls.downstream_transport_socket(gateway)
     if socket is not None:
         chain["transport_socket"] = socket
@@ -82,6 +82,31 @@ def _filter_chain(gateway: GatewayIR, hcm: dict[str, Any]) -> dict[str, Any]:
 
 def _duration(ms: int) -> str:
     return f"{ms // 1000}.{ms % 1000:03d}s"
+
+
+def _hcm_limits(listener: ListenerIR) -> dict[str, Any]:
+    """The HCM's time and header limits. A zero timeout is left out: Envoy then applies none."""
+    limits: dict[str, Any] = {
+        "max_request_headers_kb": listener.max_request_headers_kib,
+        "common_http_protocol_options": {"max_headers_count": listener.max_headers},
+    }
+    if listener.request_headers_timeout_ms:
+        # Slowloris: a connection that trickles its headers is closed (Envoy's default is no limit).
+        limits["request_headers_timeout"] = _duration(listener.request_headers_timeout_ms)
+    if listener.request_receive_timeout_ms:
+        # A trickled body: disarmed once the request is received, so SSE answers are not bounded.
+        limits["request_timeout"] = _duration(listener.request_receive_timeout_ms)
+    if listener.connection_idle_timeout_ms:
+        limits["common_http_protocol_options"]["idle_timeout"] = _duration(listener.connection_idle_timeout_ms)
+    return limits
+
+
+def _connection_limit(gateway: GatewayIR) -> list[dict[str, Any]]:
+    """The listener's own connection cap (network filter, before the HCM), if the Gateway sets one."""
+    if gateway.listener.max_connections is None:
+        return []
+    config = {"stat_prefix": gateway.name, "max_connections": gateway.listener.max_connections}
+    return [{"name": "envoy.filters.network.connection_limit", "typed_config": typed(CONNECTION_LIMIT_TYPE, config)}]
 
 
 def build_listener(gateway: GatewayIR) -> Listener:
@@ -101,10 +126,8 @@ def build_listener(gateway: GatewayIR) -> Listener:
         "local_reply_config": local_reply_config(gateway),
         "access_log": _access_log(gateway),
     }
+    hcm |= _hcm_limits(gateway.listener)
     listener = gateway.listener
-    if listener.request_headers_timeout_ms:
-        # Slowloris: a connection that trickles its headers is closed (Envoy's default is no limit).
-        hcm["request_headers_timeout"] = _duration(listener.request_headers_timeout_ms)
     body = {
         "name": listener_name(gateway.name),
         "address": {"socket_address": {"address": listener.address, "port_value": listener.port}},

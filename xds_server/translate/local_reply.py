@@ -18,12 +18,15 @@ the most specific to the catch-all:
        refusal with the gateway's denial status (`denials.httpStatus`, 200 by
        default) or 200 where it is answered as a tool result
     3. the policy service could not be asked; an ambiguous identity (identity.py);
-       HTTP Envoy could not parse (its codec's details; no id can be read)
+       HTTP Envoy could not parse and headers over the limits (its codec's
+       details; no id can be read)
     4. the protocol filter's refusals (protocol translator: `request_rejections`)
     5. jwt_authn's refusals (with the OAuth challenge on routes with `auth`)
     6. RBAC denials, per way of recognising a known agent (ir/principals.py),
        what it was refused (protocol translator: `denials`); then "unknown agent"
-    7. by status: no route, too large, upstream timeout, upstream failure, other
+    7. by status: no route, too large, timeouts (headers, whole request), overload
+       (the overload manager's `overload` detail), upstream timeout, upstream
+       failure, other
 
 The protocol filter labels its rejections in its metadata; jwt_authn's say
 why in the response code details (`jwt_authn_access_denied{Jwt_is_expired}`).
@@ -39,7 +42,7 @@ from typing import Any
 
 from xds_server.core import errors
 from xds_server.ir.principals import cel_filter, reply_matchers
-from xds_server.ir.types import GatewayIR
+from xds_server.ir.types import GatewayIR, ListenerIR
 from xds_server.translate import identity, oauth
 from xds_server.translate.protocols import protocols_of
 from xds_server.translate.protocols.base import ProtocolTranslator
@@ -154,16 +157,40 @@ def _upstream_failures(request_id: str) -> list[dict[str, Any]]:
     return [timeout, *causes, other]
 
 
-def _malformed_http(request_id: str) -> list[dict[str, Any]]:
+def _malformed_http(listener: ListenerIR, request_id: str) -> list[dict[str, Any]]:
     """Requests Envoy's HTTP/1 codec could not parse: nothing was deframed, so the id comes out null."""
     kind = errors.MALFORMED_HTTP
+    too_large = ("response.code_details == 'http1.headers_too_large' || "
+                 "response.code_details == 'http1.too_many_headers'")  # fmt: skip
     return [
+        mapper(cel_filter(too_large), errors.HEADERS_TOO_LARGE,
+               f"Request headers too large: the gateway accepts at most {listener.max_headers} headers and "
+               f"{listener.max_request_headers_kib} KiB of them", request_id, keep_status=True,
+               detail="%RESPONSE_CODE_DETAILS%"),
         mapper(cel_filter("response.code_details == 'low_version'"), kind,
                "HTTP/1.0 is not supported: send HTTP/1.1 or HTTP/2", request_id, keep_status=True,
                detail="%RESPONSE_CODE_DETAILS%"),
         mapper(cel_filter("response.code_details.startsWith('http1.')"), kind,
                "Malformed HTTP request: Envoy could not parse it, and nothing was forwarded", request_id,
                keep_status=True, detail="%RESPONSE_CODE_DETAILS%"),
+    ]  # fmt: skip
+
+
+def _timeouts(listener: ListenerIR, request_id: str) -> list[dict[str, Any]]:
+    """408s: the headers or the whole request did not arrive in time (Envoy's details tell which);
+    any other 408 (a stream idle while the request is still arriving) in general words."""
+    kind = errors.REQUEST_TIMEOUT
+    return [
+        mapper(cel_filter("response.code_details == 'request_header_timeout'"), kind,
+               f"Request timeout: the request's headers did not arrive within "
+               f"{listener.request_headers_timeout_ms / 1000:g} s; the connection is closed", request_id,
+               keep_status=True),
+        mapper(cel_filter("response.code_details == 'request_overall_timeout'"), kind,
+               f"Request timeout: the whole request did not arrive within "
+               f"{listener.request_receive_timeout_ms / 1000:g} s; the connection is closed", request_id,
+               keep_status=True),
+        mapper(status_is(408), kind, "Request timeout: the request stopped arriving before it was complete",
+               request_id, keep_status=True, detail="%RESPONSE_CODE_DETAILS%"),
     ]  # fmt: skip
 
 
@@ -210,14 +237,14 @@ def local_reply_config(gateway: GatewayIR) -> dict[str, Any]:
                "Policy service unavailable: this call needs a policy decision and none could be had "
                "(the gateway fails closed)", request_id, backend=BACKEND),
         *identity.ambiguity_reply(gateway, request_id),
-        *_malformed_http(request_id),
+        *_malformed_http(gateway.listener, request_id),
         *protocol.request_rejections(gateway),
         *_token_refusals(gateway, request_id),
         *_denials(gateway, protocol),
-        mapper(status_is(408), errors.REQUEST_TIMEOUT,
-               f"Request timeout: the request's headers did not arrive within "
-               f"{gateway.listener.request_headers_timeout_ms / 1000:g} s; the connection is closed",
-               request_id, keep_status=True),
+        *_timeouts(gateway.listener, request_id),
+        mapper(cel_filter("response.code_details == 'overload'"), errors.OVERLOADED,
+               "Gateway overloaded: Envoy is close to its memory limit and refuses new requests for now; "
+               "retry later", request_id, keep_status=True),
         mapper(status_is(404), errors.NO_BACKEND, "No MCP backend is served at path '%REQ(:path)%'", request_id),
         mapper(status_is(413), errors.TOO_LARGE,
                f"Request too large: the body exceeds the gateway's limit of {limit} bytes", request_id),

@@ -32,6 +32,7 @@ _ANY_MODULES = (
     "envoy.config.listener.v3.listener_pb2",
     "envoy.config.route.v3.route_pb2",
     "envoy.extensions.filters.network.http_connection_manager.v3.http_connection_manager_pb2",
+    "envoy.extensions.filters.network.connection_limit.v3.connection_limit_pb2",
     "envoy.extensions.filters.http.rbac.v3.rbac_pb2",
     "envoy.config.rbac.v3.rbac_pb2",
     "envoy.type.matcher.v3.http_inputs_pb2",
