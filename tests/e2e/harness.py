@@ -529,8 +529,14 @@ async def send_raw(port: int, transport: str, method: str, headers: Sequence[tup
     if transport == "h2":
         pseudo = [(":method", method), (":scheme", "http"), (":authority", "gateway"), (":path", path)]
         return await raw_h2(port, pseudo + list(headers), body)
+    head = http1_head(method, headers, len(body), path=path, close=True)
+    return await raw_http1(port, head + body)
+
+
+def http1_head(method: str, headers: Sequence[tuple[str, str]], content_length: int, *,
+               path: str = "/mcp/github", close: bool = False) -> bytes:  # fmt: skip
+    """An HTTP/1.1 request head with `headers` exactly as listed and the given content-length
+    (which may promise more body than is then sent); `close` asks for the connection to close."""
     lines = "".join(f"{name}: {value}\r\n" for name, value in headers)
-    head = (
-        f"{method} {path} HTTP/1.1\r\nhost: gateway\r\n{lines}content-length: {len(body)}\r\nconnection: close\r\n\r\n"
-    )
-    return await raw_http1(port, head.encode() + body)
+    connection = "connection: close\r\n" if close else ""
+    return f"{method} {path} HTTP/1.1\r\nhost: gateway\r\n{lines}content-length: {content_length}\r\n{connection}\r\n".encode()

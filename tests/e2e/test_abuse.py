@@ -35,6 +35,7 @@ from tests.e2e.harness import (
     LEGACY_REVISION,
     MODERN_META,
     McpBackend,
+    http1_head,
     mcp_client,
     raw_post,
     send_raw,
@@ -141,9 +142,8 @@ async def test_a_body_trickled_byte_by_byte_is_cut_off_and_never_reaches_the_bac
     gateway: RunningGateway, backend: McpBackend
 ) -> None:
     _, headers, body = tools_call_request("modern", "list_issues", LIST_ISSUES)
-    lines = "".join(f"{n}: {v}\r\n" for n, v in AS_TRIAGE + headers)
     reader, writer = await asyncio.open_connection("127.0.0.1", gateway.listen_port)
-    writer.write(f"POST /mcp/github HTTP/1.1\r\nhost: gateway\r\n{lines}content-length: {len(body)}\r\n\r\n".encode())
+    writer.write(http1_head("POST", AS_TRIAGE + headers, len(body)))
     answer, started, give_up = b"", time.monotonic(), RECEIVE_TIMEOUT_S * 5
     try:
         for byte in body[:-1]:  # never the last byte: the request is never complete
@@ -258,8 +258,7 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
 
 async def test_an_idle_keep_alive_connection_is_closed(gateway: RunningGateway, backend: McpBackend) -> None:
     _, headers, body = tools_call_request("modern", "list_issues", LIST_ISSUES)
-    lines = "".join(f"{n}: {v}\r\n" for n, v in AS_TRIAGE + headers)
-    request = f"POST /mcp/github HTTP/1.1\r\nhost: gateway\r\n{lines}content-length: {len(body)}\r\n\r\n".encode()
+    request = http1_head("POST", AS_TRIAGE + headers, len(body))
     reader, writer = await asyncio.open_connection("127.0.0.1", gateway.listen_port)
     try:
         for _ in range(2):  # served twice on the same connection: it is kept alive between requests
@@ -307,9 +306,7 @@ async def test_an_open_legacy_get_stream_outlives_the_idle_timeout(gateway: Runn
 async def _served_on(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
     """Whether an allowed call sent on this open connection is answered (and the connection kept)."""
     _, headers, body = tools_call_request("modern", "list_issues", LIST_ISSUES)
-    lines = "".join(f"{n}: {v}\r\n" for n, v in AS_TRIAGE + headers)
-    writer.write(f"POST /mcp/github HTTP/1.1\r\nhost: gateway\r\n{lines}content-length: {len(body)}\r\n\r\n".encode()
-                 + body)  # fmt: skip
+    writer.write(http1_head("POST", AS_TRIAGE + headers, len(body)) + body)
     try:
         head, answer = await _read_response(reader)
     except (asyncio.IncompleteReadError, ConnectionError):

@@ -146,7 +146,7 @@ OVERLOADED = ErrorKind(
     -32051,
     "overloaded",
     503,
-    "Envoy is close to its heap limit (`agentxds up --max-heap`) and sheds new requests until memory is freed; "
+    "Envoy is close to its heap limit (`--max-heap` of `agentxds up` and `agentxds bootstrap`) and sheds new requests until memory is freed; "
     "retry later",
 )
 BACKEND_UNAVAILABLE = ErrorKind(-32053, "backend_unavailable", 503, "the backend cannot be reached")
