@@ -25,3 +25,15 @@ def test_import_rewrite_only_touches_project_packages():
         "from google.protobuf import timestamp_pb2\n"
         "import xds_server.api.agentxds.v1.x_pb2\n"
     )
+
+
+def test_generated_code_asks_for_the_grpcio_floor_of_pyproject():
+    import re
+    from pathlib import Path
+
+    pyproject = (Path(generate.__file__).resolve().parents[2] / "pyproject.toml").read_text()
+    floor = re.search(r'"grpcio>=([0-9.]+)', pyproject)
+    assert floor is not None and floor.group(1) == generate.MIN_GRPC_VERSION
+    assert generate._pin_grpc_version("GRPC_GENERATED_VERSION = '9.9.9'\n") == (
+        f"GRPC_GENERATED_VERSION = '{generate.MIN_GRPC_VERSION}'\n"
+    )

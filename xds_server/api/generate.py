@@ -34,6 +34,12 @@ DEFAULT_PROTO_ROOT = _API_DIR.parents[1] / "protos"  # repository checkout layou
 
 _SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
 
+#: The oldest grpcio the project supports (pyproject.toml's floor). grpcio-tools stamps its own
+#: version into *_pb2_grpc.py as the minimum runtime; it is replaced by this floor, so the
+#: generated files neither depend on which grpcio-tools patch release generated them nor
+#: refuse a grpcio the project accepts.
+MIN_GRPC_VERSION = "1.85.1"
+
 
 def _top_packages(proto_root: Path) -> list[str]:
     return sorted(p.name for p in proto_root.iterdir() if p.is_dir())
@@ -44,6 +50,11 @@ def _rewrite_imports(text: str, tops: list[str]) -> str:
     for top in tops:
         text = re.sub(rf"^(from|import) {re.escape(top)}(\.|\s)", rf"\1 {PACKAGE}.{top}\2", text, flags=re.M)
     return text
+
+
+def _pin_grpc_version(text: str) -> str:
+    return re.sub(r"^GRPC_GENERATED_VERSION = '[^']*'$", f"GRPC_GENERATED_VERSION = '{MIN_GRPC_VERSION}'", text,
+                  flags=re.M)  # fmt: skip
 
 
 def generate(out_dir: Path = DEFAULT_OUT, proto_root: Path = DEFAULT_PROTO_ROOT) -> list[Path]:
@@ -73,7 +84,7 @@ def generate(out_dir: Path = DEFAULT_OUT, proto_root: Path = DEFAULT_PROTO_ROOT)
                 continue
             dest = out_dir / src.relative_to(tmp)
             dest.parent.mkdir(parents=True, exist_ok=True)
-            dest.write_text(_rewrite_imports(src.read_text(), tops))
+            dest.write_text(_pin_grpc_version(_rewrite_imports(src.read_text(), tops)))
             written.append(dest)
     return written
 
