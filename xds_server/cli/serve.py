@@ -5,8 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from xds_server.cli.common import DEFAULT_XDS_PORT, Subparsers, add_allow_emptying, add_state_dir, policy_dir
+
+if TYPE_CHECKING:
+    from xds_server.controlplane.service import ControlPlane
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -14,25 +19,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from xds_server.runtime.state_dir import StateDir
 
     state = StateDir.at(args.state_dir).ensure()
+    serve_ads = args.role in ("all", "xds")
+    with_policy_service = args.role in ("all", "policy")
 
     async def serve() -> int:
-        control = ControlPlane(args.dir, host=args.host, port=args.port, policy_host=args.host,
-                               policy_port=args.policy_port, approvals_port=args.approvals_port,
-                               authz_http_port=args.authz_http_port if args.authz_http_port >= 0 else None,
+        control = ControlPlane(args.dir, host=args.host, port=args.port, serve_ads=serve_ads,
                                allow_emptying=args.allow_emptying, approvals_db=state.approvals_db,
                                coverage_file=state.published_coverage(args.dir))  # fmt: skip
+        if with_policy_service:
+            control.add_policy_service(args.host, args.policy_port, args.approvals_port,
+                                       args.authz_http_port if args.authz_http_port >= 0 else None)  # fmt: skip
         await control.start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        service = control.policy_service
-        assert service is not None
-        http = f" (ext_authz over HTTP on {service.authz_http_port})" if service.authz_http_port is not None else ""
-        print(f"agentxds control plane: ADS on {args.host}:{control.port}, policy service on {args.host}:"
-              f"{service.port}{http}, approvals on http://{args.host}:{service.approvals_port} (kept in "
-              f"{state.approvals_db}), policies {args.dir}",
-              flush=True)  # fmt: skip
+        print(_banner(args, control, state.approvals_db), flush=True)
         await stop.wait()
         await control.stop()
         return 0
@@ -40,9 +42,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return asyncio.run(serve())
 
 
+def _banner(args: argparse.Namespace, control: ControlPlane, approvals_db: Path) -> str:
+    parts = []
+    if args.role in ("all", "xds"):
+        parts.append(f"ADS on {args.host}:{control.port}")
+    service = control.policy_service
+    if service is not None:
+        http = f" (ext_authz over HTTP on {service.authz_http_port})" if service.authz_http_port is not None else ""
+        parts.append(f"policy service on {args.host}:{service.port}{http}, approvals on "
+                     f"http://{args.host}:{service.approvals_port} (kept in {approvals_db})")  # fmt: skip
+    return f"agentxds control plane ({args.role}): {', '.join(parts)}, policies {args.dir}"
+
+
 def register(sub: Subparsers) -> None:
     serve = sub.add_parser("serve", help="control plane only (for a fleet of Envoys or docker compose)")
     serve.add_argument("dir", type=policy_dir)
+    serve.add_argument(
+        "--role",
+        choices=("all", "xds", "policy"),
+        default="all",
+        help="all: ADS and the policy service in one process (default); xds: ADS only; policy: the policy "
+        "service only (run it apart so it keeps deciding while the ADS process restarts, or several of it)",
+    )
     serve.add_argument("--host", default="127.0.0.1", help="address to serve ADS on (0.0.0.0 in a container)")
     serve.add_argument("--port", type=int, default=DEFAULT_XDS_PORT, help="ADS and status API port (default 18000)")
     serve.add_argument("--policy-port", type=int, default=18001, help="policy service gRPC port (default 18001)")

@@ -47,7 +47,10 @@ class ControlPlane:
     `allow_emptying` publishes edits that empty a file or leave a gateway
     without grants (refused otherwise; see controlplane/emptying.py).
     `approvals_db`: the SQLite file the policy service keeps approvals in
-    (None: in memory, lost on stop).
+    (None: in memory, lost on stop). `serve_ads=False` runs the pipeline (and
+    the policy service, if any) without the ADS server: a policy service of
+    its own, which goes on deciding while the process serving ADS is
+    restarted or killed.
     """
 
     def __init__(
@@ -66,12 +69,14 @@ class ControlPlane:
         allow_emptying: bool = False,
         approvals_db: str | Path | None = None,
         coverage_file: Path | None = None,
+        serve_ads: bool = True,
     ) -> None:
         self.cache = SnapshotCache()
         self.recorder = StatusRecorder()
         self.pipeline = Pipeline(source, self.cache, self.recorder, allow_emptying=allow_emptying,
                                  coverage_file=coverage_file)  # fmt: skip
         self.server = ControlPlaneServer(self.cache, self.recorder, host=host, port=port)
+        self._serve_ads = serve_ads
         self._watch = watch
         self._debounce_ms = debounce_ms
         self.on_reload = on_reload
@@ -118,13 +123,15 @@ class ControlPlane:
         if self.policy_service is not None:
             # Before ADS serves: Envoy must find the policy service up once routes use it.
             await self.policy_service.start()
-        await self.server.start()
+        if self._serve_ads:
+            await self.server.start()
         if self._watch and isinstance(self.pipeline.source, DirectorySource):
             self._watcher = asyncio.create_task(self._watch_loop(), name="agentxds-policy-watch")
         elif self._watch:
             log.info("policy source %s is not a directory: it is not watched (reload() publishes it)",
                      self.pipeline.source.name)  # fmt: skip
-        log.info("control plane serving ADS on %s", self.server.address)
+        if self._serve_ads:
+            log.info("control plane serving ADS on %s", self.server.address)
         return self
 
     async def _watch_loop(self) -> None:
@@ -136,7 +143,8 @@ class ControlPlane:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._watcher
-        await self.server.stop()
+        if self._serve_ads:
+            await self.server.stop()
         if self.policy_service is not None:
             await self.policy_service.stop()
 
