@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
-.PHONY: up test lint validate bench clean
+.PHONY: up test lint validate bench bench-soak clean
 
 $(BIN)/agentxds: pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (or: make PYTHON=python3 ...)"; exit 1; }
@@ -27,8 +27,11 @@ validate: $(BIN)/agentxds       ## check the shipped policy sets
 	$(BIN)/agentxds validate policies/demo
 	$(BIN)/agentxds validate policies/compose
 
-bench: $(BIN)/agentxds
+bench: $(BIN)/agentxds          ## latency and throughput: direct, native and policy-service paths (wrk)
 	$(BIN)/python bench/run.py
+
+bench-soak: $(BIN)/agentxds     ## memory and served rate under abuse vs at rest (wrk + tests/e2e/abusers.py)
+	$(BIN)/python bench/soak.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

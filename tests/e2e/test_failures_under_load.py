@@ -21,13 +21,12 @@ import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_asyncio
-from mcp.shared.exceptions import MCPError
 
 from tests.e2e.gateway import (
     GATEWAY,
@@ -41,65 +40,14 @@ from tests.e2e.gateway import (
     write_policies,
 )
 from tests.e2e.harness import REPO_ROOT, ManagedProcess, McpBackend, mcp_client, python_env
+from tests.e2e.load import MODES, SteadyLoad, answer_of
 from xds_server.core import errors
 from xds_server.runtime.bootstrap import render_bootstrap
 from xds_server.runtime.envoy import EnvoyProcess
 from xds_server.runtime.ports import free_port
 
-MODES = ("modern", "legacy")
-CALL_INTERVAL_S = 0.02
 TRIAGE = {IDENTITY_HEADER: "triage"}
 EXECUTOR = {IDENTITY_HEADER: "executor"}
-
-Answer = tuple[str, Any, Any]  # ("ok", text, None) | ("error", code, message)
-
-
-async def _answer(client: Any, tool: str, arguments: dict[str, Any]) -> Answer:
-    try:
-        result = await client.call_tool(tool, arguments)
-    except MCPError as exc:
-        return ("error", exc.code, str(exc))
-    return ("ok", result.content[0].text, result.is_error)
-
-
-@dataclass
-class SteadyLoad:
-    """Clients of both revisions calling `calls` in turn every CALL_INTERVAL_S until stopped;
-    every answer is recorded with the call it answers."""
-
-    url: str
-    headers: dict[str, str]
-    calls: list[tuple[str, dict[str, Any]]]
-    answers: list[tuple[str, int, Answer]] = field(default_factory=list)  # (mode, index in calls, answer)
-    _stop: asyncio.Event = field(default_factory=asyncio.Event)
-    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
-
-    def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._run(mode)) for mode in MODES]
-
-    async def _run(self, mode: str) -> None:
-        async with mcp_client(self.url, self.headers, mode) as client:  # type: ignore[arg-type]
-            while not self._stop.is_set():
-                for index, (tool, arguments) in enumerate(self.calls):
-                    self.answers.append((mode, index, await _answer(client, tool, arguments)))
-                await asyncio.sleep(CALL_INTERVAL_S)
-
-    async def stop(self) -> None:
-        self._stop.set()
-        await asyncio.gather(*self._tasks)
-
-    def count(self) -> int:
-        return len(self.answers)
-
-    async def wait_for(self, more: int, timeout: float = 30.0) -> None:
-        target = self.count() + more
-        await eventually(self._reached(target), timeout, f"{more} more answers")
-
-    def _reached(self, target: int) -> Callable[[], Any]:
-        async def probe() -> bool:
-            return self.count() >= target
-
-        return probe
 
 
 # ---------------------------------------------------------------- policy pushes under load
@@ -140,14 +88,13 @@ async def test_policy_pushes_under_steady_load_lose_no_allowed_call(gateway: Run
             await load.wait_for(6)  # calls on the new configuration too
         # The last push is enforced: auditor may now call what round 7 granted, and not round 6's tool.
         async with mcp_client(gateway.url(), {IDENTITY_HEADER: "auditor"}, "modern") as auditor:
-            granted = await _answer(auditor, "create_issue", {"repo": "acme/web", "title": "t"})
-            refused = await _answer(auditor, "delete_repo", {"repo": "acme/web"})
+            granted = await answer_of(auditor, "create_issue", {"repo": "acme/web", "title": "t"})
+            refused = await answer_of(auditor, "delete_repo", {"repo": "acme/web"})
         assert granted[0] == "ok" and refused[:2] == ("error", errors.TOOL_DENIED.code), (granted, refused)
     finally:
         await load.stop()
-    failures = [a for a in load.answers if a[2][0] != "ok" or a[2][2]]
-    assert not failures, failures[:5]
-    per_mode = {mode: sum(1 for a in load.answers if a[0] == mode) for mode in MODES}
+    assert not load.failures(), load.failures()[:5]
+    per_mode = load.per_mode()
     assert all(n >= 20 for n in per_mode.values()), per_mode
     print(f"{len(load.answers)} allowed calls across {rounds} pushes, none failed: {per_mode}")
 
