@@ -94,6 +94,18 @@ spec:
       tools: [whoami]
 """
 
+#: POLICY_YAML with executor's create_issue decided by the policy service (a `when` condition).
+CONDITIONAL_POLICY_YAML = POLICY_YAML.replace(
+    "    - agents: [executor]\n      tools: [create_issue]\n",
+    """\
+    - description: executor files issues in acme's repositories only (decided by the policy service)
+      agents: [executor]
+      tools: [create_issue]
+      when: 'args.repo.startsWith("acme/")'
+""",
+)
+assert CONDITIONAL_POLICY_YAML != POLICY_YAML
+
 
 @dataclass
 class RunningGateway:

@@ -29,6 +29,7 @@ import pytest
 import pytest_asyncio
 
 from tests.e2e.gateway import (
+    CONDITIONAL_POLICY_YAML,
     GATEWAY,
     IDENTITY_HEADER,
     POLICY_YAML,
@@ -101,18 +102,7 @@ async def test_policy_pushes_under_steady_load_lose_no_allowed_call(gateway: Run
 
 # ---------------------------------------------------------------- the ADS process killed under load
 
-CONDITION_POLICY = POLICY_YAML.replace(
-    "    - agents: [executor]\n      tools: [create_issue]\n",
-    """\
-    - description: executor files issues in acme's repositories only (decided by the policy service)
-      agents: [executor]
-      tools: [create_issue]
-      when: 'args.repo.startsWith("acme/")'
-""",
-)
-assert CONDITION_POLICY != POLICY_YAML
-
-
+CONDITION_POLICY = CONDITIONAL_POLICY_YAML
 MIXED_CALLS = [
     ("whoami", {}),  # allowed natively
     ("delete_repo", {"repo": "acme/web"}),  # refused natively

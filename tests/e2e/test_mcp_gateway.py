@@ -241,8 +241,8 @@ LARGE = "x" * 9000  # the e2e gateway's maxRequestBodyBytes is 8192
     [
         ('{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "list_', errors.PARSE_ERROR, 1),
         ("this is not json", errors.INVALID_REQUEST, None),
-        ('{"id": 2, "method": "tools/call", "params": {"name": "list_issues"}}', errors.INVALID_REQUEST, None),
-        ('{"jsonrpc": "1.0", "id": 3, "method": "tools/list"}', errors.INVALID_REQUEST, None),
+        ('{"id": 2, "method": "tools/call", "params": {"name": "list_issues"}}', errors.INVALID_REQUEST, 2),
+        ('{"jsonrpc": "1.0", "id": 3, "method": "tools/list"}', errors.INVALID_REQUEST, 3),
         ('[{"jsonrpc": "2.0", "id": 4, "method": "tools/list"}]', errors.INVALID_REQUEST, None),
         ('{"jsonrpc": "2.0", "id": 5, "method": "tools/list", "method": "tools/call"}', errors.DUPLICATE_KEYS, 5),
         (json.dumps({"jsonrpc": "2.0", "id": 6, "method": "tools/call",
@@ -309,7 +309,8 @@ async def test_a_request_without_accept_never_reaches_the_backend(
     assert status == 400
     assert error["error"]["code"] == errors.NOT_MCP.code and error["error"]["data"]["reason"] == "not_mcp"
     assert "Accept header listing application/json and text/event-stream" in error["error"]["message"]
-    assert error["id"] is None  # refused on its headers, before the body is read
+    # Refused on its headers, yet the id is read from the body (a GET has none).
+    assert error["id"] == (json.loads(body)["id"] if body else None)
     assert backend.requests() == []
 
 

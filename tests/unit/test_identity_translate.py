@@ -37,7 +37,7 @@ from xds_server.ir.types import (
 from xds_server.policy.diagnostics import PolicyError
 from xds_server.policy.load import load_texts
 from xds_server.runtime.envoy import find_envoy_binary
-from xds_server.translate import jwt, oauth, rbac, translate_gateway
+from xds_server.translate import jwt, oauth, rbac, request_id, translate_gateway
 from xds_server.translate.local_reply import local_reply_config
 from xds_server.translate.proto import to_dict
 from xds_server.translate.protocols.mcp import McpTranslator
@@ -291,8 +291,16 @@ def test_caller_sources_cover_every_principal_kind_and_never_show_a_key() -> Non
     assert all("k-123" not in s.name for s in sources)
 
 
-def _mapper_with_reason(gw: GatewayIR, reason: str) -> list[dict[str, Any]]:
+def _base_mappers(gw: GatewayIR) -> list[dict[str, Any]]:
+    """The local-reply mappers without the variants that echo the id read by json_to_metadata
+    (translate/request_id.py): each base mapper comes last among its variants."""
     return [m for m in local_reply_config(gw)["mappers"]
+            if "text_format_source" not in m.get("body_format_override", {})
+            and m.get("body_format_override", {}).get("json_format", {}).get("id") != request_id.ID]  # fmt: skip
+
+
+def _mapper_with_reason(gw: GatewayIR, reason: str) -> list[dict[str, Any]]:
+    return [m for m in _base_mappers(gw)
             if m.get("body_format_override", {}).get("json_format", {}).get("error", {}).get("data", {}).get("reason") == reason]  # fmt: skip
 
 
@@ -311,7 +319,7 @@ def test_token_refusals_are_401_jsonrpc_errors_with_the_challenge_on_auth_backen
 
 
 def test_denials_name_the_agent_per_source_then_unknown_agent_last() -> None:
-    mappers = local_reply_config(gateway())["mappers"]
+    mappers = _base_mappers(gateway())
     reasons = [m["body_format_override"]["json_format"]["error"]["data"]["reason"] for m in mappers
                if "json_format" in m.get("body_format_override", {}) and "error" in m["body_format_override"]["json_format"]]  # fmt: skip
     denials = [r for r in reasons if r in {"tool_not_allowed", "resource_not_allowed", "prompt_not_allowed",

@@ -4,6 +4,8 @@ The order is the security design, so it is defined once, here, as slots:
 
     | slot      | filters (contributed by)                 | why there                                       |
     |-----------|------------------------------------------|-------------------------------------------------|
+    | REQUEST_ID| agentxds.jsonrpc.id (request_id)         | the body's JSON-RPC id, exactly, for the replies|
+    |           |                                          | of every refusal, whatever comes after refuses  |
     | DEFRAME   | envoy.filters.http.mcp (mcp)             | the body into metadata; what is not one message |
     |           |                                          | of the protocol is refused before anything else |
     | IDENTITY  | agentxds.identity.unambiguous (identity) | a repeated or comma-joined credential header is |
@@ -51,6 +53,7 @@ from xds_server.core.wire import typed
 class Slot(enum.IntEnum):
     """Where a filter sits in the chain (lower runs first on requests)."""
 
+    REQUEST_ID = 0
     DEFRAME = 1
     IDENTITY = 2
     AUTHN = 3

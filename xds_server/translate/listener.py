@@ -19,7 +19,7 @@ from envoy.config.listener.v3.listener_pb2 import Listener
 
 from xds_server.core.wire import typed
 from xds_server.ir.types import GatewayIR, ListenerIR
-from xds_server.translate import identity, jwt, policy_service, rbac, tls
+from xds_server.translate import identity, jwt, policy_service, rbac, request_id, tls
 from xds_server.translate.filters import HttpFilter, Slot, ordered
 from xds_server.translate.local_reply import local_reply_config
 from xds_server.translate.names import listener_name, route_config_name
@@ -38,6 +38,7 @@ def listener_filters(gateway: GatewayIR) -> list[HttpFilter]:
     identify = identity.identify_filter(gateway)
     return ordered(
         [
+            request_id.id_filter(gateway),
             *(f for protocol in protocols_of(gateway) for f in protocol.http_filters(gateway)),
             *(f for f in optional if f is not None),
             rbac.rbac_filter(),

@@ -47,6 +47,7 @@ from xds_server.translate import identity, oauth
 from xds_server.translate.protocols import protocols_of
 from xds_server.translate.protocols.base import ProtocolTranslator
 from xds_server.translate.replies import all_of, mapper, route_is, status_is
+from xds_server.translate.request_id import exact_ids
 
 BACKEND = "%ROUTE_NAME%"
 _JWT_REFUSED = "response.code_details.startsWith('jwt_authn_access_denied')"
@@ -252,4 +253,4 @@ def local_reply_config(gateway: GatewayIR) -> dict[str, Any]:
         mapper(status_is(400, "GE"), errors.GATEWAY_ERROR, "Gateway error %RESPONSE_CODE%: %LOCAL_REPLY_BODY%",
                request_id, keep_status=True),
     ]  # fmt: skip
-    return {"mappers": _with_denial_status(mappers, gateway.denial_status)}
+    return {"mappers": exact_ids(_with_denial_status(mappers, gateway.denial_status), request_id)}

@@ -44,6 +44,9 @@ _ANY_MODULES = (
     "envoy.extensions.access_loggers.filters.cel.v3.cel_pb2",
     "envoy.extensions.filters.http.ext_authz.v3.ext_authz_pb2",
     "envoy.extensions.filters.http.ext_proc.v3.ext_proc_pb2",
+    "envoy.extensions.common.matching.v3.extension_matcher_pb2",
+    "envoy.extensions.filters.http.json_to_metadata.v3.json_to_metadata_pb2",
+    "envoy.extensions.filters.common.matcher.action.v3.skip_action_pb2",
     "xds.type.v3.typed_struct_pb2",
 )
 _loaded = False
