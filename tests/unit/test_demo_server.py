@@ -26,7 +26,8 @@ async def test_tools_resources_prompts(backend: McpBackend, mode: str) -> None:
     async with mcp_client(backend.url, {"x-agent": "triage"}, mode=mode) as client:
         assert client.protocol_version == ("2026-07-28" if mode == "modern" else "2025-11-25")
         tools = await client.list_tools()
-        assert [t.name for t in tools.tools] == ["list_issues", "get_issue", "create_issue", "delete_repo", "whoami"]
+        assert [t.name for t in tools.tools] == [
+            "list_issues", "get_issue", "create_issue", "delete_repo", "whoami", "build_report"]  # fmt: skip
         assert (
             _text(await client.call_tool("list_issues", {"repo": "acme/web"}))
             == "issues of acme/web: #1 bug, #2 feature"
@@ -37,6 +38,10 @@ async def test_tools_resources_prompts(backend: McpBackend, mode: str) -> None:
         )
         assert _text(await client.call_tool("delete_repo", {"repo": "acme/web"})) == "deleted acme/web"
         assert _text(await client.call_tool("whoami", {})) == "server demo-github"
+        # Without a task (legacy: no params.task; modern: the extension not declared), a plain result.
+        assert (
+            _text(await client.call_tool("build_report", {"repo": "acme/web"})) == "report of acme/web: 2 open issues"
+        )
 
         resources = await client.list_resources()
         assert sorted(str(r.uri) for r in resources.resources) == ["docs://readme", "docs://secret"]

@@ -18,7 +18,7 @@ from xds_server.authz.mcp.pin import LOCK_HEADER, fetch_tools, lock_document
 from xds_server.authz.mcp.tool_guard import fingerprint
 from xds_server.demo.mcp_server import build_server
 
-DEMO_TOOLS = ["list_issues", "get_issue", "create_issue", "delete_repo", "whoami"]
+DEMO_TOOLS = ["list_issues", "get_issue", "create_issue", "delete_repo", "whoami", "build_report"]
 
 
 async def wire_tools(url: str) -> list[dict[str, Any]]:

@@ -53,7 +53,7 @@ async def test_demo_descriptions_are_clean() -> None:
     server = build_server()
     tools = await server.list_tools()
     prompts = await server.list_prompts()
-    assert len(tools) == 5 and len(prompts) == 2
+    assert len(tools) == 6 and len(prompts) == 2
     for item in [*tools, *prompts]:
         assert item.description and screen_description(item.description) == [], item.name
 

@@ -1,13 +1,20 @@
-"""Envoy ext_proc (gRPC `ExternalProcessor.Process`): responses rewritten per caller.
+"""Envoy ext_proc (gRPC `ExternalProcessor.Process`): responses rewritten per caller, ids sealed per owner.
 
-One stream per HTTP request, on the routes whose responses are rewritten
-only (MCP: the list methods). Envoy sends the request headers with the
-verified JWT payloads (jwt_authn's metadata, forwarded: who is asking, and
-for which user), the response headers (content type), then the whole
-response body (BUFFERED: such answers are short, and a long-lived stream
-never comes here). The route's protocol handler rewrites the body so that
-the caller sees only what it may use (MCP: tools, prompts and resources,
-and on a guarded backend none that changed since they were pinned).
+One stream per HTTP request, on the routes that need it only; the gRPC
+metadata names the route and the stream's purpose (core/wire.py):
+
+- PURPOSE_RESPONSES (MCP: the list methods): Envoy sends the request headers
+  with the verified JWT payloads (who is asking, for which user), the
+  response headers (content type), then the whole response body (BUFFERED:
+  such answers are short, and a long-lived stream never comes here). The
+  route's protocol handler rewrites it so that the caller sees only what it
+  may use (MCP: tools, prompts and resources, and on a guarded backend none
+  that changed since they were pinned).
+- PURPOSE_SEAL / PURPOSE_UNSEAL / PURPOSE_UNSEAL_STREAM (MCP: tasks): ids a
+  response creates are sealed for the caller; a request naming a sealed id
+  is checked and restored, or answered as if the id did not exist
+  (authz/sealed_ids.py). The request body comes BUFFERED; a streamed
+  response comes chunk by chunk and goes on as it is rewritten.
 
 A JSON or SSE body that cannot be read, or a route the service does not
 know, is replaced by a JSON-RPC error (fail closed): passing it on
@@ -25,12 +32,23 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc
 from google.protobuf import json_format
 
-from xds_server.authz.jsonrpc import error_body
+from xds_server.authz.jsonrpc import error_body, request_id_of
+from xds_server.authz.messages import StreamRewriter
+from xds_server.authz.sealed_ids import NotFound, open_request, owner_of, reseal, reseal_stream, seal_created
 from xds_server.core import errors
-from xds_server.core.wire import JWT_METADATA_NAMESPACE, PEER_URI_SAN_ATTRIBUTE, ROUTE_METADATA_KEY
+from xds_server.core.wire import (
+    JWT_METADATA_NAMESPACE,
+    PEER_URI_SAN_ATTRIBUTE,
+    PURPOSE_METADATA_KEY,
+    PURPOSE_RESPONSES,
+    PURPOSE_UNSEAL,
+    PURPOSE_UNSEAL_STREAM,
+    ROUTE_METADATA_KEY,
+)
 
 if TYPE_CHECKING:
     from xds_server.authz.service import PolicyService
+    from xds_server.authz.state import RouteView
 
 log = logging.getLogger(__name__)
 
@@ -92,37 +110,120 @@ class ExtProcServicer(external_processor_pb2_grpc.ExternalProcessorServicer):
     ) -> AsyncIterator[pb.ProcessingResponse]:
         metadata = dict(context.invocation_metadata() or ())
         view = self._service.index.route(str(metadata.get(ROUTE_METADATA_KEY, "")))
-        handler = self._service.handlers.get(view.route.kind) if view is not None else None
-        agents: tuple[str, ...] = ()
-        jwt: dict[str, Any] = {}
-        content_type = ""
-        request_id: Any = None
+        stream = _Stream(self._service, view, str(metadata.get(PURPOSE_METADATA_KEY, PURPOSE_RESPONSES)))
         async for request in request_iterator:
             phase = request.WhichOneof("request")
-            if phase == "request_headers":
-                jwt = jwt_payloads(request)
-                if view is not None:
-                    agents = view.agents_of(header_map(request.request_headers.headers), jwt, peer_uri_san(request))
-                yield _continue("request_headers")
-            elif phase == "response_headers":
-                content_type = header_map(request.response_headers.headers).get("content-type", "")
-                yield _continue("response_headers")
-            elif phase == "response_body":
-                if view is None or handler is None:
-                    log.warning("response of a route the policy service does not know; withheld")
-                    yield _refuse(502, error_body(request_id, errors.GATEWAY_ERROR,
-                                                  "The backend's response could not be filtered, so it is withheld"))  # fmt: skip
-                    return
-                body = request.response_body.body
-                rewrite = handler.rewrite_response(view, agents, jwt, body, content_type)
-                if not rewrite.readable and _is_rpc_content(content_type):
-                    log.warning("list response from backend %s could not be read; refused", view.name)
-                    yield _refuse(502, error_body(request_id, errors.GATEWAY_ERROR,
-                                                  "The backend's list response could not be filtered, so it is withheld"))  # fmt: skip
-                    return
-                yield _replace_body(rewrite.body) if rewrite.body is not None else _continue("response_body")
-            elif phase is not None:
-                yield _continue(phase)
+            if phase is None:
+                continue
+            response, last = stream.on(phase, request)
+            yield response
+            if last:
+                return
+
+
+class _Stream:
+    """What one ext_proc stream learns as its phases come, and its answer to each."""
+
+    def __init__(self, service: PolicyService, view: RouteView | None, purpose: str) -> None:
+        self.service, self.view, self.purpose = service, view, purpose
+        handler = service.handlers.get(view.route.kind) if view is not None else None
+        self.handler = handler
+        self.sealing = handler.sealing if handler is not None else None
+        self.agents: tuple[str, ...] = ()
+        self.jwt: dict[str, Any] = {}
+        self.headers: dict[str, str] = {}
+        self.metadata: dict[str, Any] = {}
+        self.content_type = ""
+        self.shown: dict[str, str] = {}  # the backend's ids → the sealed ids the caller named
+        self.streamed: StreamRewriter | None = None
+
+    def on(self, phase: str, request: pb.ProcessingRequest) -> tuple[pb.ProcessingResponse, bool]:
+        """The answer to one phase, and whether it ends the stream."""
+        if phase == "request_headers":
+            self.jwt = jwt_payloads(request)
+            self.metadata = json_format.MessageToDict(request.metadata_context).get("filterMetadata", {})
+            self.headers = header_map(request.request_headers.headers)
+            if self.view is not None:
+                self.agents = self.view.agents_of(self.headers, self.jwt, peer_uri_san(request))
+            return _continue(phase), False
+        if phase == "request_body":
+            return self._request_body(request.request_body.body)
+        if phase == "response_headers":
+            self.content_type = header_map(request.response_headers.headers).get("content-type", "")
+            if self.purpose == PURPOSE_UNSEAL_STREAM and self.sealing is not None:
+                self.streamed = reseal_stream(self.sealing, self.shown, self.content_type)
+                return _without_content_length(), False  # the body's length changes as it streams
+            return _continue(phase), False
+        if phase == "response_body":
+            return self._response_body(request.response_body)
+        return _continue(phase), False
+
+    def _request_body(self, body: bytes) -> tuple[pb.ProcessingResponse, bool]:
+        if self.purpose not in (PURPOSE_UNSEAL, PURPOSE_UNSEAL_STREAM):
+            return _continue("request_body"), False
+        if self.view is None or self.sealing is None:
+            log.warning("request of a route the policy service does not know; refused")
+            return _refuse(502, error_body(request_id_of(body), errors.GATEWAY_ERROR,
+                                           "The request could not be checked, so it is refused")), True  # fmt: skip
+        opened = open_request(self.sealing, self.service.sealer_for(self.view), self.view, self.agents, self.jwt,
+                              body, self.headers)  # fmt: skip
+        if isinstance(opened, NotFound):
+            self.service.log_decision({"backend": self.view.name, "agent": self.agents[0] if self.agents else None,
+                                       "allowed": False, "reason": "not_owner"})  # fmt: skip
+            return _refuse(200, opened.body), True
+        self.shown = opened.shown
+        return _replace_request_body(opened.body, opened.headers), False
+
+    def _response_body(self, body: pb.HttpBody) -> tuple[pb.ProcessingResponse, bool]:
+        view, handler, sealing = self.view, self.handler, self.sealing
+        if view is None or handler is None or (self.purpose != PURPOSE_RESPONSES and sealing is None):
+            log.warning("response of a route the policy service does not know; withheld")
+            return _refuse(502, error_body(None, errors.GATEWAY_ERROR,
+                                           "The backend's response could not be filtered, so it is withheld")), True  # fmt: skip
+        if self.purpose == PURPOSE_UNSEAL_STREAM:
+            assert self.streamed is not None
+            return _stream_body(self.streamed.feed(body.body, body.end_of_stream)), False
+        if self.purpose == PURPOSE_RESPONSES:
+            rewrite = handler.rewrite_response(view, self.agents, self.jwt, body.body, self.content_type)
+        elif self.purpose == PURPOSE_UNSEAL:
+            assert sealing is not None
+            rewrite = reseal(sealing, self.shown, body.body, self.content_type)
+        else:  # PURPOSE_SEAL
+            assert sealing is not None
+            owner, origin = owner_of(view, self.agents, self.jwt), sealing.origin(self.metadata)
+            if owner is None or origin is None:
+                log.warning("backend %s: a response to seal ids in came for no known caller or origin", view.name)
+                return _refuse(502, error_body(None, errors.GATEWAY_ERROR,
+                                               "The backend's response could not be checked, so it is withheld")), True  # fmt: skip
+            rewrite = seal_created(sealing, self.service.sealer_for(view), owner, origin, body.body, self.content_type)
+        if not rewrite.readable and _is_rpc_content(self.content_type):
+            log.warning("response from backend %s could not be read (%s); refused", view.name, self.purpose)
+            return _refuse(502, error_body(None, errors.GATEWAY_ERROR,
+                                           "The backend's response could not be filtered, so it is withheld")), True  # fmt: skip
+        return (_replace_body(rewrite.body) if rewrite.body is not None else _continue("response_body")), False
+
+
+def _without_content_length() -> pb.ProcessingResponse:
+    response = pb.ProcessingResponse()
+    response.response_headers.response.header_mutation.remove_headers.append("content-length")
+    return response
+
+
+def _stream_body(chunk: bytes) -> pb.ProcessingResponse:
+    response = pb.ProcessingResponse()
+    response.response_body.response.body_mutation.body = chunk
+    return response
+
+
+def _replace_request_body(body: bytes, headers: dict[str, str]) -> pb.ProcessingResponse:
+    response = pb.ProcessingResponse()
+    common = response.request_body.response
+    common.body_mutation.body = body
+    for name, value in {**headers, "content-length": str(len(body))}.items():
+        option = common.header_mutation.set_headers.add()
+        option.header.key = name
+        option.header.raw_value = value.encode()
+    return response
 
 
 def _is_rpc_content(content_type: str) -> bool:

@@ -15,7 +15,9 @@ per protocol (authz/mcp/handler.py for MCP), found by the route's kind:
 - `rewrite_response`: the response as this caller may see it (MCP: lists
   filtered per caller);
 - `update` / `stop`: the handler's own state and background work,
-  following each published IR (MCP: re-reading guarded backends' tools).
+  following each published IR (MCP: re-reading guarded backends' tools);
+- `sealing`: where the protocol's messages carry ids that are sealed per
+  owner (`IdSealing`; MCP: task ids), or None.
 
 Every method is abstract: a protocol cannot be half wired.
 """
@@ -77,6 +79,44 @@ class ResponseRewrite:
 LogDecision = Callable[[Mapping[str, Any]], None]
 
 
+class IdSealing(abc.ABC):
+    """What sealing a protocol's ids per owner needs to know of its messages (MCP: task ids);
+    authz/sealed_ids.py does the rest, the same for every protocol."""
+
+    @abc.abstractmethod
+    def origin(self, metadata: Mapping[str, Mapping[str, Any]]) -> str | None:
+        """What creates the ids a response hands out, from the request's dynamic metadata (namespace →
+        its values; MCP: the tool the MCP filter read), or None when it cannot be told."""
+
+    @abc.abstractmethod
+    def created_ids(self, message: Any) -> list[str]:
+        """The ids a response message hands out for the first time."""
+
+    @abc.abstractmethod
+    def replace_ids(self, message: Any, mapping: Mapping[str, str]) -> bool:
+        """Replace, in place, each id of `mapping` wherever the message carries one; True if any was."""
+
+    @abc.abstractmethod
+    def named_id(self, body: bytes) -> tuple[Any, Any] | None:
+        """(request id, the id it names) of a request naming one; None when the body is not one."""
+
+    @abc.abstractmethod
+    def restore(self, body: bytes, sealed: str, raw: str) -> bytes | None:
+        """The request body naming `raw` instead of `sealed`, or None when it cannot be done exactly."""
+
+    @abc.abstractmethod
+    def restored_headers(self, headers: Mapping[str, str], raw: str) -> dict[str, str]:
+        """Headers to set on the restored request (those that repeat the id)."""
+
+    @abc.abstractmethod
+    def not_found(self, request_id: Any) -> str:
+        """The error body for an id that is not the caller's: the same as for no such thing."""
+
+    @abc.abstractmethod
+    def may_use(self, view: RouteView, agent: str, origin: str, jwt: JwtPayloads) -> bool:
+        """Whether `agent` may still use what `origin` made (MCP: it is still granted the tool)."""
+
+
 class ProtocolHandler(abc.ABC):
     """The protocol-specific half of the policy service's decisions for routes of `kind`."""
 
@@ -111,6 +151,11 @@ class ProtocolHandler(abc.ABC):
         self, view: RouteView, agents: tuple[str, ...], jwt: JwtPayloads, body: bytes, content_type: str
     ) -> ResponseRewrite:
         """The response as the caller (proving `agents`, acting for the user of `jwt`) may see it."""
+
+    @property
+    @abc.abstractmethod
+    def sealing(self) -> IdSealing | None:
+        """How the protocol's ids are sealed per owner, or None if it has none to seal."""
 
     @abc.abstractmethod
     def update(self, index: PolicyIndex, running: bool) -> None:

@@ -13,8 +13,10 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import socket
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -34,7 +36,8 @@ from xds_server.authz.ext_proc import ExtProcServicer
 from xds_server.authz.mcp.handler import McpHandler
 from xds_server.authz.protocols import ProtocolHandler
 from xds_server.authz.quota import QuotaStore
-from xds_server.authz.state import PolicyIndex
+from xds_server.authz.sealing import Sealer, key_from_file
+from xds_server.authz.state import PolicyIndex, RouteView
 from xds_server.ir.types import IR
 
 log = logging.getLogger(__name__)
@@ -57,12 +60,15 @@ class PolicyService:
 
     Port 0 picks a free port; read the bound ports from `port`, `authz_http_port` and
     `approvals_port` after `start()`. `approvals_db` is the SQLite file approvals are kept in
-    (they survive a restart); None keeps them in memory.
+    (they survive a restart); None keeps them in memory. `sealing_key_file` holds the key that
+    seals task ids for gateways without their own `sealingKey` (made on first use); None: a
+    key of this process only (ids it sealed do not open after a restart).
     """
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 18001, authz_http_port: int | None = None,
                  approvals_host: str = "127.0.0.1", approvals_port: int = 18002,
-                 approvals_db: str | os.PathLike[str] | None = None) -> None:  # fmt: skip
+                 approvals_db: str | os.PathLike[str] | None = None,
+                 sealing_key_file: str | os.PathLike[str] | None = None) -> None:  # fmt: skip
         self.host, self.port = host, port
         self.authz_http_port = authz_http_port
         self.approvals_host, self.approvals_port = approvals_host, approvals_port
@@ -74,6 +80,8 @@ class PolicyService:
         self.mcp = McpHandler(self.log_decision)
         #: One handler per protocol, by route kind.
         self.handlers: dict[str, ProtocolHandler] = {self.mcp.kind: self.mcp}
+        self._default_key = key_from_file(Path(sealing_key_file)) if sealing_key_file else secrets.token_bytes(32)
+        self._sealers: dict[bytes, Sealer] = {}
         self._decider: Decider | None = None
         self._grpc: grpc.aio.Server | None = None
         self._http: uvicorn.Server | None = None
@@ -97,6 +105,15 @@ class PolicyService:
         self.credentials.update(ir)
         for handler in self.handlers.values():
             handler.update(self.index, running=self._grpc is not None)
+
+    def sealer_for(self, view: RouteView) -> Sealer:
+        """What seals ids on `view`'s gateway: its `sealingKey`, else this service's own key."""
+        secret = view.gateway.sealing_key
+        key = secret.value.encode("utf-8") if secret is not None else self._default_key
+        sealer = self._sealers.get(key)
+        if sealer is None:
+            sealer = self._sealers[key] = Sealer(key)
+        return sealer
 
     def log_decision(self, record: Mapping[str, Any]) -> None:
         """Queue one decision for the decision log (written within 100 ms; see decision_log.py)."""

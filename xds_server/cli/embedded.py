@@ -277,7 +277,8 @@ async def _run(
     overload: OverloadLimits,
 ) -> int:
     control = ControlPlane(policy_dir, allow_emptying=allow_emptying, approvals_db=state.approvals_db,
-                           coverage_file=state.published_coverage(policy_dir))  # fmt: skip
+                           coverage_file=state.published_coverage(policy_dir),
+                           sealing_key_file=state.sealing_key)  # fmt: skip
     first = control.reload()  # the one load: everything below reads its IR
     ir = control.pipeline.ir
     if not first.ok or ir is None:

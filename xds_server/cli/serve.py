@@ -25,6 +25,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     async def serve() -> int:
         control = ControlPlane(args.dir, host=args.host, port=args.port, serve_ads=serve_ads,
                                allow_emptying=args.allow_emptying, approvals_db=state.approvals_db,
+                               sealing_key_file=state.sealing_key,
                                coverage_file=state.published_coverage(args.dir))  # fmt: skip
         if with_policy_service:
             control.add_policy_service(args.host, args.policy_port, args.approvals_port,

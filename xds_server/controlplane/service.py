@@ -47,7 +47,8 @@ class ControlPlane:
     `allow_emptying` publishes edits that empty a file or leave a gateway
     without grants (refused otherwise; see controlplane/emptying.py).
     `approvals_db`: the SQLite file the policy service keeps approvals in
-    (None: in memory, lost on stop). `serve_ads=False` runs the pipeline (and
+    (None: in memory, lost on stop). `sealing_key_file`: the policy
+    service's own key for sealed ids (None: one per process). `serve_ads=False` runs the pipeline (and
     the policy service, if any) without the ADS server: a policy service of
     its own, which goes on deciding while the process serving ADS is
     restarted or killed.
@@ -70,6 +71,7 @@ class ControlPlane:
         approvals_db: str | Path | None = None,
         coverage_file: Path | None = None,
         serve_ads: bool = True,
+        sealing_key_file: Path | None = None,
     ) -> None:
         self.cache = SnapshotCache()
         self.recorder = StatusRecorder()
@@ -85,6 +87,7 @@ class ControlPlane:
         self.last_reload: ReloadResult | None = None
         self.reloads = 0
         self.approvals_db = approvals_db
+        self.sealing_key_file = sealing_key_file
         self.policy_service: PolicyService | None = None
         if policy_port is not None:
             self.add_policy_service(policy_host, policy_port, approvals_port, authz_http_port)
@@ -95,7 +98,8 @@ class ControlPlane:
         """Run the policy service too (before `start()`), fed with the current and every later IR."""
         self.policy_service = PolicyService(host=host, port=port, authz_http_port=authz_http_port,
                                             approvals_host=host, approvals_port=approvals_port,
-                                            approvals_db=self.approvals_db)  # fmt: skip
+                                            approvals_db=self.approvals_db,
+                                            sealing_key_file=self.sealing_key_file)  # fmt: skip
         if self.pipeline.ir is not None and self.last_reload is not None:
             self.policy_service.update(self.pipeline.ir, _versions(self.last_reload))
         return self.policy_service

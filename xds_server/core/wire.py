@@ -17,6 +17,16 @@ MCP_METADATA_NAMESPACE = "envoy.filters.http.mcp"
 JWT_METADATA_NAMESPACE = "envoy.filters.http.jwt_authn"
 #: gRPC metadata naming the route (its name) on ext_proc streams.
 ROUTE_METADATA_KEY = "x-agentxds-backend"
+#: gRPC metadata saying what an ext_proc stream is for: one of the PURPOSE_* values.
+PURPOSE_METADATA_KEY = "x-agentxds-purpose"
+#: Rewrite the response for the caller (lists filtered per caller).
+PURPOSE_RESPONSES = "responses"
+#: The response may hand out ids (task ids) the caller must get sealed with its identity.
+PURPOSE_SEAL = "seal"
+#: The request names a sealed id: check it is the caller's, restore it, seal it again in the answer.
+PURPOSE_UNSEAL = "unseal"
+#: The same, with the answer streamed as it comes (it may last: a task's result).
+PURPOSE_UNSEAL_STREAM = "unseal-stream"
 #: ext_authz context extension naming the route (gRPC transport).
 ROUTE_CONTEXT_EXTENSION = "backend"
 #: ext_authz over HTTP: Envoy asks `POST <CHECK_PREFIX><route name><original path>`.

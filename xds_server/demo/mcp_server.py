@@ -38,7 +38,7 @@ from typing import Any
 DEFAULT_NAME = "demo-github"
 
 # Static text, so tests can assert on it.
-README_TEXT = "Demo GitHub MCP server: tools list_issues, get_issue, create_issue, delete_repo, whoami."
+README_TEXT = "Demo GitHub MCP server: tools list_issues, get_issue, create_issue, delete_repo, whoami, build_report."
 SECRET_TEXT = "top-secret: the demo deploy key is hunter2"
 
 ASGIApp = Any  # a Starlette app or any ASGI callable
@@ -63,7 +63,8 @@ def build_server(name: str = DEFAULT_NAME, poisoned: frozenset[str] = frozenset(
     """Return an `MCPServer` with the demo tools, resources and prompts.
 
     Tools: list_issues(repo), get_issue(repo, number), create_issue(repo, title),
-    delete_repo(repo), whoami(). Resources: docs://readme, docs://secret, the
+    delete_repo(repo), whoami(), build_report(repo) (which callers may run as a task, in
+    both revisions: demo/tasks.py). Resources: docs://readme, docs://secret, the
     template docs://pages/{page}. Prompts: summarize(text), exfiltrate(text);
     completions for both prompts and the template (`COMPLETIONS`). Tools named in `poisoned` get
     POISONED_DESCRIPTION instead of their own (to demonstrate the tool guard).
@@ -71,7 +72,11 @@ def build_server(name: str = DEFAULT_NAME, poisoned: frozenset[str] = frozenset(
     # Imported here: the SDK is heavy and nothing should run at import time.
     from mcp.server.mcpserver import MCPServer
 
-    server = MCPServer(name=name, version="1.0.0", log_level="WARNING")
+    from xds_server.demo.tasks import TasksExtension, TaskStore, legacy_middleware
+
+    tasks = TaskStore({"build_report": lambda arguments: _report(arguments.get("repo"))})
+    server = MCPServer(name=name, version="1.0.0", log_level="WARNING", extensions=[TasksExtension(tasks)],
+                       middleware=[legacy_middleware(tasks)])  # fmt: skip
 
     # structured_output=False: plain text content only, nothing else to assert on.
     @server.tool(structured_output=False, description=_poison("list_issues", poisoned))
@@ -98,6 +103,11 @@ def build_server(name: str = DEFAULT_NAME, poisoned: frozenset[str] = frozenset(
     def whoami() -> str:
         """Name the server that answered."""
         return f"server {name}"
+
+    @server.tool(structured_output=False, description=_poison("build_report", poisoned))
+    def build_report(repo: str) -> str:
+        """Build a report of a repository (long-running: callers may run it as a task)."""
+        return _report(repo)
 
     @server.resource("docs://readme", name="readme", mime_type="text/plain")
     def readme() -> str:
@@ -189,6 +199,10 @@ class RequestLogMiddleware:
         # once the file is closed, and the event loop is single-threaded here.
         with self.path.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(line, sort_keys=True) + "\n")
+
+
+def _report(repo: Any) -> str:
+    return f"report of {repo}: 2 open issues"
 
 
 def _poison(tool: str, poisoned: frozenset[str]) -> str | None:

@@ -232,7 +232,19 @@ def _gateway_ir(
             else None
         ),  # fmt: skip
         denial_status=spec.denials.http_status,
+        sealing_key=_sealing_key(located, build),
     )
+
+
+def _sealing_key(located: Located[Gateway], build: RouteBuild) -> SecretIR | None:
+    ref = located.doc.spec.sealing_key
+    if ref is None:
+        return None
+    file = near(located, ref.file)
+    at = ("spec", "sealingKey", "env" if ref.env is not None else "file")
+    key = build.material(located, at, lambda: materials.sealing_key(ref.env, file))
+    # A refused build still names the file, so that fixing it rebuilds.
+    return key if key is not None else SecretIR(ref.env, file, "")
 
 
 def build_ir(policy_set: PolicySet) -> IR:

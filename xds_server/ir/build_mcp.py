@@ -94,6 +94,7 @@ def build_routes(policy_set: PolicySet, build: routes.RouteBuild) -> list[RouteI
                 list_filtering=spec.policy_service.list_filtering,
                 tool_guard=_tool_guard(backend, policy_set.lock_for(backend.metadata.name)),
                 refusals_as_tool_results=spec.denied_tool_calls == "toolResult",
+                tasks=spec.tasks.enabled,
             ),
             conditional_rules=routes.conditional_rules(rules, build, lambda rule: compile_globs(rule.tools)),
             policy_service=routes.policy_service(located),

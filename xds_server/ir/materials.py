@@ -39,6 +39,18 @@ def secret(env: str | None, file: str | None, what: str) -> SecretIR:
         raise MaterialError(str(exc)) from None
 
 
+MIN_SEALING_KEY_BYTES = 32
+
+
+def sealing_key(env: str | None, file: str | None) -> SecretIR:
+    """The key that seals what the gateway hands to clients: at least 32 bytes."""
+    key = secret(env, file, f"sealing key ({env or file})")
+    if len(key.value.encode()) < MIN_SEALING_KEY_BYTES:
+        raise MaterialError(f"the sealing key ({key.source}) has {len(key.value.encode())} bytes; it needs at least "
+                            f"{MIN_SEALING_KEY_BYTES} (e.g. `openssl rand -hex 32`)")  # fmt: skip
+    return key
+
+
 def api_key(env: str | None, file: str | None, what: str) -> SecretIR:
     """An agent's API key: a secret that can be sent as one header value."""
     key = secret(env, file, what)

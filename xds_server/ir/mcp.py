@@ -12,7 +12,9 @@ decided here once for the translators and the policy service alike:
 - every request, on a backend with delegated credentials;
 - `tools/call` of any tool on a guarded backend (pins or screening), else of
   the tools a conditional rule covers;
-- list responses, when lists are filtered per caller or tools are guarded.
+- list responses, when lists are filtered per caller or tools are guarded;
+- on a backend with tasks, the answers of calls that may create a task and
+  the task methods (their ids are sealed per owner).
 """
 
 from __future__ import annotations
@@ -125,6 +127,7 @@ class McpRouteIR:
     list_filtering: bool
     tool_guard: ToolGuardIR | None = None
     refusals_as_tool_results: bool = False  # a refused tools/call is answered as a result with isError
+    tasks: bool = False  # callers use the tasks they created (ids sealed per owner by the policy service)
 
 
 # ---------------------------------------------------------------- what goes to the policy service
@@ -148,4 +151,5 @@ def _decisions(route: RouteIR) -> DecisionNeedsIR:
         every_request=route.credentials is not None,
         calls=calls,
         responses=part.list_filtering or part.tool_guard is not None,
+        tasks=part.tasks,
     )

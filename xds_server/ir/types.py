@@ -157,16 +157,19 @@ class DecisionNeedsIR:
     `every_request`: every request (delegated credentials are attached to each).
     `calls`: the calls decided on, by target (MCP: `tools/call` by tool name); `()`
     every call, None none. `responses`: list responses are rewritten per caller.
+    `tasks`: task ids are sealed per owner (MCP tasks): the answers of calls
+    that may create a task, and the requests and answers of the task methods.
     """
 
     every_request: bool = False
     calls: tuple[NamePattern, ...] | None = None
     responses: bool = False
+    tasks: bool = False
 
     @property
     def needed(self) -> bool:
         """Whether any request of the route goes to the policy service."""
-        return self.every_request or self.calls is not None or self.responses
+        return self.every_request or self.calls is not None or self.responses or self.tasks
 
 
 @dataclass(frozen=True)
@@ -348,6 +351,7 @@ class GatewayIR:
     policy_service: EndpointIR | None = None  # where Envoy reaches the policy service
     ext_authz_http: EndpointIR | None = None  # ext_authz over HTTP/1.1 here; None: over gRPC at policy_service
     denial_status: int = 200  # HTTP status of a policy refusal (an error kind whose own status is 403)
+    sealing_key: SecretIR | None = None  # seals task ids; None: the policy service's own key
 
     @property
     def routes(self) -> tuple[RouteIR, ...]:

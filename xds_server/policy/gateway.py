@@ -23,7 +23,7 @@ from .base import (
     _check_ip,
     duration_ms,
 )
-from .identity import GatewayTls, JwtProvider
+from .identity import GatewayTls, JwtProvider, SecretRef
 
 
 class Listen(StrictModel):
@@ -249,6 +249,12 @@ class GatewaySpec(StrictModel):
         description="The policy service, used only by backends whose rules or settings need it.",
     )
     denials: Denials = Field(default_factory=Denials, description="How policy refusals are answered.")
+    sealing_key: SecretRef | None = Field(
+        default=None,
+        description="The key (at least 32 bytes, e.g. from `openssl rand -hex 32`) the policy service seals "
+        "what the gateway hands to clients with (task ids of backends with tasks). Default: a key the policy "
+        "service keeps in its state directory; give every policy-service replica of the gateway the same one.",
+    )
 
     @model_validator(mode="after")
     def _http_authz_identity(self) -> GatewaySpec:

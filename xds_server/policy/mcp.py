@@ -46,6 +46,18 @@ class ToolGuard(StrictModel):
         return duration_ms(self.refresh)
 
 
+class BackendTasks(StrictModel):
+    """MCP tasks through the gateway (2025-11-25 tasks; the 2026-07-28 tasks extension)."""
+
+    enabled: bool = Field(
+        default=False,
+        description="Let callers use the tasks they create on this backend, and only those: the gateway seals "
+        "each task id it passes on with its owner (agent and user) and the tool that created it, and answers "
+        "another caller's tasks/get, tasks/result, tasks/cancel or tasks/update as if the task did not exist. "
+        "Task-creating tools/call answers and tasks/* requests then go through the policy service.",
+    )
+
+
 class MCPBackendSpec(RouteSpec):
     """An MCP server reachable through a gateway."""
 
@@ -60,6 +72,9 @@ class MCPBackendSpec(RouteSpec):
     tool_guard: ToolGuard = Field(
         default_factory=ToolGuard,
         description="Defences against the backend changing its tools: pinning (MCPToolLock) and description screening.",
+    )
+    tasks: BackendTasks = Field(
+        default_factory=BackendTasks, description="MCP tasks (long-running tool calls polled by the client)."
     )
     denied_tool_calls: Literal["error", "toolResult"] = Field(
         default="error",

@@ -1,4 +1,4 @@
-"""Where agentxds keeps state on this machine: approvals, and the record of a running `up`.
+"""Where agentxds keeps state on this machine: approvals, the sealing key, the record of a running `up`.
 
 The directory is, first found: `--state-dir`, `$AGENTXDS_STATE_DIR`,
 `$XDG_STATE_HOME/agentxds`, `~/.local/state/agentxds`. It is created on first
@@ -43,6 +43,11 @@ class StateDir:
     def approvals_db(self) -> Path:
         """The SQLite database of approvals (pending, decided, used: the history)."""
         return self.path / "approvals.sqlite3"
+
+    @property
+    def sealing_key(self) -> Path:
+        """The policy service's key for sealed ids (task ids), made on first use (authz/sealing.py)."""
+        return self.path / "sealing.key"
 
     def published_coverage(self, policy_dir: str | os.PathLike[str]) -> Path:
         """What the control plane serving `policy_dir` last published (controlplane/emptying.py),

@@ -41,6 +41,11 @@ from xds_server.core.wire import (
     CHECK_PREFIX,
     JWT_METADATA_NAMESPACE,
     PEER_URI_SAN_ATTRIBUTE,
+    PURPOSE_METADATA_KEY,
+    PURPOSE_RESPONSES,
+    PURPOSE_SEAL,
+    PURPOSE_UNSEAL,
+    PURPOSE_UNSEAL_STREAM,
     ROUTE_CONTEXT_EXTENSION,
     ROUTE_METADATA_KEY,
     typed,
@@ -171,6 +176,16 @@ _RESPONSE_REWRITE_MODE = {
     "response_body_mode": "BUFFERED",  # list responses are short; never a long-lived stream
     "response_trailer_mode": "SKIP",
 }
+#: What ext_proc is sent, per purpose (core/wire.py): sealing a created task's id needs only the
+#: answer (it is short: the task handle); unsealing needs the request's body too, and a task's
+#: result may take long, so it is streamed on to the client as it comes.
+_MODES = {
+    PURPOSE_RESPONSES: _RESPONSE_REWRITE_MODE,
+    PURPOSE_SEAL: _RESPONSE_REWRITE_MODE,
+    PURPOSE_UNSEAL: {**_RESPONSE_REWRITE_MODE, "request_body_mode": "BUFFERED"},
+    PURPOSE_UNSEAL_STREAM: {**_RESPONSE_REWRITE_MODE, "request_body_mode": "BUFFERED",
+                            "response_body_mode": "STREAMED"},
+}  # fmt: skip
 
 
 def _ext_proc(gateway: GatewayIR) -> HttpFilter:
@@ -183,9 +198,15 @@ def _ext_proc(gateway: GatewayIR) -> HttpFilter:
         "processing_mode": _INERT_MODE,
         "message_timeout": f"{_authz_timeout(gateway) / 1000:.3f}s",
     }
+    forwarded = []
+    if any(r.decisions.tasks for r in gateway.routes):
+        # What the protocol filter deframed: the tool a task is created by.
+        forwarded += [p.metadata_namespace for p in protocols_of(gateway)]
     if gateway.identity.jwt_providers:
         # The verified JWT payloads: agents proven by a token, and the user lists are filtered for.
-        config["metadata_options"] = {"forwarding_namespaces": {"untyped": [JWT_METADATA_NAMESPACE]}}
+        forwarded.append(JWT_METADATA_NAMESPACE)
+    if forwarded:
+        config["metadata_options"] = {"forwarding_namespaces": {"untyped": forwarded}}
     tls = gateway.listener.tls
     if tls is not None and tls.trust_bundle_file is not None:
         # Agents proven by a client certificate: the policy service needs its SPIFFE ID.
@@ -220,11 +241,15 @@ def ext_authz_use(route: RouteIR, gateway: GatewayIR) -> FilterUses:
     return {name: typed(EXT_AUTHZ_PER_ROUTE, {"check_settings": settings})}
 
 
-def ext_proc_use(route: RouteIR) -> FilterUses:
-    """ext_proc on for the route's responses."""
+def ext_proc_use(route: RouteIR, purpose: str = PURPOSE_RESPONSES) -> FilterUses:
+    """ext_proc on for `purpose` (core/wire.py): the route's responses, or sealing ids."""
     overrides = {
-        "processing_mode": _RESPONSE_REWRITE_MODE,
-        "failure_mode_allow": route.policy_service.fail_open,
-        "grpc_initial_metadata": [{"key": ROUTE_METADATA_KEY, "value": route.name}],
+        "processing_mode": _MODES[purpose],
+        # Never open for ids: a raw id handed out, or a sealed one let through, would cross owners.
+        "failure_mode_allow": route.policy_service.fail_open and purpose == PURPOSE_RESPONSES,
+        "grpc_initial_metadata": [
+            {"key": ROUTE_METADATA_KEY, "value": route.name},
+            {"key": PURPOSE_METADATA_KEY, "value": purpose},
+        ],
     }
     return {EXT_PROC: typed(EXT_PROC_PER_ROUTE, {"overrides": overrides})}

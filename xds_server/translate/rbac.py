@@ -58,7 +58,7 @@ def route_rbac(route: RouteIR, agents: tuple[AgentIR, ...], protocol: ProtocolTr
         # An agent can hold a plain grant and grants limited to some users: one policy each.
         name = rbac_policy_name(agent.name) if grant.user is None else f"{rbac_policy_name(agent.name)}/users[{index}]"
         policies[name] = {
-            "permissions": protocol.permissions(grant.allows),
+            "permissions": protocol.permissions(route, grant.allows),
             "principals": grant_principals(grant, agent),
         }
     return typed(RBAC_PER_ROUTE_TYPE, {"rbac": {"rules": {"action": "ALLOW", "policies": policies}}})

@@ -29,6 +29,7 @@ from typing import Any
 
 from envoy.config.route.v3.route_pb2 import RouteConfiguration
 
+from xds_server.core.wire import PURPOSE_SEAL
 from xds_server.ir.types import GatewayIR, RouteIR
 from xds_server.translate import identity, jwt, oauth, policy_service, rbac
 from xds_server.translate.filters import FilterUses, HttpFilter, RouteFilters, Slot, Use
@@ -40,22 +41,38 @@ from xds_server.translate.protocols import translator_for
 NO_BACKEND_ROUTE = "no-backend"
 
 
+def _both(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """A route match true when matches `a` and `b` (of one path) both are."""
+    assert a["path"] == b["path"], (a, b)
+    return {"path": a["path"], "dynamic_metadata": [*a.get("dynamic_metadata", ()), *b.get("dynamic_metadata", ())]}
+
+
 def _variants(route: RouteIR, gateway: GatewayIR) -> list[tuple[dict[str, Any], FilterUses]]:
     """(match, policy-service filter uses) of the route's Envoy routes, most specific first."""
     protocol = translator_for(route)
     whole = {"path": route.path}
     calls, responses = protocol.call_match(route), protocol.response_match(route)
+    sealing = protocol.sealing_matches(route)
     authz = policy_service.ext_authz_use(route, gateway)
     proc = policy_service.ext_proc_use(route)
+
+    def sealed(purpose: str) -> FilterUses:
+        return policy_service.ext_proc_use(route, purpose)
+
     variants: list[tuple[dict[str, Any], FilterUses]] = []
     if route.decisions.every_request:
         # Every request needs the policy service (for its credential); rewritten
-        # responses also go through ext_proc, so their route turns both on.
+        # responses and sealed ids also go through ext_proc, so their routes turn both on.
+        variants += [(match, {**authz, **sealed(purpose)}) for match, purpose in sealing]
         if responses is not None:
             variants.append((responses, {**authz, **proc}))
         return [*variants, (whole, authz)]
     if calls is not None:
+        # A call that needs a decision and may create a task: both, before either alone.
+        variants += [(_both(match, calls), {**authz, **sealed(purpose)}) for match, purpose in sealing
+                     if purpose == PURPOSE_SEAL]  # fmt: skip
         variants.append((calls, authz))
+    variants += [(match, sealed(purpose)) for match, purpose in sealing]
     if responses is not None:
         variants.append((responses, proc))
     return [*variants, (whole, {})]

@@ -22,9 +22,11 @@ from typing import Any, ClassVar
 
 from xds_server.authz.mcp import access
 from xds_server.authz.mcp.listing import item_name, rewrite_list_response
+from xds_server.authz.mcp.tasks import McpTaskSealing
 from xds_server.authz.mcp.tool_guard import GuardState
 from xds_server.authz.protocols import (
     Call,
+    IdSealing,
     LogDecision,
     MalformedCall,
     NotACall,
@@ -73,6 +75,7 @@ class McpHandler(ProtocolHandler):
 
     def __init__(self, log_decision: LogDecision) -> None:
         self.guard = GuardState()
+        self._sealing = McpTaskSealing()
         self._log_decision = log_decision
         self._refreshers: dict[str, asyncio.Task[None]] = {}
 
@@ -133,6 +136,12 @@ class McpHandler(ProtocolHandler):
             self._log_decision({"backend": view.name, "agent": agents[0] if agents else None,
                                 "user": view.user_claims(jwt).get("sub"), "list": True, "hidden": list(result.removed)})  # fmt: skip
         return ResponseRewrite(result.body, not result.parse_failed, result.removed)
+
+    # -- task ids ----------------------------------------------------------------
+
+    @property
+    def sealing(self) -> IdSealing:
+        return self._sealing
 
     # -- following the policies --------------------------------------------------
 

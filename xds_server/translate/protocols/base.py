@@ -9,7 +9,9 @@ asked of its translator, one subclass of `ProtocolTranslator` per protocol:
   of the one filter order (filters.py); they run on its own routes only;
 - `call_match` / `response_match`: how its routes pick out the requests the
   policy service decides on, or whose responses it rewrites;
-- `permissions`: what one grant allows, as RBAC permissions;
+- `sealing_matches`: how its routes pick out the requests whose ids the
+  policy service seals per caller (PURPOSE_SEAL, PURPOSE_UNSEAL, ...);
+- `permissions`: what one grant on a route allows, as RBAC permissions;
 - `request_rejections` / `denials` / `refusals_as_results`: its local
   replies (its filter's own refusals; what a known caller was refused;
   which refusals read as a result of the call rather than an error);
@@ -49,8 +51,13 @@ class ProtocolTranslator(abc.ABC):
         """A route match for the requests whose responses the policy service rewrites (None: none)."""
 
     @abc.abstractmethod
-    def permissions(self, allows: Any) -> list[dict[str, Any]]:
-        """The RBAC permissions (OR-ed by Envoy) that one grant's protocol part allows."""
+    def sealing_matches(self, route: RouteIR) -> list[tuple[dict[str, Any], str]]:
+        """(route match, ext_proc purpose) of the requests whose ids the policy service seals per
+        caller (core/wire.py PURPOSE_SEAL, PURPOSE_UNSEAL, PURPOSE_UNSEAL_STREAM); [] for none."""
+
+    @abc.abstractmethod
+    def permissions(self, route: RouteIR, allows: Any) -> list[dict[str, Any]]:
+        """The RBAC permissions (OR-ed by Envoy) that one grant's protocol part allows on `route`."""
 
     @abc.abstractmethod
     def request_rejections(self, gateway: GatewayIR) -> list[dict[str, Any]]:

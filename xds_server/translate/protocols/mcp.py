@@ -21,6 +21,14 @@
   not parse carries no metadata and so matches nothing.
 - **Policy-service routes** match on the deframed method and tool (the MCP
   filter clears the route cache when some route needs it).
+- **Tasks** (a backend with `tasks`): the task methods (`tasks/get`,
+  `tasks/cancel`, `tasks/update`; `tasks/result`, whose answer is streamed)
+  are allowed to every agent with a grant there, and go to the policy
+  service, which lets a caller reach only the tasks it created; the answers
+  of `tools/call`s that may create a task (a legacy `params.task`, or a
+  2026-07-28 client declaring the tasks extension) go to it to have their
+  task ids sealed. `tasks/list` stays refused everywhere: the backend's list
+  cannot be limited to the caller's tasks without a store.
 - **Local replies**: the MCP filter's refusals as JSON-RPC errors, and per
   known caller what it was refused (tool, resource, prompt, method).
 """
@@ -32,7 +40,14 @@ from typing import Any, ClassVar
 
 from xds_server.core import errors
 from xds_server.core.tool_results import refused_call_result
-from xds_server.core.wire import MCP_METADATA_NAMESPACE, typed, typed_struct
+from xds_server.core.wire import (
+    MCP_METADATA_NAMESPACE,
+    PURPOSE_SEAL,
+    PURPOSE_UNSEAL,
+    PURPOSE_UNSEAL_STREAM,
+    typed,
+    typed_struct,
+)
 from xds_server.ir.mcp import ArgumentMatchIR, McpAllowsIR, McpRouteIR
 from xds_server.ir.patterns import NamePattern, PatternKind
 from xds_server.ir.principals import ReplyMatcher
@@ -61,6 +76,12 @@ TOOLLESS_METHODS = (
 )
 TOOLLESS_METHOD_PREFIXES = ("notifications/",)
 RESOURCE_METHODS = ("resources/read", "resources/subscribe", "resources/unsubscribe")
+#: The task methods answered at once (legacy and 2026-07-28), and the one that waits for the task's end.
+TASK_METHODS = ("tasks/cancel", "tasks/get", "tasks/update")
+TASK_RESULT_METHOD = "tasks/result"
+#: Where a 2026-07-28 client declares the tasks extension (SEP-2663), as a metadata path.
+TASKS_EXTENSION_PATH = ("params", "_meta", "io.modelcontextprotocol/clientCapabilities", "extensions",
+                        "io.modelcontextprotocol/tasks")  # fmt: skip
 LIST_METHODS = ("prompts/list", "resources/list", "resources/templates/list", "tools/list")
 
 REQUEST_ID = f"%DYNAMIC_METADATA({MCP_METADATA_NAMESPACE}:id)%"
@@ -173,10 +194,14 @@ class McpTranslator(ProtocolTranslator):
             config["clear_route_cache"] = True
         arguments = sorted({m.name for r in gateway.routes if r.kind == self.kind for g in r.grants
                             for ag in g.allows.argument_grants for m in ag.arguments})  # fmt: skip
-        if arguments:
-            # Argument conditions are checked by RBAC on metadata. A parser_config
-            # replaces the method's default extraction, so params.name is listed too.
+        tasks = any(isinstance(r.protocol, McpRouteIR) and r.protocol.tasks for r in gateway.routes)
+        if arguments or tasks:
+            # Argument conditions are checked by RBAC on metadata; routes with tasks match on
+            # whether a call may create one. A parser_config replaces the method's default
+            # extraction, so params.name (and params._meta, 2026-07-28) are listed too.
             rules = [{"path": "params.name"}] + [{"path": f"params.arguments.{name}"} for name in arguments]
+            if tasks:
+                rules += [{"path": "params.task"}, {"path": "params._meta"}]
             config["parser_config"] = {"methods": [{"method": "tools/call", "extraction_rules": rules}]}
         return typed_struct(MCP_TYPE, config)
 
@@ -196,8 +221,30 @@ class McpTranslator(ProtocolTranslator):
             return None
         return {"path": route.path, "dynamic_metadata": [_route_method_matcher(*LIST_METHODS)]}
 
-    def permissions(self, allows: McpAllowsIR) -> list[dict[str, Any]]:
+    def sealing_matches(self, route: RouteIR) -> list[tuple[dict[str, Any], str]]:
+        if not route.protocol.tasks:
+            return []
+        call = _route_method_matcher("tools/call")
+
+        def present(*path: str) -> dict[str, Any]:
+            return {"filter": MCP_METADATA_NAMESPACE, "path": [{"key": k} for k in path],
+                    "value": {"present_match": True}}  # fmt: skip
+
+        return [
+            ({"path": route.path, "dynamic_metadata": [_route_method_matcher(*TASK_METHODS)]}, PURPOSE_UNSEAL),
+            ({"path": route.path, "dynamic_metadata": [_route_method_matcher(TASK_RESULT_METHOD)]},
+             PURPOSE_UNSEAL_STREAM),
+            # A call that may create a task: a legacy client asks with params.task; a 2026-07-28
+            # server may answer any call with a task once the client declares the extension.
+            ({"path": route.path, "dynamic_metadata": [call, present("params", "task")]}, PURPOSE_SEAL),
+            ({"path": route.path, "dynamic_metadata": [call, present(*TASKS_EXTENSION_PATH)]}, PURPOSE_SEAL),
+        ]  # fmt: skip
+
+    def permissions(self, route: RouteIR, allows: McpAllowsIR) -> list[dict[str, Any]]:
         permissions = [toolless_permission()]
+        if route.protocol.tasks:
+            # Any task method; whose task it is, the policy service checks.
+            permissions.append(_or([_method_is(m) for m in (*TASK_METHODS, TASK_RESULT_METHOD)]))
         if allows.all_tools:
             permissions.append(
                 {"and_rules": {"rules": [_method_is("tools/call"), _metadata(("params", "name"), _any_of(allows.all_tools))]}}

@@ -1,0 +1,242 @@
+"""JSON-RPC messages in a response body, rewritten one by one: a JSON body, or SSE events.
+
+Two body formats, as a streamable-HTTP server (MCP, A2A) answers a POST:
+
+- `application/json` (or `application/*+json`): one JSON-RPC message, or a
+  batch array of them.
+- `text/event-stream`: SSE events. Each event's `data:` lines are joined with
+  "\\n" as the SSE spec says; an event whose message the rewrite changed is
+  re-emitted with a single `data:` line in the place of the first one, every
+  other line (`event:`, `id:`, `retry:`, comments) and the line terminators
+  (CRLF, LF or CR, as received) unchanged. All other events, pings and
+  comments are kept byte for byte.
+
+`rewrite(message)` changes a parsed message in place and says whether it did;
+it must not raise. Nothing here raises on a malformed body: the outcome says
+`failed` when a part that should be JSON could not be read, so the caller can
+decide (refusing is the safe default when something must be hidden).
+
+`rewrite_body` works on a whole (buffered) body; `StreamRewriter` on a body
+that arrives in chunks and must flow on as it comes (SSE events are passed on
+as soon as they are complete; a JSON body is rewritten at its end).
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import math
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+Rewrite = Callable[[Any], bool]
+
+
+@dataclass(frozen=True)
+class BodyRewrite:
+    """`body`: the new body, or None when nothing changed; `failed`: some part could not be read."""
+
+    body: bytes | None
+    failed: bool = False
+
+
+def media_type(content_type: str) -> str:
+    return content_type.split(";", 1)[0].strip().lower()
+
+
+def is_json(content_type: str) -> bool:
+    media = media_type(content_type)
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+def is_sse(content_type: str) -> bool:
+    return media_type(content_type) == "text/event-stream"
+
+
+def rewrite_body(body: bytes, content_type: str, rewrite: Rewrite) -> BodyRewrite:
+    """Apply `rewrite` to each message of a whole body (unknown content types: failed, unchanged)."""
+    walk = _Walk(rewrite)
+    if is_json(content_type):
+        new = walk.json_body(body)
+    elif is_sse(content_type):
+        new = walk.sse_text(body)
+    else:
+        new, walk.failed = None, True
+    return BodyRewrite(new if walk.changed else None, walk.failed)
+
+
+def messages(body: bytes, content_type: str) -> Iterator[Any]:
+    """Every JSON-RPC message of a whole body (a batch's elements one by one), for reading only."""
+    found: list[Any] = []
+
+    def collect(message: Any) -> bool:
+        found.extend(message if isinstance(message, list) else [message])
+        return False
+
+    rewrite_body(body, content_type, collect)
+    return iter(found)
+
+
+class StreamRewriter:
+    """A body rewritten as it streams: `feed(chunk, end)` returns what may go on to the client now.
+
+    SSE: each complete event is rewritten and passed on at once; the rest waits
+    for the next chunk (an event is complete at its blank line; a trailing CR
+    waits, it may be half of a CRLF). JSON: held until the end, then rewritten
+    whole. Other content types pass through unchanged. `failed` as for
+    `rewrite_body`.
+    """
+
+    def __init__(self, content_type: str, rewrite: Rewrite) -> None:
+        self._walk = _Walk(rewrite)
+        self._sse = is_sse(content_type)
+        self._json = is_json(content_type)
+        self._decoder = codecs.getincrementaldecoder("utf-8")()
+        self._pending = ""
+        self._held = b""
+
+    @property
+    def failed(self) -> bool:
+        return self._walk.failed
+
+    def feed(self, chunk: bytes, end: bool) -> bytes:
+        if self._json:
+            self._held += chunk
+            if not end:
+                return b""
+            new = self._walk.json_body(self._held)
+            return new if new is not None else self._held
+        if not self._sse:
+            return chunk
+        try:
+            self._pending += self._decoder.decode(chunk, final=end)
+        except UnicodeDecodeError:
+            self._walk.failed = True
+            out, self._pending = self._pending.encode("utf-8") + chunk, ""
+            return out
+        complete, self._pending = _complete_events(self._pending, end)
+        if not complete:
+            return b""
+        return self._walk.sse_events(complete).encode("utf-8")
+
+
+def _complete_events(text: str, end: bool) -> tuple[str, str]:
+    """(the complete events at the start of `text`, the rest)."""
+    if end:
+        return text, ""
+    cut = 0
+    for m in _BLANK_LINE.finditer(text):
+        if m.group().endswith("\r") and m.end() == len(text):
+            break  # maybe half of a CRLF
+        cut = m.end()
+    return text[:cut], text[cut:]
+
+
+_BLANK_LINE = re.compile(r"(?:\r\n|\r|\n)(?:\r\n|\r|\n)")
+
+
+# ---------------------------------------------------------------- walking bodies
+
+
+class _Walk:
+    def __init__(self, rewrite: Rewrite) -> None:
+        self.rewrite = rewrite
+        self.failed = False
+        self.changed = False
+
+    def json_body(self, body: bytes) -> bytes | None:
+        message = self._parse(body)
+        if message is _UNPARSED or not self.rewrite(message):
+            return None
+        self.changed = True
+        return _dump(message).encode("utf-8")
+
+    def sse_text(self, body: bytes) -> bytes | None:
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError:
+            self.failed = True
+            return None
+        out = self.sse_events(text)
+        return out.encode("utf-8") if self.changed else None
+
+    def sse_events(self, text: str) -> str:
+        bom = "\ufeff" if text.startswith("\ufeff") else ""  # the client strips one; keep it in place
+        out: list[str] = [bom]
+        event: list[tuple[str, str]] = []
+        for line, term in _split_lines(text[len(bom) :]):
+            event.append((line, term))
+            if line == "":  # a blank line ends (dispatches) the event
+                self._emit_event(event, out)
+                event = []
+        if event:  # an unterminated last event: a client drops it, but rewrite it anyway
+            self._emit_event(event, out)
+        return "".join(out)
+
+    def _emit_event(self, lines: list[tuple[str, str]], out: list[str]) -> None:
+        data_at = [i for i, (line, _) in enumerate(lines) if not line.startswith(":") and _field(line)[0] == "data"]
+        data = "\n".join(_field(lines[i][0])[1] for i in data_at)
+        message = self._parse(data) if data.strip() else _UNPARSED  # empty data: a priming/keepalive event
+        if message is _UNPARSED or not self.rewrite(message):
+            out.extend(line + term for line, term in lines)
+            return
+        self.changed = True
+        first, drop = data_at[0], set(data_at[1:])
+        for i, (line, term) in enumerate(lines):
+            if i == first:
+                out.append("data: " + _dump(message) + term)
+            elif i not in drop:
+                out.append(line + term)
+
+    def _parse(self, data: bytes | str) -> Any:
+        """JSON text → Python value, or `_UNPARSED` (and `failed`) for anything that is not JSON."""
+        try:
+            text = data.decode("utf-8") if isinstance(data, bytes) else data
+            return json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+        except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+            self.failed = True
+            return _UNPARSED
+
+
+_UNPARSED: Any = object()
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999 would come back out as `Infinity`, which is not JSON
+        raise ValueError(f"{text} does not fit a double")
+    return value
+
+
+def _dump(message: Any) -> str:
+    # Compact and single-line (an SSE data line cannot hold a raw newline; json escapes them in strings).
+    return json.dumps(message, ensure_ascii=False, separators=(",", ":"))
+
+
+_LINE_RE = re.compile(r"([^\r\n]*)(\r\n|\r|\n|\Z)")
+
+
+def _split_lines(text: str) -> list[tuple[str, str]]:
+    """(line, terminator) pairs covering `text` exactly; the last terminator may be ""."""
+    pairs: list[tuple[str, str]] = []
+    pos = 0
+    while pos < len(text):
+        m = _LINE_RE.match(text, pos)
+        assert m is not None  # the pattern matches at any position
+        pairs.append((m.group(1), m.group(2)))
+        pos = m.end()
+    return pairs
+
+
+def _field(line: str) -> tuple[str, str]:
+    """SSE field name and value (one leading space after the colon is not part of the value)."""
+    name, colon, value = line.partition(":")
+    if colon and value.startswith(" "):
+        value = value[1:]
+    return name, value
