@@ -94,16 +94,16 @@ async def _exchange(port: int, data: bytes, *, timeout: float = 10.0) -> str:
 Abuser = Callable[[int, list[tuple[str, str]]], Awaitable[str]]
 
 
-async def slowloris(port: int, identity: list[tuple[str, str]]) -> str:
-    """Header lines trickled until the gateway gives up (requestHeadersTimeout)."""
+async def _trickle(port: int, head: bytes, pieces: list[bytes]) -> str:
+    """Send `head`, then `pieces` one every 0.25 s, until the gateway answers or closes."""
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
     except OSError:
         return "reset"
     try:
-        writer.write(f"POST {PATH} HTTP/1.1\r\nhost: gateway\r\n".encode())
-        for _ in range(600):
-            writer.write(b"x-slow: 1\r\n")
+        writer.write(head)
+        for piece in pieces:
+            writer.write(piece)
             await writer.drain()
             with contextlib.suppress(TimeoutError):
                 answer = await asyncio.wait_for(reader.read(64), 0.25)
@@ -113,28 +113,17 @@ async def slowloris(port: int, identity: list[tuple[str, str]]) -> str:
         return "reset"
     finally:
         writer.close()
+
+
+async def slowloris(port: int, identity: list[tuple[str, str]]) -> str:
+    """Header lines trickled until the gateway gives up (requestHeadersTimeout)."""
+    return await _trickle(port, f"POST {PATH} HTTP/1.1\r\nhost: gateway\r\n".encode(), [b"x-slow: 1\r\n"] * 600)
 
 
 async def trickled_body(port: int, identity: list[tuple[str, str]]) -> str:
     """A body sent a byte at a time, never finished (requestReceiveTimeout)."""
     body = _call("list_issues")
-    try:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    except OSError:
-        return "reset"
-    try:
-        writer.write(_head("list_issues", len(body), identity))
-        for byte in body[:-1]:
-            writer.write(bytes([byte]))
-            await writer.drain()
-            with contextlib.suppress(TimeoutError):
-                answer = await asyncio.wait_for(reader.read(64), 0.25)
-                return answer.split(b" ", 2)[1].decode() if answer.startswith(b"HTTP/") else "closed"
-        return "never cut off"
-    except OSError:
-        return "reset"
-    finally:
-        writer.close()
+    return await _trickle(port, _head("list_issues", len(body), identity), [bytes([b]) for b in body[:-1]])
 
 
 async def header_flood(port: int, identity: list[tuple[str, str]]) -> str:

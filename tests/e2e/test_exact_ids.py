@@ -226,3 +226,19 @@ async def test_a_denied_http1_request_keeps_its_connection(gateway: RunningGatew
     finally:
         writer.close()
     assert backend.requests() == []
+
+
+@pytest.mark.parametrize("mode", ["modern", "legacy"])
+async def test_a_big_id_reply_cannot_be_injected_into(gateway: RunningGateway, backend: McpBackend, mode: str) -> None:
+    """The big-integer variant is a text template that escapes nothing: no request-derived text may reach it."""
+    hostile = 'x","injected":1,"y":"\\'
+    status, answer = await send_raw(gateway.listen_port, "h1", "POST", _headers(mode, "tools/call", hostile),
+                                    _call(mode, BIG, hostile))  # fmt: skip
+    reply = _reply(answer)  # still one well-formed JSON-RPC error
+    assert _same(reply["id"], BIG) and reply["error"]["code"] == errors.TOOL_DENIED.code, reply
+    assert "injected" not in reply and "injected" not in reply["error"] and "injected" not in reply["error"]["data"]
+    method = json.dumps({"jsonrpc": "2.0", "id": -BIG, "method": 'resources/"x', "params": {}}).encode()
+    status, answer = await send_raw(gateway.listen_port, "h1", "POST", _headers("legacy", "x"), method)
+    reply = _reply(answer)
+    assert _same(reply["id"], -BIG) and reply["error"]["data"]["reason"] == "method_not_allowed", reply
+    assert backend.requests() == []

@@ -48,14 +48,27 @@ spec:
     - agents: [executor, auditor]
       tools: [whoami]
 """
+WIKI = """\
+---
+apiVersion: agentxds.dev/v1
+kind: MCPPolicy
+metadata: {name: wiki}
+spec:
+  backend: wiki
+  rules:
+    - agents: [triage]
+      tools: [build_report]
+"""
 REVOKED = POLICY.replace("tools: [build_report, whoami]", "tools: [whoami]")
-TASKS = "  tasks: {enabled: true}\n"
+# The policy service down must not open the task methods, even where other calls fail open.
+TASKS = "  tasks: {enabled: true}\n  policyService: {failOpen: true}\n"
 
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def gateway(mcp_backend_factory: Any, tmp_path: Any) -> AsyncIterator[RunningGateway]:
-    gw = await start_gateway(tmp_path / "gw", {"github": mcp_backend_factory(name="github")}, policy_yaml=POLICY,
-                             backend_extra={"github": TASKS})  # fmt: skip
+    backends = {"github": mcp_backend_factory(name="github"), "wiki": mcp_backend_factory(name="wiki")}
+    gw = await start_gateway(tmp_path / "gw", backends, policy_yaml=POLICY + WIKI,
+                             backend_extra={"github": TASKS, "wiki": TASKS})  # fmt: skip
     yield gw
     await stop_gateway(gw)
 
@@ -165,8 +178,14 @@ async def test_another_agent_an_altered_id_and_a_revoked_tool_all_get_not_found(
     assert foreign.value.code == cancel.value.code == NOT_FOUND
     assert foreign.value.message == forged.value.message  # a foreign task reads exactly like a forged one
 
+    async with mcp_client(gateway.url("wiki"), agent("triage"), extensions=[Tasks()]) as elsewhere:
+        with pytest.raises(MCPError) as replayed:  # triage may build reports there too: the seal names github
+            await elsewhere.session.send_request(GetTask(params=TaskIdParams(task_id=handle.task_id)), DetailedTask)
+    assert replayed.value.code == NOT_FOUND
+    assert task_ids_seen_by(gateway.backends["wiki"], "tasks/get") == []
+
     reloads = gateway.control.reloads
-    gateway.write("github-policy.yaml", REVOKED)
+    gateway.write("github-policy.yaml", REVOKED + WIKI)
     await gateway.wait_reloads(reloads + 1)
     await gateway.wait_acked(gateway.control.cache.get("e2e").version)  # type: ignore[union-attr]
     async with mcp_client(gateway.url(), agent("triage"), extensions=[Tasks()]) as triage:
@@ -250,17 +269,26 @@ async def test_a_legacy_session_creates_follows_and_cancels_its_tasks_and_lists_
         cancelled = await triage.request("tasks/cancel", {"taskId": second["result"]["task"]["taskId"]})
 
         executor = await LegacySession(http, url, "executor").open()
-        foreign = await executor.request("tasks/get", {"taskId": task_id})
-        foreign_result = await executor.request("tasks/result", {"taskId": task_id})
-        unsealed = await executor.request("tasks/get", {"taskId": task_ids_seen_by(backend, "tasks/get")[0]})
+        seen = len(backend.requests())
+        raw = task_ids_seen_by(backend, "tasks/get")[0]
+        refusals = [
+            await executor.request("tasks/get", {"taskId": task_id}),
+            await executor.request("tasks/result", {"taskId": task_id}),
+            await executor.request("tasks/cancel", {"taskId": task_id}),
+            await executor.request("tasks/get", {"taskId": raw}),  # the backend's own id
+            await triage.request("tasks/result", {"taskId": raw}),
+            await triage.request("tasks/cancel", {"taskId": raw}),
+        ]
+        reached = backend.requests()[seen:]
 
     assert got["result"]["taskId"] == task_id and got["result"]["status"] in ("working", "completed")
     assert result["result"]["content"][0]["text"] == "report of acme/web: 2 open issues"
     assert result["result"]["_meta"]["io.modelcontextprotocol/related-task"]["taskId"] == task_id
     assert listed["error"]["code"] == errors.METHOD_DENIED.code, listed  # cannot be limited to the caller's tasks
     assert cancelled["result"]["status"] == "cancelled" and cancelled["result"]["taskId"].startswith("t1.")
-    for refused in (foreign, foreign_result, unsealed):  # another caller's, and the backend's own id
+    for refused in refusals:  # another caller's, and the backend's own id
         assert refused["error"] == {"code": NOT_FOUND, "message": "Failed to retrieve task: Task not found"}
+    assert [json.loads(r["body"]).get("method") for r in reached if r["body"]] == []  # answered by the gateway
     assert "tasks/list" not in [json.loads(r["body"]).get("method") for r in backend.requests() if r["body"]]
 
 
@@ -273,3 +301,37 @@ async def test_a_backend_without_tasks_refuses_the_task_methods(mcp_backend_fact
     finally:
         await stop_gateway(gw)
     assert refused.value.code == errors.METHOD_DENIED.code
+
+
+async def test_a_modern_client_naming_the_backends_own_id_reaches_nothing(gateway: RunningGateway) -> None:
+    backend = gateway.backends["github"]
+    async with mcp_client(gateway.url(), agent("triage"), extensions=[Tasks()]) as triage:
+        handle = await triage.session.call_tool("build_report", {"repo": "acme/web"}, allow_claimed=True)
+        await _poll(triage.session, handle.task_id)
+        raw = task_ids_seen_by(backend, "tasks/get")[-1]
+        seen = len(backend.requests())
+        with pytest.raises(MCPError) as refused:  # Mcp-Name carries the raw id too (name_param)
+            await triage.session.send_request(GetTask(params=TaskIdParams(task_id=raw)), DetailedTask)
+    assert refused.value.code == NOT_FOUND
+    assert backend.requests()[seen:] == []
+
+
+async def test_task_methods_fail_closed_when_the_policy_service_is_down(gateway: RunningGateway) -> None:
+    """The backend fails open for its other calls (failOpen: true); never for task ids."""
+    backend = gateway.backends["github"]
+    async with mcp_client(gateway.url(), agent("triage"), extensions=[Tasks()]) as triage:
+        handle = await triage.session.call_tool("build_report", {"repo": "acme/web"}, allow_claimed=True)
+        service = gateway.control.policy_service
+        assert service is not None
+        port = service.port
+        await service.stop()
+        try:
+            seen = len(backend.requests())
+            with pytest.raises(MCPError) as down:
+                await triage.session.send_request(GetTask(params=TaskIdParams(task_id=handle.task_id)), DetailedTask)
+            reached = backend.requests()[seen:]
+        finally:
+            service.port = port
+            await service.start()
+    assert down.value.code == errors.POLICY_SERVICE_UNAVAILABLE.code
+    assert reached == []

@@ -6,12 +6,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from xds_server.authz.mcp import tasks
 from xds_server.authz.messages import StreamRewriter, rewrite_body
-from xds_server.authz.sealing import Owner, Sealed, Sealer, key_from_file
+from xds_server.authz.sealing import Owner, Sealed, Sealer, WeakKey, key_from_file
 
 KEY = b"k" * 32
 TRIAGE = Owner("triage", "alice")
@@ -19,7 +20,7 @@ TRIAGE = Owner("triage", "alice")
 
 def test_a_sealed_id_opens_to_what_it_seals_and_is_the_same_every_time() -> None:
     sealer = Sealer(KEY)
-    sealed = Sealed(TRIAGE, "build_report", "raw-ü-1")
+    sealed = Sealed("gw/reports", TRIAGE, "build_report", "raw-ü-1")
     text = sealer.seal(sealed)
     assert text == sealer.seal(sealed) and text.startswith("t1.")
     assert all(c.isalnum() or c in "-_." for c in text)  # header-safe
@@ -29,7 +30,7 @@ def test_a_sealed_id_opens_to_what_it_seals_and_is_the_same_every_time() -> None
 @settings(max_examples=200, derandomize=True)
 @given(position=st.integers(min_value=0), replacement=st.characters(codec="ascii"))
 def test_any_altered_character_or_another_key_opens_nothing(position: int, replacement: str) -> None:
-    text = Sealer(KEY).seal(Sealed(TRIAGE, "build_report", "raw-1"))
+    text = Sealer(KEY).seal(Sealed("gw/reports", TRIAGE, "build_report", "raw-1"))
     i = position % len(text)
     altered = text[:i] + replacement + text[i + 1 :]
     if altered != text:
@@ -43,11 +44,22 @@ def test_what_is_not_a_sealed_id_opens_nothing() -> None:
         assert sealer.open(text) is None
 
 
-def test_the_key_file_is_made_once_owner_only(tmp_path: Path) -> None:
+def test_the_key_file_is_made_once_owner_only_as_hex_text(tmp_path: Path) -> None:
     path = tmp_path / "state" / "sealing.key"
     key = key_from_file(path)
-    assert len(key) == 32 and key_from_file(path) == key
+    assert len(key) == 64 and bytes.fromhex(key.decode()) and key_from_file(path) == key
     assert path.stat().st_mode & 0o777 == 0o600
+    assert [p.name for p in path.parent.iterdir()] == ["sealing.key"]  # no temporary file left behind
+
+
+def test_a_short_or_empty_key_is_never_used(tmp_path: Path) -> None:
+    path = tmp_path / "sealing.key"
+    for held in ("", "short"):
+        path.write_text(held)
+        with pytest.raises(WeakKey, match="at least 32"):
+            key_from_file(path)
+    with pytest.raises(WeakKey):
+        Sealer(b"")
 
 
 def test_created_task_ids_in_both_revisions() -> None:
@@ -85,6 +97,8 @@ def test_a_task_request_is_restored_byte_for_byte_or_not_at_all() -> None:
     assert tasks.restore_task_id(escaped, "t1.x.y", "raw") is None  # not written plainly: refused
     assert tasks.task_request(b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{}}') is None
     assert tasks.header_value("abc-1") == "abc-1" and tasks.header_value("ü").startswith("=?base64?")
+    repeated = b'{"jsonrpc":"2.0","id":9,"method":"tasks/get","params":{"taskId":"victim","taskId":"t1.x.y"}}'
+    assert tasks.task_request(repeated) is None  # which taskId counts is never guessed
 
 
 def _sse(*messages: dict[str, object]) -> bytes:
@@ -113,3 +127,12 @@ def test_a_streamed_json_body_is_held_to_its_end() -> None:
     stream = StreamRewriter("application/json", _replace)
     assert stream.feed(body[:10], False) == b""
     assert json.loads(stream.feed(body[10:], True))["result"]["taskId"] == "sealed-id"
+
+
+def test_a_streamed_sse_event_that_cannot_be_read_is_withheld() -> None:
+    body = b"data: {not json raw\n\n" + _sse({"id": 2, "result": {"taskId": "raw"}})
+    stream = StreamRewriter("text/event-stream", _replace, unreadable=b"{}")
+    out = stream.feed(body, True)
+    assert b"not json" not in out and b"sealed-id" in out and stream.failed
+    held = StreamRewriter("application/json", _replace, unreadable=b'{"error":1}')
+    assert held.feed(b'{"id": 1, "result": {"taskId": "raw"', True) == b'{"error":1}'

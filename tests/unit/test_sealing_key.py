@@ -37,3 +37,12 @@ def test_a_short_key_refuses_the_build_with_file_line_and_field(tmp_path: Path) 
     (error,) = result.errors
     assert "all.yaml:" in error and "Gateway/gw spec.sealingKey.file" in error and "at least 32" in error, error
     assert policies / "sealing.key" in pipeline.files  # followed: fixing it rebuilds
+
+
+def test_a_binary_key_file_is_a_policy_error_not_a_crash(tmp_path: Path) -> None:
+    policies = _policies(tmp_path)
+    (policies / "sealing.key").write_bytes(bytes(range(256)))
+    result = Pipeline(policies, SnapshotCache(), StatusRecorder()).reload()
+    assert not result.ok and result.internal is None
+    (error,) = result.errors
+    assert "is not UTF-8 text" in error and "spec.sealingKey.file" in error, error

@@ -10,11 +10,11 @@ metadata names the route and the stream's purpose (core/wire.py):
   route's protocol handler rewrites it so that the caller sees only what it
   may use (MCP: tools, prompts and resources, and on a guarded backend none
   that changed since they were pinned).
-- PURPOSE_SEAL / PURPOSE_UNSEAL / PURPOSE_UNSEAL_STREAM (MCP: tasks): ids a
-  response creates are sealed for the caller; a request naming a sealed id
-  is checked and restored, or answered as if the id did not exist
-  (authz/sealed_ids.py). The request body comes BUFFERED; a streamed
-  response comes chunk by chunk and goes on as it is rewritten.
+- PURPOSE_SEAL / PURPOSE_UNSEAL (MCP: tasks): ids a response creates are
+  sealed for the caller; a request naming a sealed id is checked and
+  restored, or answered as if the id did not exist (authz/sealed_ids.py).
+  The request body comes BUFFERED; the response STREAMED, chunk by chunk,
+  each passed on as soon as it is rewritten (Content-Length removed).
 
 A JSON or SSE body that cannot be read, or a route the service does not
 know, is replaced by a JSON-RPC error (fail closed): passing it on
@@ -33,8 +33,8 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc
 from google.protobuf import json_format
 
 from xds_server.authz.jsonrpc import error_body, request_id_of
-from xds_server.authz.messages import StreamRewriter
-from xds_server.authz.sealed_ids import NotFound, open_request, owner_of, reseal, reseal_stream, seal_created
+from xds_server.authz.messages import StreamRewriter, is_json, is_sse
+from xds_server.authz.sealed_ids import NotFound, open_request, owner_of, reseal_stream, seal_stream
 from xds_server.core import errors
 from xds_server.core.wire import (
     JWT_METADATA_NAMESPACE,
@@ -42,7 +42,6 @@ from xds_server.core.wire import (
     PURPOSE_METADATA_KEY,
     PURPOSE_RESPONSES,
     PURPOSE_UNSEAL,
-    PURPOSE_UNSEAL_STREAM,
     ROUTE_METADATA_KEY,
 )
 
@@ -134,6 +133,7 @@ class _Stream:
         self.headers: dict[str, str] = {}
         self.metadata: dict[str, Any] = {}
         self.content_type = ""
+        self.request_id: Any = None
         self.shown: dict[str, str] = {}  # the backend's ids → the sealed ids the caller named
         self.streamed: StreamRewriter | None = None
 
@@ -150,56 +150,69 @@ class _Stream:
             return self._request_body(request.request_body.body)
         if phase == "response_headers":
             self.content_type = header_map(request.response_headers.headers).get("content-type", "")
-            if self.purpose == PURPOSE_UNSEAL_STREAM and self.sealing is not None:
-                self.streamed = reseal_stream(self.sealing, self.shown, self.content_type)
-                return _without_content_length(), False  # the body's length changes as it streams
-            return _continue(phase), False
+            if self.purpose == PURPOSE_RESPONSES:
+                return _continue(phase), False
+            return self._start_sealing()
         if phase == "response_body":
-            return self._response_body(request.response_body)
+            if self.purpose == PURPOSE_RESPONSES:
+                return self._rewritten_response(request.response_body.body)
+            if self.streamed is None:  # the answer to the headers let it through unchanged
+                return _continue(phase), False
+            body = request.response_body
+            return _stream_body(self.streamed.feed(body.body, body.end_of_stream)), False
         return _continue(phase), False
 
     def _request_body(self, body: bytes) -> tuple[pb.ProcessingResponse, bool]:
-        if self.purpose not in (PURPOSE_UNSEAL, PURPOSE_UNSEAL_STREAM):
+        self.request_id = request_id_of(body)
+        if self.purpose != PURPOSE_UNSEAL:
             return _continue("request_body"), False
-        if self.view is None or self.sealing is None:
+        view, sealing = self.view, self.sealing
+        if view is None or sealing is None:
             log.warning("request of a route the policy service does not know; refused")
-            return _refuse(502, error_body(request_id_of(body), errors.GATEWAY_ERROR,
+            return _refuse(502, error_body(self.request_id, errors.GATEWAY_ERROR,
                                            "The request could not be checked, so it is refused")), True  # fmt: skip
-        opened = open_request(self.sealing, self.service.sealer_for(self.view), self.view, self.agents, self.jwt,
-                              body, self.headers)  # fmt: skip
+        opened = (open_request(sealing, self.service.sealer_for(view), view, self.agents, self.jwt, body, self.headers)
+                  if view.route.decisions.tasks else NotFound(sealing.not_found(self.request_id)))  # fmt: skip
         if isinstance(opened, NotFound):
-            self.service.log_decision({"backend": self.view.name, "agent": self.agents[0] if self.agents else None,
+            self.service.log_decision({"backend": view.name, "agent": self.agents[0] if self.agents else None,
                                        "allowed": False, "reason": "not_owner"})  # fmt: skip
             return _refuse(200, opened.body), True
         self.shown = opened.shown
         return _replace_request_body(opened.body, opened.headers), False
 
-    def _response_body(self, body: pb.HttpBody) -> tuple[pb.ProcessingResponse, bool]:
-        view, handler, sealing = self.view, self.handler, self.sealing
-        if view is None or handler is None or (self.purpose != PURPOSE_RESPONSES and sealing is None):
+    def _start_sealing(self) -> tuple[pb.ProcessingResponse, bool]:
+        """The answer to the response headers of a sealing purpose: the stream rewriter set up."""
+        view, sealing = self.view, self.sealing
+        if view is None or sealing is None:
             log.warning("response of a route the policy service does not know; withheld")
-            return _refuse(502, error_body(None, errors.GATEWAY_ERROR,
-                                           "The backend's response could not be filtered, so it is withheld")), True  # fmt: skip
-        if self.purpose == PURPOSE_UNSEAL_STREAM:
-            assert self.streamed is not None
-            return _stream_body(self.streamed.feed(body.body, body.end_of_stream)), False
-        if self.purpose == PURPOSE_RESPONSES:
-            rewrite = handler.rewrite_response(view, self.agents, self.jwt, body.body, self.content_type)
-        elif self.purpose == PURPOSE_UNSEAL:
-            assert sealing is not None
-            rewrite = reseal(sealing, self.shown, body.body, self.content_type)
-        else:  # PURPOSE_SEAL
-            assert sealing is not None
-            owner, origin = owner_of(view, self.agents, self.jwt), sealing.origin(self.metadata)
-            if owner is None or origin is None:
-                log.warning("backend %s: a response to seal ids in came for no known caller or origin", view.name)
-                return _refuse(502, error_body(None, errors.GATEWAY_ERROR,
-                                               "The backend's response could not be checked, so it is withheld")), True  # fmt: skip
-            rewrite = seal_created(sealing, self.service.sealer_for(view), owner, origin, body.body, self.content_type)
+            return _refuse(502, self._withheld("could not be checked")), True
+        unreadable = self._withheld("could not be read").encode()
+        if self.purpose == PURPOSE_UNSEAL:
+            self.streamed = reseal_stream(sealing, self.shown, self.content_type, unreadable)
+            return _without_content_length(), False
+        if not view.route.decisions.tasks:
+            return _continue("response_headers"), False  # tasks off since Envoy chose this route: nothing to seal
+        owner, origin = owner_of(view, self.agents, self.jwt), sealing.origin(self.metadata)
+        if owner is None or origin is None:
+            log.warning("backend %s: a response to seal ids in came for no known caller or origin", view.name)
+            return _refuse(502, self._withheld("could not be checked")), True
+        sealer = self.service.sealer_for(view)
+        self.streamed = seal_stream(sealing, sealer, view, owner, origin, self.content_type, unreadable)
+        return _without_content_length(), False
+
+    def _withheld(self, why: str) -> str:
+        return error_body(self.request_id, errors.GATEWAY_ERROR, f"The backend's response {why}, so it is withheld")
+
+    def _rewritten_response(self, body: bytes) -> tuple[pb.ProcessingResponse, bool]:
+        view, handler = self.view, self.handler
+        if view is None or handler is None:
+            log.warning("response of a route the policy service does not know; withheld")
+            return _refuse(502, self._withheld("could not be filtered")), True
+        rewrite = handler.rewrite_response(view, self.agents, self.jwt, body, self.content_type)
         if not rewrite.readable and _is_rpc_content(self.content_type):
-            log.warning("response from backend %s could not be read (%s); refused", view.name, self.purpose)
+            log.warning("list response from backend %s could not be read; refused", view.name)
             return _refuse(502, error_body(None, errors.GATEWAY_ERROR,
-                                           "The backend's response could not be filtered, so it is withheld")), True  # fmt: skip
+                                           "The backend's list response could not be filtered, so it is withheld")), True  # fmt: skip
         return (_replace_body(rewrite.body) if rewrite.body is not None else _continue("response_body")), False
 
 
@@ -227,4 +240,4 @@ def _replace_request_body(body: bytes, headers: dict[str, str]) -> pb.Processing
 
 
 def _is_rpc_content(content_type: str) -> bool:
-    return content_type.startswith(("application/json", "text/event-stream"))
+    return is_json(content_type) or is_sse(content_type)

@@ -84,13 +84,20 @@ class StreamRewriter:
 
     SSE: each complete event is rewritten and passed on at once; the rest waits
     for the next chunk (an event is complete at its blank line; a trailing CR
-    waits, it may be half of a CRLF). JSON: held until the end, then rewritten
-    whole. Other content types pass through unchanged. `failed` as for
-    `rewrite_body`.
+    waits, it may be half of a CRLF). JSON: held until the end (at most
+    MAX_HELD_BYTES), then rewritten whole. Other content types pass through
+    unchanged (they carry no JSON-RPC message).
+
+    Fail closed: with `unreadable` given, an SSE event whose data is not JSON
+    is withheld, and a JSON body that cannot be read (or held) is replaced by
+    `unreadable` (an error message for the client); `failed` says it happened.
     """
 
-    def __init__(self, content_type: str, rewrite: Rewrite) -> None:
-        self._walk = _Walk(rewrite)
+    MAX_HELD_BYTES = 8 << 20
+
+    def __init__(self, content_type: str, rewrite: Rewrite, *, unreadable: bytes | None = None) -> None:
+        self._walk = _Walk(rewrite, drop_unreadable=unreadable is not None)
+        self._unreadable = unreadable
         self._sse = is_sse(content_type)
         self._json = is_json(content_type)
         self._decoder = codecs.getincrementaldecoder("utf-8")()
@@ -103,23 +110,34 @@ class StreamRewriter:
 
     def feed(self, chunk: bytes, end: bool) -> bytes:
         if self._json:
-            self._held += chunk
-            if not end:
-                return b""
-            new = self._walk.json_body(self._held)
-            return new if new is not None else self._held
+            return self._feed_json(chunk, end)
         if not self._sse:
             return chunk
         try:
             self._pending += self._decoder.decode(chunk, final=end)
         except UnicodeDecodeError:
             self._walk.failed = True
-            out, self._pending = self._pending.encode("utf-8") + chunk, ""
-            return out
+            self._pending, self._decoder = "", codecs.getincrementaldecoder("utf-8")()
+            return b"" if self._unreadable is not None else chunk
         complete, self._pending = _complete_events(self._pending, end)
         if not complete:
             return b""
         return self._walk.sse_events(complete).encode("utf-8")
+
+    def _feed_json(self, chunk: bytes, end: bool) -> bytes:
+        if len(self._held) + len(chunk) > self.MAX_HELD_BYTES:
+            self._walk.failed = True
+            self._held = b""
+        elif not self._walk.failed:
+            self._held += chunk
+        if not end:
+            return b""
+        if self._walk.failed:
+            return self._unreadable if self._unreadable is not None else self._held
+        new = self._walk.json_body(self._held)
+        if self._walk.failed and self._unreadable is not None:
+            return self._unreadable
+        return new if new is not None else self._held
 
 
 def _complete_events(text: str, end: bool) -> tuple[str, str]:
@@ -141,8 +159,9 @@ _BLANK_LINE = re.compile(r"(?:\r\n|\r|\n)(?:\r\n|\r|\n)")
 
 
 class _Walk:
-    def __init__(self, rewrite: Rewrite) -> None:
+    def __init__(self, rewrite: Rewrite, *, drop_unreadable: bool = False) -> None:
         self.rewrite = rewrite
+        self.drop_unreadable = drop_unreadable  # an SSE event that cannot be read is withheld
         self.failed = False
         self.changed = False
 
@@ -178,7 +197,13 @@ class _Walk:
     def _emit_event(self, lines: list[tuple[str, str]], out: list[str]) -> None:
         data_at = [i for i, (line, _) in enumerate(lines) if not line.startswith(":") and _field(line)[0] == "data"]
         data = "\n".join(_field(lines[i][0])[1] for i in data_at)
-        message = self._parse(data) if data.strip() else _UNPARSED  # empty data: a priming/keepalive event
+        if not data.strip():  # a priming or keepalive event, or a comment: nothing to read
+            out.extend(line + term for line, term in lines)
+            return
+        message = self._parse(data)
+        if message is _UNPARSED and self.drop_unreadable:
+            self.changed = True
+            return
         if message is _UNPARSED or not self.rewrite(message):
             out.extend(line + term for line, term in lines)
             return

@@ -8,8 +8,12 @@ checked against the caller, and the backend's own id restored. No store is
 needed, so any policy-service replica sharing the key can open any sealed id.
 
     t1.<payload>.<mac>
-    payload = base64url(JSON [agent, user or "", origin, id])
+    payload = base64url(JSON [scope, agent, user or "", origin, id])
     mac     = base64url(HMAC-SHA256(subkey, "t1." + payload))[:22]   (128 bits)
+
+`scope` is where the id is valid (the gateway and the route, i.e. the
+backend): an id sealed on one backend never opens on another, so a backend
+cannot hand a caller a seal for another backend's task.
 
 Sealing is deterministic: the same owner, origin and id always give the same
 text, so a client polling a task sees one id throughout. The text is ASCII
@@ -17,7 +21,13 @@ letters, digits, `-`, `_` and `.`: safe in a header (Mcp-Name) and never
 Envoy's `=?base64?...?=` form. The MAC is keyed with a subkey derived from
 the gateway's key (`sealingKey`), so other uses of the key never collide.
 It authenticates, it does not hide: the payload (owner, tool, the backend's
-id) is only base64, as the owner already knows all of it.
+id) is only base64, as the owner already knows all of it. There is one key
+and no key id: a new key makes every sealed id unknown (the tasks behind
+them are "not found").
+
+The key is text (the state directory's `sealing.key` is 64 hex digits,
+which a Gateway's `sealingKey` can point at); fewer than 32 bytes are
+refused, never used.
 """
 
 from __future__ import annotations
@@ -28,6 +38,7 @@ import hmac
 import json
 import os
 import secrets
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,9 +60,14 @@ class Owner:
 class Sealed:
     """What a sealed id holds."""
 
+    scope: str  # where it is valid: the gateway and route it was handed out on
     owner: Owner
     origin: str  # what created it (MCP: the tool)
     raw: str  # the backend's own id
+
+
+class WeakKey(ValueError):
+    """A sealing key shorter than KEY_BYTES (or empty): using it would let anyone forge ids."""
 
 
 def _b64(data: bytes) -> str:
@@ -66,13 +82,16 @@ class Sealer:
     """Seals and opens ids with one key (bytes of any length; at least KEY_BYTES are expected)."""
 
     def __init__(self, key: bytes) -> None:
+        if len(key) < KEY_BYTES:
+            raise WeakKey(f"a sealing key needs at least {KEY_BYTES} bytes, this one has {len(key)}")
         self._subkey = hmac.new(key, _SUBKEY_LABEL, hashlib.sha256).digest()
 
     def _mac(self, signed: str) -> str:
         return _b64(hmac.new(self._subkey, signed.encode("ascii"), hashlib.sha256).digest())[:_MAC_CHARS]
 
     def seal(self, sealed: Sealed) -> str:
-        payload = json.dumps([sealed.owner.agent, sealed.owner.user, sealed.origin, sealed.raw],
+        """The sealed id of `sealed`: always the same text for the same values."""
+        payload = json.dumps([sealed.scope, sealed.owner.agent, sealed.owner.user, sealed.origin, sealed.raw],
                              ensure_ascii=False, separators=(",", ":"))  # fmt: skip
         signed = f"{PREFIX}.{_b64(payload.encode('utf-8'))}"
         return f"{signed}.{self._mac(signed)}"
@@ -85,28 +104,39 @@ class Sealer:
         if not signed.startswith(PREFIX + ".") or not hmac.compare_digest(mac, self._mac(signed)):
             return None
         try:
-            agent, user, origin, raw = json.loads(_unb64(signed[len(PREFIX) + 1 :]))
+            scope, agent, user, origin, raw = json.loads(_unb64(signed[len(PREFIX) + 1 :]))
         except (ValueError, TypeError):
             return None
-        if not all(isinstance(v, str) for v in (agent, user, origin, raw)):
+        if not all(isinstance(v, str) for v in (scope, agent, user, origin, raw)):
             return None
-        return Sealed(Owner(agent, user), origin, raw)
+        return Sealed(scope, Owner(agent, user), origin, raw)
 
 
 def key_from_file(path: Path) -> bytes:
-    """The key kept in `path`, made (KEY_BYTES random bytes, owner-only) if there is none yet."""
+    """The key kept in `path` (text), made if there is none yet: 32 random bytes as 64 hex digits,
+    owner-only, written whole before it appears (no reader ever sees half a key). Raises WeakKey
+    for a file holding less."""
     try:
-        return path.read_bytes()
+        return _checked(path.read_text(encoding="utf-8").strip().encode("utf-8"), path)
     except FileNotFoundError:
         pass
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    key = secrets.token_bytes(KEY_BYTES)
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".sealing-key-")
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another process made it first: use that one
-        return path.read_bytes()
-    try:
-        os.write(fd, key)
-    finally:
+        os.write(fd, (secrets.token_hex(KEY_BYTES) + "\n").encode("ascii"))
+        os.fsync(fd)
         os.close(fd)
+        try:
+            os.link(temporary, path)  # atomic, and never over a key another process made first
+        except FileExistsError:
+            pass
+    finally:
+        os.unlink(temporary)
+    return _checked(path.read_text(encoding="utf-8").strip().encode("utf-8"), path)
+
+
+def _checked(key: bytes, path: Path) -> bytes:
+    if len(key) < KEY_BYTES:
+        raise WeakKey(f"{path} holds a sealing key of {len(key)} bytes; it needs at least {KEY_BYTES} "
+                      "(remove the file to have a new one made)")  # fmt: skip
     return key

@@ -59,13 +59,18 @@ class RouteView:
         """The user the agent acts for (CEL's `user`, quotas by user, the decision log): the
         verified payload of the route's user-token provider; without `auth`, the first verified
         payload (by provider name) with a `sub`; {} when there is none."""
+        found = self.user_of(jwt_payloads)
+        return dict(found[1]) if found is not None else {}
+
+    def user_of(self, jwt_payloads: JwtPayloads) -> tuple[str, Mapping[str, Any]] | None:
+        """(provider, verified payload) of the user the agent acts for, as `user_claims` picks it."""
         auth = self.route.auth
         providers = [auth.provider] if auth is not None else sorted(jwt_payloads)
         for provider in providers:
             payload = jwt_payloads.get(provider)
             if isinstance(payload, Mapping) and isinstance(payload.get("sub"), str):
-                return dict(payload)
-        return {}
+                return provider, payload
+        return None
 
     def grant(self, agent: str) -> GrantIR | None:
         """The agent's grant for whoever the user is (None if it has only user-limited ones, or none)."""

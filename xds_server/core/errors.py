@@ -40,6 +40,14 @@ MISSING_META = ErrorKind(
     400,
     "a 2026-07-28 request without the required params._meta fields (Envoy's own error, passed through)",
 )
+TASK_NOT_FOUND = ErrorKind(
+    -32602,
+    "(none: as an MCP server answers an unknown task)",
+    200,
+    "a task request (on a backend with tasks) names a task that is not the caller's, was altered, was handed out "
+    "by another backend, or whose tool the caller may no longer call: `Failed to retrieve task: Task not found`, "
+    "exactly as for a task that does not exist",
+)
 MALFORMED_HTTP = ErrorKind(
     -32600,
     "malformed_http",
@@ -161,6 +169,7 @@ CATALOGUE: tuple[ErrorKind, ...] = (
     NOT_MCP,
     HEADER_MISMATCH,
     MISSING_META,
+    TASK_NOT_FOUND,
     AMBIGUOUS_IDENTITY,
     MISSING_CREDENTIALS,
     INVALID_CREDENTIALS,

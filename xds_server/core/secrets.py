@@ -31,9 +31,12 @@ def read_secret(env: str | None, file: str | None, *, what: str) -> str:
         return value.strip()
     if file is not None:
         try:
-            value = Path(file).read_text().strip()
+            value = Path(file).read_text(encoding="utf-8").strip()
         except OSError as exc:
             raise SecretUnavailable(f"{what}: cannot read {file}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise SecretUnavailable(f"{what}: {file} is not UTF-8 text (write the secret as text, "
+                                    "e.g. `openssl rand -hex 32`)") from None  # fmt: skip
         if not value:
             raise SecretUnavailable(f"{what}: {file} is empty")
         return value

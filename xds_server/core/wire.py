@@ -25,8 +25,6 @@ PURPOSE_RESPONSES = "responses"
 PURPOSE_SEAL = "seal"
 #: The request names a sealed id: check it is the caller's, restore it, seal it again in the answer.
 PURPOSE_UNSEAL = "unseal"
-#: The same, with the answer streamed as it comes (it may last: a task's result).
-PURPOSE_UNSEAL_STREAM = "unseal-stream"
 #: ext_authz context extension naming the route (gRPC transport).
 ROUTE_CONTEXT_EXTENSION = "backend"
 #: ext_authz over HTTP: Envoy asks `POST <CHECK_PREFIX><route name><original path>`.

@@ -15,9 +15,11 @@ The order is the security design, so it is defined once, here, as slots:
     | AUTHZ     | envoy.filters.http.rbac (rbac)           | the native allow-list, per route; the listener  |
     |           |                                          | level allows nothing                            |
     |           | agentxds.identity.identify (identity)    | names the agent for the backend (shadow rules)  |
-    | RESPONSES | envoy.filters.http.ext_proc (policy      | rewrites list responses; before ext_authz so it |
-    |           | service)                                 | sees the caller's identity headers, which       |
-    |           |                                          | ext_authz strips on delegated routes            |
+    | RESPONSES | envoy.filters.http.ext_proc (policy      | rewrites list responses, seals task ids in      |
+    |           | service)                                 | answers and restores them in task requests;     |
+    |           |                                          | before ext_authz so it sees the caller's        |
+    |           |                                          | identity headers, which ext_authz strips on     |
+    |           |                                          | delegated routes                                |
     | DECISIONS | ext_authz fail-closed, fail-open (policy | decisions after RBAC, so Python only sees what  |
     |           | service)                                 | RBAC let through                                |
     | SESSION   | envoy.filters.http.stateful_session (mcp)| legacy sessions stick to their upstream host    |

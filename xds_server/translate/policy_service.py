@@ -45,7 +45,6 @@ from xds_server.core.wire import (
     PURPOSE_RESPONSES,
     PURPOSE_SEAL,
     PURPOSE_UNSEAL,
-    PURPOSE_UNSEAL_STREAM,
     ROUTE_CONTEXT_EXTENSION,
     ROUTE_METADATA_KEY,
     typed,
@@ -176,16 +175,15 @@ _RESPONSE_REWRITE_MODE = {
     "response_body_mode": "BUFFERED",  # list responses are short; never a long-lived stream
     "response_trailer_mode": "SKIP",
 }
-#: What ext_proc is sent, per purpose (core/wire.py): sealing a created task's id needs only the
-#: answer (it is short: the task handle); unsealing needs the request's body too, and a task's
-#: result may take long, so it is streamed on to the client as it comes.
+#: What ext_proc is sent, per purpose (core/wire.py). Answers that may carry ids to seal stream on
+#: to the client as they come (a call's progress, a task's result that waits for its end: never
+#: held back); unsealing needs the request's body too (short: it names a task).
+_SEALING_MODE = {**_RESPONSE_REWRITE_MODE, "response_body_mode": "STREAMED"}
 _MODES = {
     PURPOSE_RESPONSES: _RESPONSE_REWRITE_MODE,
-    PURPOSE_SEAL: _RESPONSE_REWRITE_MODE,
-    PURPOSE_UNSEAL: {**_RESPONSE_REWRITE_MODE, "request_body_mode": "BUFFERED"},
-    PURPOSE_UNSEAL_STREAM: {**_RESPONSE_REWRITE_MODE, "request_body_mode": "BUFFERED",
-                            "response_body_mode": "STREAMED"},
-}  # fmt: skip
+    PURPOSE_SEAL: _SEALING_MODE,
+    PURPOSE_UNSEAL: {**_SEALING_MODE, "request_body_mode": "BUFFERED"},
+}
 
 
 def _ext_proc(gateway: GatewayIR) -> HttpFilter:

@@ -16,9 +16,8 @@ metadata.
 Every local-reply mapper whose body echoes the protocol's id
 (`exact_ids`) then becomes three, tried in order:
 
-1. the id is an integer of 16 digits or more (beyond 2^53 a double loses
-   digits): the same body as a text template with the id's digits spliced
-   in. A text template does not escape what it inserts, so request-derived
+1. the id is an integer beyond ±2^53 (a double loses digits there): the
+   same body as a text template with the id's digits spliced in. A text template does not escape what it inserts, so request-derived
    values (tool names, paths, Envoy's details) are left out of this variant
    (`…`, or the `data` field dropped): only our own names stay;
 2. `agentxds.jsonrpc` has an id: the same JSON body with that id;
@@ -47,11 +46,16 @@ NAMESPACE = "agentxds.jsonrpc"
 ID = f"%DYNAMIC_METADATA({NAMESPACE}:id)%"
 ID_TEXT = f"%DYNAMIC_METADATA({NAMESPACE}:id_text)%"
 _J2M = "envoy.extensions.filters.http.json_to_metadata.v3.JsonToMetadata"
-_LONG_INTEGER = r"-?[0-9]{16,}"  # 2^53 has 16 digits: shorter integers are exact as doubles
-#: Format commands whose value is ours (route names) or cannot hold a quote or backslash.
-_SAFE_COMMANDS = frozenset({"%ROUTE_NAME%", "%RESPONSE_CODE%", "%UPSTREAM_HOST%", "%REQ(:method)%"})
+#: Format commands whose value is ours (route names) or cannot hold a quote or backslash (a status
+#: code, an upstream's ip:port). Nothing the request carries, however checked it may seem.
+_SAFE_COMMANDS = frozenset({"%ROUTE_NAME%", "%RESPONSE_CODE%", "%UPSTREAM_HOST%"})
 _COMMAND = re.compile(r"%[A-Z_]+(?:\([^)]*\))?(?::[0-9]+)?%")
 _LEFT_OUT = "…"
+
+
+def _long_integer() -> str:
+    """Integer ids a double cannot hold exactly: beyond ±2^53 (json_to_metadata writes no leading zeros)."""
+    return f"-?{greater_than(2**53)}"
 
 
 def greater_than(limit: int) -> str:
@@ -112,7 +116,7 @@ def _metadata(key: str, value: dict[str, Any]) -> dict[str, Any]:
 _HAS_ID = _metadata("id", {"present_match": True})
 _LONG_INTEGER_ID = all_of(
     _metadata("id", {"double_match": {"range": {"start": -1.0e300, "end": 1.0e300}}}),
-    _metadata("id_text", {"string_match": {"safe_regex": {"regex": _LONG_INTEGER}}}),
+    _metadata("id_text", {"string_match": {"safe_regex": {"regex": _long_integer()}}}),
 )
 
 

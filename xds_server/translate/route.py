@@ -43,7 +43,8 @@ NO_BACKEND_ROUTE = "no-backend"
 
 def _both(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     """A route match true when matches `a` and `b` (of one path) both are."""
-    assert a["path"] == b["path"], (a, b)
+    if a["path"] != b["path"]:
+        raise ValueError(f"matches of two paths cannot be combined: {a['path']} and {b['path']}")
     return {"path": a["path"], "dynamic_metadata": [*a.get("dynamic_metadata", ()), *b.get("dynamic_metadata", ())]}
 
 

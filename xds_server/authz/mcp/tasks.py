@@ -20,6 +20,7 @@ the `Mcp-Name` header. Pure functions; nothing here raises on odd messages.
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -27,6 +28,7 @@ from typing import Any
 from xds_server.authz.mcp import access
 from xds_server.authz.protocols import IdSealing
 from xds_server.authz.state import RouteView
+from xds_server.core import errors
 from xds_server.core.wire import MCP_METADATA_NAMESPACE
 from xds_server.ir.principals import JwtPayloads
 
@@ -35,7 +37,7 @@ RELATED_TASK = "io.modelcontextprotocol/related-task"
 TASK_REQUEST_METHODS = frozenset({"tasks/get", "tasks/result", "tasks/cancel", "tasks/update"})
 #: What a refusal of a task that is not the caller's says: the receiver's own words for an unknown
 #: task (the MCP specification's -32602), so another caller's task looks like no task at all.
-NOT_FOUND_CODE = -32602
+NOT_FOUND_CODE = errors.TASK_NOT_FOUND.code
 NOT_FOUND_MESSAGE = "Failed to retrieve task: Task not found"
 
 
@@ -86,10 +88,19 @@ def _holders(message: Any) -> Iterator[dict[str, Any]]:
                 yield meta[RELATED_TASK]
 
 
+def _no_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [k for k, _ in pairs]
+    if len(keys) != len(set(keys)):
+        # Parsers disagree on which of two taskIds counts: never pick one (Envoy refuses these too).
+        raise ValueError(f"repeated keys: {sorted(k for k in set(keys) if keys.count(k) > 1)}")
+    return dict(pairs)
+
+
 def task_request(body: bytes) -> tuple[Any, Any] | None:
-    """(id, params.taskId) of a request naming a task; None when the body is not one."""
+    """(id, params.taskId) of a request naming a task; None when the body is not one (including a
+    body whose objects repeat a key)."""
     try:
-        message = json.loads(body)
+        message = json.loads(body, object_pairs_hook=_no_repeated_keys)
     except ValueError:
         return None
     if not isinstance(message, dict) or message.get("method") not in TASK_REQUEST_METHODS:
@@ -113,8 +124,6 @@ def header_value(raw: str) -> str:
     transport's `=?base64?...?=` form."""
     if raw.isascii() and raw.isprintable() and raw == raw.strip() and not raw.startswith("=?"):
         return raw
-    import base64
-
     return f"=?base64?{base64.b64encode(raw.encode('utf-8')).decode('ascii')}?="
 
 

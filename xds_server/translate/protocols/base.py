@@ -53,7 +53,7 @@ class ProtocolTranslator(abc.ABC):
     @abc.abstractmethod
     def sealing_matches(self, route: RouteIR) -> list[tuple[dict[str, Any], str]]:
         """(route match, ext_proc purpose) of the requests whose ids the policy service seals per
-        caller (core/wire.py PURPOSE_SEAL, PURPOSE_UNSEAL, PURPOSE_UNSEAL_STREAM); [] for none."""
+        caller (core/wire.py PURPOSE_SEAL, PURPOSE_UNSEAL); [] for none."""
 
     @abc.abstractmethod
     def permissions(self, route: RouteIR, allows: Any) -> list[dict[str, Any]]:

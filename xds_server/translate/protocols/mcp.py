@@ -22,8 +22,7 @@
 - **Policy-service routes** match on the deframed method and tool (the MCP
   filter clears the route cache when some route needs it).
 - **Tasks** (a backend with `tasks`): the task methods (`tasks/get`,
-  `tasks/cancel`, `tasks/update`; `tasks/result`, whose answer is streamed)
-  are allowed to every agent with a grant there, and go to the policy
+  `tasks/cancel`, `tasks/update`, `tasks/result`) are allowed to every agent with a grant there, and go to the policy
   service, which lets a caller reach only the tasks it created; the answers
   of `tools/call`s that may create a task (a legacy `params.task`, or a
   2026-07-28 client declaring the tasks extension) go to it to have their
@@ -44,7 +43,6 @@ from xds_server.core.wire import (
     MCP_METADATA_NAMESPACE,
     PURPOSE_SEAL,
     PURPOSE_UNSEAL,
-    PURPOSE_UNSEAL_STREAM,
     typed,
     typed_struct,
 )
@@ -76,7 +74,7 @@ TOOLLESS_METHODS = (
 )
 TOOLLESS_METHOD_PREFIXES = ("notifications/",)
 RESOURCE_METHODS = ("resources/read", "resources/subscribe", "resources/unsubscribe")
-#: The task methods answered at once (legacy and 2026-07-28), and the one that waits for the task's end.
+#: The task methods that name a task (legacy and 2026-07-28); tasks/result waits for the task's end.
 TASK_METHODS = ("tasks/cancel", "tasks/get", "tasks/update")
 TASK_RESULT_METHOD = "tasks/result"
 #: Where a 2026-07-28 client declares the tasks extension (SEP-2663), as a metadata path.
@@ -231,9 +229,8 @@ class McpTranslator(ProtocolTranslator):
                     "value": {"present_match": True}}  # fmt: skip
 
         return [
-            ({"path": route.path, "dynamic_metadata": [_route_method_matcher(*TASK_METHODS)]}, PURPOSE_UNSEAL),
-            ({"path": route.path, "dynamic_metadata": [_route_method_matcher(TASK_RESULT_METHOD)]},
-             PURPOSE_UNSEAL_STREAM),
+            ({"path": route.path, "dynamic_metadata": [_route_method_matcher(*TASK_METHODS, TASK_RESULT_METHOD)]},
+             PURPOSE_UNSEAL),
             # A call that may create a task: a legacy client asks with params.task; a 2026-07-28
             # server may answer any call with a task once the client declares the extension.
             ({"path": route.path, "dynamic_metadata": [call, present("params", "task")]}, PURPOSE_SEAL),
