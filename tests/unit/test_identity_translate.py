@@ -239,9 +239,11 @@ def test_a_jwks_url_gets_a_cluster_of_its_own() -> None:
 
 def test_a_users_grant_is_the_agent_and_the_user() -> None:
     gw = gateway()
-    policies = rbac.route_rbac(gw.routes[0], gw.agents, McpTranslator())["rbac"]["rules"]["policies"]
-    assert set(policies) == {"agent/triage", "agent/triage/users[1]"}
+    policies = rbac.route_rbac_rules(gw.routes[0], gw.agents, McpTranslator())["rbac"]["rules"]["policies"]
+    assert set(policies) == {"agent/triage", "agent/triage/users[1]", rbac.COMMON_POLICY}
     (plain,) = [p["principals"] for k, p in policies.items() if k == "agent/triage"]
+    # What every grant allows (lists, lifecycle) is one policy with every grant's principals.
+    assert policies[rbac.COMMON_POLICY]["principals"] == plain + policies["agent/triage/users[1]"]["principals"]
     assert len(plain) == 2  # either of the agent's sources, whoever the user is
     (limited,) = policies["agent/triage/users[1]"]["principals"]
     agent_part, user_part = limited["and_ids"]["ids"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 
@@ -49,24 +50,26 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_render(args: argparse.Namespace) -> int:
     from xds_server.controlplane.pipeline import as_source, translate_checked
-    from xds_server.controlplane.render import dump_yaml, ir_document, xds_document
+    from xds_server.controlplane.render import dump_yaml, ir_document, write_xds_yaml
     from xds_server.ir.build import build_ir
     from xds_server.policy.diagnostics import PolicyError
 
     try:
         ir = build_ir(as_source(args.dir).load())
-        # The IR alone needs no translation, so it can be shown even when a translator fails.
-        text = (
-            dump_yaml(ir_document(ir))
-            if args.to == "ir"
-            else dump_yaml(xds_document(translate_checked(ir)), sort_keys=True)
-        )
+        if args.to == "ir":  # the IR alone needs no translation: shown even when a translator fails
+            sys.stdout.write(dump_yaml(ir_document(ir)))
+            return 0
+        resources = translate_checked(ir)
     except PolicyError as exc:
         print(exc, file=sys.stderr)
         return 1
     except Exception:
         return _internal_error("render")
-    sys.stdout.write(text)
+    try:
+        write_xds_yaml(resources, sys.stdout.write)
+        sys.stdout.flush()
+    except BrokenPipeError:  # `render ... | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that the exit flush is quiet too
     return 0
 
 

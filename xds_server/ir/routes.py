@@ -179,8 +179,12 @@ def user_match(rule: RuleBase, identity: IdentityIR) -> UserMatchIR | None:
     )
 
 
-def named_agents(rule: RuleBase, recognisable: list[str]) -> list[str]:
-    return recognisable if ANY_AGENT in rule.agents else [n for n in rule.agents if n in recognisable]
+def named_agents(rule: RuleBase, recognisable: list[str], known: frozenset[str] | None = None) -> list[str]:
+    """The agents a rule names that the gateway can recognise (`known`: the same as a set, if at hand)."""
+    if ANY_AGENT in rule.agents:
+        return recognisable
+    members = known if known is not None else frozenset(recognisable)
+    return [n for n in rule.agents if n in members]
 
 
 GrantKey = tuple[str, UserMatchIR | None]
@@ -195,9 +199,11 @@ def grants(
     (for one user match), in policy order, allow together.
     """
     by_key: dict[GrantKey, list[tuple[str, R]]] = defaultdict(list)
+    recognisable = build.recognisable  # once: it walks every agent
+    known = frozenset(recognisable)
     for rule_id, rule in rules:
         user = user_match(rule, build.identity)
-        for name in named_agents(rule, build.recognisable):
+        for name in named_agents(rule, recognisable, known):
             by_key[(name, user)].append((rule_id, rule))
     return tuple(
         GrantIR(

@@ -69,10 +69,26 @@ def parse_documents(text: str, file: str) -> tuple[list[ParsedDocument], list[Di
     A syntax error ends the file (YAML cannot resynchronise), but documents
     before it are still returned so they can be checked too.
     """
+    if _FAST_LOADER is not None and not _EXOTIC_BREAK.search(text):
+        # libyaml (C) composes the same nodes tens of times faster; for anything it refuses, the
+        # pure-Python parser runs again, whose diagnostics (lines, words) are the ones users get.
+        docs, diags = _parse_with(text, file, _FAST_LOADER)
+        if not diags:
+            return docs, diags
+    return _parse_with(text, file, yaml.SafeLoader)
+
+
+#: libyaml's loader, when PyYAML was built with it.
+_FAST_LOADER: Any = getattr(yaml, "CSafeLoader", None) if yaml.__with_libyaml__ else None
+#: Line breaks libyaml may number differently from PyYAML (NEL, LS, PS, a lone CR).
+_EXOTIC_BREAK = re.compile("[\x85\u2028\u2029]|\r(?!\n)")
+
+
+def _parse_with(text: str, file: str, loader: Any) -> tuple[list[ParsedDocument], list[Diagnostic]]:
     docs: list[ParsedDocument] = []
     diags: list[Diagnostic] = []
     try:
-        for node in yaml.compose_all(text, Loader=yaml.SafeLoader):
+        for node in yaml.compose_all(text, Loader=loader):
             if node is None or (isinstance(node, ScalarNode) and node.tag == "tag:yaml.org,2002:null"):
                 continue  # an empty document ("---" followed by nothing)
             line = node.start_mark.line + 1

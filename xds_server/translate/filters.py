@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from xds_server.core.wire import typed
+from xds_server.translate.proto import Prebuilt
 
 
 class Slot(enum.IntEnum):
@@ -104,7 +105,7 @@ class Use(enum.Enum):
     OFF = "off"
 
 
-FilterUses = Mapping[str | Slot, dict[str, Any] | Use]
+FilterUses = Mapping[str | Slot, dict[str, Any] | Prebuilt | Use]
 
 
 def ordered(filters: Iterable[HttpFilter]) -> list[HttpFilter]:
@@ -148,7 +149,7 @@ class RouteFilters:
                 if f.off is None:
                     raise FilterError(f"filter {f.name} cannot be switched off on a route (kind {self.kind})")
                 out[f.name] = f.off
-            elif isinstance(use, dict):
+            elif use is not Use.LISTENER_CONFIG:
                 out[f.name] = use
         return out
 

@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import importlib
 import json
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from google.protobuf import json_format, message_factory
+from google.protobuf import any_pb2, json_format, message_factory
 from google.protobuf.message import Message
 
-from xds_server.core.wire import typed, typed_struct
+from xds_server.core.wire import TYPE_PREFIX, typed, typed_struct
 
-__all__ = ["to_dict", "to_message", "typed", "typed_struct"]
+__all__ = ["Prebuilt", "prebuilt", "to_dict", "to_message", "typed", "typed_struct"]
 
 M = TypeVar("M", bound=Message)
 
@@ -60,13 +61,61 @@ def _ensure_descriptors() -> None:
         _loaded = True
 
 
+@dataclass(frozen=True, eq=False)
+class Prebuilt:
+    """An `Any` built beforehand, to stand where a dict would (`{"@type": ..., ...}`) in a body
+    given to `to_message`: large, regular parts (RBAC allow-lists) are built with protobuf's
+    own constructor, tens of times faster than the dict parser, and shared where they repeat."""
+
+    message: any_pb2.Any
+
+
+def prebuilt(cls: type[M], body: dict[str, Any]) -> Prebuilt:
+    """`body` (proto field names; enums by name; no Any, Duration or Struct inside) as a `cls`,
+    packed deterministically into an Any; raises ValueError/TypeError on unknown fields."""
+    packed = any_pb2.Any()
+    packed.Pack(cls(**body), deterministic=True)
+    return Prebuilt(packed)
+
+
 def to_message(cls: type[M], body: dict[str, Any]) -> M:
     """Parse `body` into a new `cls` with every `Any` in it packed canonically; raises
-    `json_format.ParseError` on unknown fields."""
+    `json_format.ParseError` on unknown fields. `Prebuilt` values are put in as they are (they
+    may not sit inside another Any's body)."""
     _ensure_descriptors()
-    message = json_format.ParseDict(body, cls())
+    found: list[tuple[list[str | int], Prebuilt]] = []
+    message = json_format.ParseDict(_stand_ins(body, [], found, inside_any=False), cls())
     canonical_anys(message)
+    for path, value in found:
+        _at(message, path).CopyFrom(value.message)
     return message
+
+
+_STAND_IN = {"@type": TYPE_PREFIX + "google.protobuf.Empty"}
+
+
+def _stand_ins(value: Any, path: list[str | int], found: list[tuple[list[str | int], Prebuilt]],
+               *, inside_any: bool) -> Any:  # fmt: skip
+    """`value` with each Prebuilt replaced by an empty Any, its path recorded in `found`."""
+    if isinstance(value, Prebuilt):
+        if inside_any:
+            raise ValueError(f"a Prebuilt cannot sit inside another Any's body (at {path})")
+        found.append((path, value))
+        return _STAND_IN
+    if isinstance(value, dict):
+        nested = inside_any or "@type" in value
+        return {k: _stand_ins(v, [*path, k], found, inside_any=nested) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_stand_ins(v, [*path, i], found, inside_any=inside_any) for i, v in enumerate(value)]
+    return value
+
+
+def _at(message: Message, path: list[str | int]) -> Any:
+    """What `path` (field names, map keys, list indices) leads to inside `message`."""
+    at: Any = message
+    for step in path:
+        at = getattr(at, str(step)) if isinstance(at, Message) else at[step]
+    return at
 
 
 def canonical_anys(message: Message) -> None:

@@ -4,7 +4,10 @@ A route's RBAC has one policy per grant: its principals are the agent's
 (any of them proves it, see ir/principals.py) and, for a grant limited to
 some users, the user's verified JWT claims as well (AND); its permissions
 are what the grant allows, in the protocol's terms (the protocol
-translator's `permissions`). Only ALLOW lists are emitted: a body Envoy
+translator's `permissions`). What every grant allows alike (the protocol's
+`common_permissions`: methods that name nothing) is one more policy, whose
+principals are every grant's, rather than a copy in each grant's policy:
+with hundreds of agents on a route that is most of the route's size. Only ALLOW lists are emitted: a body Envoy
 could not parse carries no metadata and so matches nothing, which denies it
 (a DENY list would let it through). The listener-level RBAC allows nothing,
 so an Envoy route without a per-route config is denied too, and an empty
@@ -15,10 +18,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from envoy.extensions.filters.http.rbac.v3.rbac_pb2 import RBACPerRoute
+
 from xds_server.core.wire import typed
 from xds_server.ir.types import AgentIR, GrantIR, RouteIR
 from xds_server.translate.filters import HttpFilter, Slot
 from xds_server.translate.names import rbac_policy_name
+from xds_server.translate.proto import Prebuilt, prebuilt
 from xds_server.translate.protocols.base import ProtocolTranslator
 
 RBAC_FILTER = "envoy.filters.http.rbac"
@@ -49,16 +55,31 @@ def grant_principals(grant: GrantIR, agent: AgentIR) -> list[dict[str, Any]]:
     return [{"and_ids": {"ids": [_or_ids(agent_ids), grant.user.rbac()]}}]
 
 
-def route_rbac(route: RouteIR, agents: tuple[AgentIR, ...], protocol: ProtocolTranslator) -> dict[str, Any]:
-    """The `RBACPerRoute` (as an Any dict) of one route's Envoy routes."""
+#: The policy of what every grant on a route allows (not an agent's name: those are `agent/<name>`).
+COMMON_POLICY = "any-grant"
+
+
+def route_rbac_rules(route: RouteIR, agents: tuple[AgentIR, ...], protocol: ProtocolTranslator) -> dict[str, Any]:
+    """The `RBACPerRoute` body of one route's Envoy routes (as a dict, for reading and tests)."""
     by_name = {a.name: a for a in agents}
     policies: dict[str, Any] = {}
+    everyone: list[dict[str, Any]] = []
     for index, grant in enumerate(route.grants):
         agent = by_name[grant.agent]
+        principals = grant_principals(grant, agent)
+        everyone += principals
+        permissions = protocol.permissions(route, grant.allows)
+        if not permissions or not principals:
+            continue
         # An agent can hold a plain grant and grants limited to some users: one policy each.
         name = rbac_policy_name(agent.name) if grant.user is None else f"{rbac_policy_name(agent.name)}/users[{index}]"
-        policies[name] = {
-            "permissions": protocol.permissions(route, grant.allows),
-            "principals": grant_principals(grant, agent),
-        }
-    return typed(RBAC_PER_ROUTE_TYPE, {"rbac": {"rules": {"action": "ALLOW", "policies": policies}}})
+        policies[name] = {"permissions": permissions, "principals": principals}
+    if everyone:
+        policies[COMMON_POLICY] = {"permissions": protocol.common_permissions(route), "principals": everyone}
+    return {"rbac": {"rules": {"action": "ALLOW", "policies": policies}}}
+
+
+def route_rbac(route: RouteIR, agents: tuple[AgentIR, ...], protocol: ProtocolTranslator) -> Prebuilt:
+    """The `RBACPerRoute` of one route's Envoy routes, built once (the largest part of a route
+    configuration: protobuf's own constructor, not the dict parser) and shared by them."""
+    return prebuilt(RBACPerRoute, route_rbac_rules(route, agents, protocol))

@@ -11,7 +11,9 @@ asked of its translator, one subclass of `ProtocolTranslator` per protocol:
   policy service decides on, or whose responses it rewrites;
 - `sealing_matches`: how its routes pick out the requests whose ids the
   policy service seals per caller (PURPOSE_SEAL, PURPOSE_UNSEAL, ...);
-- `permissions`: what one grant on a route allows, as RBAC permissions;
+- `common_permissions` / `permissions`: what every grant on a route allows
+  (the methods that name nothing: lifecycle, lists, ...), and what one grant
+  allows besides, as RBAC permissions;
 - `request_rejections` / `denials` / `refusals_as_results`: its local
   replies (its filter's own refusals; what a known caller was refused;
   which refusals read as a result of the call rather than an error);
@@ -56,8 +58,12 @@ class ProtocolTranslator(abc.ABC):
         caller (core/wire.py PURPOSE_SEAL, PURPOSE_UNSEAL); [] for none."""
 
     @abc.abstractmethod
+    def common_permissions(self, route: RouteIR) -> list[dict[str, Any]]:
+        """The RBAC permissions (OR-ed by Envoy) every grant on `route` allows, whatever it names."""
+
+    @abc.abstractmethod
     def permissions(self, route: RouteIR, allows: Any) -> list[dict[str, Any]]:
-        """The RBAC permissions (OR-ed by Envoy) that one grant's protocol part allows on `route`."""
+        """The RBAC permissions (OR-ed) one grant's protocol part allows on `route` besides the common ones."""
 
     @abc.abstractmethod
     def request_rejections(self, gateway: GatewayIR) -> list[dict[str, Any]]:

@@ -237,11 +237,15 @@ class McpTranslator(ProtocolTranslator):
             ({"path": route.path, "dynamic_metadata": [call, present(*TASKS_EXTENSION_PATH)]}, PURPOSE_SEAL),
         ]  # fmt: skip
 
-    def permissions(self, route: RouteIR, allows: McpAllowsIR) -> list[dict[str, Any]]:
+    def common_permissions(self, route: RouteIR) -> list[dict[str, Any]]:
         permissions = [toolless_permission()]
         if route.protocol.tasks:
             # Any task method; whose task it is, the policy service checks.
             permissions.append(_or([_method_is(m) for m in (*TASK_METHODS, TASK_RESULT_METHOD)]))
+        return permissions
+
+    def permissions(self, route: RouteIR, allows: McpAllowsIR) -> list[dict[str, Any]]:
+        permissions: list[dict[str, Any]] = []
         if allows.all_tools:
             permissions.append(
                 {"and_rules": {"rules": [_method_is("tools/call"), _metadata(("params", "name"), _any_of(allows.all_tools))]}}
