@@ -28,7 +28,7 @@ def policies(tmp_path: Path) -> Path:
 
 
 def _break(monkeypatch: pytest.MonkeyPatch, stage: str) -> None:
-    def broken(ir: object) -> object:
+    def broken(*args: object) -> object:
         raise RuntimeError("translator bug: route table exploded")
 
     monkeypatch.setattr(pipeline_module, stage, broken)

@@ -37,11 +37,13 @@ from google.protobuf.message import Message
 from xds_server.controlplane import emptying
 from xds_server.controlplane.verify import check_consistent
 from xds_server.ir.build import BuildRefused, build_ir
+from xds_server.ir.memo import BuildMemo
 from xds_server.ir.types import IR
 from xds_server.policy.diagnostics import PolicyError
 from xds_server.sources import PolicySource
 from xds_server.sources.directory import DirectorySource
 from xds_server.translate import GatewayResources, translate
+from xds_server.translate.memo import TranslateMemo
 from xds_server.xds import snapshot as xds
 from xds_server.xds.cache import SnapshotCache
 from xds_server.xds.snapshot import Snapshot
@@ -84,9 +86,9 @@ def to_snapshot(resources: GatewayResources) -> Snapshot:
     return Snapshot.build(by_type_url(resources))
 
 
-def translate_checked(ir: IR) -> dict[str, GatewayResources]:
+def translate_checked(ir: IR, memo: TranslateMemo | None = None) -> dict[str, GatewayResources]:
     """Translate and verify; raises InconsistentResources (or whatever a translator raised) on a bug."""
-    resources = translate(ir)
+    resources = translate(ir, memo)
     problems = [p for name, res in resources.items() for p in check_consistent(name, res)]
     if problems:
         raise InconsistentResources("\n".join(problems))
@@ -104,14 +106,26 @@ def as_source(source: PolicySource | str | os.PathLike[str]) -> PolicySource:
     return DirectorySource.of(source) if isinstance(source, (str, os.PathLike)) else source
 
 
-def referenced_files(ir: IR) -> frozenset[Path]:
+def referenced_files(ir: IR, memo: TranslateMemo | None = None) -> frozenset[Path]:
     """Every file the IR names (absolute paths): certificates, keys, trust bundles, JWKS, secrets.
 
     These are read when the IR is built (or by the policy service), so a
     change to any of them must trigger a rebuild just like a policy edit.
     Found by walking the IR for fields named `file` or `*_file`, so a new
     file reference in the IR is followed without touching this function.
+    With `memo`, a route object walked before is not walked again.
     """
+    found: set[Path] = set()
+    for gateway in ir.gateways:
+        parts = [getattr(gateway, f.name) for f in dataclasses.fields(gateway) if f.name != "listener"]
+        parts += [getattr(gateway.listener, f.name) for f in dataclasses.fields(gateway.listener) if f.name != "routes"]
+        for part in [*parts, *gateway.routes]:
+            found |= (memo.result(("files", id(part)), part, lambda part=part: _files_in(part))  # type: ignore[misc]
+                      if memo is not None else _files_in(part))  # fmt: skip
+    return frozenset(found)
+
+
+def _files_in(value: Any) -> frozenset[Path]:
     found: set[Path] = set()
 
     def walk(value: Any) -> None:
@@ -126,7 +140,7 @@ def referenced_files(ir: IR) -> frozenset[Path]:
             for item in value:
                 walk(item)
 
-    walk(ir)
+    walk(value)
     return frozenset(found)
 
 
@@ -153,6 +167,9 @@ class Pipeline:
         # Files the latest loadable policies name (kept when a later edit does not load),
         # for the watcher: their changes rebuild too, even when the build they broke was refused.
         self.files: frozenset[Path] = frozenset()
+        # What the last builds made of unchanged inputs (the result is the same without them).
+        self.build_memo = BuildMemo()
+        self.translate_memo = TranslateMemo()
 
     @property
     def policy_dir(self) -> Path:
@@ -170,17 +187,18 @@ class Pipeline:
             except PolicyError as exc:
                 return self._refuse(tuple(str(d) for d in exc.diagnostics), started)
             try:
-                ir = build_ir(policy_set)
+                ir = build_ir(policy_set, self.build_memo)
             except BuildRefused as exc:
                 # A file the policies name cannot be used: follow it, so fixing it rebuilds.
                 self.files = referenced_files(exc.ir)
                 return self._refuse(tuple(str(d) for d in exc.diagnostics), started)
-            self.files = referenced_files(ir)
+            with self.translate_memo.active():
+                self.files = referenced_files(ir, self.translate_memo)
+                resources = translate_checked(ir)
             coverage = emptying.Coverage.of(policy_set, ir)
             lost = emptying.losses(self.coverage, coverage) if self.coverage else []
             if lost and not self.allow_emptying:
                 return self._refuse(emptying.refusal(lost), started)
-            resources = translate_checked(ir)
             snapshots = {group: to_snapshot(res) for group, res in resources.items()}
         except Exception:
             # Anything else, at any stage, is a bug of the gateway: the watcher must live on.

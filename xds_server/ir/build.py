@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from xds_server.ir import build_mcp, materials
+from xds_server.ir.memo import BuildMemo
 from xds_server.ir.principals import SecretIR
 from xds_server.ir.routes import RouteBuild, near
 from xds_server.ir.types import (
@@ -187,12 +188,16 @@ def _lower(header: str | None) -> str | None:
 
 
 def _gateway_ir(
-    located: Located[Gateway], policy_set: PolicySet, keys: dict[str, SecretIR], diagnostics: list[Diagnostic]
+    located: Located[Gateway],
+    policy_set: PolicySet,
+    keys: dict[str, SecretIR],
+    diagnostics: list[Diagnostic],
+    memo: BuildMemo,
 ) -> GatewayIR:
     gateway = located.doc
     spec = gateway.spec
     header = spec.identity.trusted_header
-    build = RouteBuild(gateway.metadata.name, IdentityIR(header.lower() if header else None), (), diagnostics)
+    build = RouteBuild(gateway.metadata.name, IdentityIR(header.lower() if header else None), (), diagnostics, memo)
     identity = IdentityIR(
         trusted_header=header.lower() if header else None,
         jwt_providers=tuple(
@@ -204,8 +209,10 @@ def _gateway_ir(
         anonymous_agent=spec.identity.anonymous.agent if spec.identity.anonymous is not None else None,
     )
     tls = _downstream_tls(located, build)
-    agents = tuple(sorted((_agent_ir(a, identity, tls, keys) for a in policy_set.agents), key=lambda a: a.name))
-    build = RouteBuild(gateway.metadata.name, identity, agents, diagnostics)
+    agents = tuple(sorted((memo.same(("agent", gateway.metadata.name, a.name), _agent_ir(a, identity, tls, keys))
+                           for a in policy_set.agents), key=lambda a: a.name))  # fmt: skip
+    agents = memo.same(("agents", gateway.metadata.name), agents)
+    build = RouteBuild(gateway.metadata.name, identity, agents, diagnostics, memo)
     routes = [route for builder in ROUTE_BUILDERS for route in builder(policy_set, build)]
     return GatewayIR(
         name=gateway.metadata.name,
@@ -247,16 +254,20 @@ def _sealing_key(located: Located[Gateway], build: RouteBuild) -> SecretIR | Non
     return key if key is not None else SecretIR(ref.env, file, "")
 
 
-def build_ir(policy_set: PolicySet) -> IR:
+def build_ir(policy_set: PolicySet, memo: BuildMemo | None = None) -> IR:
     """Resolve a validated policy set into the IR, reading the material it references.
 
     Deterministic for the same policies and files. Raises BuildRefused (a
     PolicyError) with a diagnostic per referenced file or secret that cannot be used.
+    With `memo`, what the last builds made of unchanged documents is reused
+    (ir/memo.py); the IR is equal either way.
     """
+    memo = memo if memo is not None else BuildMemo()
     diagnostics: list[Diagnostic] = []
     keys = _api_keys(policy_set, diagnostics)
     gateways = sorted(policy_set.gateways, key=lambda g: g.doc.metadata.name)
-    ir = IR(gateways=tuple(_gateway_ir(g, policy_set, keys, diagnostics) for g in gateways))
+    ir = IR(gateways=tuple(_gateway_ir(g, policy_set, keys, diagnostics, memo) for g in gateways))
+    memo.end_build()
     if diagnostics:
         raise BuildRefused(diagnostics, ir)
     return ir

@@ -20,7 +20,7 @@ from xds_server.ir.mcp import (
     ToolGuardIR,
     with_decisions,
 )
-from xds_server.ir.types import RouteIR
+from xds_server.ir.types import ConditionalRuleIR, GrantIR, RouteIR
 from xds_server.policy.load import PolicySet
 from xds_server.policy.located import Located
 from xds_server.policy.mcp import MCPBackend, MCPToolLock, Rule
@@ -72,35 +72,43 @@ def _tool_guard(backend: MCPBackend, lock: Located[MCPToolLock] | None) -> ToolG
     )  # fmt: skip
 
 
+def _rule_parts(
+    rules: list[tuple[str, Rule]], build: routes.RouteBuild
+) -> tuple[tuple[GrantIR, ...], tuple[ConditionalRuleIR, ...]]:
+    return (routes.grants(rules, build, _allows),
+            routes.conditional_rules(rules, build, lambda rule: compile_globs(rule.tools)))  # fmt: skip
+
+
 def build_routes(policy_set: PolicySet, build: routes.RouteBuild) -> list[RouteIR]:
     """The MCP routes of one gateway: one per MCPBackend it serves, with the MCPPolicy rules on it."""
     out = []
     for located in policy_set.backends_of(build.gateway):
         backend = located.doc
         spec = backend.spec
+        policies = policy_set.policies_for(backend.metadata.name)
         rules = [
-            (f"{p.doc.metadata.name}/rules[{i}]", rule)
-            for p in policy_set.policies_for(backend.metadata.name)
-            for i, rule in enumerate(p.doc.spec.rules)
+            (f"{p.doc.metadata.name}/rules[{i}]", rule) for p in policies for i, rule in enumerate(p.doc.spec.rules)
         ]
+        grants, conditional = build.rule_parts(backend.metadata.name, tuple(p.doc for p in policies),
+                                               lambda rules=rules: _rule_parts(rules, build))  # type: ignore[misc]  # fmt: skip
         route = RouteIR(
             name=backend.metadata.name,
             path=backend.route_path,
             upstream=routes.upstream(located, build, spec.path),
             request_timeout_ms=spec.timeouts.request_ms,
             idle_timeout_ms=spec.timeouts.idle_ms,
-            grants=routes.grants(rules, build, _allows),
+            grants=grants,
             protocol=McpRouteIR(
                 list_filtering=spec.policy_service.list_filtering,
                 tool_guard=_tool_guard(backend, policy_set.lock_for(backend.metadata.name)),
                 refusals_as_tool_results=spec.denied_tool_calls == "toolResult",
                 tasks=spec.tasks.enabled,
             ),
-            conditional_rules=routes.conditional_rules(rules, build, lambda rule: compile_globs(rule.tools)),
+            conditional_rules=conditional,
             policy_service=routes.policy_service(located),
             auth=routes.auth(located, build),
             credentials=routes.credentials(located),
             annotations=routes.annotations_of(located),
         )
-        out.append(with_decisions(route))
+        out.append(build.memo.same(("route", build.gateway, route.name), with_decisions(route)))
     return out

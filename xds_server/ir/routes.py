@@ -14,6 +14,7 @@ together once every gateway is built.
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from xds_server.ir import materials
+from xds_server.ir.memo import BuildMemo
 from xds_server.ir.patterns import NamePattern
 from xds_server.ir.principals import SecretIR
 from xds_server.ir.types import (
@@ -64,6 +66,7 @@ class RouteBuild:
     identity: IdentityIR
     agents: tuple[AgentIR, ...]
     diagnostics: list[Diagnostic] = field(default_factory=list)
+    memo: BuildMemo = field(default_factory=BuildMemo)
 
     def report(self, located: Located[Any], at: FieldPath, message: str) -> None:
         self.diagnostics.append(located.diagnostic(at, message))
@@ -76,10 +79,19 @@ class RouteBuild:
             self.report(located, at, str(exc))
             return None
 
-    @property
+    @functools.cached_property
     def recognisable(self) -> list[str]:
-        """Agents this gateway can recognise (those with a principal here)."""
+        """Agents this gateway can recognise (those with a principal here); computed once (the
+        agents of a RouteBuild never change)."""
         return [a.name for a in self.agents if a.principals]
+
+    def rule_parts(self, route: str, documents: tuple[Any, ...], compute: Callable[[], T]) -> T:
+        """What the rules of `documents` (policy models) make of a route (grants, conditional rules):
+        a pure function of them, the identity settings and who is recognisable, so the last
+        build's result stands while none of those changed."""
+        key = ("rules", self.gateway, route, tuple(id(d) for d in documents), self.identity,
+               tuple(self.recognisable))  # fmt: skip
+        return self.memo.result(key, documents, compute)
 
 
 # ---------------------------------------------------------------- upstream

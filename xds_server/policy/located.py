@@ -29,12 +29,15 @@ class Located(Generic[T]):
 
     `lines` maps YAML paths inside the document (camelCase keys and list
     indices, e.g. ("spec", "rules", 0, "tools")) to 1-based lines, so later
-    stages can point their own diagnostics at the field they reject.
+    stages can point their own diagnostics at the field they reject; they are
+    counted from the document's own first line when `line_offset` is set (a
+    document read once and found again, moved, after an edit above it).
     """
 
     doc: T
     source: Source
     lines: Mapping[Path, int] = field(default_factory=dict, compare=False, hash=False, repr=False)
+    line_offset: int = field(default=0, compare=False, hash=False, repr=False)
 
     @property
     def name(self) -> str:
@@ -44,7 +47,7 @@ class Located(Generic[T]):
         """Line of `path`, or of its closest enclosing node that was written."""
         for end in range(len(path), 0, -1):
             if path[:end] in self.lines:
-                return self.lines[path[:end]]
+                return self.lines[path[:end]] + self.line_offset
         return self.source.line
 
     def diagnostic(self, path: Path, message: str) -> Diagnostic:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from xds_server.policy.load import PolicySet, load_directory
+from xds_server.policy.load import DocumentCache, PolicySet, load_directory
 
 
 @dataclass(frozen=True)
@@ -14,9 +14,12 @@ class DirectorySource:
     """Every `*.yaml`/`*.yml` under `path` (recursively, hidden files skipped); `path` may be one file.
 
     The control plane's watcher follows the directory (controlplane/watch.py).
+    Each load after the first reads again only the documents that changed
+    (`DocumentCache`); what it returns is what a first load would.
     """
 
     path: Path
+    cache: DocumentCache = field(default_factory=DocumentCache, compare=False, hash=False, repr=False)
 
     @classmethod
     def of(cls, path: str | os.PathLike[str]) -> DirectorySource:
@@ -27,4 +30,4 @@ class DirectorySource:
         return str(self.path)
 
     def load(self) -> PolicySet:
-        return load_directory(self.path)
+        return load_directory(self.path, self.cache)

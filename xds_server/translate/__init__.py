@@ -35,6 +35,7 @@ from xds_server.ir.types import IR, GatewayIR, SecretIR
 from xds_server.translate.cluster import build_cluster, build_load_assignment
 from xds_server.translate.jwt import jwks_clusters
 from xds_server.translate.listener import build_listener
+from xds_server.translate.memo import TranslateMemo, memoised
 from xds_server.translate.policy_service import policy_clusters
 from xds_server.translate.route import build_route_config
 from xds_server.translate.tls import gateway_secrets
@@ -56,6 +57,16 @@ class GatewayResources:
 def _values_to_redact(gateway: GatewayIR) -> frozenset[str]:
     """Every secret the gateway's IR carries (API keys in header matchers, private keys, any
     future one): whatever shows the resources (render, goldens) must not show these."""
+    parts = [getattr(gateway, f.name) for f in dataclasses.fields(gateway) if f.name != "listener"]
+    parts += [getattr(gateway.listener, f.name) for f in dataclasses.fields(gateway.listener) if f.name != "routes"]
+    found: set[str] = set()
+    # Found once per part object (the IR build hands back unchanged routes and agents as they were).
+    for part in [*parts, *gateway.routes]:
+        found |= memoised(("secrets", id(part)), part, lambda part=part: _secrets_in(part))  # type: ignore[misc]
+    return frozenset(v for v in found if v)
+
+
+def _secrets_in(value: Any) -> frozenset[str]:
     found: set[str] = set()
 
     def walk(value: Any) -> None:
@@ -68,8 +79,8 @@ def _values_to_redact(gateway: GatewayIR) -> frozenset[str]:
             for item in value:
                 walk(item)
 
-    walk(gateway)
-    return frozenset(v for v in found if v)
+    walk(value)
+    return frozenset(found)
 
 
 def translate_gateway(gateway: GatewayIR) -> GatewayResources:
@@ -87,6 +98,10 @@ def translate_gateway(gateway: GatewayIR) -> GatewayResources:
     )
 
 
-def translate(ir: IR) -> dict[str, GatewayResources]:
-    """Resources per gateway name (the Envoy `node.cluster` that receives them)."""
-    return {g.name: translate_gateway(g) for g in ir.gateways}
+def translate(ir: IR, memo: TranslateMemo | None = None) -> dict[str, GatewayResources]:
+    """Resources per gateway name (the Envoy `node.cluster` that receives them). With `memo`, what
+    earlier translations built from the same inputs is reused (translate/memo.py): same result."""
+    if memo is None:
+        return {g.name: translate_gateway(g) for g in ir.gateways}
+    with memo.active():
+        return {g.name: translate_gateway(g) for g in ir.gateways}

@@ -42,6 +42,7 @@ from xds_server.core import errors
 from xds_server.core.wire import JWT_METADATA_NAMESPACE, typed
 from xds_server.ir.types import AgentIR, GatewayIR, RouteIR
 from xds_server.translate.filters import HttpFilter, Slot
+from xds_server.translate.memo import memoised
 from xds_server.translate.rbac import RBAC_PER_ROUTE_TYPE, RBAC_TYPE
 from xds_server.translate.replies import cel_filter, mapper
 
@@ -107,10 +108,15 @@ def _user_sub(provider: str) -> str:
     return f"%DYNAMIC_METADATA({JWT_METADATA_NAMESPACE}:{provider}:sub)%"
 
 
-def user_providers(gateway: GatewayIR, route: RouteIR) -> list[str]:
-    """The providers whose verified `sub` names the user on `route`, in the order they are tried."""
+def _naming_providers(gateway: GatewayIR) -> frozenset[str]:
     named = {r.auth.provider for r in gateway.routes if r.auth is not None}
     named |= {g.user.provider for r in gateway.routes for g in r.grants if g.user is not None}
+    return frozenset(named)
+
+
+def user_providers(gateway: GatewayIR, route: RouteIR) -> list[str]:
+    """The providers whose verified `sub` names the user on `route`, in the order they are tried."""
+    named = memoised(("naming-providers", id(gateway)), gateway, lambda: _naming_providers(gateway))  # once a build
     first = [route.auth.provider] if route.auth is not None else []
     return first + sorted(named - set(first))
 
@@ -124,7 +130,7 @@ def backend_headers(gateway: GatewayIR, route: RouteIR) -> dict[str, Any]:
     add: list[dict[str, Any]] = []
     if identity.agent_header is not None:
         remove.add(identity.agent_header)
-        if _recognisable_agents(gateway):  # else there is no identify filter to name anyone
+        if any(a.principals for a in gateway.agents):  # else there is no identify filter to name anyone
             add.append({"header": {"key": identity.agent_header, "value": _AGENT_METADATA},
                         "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"})  # fmt: skip
     if identity.user_header is not None:

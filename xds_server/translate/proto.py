@@ -20,6 +20,7 @@ from google.protobuf import any_pb2, json_format, message_factory
 from google.protobuf.message import Message
 
 from xds_server.core.wire import TYPE_PREFIX, typed, typed_struct
+from xds_server.translate import memo
 
 __all__ = ["Prebuilt", "prebuilt", "to_dict", "to_message", "typed", "typed_struct"]
 
@@ -81,7 +82,15 @@ def prebuilt(cls: type[M], body: dict[str, Any]) -> Prebuilt:
 def to_message(cls: type[M], body: dict[str, Any]) -> M:
     """Parse `body` into a new `cls` with every `Any` in it packed canonically; raises
     `json_format.ParseError` on unknown fields. `Prebuilt` values are put in as they are (they
-    may not sit inside another Any's body)."""
+    may not sit inside another Any's body). Under a translation memo (translate/memo.py), the
+    message built last time from the same body is returned (never mutate it)."""
+    if memo.current() is None:
+        return _to_message(cls, body)
+    text, kept = memo.body_key(body)
+    return memo.memoised(("message", cls.DESCRIPTOR.full_name, text), kept, lambda: _to_message(cls, body))
+
+
+def _to_message(cls: type[M], body: dict[str, Any]) -> M:
     _ensure_descriptors()
     found: list[tuple[list[str | int], Prebuilt]] = []
     message = json_format.ParseDict(_stand_ins(body, [], found, inside_any=False), cls())

@@ -23,6 +23,7 @@ from envoy.extensions.filters.http.rbac.v3.rbac_pb2 import RBACPerRoute
 from xds_server.core.wire import typed
 from xds_server.ir.types import AgentIR, GrantIR, RouteIR
 from xds_server.translate.filters import HttpFilter, Slot
+from xds_server.translate.memo import memoised
 from xds_server.translate.names import rbac_policy_name
 from xds_server.translate.proto import Prebuilt, prebuilt
 from xds_server.translate.protocols.base import ProtocolTranslator
@@ -82,4 +83,8 @@ def route_rbac_rules(route: RouteIR, agents: tuple[AgentIR, ...], protocol: Prot
 def route_rbac(route: RouteIR, agents: tuple[AgentIR, ...], protocol: ProtocolTranslator) -> Prebuilt:
     """The `RBACPerRoute` of one route's Envoy routes, built once (the largest part of a route
     configuration: protobuf's own constructor, not the dict parser) and shared by them."""
-    return prebuilt(RBACPerRoute, route_rbac_rules(route, agents, protocol))
+    by_name = {a.name: a for a in agents}
+    granted = tuple(by_name[g.agent] for g in route.grants)
+    # The same route and agents (the IR build hands back the very same objects when they did not change).
+    key = ("rbac", id(route), tuple(id(a) for a in granted))
+    return memoised(key, (route, granted), lambda: prebuilt(RBACPerRoute, route_rbac_rules(route, agents, protocol)))

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from envoy.config.route.v3.route_components_pb2 import Route, VirtualHost
 from envoy.config.route.v3.route_pb2 import RouteConfiguration
 
 from xds_server.core.wire import PURPOSE_SEAL
@@ -137,13 +138,14 @@ def _no_backend_route(gateway: GatewayIR, filters: list[HttpFilter]) -> dict[str
 
 def build_route_config(gateway: GatewayIR) -> RouteConfiguration:
     filters = listener_filters(gateway)
-    routes = [
+    entries = [
         *_metadata_routes(gateway, filters),
         *(entry for route in gateway.routes for entry in _route_entries(route, gateway, filters)),
         _no_backend_route(gateway, filters),
     ]
-    body = {
-        "name": route_config_name(gateway.name),
-        "virtual_hosts": [{"name": gateway.name, "domains": ["*"], "routes": routes}],
-    }
-    return to_message(RouteConfiguration, body)
+    # Each entry is its own message (under a translation memo, an unchanged entry is not built
+    # again); the configuration is put together from them by protobuf's constructor.
+    return RouteConfiguration(
+        name=route_config_name(gateway.name),
+        virtual_hosts=[VirtualHost(name=gateway.name, domains=["*"], routes=[to_message(Route, e) for e in entries])],
+    )

@@ -196,8 +196,7 @@ def next_response(
         nonce = f"{state.stream_id}-{count}"
         resp = discovery_pb2.DiscoveryResponse(version_info=version, type_url=type_url, nonce=nonce)
         resp.control_plane.identifier = CONTROL_PLANE_ID
-        for msg in snapshot.select(type_url, None if wildcard else ts.names):
-            resp.resources.add().Pack(msg)
+        resp.resources.extend(snapshot.packed(type_url, None if wildcard else ts.names))
         new = replace(ts, nonce=nonce, in_flight=True, sent_version=version, dirty=False)
         return _with_type(state, type_url, new, sent=count), resp
     return state, None

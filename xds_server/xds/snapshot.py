@@ -10,7 +10,9 @@ resource of that type, sorted by resource name. Versions are content hashes:
   another type changes.
 
 Hashes use `SerializeToString(deterministic=True)` (map fields sorted), so they
-are stable across processes and runs.
+are stable across processes and runs. Each resource is serialised once, when
+the snapshot is built: the same bytes give the versions and, packed into
+`Any`s (`packed`), every ADS response of every stream that sends it.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import types
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
 _PREFIX = "type.googleapis.com/"
@@ -72,7 +75,7 @@ def _sorted_types(type_urls: Iterable[str]) -> list[str]:
     return [*ORDER, *extra]
 
 
-def _digest(type_url: str, msgs: tuple[Message, ...], into: hashlib._Hash) -> None:
+def _digest(type_url: str, serialized: tuple[bytes, ...], into: hashlib._Hash) -> None:
     # Length prefixes keep the encoding unambiguous: no concatenation of two
     # different resource lists can produce the same byte stream.
     def put(data: bytes) -> None:
@@ -80,9 +83,9 @@ def _digest(type_url: str, msgs: tuple[Message, ...], into: hashlib._Hash) -> No
         into.update(data)
 
     put(type_url.encode())
-    put(len(msgs).to_bytes(8, "big"))
-    for msg in msgs:
-        put(msg.SerializeToString(deterministic=True))
+    put(len(serialized).to_bytes(8, "big"))
+    for data in serialized:
+        put(data)
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,8 @@ class Snapshot:
     version: str
     resources: Mapping[str, tuple[Message, ...]]
     type_versions: Mapping[str, str] = field(default_factory=dict)
+    #: Per type, each resource packed in an Any (its bytes serialised once), in `resources` order.
+    anys: Mapping[str, tuple[any_pb2.Any, ...]] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def build(cls, resources: Mapping[str, Iterable[Message]]) -> Snapshot:
@@ -124,15 +129,19 @@ class Snapshot:
 
         overall = hashlib.sha256()
         type_versions: dict[str, str] = {}
+        anys: dict[str, tuple[any_pb2.Any, ...]] = {}
         for type_url, msgs in by_type.items():
+            serialized = tuple(m.SerializeToString(deterministic=True) for m in msgs)
             one = hashlib.sha256()
-            _digest(type_url, msgs, one)
-            _digest(type_url, msgs, overall)
+            _digest(type_url, serialized, one)
+            _digest(type_url, serialized, overall)
             type_versions[type_url] = one.hexdigest()[:VERSION_LENGTH]
+            anys[type_url] = tuple(any_pb2.Any(type_url=type_url, value=data) for data in serialized)
         return cls(
             version=overall.hexdigest()[:VERSION_LENGTH],
             resources=types.MappingProxyType(by_type),
             type_versions=types.MappingProxyType(type_versions),
+            anys=types.MappingProxyType(anys),
         )
 
     def type_version(self, type_url: str) -> str | None:
@@ -142,6 +151,15 @@ class Snapshot:
     def names(self, type_url: str) -> tuple[str, ...]:
         """Sorted resource names of one type (empty if the type is absent)."""
         return tuple(resource_name(m) for m in self.resources.get(type_url, ()))
+
+    def packed(self, type_url: str, names: Iterable[str] | None = None) -> tuple[any_pb2.Any, ...]:
+        """Like `select`, each resource packed in an Any (serialised once per snapshot, not per stream)."""
+        anys = self.anys.get(type_url, ())
+        if names is None:
+            return anys
+        wanted = set(names)
+        return tuple(a for a, m in zip(anys, self.resources.get(type_url, ()), strict=True)
+                     if resource_name(m) in wanted)  # fmt: skip
 
     def select(self, type_url: str, names: Iterable[str] | None = None) -> tuple[Message, ...]:
         """Resources of one type; only those named in `names` unless it is None."""
