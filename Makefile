@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
-.PHONY: up test lint validate bench bench-soak clean
+.PHONY: up test lint validate bench bench-soak bench-scale clean
 
 $(BIN)/agentxds: pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (or: make PYTHON=python3 ...)"; exit 1; }
@@ -32,6 +32,9 @@ bench: $(BIN)/agentxds          ## latency and throughput: direct, native and po
 
 bench-soak: $(BIN)/agentxds     ## memory and served rate under abuse vs at rest (wrk + tests/e2e/abusers.py)
 	$(BIN)/python bench/soak.py
+
+bench-scale: $(BIN)/agentxds    ## control-plane stages on 100-5,000 agents; edit -> ACK with 1 and 20 Envoys
+	$(BIN)/python bench/scale.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -284,11 +284,15 @@ def test_render_shows_what_envoy_receives() -> None:
     types = document["demo"]
     listener = types["type.googleapis.com/envoy.config.listener.v3.Listener"][0]
     assert listener["name"] == "gateway/demo"
-    routes = types["type.googleapis.com/envoy.config.route.v3.RouteConfiguration"][0]
+    (routes,) = types["type.googleapis.com/envoy.config.route.v3.RouteConfiguration"]
+    assert routes["name"] == "routes/mcp/github"  # the backend's own route configuration
+    (scope,) = types["type.googleapis.com/envoy.config.route.v3.ScopedRouteConfiguration"]
+    assert scope["key"] == {"fragments": [{"string_key": "/mcp/github"}]}
+    assert scope["route_configuration_name"] == "routes/mcp/github"
     demo_routes = routes["virtual_hosts"][0]["routes"]
     # The policy-service route (conditional tools/calls), the list route (per-caller
-    # filtering), the native route, the 404.
-    assert [r["name"] for r in demo_routes] == ["github", "github", "github", "no-backend"]
+    # filtering), the native route.
+    assert [r["name"] for r in demo_routes] == ["github", "github", "github"]
     authz_match, lists_match = demo_routes[0]["match"], demo_routes[1]["match"]
     assert authz_match["dynamic_metadata"][0]["value"] == {"string_match": {"exact": "tools/call"}}
     assert lists_match["dynamic_metadata"][0]["path"] == [{"key": "method"}]

@@ -85,6 +85,40 @@ async def _not(check: Any) -> bool:
     return not await check
 
 
+def _drain_stats(gateway: RunningGateway) -> dict[str, int]:
+    stats = gateway.envoy.stats()
+    names = ("listener_manager.listener_modified", "listener_manager.listener_removed",
+             "listener_manager.total_listeners_draining", f"http.{GATEWAY}.downstream_cx_drain_close")  # fmt: skip
+    missing = [n for n in names if n not in stats]
+    assert not missing, f"Envoy has no such stats: {missing}"  # else the comparison below would prove nothing
+    return {name: int(stats[name]) for name in names}
+
+
+async def test_a_rule_edit_sends_one_route_configuration_and_drains_no_connection(gateway: RunningGateway) -> None:
+    """A grant changes one backend's route configuration (RDS, chosen per path by SRDS): the listener
+    is not touched, so Envoy drains nothing and an open legacy session goes on, on its connection."""
+    from xds_server.xds import snapshot as xds
+
+    backend = gateway.backends["github"]
+    before = gateway.control.cache.get(GATEWAY)
+    assert before is not None
+    async with mcp_client(gateway.url(), TRIAGE, "legacy") as client:
+        assert await _allowed(client, "list_issues", {"repo": "acme/web"})
+        drains = _drain_stats(gateway)
+        reloads = gateway.control.reloads
+        gateway.write("github-policy.yaml", GRANT_CREATE_ISSUE)
+        await gateway.wait_reloads(reloads + 1)
+        after = gateway.control.cache.get(GATEWAY)
+        assert after is not None and after.version != before.version
+        await gateway.wait_acked(after.version)
+        changed = {t for t in xds.ORDER if after.type_version(t) != before.type_version(t)}
+        assert changed == {xds.ROUTE}, changed
+        assert await _allowed(client, "create_issue", {"repo": "acme/web", "title": "t"})  # the same session
+        assert _drain_stats(gateway) == drains
+    methods = backend.rpc_methods()
+    assert methods.count("initialize") == 1, methods
+
+
 BROKEN_POLICY = POLICY_YAML.replace("agents: [executor]", "agents: [exectuor]").replace(
     "prompts: [summarize]", "prompts: [summarize]\n      tols: [delete_repo]"
 )

@@ -2,7 +2,8 @@
 
 Validate mode checks a bootstrap without contacting a control plane, so the
 dynamic parts are made static: each listener gets its route configuration
-inline (`route_config` instead of `rds`), each EDS cluster becomes a
+inline (`route_config` instead of `rds`), or its scopes with their route
+configurations inline (instead of SRDS and RDS), each EDS cluster becomes a
 STATIC cluster with its ClusterLoadAssignment inline, and SDS secrets become
 static secrets (`static_resources.secrets`, referred to by name without an
 `sds_config`). Everything else is the translator's output unchanged, so Envoy
@@ -21,14 +22,22 @@ from xds_server.translate.proto import to_dict
 HCM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 
 
-def _inline_routes(listener: dict[str, Any], routes: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def _inline_routes(listener: dict[str, Any], routes: dict[str, dict[str, Any]],
+                   scopes: list[dict[str, Any]]) -> dict[str, Any]:  # fmt: skip
     for chain in listener.get("filter_chains", []):
         for network_filter in chain.get("filters", []):
             hcm = network_filter.get("typed_config", {})
-            if hcm.get("@type") != HCM_TYPE or "rds" not in hcm:
+            if hcm.get("@type") != HCM_TYPE:
                 continue
-            name = hcm.pop("rds")["route_config_name"]
-            hcm["route_config"] = routes[name]  # KeyError = dangling RDS name, a translator bug
+            if "rds" in hcm:
+                name = hcm.pop("rds")["route_config_name"]
+                hcm["route_config"] = routes[name]  # KeyError = dangling RDS name, a translator bug
+            if "scoped_routes" in hcm:
+                scoped = hcm["scoped_routes"]
+                scoped.pop("scoped_rds")
+                inline = [{k: v for k, v in sc.items() if k != "route_configuration_name"}
+                          | {"route_configuration": routes[sc["route_configuration_name"]]} for sc in scopes]  # fmt: skip
+                scoped["scoped_route_configurations_list"] = {"scoped_route_configurations": inline}
     return listener
 
 
@@ -59,7 +68,10 @@ def static_bootstrap(resources: GatewayResources) -> dict[str, Any]:
     assignments = {e.cluster_name: to_dict(e) for e in resources.endpoints}
     secrets = {s.name for s in resources.secrets}
     static: dict[str, Any] = {
-        "listeners": [_inline_routes(to_dict(listener), routes) for listener in resources.listeners],
+        "listeners": [
+            _inline_routes(to_dict(listener), routes, [to_dict(sc) for sc in resources.scopes])
+            for listener in resources.listeners
+        ],  # fmt: skip
         "clusters": [_static_cluster(c, assignments) for c in resources.clusters],
     }
     if resources.secrets:

@@ -18,7 +18,7 @@ from xds_server.xds.ads import (
 )
 from xds_server.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, ORDER, ROUTE, Snapshot
 
-from .xds_fixtures import GROUP, NODE_ID, ack, cla, cluster, drain, request, snapshot
+from .xds_fixtures import GROUP, NODE_ID, ack, cla, cluster, drain, request, route, snapshot
 
 
 def fresh() -> StreamState:
@@ -193,12 +193,34 @@ def test_eds_and_rds_send_only_requested_names():
     assert [a.cluster_name for a in unpack(eds, endpoint_pb2.ClusterLoadAssignment)] == ["a"]
     assert [r.name for r in unpack(rds, route_pb2.RouteConfiguration)] == ["r2"]
 
-    # CDS added cluster b: Envoy ACKs with the larger name set -> answered again, same version
+    # CDS added cluster b: Envoy ACKs with the larger name set -> answered again, same version,
+    # with what it does not have yet (it keeps "a")
     state = ack(state, rds, names=("r2", "missing"))
     state = ack(state, eds, names=("a", "b"))
     state, [eds2] = drain(state, SNAP)
     assert eds2.version_info == eds.version_info and eds2.nonce != eds.nonce
-    assert [a.cluster_name for a in unpack(eds2, endpoint_pb2.ClusterLoadAssignment)] == ["a", "b"]
+    assert [a.cluster_name for a in unpack(eds2, endpoint_pb2.ClusterLoadAssignment)] == ["b"]
+
+
+def test_a_changed_snapshot_sends_only_the_named_resources_that_changed():
+    state, _ = on_request(fresh(), request(ROUTE, names=("r1", "r2"), node=True))
+    state, [rds] = drain(state, SNAP)
+    assert [r.name for r in unpack(rds, route_pb2.RouteConfiguration)] == ["r1", "r2"]
+    state = ack(state, rds, names=("r1", "r2"))
+    changed = Snapshot.build({**SNAP.resources, ROUTE: [route("r1"), route("r2", prefix="/other")]})
+    state, [rds2] = drain(state, changed)
+    assert rds2.version_info == changed.type_version(ROUTE) != rds.version_info
+    assert [r.name for r in unpack(rds2, route_pb2.RouteConfiguration)] == ["r2"]
+    state = ack(state, rds2, names=("r1", "r2"))
+    # Only an unrequested resource changed: the new version still goes out (to be acknowledged), empty.
+    unrequested = Snapshot.build({**changed.resources, ROUTE: [*changed.resources[ROUTE], route("r3")]})
+    state, [rds3] = drain(state, unrequested)
+    assert rds3.version_info == unrequested.type_version(ROUTE) and len(rds3.resources) == 0
+    # A name dropped and asked for again is sent again.
+    state = ack(state, rds3, names=("r1",))
+    state, _ = on_request(state, request(ROUTE, rds3.version_info, rds3.nonce, names=("r1", "r2")))
+    state, [again] = drain(state, unrequested)
+    assert [r.name for r in unpack(again, route_pb2.RouteConfiguration)] == ["r2"]
 
 
 def test_cds_and_lds_ignore_resource_names():

@@ -41,7 +41,7 @@ from xds_server.translate import jwt, oauth, rbac, request_id, translate_gateway
 from xds_server.translate.local_reply import local_reply_config
 from xds_server.translate.proto import to_dict
 from xds_server.translate.protocols.mcp import McpTranslator
-from xds_server.translate.route import build_route_config
+from xds_server.translate.route import build_route_configs
 
 # A real RSA public key: Envoy parses the keys when it loads the configuration.
 JWKS = json.dumps(
@@ -350,19 +350,19 @@ def test_metadata_documents_follow_rfc9728_path_insertion() -> None:
 
 def test_metadata_routes_need_no_token_and_no_mcp() -> None:
     gw = gateway()
-    routes = to_dict(build_route_config(gw))["virtual_hosts"][0]["routes"]
+    configs, scopes = build_route_configs(gw)
+    (github,) = [to_dict(c) for c in configs if c.name == "routes/mcp/github"]
+    routes = github["virtual_hosts"][0]["routes"]
     document = next(r for r in routes if r["name"] == "github/oauth-protected-resource")
+    # The document's path is a scope of github's own route configuration.
+    assert {sc.key.fragments[0].string_key: sc.route_configuration_name for sc in scopes}[
+        "/.well-known/oauth-protected-resource/mcp/github"] == "routes/mcp/github"  # fmt: skip
     assert document["direct_response"] == {"status": 200}
     filters = document["typed_per_filter_config"]
     assert filters["envoy.filters.http.mcp"] == {"@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig",
                                                  "disabled": True}  # fmt: skip
     assert filters["envoy.filters.http.jwt_authn"]["disabled"] is True
     assert set(filters["envoy.filters.http.rbac"]) == {"@type"}  # no rules: RBAC off
-    no_backend = routes[-1]
-    assert (
-        no_backend["name"] == "no-backend"
-        and no_backend["typed_per_filter_config"]["envoy.filters.http.jwt_authn"]["disabled"]
-    )
 
 
 def test_envoy_accepts_every_identity_source(tmp_path: Path) -> None:

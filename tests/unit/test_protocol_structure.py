@@ -18,7 +18,7 @@ from xds_server.translate.listener import listener_filters
 from xds_server.translate.protocols import UnknownProtocol, translator_for
 from xds_server.translate.protocols.base import ProtocolTranslator
 from xds_server.translate.protocols.mcp import McpTranslator
-from xds_server.translate.route import build_route_config
+from xds_server.translate.route import build_route_configs
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ def test_a_route_of_an_unknown_protocol_cannot_be_built() -> None:
     with pytest.raises(UnknownProtocol, match="agents.*A2ARouteIR"):
         translator_for(gw.routes[1])
     with pytest.raises(UnknownProtocol):
-        build_route_config(gw)
+        build_route_configs(gw)
     with pytest.raises(UnknownProtocol):
         translate_gateway(gw)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import shutil
 from pathlib import Path
@@ -186,11 +187,11 @@ def test_verify_reports_dangling_and_duplicate_secrets(tmp_path: Path) -> None:
     _, resources = compile_policies(write_policies(tmp_path))
     res = resources["gw"]
     cert_secret, trust = sorted(res.secrets, key=lambda s: s.name)
-    missing = GatewayResources(res.clusters, res.endpoints, res.listeners, res.routes, (cert_secret,))
+    missing = dataclasses.replace(res, secrets=(cert_secret,))
     assert check_consistent("gw", missing) == [
         "gateway gw: listener 'gateway/gw' names unknown secret 'gateway/gw/trust'"
     ]
-    doubled = GatewayResources(res.clusters, res.endpoints, res.listeners, res.routes, (cert_secret, trust, trust))
+    doubled = dataclasses.replace(res, secrets=(cert_secret, trust, trust))
     assert check_consistent("gw", doubled) == ["gateway gw: duplicate secret 'gateway/gw/trust'"]
 
 

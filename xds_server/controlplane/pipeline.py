@@ -77,6 +77,7 @@ def by_type_url(resources: GatewayResources) -> dict[str, tuple[Message, ...]]:
         xds.ENDPOINT: resources.endpoints,
         xds.SECRET: resources.secrets,
         xds.LISTENER: resources.listeners,
+        xds.SCOPED_ROUTE: resources.scopes,
         xds.ROUTE: resources.routes,
     }
     return {t: by_type[t] for t in xds.ORDER}

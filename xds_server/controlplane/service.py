@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from xds_server.authz.service import PolicyService
+from xds_server.controlplane.heap import HeapSettler
 from xds_server.controlplane.pipeline import Pipeline, ReloadResult
 from xds_server.controlplane.watch import watch_policies
 from xds_server.sources import PolicySource
@@ -79,6 +80,7 @@ class ControlPlane:
                                  coverage_file=coverage_file)  # fmt: skip
         self.server = ControlPlaneServer(self.cache, self.recorder, host=host, port=port)
         self._serve_ads = serve_ads
+        self._heap = HeapSettler()
         self._watch = watch
         self._debounce_ms = debounce_ms
         self.on_reload = on_reload
@@ -116,6 +118,8 @@ class ControlPlane:
     def _record(self, result: ReloadResult) -> None:
         if result.ok and self.policy_service is not None and self.pipeline.ir is not None:
             self.policy_service.update(self.pipeline.ir, _versions(result))
+        if result.ok:
+            self._heap.after_publish()
         self.last_reload = result
         self.reloads += 1
         if self.on_reload is not None:

@@ -1,7 +1,8 @@
 """Check a gateway's resources before they are published.
 
-Envoy resolves names across resources (listener → route configuration,
-route → cluster, EDS cluster → load assignment, TLS context → SDS secret).
+Envoy resolves names across resources (listener → route configuration, or
+listener → scopes → route configurations; route → cluster, EDS cluster →
+load assignment, TLS context → SDS secret).
 A dangling name would make Envoy warm forever or NACK, so a set with one is
 never published; the last good snapshot keeps serving and the problem is
 reported like a policy error.
@@ -34,6 +35,8 @@ def check_consistent(gateway: str, resources: GatewayResources) -> list[str]:
         ("cluster", cluster_names),
         ("route configuration", route_names),
         ("listener", [lst.name for lst in resources.listeners]),
+        ("scope", [sc.name for sc in resources.scopes]),
+        ("scope key", [sc.key.SerializeToString(deterministic=True).hex() for sc in resources.scopes]),
         ("load assignment", [e.cluster_name for e in resources.endpoints]),
         ("secret", [s.name for s in resources.secrets]),
     ):
@@ -67,6 +70,13 @@ def check_consistent(gateway: str, resources: GatewayResources) -> list[str]:
                         f"gateway {gateway}: listener '{listener.name}' asks for unknown route configuration "
                         f"'{hcm.rds.route_config_name}'"
                     )
+                if hcm.HasField("scoped_routes") and not resources.scopes:
+                    problems.append(f"gateway {gateway}: listener '{listener.name}' has scoped routes but no scope")
+    for sc in resources.scopes:
+        if sc.route_configuration_name not in route_names:
+            problems.append(
+                f"gateway {gateway}: scope '{sc.name}' names unknown route configuration '{sc.route_configuration_name}'"
+            )
 
     secret_names = {s.name for s in resources.secrets}
     sockets = [

@@ -29,6 +29,7 @@ from envoy.config.cluster.v3.cluster_pb2 import Cluster
 from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
 from envoy.config.listener.v3.listener_pb2 import Listener
 from envoy.config.route.v3.route_pb2 import RouteConfiguration
+from envoy.config.route.v3.scoped_route_pb2 import ScopedRouteConfiguration
 from envoy.extensions.transport_sockets.tls.v3.secret_pb2 import Secret
 
 from xds_server.ir.types import IR, GatewayIR, SecretIR
@@ -37,7 +38,7 @@ from xds_server.translate.jwt import jwks_clusters
 from xds_server.translate.listener import build_listener
 from xds_server.translate.memo import TranslateMemo, memoised
 from xds_server.translate.policy_service import policy_clusters
-from xds_server.translate.route import build_route_config
+from xds_server.translate.route import build_route_configs
 from xds_server.translate.tls import gateway_secrets
 
 
@@ -50,6 +51,7 @@ class GatewayResources:
     listeners: tuple[Listener, ...]
     routes: tuple[RouteConfiguration, ...]
     secrets: tuple[Secret, ...] = ()  # SDS: certificates and trust bundles
+    scopes: tuple[ScopedRouteConfiguration, ...] = ()  # SRDS: which route configuration serves which path
     # Secret values some resources carry in clear (API keys, private keys), for `render` to redact.
     redact: frozenset[str] = field(default=frozenset(), repr=False)
 
@@ -88,11 +90,13 @@ def translate_gateway(gateway: GatewayIR) -> GatewayResources:
     clusters += policy_clusters(gateway)
     clusters += jwks_clusters(gateway)  # where remote JWKS are fetched from
     endpoints = [cla for r in gateway.routes if (cla := build_load_assignment(r)) is not None]
+    configs, scopes = build_route_configs(gateway)
     return GatewayResources(
         clusters=tuple(sorted(clusters, key=lambda c: c.name)),
         endpoints=tuple(sorted(endpoints, key=lambda e: e.cluster_name)),
         listeners=(build_listener(gateway),),
-        routes=(build_route_config(gateway),),
+        routes=tuple(sorted(configs, key=lambda c: c.name)),
+        scopes=tuple(sorted(scopes, key=lambda c: c.name)),
         secrets=tuple(sorted(gateway_secrets(gateway), key=lambda s: s.name)),
         redact=_values_to_redact(gateway),
     )

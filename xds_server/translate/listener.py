@@ -22,7 +22,7 @@ from xds_server.ir.types import GatewayIR, ListenerIR
 from xds_server.translate import identity, jwt, policy_service, rbac, request_id, tls
 from xds_server.translate.filters import HttpFilter, Slot, ordered
 from xds_server.translate.local_reply import local_reply_config
-from xds_server.translate.names import listener_name, route_config_name
+from xds_server.translate.names import listener_name, scoped_routes_name
 from xds_server.translate.proto import to_message
 from xds_server.translate.protocols import protocols_of
 
@@ -111,7 +111,7 @@ def _connection_limit(gateway: GatewayIR) -> list[dict[str, Any]]:
 
 
 def build_listener(gateway: GatewayIR) -> Listener:
-    """The listener for `gateway`, taking its routes from RDS over ADS."""
+    """The listener for `gateway`, taking a route configuration per path (SRDS, then RDS, over ADS)."""
     hcm = {
         "stat_prefix": gateway.name,
         "codec_type": "AUTO",
@@ -119,10 +119,15 @@ def build_listener(gateway: GatewayIR) -> Listener:
         "normalize_path": True,
         "merge_slashes": True,
         "path_with_escaped_slashes_action": "REJECT_REQUEST",
-        "rds": {
-            "config_source": {"ads": {}, "resource_api_version": "V3"},
-            "route_config_name": route_config_name(gateway.name),
-        },
+        "scoped_routes": {
+            "name": scoped_routes_name(gateway.name),
+            # The key is the (normalised) path up to its query: each route's exact path is a scope.
+            "scope_key_builder": {
+                "fragments": [{"header_value_extractor": {"name": ":path", "element_separator": "?", "index": 0}}]
+            },
+            "rds_config_source": {"ads": {}, "resource_api_version": "V3"},
+            "scoped_rds": {"scoped_rds_config_source": {"ads": {}, "resource_api_version": "V3"}},
+        },  # fmt: skip
         "http_filters": [f.as_config() for f in listener_filters(gateway)],
         "local_reply_config": local_reply_config(gateway),
         "access_log": _access_log(gateway),

@@ -22,7 +22,8 @@ the most specific to the catch-all:
        details; no id can be read)
     4. the protocol filter's refusals (protocol translator: `request_rejections`)
     5. jwt_authn's refusals (with the OAuth challenge on routes with `auth`)
-    6. RBAC denials, per way of recognising a known agent (ir/principals.py),
+    6. a path no route serves (refused by the listener's RBAC for want of a route);
+       RBAC denials, per way of recognising a known agent (ir/principals.py),
        what it was refused (protocol translator: `denials`); then "unknown agent"
     7. by status: no route, too large, timeouts (headers, whole request), overload
        (the overload manager's `overload` detail), upstream timeout, upstream
@@ -241,6 +242,9 @@ def local_reply_config(gateway: GatewayIR) -> dict[str, Any]:
         *_malformed_http(gateway.listener, request_id),
         *protocol.request_rejections(gateway),
         *_token_refusals(gateway, request_id),
+        # No scope names the path, so there is no route and the listener's RBAC refused it: a wrong path.
+        mapper(all_of(status_is(403), cel_filter("!has(xds.route_name)")), errors.NO_BACKEND,
+               "No MCP backend is served at path '%REQ(:path)%'", request_id),
         *_denials(gateway, protocol),
         *_timeouts(gateway.listener, request_id),
         mapper(cel_filter("response.code_details == 'overload'"), errors.OVERLOADED,

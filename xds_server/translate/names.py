@@ -1,7 +1,7 @@
 """Deterministic Envoy resource names.
 
-Every cross-reference between resources (listener → route config, route →
-cluster, cluster → endpoints) goes through these functions, so a rename is one
+Every cross-reference between resources (listener → scoped routes, scope →
+route config, route → cluster, cluster → endpoints) goes through these functions, so a rename is one
 edit and `verify` can recompute what each reference must be. Resources that
 belong to a route carry its protocol's kind (`mcp/github`), so routes of two
 kinds can never share a cluster.
@@ -12,15 +12,30 @@ from __future__ import annotations
 from xds_server.core.wire import MCP_METADATA_NAMESPACE
 from xds_server.ir.types import RouteIR
 
-__all__ = ["MCP_METADATA_NAMESPACE", "cluster_name", "listener_name", "rbac_policy_name", "route_config_name"]
+__all__ = [
+    "MCP_METADATA_NAMESPACE", "cluster_name", "listener_name", "rbac_policy_name", "route_config_name", "scope_name",
+    "scoped_routes_name",
+]  # fmt: skip
 
 
 def listener_name(gateway: str) -> str:
     return f"gateway/{gateway}"
 
 
-def route_config_name(gateway: str) -> str:
-    return f"gateway/{gateway}/routes"
+def scoped_routes_name(gateway: str) -> str:
+    """The listener's set of scopes (SRDS): which route configuration serves which path."""
+    return f"gateway/{gateway}/scopes"
+
+
+def route_config_name(route: RouteIR) -> str:
+    """A route's own route configuration (RDS): its Envoy routes alone, so an edit of one route
+    sends Envoy that configuration alone."""
+    return f"routes/{route.kind}/{route.name}"
+
+
+def scope_name(path: str) -> str:
+    """The scope (SRDS) of one exact path (paths are unique across a gateway's routes)."""
+    return f"path:{path}"
 
 
 def cluster_name(route: RouteIR) -> str:

@@ -83,7 +83,7 @@ def route_rbac_rules(route: RouteIR, agents: tuple[AgentIR, ...], protocol: Prot
 def route_rbac(route: RouteIR, agents: tuple[AgentIR, ...], protocol: ProtocolTranslator) -> Prebuilt:
     """The `RBACPerRoute` of one route's Envoy routes, built once (the largest part of a route
     configuration: protobuf's own constructor, not the dict parser) and shared by them."""
-    by_name = {a.name: a for a in agents}
+    by_name = memoised(("agents-by-name", id(agents)), agents, lambda: {a.name: a for a in agents})
     granted = tuple(by_name[g.agent] for g in route.grants)
     # The same route and agents (the IR build hands back the very same objects when they did not change).
     key = ("rbac", id(route), tuple(id(a) for a in granted))

@@ -1,7 +1,11 @@
-"""A gateway's routes → one RouteConfiguration (RDS).
+"""A gateway's routes → one RouteConfiguration (RDS) per route, chosen by its exact path (SRDS).
 
-Per route, matched on its exact gateway path and all carrying the route's
-RBAC allow-list, most specific first:
+The listener picks a route configuration by the request's path (scoped
+routes keyed on `:path` up to its query): each route's own configuration
+serves its path (and its metadata documents'), so an edit of one route's
+rules changes one route configuration, which is all Envoy is sent and
+rebuilds. Within it, the route's Envoy routes, matched on its exact path and
+all carrying its RBAC allow-list, most specific first:
 
 - a route with delegated credentials: the requests whose responses are
   rewritten (ext_authz and ext_proc on), then every other request (ext_authz on);
@@ -16,11 +20,11 @@ replies name it whichever matched. What each Envoy route does with each
 listener filter is computed by `filters.RouteFilters`, never written per
 route kind.
 
-The gateway's own routes: a route with `auth` also gets routes serving its
-OAuth protected-resource metadata (plain GETs that need no token: protocol
-filters, jwt_authn, RBAC and the policy filters off there; see `oauth`); a
-last catch-all answers 404 (mapped to a JSON-RPC "no backend" error) with
-RBAC off, so a wrong path is reported as a wrong path rather than as a denial.
+A route with `auth` also gets routes serving its OAuth protected-resource
+metadata (plain GETs that need no token: protocol filters, jwt_authn, RBAC
+and the policy filters off there; see `oauth`). A path no scope names has no
+route at all: the listener-level RBAC refuses it, and the local replies
+report it as a wrong path ("no backend"), not as a denial (local_reply.py).
 """
 
 from __future__ import annotations
@@ -29,17 +33,16 @@ from typing import Any
 
 from envoy.config.route.v3.route_components_pb2 import Route, VirtualHost
 from envoy.config.route.v3.route_pb2 import RouteConfiguration
+from envoy.config.route.v3.scoped_route_pb2 import ScopedRouteConfiguration
 
 from xds_server.core.wire import PURPOSE_SEAL
 from xds_server.ir.types import GatewayIR, RouteIR
 from xds_server.translate import identity, jwt, oauth, policy_service, rbac
 from xds_server.translate.filters import FilterUses, HttpFilter, RouteFilters, Slot, Use
 from xds_server.translate.listener import listener_filters
-from xds_server.translate.names import cluster_name, route_config_name, route_name
+from xds_server.translate.names import cluster_name, route_config_name, route_name, scope_name
 from xds_server.translate.proto import to_message
 from xds_server.translate.protocols import translator_for
-
-NO_BACKEND_ROUTE = "no-backend"
 
 
 def _both(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
@@ -107,8 +110,10 @@ def _route_entries(route: RouteIR, gateway: GatewayIR, filters: list[HttpFilter]
     ]
 
 
-def _metadata_routes(gateway: GatewayIR, filters: list[HttpFilter]) -> list[dict[str, Any]]:
-    """The protected-resource metadata documents of the routes with `auth` (bodies: local replies)."""
+def _metadata_routes(gateway: GatewayIR, route: RouteIR, filters: list[HttpFilter]) -> list[dict[str, Any]]:
+    """The protected-resource metadata documents of a route with `auth` (bodies: local replies)."""
+    if route.auth is None:
+        return []
     # Not protocol traffic: a plain GET a protocol filter would refuse; no token, no RBAC.
     uses: FilterUses = {Slot.DEFRAME: Use.OFF, Slot.IDENTITY: Use.OFF, rbac.RBAC_FILTER: Use.OFF,
                         **jwt.route_disabled(gateway)}  # fmt: skip
@@ -120,32 +125,31 @@ def _metadata_routes(gateway: GatewayIR, filters: list[HttpFilter]) -> list[dict
             "direct_response": {"status": 200},
             "typed_per_filter_config": config,
         }
-        for route in oauth.auth_backends(gateway)
         for path in oauth.document_paths(gateway, route)
     ]
 
 
-def _no_backend_route(gateway: GatewayIR, filters: list[HttpFilter]) -> dict[str, Any]:
-    # The protocol filter stays on: it reads the request's id for the reply.
-    uses: FilterUses = {rbac.RBAC_FILTER: Use.OFF, **jwt.route_disabled(gateway)}
-    return {
-        "name": NO_BACKEND_ROUTE,
-        "match": {"prefix": "/"},
-        "direct_response": {"status": 404},
-        "typed_per_filter_config": RouteFilters(None, uses).config(filters),
-    }
-
-
-def build_route_config(gateway: GatewayIR) -> RouteConfiguration:
+def build_route_configs(gateway: GatewayIR) -> tuple[list[RouteConfiguration], list[ScopedRouteConfiguration]]:
+    """One route configuration per route (its Envoy routes and metadata documents), and the scopes
+    that send each of its exact paths to it; a path no scope names has no route (see the module
+    docstring: `no_backend`)."""
     filters = listener_filters(gateway)
-    entries = [
-        *_metadata_routes(gateway, filters),
-        *(entry for route in gateway.routes for entry in _route_entries(route, gateway, filters)),
-        _no_backend_route(gateway, filters),
-    ]
-    # Each entry is its own message (under a translation memo, an unchanged entry is not built
-    # again); the configuration is put together from them by protobuf's constructor.
-    return RouteConfiguration(
-        name=route_config_name(gateway.name),
-        virtual_hosts=[VirtualHost(name=gateway.name, domains=["*"], routes=[to_message(Route, e) for e in entries])],
-    )
+    configs, scopes = [], []
+    for route in gateway.routes:
+        entries = [*_metadata_routes(gateway, route, filters), *_route_entries(route, gateway, filters)]
+        name = route_config_name(route)
+        # Each entry is its own message (under a translation memo, an unchanged entry is not built
+        # again); the configuration is put together from them by protobuf's constructor.
+        configs.append(RouteConfiguration(
+            name=name,
+            virtual_hosts=[VirtualHost(name=gateway.name, domains=["*"], routes=[to_message(Route, e) for e in entries])],
+        ))  # fmt: skip
+        paths = sorted({route.path, *(e["match"]["path"] for e in entries)})
+        scopes += [scope(path, name) for path in paths]
+    return configs, scopes
+
+
+def scope(path: str, route_config: str) -> ScopedRouteConfiguration:
+    """The scope sending requests for exactly `path` to `route_config`."""
+    key = ScopedRouteConfiguration.Key(fragments=[ScopedRouteConfiguration.Key.Fragment(string_key=path)])
+    return ScopedRouteConfiguration(name=scope_name(path), route_configuration_name=route_config, key=key)

@@ -20,9 +20,13 @@ Rules (after go-control-plane and Istio):
 * A NACKed version is parked: never sent again on this stream (even if Envoy
   changes the names it asks for) until the snapshot's version of that type
   changes. This is what stops a resend loop.
-* SotW: Cluster and Listener responses carry every resource of the type; other
-  types (EDS, SDS, RDS) carry only the resources named in `resource_names`,
-  and are re-sent when those names change.
+* SotW: Cluster, Listener and ScopedRoute responses carry every resource of
+  the type; other types (EDS, SDS, RDS) carry only named resources that the
+  stream has not sent in their current form (per-resource versions), so an
+  edit of one route configuration sends that one alone (Envoy keeps the
+  named resources a response leaves out). A response goes out whenever the
+  type's version changes, even with no resource in it, so that every type's
+  version is acknowledged.
 * When several types are due, they go out in `snapshot.ORDER` (CDS, EDS, SDS,
   LDS, RDS) so that Envoy can warm clusters and secrets before listeners
   refer to them.
@@ -96,6 +100,8 @@ class TypeState:
     acked_version: str | None = None
     rejected_version: str | None = None
     dirty: bool = True
+    #: Non-wildcard types: each resource sent on this stream, with the version of it that was sent.
+    sent_resources: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -123,7 +129,8 @@ class StreamState:
 
 def _with_type(state: StreamState, type_url: str, ts: TypeState, **changes: object) -> StreamState:
     types = dict(state.types)
-    types[type_url] = ts
+    # A name the client no longer asks for is forgotten: asked for again, it is sent again.
+    types[type_url] = replace(ts, sent_resources={n: v for n, v in ts.sent_resources.items() if n in ts.names})
     return replace(state, types=types, **changes)  # type: ignore[arg-type]
 
 
@@ -196,8 +203,16 @@ def next_response(
         nonce = f"{state.stream_id}-{count}"
         resp = discovery_pb2.DiscoveryResponse(version_info=version, type_url=type_url, nonce=nonce)
         resp.control_plane.identifier = CONTROL_PLANE_ID
-        resp.resources.extend(snapshot.packed(type_url, None if wildcard else ts.names))
-        new = replace(ts, nonce=nonce, in_flight=True, sent_version=version, dirty=False)
+        sent_resources = ts.sent_resources
+        if wildcard:
+            resp.resources.extend(snapshot.packed(type_url))
+        else:
+            current = snapshot.resource_versions.get(type_url, {})
+            due = [n for n in sorted(ts.names) if n in current and ts.sent_resources.get(n) != current[n]]
+            resp.resources.extend(snapshot.packed(type_url, due))
+            kept = {n: v for n, v in ts.sent_resources.items() if n in ts.names}
+            sent_resources = {**kept, **{n: current[n] for n in due}}
+        new = replace(ts, nonce=nonce, in_flight=True, sent_version=version, dirty=False, sent_resources=sent_resources)
         return _with_type(state, type_url, new, sent=count), resp
     return state, None
 

@@ -30,6 +30,7 @@ _PREFIX = "type.googleapis.com/"
 CLUSTER = _PREFIX + "envoy.config.cluster.v3.Cluster"
 ENDPOINT = _PREFIX + "envoy.config.endpoint.v3.ClusterLoadAssignment"
 LISTENER = _PREFIX + "envoy.config.listener.v3.Listener"
+SCOPED_ROUTE = _PREFIX + "envoy.config.route.v3.ScopedRouteConfiguration"
 ROUTE = _PREFIX + "envoy.config.route.v3.RouteConfiguration"
 SECRET = _PREFIX + "envoy.extensions.transport_sockets.tls.v3.Secret"
 
@@ -40,13 +41,16 @@ SECRET = _PREFIX + "envoy.extensions.transport_sockets.tls.v3.Secret"
 #: clusters: when a secret and a listener change together, the secret goes
 #: first, so the new listener warms with the new secret at once. Envoy asks
 #: for secrets by name only once a listener or cluster names them, so the
-#: very first secret response follows LDS anyway.
-ORDER: tuple[str, ...] = (CLUSTER, ENDPOINT, SECRET, LISTENER, ROUTE)
+#: very first secret response follows LDS anyway. A listener's scopes (SRDS: which
+#: route configuration serves which path) come before the route configurations.
+ORDER: tuple[str, ...] = (CLUSTER, ENDPOINT, SECRET, LISTENER, SCOPED_ROUTE, ROUTE)
 
 #: Types Envoy subscribes to as a whole ("wildcard"); every other type is
 #: requested by resource name (EDS by cluster name, RDS by route config name,
-#: SDS by secret name).
-WILDCARD_TYPES: frozenset[str] = frozenset({CLUSTER, LISTENER})
+#: SDS by secret name). State of the world: a response of a wildcard type
+#: carries every resource; of another type, any of the named ones (Envoy
+#: keeps the others), so only those that changed are sent.
+WILDCARD_TYPES: frozenset[str] = frozenset({CLUSTER, LISTENER, SCOPED_ROUTE})
 
 #: Length of the hex versions. 64 bits is ample to tell snapshots apart.
 VERSION_LENGTH = 16
@@ -103,6 +107,8 @@ class Snapshot:
     type_versions: Mapping[str, str] = field(default_factory=dict)
     #: Per type, each resource packed in an Any (its bytes serialised once), in `resources` order.
     anys: Mapping[str, tuple[any_pb2.Any, ...]] = field(default_factory=dict, repr=False, compare=False)
+    #: Per type, resource name → a hash of that resource alone (what changed, resource by resource).
+    resource_versions: Mapping[str, Mapping[str, str]] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def build(cls, resources: Mapping[str, Iterable[Message]]) -> Snapshot:
@@ -130,6 +136,7 @@ class Snapshot:
         overall = hashlib.sha256()
         type_versions: dict[str, str] = {}
         anys: dict[str, tuple[any_pb2.Any, ...]] = {}
+        resource_versions: dict[str, Mapping[str, str]] = {}
         for type_url, msgs in by_type.items():
             serialized = tuple(m.SerializeToString(deterministic=True) for m in msgs)
             one = hashlib.sha256()
@@ -137,11 +144,16 @@ class Snapshot:
             _digest(type_url, serialized, overall)
             type_versions[type_url] = one.hexdigest()[:VERSION_LENGTH]
             anys[type_url] = tuple(any_pb2.Any(type_url=type_url, value=data) for data in serialized)
+            resource_versions[type_url] = types.MappingProxyType({
+                resource_name(m): hashlib.sha256(data).hexdigest()[:VERSION_LENGTH]
+                for m, data in zip(msgs, serialized, strict=True)
+            })  # fmt: skip
         return cls(
             version=overall.hexdigest()[:VERSION_LENGTH],
             resources=types.MappingProxyType(by_type),
             type_versions=types.MappingProxyType(type_versions),
             anys=types.MappingProxyType(anys),
+            resource_versions=types.MappingProxyType(resource_versions),
         )
 
     def type_version(self, type_url: str) -> str | None:
