@@ -9,6 +9,7 @@ line and field path.
 from __future__ import annotations
 
 import difflib
+import functools
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -91,7 +92,14 @@ class PolicySet:
 
     def policies_for(self, backend: str) -> tuple[Located[MCPPolicy], ...]:
         """Policies whose `spec.backend` is `backend`, sorted by name."""
-        return tuple(p for p in self.policies if p.doc.spec.backend == backend)
+        return self._policies_by_backend.get(backend, ())
+
+    @functools.cached_property
+    def _policies_by_backend(self) -> dict[str, tuple[Located[MCPPolicy], ...]]:
+        by_backend: dict[str, list[Located[MCPPolicy]]] = {}
+        for policy in self.policies:  # sorted by name, so each list is too
+            by_backend.setdefault(policy.doc.spec.backend, []).append(policy)
+        return {backend: tuple(policies) for backend, policies in by_backend.items()}
 
     def agent(self, name: str) -> Located[Agent] | None:
         return next((a for a in self.agents if a.name == name), None)
