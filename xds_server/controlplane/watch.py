@@ -1,9 +1,11 @@
 """Watch the policy directory, and the files the policies name, and rebuild on change.
 
 Editors and `git checkout` write several files in a burst; events are
-debounced (a quiet period, default 100 ms) and every rebuild is a full one,
-so a half-written set is at worst refused once and then published when the
-burst ends.
+grouped (until 20 ms pass without one, at most `debounce_ms`) and each group
+triggers one rebuild, so a half-written set is at worst refused once and
+then published when the burst ends. A rebuild is incremental (the pipeline's
+memos reuse what unchanged documents made) and publishes exactly what a full
+one would.
 
 What triggers a rebuild (`is_relevant`):
 
