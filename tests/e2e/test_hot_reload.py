@@ -22,6 +22,7 @@ from tests.e2e.gateway import (
     eventually,
     start_gateway,
     stop_gateway,
+    until,
     wait_listening,
 )
 from tests.e2e.harness import McpBackend, mcp_client
@@ -94,29 +95,85 @@ def _drain_stats(gateway: RunningGateway) -> dict[str, int]:
     return {name: int(stats[name]) for name in names}
 
 
-async def test_a_rule_edit_sends_one_route_configuration_and_drains_no_connection(gateway: RunningGateway) -> None:
-    """A grant changes one backend's route configuration (RDS, chosen per path by SRDS): the listener
-    is not touched, so Envoy drains nothing and an open legacy session goes on, on its connection."""
+WIKI_POLICY = """\
+---
+apiVersion: agentxds.dev/v1
+kind: MCPPolicy
+metadata: {name: wiki}
+spec:
+  backend: wiki
+  rules:
+    - agents: [triage]
+      tools: [whoami]
+"""
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def two_backends(mcp_backend_factory: Any, tmp_path: Path) -> AsyncIterator[RunningGateway]:
+    backends = {"github": mcp_backend_factory(name="github"), "wiki": mcp_backend_factory(name="wiki")}
+    gw = await start_gateway(tmp_path / "gateway", backends, policy_yaml=POLICY_YAML + WIKI_POLICY)
+    yield gw
+    await stop_gateway(gw)
+
+
+async def test_a_rule_edit_sends_one_route_configuration_and_drains_no_connection(
+    two_backends: RunningGateway,
+) -> None:
+    """A grant changes one backend's route configuration (RDS, chosen per path by SRDS): Envoy is sent
+    that one alone and keeps the other's, the listener is not touched, so Envoy drains nothing and an
+    open legacy session goes on, on its connection."""
     from xds_server.xds import snapshot as xds
 
-    backend = gateway.backends["github"]
+    gateway = two_backends
     before = gateway.control.cache.get(GATEWAY)
     assert before is not None
-    async with mcp_client(gateway.url(), TRIAGE, "legacy") as client:
+    async with mcp_client(gateway.url(), TRIAGE, "legacy") as client, \
+            mcp_client(gateway.url("wiki"), TRIAGE, "legacy") as wiki:  # fmt: skip
         assert await _allowed(client, "list_issues", {"repo": "acme/web"})
+        assert await _allowed(wiki, "whoami", {})
         drains = _drain_stats(gateway)
         reloads = gateway.control.reloads
-        gateway.write("github-policy.yaml", GRANT_CREATE_ISSUE)
+        gateway.write("github-policy.yaml", GRANT_CREATE_ISSUE + WIKI_POLICY)
         await gateway.wait_reloads(reloads + 1)
         after = gateway.control.cache.get(GATEWAY)
         assert after is not None and after.version != before.version
         await gateway.wait_acked(after.version)
         changed = {t for t in xds.ORDER if after.type_version(t) != before.type_version(t)}
         assert changed == {xds.ROUTE}, changed
+        routes = {n: v for n, v in after.resource_versions[xds.ROUTE].items()
+                  if v != before.resource_versions[xds.ROUTE][n]}  # fmt: skip
+        assert list(routes) == ["routes/mcp/github"]  # wiki's configuration is the one Envoy kept
         assert await _allowed(client, "create_issue", {"repo": "acme/web", "title": "t"})  # the same session
+        assert await _allowed(wiki, "whoami", {})
+        assert not await _allowed(wiki, "list_issues", {"repo": "acme/web"})  # wiki's rules as they were
         assert _drain_stats(gateway) == drains
-    methods = backend.rpc_methods()
-    assert methods.count("initialize") == 1, methods
+    for backend in gateway.backends.values():
+        methods = backend.rpc_methods()
+        assert methods.count("initialize") == 1, methods
+
+
+async def test_a_backend_s_cluster_change_warms_at_once(two_backends: RunningGateway) -> None:
+    """A cluster-level change (a connect timeout) makes Envoy warm a new cluster, which needs its
+    endpoints again although they did not change: they are sent, so it warms at once (not after
+    Envoy's 15 s fetch timeout) and serves."""
+    from xds_server.xds import snapshot as xds
+
+    gateway = two_backends
+    before = gateway.control.cache.get(GATEWAY)
+    assert before is not None
+    backends = (gateway.policy_dir / "backends.yaml").read_text()
+    reloads = gateway.control.reloads
+    gateway.write("backends.yaml", backends.replace("timeouts: {connect: 2s", "timeouts: {connect: 3s", 1))
+    await gateway.wait_reloads(reloads + 1)
+    after = gateway.control.cache.get(GATEWAY)
+    assert after is not None
+    assert after.type_version(xds.CLUSTER) != before.type_version(xds.CLUSTER)
+    assert after.type_version(xds.ENDPOINT) == before.type_version(xds.ENDPOINT)
+    await gateway.wait_acked(after.version)
+    await until(lambda: gateway.envoy.stats().get("cluster_manager.warming_clusters") == 0, 5,
+                "the changed cluster to warm")  # fmt: skip
+    async with mcp_client(gateway.url(), TRIAGE) as client:
+        assert await _allowed(client, "list_issues", {"repo": "acme/web"})
 
 
 BROKEN_POLICY = POLICY_YAML.replace("agents: [executor]", "agents: [exectuor]").replace(

@@ -304,3 +304,33 @@ def test_snapshot_version_is_a_content_hash():
 def test_snapshot_rejects_what_envoy_would_reject(resources):
     with pytest.raises(ValueError):
         Snapshot.build(resources)
+
+
+def test_a_nacked_partial_response_counts_as_not_received():
+    state, _ = on_request(fresh(), request(ROUTE, names=("r1", "r2"), node=True))
+    state, [rds] = drain(state, SNAP)
+    state = ack(state, rds, names=("r1", "r2"))
+    both_changed = Snapshot.build({**SNAP.resources, ROUTE: [route("r1", prefix="/bad"), route("r2", prefix="/new")]})
+    state, [bad] = drain(state, both_changed)
+    assert [r.name for r in unpack(bad, route_pb2.RouteConfiguration)] == ["r1", "r2"]
+    state, event = on_request(state, request(ROUTE, rds.version_info, bad.nonce, names=("r1", "r2"), error="no"))
+    assert event.kind is EventKind.NACK
+    # r1 is fixed, r2 unchanged since the refused response: Envoy may never have applied r2, so both go.
+    fixed = Snapshot.build({**SNAP.resources, ROUTE: [route("r1", prefix="/fixed"), route("r2", prefix="/new")]})
+    state, [again] = drain(state, fixed)
+    assert [r.name for r in unpack(again, route_pb2.RouteConfiguration)] == ["r1", "r2"]
+
+
+def test_a_changed_cluster_gets_its_endpoints_again_even_when_they_did_not_change():
+    state, _ = on_request(fresh(), request(CLUSTER, node=True))
+    state, _ = on_request(state, request(ENDPOINT, names=("a", "b")))
+    state, (cds, eds) = drain(state, SNAP)
+    state = ack(ack(state, cds), eds, names=("a", "b"))
+    # Cluster a changes (its timeout), its load assignment does not: Envoy warms the new cluster
+    # until it gets endpoints for it, so they are sent again after the cluster.
+    changed = Snapshot.build({**SNAP.resources, CLUSTER: [cluster("a", timeout_s=5), cluster("b")]})
+    assert changed.type_version(ENDPOINT) == SNAP.type_version(ENDPOINT)
+    state, sent = drain(state, changed)
+    assert [r.type_url for r in sent] == [CLUSTER, ENDPOINT]  # the cluster first, then its endpoints
+    assert sent[1].version_info == eds.version_info
+    assert [a.cluster_name for a in unpack(sent[1], endpoint_pb2.ClusterLoadAssignment)] == ["a"]

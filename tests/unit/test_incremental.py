@@ -96,6 +96,30 @@ def _break_and_fix(d: Path, rnd: random.Random) -> None:
     policy.write_text(text.replace("tools:", "toolz:", 1) if "toolz:" not in text else text.replace("toolz:", "tools:"))
 
 
+def _trusted_header(d: Path, rnd: random.Random) -> None:
+    gateway = d / "gateway.yaml"
+    gateway.write_text(gateway.read_text().replace("trustedHeader: x-agent-id", "trustedHeader: x-caller", 1)
+                       if "x-agent-id" in gateway.read_text()
+                       else gateway.read_text().replace("trustedHeader: x-caller", "trustedHeader: x-agent-id", 1))  # fmt: skip
+
+
+def _any_agent_rule(d: Path, rnd: random.Random) -> None:
+    policy = d / "policies" / f"p{rnd.randrange(SHAPE.backends)}.yaml"
+    policy.write_text(policy.read_text() + f"    - agents: ['*']\n      tools: [everyone_{rnd.randrange(99)}]\n")
+
+
+def _remove_agent(d: Path, rnd: random.Random) -> None:
+    """An agent no rule names any more, then removed (rules naming it would be an error)."""
+    name = f"a{rnd.randrange(SHAPE.agents)}"
+    for policy in (d / "policies").glob("*.yaml"):
+        text = policy.read_text()
+        policy.write_text(text.replace(f"agents: [{name}]", "agents: [a0]"))
+    agents = (d / "agents.yaml").read_text()
+    block = AGENT.format(name=name, header=name)
+    if name != "a0":
+        (d / "agents.yaml").write_text(agents.replace(block, ""))
+
+
 def _delete_policy_file(d: Path, rnd: random.Random) -> None:
     files = sorted((d / "policies").glob("nb*.yaml"))
     if files:
@@ -103,7 +127,8 @@ def _delete_policy_file(d: Path, rnd: random.Random) -> None:
 
 
 EDITS = [_grant_tool, _add_agent, _rename_agent_header, _shift_lines, _drop_last_rule, _conditional_rule,
-         _argument_rule, _gateway_limit, _new_backend, _break_and_fix, _delete_policy_file]  # fmt: skip
+         _argument_rule, _gateway_limit, _new_backend, _break_and_fix, _delete_policy_file, _trusted_header,
+         _any_agent_rule, _remove_agent]  # fmt: skip
 
 
 def _outcome(pipeline: Pipeline) -> tuple[bool, tuple[str, ...], dict[str, tuple[str, dict[str, str]]]]:
@@ -116,7 +141,7 @@ def _outcome(pipeline: Pipeline) -> tuple[bool, tuple[str, ...], dict[str, tuple
     return result.ok, result.errors, snapshots
 
 
-@settings(max_examples=12, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=16, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(min_value=0, max_value=2**32), steps=st.lists(st.sampled_from(range(len(EDITS))), min_size=4,
                                                                         max_size=8))  # fmt: skip
 def test_incremental_rebuilds_publish_what_full_rebuilds_publish(tmp_path_factory, seed: int, steps: list[int]) -> None:  # type: ignore[no-untyped-def]
@@ -133,6 +158,8 @@ def test_incremental_rebuilds_publish_what_full_rebuilds_publish(tmp_path_factor
         assert (ok, errors) == (fresh_ok, fresh_errors), EDITS[step].__name__
         if ok:
             assert published == fresh_published, EDITS[step].__name__
+            # What the policy service reads, and the files the watcher follows, are the same too.
+            assert incremental.ir == fresh.ir and incremental.files == fresh.files, EDITS[step].__name__
     shutil.rmtree(directory)
 
 
@@ -140,7 +167,8 @@ def test_documents_moved_by_edits_above_them_keep_exact_lines(tmp_path: Path) ->
     """The loader reuses documents whose text did not change wherever they moved: diagnostics and
     the lines later stages point at are those of a load from nothing, however often they moved."""
     from xds_server.policy.diagnostics import PolicyError
-    from xds_server.policy.load import DocumentCache, load_directory
+    from xds_server.policy.doc_cache import DocumentCache
+    from xds_server.policy.load import load_directory
 
     write_policy_set(tmp_path, SHAPE)
     cache = DocumentCache()

@@ -28,4 +28,6 @@ class HeapSettler:
         if self.published % self.full_every == 0:
             gc.unfreeze()
             gc.collect()
+        else:
+            gc.collect(1)  # the young garbage of the build goes first; only what lives is frozen
         gc.freeze()

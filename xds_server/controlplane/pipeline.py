@@ -118,9 +118,7 @@ def referenced_files(ir: IR, memo: TranslateMemo | None = None) -> frozenset[Pat
     """
     found: set[Path] = set()
     for gateway in ir.gateways:
-        parts = [getattr(gateway, f.name) for f in dataclasses.fields(gateway) if f.name != "listener"]
-        parts += [getattr(gateway.listener, f.name) for f in dataclasses.fields(gateway.listener) if f.name != "routes"]
-        for part in [*parts, *gateway.routes]:
+        for part in gateway.parts():
             found |= (memo.result(("files", id(part)), part, lambda part=part: _files_in(part))  # type: ignore[misc]
                       if memo is not None else _files_in(part))  # fmt: skip
     return frozenset(found)

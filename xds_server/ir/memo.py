@@ -8,36 +8,27 @@ change by identity. What a build yields with a memo is equal to what it
 yields without one (tests/unit/test_incremental.py checks it on random edits).
 
 Inputs are keyed by identity: the loader gives back the same document
-objects for documents whose text did not change (policy/load.py,
-`DocumentCache`), so a document's identity stands for its content. Entries
-keep their inputs alive (an id is never reused while its entry exists), and
-entries a build did not use are forgotten when it ends (`end_build`).
+objects for documents whose text did not change (policy/doc_cache.py), so a
+document's identity stands for its content (core/memo.py keeps them alive).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
+from collections.abc import Hashable
 from typing import Any, TypeVar
+
+from xds_server.core.memo import Memo
 
 T = TypeVar("T")
 
 
-class BuildMemo:
+class BuildMemo(Memo):
     """Results of the last builds, by key; and the parts they produced, by name (interned)."""
 
     def __init__(self) -> None:
-        self._results: dict[Hashable, tuple[Any, Any]] = {}  # key → (inputs kept alive, result)
+        super().__init__()
         self._parts: dict[Hashable, Any] = {}  # name → the part last built under it
-        self._used: set[Hashable] = set()
         self._named: set[Hashable] = set()
-
-    def result(self, key: Hashable, inputs: Any, compute: Callable[[], T]) -> T:
-        """`compute()`, or what it gave last time for this key (`inputs`: the objects the key names)."""
-        self._used.add(key)
-        found = self._results.get(key)
-        if found is None:
-            found = self._results[key] = (inputs, compute())
-        return found[1]
 
     def same(self, name: Hashable, part: T) -> T:
         """The part built under `name` last time if it equals `part` (cheap when its large fields are
@@ -51,6 +42,6 @@ class BuildMemo:
 
     def end_build(self) -> None:
         """Forget what the build that just ended did not use."""
-        self._results = {k: v for k, v in self._results.items() if k in self._used}
+        self.end()
         self._parts = {k: v for k, v in self._parts.items() if k in self._named}
-        self._used, self._named = set(), set()
+        self._named = set()

@@ -88,7 +88,8 @@ class RouteBuild:
     def rule_parts(self, route: str, documents: tuple[Any, ...], compute: Callable[[], T]) -> T:
         """What the rules of `documents` (policy models) make of a route (grants, conditional rules):
         a pure function of them, the identity settings and who is recognisable, so the last
-        build's result stands while none of those changed."""
+        build's result stands while none of those changed. `compute` reads no file and reports
+        no diagnostic (a reused result would lose it)."""
         key = ("rules", self.gateway, route, tuple(id(d) for d in documents), self.identity,
                tuple(self.recognisable))  # fmt: skip
         return self.memo.result(key, documents, compute)

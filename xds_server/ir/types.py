@@ -369,6 +369,13 @@ class GatewayIR:
             names.add(self.identity.api_key_header)
         return tuple(sorted(names))
 
+    def parts(self) -> list[Any]:
+        """Every field of the gateway and of its listener, the routes one by one: the pieces a walk
+        over the IR can handle (and remember) apart, since an edit leaves most of them as they were."""
+        parts = [getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "listener"]
+        parts += [getattr(self.listener, f.name) for f in dataclasses.fields(self.listener) if f.name != "routes"]
+        return [*parts, *self.routes]
+
     @property
     def needs_policy_service(self) -> bool:
         """Whether some route sends some request to the policy service."""

@@ -11,9 +11,8 @@ from __future__ import annotations
 import difflib
 import functools
 import os
-import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path as FsPath
 from typing import Any, TypeVar, get_args
 
@@ -24,11 +23,12 @@ from .agent import Agent
 from .base import PATTERN_HINTS, DocumentModel
 from .checks import Declared, cross_check, provided, references
 from .diagnostics import Diagnostic, Path, PolicyError, join_field, subject
+from .doc_cache import DocumentCache, Read
 from .gateway import Gateway
 from .kinds import KIND_OF_MODEL, KIND_SPECS, MODELS, resolve_gateway
 from .located import Located, Source
 from .mcp import MCPBackend, MCPPolicy, MCPToolLock
-from .yamldoc import YAML_LINE_BREAK, ParsedDocument, parse_documents
+from .yamldoc import ParsedDocument, parse_documents
 
 POLICY_SUFFIXES = (".yaml", ".yml")
 MAX_FILE_BYTES = 4 * 1024 * 1024  # far beyond any real policy file; bounds memory on mistakes
@@ -158,7 +158,7 @@ def _load(texts: Mapping[str, str], diags: list[Diagnostic], *, empty: Diagnosti
     valid: list[Located[Any]] = []
     documents: dict[str, int] = {}
     for file in sorted(texts):
-        read = cache.read(file, texts[file]) if cache is not None else _read_file(file, texts[file])
+        read = cache.read(file, texts[file], _read_file) if cache is not None else _read_file(file, texts[file])
         documents[file] = len(read.validated)
         diags += read.parse_diags
         complete = complete and not read.parse_diags
@@ -176,100 +176,9 @@ def _load(texts: Mapping[str, str], diags: list[Diagnostic], *, empty: Diagnosti
     return PolicySet({spec.kind: _sorted(valid, spec.kind) for spec in KIND_SPECS}, documents)
 
 
-Validated = tuple[Declared | None, Located[Any] | None, list[Diagnostic]]
-
-
-@dataclass(frozen=True)
-class _Read:
-    """One file (or one document of it) read: its YAML problems, and each document validated."""
-
-    parse_diags: list[Diagnostic]
-    validated: list[Validated]
-
-
-def _read_file(file: str, text: str) -> _Read:
+def _read_file(file: str, text: str) -> Read:
     docs, parse_diags = parse_documents(text, file)
-    return _Read(parse_diags, [_validate(parsed, file) for parsed in docs])
-
-
-#: A line that starts a YAML document, and lines that make a file unsafe to cut at them textually.
-_DOCUMENT_START = re.compile(r"^---(?=[ \t\r\n]|$)", re.M)
-_UNSPLITTABLE = re.compile(r"^(?:%|\.\.\.(?:[ \t\r\n]|$))", re.M)
-_OTHER_BREAK = re.compile("[\r\x85\u2028\u2029]")
-
-
-class DocumentCache:
-    """The documents of the last loads, read and validated, by file and text.
-
-    A file with several documents is cut at its `---` lines (a document
-    marker at the start of a line always starts a document in YAML) and each
-    document is read on its own, with its lines counted from its first line;
-    a document found again with the same text, wherever it moved in its file,
-    is not read again (its lines are shifted). A file with directives or
-    `...` markers, or with a document YAML cannot read, is read whole as
-    always, so diagnostics are exactly those of a plain load. Entries no load
-    used since the one before are forgotten.
-    """
-
-    def __init__(self) -> None:
-        self._entries: dict[tuple[str, str], _Read] = {}
-        self._moved: dict[tuple[str, str], tuple[int, _Read]] = {}  # the last shifted copy, and by how much
-        self._used: set[tuple[str, str]] = set()
-
-    def read(self, file: str, text: str) -> _Read:
-        starts = [m.start() for m in _DOCUMENT_START.finditer(text)]
-        if not starts or _UNSPLITTABLE.search(text):
-            return self._cached(file, text, 0) or _read_file(file, text)
-        bounds = [0, *starts] if starts[0] else starts
-        pieces = [text[a:b] for a, b in zip(bounds, [*bounds[1:], len(text)], strict=True)]
-        parse_diags: list[Diagnostic] = []
-        validated: list[Validated] = []
-        offset = 0
-        plain_breaks = not _OTHER_BREAK.search(text)  # then lines are counted by "\n" alone
-        for piece in pieces:
-            read = self._cached(file, piece, offset)
-            if read is None or read.parse_diags:
-                return _read_file(file, text)  # what YAML says of the whole file, exactly
-            validated += read.validated
-            offset += piece.count("\n") if plain_breaks else len(YAML_LINE_BREAK.findall(piece))
-        return _Read(parse_diags, validated)
-
-    def _cached(self, file: str, text: str, offset: int) -> _Read | None:
-        key = (file, text)
-        read = self._entries.get(key)
-        if read is None:
-            read = self._entries[key] = _read_file(file, text)
-        self._used.add(key)
-        if not offset:
-            return read
-        moved = self._moved.get(key)
-        if moved is None or moved[0] != offset:
-            moved = self._moved[key] = (offset, _shifted(read, offset))
-        return moved[1]
-
-    def forget_unused(self) -> None:
-        """Drop what the loads since the last call did not use (call once per load)."""
-        self._entries = {k: v for k, v in self._entries.items() if k in self._used}
-        self._moved = {k: v for k, v in self._moved.items() if k in self._used}
-        self._used = set()
-
-
-def _shifted(read: _Read, offset: int) -> _Read:
-    """A document read on its own, as if it had been read `offset` lines further down its file."""
-
-    def shift(item: Validated) -> Validated:
-        decl, located, diags = item
-        if decl is not None:
-            locate = decl.locate
-            decl = replace(decl, source=Source(decl.source.file, decl.source.line + offset),
-                           locate=lambda path: locate(path) + offset)  # fmt: skip
-        if located is not None:
-            located = replace(located, source=Source(located.source.file, located.source.line + offset),
-                              line_offset=located.line_offset + offset)  # fmt: skip
-        return decl, located, [replace(d, line=d.line + offset) if d.line else d for d in diags]
-
-    return _Read([replace(d, line=d.line + offset) if d.line else d for d in read.parse_diags],
-                 [shift(v) for v in read.validated])  # fmt: skip
+    return Read(parse_diags, [_validate(parsed, file) for parsed in docs])
 
 
 def _sorted(valid: Iterable[Located[Any]], kind: str) -> tuple[Located[Any], ...]:

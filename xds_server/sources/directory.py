@@ -6,7 +6,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from xds_server.policy.load import DocumentCache, PolicySet, load_directory
+from xds_server.policy.doc_cache import DocumentCache
+from xds_server.policy.load import PolicySet, load_directory
 
 
 @dataclass(frozen=True)

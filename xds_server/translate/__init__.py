@@ -59,11 +59,9 @@ class GatewayResources:
 def _values_to_redact(gateway: GatewayIR) -> frozenset[str]:
     """Every secret the gateway's IR carries (API keys in header matchers, private keys, any
     future one): whatever shows the resources (render, goldens) must not show these."""
-    parts = [getattr(gateway, f.name) for f in dataclasses.fields(gateway) if f.name != "listener"]
-    parts += [getattr(gateway.listener, f.name) for f in dataclasses.fields(gateway.listener) if f.name != "routes"]
     found: set[str] = set()
     # Found once per part object (the IR build hands back unchanged routes and agents as they were).
-    for part in [*parts, *gateway.routes]:
+    for part in gateway.parts():
         found |= memoised(("secrets", id(part)), part, lambda part=part: _secrets_in(part))  # type: ignore[misc]
     return frozenset(v for v in found if v)
 

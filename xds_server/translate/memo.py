@@ -27,14 +27,14 @@ import json
 from collections.abc import Callable, Hashable, Iterator
 from typing import Any, TypeVar
 
+from xds_server.core.memo import Memo
+
 T = TypeVar("T")
 _CURRENT: contextvars.ContextVar[TranslateMemo | None] = contextvars.ContextVar("translate_memo", default=None)
 
 
-class TranslateMemo:
-    def __init__(self) -> None:
-        self._entries: dict[Hashable, tuple[Any, Any]] = {}  # key → (inputs kept alive, value)
-        self._used: set[Hashable] = set()
+class TranslateMemo(Memo):
+    """The translators' memo (see the module docstring); in force inside `active()`."""
 
     @contextlib.contextmanager
     def active(self) -> Iterator[TranslateMemo]:
@@ -44,18 +44,6 @@ class TranslateMemo:
         finally:
             _CURRENT.reset(token)
             self.end()
-
-    def result(self, key: Hashable, inputs: Any, compute: Callable[[], T]) -> T:
-        self._used.add(key)
-        found = self._entries.get(key)
-        if found is None:
-            found = self._entries[key] = (inputs, compute())
-        return found[1]
-
-    def end(self) -> None:
-        """Forget what was not used since the last call."""
-        self._entries = {k: v for k, v in self._entries.items() if k in self._used}
-        self._used = set()
 
 
 def current() -> TranslateMemo | None:
@@ -69,13 +57,15 @@ def memoised(key: Hashable, inputs: Any, compute: Callable[[], T]) -> T:
     return compute() if memo is None else memo.result(key, inputs, compute)
 
 
-def body_key(body: Any) -> tuple[str, list[Any]]:
-    """A dict body's canonical JSON (objects that are not JSON, such as a Prebuilt, count by
-    identity) and those objects (to keep them alive with the entry)."""
+def body_key(body: Any) -> tuple[tuple[str, tuple[int, ...]], list[Any]]:
+    """A dict body's key: its canonical JSON, objects that are not JSON (a Prebuilt) written as a
+    marker and counted by identity alongside (so no string in the body can pass for one), and
+    those objects (to keep them alive with the entry)."""
     kept: list[Any] = []
 
     def identity(value: Any) -> str:
         kept.append(value)
-        return f"<{type(value).__name__} {id(value)}>"
+        return "<object>"
 
-    return json.dumps(body, sort_keys=True, separators=(",", ":"), default=identity), kept
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), default=identity)
+    return (text, tuple(id(k) for k in kept)), kept

@@ -7,6 +7,11 @@ which rejects any unknown field at translation time rather than at Envoy.
 `typed(type_name, body)` makes an `Any`-style dict and `typed_struct` wraps
 a config whose xds-protos message lags Envoy 1.40 (both from core.wire,
 re-exported here for the translators).
+
+Large, regular parts (RBAC allow-lists) are built with protobuf's own
+constructor instead (`prebuilt`) and placed in a dict body as a `Prebuilt`
+Any. Under a translation memo (translate/memo.py), `to_message` hands back
+the message it built last time from the same body.
 """
 
 from __future__ import annotations

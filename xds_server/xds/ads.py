@@ -21,14 +21,18 @@ Rules (after go-control-plane and Istio):
   changes the names it asks for) until the snapshot's version of that type
   changes. This is what stops a resend loop.
 * SotW: Cluster, Listener and ScopedRoute responses carry every resource of
-  the type; other types (EDS, SDS, RDS) carry only named resources that the
-  stream has not sent in their current form (per-resource versions), so an
-  edit of one route configuration sends that one alone (Envoy keeps the
-  named resources a response leaves out). A response goes out whenever the
-  type's version changes, even with no resource in it, so that every type's
-  version is acknowledged.
+  the type, and so do Secret responses (a secret a response leaves out is
+  missing to Envoy's newer SotW code). EDS and RDS responses carry only the
+  named resources the client has not ACKed in their current form
+  (per-resource versions), so an edit of one route configuration sends that
+  one alone (Envoy keeps the named resources a response leaves out). A
+  NACKed response counts as not received: what it carried is sent again. A
+  cluster that changed makes its endpoints due again (Envoy warms an updated
+  cluster until it gets them). A response goes out whenever the type's
+  version changes, even with no resource in it, so that every type's version
+  is acknowledged.
 * When several types are due, they go out in `snapshot.ORDER` (CDS, EDS, SDS,
-  LDS, RDS) so that Envoy can warm clusters and secrets before listeners
+  LDS, SRDS, RDS) so that Envoy can warm clusters and secrets before listeners
   refer to them.
 * The node is taken from the first request that carries one
   (`set_node_on_first_message_only: true`); its group is `node.cluster`.
@@ -100,8 +104,10 @@ class TypeState:
     acked_version: str | None = None
     rejected_version: str | None = None
     dirty: bool = True
-    #: Non-wildcard types: each resource sent on this stream, with the version of it that was sent.
+    #: Each resource sent on this stream, with its version as sent (the response may be in flight).
     sent_resources: Mapping[str, str] = field(default_factory=dict)
+    #: What the client ACKed: each resource and its version (what it holds).
+    acked_resources: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -127,10 +133,19 @@ class StreamState:
         return self.node.cluster if self.node is not None else None
 
 
+#: Types whose responses carry only what changed (see the module docstring).
+PER_RESOURCE_TYPES = frozenset({snap.ENDPOINT, snap.ROUTE})
+#: A changed resource of the first type makes the resource of the same name of the second due again.
+_DEPENDENTS = {snap.CLUSTER: snap.ENDPOINT}
+
+
 def _with_type(state: StreamState, type_url: str, ts: TypeState, **changes: object) -> StreamState:
     types = dict(state.types)
-    # A name the client no longer asks for is forgotten: asked for again, it is sent again.
-    types[type_url] = replace(ts, sent_resources={n: v for n, v in ts.sent_resources.items() if n in ts.names})
+    if type_url in PER_RESOURCE_TYPES:
+        # A name the client no longer asks for is forgotten: asked for again, it is sent again.
+        ts = replace(ts, sent_resources={n: v for n, v in ts.sent_resources.items() if n in ts.names},
+                     acked_resources={n: v for n, v in ts.acked_resources.items() if n in ts.names})  # fmt: skip
+    types[type_url] = ts
     return replace(state, types=types, **changes)  # type: ignore[arg-type]
 
 
@@ -149,7 +164,8 @@ def on_request(state: StreamState, req: discovery_pb2.DiscoveryRequest) -> tuple
     # an earlier stream means nothing here): a subscription to answer.
     if ts is None or not req.response_nonce:
         prev = ts or TypeState()
-        new = replace(prev, names=names, in_flight=False, dirty=True)
+        # A new subscription is answered with everything it names.
+        new = replace(prev, names=names, in_flight=False, dirty=True, sent_resources={}, acked_resources={})
         event = Event(EventKind.SUBSCRIBE, type_url, version=req.version_info)
         return _with_type(state, type_url, new), event
 
@@ -167,10 +183,13 @@ def on_request(state: StreamState, req: discovery_pb2.DiscoveryRequest) -> tuple
 
     version = ts.sent_version or ""
     if req.HasField("error_detail"):
-        new = replace(ts, names=names, in_flight=False, rejected_version=ts.sent_version, dirty=dirty)
+        # Nothing of a refused response counts as held: what it carried is due again.
+        new = replace(ts, names=names, in_flight=False, rejected_version=ts.sent_version, dirty=dirty,
+                      sent_resources=ts.acked_resources)  # fmt: skip
         event = Event(EventKind.NACK, type_url, version, req.error_detail.message, req.response_nonce)
     else:
-        new = replace(ts, names=names, in_flight=False, acked_version=ts.sent_version, dirty=dirty)
+        new = replace(ts, names=names, in_flight=False, acked_version=ts.sent_version, dirty=dirty,
+                      acked_resources=ts.sent_resources)  # fmt: skip
         event = Event(EventKind.ACK, type_url, version, nonce=req.response_nonce)
     return _with_type(state, type_url, new), event
 
@@ -204,17 +223,31 @@ def next_response(
         resp = discovery_pb2.DiscoveryResponse(version_info=version, type_url=type_url, nonce=nonce)
         resp.control_plane.identifier = CONTROL_PLANE_ID
         sent_resources = ts.sent_resources
-        if wildcard:
-            resp.resources.extend(snapshot.packed(type_url))
-        else:
-            current = snapshot.resource_versions.get(type_url, {})
+        current = snapshot.resource_versions.get(type_url, {})
+        if type_url in PER_RESOURCE_TYPES:
             due = [n for n in sorted(ts.names) if n in current and ts.sent_resources.get(n) != current[n]]
             resp.resources.extend(snapshot.packed(type_url, due))
-            kept = {n: v for n, v in ts.sent_resources.items() if n in ts.names}
-            sent_resources = {**kept, **{n: current[n] for n in due}}
+            sent_resources = {**ts.sent_resources, **{n: current[n] for n in due}}
+        else:
+            resp.resources.extend(snapshot.packed(type_url, None if wildcard else ts.names))
+            sent_resources = dict(current) if wildcard else {n: current[n] for n in ts.names if n in current}
         new = replace(ts, nonce=nonce, in_flight=True, sent_version=version, dirty=False, sent_resources=sent_resources)
-        return _with_type(state, type_url, new, sent=count), resp
+        state = _with_type(state, type_url, new, sent=count)
+        dependent = _DEPENDENTS.get(type_url)
+        if dependent is not None and dependent in state.types:
+            changed = {n for n, v in current.items() if ts.sent_resources.get(n) not in (None, v)}
+            state = _due_again(state, dependent, changed)
+        return state, resp
     return state, None
+
+
+def _due_again(state: StreamState, type_url: str, names: set[str]) -> StreamState:
+    """`names` of `type_url` sent again (the client needs them anew), as soon as it may be sent."""
+    ts = state.types[type_url]
+    if not names & ts.names:
+        return state
+    keep = {n: v for n, v in ts.sent_resources.items() if n not in names}
+    return _with_type(state, type_url, replace(ts, sent_resources=keep, dirty=True))
 
 
 _END = object()  # queued by the reader when the client half-closes
