@@ -38,10 +38,10 @@ spec:
       tools: [list_issues, "get_*"]
       resources: ["docs://readme"]
       prompts: [summarize]
-    - description: executor files issues in acme's repositories only
+    - description: executor files issues in acme's repositories only (size() keeps it in the policy service)
       agents: [executor]
       tools: [create_issue]
-      when: 'args.repo.startsWith("acme/")'
+      when: 'args.repo.startsWith("acme/") && args.repo.size() < 100'
     - description: executor may list issues, three times per two seconds
       agents: [executor]
       tools: [list_issues]

@@ -239,7 +239,7 @@ def test_a_jwks_url_gets_a_cluster_of_its_own() -> None:
 
 def test_a_users_grant_is_the_agent_and_the_user() -> None:
     gw = gateway()
-    policies = rbac.route_rbac_rules(gw.routes[0], gw.agents, McpTranslator())["rbac"]["rules"]["policies"]
+    policies = rbac.route_rbac_rules(gw.routes[0], gw, McpTranslator())["rbac"]["rules"]["policies"]
     assert set(policies) == {"agent/triage", "agent/triage/users[1]", rbac.COMMON_POLICY}
     (plain,) = [p["principals"] for k, p in policies.items() if k == "agent/triage"]
     # What every grant allows (lists, lifecycle) is one policy with every grant's principals.

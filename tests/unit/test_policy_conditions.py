@@ -109,8 +109,9 @@ def test_conditional_rules_reach_the_ir_apart_from_plain_grants() -> None:
     (grant,) = backend.grants
     assert [p.glob for p in grant.allows.tools] == ["list_issues"]  # decided by Envoy alone
     assert [p.glob for p in grant.allows.conditional_tools] == ["create_*"]
-    assert {p.glob for p in grant.allows.all_tools} == {"create_*", "list_issues"}  # what RBAC lets through
+    assert {p.glob for p in grant.allows.listed_tools} == {"create_*", "list_issues"}  # what lists show
     (rule,) = backend.conditional_rules
+    assert not rule.native and "quota" in rule.not_native
     assert rule.id == "p/rules[1]" and rule.agents == ("bot",)
     assert rule.when == 'args.repo.startsWith("acme/")'
     assert rule.quota is not None and (rule.quota.calls, rule.quota.window_ms, rule.quota.scope) == (

@@ -73,6 +73,7 @@ class ExtAuthzServicer(external_auth_pb2_grpc.AuthorizationServicer):
 
     async def Check(self, request: external_auth_pb2.CheckRequest, context: grpc.aio.ServicerContext) -> Any:
         extensions: Mapping[str, str] = request.attributes.context_extensions
+        self._service.checks[extensions.get(ROUTE_CONTEXT_EXTENSION, "")] += 1
         body = request_body(request)
         try:
             outcome = await check_request(

@@ -84,6 +84,7 @@ def _header_value(value: str) -> str:
 def decide(service: PolicyService, method: str, path: str, headers: Mapping[str, str], body: str) -> CheckOutcome:
     """One decision, as `decide.check_request` makes it for routes without delegated credentials."""
     backend, original_path = backend_of(path)
+    service.checks[backend] += 1
     headers = {**headers, ":method": method, ":path": original_path}
     if backend and service.credentials.delegation(backend) is not None:
         kind = errors.POLICY_SERVICE_UNAVAILABLE

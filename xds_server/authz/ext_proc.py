@@ -136,10 +136,12 @@ class _Stream:
         self.request_id: Any = None
         self.shown: dict[str, str] = {}  # the backend's ids → the sealed ids the caller named
         self.streamed: StreamRewriter | None = None
+        self.request_seen = False  # this filter saw the request (so the answer may come from the backend)
 
     def on(self, phase: str, request: pb.ProcessingRequest) -> tuple[pb.ProcessingResponse, bool]:
         """The answer to one phase, and whether it ends the stream."""
         if phase == "request_headers":
+            self.request_seen = True
             self.jwt = jwt_payloads(request)
             self.metadata = json_format.MessageToDict(request.metadata_context).get("filterMetadata", {})
             self.headers = header_map(request.request_headers.headers)
@@ -150,7 +152,10 @@ class _Stream:
             return self._request_body(request.request_body.body)
         if phase == "response_headers":
             self.content_type = header_map(request.response_headers.headers).get("content-type", "")
-            if self.purpose == PURPOSE_RESPONSES:
+            if self.purpose == PURPOSE_RESPONSES or not self.request_seen:
+                # Without the request, this is Envoy's own reply to a request an earlier filter refused
+                # (RBAC): no request reaches a backend without passing here first, so it holds nothing
+                # of a backend's to rewrite or seal.
                 return _continue(phase), False
             return self._start_sealing()
         if phase == "response_body":

@@ -10,6 +10,7 @@ verdicts) and exchanged tokens live here and outlive policy reloads.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
@@ -77,6 +78,8 @@ class PolicyService:
         self.engine = Engine(QuotaStore(), self.approvals)
         self.credentials = CredentialIssuer()
         self.decision_log = DecisionLog(decisions)
+        #: ext_authz checks answered, by backend (both transports): what a call cost in Python.
+        self.checks: collections.Counter[str] = collections.Counter()
         self.mcp = McpHandler(self.log_decision)
         #: One handler per protocol, by route kind.
         self.handlers: dict[str, ProtocolHandler] = {self.mcp.kind: self.mcp}

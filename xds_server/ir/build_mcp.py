@@ -42,18 +42,22 @@ def _allows(rules: list[tuple[str, Rule]]) -> McpAllowsIR:
     """What the rules naming one agent (for one user match) allow together."""
     tools: list[str] = []
     conditional: list[str] = []
+    native: list[str] = []
     with_arguments = []
     for rule_id, rule in rules:
         if rule.arguments:
             with_arguments.append(_argument_grant(rule_id, rule))
+        elif not rule.is_conditional:
+            tools.extend(rule.tools)
         else:
-            (conditional if rule.is_conditional else tools).extend(rule.tools)
+            (conditional if routes.why_not_native(rule) else native).extend(rule.tools)
     return McpAllowsIR(
         tools=compile_globs(tools),
         resources=compile_globs([r for _, rule in rules for r in rule.resources]),
         prompts=compile_globs([p for _, rule in rules for p in rule.prompts]),
         conditional_tools=compile_globs(conditional),
         argument_grants=tuple(sorted(with_arguments)),
+        native_tools=compile_globs(native),
     )
 
 

@@ -11,7 +11,8 @@ What goes to the policy service (`DecisionNeedsIR`, `with_decisions`),
 decided here once for the translators and the policy service alike:
 - every request, on a backend with delegated credentials;
 - `tools/call` of any tool on a guarded backend (pins or screening), else of
-  the tools a conditional rule covers;
+  the tools a conditional rule covers that Envoy cannot decide alone (native
+  rules are RBAC's);
 - list responses, when lists are filtered per caller or tools are guarded;
 - on a backend with tasks, the answers of calls that may create a task and
   the task methods (their ids are sealed per owner).
@@ -56,8 +57,10 @@ def _merged(patterns: set[NamePattern]) -> tuple[NamePattern, ...]:
 @dataclass(frozen=True, order=True)
 class McpAllowsIR:
     """What an MCP grant allows: tools granted without conditions (decided by Envoy alone), tools
-    of conditional rules (Envoy, then the policy service), tools only with matching arguments,
-    resources (by URI) and prompts (by name)."""
+    of conditional rules the policy service decides (RBAC lets them through by name, then the
+    policy service), tools only with matching arguments, resources (by URI) and prompts (by name).
+    `native_tools` are those of rules whose condition Envoy evaluates: RBAC allows them per rule
+    (from the route's conditional rules), so they are listed here only for the lists."""
 
     KIND: ClassVar[str] = "mcp"
 
@@ -66,16 +69,14 @@ class McpAllowsIR:
     prompts: tuple[NamePattern, ...]
     conditional_tools: tuple[NamePattern, ...] = ()
     argument_grants: tuple[ArgumentGrantIR, ...] = ()
-
-    @property
-    def all_tools(self) -> tuple[NamePattern, ...]:
-        """Every tool the agent may call under some condition (what RBAC lets through by name)."""
-        return _merged(set(self.tools) | set(self.conditional_tools))
+    native_tools: tuple[NamePattern, ...] = ()
 
     @property
     def listed_tools(self) -> tuple[NamePattern, ...]:
-        """Tools the agent may call at all (some only with some arguments): what its lists show."""
-        return _merged(set(self.all_tools) | {p for g in self.argument_grants for p in g.tools})
+        """Tools the agent may call at all (some only with some arguments or under conditions): what its
+        lists show."""
+        return _merged(set(self.tools) | set(self.conditional_tools) | set(self.native_tools)
+                       | {p for g in self.argument_grants for p in g.tools})  # fmt: skip
 
 
 # ---------------------------------------------------------------- the route part
@@ -145,7 +146,10 @@ def _decisions(route: RouteIR) -> DecisionNeedsIR:
     calls: tuple[NamePattern, ...] | None = None
     if part.tool_guard is not None:
         calls = ()  # every tool: any of them may have changed since it was pinned
-    elif targets := {p for rule in route.conditional_rules for p in rule.targets}:
+    # Native rules are RBAC's alone, unless every request comes to the policy service anyway
+    # (delegated credentials): then it decides over every rule before it attaches a credential.
+    elif targets := {p for rule in route.conditional_rules if not rule.native or route.credentials is not None
+                     for p in rule.targets}:  # fmt: skip
         calls = tuple(sorted(targets))
     return DecisionNeedsIR(
         every_request=route.credentials is not None,

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from xds_server.core.cel_native import NotNative, native_condition
 from xds_server.ir import materials
 from xds_server.ir.memo import BuildMemo
 from xds_server.ir.patterns import NamePattern
@@ -226,6 +227,20 @@ def grants(
     )
 
 
+def why_not_native(rule: RuleBase) -> str:
+    """Why the policy service decides `rule` (a conditional one), or "" when Envoy decides it alone."""
+    if rule.quota is not None:
+        return "it has a quota (counted by the policy service)"
+    if rule.require_approval:
+        return "it needs approvals (kept by the policy service)"
+    assert rule.when is not None
+    try:
+        native_condition(rule.when)
+    except NotNative as exc:
+        return f"its condition is not one Envoy evaluates: {exc}"
+    return ""
+
+
 def conditional_rules(
     rules: Sequence[tuple[str, R]], build: RouteBuild, targets: Callable[[R], tuple[NamePattern, ...]]
 ) -> tuple[ConditionalRuleIR, ...]:
@@ -247,6 +262,8 @@ def conditional_rules(
                 require_approval=rule.require_approval,
                 approval_ttl_ms=rule.approval_ttl_ms,
                 user=user_match(rule, build.identity),
+                native=not (reason := why_not_native(rule)),
+                not_native=reason,
             )
         )
     return tuple(out)

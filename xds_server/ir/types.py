@@ -136,7 +136,11 @@ class ConditionalRuleIR:
     `targets` the patterns of what it covers (MCP: tool names). `when` is a CEL
     expression, already checked to compile; None means no condition. Native
     RBAC lets these calls through for these agents, then the policy service
-    decides.
+    decides; a `native` rule (a `when` Envoy evaluates itself, see
+    core/cel_native.py, and no quota or approval) is decided by RBAC alone.
+    The policy service still reads every rule: when some other rule sends a
+    call to it, it decides over all of them, natives included, with the same
+    answer.
     """
 
     id: str
@@ -147,6 +151,8 @@ class ConditionalRuleIR:
     require_approval: bool
     approval_ttl_ms: int
     user: UserMatchIR | None = None  # only when acting for such a user (checked by the policy service too)
+    native: bool = False  # Envoy decides it alone
+    not_native: str = ""  # why the policy service decides it (empty when native)
 
 
 @dataclass(frozen=True)

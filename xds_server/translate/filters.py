@@ -12,9 +12,12 @@ The order is the security design, so it is defined once, here, as slots:
     |           |                                          | refused before anything reads it                |
     | AUTHN     | envoy.filters.http.jwt_authn (jwt)       | tokens verified, claims into metadata; after    |
     |           |                                          | deframing so its errors carry the request id    |
-    | AUTHZ     | envoy.filters.http.rbac (rbac)           | the native allow-list, per route; the listener  |
+    | AUTHZ     | agentxds.identity.identify (identity)    | names the agent (shadow rules), for the backend |
+    |           |                                          | and for native conditions                       |
+    |           | agentxds.conditions.covered (rbac)       | names the native rule covering a call (shadow), |
+    |           |                                          | for the reply if its condition fails            |
+    |           | envoy.filters.http.rbac (rbac)           | the native allow-list, per route; the listener  |
     |           |                                          | level allows nothing                            |
-    |           | agentxds.identity.identify (identity)    | names the agent for the backend (shadow rules)  |
     | RESPONSES | envoy.filters.http.ext_proc (policy      | rewrites list responses, seals task ids in      |
     |           | service)                                 | answers and restores them in task requests;     |
     |           |                                          | before ext_authz so it sees the caller's        |

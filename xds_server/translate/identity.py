@@ -22,7 +22,8 @@ none of the caller's identity material (`backend_headers`):
   a second RBAC filter with only *shadow* rules, one policy per agent named
   after the agent, records the first agent (by name, as the policy service
   picks it) the request proves in `envoy.filters.http.rbac` metadata
-  (`identify_filter`); the route sets the header from that metadata;
+  (`identify_filter`, ahead of the grants' RBAC, whose native conditions
+  read it too); the route sets the header from that metadata;
 - the user's `sub` goes in `identity.user_header`, from a provider that
   names users on this gateway (a backend's `auth`, a rule's `users`): the
   route's `auth` provider first, then the others by name; a provider only
@@ -41,6 +42,7 @@ from typing import Any
 from xds_server.core import errors
 from xds_server.core.wire import JWT_METADATA_NAMESPACE, typed
 from xds_server.ir.types import AgentIR, GatewayIR, RouteIR
+from xds_server.translate.cel import IDENTIFIED_AGENT_KEY, IDENTIFY_PREFIX, RBAC_NAMESPACE
 from xds_server.translate.filters import HttpFilter, Slot
 from xds_server.translate.memo import memoised
 from xds_server.translate.rbac import RBAC_PER_ROUTE_TYPE, RBAC_TYPE
@@ -50,8 +52,7 @@ UNAMBIGUOUS_FILTER = "agentxds.identity.unambiguous"
 IDENTIFY_FILTER = "agentxds.identity.identify"
 AMBIGUOUS_POLICY = "agentxds-ambiguous-identity"
 #: The key prefix of the identify filter's shadow metadata (and of its stats).
-_IDENTIFY_PREFIX = "agentxds_identify_"
-_AGENT_METADATA = f"%DYNAMIC_METADATA(envoy.filters.http.rbac:{_IDENTIFY_PREFIX}shadow_effective_policy_id)%"
+_AGENT_METADATA = f"%DYNAMIC_METADATA({RBAC_NAMESPACE}:{IDENTIFIED_AGENT_KEY})%"
 _RBAC_ACTION_TYPE = "envoy.config.rbac.v3.Action"
 _HEADER_INPUT_TYPE = "envoy.type.matcher.v3.HttpRequestHeaderMatchInput"
 
@@ -93,14 +94,17 @@ def _recognisable_agents(gateway: GatewayIR) -> list[AgentIR]:
 
 
 def identify_filter(gateway: GatewayIR) -> HttpFilter | None:
-    """The shadow-only RBAC filter naming the agent a request proves (None: no agent header)."""
+    """The shadow-only RBAC filter naming the agent a request proves (None: no agent to recognise).
+
+    Before the grants' RBAC: native conditions read the name (`agent.name`,
+    and which rules apply, translate/cel.py)."""
     agents = _recognisable_agents(gateway)
-    if gateway.identity.agent_header is None or not agents:
+    if not agents:
         return None
     policies = {
         a.name: {"permissions": [{"any": True}], "principals": [p.rbac() for p in a.principals]} for a in agents
     }
-    config = {"shadow_rules": {"action": "ALLOW", "policies": policies}, "shadow_rules_stat_prefix": _IDENTIFY_PREFIX}
+    config = {"shadow_rules": {"action": "ALLOW", "policies": policies}, "shadow_rules_stat_prefix": IDENTIFY_PREFIX}
     return HttpFilter(IDENTIFY_FILTER, Slot.AUTHZ, typed(RBAC_TYPE, config), off=typed(RBAC_PER_ROUTE_TYPE))
 
 

@@ -41,8 +41,9 @@ def listener_filters(gateway: GatewayIR) -> list[HttpFilter]:
             request_id.id_filter(gateway),
             *(f for protocol in protocols_of(gateway) for f in protocol.http_filters(gateway)),
             *(f for f in optional if f is not None),
-            rbac.rbac_filter(),
             *([identify] if identify is not None else []),
+            rbac.covered_filter(),
+            rbac.rbac_filter(),
             *policy_service.policy_filters(gateway),
             ROUTER,
         ]

@@ -23,16 +23,18 @@ the most specific to the catch-all:
     4. the protocol filter's refusals (protocol translator: `request_rejections`)
     5. jwt_authn's refusals (with the OAuth challenge on routes with `auth`)
     6. a path no route serves (refused by the listener's RBAC for want of a route);
-       RBAC denials, per way of recognising a known agent (ir/principals.py),
-       what it was refused (protocol translator: `denials`); then "unknown agent"
+       a call a native rule covers whose condition failed (RBAC's shadow rules
+       name the rule, translate/rbac.py); RBAC denials, per way of recognising
+       a known agent (ir/principals.py), what it was refused (protocol
+       translator: `denials`); then "unknown agent"
     7. by status: no route, too large, timeouts (headers, whole request), overload
        (the overload manager's `overload` detail), upstream timeout, upstream
        failure, other
 
 The protocol filter labels its rejections in its metadata; jwt_authn's say
 why in the response code details (`jwt_authn_access_denied{Jwt_is_expired}`).
-RBAC's own metadata is not visible here, so denials are told apart by who is
-asking (a known agent or not) and what was requested. Mappers apply to the
+Other denials are told apart by who is asking (a known agent or not) and
+what was requested. Mappers apply to the
 whole listener, so what is per route (metadata documents, challenges) is
 scoped by route name.
 """
@@ -45,6 +47,8 @@ from xds_server.core import errors
 from xds_server.ir.principals import cel_filter, reply_matchers
 from xds_server.ir.types import GatewayIR, ListenerIR
 from xds_server.translate import identity, oauth
+from xds_server.translate.cel import RBAC_NAMESPACE
+from xds_server.translate.names import CONDITION_RULE_KEY
 from xds_server.translate.protocols import protocols_of
 from xds_server.translate.protocols.base import ProtocolTranslator
 from xds_server.translate.replies import all_of, mapper, route_is, status_is
@@ -115,7 +119,12 @@ def _token_refusals(gateway: GatewayIR, request_id: str) -> list[dict[str, Any]]
 def _denials(gateway: GatewayIR, protocol: ProtocolTranslator) -> list[dict[str, Any]]:
     """403 mappers: per way of recognising a known agent, what it was refused; then "unknown agent"."""
     denied = status_is(403)
-    mappers = [
+    # RBAC refused a call that a native rule covers (its shadow twin matched): that rule's condition failed.
+    covered = {"metadata_filter": {"matcher": {"filter": RBAC_NAMESPACE, "path": [{"key": CONDITION_RULE_KEY}],
+                                               "value": {"present_match": True}},
+                                   "match_if_key_not_found": False}}  # fmt: skip
+    mappers = protocol.condition_denials(gateway, all_of(denied, covered))
+    mappers += [
         m
         for caller in reply_matchers(gateway.agents)
         for m in protocol.denials(gateway, caller, all_of(denied, caller.when))

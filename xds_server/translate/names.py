@@ -51,3 +51,20 @@ def route_name(route: RouteIR) -> str:
 
 def rbac_policy_name(agent: str) -> str:
     return f"agent/{agent}"
+
+
+# RBAC policy names and metadata keys (translate/rbac.py), read by ext_authz and the local replies.
+
+#: The grants engine's metadata key prefix (`rules_stat_prefix`), apart from the other RBAC filters' keys.
+GRANTS_PREFIX = "agentxds_grants_"
+#: The policy by which the grants engine allowed a request (the first, by name, that does).
+EFFECTIVE_POLICY_KEY = f"{GRANTS_PREFIX}enforced_effective_policy_id"
+#: Policies whose calls go on to the policy service start with this; ext_authz runs only for them.
+DECIDED_PREFIX = "python/"
+#: Native rules' policies: `cond/<rule id>`. Names sort so that Envoy prefers a grant (`agent/`),
+#: then a native rule (`cond/`), and reaches the policy service (`python/`) only when nothing
+#: native allows the call.
+NATIVE_PREFIX = "cond/"
+#: The shadow rules naming the native rule whose condition a refused call failed (for its reply).
+CONDITIONS_PREFIX = "agentxds_conditions_"
+CONDITION_RULE_KEY = f"{CONDITIONS_PREFIX}shadow_effective_policy_id"

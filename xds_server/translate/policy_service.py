@@ -13,6 +13,14 @@ enabled one it was not configured for:
 - a route with delegated credentials has ext_authz on for every request;
 - everything else stays on the route's native Envoy route: RBAC only.
 
+On the routes with ext_authz on, it still runs only for a call that RBAC let
+through by a policy the policy service must confirm (its name starts with
+`python/`, translate/rbac.py): a call that a grant without conditions or a
+native rule (`cond/...`) allows never leaves Envoy, even when other callers'
+rules send the same tool to the policy service. On a route where the policy
+service must see every call (a tool guard) or every request (delegated
+credentials), every policy's name starts with `python/`.
+
 The protocol filter clears the route cache, so routes can match on what it
 deframed. That is also why the filters are not installed `disabled` and
 enabled per route: whether a disabled filter runs is settled from the route
@@ -51,8 +59,10 @@ from xds_server.core.wire import (
 )
 from xds_server.ir.principals import AnonymousPrincipal
 from xds_server.ir.types import EndpointIR, GatewayIR, RouteIR
+from xds_server.translate.cel import RBAC_NAMESPACE
 from xds_server.translate.cluster import is_ip, load_assignment
 from xds_server.translate.filters import FilterUses, HttpFilter, RouteDefault, Slot, disabled
+from xds_server.translate.names import DECIDED_PREFIX, EFFECTIVE_POLICY_KEY
 from xds_server.translate.proto import to_message
 from xds_server.translate.protocols import protocols_of
 
@@ -149,6 +159,13 @@ def _ext_authz(gateway: GatewayIR, name: str, *, fail_open: bool) -> HttpFilter:
             "allow_partial_message": False,
         },
         "status_on_error": {"code": "ServiceUnavailable"},
+        # Only calls RBAC let through by a policy the policy service must confirm: a call a grant
+        # or a native rule allows is decided (translate/rbac.py names the policies so).
+        "filter_enabled_metadata": {
+            "filter": RBAC_NAMESPACE,
+            "path": [{"key": EFFECTIVE_POLICY_KEY}],
+            "value": {"string_match": {"prefix": DECIDED_PREFIX}},
+        },
     }
     if gateway.ext_authz_http is not None:
         # No route without its own path_prefix reaches the filter; "-" names no route (refused).

@@ -20,17 +20,26 @@ from typing import Any
 
 from envoy.extensions.filters.http.rbac.v3.rbac_pb2 import RBACPerRoute
 
+from xds_server.core.cel_native import native_condition
 from xds_server.core.wire import typed
-from xds_server.ir.types import AgentIR, GrantIR, RouteIR
-from xds_server.translate.filters import HttpFilter, Slot
+from xds_server.ir.types import AgentIR, GatewayIR, GrantIR, RouteIR
+from xds_server.translate import cel
+from xds_server.translate.filters import HttpFilter, RouteDefault, Slot
 from xds_server.translate.memo import memoised
-from xds_server.translate.names import rbac_policy_name
+from xds_server.translate.names import (
+    CONDITIONS_PREFIX,
+    DECIDED_PREFIX,
+    GRANTS_PREFIX,
+    NATIVE_PREFIX,
+    rbac_policy_name,
+)
 from xds_server.translate.proto import Prebuilt, prebuilt
 from xds_server.translate.protocols.base import ProtocolTranslator
 
 RBAC_FILTER = "envoy.filters.http.rbac"
 RBAC_TYPE = "envoy.extensions.filters.http.rbac.v3.RBAC"
 RBAC_PER_ROUTE_TYPE = "envoy.extensions.filters.http.rbac.v3.RBACPerRoute"
+COVERED_FILTER = "agentxds.conditions.covered"
 
 
 def rbac_filter() -> HttpFilter:
@@ -60,31 +69,111 @@ def grant_principals(grant: GrantIR, agent: AgentIR) -> list[dict[str, Any]]:
 COMMON_POLICY = "any-grant"
 
 
-def route_rbac_rules(route: RouteIR, agents: tuple[AgentIR, ...], protocol: ProtocolTranslator) -> dict[str, Any]:
-    """The `RBACPerRoute` body of one route's Envoy routes (as a dict, for reading and tests)."""
-    by_name = {a.name: a for a in agents}
+def _user_providers(route: RouteIR, gateway: GatewayIR) -> list[str]:
+    """The providers the policy service takes the user from, in its order (authz/state.py `user_of`)."""
+    if route.auth is not None:
+        return [route.auth.provider]
+    return sorted(p.name for p in gateway.identity.jwt_providers)
+
+
+def _native_rules(route: RouteIR, gateway: GatewayIR, protocol: ProtocolTranslator
+                  ) -> tuple[dict[str, Any], dict[str, Any]]:  # fmt: skip
+    """(policies, shadow policies) of the route's native rules: each allows its calls when its
+    agent check and condition hold; its shadow twin, without the `when`, names the rule a refused
+    call fell under (the covered filter's)."""
+    policies: dict[str, Any] = {}
+    shadows: dict[str, Any] = {}
+    native = [r for r in route.conditional_rules if r.native]
+    if not native:
+        return policies, shadows
+    bindings = cel.Bindings(protocol.cel_arguments(), protocol.cel_target(),
+                            cel.user_claims(_user_providers(route, gateway)))  # fmt: skip
+    recognisable = {a.name for a in gateway.agents if a.principals}
+    for rule in native:
+        if not rule.agents:
+            continue
+        assert rule.when is not None
+        agents = cel.agent_check(rule.agents, every_agent=set(rule.agents) >= recognisable)
+        principals = [rule.user.rbac()] if rule.user is not None else [{"any": True}]
+        permissions = [protocol.target_permission(rule.targets)]
+        condition = cel.rule_condition(native_condition(rule.when), bindings, agents)
+        policies[f"{NATIVE_PREFIX}{rule.id}"] = {"permissions": permissions, "principals": principals,
+                                                  "condition": cel.to_expr(condition)}  # fmt: skip
+        shadows[rule.id] = {"permissions": permissions, "principals": principals, "condition": cel.to_expr(agents)}
+    return policies, shadows
+
+
+def covered_filter() -> HttpFilter:
+    """A shadow-only RBAC filter, ahead of the grants' RBAC, naming the native rule that covers a call
+    (`CONDITION_RULE_KEY`), so that the reply to a call RBAC then refuses can say whose condition
+    failed: RBAC sets its own metadata only after it has sent its refusal. Off on routes without
+    native rules."""
+    return HttpFilter(COVERED_FILTER, Slot.AUTHZ, typed(RBAC_TYPE), RouteDefault.OFF, typed(RBAC_PER_ROUTE_TYPE))
+
+
+def route_covered(route: RouteIR, gateway: GatewayIR, protocol: ProtocolTranslator) -> Prebuilt | None:
+    """The covered filter's `RBACPerRoute` for `route` (None: the route has no native rule)."""
+    if not any(r.native for r in route.conditional_rules):
+        return None
+
+    def build() -> Prebuilt | None:
+        _, shadows = _native_rules(route, gateway, protocol)
+        if not shadows:
+            return None
+        rules = {"shadow_rules": {"action": "ALLOW", "policies": shadows},
+                 "shadow_rules_stat_prefix": CONDITIONS_PREFIX}  # fmt: skip
+        return prebuilt(RBACPerRoute, {"rbac": rules})
+
+    agents = gateway.agents
+    return memoised(("covered", id(route), id(agents)), (route, agents), build)
+
+
+def route_rbac_rules(route: RouteIR, gateway: GatewayIR, protocol: ProtocolTranslator) -> dict[str, Any]:
+    """The `RBACPerRoute` body of one route's Envoy routes (as a dict, for reading and tests).
+
+    Per grant, `agent/<name>` (what it allows without conditions) and
+    `python/agent/<name>` (the tools of rules the policy service decides); per
+    native rule `cond/<rule id>`; `any-grant` for what every grant allows. On a
+    route where the policy service sees every call (a tool guard) or every
+    request (delegated credentials), every name starts with `python/`.
+    """
+    by_name = {a.name: a for a in gateway.agents}
     policies: dict[str, Any] = {}
     everyone: list[dict[str, Any]] = []
     for index, grant in enumerate(route.grants):
         agent = by_name[grant.agent]
         principals = grant_principals(grant, agent)
         everyone += principals
-        permissions = protocol.permissions(route, grant.allows)
-        if not permissions or not principals:
+        if not principals:
             continue
         # An agent can hold a plain grant and grants limited to some users: one policy each.
         name = rbac_policy_name(agent.name) if grant.user is None else f"{rbac_policy_name(agent.name)}/users[{index}]"
-        policies[name] = {"permissions": permissions, "principals": principals}
+        permissions = protocol.permissions(route, grant.allows)
+        if permissions:
+            policies[name] = {"permissions": permissions, "principals": principals}
+        decided = protocol.decided_permissions(route, grant.allows)
+        if decided:
+            policies[f"{DECIDED_PREFIX}{name}"] = {"permissions": decided, "principals": principals}
+    native, _ = _native_rules(route, gateway, protocol)
+    policies.update(native)
     if everyone:
         policies[COMMON_POLICY] = {"permissions": protocol.common_permissions(route), "principals": everyone}
-    return {"rbac": {"rules": {"action": "ALLOW", "policies": policies}}}
+    decisions = route.decisions
+    if decisions.every_request or decisions.calls == ():
+        policies = {n if n.startswith(DECIDED_PREFIX) else f"{DECIDED_PREFIX}{n}": p for n, p in policies.items()}
+    return {"rbac": {"rules": {"action": "ALLOW", "policies": policies}, "rules_stat_prefix": GRANTS_PREFIX}}
 
 
-def route_rbac(route: RouteIR, agents: tuple[AgentIR, ...], protocol: ProtocolTranslator) -> Prebuilt:
+def route_rbac(route: RouteIR, gateway: GatewayIR, protocol: ProtocolTranslator) -> Prebuilt:
     """The `RBACPerRoute` of one route's Envoy routes, built once (the largest part of a route
     configuration: protobuf's own constructor, not the dict parser) and shared by them."""
+    agents = gateway.agents
     by_name = memoised(("agents-by-name", id(agents)), agents, lambda: {a.name: a for a in agents})
     granted = tuple(by_name[g.agent] for g in route.grants)
-    # The same route and agents (the IR build hands back the very same objects when they did not change).
-    key = ("rbac", id(route), tuple(id(a) for a in granted))
-    return memoised(key, (route, granted), lambda: prebuilt(RBACPerRoute, route_rbac_rules(route, agents, protocol)))
+    # What else the rules read: who is recognisable (native rules for "every agent"), the providers
+    # the user comes from. The same objects when they did not change (the IR build reuses them).
+    everyone = agents if any(r.native for r in route.conditional_rules) else ()
+    providers = tuple(p.name for p in gateway.identity.jwt_providers)
+    key = ("rbac", id(route), tuple(id(a) for a in granted), id(everyone), providers)
+    return memoised(key, (route, granted, everyone),
+                    lambda: prebuilt(RBACPerRoute, route_rbac_rules(route, gateway, protocol)))  # fmt: skip

@@ -93,8 +93,10 @@ def _route_entries(route: RouteIR, gateway: GatewayIR, filters: list[HttpFilter]
     }
     if route.upstream.path != route.path:
         action["prefix_rewrite"] = route.upstream.path
+    covered = rbac.route_covered(route, gateway, protocol)
     common: FilterUses = {
-        rbac.RBAC_FILTER: rbac.route_rbac(route, gateway.agents, protocol),
+        rbac.RBAC_FILTER: rbac.route_rbac(route, gateway, protocol),
+        **({rbac.COVERED_FILTER: covered} if covered is not None else {}),
         **jwt.route_requirement(gateway, route),
     }
     return [

@@ -111,7 +111,7 @@ class McpHandler(ProtocolHandler):
         return json.dumps(refused_call_result(call.request_id, kind, message, **data), separators=(",", ":"))
 
     def unconditionally_allowed(self, view: RouteView, agent: str, call: Call, jwt: JwtPayloads) -> bool:
-        return access.has_unconditional_tool(view, agent, call.target, jwt)
+        return access.has_unconditional_tool(view, agent, call.target, jwt, call.arguments)
 
     # -- lists -----------------------------------------------------------------
 

@@ -11,11 +11,16 @@ asked of its translator, one subclass of `ProtocolTranslator` per protocol:
   policy service decides on, or whose responses it rewrites;
 - `sealing_matches`: how its routes pick out the requests whose ids the
   policy service seals per caller (PURPOSE_SEAL, PURPOSE_UNSEAL, ...);
-- `common_permissions` / `permissions`: what every grant on a route allows
-  (the methods that name nothing: lifecycle, lists, ...), and what one grant
-  allows besides, as RBAC permissions;
-- `request_rejections` / `denials` / `refusals_as_results`: its local
-  replies (its filter's own refusals; what a known caller was refused;
+- `common_permissions` / `permissions` / `decided_permissions` /
+  `target_permission`: what every grant on a route allows (the methods that
+  name nothing: lifecycle, lists, ...), what one grant allows besides, what
+  it allows only if the policy service agrees, and a call of some targets
+  (for native rules), as RBAC permissions;
+- `cel_arguments` / `cel_target`: where Envoy's CEL finds a call's
+  arguments and target, for native `when` conditions (translate/cel.py);
+- `request_rejections` / `denials` / `condition_denials` /
+  `refusals_as_results`: its local replies (its filter's own refusals; what
+  a known caller was refused; a native rule's failed condition;
   which refusals read as a result of the call rather than an error);
 - `metadata_namespace`, `request_id`, `access_log_field`: where its filter's
   metadata is, and how replies and logs name the request.
@@ -29,6 +34,8 @@ from __future__ import annotations
 import abc
 from typing import Any, ClassVar
 
+from xds_server.core.cel_syntax import Expr
+from xds_server.ir.patterns import NamePattern
 from xds_server.ir.principals import ReplyMatcher
 from xds_server.ir.types import GatewayIR, RouteIR
 from xds_server.translate.filters import HttpFilter
@@ -66,12 +73,34 @@ class ProtocolTranslator(abc.ABC):
         """The RBAC permissions (OR-ed) one grant's protocol part allows on `route` besides the common ones."""
 
     @abc.abstractmethod
+    def decided_permissions(self, route: RouteIR, allows: Any) -> list[dict[str, Any]]:
+        """The RBAC permissions (OR-ed) of what one grant allows only if the policy service then agrees
+        (MCP: the tools of conditional rules it decides); [] for none."""
+
+    @abc.abstractmethod
+    def target_permission(self, targets: tuple[NamePattern, ...]) -> dict[str, Any]:
+        """The RBAC permission of a call of one of `targets` (MCP: `tools/call` of those tools)."""
+
+    @abc.abstractmethod
+    def cel_arguments(self) -> Expr:
+        """Where Envoy's CEL finds the call's arguments (a map) that the protocol filter extracted."""
+
+    @abc.abstractmethod
+    def cel_target(self) -> Expr:
+        """Where Envoy's CEL finds the call's target (MCP: the tool name)."""
+
+    @abc.abstractmethod
     def request_rejections(self, gateway: GatewayIR) -> list[dict[str, Any]]:
         """Local-reply mappers for the protocol filter's own refusals (parse errors, limits, ...)."""
 
     @abc.abstractmethod
     def denials(self, gateway: GatewayIR, caller: ReplyMatcher, known: dict[str, Any]) -> list[dict[str, Any]]:
         """Local-reply mappers for what a known caller (`known`: its RBAC denial) was refused."""
+
+    @abc.abstractmethod
+    def condition_denials(self, gateway: GatewayIR, when: dict[str, Any]) -> list[dict[str, Any]]:
+        """Local-reply mappers for a call refused because a native rule's condition failed (`when`:
+        that refusal; the rule's id is in RBAC's metadata, translate/rbac.py CONDITION_RULE_KEY)."""
 
     @abc.abstractmethod
     def refusals_as_results(self, gateway: GatewayIR) -> dict[str, Any] | None:

@@ -38,6 +38,8 @@ import json
 from typing import Any, ClassVar
 
 from xds_server.core import errors
+from xds_server.core.cel_native import native_condition
+from xds_server.core.cel_syntax import Expr, Select
 from xds_server.core.tool_results import refused_call_result
 from xds_server.core.wire import (
     MCP_METADATA_NAMESPACE,
@@ -50,7 +52,9 @@ from xds_server.ir.mcp import ArgumentMatchIR, McpAllowsIR, McpRouteIR
 from xds_server.ir.patterns import NamePattern, PatternKind
 from xds_server.ir.principals import ReplyMatcher
 from xds_server.ir.types import GatewayIR, RouteIR
+from xds_server.translate import cel
 from xds_server.translate.filters import HttpFilter, Slot, disabled
+from xds_server.translate.names import CONDITION_RULE_KEY
 from xds_server.translate.protocols.base import ProtocolTranslator
 from xds_server.translate.replies import all_of, cel_filter, mapper, metadata_is
 
@@ -87,6 +91,7 @@ METHOD = f"%DYNAMIC_METADATA({MCP_METADATA_NAMESPACE}:method)%"
 TOOL = f"%DYNAMIC_METADATA({MCP_METADATA_NAMESPACE}:params:name)%"
 URI = f"%DYNAMIC_METADATA({MCP_METADATA_NAMESPACE}:params:uri)%"
 BACKEND = "%ROUTE_NAME%"
+CONDITION_RULE = f"%DYNAMIC_METADATA({cel.RBAC_NAMESPACE}:{CONDITION_RULE_KEY})%"
 
 # ---------------------------------------------------------------- matchers
 
@@ -190,11 +195,14 @@ class McpTranslator(ProtocolTranslator):
         if gateway.needs_policy_service:
             # Pick the route again once the body is parsed: policy routes match on method and tool.
             config["clear_route_cache"] = True
-        arguments = sorted({m.name for r in gateway.routes if r.kind == self.kind for g in r.grants
-                            for ag in g.allows.argument_grants for m in ag.arguments})  # fmt: skip
+        routes = [r for r in gateway.routes if r.kind == self.kind]
+        arguments = sorted({m.name for r in routes for g in r.grants for ag in g.allows.argument_grants
+                            for m in ag.arguments}
+                           | {a for r in routes for rule in r.conditional_rules if rule.native and rule.when
+                              for a in native_condition(rule.when).arguments})  # fmt: skip
         tasks = any(isinstance(r.protocol, McpRouteIR) and r.protocol.tasks for r in gateway.routes)
         if arguments or tasks:
-            # Argument conditions are checked by RBAC on metadata; routes with tasks match on
+            # Argument conditions and native `when`s are checked by RBAC on metadata; routes with tasks match on
             # whether a call may create one. A parser_config replaces the method's default
             # extraction, so params.name (and params._meta, 2026-07-28) are listed too.
             rules = [{"path": "params.name"}] + [{"path": f"params.arguments.{name}"} for name in arguments]
@@ -244,12 +252,23 @@ class McpTranslator(ProtocolTranslator):
             permissions.append(_or([_method_is(m) for m in (*TASK_METHODS, TASK_RESULT_METHOD)]))
         return permissions
 
+    def target_permission(self, targets: tuple[NamePattern, ...]) -> dict[str, Any]:
+        """`tools/call` of a tool matching `targets`."""
+        return {"and_rules": {"rules": [_method_is("tools/call"), _metadata(("params", "name"), _any_of(targets))]}}
+
+    def decided_permissions(self, route: RouteIR, allows: McpAllowsIR) -> list[dict[str, Any]]:
+        return [self.target_permission(allows.conditional_tools)] if allows.conditional_tools else []
+
+    def cel_arguments(self) -> Expr:
+        return Select(Select(cel.metadata(MCP_METADATA_NAMESPACE), "params"), "arguments")
+
+    def cel_target(self) -> Expr:
+        return Select(Select(cel.metadata(MCP_METADATA_NAMESPACE), "params"), "name")
+
     def permissions(self, route: RouteIR, allows: McpAllowsIR) -> list[dict[str, Any]]:
         permissions: list[dict[str, Any]] = []
-        if allows.all_tools:
-            permissions.append(
-                {"and_rules": {"rules": [_method_is("tools/call"), _metadata(("params", "name"), _any_of(allows.all_tools))]}}
-            )  # fmt: skip
+        if allows.tools:
+            permissions.append(self.target_permission(allows.tools))
         for argument_grant in allows.argument_grants:
             # The MCP filter extracts params.arguments.<name> (see _mcp_filter_config); a
             # missing or non-string argument leaves nothing to match, so it is denied.
@@ -303,6 +322,17 @@ class McpTranslator(ProtocolTranslator):
             return None
         names = ", ".join(json.dumps(n) for n in routes)
         return all_of(cel_filter(f"xds.route_name in [{names}]"), _method("tools/call"))
+
+    def condition_denials(self, gateway: GatewayIR, when: dict[str, Any]) -> list[dict[str, Any]]:
+        # The policy service's words for the same refusal (authz/engine.py), so both paths read alike.
+        message = f"Call to tool '{TOOL}' refused: the condition of rule '{CONDITION_RULE}' is not met."
+        as_results = self.refusals_as_results(gateway)
+        results = [] if as_results is None else [
+            refused_call_result_mapper(all_of(when, as_results), errors.CONDITION_NOT_MET, message, REQUEST_ID,
+                                       tool=TOOL, backend=BACKEND, rule=CONDITION_RULE)
+        ]  # fmt: skip
+        return [*results, mapper(when, errors.CONDITION_NOT_MET, message, REQUEST_ID, tool=TOOL, backend=BACKEND,
+                                 rule=CONDITION_RULE)]  # fmt: skip
 
     def denials(self, gateway: GatewayIR, caller: ReplyMatcher, known: dict[str, Any]) -> list[dict[str, Any]]:
         name = caller.name
