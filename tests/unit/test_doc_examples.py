@@ -96,7 +96,14 @@ def compose_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pyt
     return shown.replace("policies/", "/policies/")  # the directory is mounted at /policies in the container
 
 
+def render_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> str:
+    _policies(tmp_path, monkeypatch, "demo", "policies/demo")
+    assert main(["render", "policies/demo", "--to", "paths"]) == 0
+    return "$ agentxds render policies/demo --to paths\n" + capsys.readouterr().out.rstrip("\n")
+
+
 RUNS = {
+    "render-paths": render_paths,
     "validate-errors": validate_errors,
     "status-refused": status_refused,
     "status-emptied": status_emptied,

@@ -1,4 +1,4 @@
-"""`agentxds validate DIR` and `agentxds render DIR --to ir|xds`: the policy directory, checked or shown."""
+"""`agentxds validate DIR` and `agentxds render DIR --to ir|xds|paths`: the policy directory, checked or shown."""
 
 from __future__ import annotations
 
@@ -59,6 +59,11 @@ def cmd_render(args: argparse.Namespace) -> int:
         if args.to == "ir":  # the IR alone needs no translation: shown even when a translator fails
             sys.stdout.write(dump_yaml(ir_document(ir)))
             return 0
+        if args.to == "paths":
+            from xds_server.controlplane.paths import paths_text
+
+            sys.stdout.write(paths_text(ir))
+            return 0
         resources = translate_checked(ir)
     except PolicyError as exc:
         print(exc, file=sys.stderr)
@@ -78,7 +83,9 @@ def register(sub: Subparsers) -> None:
     validate.add_argument("dir", type=policy_dir)
     validate.set_defaults(func=cmd_validate)
 
-    render = sub.add_parser("render", help="print what Envoy would receive")
+    render = sub.add_parser("render", help="print what Envoy would receive, or where each rule is decided")
     render.add_argument("dir", type=policy_dir)
-    render.add_argument("--to", choices=("ir", "xds"), default="xds")
+    render.add_argument("--to", choices=("ir", "xds", "paths"), default="xds",
+                        help="xds: the resources Envoy receives; ir: the resolved policies; paths: for each rule, "
+                        "whether Envoy decides it alone or the policy service does, and why")  # fmt: skip
     render.set_defaults(func=cmd_render)
