@@ -2,10 +2,11 @@
 -- no initialize, no Mcp-Session-Id; the protocol version, method and tool
 -- name travel in headers and in `params._meta`).
 --
---   wrk -t1 -c16 -d10s --latency -s bench/mcp_call.lua URL -- TOOL [AGENT [ARGS_JSON]]
+--   wrk -t1 -c16 -d10s --latency -s bench/mcp_call.lua URL -- TOOL [AGENT [ARGS_JSON [HEADER]]]
 --
--- TOOL defaults to `whoami`, AGENT (the `x-agent-id` header) to `triage`,
--- ARGS_JSON (the tool's `arguments`, a JSON object, sent as is) to `{}`;
+-- TOOL defaults to `whoami`, AGENT (the `x-agent-id` header; `-` sends none)
+-- to `triage`, ARGS_JSON (the tool's `arguments`, a JSON object, sent as is)
+-- to `{}`; HEADER is one more header, `name: value` (an agent's JWT, say);
 -- e.g. `-- create_issue triage '{"repo":"acme/web","title":"bench"}'`.
 -- Every response is classified (HTTP status class; JSON-RPC `result` or
 -- `error` in the body) and done() prints one line
@@ -33,7 +34,11 @@ function init(args)
    wrk.method = "POST"
    wrk.headers["Content-Type"] = "application/json"
    wrk.headers["Accept"] = "application/json, text/event-stream"
-   wrk.headers["x-agent-id"] = agent
+   if agent ~= "-" then wrk.headers["x-agent-id"] = agent end
+   if args[4] ~= nil and args[4] ~= "" then
+      local name, value = string.match(args[4], "^([^:]+):%s*(.*)$")
+      wrk.headers[name] = value
+   end
    wrk.headers["mcp-protocol-version"] = "2026-07-28"
    wrk.headers["mcp-method"] = "tools/call"
    wrk.headers["mcp-name"] = tool

@@ -1,46 +1,51 @@
-"""Gateway benchmark: wrk against the MCP server directly and through Envoy (native and policy-service).
+"""Gateway benchmark: wrk against the MCP server directly and through Envoy, per decision path.
 
     .venv/bin/python bench/run.py            # or: make bench
-    .venv/bin/python bench/run.py --check    # start everything, verify the five paths, stop
+    .venv/bin/python bench/run.py --check    # start everything, verify the six paths, stop
 
-One run measures five paths, each at every concurrency level, with wrk and
-bench/mcp_call.lua (a 2026-07-28 `tools/call`, no session), all as agent
-`triage`:
+One run measures six paths, each at every concurrency level, with wrk and
+bench/mcp_call.lua (a 2026-07-28 `tools/call`, no session). Every call
+through the gateway is made by an agent identified by a JWT (RS256, in
+`x-agent-token`, claim `azp`), the production identity, which Envoy verifies
+on every request:
 
-  direct   wrk -> demo MCP server                 whoami
-  allowed  wrk -> Envoy -> demo MCP server        whoami: granted to every agent without
-                                                  conditions, decided by Envoy's RBAC
-                                                  alone (native)
-  authz    wrk -> Envoy -> policy service         create_issue {repo: acme/web, title: bench}:
-                  (ext_authz, gRPC) -> server     granted by a rule with a `when:`
-                                                  condition, so Envoy asks the Python
-                                                  policy service before forwarding
-  authz-http  the same as authz, through a second Envoy whose Gateway says
-              `policyService.extAuthz: http` (ext_authz over HTTP/1.1)
-  denied   wrk -> Envoy                           delete_repo {repo: acme/web}: granted
-                                                  to nobody; Envoy answers a JSON-RPC error
-                                                  (HTTP 200, the Gateway's default denials
-                                                  status), the server is never reached
+  direct       wrk -> demo MCP server               whoami
+  allowed      wrk -> Envoy -> demo MCP server      whoami: granted to every agent without
+                                                    conditions (Envoy's RBAC alone)
+  native-when  wrk -> Envoy -> demo MCP server      create_issue {repo: acme/web, ...} as triage,
+                                                    under `args.repo.startsWith("acme/")`:
+                                                    a condition Envoy evaluates itself (CEL)
+  python-http  wrk -> Envoy -> policy service       create_issue as scribe, under a condition
+                  (ext_authz, HTTP) -> server       Envoy cannot evaluate (`size()`), so the
+                                                    policy service decides (the default
+                                                    transport)
+  python-grpc  the same as python-http, through a second gateway whose Gateway says
+               `policyService.extAuthz: grpc`
+  denied       wrk -> Envoy                         delete_repo: granted to nobody; Envoy
+                                                    answers a JSON-RPC error (HTTP 200)
 
 Everything it needs it starts itself on 127.0.0.1 and free ports: the demo
 server (`python -m xds_server.demo.mcp_server --json-response`, as shipped),
 and two gateway stacks, each a control plane with its policy service
 (`agentxds serve --policy-port --authz-http-port --approvals-port` on a copy
-of policies/demo rewritten to those ports, plus the conditional rule below;
-default log level, so the decision log is written as in production) and an
-Envoy (`EnvoyProcess`, concurrency 1, log level error; the listener's stdout
-access log is product config and stays on, written to the Envoy log file):
-one with ext_authz over gRPC (allowed, authz, denied), one over HTTP
-(authz-http). Each process is stopped by its PID on exit.
+of policies/demo rewritten to those ports, with the JWT agents and the two
+rules below; default log level, so the decision log is written as in
+production) and an Envoy (`EnvoyProcess`, concurrency 1, log level error;
+the listener's stdout access log is product config and stays on, written to
+the Envoy log file): one with ext_authz over HTTP (every path but
+python-grpc), one over gRPC (python-grpc). Each process is stopped by its PID
+on exit.
 
 Results: a Markdown table on stdout and bench/results/latest.json. Ratios are
 gateway / direct for throughput and gateway minus direct for latency, from
-the same run, plus authz (and authz-http) minus allowed: what the
-policy-service round trip adds to a native decision. A run fails (exit 1) when a path does not answer
-as expected: any non-2xx or JSON-RPC error on direct/allowed/authz, anything
-but 200 + JSON-RPC error on denied, any socket error, upstream requests
-during a denied run, or authz requests that Envoy did not send to ext_authz
-(its `ext_authz.ok` counter) or allowed requests that it did.
+the same run, plus each conditional path against `allowed` (what the
+condition adds to a native decision), and the CPU time each process spent
+per call (from /proc, over the measured seconds). A run fails (exit 1) when
+a path does not answer as expected: any non-2xx or JSON-RPC error on
+direct/allowed/native-when/python-*, anything but 200 + JSON-RPC error on
+denied, any socket error, upstream requests during a denied run, python-*
+requests that Envoy did not send to ext_authz (its `ext_authz.*` counters) or
+allowed/native-when/denied requests that it did.
 """
 
 from __future__ import annotations
@@ -61,7 +66,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import jwt as pyjwt
 import yaml
+from cryptography.hazmat.primitives.asymmetric import rsa
+from jwt.algorithms import RSAAlgorithm
 
 from xds_server.runtime.bootstrap import render_bootstrap
 from xds_server.runtime.envoy import EnvoyProcess, find_envoy_binary
@@ -77,39 +85,72 @@ DEFAULT_OUT = BENCH / "results" / "latest.json"
 HOST = "127.0.0.1"
 GATEWAY = "demo"  # the Gateway in policies/demo, also the Envoy node cluster
 BACKEND = "github"
-AGENT = "triage"
+AGENT = "triage"  # allowed, native-when, denied
+PYTHON_AGENT = "scribe"  # python-*: the same tool under a condition only the policy service evaluates
+ISSUER, AUDIENCE = "https://agents.bench.agentxds", "agentxds-bench"
+TOKEN_HEADER = "x-agent-token"
 
-# The conditional rule added to the policy copy: it sends create_issue to ext_authz.
-AUTHZ_RULE = {
-    "description": "bench: triage opens issues in acme/ repositories only (decided by the policy service)",
+# The rules added to the policy copy. The same tool for both, so the backend's work is the same.
+NATIVE_RULE = {
+    "description": "bench: triage opens issues in acme/ repositories only (Envoy evaluates the condition)",
     "agents": [AGENT],
     "tools": ["create_issue"],
     "when": 'args.repo.startsWith("acme/")',
 }
-
-# path -> (tool, arguments). direct and allowed send the same request, so
-# allowed - direct is the gateway alone. `whoami` is granted to every agent
-# without conditions, so no policy routes it to ext_authz (routing is per
-# tool: a tool that any conditional rule covers goes to the policy service for
-# every agent). create_issue does about as little in the demo server (format a
-# string from its arguments).
-CALLS: dict[str, tuple[str, dict[str, Any]]] = {
-    "direct": ("whoami", {}),
-    "allowed": ("whoami", {}),
-    "authz": ("create_issue", {"repo": "acme/web", "title": "bench"}),
-    "authz-http": ("create_issue", {"repo": "acme/web", "title": "bench"}),
-    "denied": ("delete_repo", {"repo": "acme/web"}),
+PYTHON_RULE = {
+    "description": "bench: scribe likewise, but size() keeps the condition with the policy service",
+    "agents": [PYTHON_AGENT],
+    "tools": ["create_issue"],
+    "when": 'args.repo.startsWith("acme/") && args.repo.size() < 100',
 }
-# Checked once before measuring, not measured: the condition refuses this one.
-CONDITION_REFUSED = ("create_issue", {"repo": "evil/web", "title": "bench"})
 
-PATHS = ("direct", "allowed", "authz", "authz-http", "denied")
-GATEWAY_PATHS = ("allowed", "authz", "authz-http", "denied")
-AUTHZ_PATHS = ("authz", "authz-http")  # decided by the policy service (gRPC, HTTP)
-HTTP_STACK_PATHS = ("authz-http",)  # served by the second stack (extAuthz: http)
-TARGET_AUTHZ_ADDED_P50_MS = 1.5  # the policy-service round trip, over the native allowed path, at c=1
+ISSUE = {"repo": "acme/web", "title": "bench"}
+# path -> (tool, arguments, agent whose JWT is sent; None: no identity). direct and allowed send the same
+# request, so allowed - direct is the gateway alone; create_issue does about as little in the demo
+# server as whoami (format a string from its arguments).
+CALLS: dict[str, tuple[str, dict[str, Any], str | None]] = {
+    "direct": ("whoami", {}, None),
+    "allowed": ("whoami", {}, AGENT),
+    "native-when": ("create_issue", ISSUE, AGENT),
+    "python-http": ("create_issue", ISSUE, PYTHON_AGENT),
+    "python-grpc": ("create_issue", ISSUE, PYTHON_AGENT),
+    "denied": ("delete_repo", {"repo": "acme/web"}, AGENT),
+}
+# Checked once before measuring, not measured: the conditions refuse these.
+REFUSED = {"native-when": ("create_issue", {"repo": "evil/web", "title": "bench"}, AGENT),
+           "python-http": ("create_issue", {"repo": "evil/web", "title": "bench"}, PYTHON_AGENT)}  # fmt: skip
+
+PATHS = ("direct", "allowed", "native-when", "python-http", "python-grpc", "denied")
+GATEWAY_PATHS = PATHS[1:]
+PYTHON_PATHS = ("python-http", "python-grpc")  # decided by the policy service (HTTP, gRPC)
+NATIVE_PATHS = ("allowed", "native-when", "denied")  # never reach the policy service
+CONDITION_PATHS = ("native-when", *PYTHON_PATHS)  # compared with `allowed`
+GRPC_STACK_PATHS = ("python-grpc",)  # served by the second stack (extAuthz: grpc)
+TARGETS = {  # at one connection, p50 added over `allowed`; and python-http's throughput at 16 connections
+    "native-when_added_p50_ms": 0.1,
+    "python-http_added_p50_ms": 1.0,
+    "python-http_throughput_ratio_c16": 0.75,
+}
 STARTUP_TIMEOUT_S = 30.0
 WRK_GRACE_S = 20.0  # beyond -d, before a wrk run is killed
+
+
+class Tokens:
+    """An RS256 key, its JWKS and the agents' tokens (valid for the run)."""
+
+    def __init__(self) -> None:
+        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        now = int(time.time())
+        self.tokens = {agent: pyjwt.encode({"iss": ISSUER, "aud": AUDIENCE, "azp": agent, "iat": now, "exp": now + 7200},
+                                           self.key, algorithm="RS256", headers={"kid": "bench"})
+                       for agent in (AGENT, PYTHON_AGENT)}  # fmt: skip
+
+    def jwks(self) -> str:
+        jwk = json.loads(RSAAlgorithm.to_jwk(self.key.public_key()))
+        return json.dumps({"keys": [{**jwk, "kid": "bench", "alg": "RS256", "use": "sig"}]})
+
+    def header(self, agent: str | None) -> dict[str, str]:
+        return {TOKEN_HEADER: self.tokens[agent]} if agent is not None else {}
 
 
 # -- processes -----------------------------------------------------------------
@@ -149,11 +190,11 @@ def start_demo_server(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
     return proc, found[0]
 
 
-def write_policies(dest: Path, *, listen_port: int, backend_port: int, policy_port: int,
-                   authz_http_port: int | None = None) -> None:  # fmt: skip
+def write_policies(dest: Path, *, listen_port: int, backend_port: int, policy_port: int, authz_http_port: int,
+                   ext_authz: str, tokens: Tokens) -> None:  # fmt: skip
     """Copy policies/demo into `dest`: listener, backend endpoint and policy service moved to the given
-    ports (with `authz_http_port`, ext_authz over HTTP to it), and AUTHZ_RULE added to the backend's
-    MCPPolicy."""
+    ports (ext_authz over `ext_authz`), the agents triage and scribe identified by JWT, and the two
+    rules added to the backend's MCPPolicy."""
     dest.mkdir(parents=True, exist_ok=True)
     added = False
     for src in sorted(POLICY_SRC.glob("*.yaml")):
@@ -162,17 +203,24 @@ def write_policies(dest: Path, *, listen_port: int, backend_port: int, policy_po
             spec = doc.get("spec", {})
             if doc.get("kind") == "Gateway":
                 spec["listen"] = {"address": HOST, "port": listen_port}
-                spec["policyService"] = {"host": HOST, "port": policy_port}
-                if authz_http_port is not None:
-                    spec["policyService"].update(extAuthz="http", extAuthzHttpPort=authz_http_port)
+                spec["policyService"] = {"host": HOST, "port": policy_port, "extAuthz": ext_authz,
+                                         "extAuthzHttpPort": authz_http_port}  # fmt: skip
+                identity = spec.setdefault("identity", {})
+                identity["jwtProviders"] = [{"name": "agents", "issuer": ISSUER, "audiences": [AUDIENCE],
+                                             "tokenHeader": TOKEN_HEADER, "jwks": {"inline": tokens.jwks()}}]  # fmt: skip
+            elif doc.get("kind") == "Agent" and doc["metadata"]["name"] == AGENT:
+                spec["identity"] = {"jwt": {"provider": "agents", "claim": "azp", "value": AGENT}}
             elif doc.get("kind") == "MCPBackend":
                 spec["endpoints"] = [{"host": HOST, "port": backend_port}]
             elif doc.get("kind") == "MCPPolicy" and spec.get("backend") == BACKEND:
-                spec.setdefault("rules", []).append(dict(AUTHZ_RULE))
+                spec.setdefault("rules", []).extend([dict(NATIVE_RULE), dict(PYTHON_RULE)])
                 added = True
+        if src.name == "agents.yaml":
+            docs.append({"apiVersion": "agentxds.dev/v1", "kind": "Agent", "metadata": {"name": PYTHON_AGENT},
+                         "spec": {"identity": {"jwt": {"provider": "agents", "claim": "azp", "value": PYTHON_AGENT}}}})  # fmt: skip
         (dest / src.name).write_text(yaml.safe_dump_all(docs, sort_keys=False))
     if not added:
-        raise RuntimeError(f"no MCPPolicy for backend {BACKEND!r} in {POLICY_SRC} to add the conditional rule to")
+        raise RuntimeError(f"no MCPPolicy for backend {BACKEND!r} in {POLICY_SRC} to add the bench rules to")
 
 
 def start_control_plane(policy_dir: Path, workdir: Path, *, policy_port: int, authz_http_port: int,
@@ -199,8 +247,9 @@ def start_control_plane(policy_dir: Path, workdir: Path, *, policy_port: int, au
 # -- checks --------------------------------------------------------------------
 
 
-def mcp_call(url: str, tool: str, arguments: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+def mcp_call(url: str, call: tuple[str, dict[str, Any], str | None], tokens: Tokens) -> tuple[int, dict[str, Any]]:
     """One request exactly like bench/mcp_call.lua sends; return (status, JSON body)."""
+    tool, arguments, agent = call
     m = re.match(r"http://([^:/]+):(\d+)(/.*)", url)
     assert m, url
     body = {
@@ -211,7 +260,7 @@ def mcp_call(url: str, tool: str, arguments: dict[str, Any]) -> tuple[int, dict[
     }  # fmt: skip
     headers = {
         "content-type": "application/json", "accept": "application/json, text/event-stream",
-        "x-agent-id": AGENT, "mcp-protocol-version": "2026-07-28", "mcp-method": "tools/call", "mcp-name": tool,
+        "mcp-protocol-version": "2026-07-28", "mcp-method": "tools/call", "mcp-name": tool, **tokens.header(agent),
     }  # fmt: skip
     conn = http.client.HTTPConnection(m.group(1), int(m.group(2)), timeout=10)
     try:
@@ -222,17 +271,17 @@ def mcp_call(url: str, tool: str, arguments: dict[str, Any]) -> tuple[int, dict[
         conn.close()
 
 
-def check_paths(urls: dict[str, str], envoys: dict[str, EnvoyProcess]) -> dict[str, Any]:
-    """Verify each path answers as the benchmark expects, before measuring it; plus one call the
-    condition refuses on each stack (policy service: 200, -32003, reason condition_not_met, backend
-    not reached)."""
+def check_paths(urls: dict[str, str], envoys: dict[str, EnvoyProcess], tokens: Tokens) -> dict[str, Any]:
+    """Verify each path answers as the benchmark expects, before measuring it; plus one call each
+    condition refuses (200, -32003, reason condition_not_met, backend not reached; the native one
+    without asking the policy service)."""
     out: dict[str, Any] = {}
-    checks = [(path, path, *CALLS[path]) for path in PATHS]
-    checks += [(f"refused ({path})", path, *CONDITION_REFUSED) for path in AUTHZ_PATHS]
-    for name, path, tool, arguments in checks:
+    checks = [(path, path, CALLS[path]) for path in PATHS]
+    checks += [(f"refused ({path})", path, call) for path, call in REFUSED.items()]
+    for name, path, call in checks:
         envoy = envoys[path]
         before = counters(envoy)
-        status, body = mcp_call(urls[path], tool, arguments)
+        status, body = mcp_call(urls[path], call, tokens)
         delta = {k: v - before[k] for k, v in counters(envoy).items()}
         out[name] = {"status": status, "body": body, "counters": delta}
         error = body.get("error") if isinstance(body, dict) else None
@@ -240,19 +289,25 @@ def check_paths(urls: dict[str, str], envoys: dict[str, EnvoyProcess]) -> dict[s
             ok = status == 200 and isinstance(error, dict) and delta["upstream"] == 0 and delta["ext_authz"] == 0
         elif name.startswith("refused"):
             ok = (status == 200 and isinstance(error, dict) and error.get("code") == -32003
-                  and (error.get("data") or {}).get("reason") == "condition_not_met"
-                  and delta["upstream"] == 0 and delta["ext_authz_denied"] == 1)  # fmt: skip
+                  and (error.get("data") or {}).get("reason") == "condition_not_met" and delta["upstream"] == 0
+                  and delta["ext_authz_denied"] == (1 if path in PYTHON_PATHS else 0))  # fmt: skip
         else:
             ok = status == 200 and isinstance(body, dict) and "result" in body and not body["result"].get("isError")
-            if path == "allowed":
+            if path in NATIVE_PATHS:
                 ok = ok and delta["ext_authz"] == 0 and delta["upstream"] == 1
-            elif path in AUTHZ_PATHS:
+            elif path in PYTHON_PATHS:
                 ok = ok and delta["ext_authz"] == 1 and delta["upstream"] == 1
         if not ok:
             raise RuntimeError(f"{name}: unexpected answer {status} {body!r} (Envoy counters {delta}); "
                                f"logs in {envoy.workdir}")  # fmt: skip
-        print(f"check {name:<18} {status} {json.dumps(body)[:100]}", flush=True)
+        print(f"check {name:<22} {status} {json.dumps(body)[:100]}", flush=True)
     return out
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process `pid` so far (its threads included)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def counters(envoy: EnvoyProcess) -> dict[str, int]:
@@ -277,10 +332,12 @@ def counters(envoy: EnvoyProcess) -> dict[str, int]:
 # -- wrk -----------------------------------------------------------------------
 
 
-def run_wrk(wrk: str, url: str, call: tuple[str, dict[str, Any]], *, connections: int, duration: int) -> dict[str, Any]:
-    tool, arguments = call
+def run_wrk(wrk: str, url: str, call: tuple[str, dict[str, Any], str | None], tokens: Tokens, *, connections: int,
+            duration: int) -> dict[str, Any]:  # fmt: skip
+    tool, arguments, agent = call
+    header = f"{TOKEN_HEADER}: {tokens.tokens[agent]}" if agent is not None else ""
     argv = [wrk, "-t1", f"-c{connections}", f"-d{duration}s", "--timeout", "5s", "--latency",
-            "-s", str(LUA_SCRIPT), url, "--", tool, AGENT, json.dumps(arguments, separators=(",", ":"))]  # fmt: skip
+            "-s", str(LUA_SCRIPT), url, "--", tool, "-", json.dumps(arguments, separators=(",", ":")), header]  # fmt: skip
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=duration + WRK_GRACE_S)
     if proc.returncode != 0:
         raise RuntimeError(f"wrk failed ({proc.returncode}): {proc.stderr.strip() or proc.stdout.strip()}")
@@ -315,9 +372,9 @@ def problems(path: str, r: dict[str, Any]) -> list[str]:
         out.append(f"expected {n} x 200 + result, got 2xx={r['status_2xx']} result={r['rpc_result']} "
                    f"rpc_error={r['rpc_error']}")  # fmt: skip
     # wrk stops mid-request at the deadline, so Envoy may count a few more than wrk completed.
-    if path in AUTHZ_PATHS and not n <= counted.get("ext_authz", 0) <= n + 64:
+    if path in PYTHON_PATHS and not n <= counted.get("ext_authz", 0) <= n + 64:
         out.append(f"{n} requests but {counted.get('ext_authz', 0)} ext_authz decisions")
-    if path in ("allowed", "denied") and counted.get("ext_authz", 0):
+    if path in NATIVE_PATHS and counted.get("ext_authz", 0):
         out.append(f"{counted['ext_authz']} requests went to ext_authz")
     return out
 
@@ -357,51 +414,56 @@ def added(g: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
 
 
 def summarize(points: dict[int, dict[str, dict[str, Any]]]) -> dict[str, Any]:
-    """Per concurrency: each gateway path against direct, and authz against allowed (native)."""
+    """Per concurrency: each gateway path against direct, and each conditional path against allowed."""
     ratios: dict[str, Any] = {}
     for c, by_path in points.items():
         row = {f"{path}_vs_direct": added(by_path[path], by_path["direct"]) for path in GATEWAY_PATHS}
-        for path in AUTHZ_PATHS:
+        for path in CONDITION_PATHS:
             row[f"{path}_vs_allowed"] = added(by_path[path], by_path["allowed"])
         ratios[str(c)] = row
     return ratios
 
 
-def verdict(ratios: dict[str, Any]) -> dict[str, Any] | None:
-    """The target (each policy-service path's added p50 over the native path, at one connection),
-    and whether it is met, per ext_authz transport."""
-    row = ratios.get("1")
-    if row is None:
-        return None
-    out: dict[str, Any] = {"connections": 1, "target_ms": TARGET_AUTHZ_ADDED_P50_MS}
-    for path in AUTHZ_PATHS:
-        value = row[f"{path}_vs_allowed"]["added_p50_ms"]
-        out[path] = {"added_p50_over_allowed_ms": round(value, 3), "met": value <= TARGET_AUTHZ_ADDED_P50_MS}
+def verdict(ratios: dict[str, Any]) -> dict[str, Any]:
+    """The targets, and whether each is met (None: not measured in this run)."""
+    out: dict[str, Any] = {}
+    one, sixteen = ratios.get("1"), ratios.get("16")
+    for path in ("native-when", "python-http"):
+        target = TARGETS[f"{path}_added_p50_ms"]
+        value = one[f"{path}_vs_allowed"]["added_p50_ms"] if one else None
+        out[f"{path}_added_p50_ms"] = {"target": target, "value": value,
+                                       "met": None if value is None else value <= target}  # fmt: skip
+    target = TARGETS["python-http_throughput_ratio_c16"]
+    value = sixteen["python-http_vs_allowed"]["throughput_ratio"] if sixteen else None
+    out["python-http_throughput_ratio_c16"] = {"target": target, "value": value,
+                                               "met": None if value is None else value >= target}  # fmt: skip
     return out
 
 
 def markdown(points: dict[int, dict[str, dict[str, Any]]], ratios: dict[str, Any]) -> str:
     lines = [
-        "| path | conns | req/s | p50 ms | p90 ms | p99 ms | non-2xx | JSON-RPC errors |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| path | conns | req/s | p50 ms | p99 ms | Envoy CPU µs/call | policy service CPU µs/call | non-2xx | "
+        "JSON-RPC errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for c, by_path in points.items():
         for path in PATHS:
             r = by_path[path]
-            lat = r["latency_us"]
+            lat, cpu = r["latency_us"], r.get("cpu_us_per_call", {})
             non2xx = r["requests"] - r["status_2xx"]
-            lines.append(f"| {path} | {c} | {r['rps']:.0f} | {ms(lat['p50'])} | {ms(lat['p90'])} | {ms(lat['p99'])} "
-                         f"| {non2xx}/{r['requests']} | {r['rpc_error']}/{r['requests']} |")  # fmt: skip
+            envoy_cpu = f"{cpu['envoy']:.0f}" if "envoy" in cpu else "-"
+            python_cpu = f"{cpu['policy_service']:.0f}" if "policy_service" in cpu else "-"
+            lines.append(f"| {path} | {c} | {r['rps']:.0f} | {ms(lat['p50'])} | {ms(lat['p99'])} | {envoy_cpu} | "
+                         f"{python_cpu} | {non2xx}/{r['requests']} | {r['rpc_error']}/{r['requests']} |")  # fmt: skip
     lines += [
         "",
         "| conns | vs | req/s ratio | +p50 ms | +p90 ms | +p99 ms |",
         "|---:|---|---:|---:|---:|---:|",
     ]
     for c, row in ratios.items():
-        for key, label in (("allowed_vs_direct", "allowed / direct"), ("authz_vs_direct", "authz / direct"),
-                           ("authz-http_vs_direct", "authz-http / direct"), ("denied_vs_direct", "denied / direct"),
-                           ("authz_vs_allowed", "authz / allowed"),
-                           ("authz-http_vs_allowed", "authz-http / allowed")):  # fmt: skip
+        keys = [(f"{p}_vs_direct", f"{p} / direct") for p in GATEWAY_PATHS]
+        keys += [(f"{p}_vs_allowed", f"{p} / allowed") for p in CONDITION_PATHS]
+        for key, label in keys:
             a = row[key]
             lines.append(f"| {c} | {label} | {a['throughput_ratio']:.2f} | {a['added_p50_ms']:+.2f} "
                          f"| {a['added_p90_ms']:+.2f} | {a['added_p99_ms']:+.2f} |")  # fmt: skip
@@ -419,7 +481,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--out", type=Path, default=DEFAULT_OUT, help=f"JSON results (default {DEFAULT_OUT.relative_to(ROOT)})"
     )
-    p.add_argument("--check", action="store_true", help="only start everything and verify the five paths")
+    p.add_argument("--check", action="store_true", help="only start everything and verify the six paths")
     p.add_argument("--keep-workdir", action="store_true", help="keep the temp dir with the logs")
     return p.parse_args(argv)
 
@@ -436,22 +498,23 @@ def main(argv: list[str] | None = None) -> int:
 
     workdir = Path(tempfile.mkdtemp(prefix="agentxds-bench-"))
     server: subprocess.Popen[bytes] | None = None
-    controls: list[subprocess.Popen[bytes]] = []
-    stacks: dict[str, EnvoyProcess] = {}  # "grpc" | "http" -> its Envoy
+    controls: dict[str, subprocess.Popen[bytes]] = {}  # "http" | "grpc" -> its control plane + policy service
+    stacks: dict[str, EnvoyProcess] = {}  # "http" | "grpc" -> its Envoy
+    tokens = Tokens()
     failed = False
     finished = False  # logs are kept when the run raised or failed
     try:
         server, direct_url = start_demo_server(workdir)
         backend_port = int(re.search(r":(\d+)/", direct_url).group(1))  # type: ignore[union-attr]
         gateway_urls: dict[str, str] = {}
-        for transport in ("grpc", "http"):
+        for transport in ("http", "grpc"):
             listen_port, policy_port, authz_http_port = free_port(HOST), free_port(HOST), free_port(HOST)
             policy_dir = workdir / f"policies-{transport}"
             write_policies(policy_dir, listen_port=listen_port, backend_port=backend_port, policy_port=policy_port,
-                           authz_http_port=authz_http_port if transport == "http" else None)  # fmt: skip
+                           authz_http_port=authz_http_port, ext_authz=transport, tokens=tokens)  # fmt: skip
             control, xds_port = start_control_plane(policy_dir, workdir, policy_port=policy_port,
                                                     authz_http_port=authz_http_port, name=f"control-plane-{transport}")  # fmt: skip
-            controls.append(control)
+            controls[transport] = control
             bootstrap = render_bootstrap(node_id=f"bench-envoy-{transport}", node_cluster=GATEWAY, xds_host=HOST,
                                          xds_port=xds_port, admin_port=0)  # fmt: skip
             envoy = EnvoyProcess(bootstrap, workdir=workdir / f"envoy-{transport}", log_level="error",
@@ -460,12 +523,15 @@ def main(argv: list[str] | None = None) -> int:
             envoy.wait_live(timeout=STARTUP_TIMEOUT_S)
             wait_for_port(HOST, listen_port, timeout=STARTUP_TIMEOUT_S)
             gateway_urls[transport] = f"http://{HOST}:{listen_port}/mcp/{BACKEND}"
-        urls = {"direct": direct_url}
-        urls.update({path: gateway_urls["http" if path in HTTP_STACK_PATHS else "grpc"] for path in GATEWAY_PATHS})
-        envoys = {path: stacks["http" if path in HTTP_STACK_PATHS else "grpc"] for path in PATHS}
-        print(f"direct  {direct_url}\ngateway {gateway_urls['grpc']} (ext_authz over gRPC)\n"
-              f"gateway {gateway_urls['http']} (ext_authz over HTTP)\nlogs    {workdir}", flush=True)  # fmt: skip
-        checks = check_paths(urls, envoys)
+
+        def stack(path: str) -> str:
+            return "grpc" if path in GRPC_STACK_PATHS else "http"
+
+        urls = {"direct": direct_url, **{path: gateway_urls[stack(path)] for path in GATEWAY_PATHS}}
+        envoys = {path: stacks[stack(path)] for path in PATHS}
+        print(f"direct  {direct_url}\ngateway {gateway_urls['http']} (ext_authz over HTTP)\n"
+              f"gateway {gateway_urls['grpc']} (ext_authz over gRPC)\nlogs    {workdir}", flush=True)  # fmt: skip
+        checks = check_paths(urls, envoys, tokens)
         if args.check:
             finished = True
             return 0
@@ -476,21 +542,28 @@ def main(argv: list[str] | None = None) -> int:
         load_before = os.getloadavg()
         started = time.monotonic()
         for path in PATHS:  # warm-up: connections, Python imports/caches, Envoy's upstream and gRPC pools
-            run_wrk(wrk, urls[path], CALLS[path], connections=max(levels), duration=args.warmup)
+            run_wrk(wrk, urls[path], CALLS[path], tokens, connections=max(levels), duration=args.warmup)
         print(f"warm-up done ({time.monotonic() - started:.0f}s)", flush=True)
 
         points: dict[int, dict[str, dict[str, Any]]] = {}
         for c in levels:
             points[c] = {}
             for path in PATHS:
-                before = counters(envoys[path])
-                r = run_wrk(wrk, urls[path], CALLS[path], connections=c, duration=args.duration)
+                pids = {"server": server.pid}
+                if path != "direct":
+                    pids |= {"envoy": envoys[path].pid, "policy_service": controls[stack(path)].pid}
+                before, cpu_before = counters(envoys[path]), {k: cpu_seconds(v) for k, v in pids.items()}
+                r = run_wrk(wrk, urls[path], CALLS[path], tokens, connections=c, duration=args.duration)
                 r["counters"] = {k: v - before[k] for k, v in counters(envoys[path]).items()}
+                r["cpu_us_per_call"] = {k: (cpu_seconds(v) - cpu_before[k]) * 1e6 / max(1, r["requests"])
+                                        for k, v in pids.items()}  # fmt: skip
                 r["problems"] = problems(path, r)
                 failed = failed or bool(r["problems"])
                 points[c][path] = r
                 lat = r["latency_us"]
-                print(f"c={c:<3} {path:<8} {r['rps']:8.0f} req/s  p50 {ms(lat['p50'])} ms  p99 {ms(lat['p99'])} ms"
+                cpu = r["cpu_us_per_call"]
+                print(f"c={c:<3} {path:<12} {r['rps']:8.0f} req/s  p50 {ms(lat['p50'])} ms  p99 {ms(lat['p99'])} ms  "
+                      f"cpu/call envoy {cpu.get('envoy', 0):.0f} us, policy service {cpu.get('policy_service', 0):.0f} us"
                       + (f"  PROBLEMS: {'; '.join(r['problems'])}" if r["problems"] else ""), flush=True)  # fmt: skip
         elapsed = time.monotonic() - started
 
@@ -511,10 +584,13 @@ def main(argv: list[str] | None = None) -> int:
                 "server": "python -m xds_server.demo.mcp_server --json-response, uvicorn, one process",
                 "policy_service": "agentxds serve (control plane + policy service, one process per stack), "
                 "default log level (decision log on)",
-                "stacks": {"grpc": "allowed, authz, denied (extAuthz: grpc)", "http": "authz-http (extAuthz: http)"},
-                "agent": AGENT,
-                "calls": {path: {"tool": t, "arguments": a} for path, (t, a) in CALLS.items()},
-                "authz_rule": AUTHZ_RULE,
+                "stacks": {
+                    "http": "allowed, native-when, python-http, denied (extAuthz: http, the default)",
+                    "grpc": "python-grpc (extAuthz: grpc)",
+                },
+                "identity": f"JWT (RS256) in {TOKEN_HEADER}, claim azp, verified by Envoy on every request",
+                "calls": {path: {"tool": t, "arguments": a, "agent": g} for path, (t, a, g) in CALLS.items()},
+                "rules": [NATIVE_RULE, PYTHON_RULE],
             },  # fmt: skip
             "checks": checks,
             "points": {str(c): by_path for c, by_path in points.items()},
@@ -532,12 +608,10 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(markdown(points, ratios))
         print(f"\nratios: path / base (req/s), path - base (latency); results in {args.out}")
-        if target is not None:
-            for path in AUTHZ_PATHS:
-                t = target[path]
-                print(f"target: {path} adds {t['added_p50_over_allowed_ms']:.2f} ms at p50 over the native "
-                      f"allowed path at c=1 (target <= {TARGET_AUTHZ_ADDED_P50_MS} ms): "
-                      f"{'met' if t['met'] else 'NOT met'}")  # fmt: skip
+        for name, t in target.items():
+            met = "not measured" if t["met"] is None else ("met" if t["met"] else "NOT met")
+            value = "-" if t["value"] is None else f"{t['value']:.3f}"
+            print(f"target {name}: {value} (target {t['target']}): {met}")
         print(
             f"load average before {load_before[0]:.2f}, after {result['loadavg_after'][0]:.2f} "
             f"(the benchmark itself keeps about 2 busy); Envoy log (access log) {envoy_log_bytes} bytes"
@@ -552,7 +626,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for envoy in stacks.values():
             envoy.stop()
-        for control in controls:
+        for control in controls.values():
             stop_process(control)
         stop_process(server)
         if finished and not failed and not args.keep_workdir:

@@ -18,6 +18,7 @@ from typing import Any
 
 from tests.e2e.harness import McpBackend
 from xds_server.controlplane.service import ControlPlane
+from xds_server.policy.load import load_directory
 from xds_server.runtime.bootstrap import render_bootstrap
 from xds_server.runtime.envoy import EnvoyProcess
 from xds_server.runtime.ports import free_port, port_open
@@ -28,10 +29,12 @@ IDENTITY_HEADER = "x-agent-id"
 
 def gateway_yaml(listen_port: int, policy_port: int, *, max_body: int = 8192, buffer: int = 65536,
                  authz_http_port: int | None = None, extra_limits: str = "") -> str:  # fmt: skip
-    """The e2e Gateway; with `authz_http_port`, ext_authz goes over HTTP to that port;
+    """The e2e Gateway; with `authz_http_port`, ext_authz goes over HTTP to that port, else over gRPC;
     `extra_limits` is appended to its `limits` mapping (flow style, e.g. "maxHeaders: 30")."""
     more = f", {extra_limits}" if extra_limits else ""
-    http = f", extAuthz: http, extAuthzHttpPort: {authz_http_port}" if authz_http_port is not None else ""
+    http = (
+        f", extAuthz: http, extAuthzHttpPort: {authz_http_port}" if authz_http_port is not None else ", extAuthz: grpc"
+    )
     return f"""\
 apiVersion: agentxds.dev/v1
 kind: Gateway
@@ -197,6 +200,20 @@ def write_policies(
     (policy_dir / "github-policy.yaml").write_text(policy_yaml)
 
 
+def authz_http_port_of(policy_dir: Path) -> int | None:
+    """The port the Gateway in `policy_dir` sends ext_authz over HTTP to (None: it uses gRPC)."""
+    (gateway,) = load_directory(policy_dir).gateways
+    service = gateway.doc.spec.policy_service
+    return service.ext_authz_http_port if service.ext_authz == "http" else None
+
+
+def policy_service_yaml(policy_port: int, ext_authz: str = "http") -> str:
+    """A Gateway's `policyService` (flow style): the policy service on `policy_port`, ext_authz over
+    `ext_authz` (http: on a free port of its own)."""
+    http = f", extAuthzHttpPort: {free_port()}" if ext_authz == "http" else ""
+    return f"{{host: 127.0.0.1, port: {policy_port}, extAuthz: {ext_authz}{http}}}"
+
+
 async def launch(policy_dir: Path, workdir: Path, listen_port: int, policy_port: int,
                  authz_http_port: int | None = None,
                  overload_manager: dict[str, Any] | None = None) -> tuple[ControlPlane, EnvoyProcess]:  # fmt: skip
@@ -205,6 +222,8 @@ async def launch(policy_dir: Path, workdir: Path, listen_port: int, policy_port:
 
     Returns once the policies are published and Envoy's listener accepts connections.
     """
+    if authz_http_port is None:
+        authz_http_port = authz_http_port_of(policy_dir)
     control = ControlPlane(policy_dir, port=0, debounce_ms=50, policy_port=policy_port, approvals_port=0,
                            authz_http_port=authz_http_port)  # fmt: skip
     await control.start()
@@ -227,7 +246,7 @@ async def launch(policy_dir: Path, workdir: Path, listen_port: int, policy_port:
     return control, envoy
 
 
-async def start_gateway(workdir: Path, backends: dict[str, McpBackend], *, ext_authz: str = "grpc",
+async def start_gateway(workdir: Path, backends: dict[str, McpBackend], *, ext_authz: str = "http",
                         **policy_opts: Any) -> RunningGateway:  # fmt: skip
     """Policies + control plane (with the policy service) + Envoy; returns once Envoy's listener accepts connections.
 
@@ -255,7 +274,7 @@ TRUST_DOMAIN = "example.org"
 
 
 def tls_gateway_yaml(listen_port: int, policy_port: int, *, cert: Path, key: Path, bundle: Path,
-                     trust_domain: str = TRUST_DOMAIN, required: bool = True) -> str:  # fmt: skip
+                     trust_domain: str = TRUST_DOMAIN, required: bool = True, ext_authz: str = "http") -> str:  # fmt: skip
     """A Gateway that identifies agents by client certificate only (no trusted header)."""
     return f"""\
 apiVersion: agentxds.dev/v1
@@ -263,7 +282,7 @@ kind: Gateway
 metadata: {{name: {GATEWAY}}}
 spec:
   listen: {{address: 127.0.0.1, port: {listen_port}}}
-  policyService: {{host: 127.0.0.1, port: {policy_port}}}
+  policyService: {policy_service_yaml(policy_port, ext_authz)}
   tls:
     certificateFile: {cert}
     privateKeyFile: {key}

@@ -26,6 +26,7 @@ from tests.e2e.gateway import (
     TlsGateway,
     backend_yaml,
     launch,
+    policy_service_yaml,
     spiffe_agents_yaml,
     stop_gateway,
     tls_gateway_yaml,
@@ -45,7 +46,7 @@ kind: Gateway
 metadata: {{name: {gateway}}}
 spec:
   listen: {{address: 127.0.0.1, port: {listen}}}
-  policyService: {{host: 127.0.0.1, port: {policy}}}
+  policyService: {policy_service}
   identity:
     trustedHeader: {header}
     anonymous: {{agent: public}}
@@ -99,7 +100,8 @@ async def gateway(
     policy_dir = workdir / "policies"
     policy_dir.mkdir()
     (policy_dir / "gateway.yaml").write_text(GATEWAY_YAML.format(
-        gateway=GATEWAY, listen=listen_port, policy=policy_port, header=IDENTITY_HEADER, issuer=USER_ISSUER,
+        gateway=GATEWAY, listen=listen_port, policy_service=policy_service_yaml(policy_port), header=IDENTITY_HEADER,
+        issuer=USER_ISSUER,
         audience=AUDIENCE))  # fmt: skip
     (policy_dir / "corp-jwks.json").write_text(CORP.jwks())
     (policy_dir / "backends.yaml").write_text(backend_yaml("github", backends["github"]))

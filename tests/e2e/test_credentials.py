@@ -35,7 +35,9 @@ from tests.e2e.gateway import (
     GATEWAY,
     IDENTITY_HEADER,
     RunningGateway,
+    authz_http_port_of,
     backend_yaml,
+    policy_service_yaml,
     wait_listening,
 )
 from tests.e2e.harness import (
@@ -81,7 +83,7 @@ spec:
         audiences: [{AUDIENCE}]
         jwks: {{inline: '{users.jwks}'}}
   limits: {{maxRequestBodyBytes: 8192, connectionBufferBytes: 65536}}
-  policyService: {{host: 127.0.0.1, port: {policy_port}}}
+  policyService: {policy_service_yaml(policy_port)}
 """
 
     backend = backend_yaml
@@ -212,7 +214,8 @@ async def world(secret_env: dict[str, str], mcp_backend_factory_module: Any,
                                dead_token_url=dead_token_url, backends=servers, secrets_file=secrets_file,
                                certs=pki.directory).items():  # fmt: skip
         (policy_dir / name).write_text(text)
-    control = ControlPlane(policy_dir, port=0, debounce_ms=50, policy_port=policy_port, approvals_port=0)
+    control = ControlPlane(policy_dir, port=0, debounce_ms=50, policy_port=policy_port, approvals_port=0,
+                           authz_http_port=authz_http_port_of(policy_dir))  # fmt: skip
     await control.start()
     envoy: EnvoyProcess | None = None
     try:

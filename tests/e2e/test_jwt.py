@@ -31,6 +31,7 @@ from tests.e2e.gateway import (
     backend_yaml,
     eventually,
     launch,
+    policy_service_yaml,
     stop_gateway,
 )
 from tests.e2e.harness import McpBackend, mcp_client, raw_h2, raw_http1, raw_post
@@ -70,7 +71,7 @@ kind: Gateway
 metadata: {{name: {GATEWAY}}}
 spec:
   listen: {{address: 127.0.0.1, port: {listen_port}}}
-  policyService: {{host: 127.0.0.1, port: {policy_port}}}
+  policyService: {policy_service_yaml(policy_port)}
   identity:
     jwtProviders:
       - name: corp

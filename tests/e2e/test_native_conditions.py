@@ -26,7 +26,7 @@ import pytest
 import pytest_asyncio
 from mcp.shared.exceptions import MCPError
 
-from tests.e2e.gateway import GATEWAY, RunningGateway, backend_yaml, launch, stop_gateway
+from tests.e2e.gateway import GATEWAY, RunningGateway, backend_yaml, launch, policy_service_yaml, stop_gateway
 from tests.e2e.harness import McpBackend, mcp_client
 from tests.e2e.test_jwt import AUDIENCE, CORP, USER_ISSUER
 from tests.e2e.test_mcp_gateway import MODERN, MODERN_META
@@ -141,7 +141,7 @@ metadata: {{name: {GATEWAY}}}
 spec:
   listen: {{address: 127.0.0.1, port: {listen_port}}}
   limits: {{maxRequestBodyBytes: 16384, connectionBufferBytes: 65536}}
-  policyService: {{host: 127.0.0.1, port: {policy_port}}}
+  policyService: {policy_service_yaml(policy_port)}
   identity:
     trustedHeader: x-agent-id
     jwtProviders:

@@ -18,8 +18,9 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from xds_server.authz.decide import CheckOutcome
 from xds_server.authz.decision_log import DecisionLog
-from xds_server.authz.ext_authz_http import backend_of
+from xds_server.authz.ext_authz_http import UnreadableIdentity, answer, backend_of, verified_identity
 from xds_server.authz.service import PolicyService
 from xds_server.controlplane.pipeline import compile_policies
 from xds_server.core import errors
@@ -214,3 +215,35 @@ async def test_stopping_the_service_writes_what_is_queued(
     logged = [json.loads(r.getMessage()) for r in caplog.records if r.name == "agentxds.decisions"]
     assert logged == [{"agent": "executor", "allowed": True, "backend": "github", "reason": "allowed",
                        "rule": "github/rules[0]", "tool": "create_issue"}]  # fmt: skip
+
+
+# ---------------------------------------------------------------- what Envoy verified
+
+
+def test_verified_identity_is_read_from_envoys_headers_only() -> None:
+    payload = json.dumps({"sub": "élise", "azp": "executor"}, ensure_ascii=False).encode().decode("latin-1")
+    client, payloads, peer = verified_identity({
+        "x-agent-id": "executor", "x-agentxds-verified-jwt-corp": payload,
+        "x-agentxds-verified-peer": "spiffe://example.org/agent/a,spiffe://example.org/agent/b",
+    })  # fmt: skip
+    assert client == {"x-agent-id": "executor"}
+    assert payloads == {"corp": {"sub": "élise", "azp": "executor"}}
+    assert peer == "spiffe://example.org/agent/a"  # the first, as the gRPC check names it
+
+
+@pytest.mark.parametrize("value", ["not json", "[1, 2]", '{"sub": "a"},{"sub": "b"}'])
+def test_an_unreadable_verified_payload_is_refused(value: str) -> None:
+    with pytest.raises(UnreadableIdentity):
+        verified_identity({"x-agentxds-verified-jwt-corp": value})
+
+
+def test_a_credential_is_set_upstream_and_the_callers_removed() -> None:
+    response = answer(CheckOutcome(True, set_headers={"authorization": "Bearer t"}, remove_headers=("x-api-key",)))
+    assert response == (b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nauthorization: Bearer t\r\n"
+                        b"x-envoy-auth-headers-to-remove: x-api-key\r\n\r\n")  # fmt: skip
+
+
+def test_a_refusal_with_a_5xx_status_goes_as_403_with_its_status_in_a_header() -> None:
+    response = answer(CheckOutcome(False, 502, '{"error": {}}'))
+    head = response.split(b"\r\n\r\n")[0].decode()
+    assert head.startswith("HTTP/1.1 403 ") and "x-agentxds-reply-status: 502" in head

@@ -257,17 +257,22 @@ def test_header_and_connection_limits_are_range_checked(field: str, value: str, 
     assert error.startswith(f"gateway.yaml:8: Gateway/default spec.limits.{field}: ") and message in error, error
 
 
-def test_ext_authz_over_http_is_refused_where_identity_needs_grpc() -> None:
+def test_ext_authz_over_http_carries_jwt_identities() -> None:
     gateway = GATEWAY.replace("  identity: {trustedHeader: x-agent-id}\n", "") + (
         "  policyService: {extAuthz: http}\n"
         "  identity:\n"
         "    jwtProviders:\n"
         "      - {name: corp, issuer: 'https://idp.test', jwks: {inline: '{\"keys\": []}'}}\n"
     )
+    policy_set = load_texts({**BASE, "gateway.yaml": gateway})
+    assert policy_set.gateways[0].doc.spec.policy_service.ext_authz == "http"
+
+
+def test_the_verified_identity_headers_are_reserved() -> None:
+    gateway = GATEWAY.replace("trustedHeader: x-agent-id", "trustedHeader: X-Agentxds-Verified-Jwt-Corp")
     assert errors({**BASE, "gateway.yaml": gateway}) == [
-        "gateway.yaml:6: Gateway/default spec.policyService.extAuthz: policyService.extAuthz http carries no JWT "
-        "claims or client certificates to the policy service: use extAuthz grpc on a gateway with "
-        "identity.jwtProviders or tls.clientCertificates"
+        "gateway.yaml:6: Gateway/default spec.identity: x-agentxds-verified-jwt-corp: headers starting with "
+        "x-agentxds-verified- are the gateway's own; pick another name"
     ]
 
 

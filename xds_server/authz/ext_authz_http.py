@@ -1,41 +1,49 @@
 """Envoy ext_authz over plain HTTP/1.1: the same decisions as the gRPC adapter, for less per call.
 
-A gateway with `policyService.extAuthz: http` makes Envoy ask
+A gateway with `policyService.extAuthz: http` (the default) makes Envoy ask
 
     POST /check/<backend><original path> HTTP/1.1
-    <the gateway's identity headers>          (the ext_authz filter's allow-list)
+    <the client's headers the service reads>   (the ext_authz filter's allow-list)
+    x-agentxds-verified-jwt-<provider>: {...}  (each payload jwt_authn verified)
+    x-agentxds-verified-peer: spiffe://...     (the client certificate's URI SANs)
     <the request body>
 
-(the method is the original request's). The answer is the decision itself:
-`200` with no body allows; any other status is the reply the client gets,
-here always a JSON-RPC error object with its `content-type` (and `retry-after`
-for quotas), passed through by the filter.
+(the method is the original request's). The verified headers are Envoy's
+own: it adds them to the check request (`authorization_request.headers_to_add`)
+and never forwards a client's header of those names, which its allow-list
+does not name (translate/policy_service.py). The answer is the decision
+itself: `200` allows, with the delegated credential to set upstream and
+`x-envoy-auth-headers-to-remove` naming the caller's credentials, where the
+route has one; any other status is the reply the client gets, here always a
+JSON-RPC error object with its `content-type` (and `retry-after` for
+quotas), passed through by the filter.
 
-Why a second transport: on a small machine a Python gRPC server costs more
-per call (HTTP/2 framing, the C core handing each call to the event loop)
-than the whole decision. This adapter parses with llhttp (httptools) on the
-event loop and answers in one write; see docs/performance.md.
-
-It carries no verified JWT payloads and no client certificate, so the policy
-model refuses `extAuthz: http` on gateways that identify callers that way; a
-request naming a backend with delegated credentials (which need the user's
-token) is refused here too. Anything unexpected refuses: fail closed.
+Why this transport: on a small machine a Python gRPC server costs more per
+call (HTTP/2 framing, the C core handing each call to the event loop) than
+the whole decision. This adapter parses with llhttp (httptools) on the event
+loop and answers in one write; see docs/performance.md. Anything unexpected
+refuses: fail closed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from http import HTTPStatus
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httptools
 
-from xds_server.authz.decide import CheckOutcome, check_call, failed_decision
-from xds_server.authz.jsonrpc import error_body, request_id_of
-from xds_server.core import errors
-from xds_server.core.wire import CHECK_PREFIX
+from xds_server.authz.decide import CheckOutcome, check_call, check_request, failed_decision
+from xds_server.core.wire import (
+    AUTH_HEADERS_TO_REMOVE,
+    CHECK_PREFIX,
+    REPLY_STATUS_HEADER,
+    VERIFIED_JWT_HEADER_PREFIX,
+    VERIFIED_PEER_HEADER,
+)
 
 if TYPE_CHECKING:
     from xds_server.authz.service import PolicyService
@@ -56,16 +64,22 @@ def backend_of(path: str) -> tuple[str, str]:
 
 
 def answer(outcome: CheckOutcome) -> bytes:
-    """The HTTP response that tells Envoy `outcome`."""
+    """The HTTP response that tells Envoy `outcome`: an allowed one carries the credential to set
+    upstream (a header Envoy's allow-list copies) and the caller's headers to remove."""
     if outcome.allowed:
-        if outcome.set_headers or outcome.remove_headers:
-            # Never allow without the credential the decision came with.
-            raise ValueError("ext_authz over HTTP cannot set or remove upstream headers")
-        return _ALLOW
+        if not (outcome.set_headers or outcome.remove_headers):
+            return _ALLOW
+        lines = ["HTTP/1.1 200 OK", "content-length: 0"]
+        lines += [f"{name}: {_header_value(value)}" for name, value in outcome.set_headers.items()]
+        if outcome.remove_headers:
+            lines.append(f"{AUTH_HEADERS_TO_REMOVE}: {','.join(outcome.remove_headers)}")
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
     body = outcome.body.encode()
-    lines = [f"HTTP/1.1 {outcome.http_status} {_reason(outcome.http_status)}",
-             "content-type: application/json", f"content-length: {len(body)}"]  # fmt: skip
-    lines += [f"{name}: {_header_value(value)}" for name, value in outcome.headers.items()]
+    status, headers = outcome.http_status, dict(outcome.headers)
+    if status >= 500:  # Envoy would take it for the service failing (core/wire.py)
+        status, headers[REPLY_STATUS_HEADER] = 403, str(status)
+    lines = [f"HTTP/1.1 {status} {_reason(status)}", "content-type: application/json", f"content-length: {len(body)}"]
+    lines += [f"{name}: {_header_value(value)}" for name, value in headers.items()]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
@@ -81,19 +95,55 @@ def _header_value(value: str) -> str:
     return value.replace("\r", " ").replace("\n", " ")
 
 
-def decide(service: PolicyService, method: str, path: str, headers: Mapping[str, str], body: str) -> CheckOutcome:
-    """One decision, as `decide.check_request` makes it for routes without delegated credentials."""
+class UnreadableIdentity(ValueError):
+    """A verified-identity header that is not what Envoy writes: the check is refused."""
+
+
+def verified_identity(headers: Mapping[str, str]) -> tuple[dict[str, str], dict[str, Any], str | None]:
+    """Split the check request's headers into (the client's headers, the JWT payloads Envoy verified by
+    provider, the client certificate's first URI SAN).
+
+    Only Envoy sets the verified headers (core/wire.py): it adds them to the check request itself
+    and sends no client header of those names. Their values are Envoy's JSON (UTF-8, read here as
+    the latin-1 text the HTTP parser gives)."""
+    client: dict[str, str] = {}
+    payloads: dict[str, Any] = {}
+    peer: str | None = None
+    for name, value in headers.items():
+        if name.startswith(VERIFIED_JWT_HEADER_PREFIX):
+            try:
+                payload = json.loads(value.encode("latin-1").decode("utf-8"))
+            except (UnicodeError, ValueError):
+                raise UnreadableIdentity(f"{name} is not a JSON payload") from None
+            if not isinstance(payload, dict):
+                raise UnreadableIdentity(f"{name} is not a JSON object")
+            payloads[name[len(VERIFIED_JWT_HEADER_PREFIX) :]] = payload
+        elif name == VERIFIED_PEER_HEADER:
+            # Envoy lists every URI SAN; the first is the one the gRPC check names (source.principal).
+            peer = value.split(",", 1)[0].strip() or None
+        else:
+            client[name] = value
+    return client, payloads, peer
+
+
+def decide(
+    service: PolicyService, method: str, path: str, headers: Mapping[str, str], body: str
+) -> CheckOutcome | Coroutine[Any, Any, CheckOutcome]:
+    """One decision (`decide.check_call`, at once), or on a route with delegated credentials the
+    decision and its credential (`decide.check_request`, a coroutine: it may exchange a token)."""
     backend, original_path = backend_of(path)
     service.checks[backend] += 1
-    headers = {**headers, ":method": method, ":path": original_path}
-    if backend and service.credentials.delegation(backend) is not None:
-        kind = errors.POLICY_SERVICE_UNAVAILABLE
-        return CheckOutcome(False, kind.http_status, error_body(
-            request_id_of(body), kind,
-            f"Backend '{backend}' has delegated credentials, which ext_authz over HTTP cannot attach: "
-            "set its gateway's policyService.extAuthz to grpc"),
-            log={"backend": backend, "allowed": False, "reason": kind.reason})  # fmt: skip
-    return check_call(service.decider, route=backend, headers=headers, body=body)
+    try:
+        client, payloads, peer = verified_identity(headers)
+    except UnreadableIdentity as exc:
+        log.error("ext_authz (HTTP): %s; refusing", exc)
+        return failed_decision(body)
+    client.update({":method": method, ":path": original_path})
+    if service.credentials.delegation(backend) is None:
+        return check_call(service.decider, route=backend, headers=client, body=body, jwt_payloads=payloads,
+                          peer_uri_san=peer)  # fmt: skip
+    return check_request(service.decider, route=backend, headers=client, body=body, jwt_payloads=payloads,
+                         peer_uri_san=peer)  # fmt: skip
 
 
 class _Request:
@@ -119,6 +169,7 @@ class ExtAuthzHttpProtocol(asyncio.Protocol):
         self._parser = httptools.HttpRequestParser(self)
         self._transport: asyncio.Transport | None = None
         self._request = _Request()
+        self._pending: asyncio.Future[None] | None = None  # the answer still being decided, if any
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
@@ -163,16 +214,42 @@ class ExtAuthzHttpProtocol(asyncio.Protocol):
         method = self._parser.get_method().decode("latin-1")
         path = httptools.parse_url(request.url).path.decode("latin-1")
         body = b"".join(request.body).decode("utf-8", errors="replace")
+        keep_alive = self._parser.should_keep_alive()
         try:
-            outcome = decide(self._service, method, path, request.headers, body)
-            response = answer(outcome)
+            decided = decide(self._service, method, path, request.headers, body)
+        except Exception:  # a bug must refuse the call, not let it through
+            log.exception("ext_authz (HTTP): decision failed; refusing")
+            decided = failed_decision(body)
+        if isinstance(decided, CheckOutcome) and self._pending is None:
+            self._send(decided, body, keep_alive)
+            return
+        # A credential to fetch (or an answer still pending on this connection): answer in order.
+        self._pending = asyncio.ensure_future(self._send_later(self._pending, decided, body, keep_alive))
+
+    async def _send_later(self, before: asyncio.Future[None] | None,
+                          decided: CheckOutcome | Coroutine[Any, Any, CheckOutcome], body: str,
+                          keep_alive: bool) -> None:  # fmt: skip
+        if before is not None:
+            await before
+        try:
+            outcome = decided if isinstance(decided, CheckOutcome) else await decided
         except Exception:  # a bug must refuse the call, not let it through
             log.exception("ext_authz (HTTP): decision failed; refusing")
             outcome = failed_decision(body)
+        self._send(outcome, body, keep_alive)
+        if self._pending is asyncio.current_task():
+            self._pending = None
+
+    def _send(self, outcome: CheckOutcome, body: str, keep_alive: bool) -> None:
+        try:
             response = answer(outcome)
-        if self._transport is not None:
+        except Exception:
+            log.exception("ext_authz (HTTP): answer failed; refusing")
+            outcome = failed_decision(body)
+            response = answer(outcome)
+        if self._transport is not None and not self._transport.is_closing():
             self._transport.write(response)
-            if not self._parser.should_keep_alive():
+            if not keep_alive:
                 self._transport.close()
         # Logged after the answer is on its way: Envoy need not wait for the log line.
         self._service.log_decision(outcome.log)

@@ -12,6 +12,7 @@ counts only when the verified token of the user's provider matches it.
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -32,6 +33,10 @@ class RouteView:
     @property
     def name(self) -> str:
         return self.route.name
+
+    @functools.cached_property
+    def user_providers(self) -> tuple[str, ...]:
+        return self.gateway.user_providers(self.route)
 
     @property
     def agents(self) -> tuple[AgentIR, ...]:
@@ -56,17 +61,16 @@ class RouteView:
         return tuple(g for g in self.grants_by_agent.get(agent, ()) if g.user is None or g.user.matches(jwt_payloads))
 
     def user_claims(self, jwt_payloads: JwtPayloads) -> dict[str, Any]:
-        """The user the agent acts for (CEL's `user`, quotas by user, the decision log): the
-        verified payload of the route's user-token provider; without `auth`, the first verified
-        payload (by provider name) with a `sub`; {} when there is none."""
+        """The user the agent acts for (CEL's `user`, quotas by user, the decision log): the first
+        verified payload with a string `sub` of the providers that name users on this route
+        (`GatewayIR.user_providers`, as for the backend's user header and in Envoy); {} when
+        there is none."""
         found = self.user_of(jwt_payloads)
         return dict(found[1]) if found is not None else {}
 
     def user_of(self, jwt_payloads: JwtPayloads) -> tuple[str, Mapping[str, Any]] | None:
         """(provider, verified payload) of the user the agent acts for, as `user_claims` picks it."""
-        auth = self.route.auth
-        providers = [auth.provider] if auth is not None else sorted(jwt_payloads)
-        for provider in providers:
+        for provider in self.user_providers:
             payload = jwt_payloads.get(provider)
             if isinstance(payload, Mapping) and isinstance(payload.get("sub"), str):
                 return provider, payload

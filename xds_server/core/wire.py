@@ -29,6 +29,18 @@ PURPOSE_UNSEAL = "unseal"
 ROUTE_CONTEXT_EXTENSION = "backend"
 #: ext_authz over HTTP: Envoy asks `POST <CHECK_PREFIX><route name><original path>`.
 CHECK_PREFIX = "/check/"
+#: ext_authz over HTTP: what Envoy verified travels in headers Envoy adds to the check request only
+#: (never a client's: a client's headers reach the check only when named in its allow-list, which
+#: never names these). A JWT provider's verified payload (JSON) in `<prefix><provider>`; the client
+#: certificate's URI SANs (comma-separated) in the peer header.
+VERIFIED_JWT_HEADER_PREFIX = "x-agentxds-verified-jwt-"
+VERIFIED_PEER_HEADER = "x-agentxds-verified-peer"  # (the policy model reserves x-agentxds-verified-*)
+#: ext_authz over HTTP: the answer's list of request headers Envoy removes before the upstream.
+AUTH_HEADERS_TO_REMOVE = "x-envoy-auth-headers-to-remove"
+#: ext_authz over HTTP: Envoy takes a 5xx answer for a failure of the service, not a refusal, so
+#: a refusal with a 5xx status (a credential that could not be had) is sent as 403 with its status
+#: in this header; a local reply gives it back its status (translate/local_reply.py).
+REPLY_STATUS_HEADER = "x-agentxds-reply-status"
 #: The attribute ext_proc sends with the client certificate's URI SAN (the SPIFFE ID).
 PEER_URI_SAN_ATTRIBUTE = "connection.uri_san_peer_certificate"
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -386,6 +387,24 @@ class GatewayIR:
     def needs_policy_service(self) -> bool:
         """Whether some route sends some request to the policy service."""
         return any(r.decisions.needed for r in self.routes)
+
+    @functools.cached_property
+    def _user_naming_providers(self) -> tuple[str, ...]:
+        named = {r.auth.provider for r in self.routes if r.auth is not None}
+        named |= {g.user.provider for r in self.routes for g in r.grants if g.user is not None}
+        agents_only = {p.provider for a in self.agents for p in a.principals if isinstance(p, JwtPrincipal)} - named
+        rest = {p.name for p in self.identity.jwt_providers} - named - agents_only
+        return (*sorted(named), *sorted(rest))
+
+    def user_providers(self, route: RouteIR) -> tuple[str, ...]:
+        """The JWT providers whose verified `sub` names the user an agent acts for on `route`, in the
+        order they are tried (the first verified token with a string `sub` is the user's): the
+        route's `auth` provider, then those a backend's `auth` or a rule's `users` names, then those
+        no agent is identified by. A provider that only identifies agents never names the user.
+        The same for the backend's user header, CEL's `user` (Envoy and the policy service) and
+        quotas by user."""
+        first = (route.auth.provider,) if route.auth is not None else ()
+        return first + tuple(p for p in self._user_naming_providers if p not in first)
 
 
 @dataclass(frozen=True)

@@ -119,7 +119,20 @@ class GatewayIdentity(StrictModel):
             raise PydanticCustomError(
                 "caller_headers_same", "callerHeaders: agent and user need different headers", {"at": "callerHeaders"}
             )
+        # Envoy tells the policy service what it verified in headers of this prefix: a client's
+        # header must never be able to pass for one.
+        for header in [*credentials, *set_by_gateway]:
+            if header.startswith(VERIFIED_PREFIX):
+                raise PydanticCustomError(
+                    "reserved_header",
+                    "{header}: headers starting with " + VERIFIED_PREFIX + " are the gateway's own; pick another name",
+                    {"header": header},
+                )
         return self
+
+
+#: The prefix of the headers Envoy adds to ext_authz checks (core/wire.py VERIFIED_*).
+VERIFIED_PREFIX = "x-agentxds-verified-"
 
 
 class Limits(StrictModel):
@@ -214,15 +227,15 @@ class PolicyServiceAddress(StrictModel):
     )
     port: Port = Field(default=18001, description="Its gRPC port (`agentxds serve --policy-port`, default 18001).")
     ext_authz: Literal["grpc", "http"] = Field(
-        default="grpc",
-        description="How Envoy asks for decisions: `grpc` (Authorization.Check on `port`), or `http` "
-        "(plain HTTP/1.1 on `extAuthzHttpPort`: less latency per decision, for gateways whose agents "
-        "are identified by header or API key).",
+        default="http",
+        description="How Envoy asks for decisions: `http` (plain HTTP/1.1 on `extAuthzHttpPort`, the default: "
+        "less latency and CPU per decision; carries every identity Envoy verified) or `grpc` "
+        "(Authorization.Check on `port`).",
     )
     ext_authz_http_port: Port = Field(
         default=18003,
         description="Its HTTP ext_authz port (`agentxds serve --authz-http-port`, default 18003); "
-        "used when extAuthz is http.",
+        "used when extAuthz is http (the default).",
     )
 
 
@@ -255,22 +268,6 @@ class GatewaySpec(StrictModel):
         "what the gateway hands to clients with (task ids of backends with tasks). Default: a key the policy "
         "service keeps in its state directory; give every policy-service replica of the gateway the same one.",
     )
-
-    @model_validator(mode="after")
-    def _http_authz_identity(self) -> GatewaySpec:
-        # Over HTTP, Envoy sends the policy service headers and the body only:
-        # no verified JWT payloads and no client certificate. Refuse rather than
-        # decide without the identity the gateway was told to use.
-        if self.policy_service.ext_authz != "http":
-            return self
-        if self.identity.jwt_providers or (self.tls is not None and self.tls.client_certificates is not None):
-            raise PydanticCustomError(
-                "ext_authz_http_identity",
-                "policyService.extAuthz http carries no JWT claims or client certificates to the policy "
-                "service: use extAuthz grpc on a gateway with identity.jwtProviders or tls.clientCertificates",
-                {"at": "policyService.extAuthz"},
-            )
-        return self
 
 
 class Gateway(DocumentModel):

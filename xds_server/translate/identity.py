@@ -25,9 +25,10 @@ none of the caller's identity material (`backend_headers`):
   (`identify_filter`, ahead of the grants' RBAC, whose native conditions
   read it too); the route sets the header from that metadata;
 - the user's `sub` goes in `identity.user_header`, from a provider that
-  names users on this gateway (a backend's `auth`, a rule's `users`): the
-  route's `auth` provider first, then the others by name; a provider only
-  agents use never names the user;
+  names users on this gateway (`GatewayIR.user_providers`: the route's
+  `auth` provider first, then those a backend's `auth` or a rule's `users`
+  names, then those no agent is identified by); a provider only agents use
+  never names the user;
 - any client copy of those two headers is removed first; an empty value is
   not added, so a header present always holds a verified value.
 
@@ -44,7 +45,6 @@ from xds_server.core.wire import JWT_METADATA_NAMESPACE, typed
 from xds_server.ir.types import AgentIR, GatewayIR, RouteIR
 from xds_server.translate.cel import IDENTIFIED_AGENT_KEY, IDENTIFY_PREFIX, RBAC_NAMESPACE
 from xds_server.translate.filters import HttpFilter, Slot
-from xds_server.translate.memo import memoised
 from xds_server.translate.rbac import RBAC_PER_ROUTE_TYPE, RBAC_TYPE
 from xds_server.translate.replies import cel_filter, mapper
 
@@ -112,17 +112,9 @@ def _user_sub(provider: str) -> str:
     return f"%DYNAMIC_METADATA({JWT_METADATA_NAMESPACE}:{provider}:sub)%"
 
 
-def _naming_providers(gateway: GatewayIR) -> frozenset[str]:
-    named = {r.auth.provider for r in gateway.routes if r.auth is not None}
-    named |= {g.user.provider for r in gateway.routes for g in r.grants if g.user is not None}
-    return frozenset(named)
-
-
 def user_providers(gateway: GatewayIR, route: RouteIR) -> list[str]:
     """The providers whose verified `sub` names the user on `route`, in the order they are tried."""
-    named = memoised(("naming-providers", id(gateway)), gateway, lambda: _naming_providers(gateway))  # once a build
-    first = [route.auth.provider] if route.auth is not None else []
-    return first + sorted(named - set(first))
+    return list(gateway.user_providers(route))
 
 
 def backend_headers(gateway: GatewayIR, route: RouteIR) -> dict[str, Any]:

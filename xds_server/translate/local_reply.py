@@ -44,6 +44,7 @@ from __future__ import annotations
 from typing import Any
 
 from xds_server.core import errors
+from xds_server.core.wire import REPLY_STATUS_HEADER
 from xds_server.ir.principals import cel_filter, reply_matchers
 from xds_server.ir.types import GatewayIR, ListenerIR
 from xds_server.translate import identity, oauth
@@ -221,7 +222,12 @@ def _answered_already(gateway: GatewayIR, protocol: ProtocolTranslator) -> list[
     kept, with the status a policy refusal (403) goes out with: 200 where the protocol answers it
     as a result of the call (the policy service wrote it so), else the gateway's denial status."""
     json_reply, refused = _reply_is_json(), status_is(403)
-    mappers = []
+    # A refusal with a 5xx status came over HTTP as 403 (core/wire.py REPLY_STATUS_HEADER): restore it.
+    mappers: list[dict[str, Any]] = [
+        {"filter": all_of(json_reply, cel_filter(f"response.headers['{REPLY_STATUS_HEADER}'] == '{status}'")),
+         "status_code": status}
+        for status in sorted({k.http_status for k in errors.CATALOGUE if k.http_status >= 500})
+    ] if gateway.ext_authz_http is not None else []  # fmt: skip
     as_results = protocol.refusals_as_results(gateway)
     if as_results is not None:
         mappers.append({"filter": all_of(json_reply, refused, as_results), "status_code": 200})

@@ -28,10 +28,16 @@ chosen on the headers, before the body is read, which is never a
 metadata-matched route. A per-route `disabled: true` is read when the filter
 runs, after the route was chosen again.
 
-ext_authz speaks gRPC to the policy service, or plain HTTP/1.1 when the
-Gateway says `extAuthz: http` (cheaper per call). Over HTTP the route's name
-travels in the path (a per-route `path_prefix`, since context_extensions are
-gRPC-only) and only the gateway's identity headers are sent along.
+ext_authz speaks plain HTTP/1.1 to the policy service (`extAuthz: http`, the
+default: cheaper per call) or gRPC. Over HTTP the route's name travels in
+the path (a per-route `path_prefix`, since context_extensions are gRPC-only);
+of the client's headers only those the service reads are sent along (the
+gateway's identity headers; user tokens where credentials are delegated),
+and what Envoy verified (JWT payloads, the client certificate's URI SANs)
+goes in headers Envoy adds to the check request itself, overriding any
+client copy (core/wire.py). A delegated credential comes back as an answer
+header Envoy copies upstream, with `x-envoy-auth-headers-to-remove` naming
+the caller's credentials to drop.
 
 Fail-closed or fail-open is a per-route choice, but ext_authz's
 `failure_mode_allow` is per filter: there are two ext_authz filters, one of
@@ -53,8 +59,11 @@ from xds_server.core.wire import (
     PURPOSE_RESPONSES,
     PURPOSE_SEAL,
     PURPOSE_UNSEAL,
+    REPLY_STATUS_HEADER,
     ROUTE_CONTEXT_EXTENSION,
     ROUTE_METADATA_KEY,
+    VERIFIED_JWT_HEADER_PREFIX,
+    VERIFIED_PEER_HEADER,
     typed,
 )
 from xds_server.ir.principals import AnonymousPrincipal
@@ -122,26 +131,54 @@ def _authz_timeout(gateway: GatewayIR) -> int:
     return max((r.policy_service.timeout_ms for r in gateway.routes), default=250)
 
 
+def _verified_identity(gateway: GatewayIR) -> list[dict[str, Any]]:
+    """What Envoy verified, as headers it adds to the check request alone (core/wire.py): each JWT
+    provider's payload, and the client certificate's URI SANs. An empty value (nothing verified)
+    adds no header."""
+    headers = [{"key": f"{VERIFIED_JWT_HEADER_PREFIX}{p.name}", "value": f"%DYNAMIC_METADATA({JWT_METADATA_NAMESPACE}:{p.name})%"}
+               for p in gateway.identity.jwt_providers]  # fmt: skip
+    if gateway.listener.tls is not None and gateway.listener.tls.trust_bundle_file is not None:
+        headers.append({"key": VERIFIED_PEER_HEADER, "value": "%DOWNSTREAM_PEER_URI_SAN%"})
+    return headers
+
+
+def _credential_headers(gateway: GatewayIR) -> list[str]:
+    """The upstream headers delegated credentials are set in (the answer's headers Envoy copies)."""
+    return sorted({r.credentials.header for r in gateway.routes if r.credentials is not None})
+
+
 def _http_service(gateway: GatewayIR, route: str) -> dict[str, Any]:
-    """ext_authz over HTTP: `POST /check/<route><path>`; denials pass their JSON-RPC body through."""
-    return {
+    """ext_authz over HTTP: `POST /check/<route><path>` with the verified identity; denials pass their
+    JSON-RPC body through, allowed answers may set a delegated credential."""
+    response: dict[str, Any] = {
+        "allowed_client_headers": {
+            "patterns": [{"exact": h} for h in ("content-type", "retry-after", REPLY_STATUS_HEADER)]
+        },  # fmt: skip
+    }
+    if credentials := _credential_headers(gateway):
+        response["allowed_upstream_headers"] = {"patterns": [{"exact": h} for h in credentials]}
+    service: dict[str, Any] = {
         "server_uri": {
             "uri": "http://agentxds-policy-service",
             "cluster": POLICY_HTTP_CLUSTER,
             "timeout": f"{_authz_timeout(gateway) / 1000:.3f}s",
         },  # fmt: skip
         "path_prefix": f"{CHECK_PREFIX}{route}",
-        "authorization_response": {
-            "allowed_client_headers": {"patterns": [{"exact": "content-type"}, {"exact": "retry-after"}]},
-        },
+        "authorization_response": response,
     }
+    if verified := _verified_identity(gateway):
+        service["authorization_request"] = {"headers_to_add": verified}
+    return service
 
 
 def _identity_headers(gateway: GatewayIR) -> list[str]:
-    """The headers the policy service identifies agents by (all it needs besides the body)."""
+    """The client's headers the policy service reads (besides the body and what Envoy verified): those
+    it identifies agents by, and the user tokens it exchanges on routes with delegated credentials."""
     headers = {gateway.identity.api_key_header}
     if gateway.identity.trusted_header:
         headers.add(gateway.identity.trusted_header)
+    if any(r.credentials is not None for r in gateway.routes):
+        headers.update(p.token_header for p in gateway.identity.jwt_providers)
     for agent in gateway.agents:
         # The anonymous agent is proven by the absence of every credential header.
         headers.update(h for p in agent.principals if isinstance(p, AnonymousPrincipal) for h in p.headers)

@@ -69,13 +69,6 @@ def grant_principals(grant: GrantIR, agent: AgentIR) -> list[dict[str, Any]]:
 COMMON_POLICY = "any-grant"
 
 
-def _user_providers(route: RouteIR, gateway: GatewayIR) -> list[str]:
-    """The providers the policy service takes the user from, in its order (authz/state.py `user_of`)."""
-    if route.auth is not None:
-        return [route.auth.provider]
-    return sorted(p.name for p in gateway.identity.jwt_providers)
-
-
 def _native_rules(route: RouteIR, gateway: GatewayIR, protocol: ProtocolTranslator
                   ) -> tuple[dict[str, Any], dict[str, Any]]:  # fmt: skip
     """(policies, shadow policies) of the route's native rules: each allows its calls when its
@@ -87,7 +80,7 @@ def _native_rules(route: RouteIR, gateway: GatewayIR, protocol: ProtocolTranslat
     if not native:
         return policies, shadows
     bindings = cel.Bindings(protocol.cel_arguments(), protocol.cel_target(),
-                            cel.user_claims(_user_providers(route, gateway)))  # fmt: skip
+                            cel.user_claims(gateway.user_providers(route)))  # fmt: skip
     recognisable = {a.name for a in gateway.agents if a.principals}
     for rule in native:
         if not rule.agents:
@@ -173,7 +166,7 @@ def route_rbac(route: RouteIR, gateway: GatewayIR, protocol: ProtocolTranslator)
     # What else the rules read: who is recognisable (native rules for "every agent"), the providers
     # the user comes from. The same objects when they did not change (the IR build reuses them).
     everyone = agents if any(r.native for r in route.conditional_rules) else ()
-    providers = tuple(p.name for p in gateway.identity.jwt_providers)
+    providers = gateway.user_providers(route)
     key = ("rbac", id(route), tuple(id(a) for a in granted), id(everyone), providers)
     return memoised(key, (route, granted, everyone),
                     lambda: prebuilt(RBACPerRoute, route_rbac_rules(route, gateway, protocol)))  # fmt: skip
