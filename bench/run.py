@@ -9,13 +9,13 @@ through the gateway is made by an agent identified by a JWT (RS256, in
 `x-agent-token`, claim `azp`), the production identity, which Envoy verifies
 on every request:
 
-  direct       wrk -> demo MCP server               whoami
-  allowed      wrk -> Envoy -> demo MCP server      whoami: granted to every agent without
+  direct       wrk -> demo MCP server               create_issue {repo: acme/web, title: bench}
+  allowed      wrk -> Envoy -> demo MCP server      the same, as planner: granted without
                                                     conditions (Envoy's RBAC alone)
-  native-when  wrk -> Envoy -> demo MCP server      create_issue {repo: acme/web, ...} as triage,
-                                                    under `args.repo.startsWith("acme/")`:
+  native-when  wrk -> Envoy -> demo MCP server      the same as triage, under
+                                                    `args.repo.startsWith("acme/")`:
                                                     a condition Envoy evaluates itself (CEL)
-  python-http  wrk -> Envoy -> policy service       create_issue as scribe, under a condition
+  python-http  wrk -> Envoy -> policy service       the same as scribe, under a condition
                   (ext_authz, HTTP) -> server       Envoy cannot evaluate (`size()`), so the
                                                     policy service decides (the default
                                                     transport)
@@ -28,8 +28,8 @@ Everything it needs it starts itself on 127.0.0.1 and free ports: the demo
 server (`python -m xds_server.demo.mcp_server --json-response`, as shipped),
 and two gateway stacks, each a control plane with its policy service
 (`agentxds serve --policy-port --authz-http-port --approvals-port` on a copy
-of policies/demo rewritten to those ports, with the JWT agents and the two
-rules below; default log level, so the decision log is written as in
+of policies/demo rewritten to those ports, with the JWT agents and their
+rules; default log level, so the decision log is written as in
 production) and an Envoy (`EnvoyProcess`, concurrency 1, log level error;
 the listener's stdout access log is product config and stays on, written to
 the Envoy log file): one with ext_authz over HTTP (every path but
@@ -85,12 +85,15 @@ DEFAULT_OUT = BENCH / "results" / "latest.json"
 HOST = "127.0.0.1"
 GATEWAY = "demo"  # the Gateway in policies/demo, also the Envoy node cluster
 BACKEND = "github"
-AGENT = "triage"  # allowed, native-when, denied
+PLAIN_AGENT = "planner"  # allowed: the tool granted without conditions
+AGENT = "triage"  # native-when, denied
 PYTHON_AGENT = "scribe"  # python-*: the same tool under a condition only the policy service evaluates
+BENCH_AGENTS = (PLAIN_AGENT, AGENT, PYTHON_AGENT)
 ISSUER, AUDIENCE = "https://agents.bench.agentxds", "agentxds-bench"
 TOKEN_HEADER = "x-agent-token"
 
-# The rules added to the policy copy. The same tool for both, so the backend's work is the same.
+# The rules added to the policy copy. The same tool for all three, so the backend's work is the same.
+PLAIN_RULE = {"description": "bench: planner opens issues anywhere", "agents": [PLAIN_AGENT], "tools": ["create_issue"]}
 NATIVE_RULE = {
     "description": "bench: triage opens issues in acme/ repositories only (Envoy evaluates the condition)",
     "agents": [AGENT],
@@ -105,12 +108,12 @@ PYTHON_RULE = {
 }
 
 ISSUE = {"repo": "acme/web", "title": "bench"}
-# path -> (tool, arguments, agent whose JWT is sent; None: no identity). direct and allowed send the same
-# request, so allowed - direct is the gateway alone; create_issue does about as little in the demo
-# server as whoami (format a string from its arguments).
+# path -> (tool, arguments, agent whose JWT is sent; None: no identity). Every path but denied sends the
+# same request (create_issue formats a string from its arguments in the demo server), so allowed - direct
+# is the gateway alone and each conditional path - allowed is what its condition adds.
 CALLS: dict[str, tuple[str, dict[str, Any], str | None]] = {
-    "direct": ("whoami", {}, None),
-    "allowed": ("whoami", {}, AGENT),
+    "direct": ("create_issue", ISSUE, None),
+    "allowed": ("create_issue", ISSUE, PLAIN_AGENT),
     "native-when": ("create_issue", ISSUE, AGENT),
     "python-http": ("create_issue", ISSUE, PYTHON_AGENT),
     "python-grpc": ("create_issue", ISSUE, PYTHON_AGENT),
@@ -143,7 +146,7 @@ class Tokens:
         now = int(time.time())
         self.tokens = {agent: pyjwt.encode({"iss": ISSUER, "aud": AUDIENCE, "azp": agent, "iat": now, "exp": now + 7200},
                                            self.key, algorithm="RS256", headers={"kid": "bench"})
-                       for agent in (AGENT, PYTHON_AGENT)}  # fmt: skip
+                       for agent in BENCH_AGENTS}  # fmt: skip
 
     def jwks(self) -> str:
         jwk = json.loads(RSAAlgorithm.to_jwk(self.key.public_key()))
@@ -193,8 +196,8 @@ def start_demo_server(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
 def write_policies(dest: Path, *, listen_port: int, backend_port: int, policy_port: int, authz_http_port: int,
                    ext_authz: str, tokens: Tokens) -> None:  # fmt: skip
     """Copy policies/demo into `dest`: listener, backend endpoint and policy service moved to the given
-    ports (ext_authz over `ext_authz`), the agents triage and scribe identified by JWT, and the two
-    rules added to the backend's MCPPolicy."""
+    ports (ext_authz over `ext_authz`), the agents planner, triage and scribe identified by JWT, and
+    the three rules added to the backend's MCPPolicy."""
     dest.mkdir(parents=True, exist_ok=True)
     added = False
     for src in sorted(POLICY_SRC.glob("*.yaml")):
@@ -208,16 +211,17 @@ def write_policies(dest: Path, *, listen_port: int, backend_port: int, policy_po
                 identity = spec.setdefault("identity", {})
                 identity["jwtProviders"] = [{"name": "agents", "issuer": ISSUER, "audiences": [AUDIENCE],
                                              "tokenHeader": TOKEN_HEADER, "jwks": {"inline": tokens.jwks()}}]  # fmt: skip
-            elif doc.get("kind") == "Agent" and doc["metadata"]["name"] == AGENT:
-                spec["identity"] = {"jwt": {"provider": "agents", "claim": "azp", "value": AGENT}}
+            elif doc.get("kind") == "Agent" and doc["metadata"]["name"] in BENCH_AGENTS:
+                spec["identity"] = {"jwt": {"provider": "agents", "claim": "azp", "value": doc["metadata"]["name"]}}
             elif doc.get("kind") == "MCPBackend":
                 spec["endpoints"] = [{"host": HOST, "port": backend_port}]
             elif doc.get("kind") == "MCPPolicy" and spec.get("backend") == BACKEND:
-                spec.setdefault("rules", []).extend([dict(NATIVE_RULE), dict(PYTHON_RULE)])
+                spec.setdefault("rules", []).extend([dict(PLAIN_RULE), dict(NATIVE_RULE), dict(PYTHON_RULE)])
                 added = True
         if src.name == "agents.yaml":
-            docs.append({"apiVersion": "agentxds.dev/v1", "kind": "Agent", "metadata": {"name": PYTHON_AGENT},
-                         "spec": {"identity": {"jwt": {"provider": "agents", "claim": "azp", "value": PYTHON_AGENT}}}})  # fmt: skip
+            docs += [{"apiVersion": "agentxds.dev/v1", "kind": "Agent", "metadata": {"name": name},
+                      "spec": {"identity": {"jwt": {"provider": "agents", "claim": "azp", "value": name}}}}
+                     for name in (PLAIN_AGENT, PYTHON_AGENT)]  # fmt: skip
         (dest / src.name).write_text(yaml.safe_dump_all(docs, sort_keys=False))
     if not added:
         raise RuntimeError(f"no MCPPolicy for backend {BACKEND!r} in {POLICY_SRC} to add the bench rules to")
@@ -590,7 +594,7 @@ def main(argv: list[str] | None = None) -> int:
                 },
                 "identity": f"JWT (RS256) in {TOKEN_HEADER}, claim azp, verified by Envoy on every request",
                 "calls": {path: {"tool": t, "arguments": a, "agent": g} for path, (t, a, g) in CALLS.items()},
-                "rules": [NATIVE_RULE, PYTHON_RULE],
+                "rules": [PLAIN_RULE, NATIVE_RULE, PYTHON_RULE],
             },  # fmt: skip
             "checks": checks,
             "points": {str(c): by_path for c, by_path in points.items()},

@@ -84,11 +84,13 @@ class ConditionResult:
 class CompiledCondition:
     """A compiled, checked condition; immutable and shareable between calls."""
 
-    __slots__ = ("_program", "source")
+    __slots__ = ("_program", "_uses", "source")
 
     def __init__(self, source: str, program: cel.Program) -> None:
         self.source = source
         self._program = program
+        # Only what it reads is handed to the library: converting the rest costs on every call.
+        self._uses = tuple(sorted(frozenset(program.variables()) & _ALLOWED))
 
     def __repr__(self) -> str:
         return f"CompiledCondition({self.source!r})"
@@ -100,7 +102,7 @@ class CompiledCondition:
         UTC) because the library reads the accessors in the datetime's own
         offset, while CEL defines them in UTC.
         """
-        context = dict(variables)
+        context = {name: variables[name] for name in self._uses if name in variables}
         now = context.get("now")
         if isinstance(now, dt.datetime):
             utc = dt.UTC

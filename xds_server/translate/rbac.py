@@ -81,18 +81,25 @@ def _native_rules(route: RouteIR, gateway: GatewayIR, protocol: ProtocolTranslat
         return policies, shadows
     bindings = cel.Bindings(protocol.cel_arguments(), protocol.cel_target(),
                             cel.user_claims(gateway.user_providers(route)))  # fmt: skip
-    recognisable = {a.name for a in gateway.agents if a.principals}
+    by_name = {a.name: a for a in gateway.agents if a.principals}
     for rule in native:
         if not rule.agents:
             continue
         assert rule.when is not None
-        agents = cel.agent_check(rule.agents, every_agent=set(rule.agents) >= recognisable)
-        principals = [rule.user.rbac()] if rule.user is not None else [{"any": True}]
+        every_agent = set(rule.agents) >= set(by_name)
+        agents = cel.agent_check(rule.agents, every_agent=every_agent)
+        user = [rule.user.rbac()] if rule.user is not None else []
         permissions = [protocol.target_permission(rule.targets)]
         condition = cel.rule_condition(native_condition(rule.when), bindings, agents)
-        policies[f"{NATIVE_PREFIX}{rule.id}"] = {"permissions": permissions, "principals": principals,
+        # Whose rule it is, the condition checks exactly (the agent the identify filter named).
+        policies[f"{NATIVE_PREFIX}{rule.id}"] = {"permissions": permissions, "principals": user or [{"any": True}],
                                                   "condition": cel.to_expr(condition)}  # fmt: skip
-        shadows[rule.id] = {"permissions": permissions, "principals": principals, "condition": cel.to_expr(agents)}
+        # Naming the rule in a refusal needs no CEL: the agents' own principals (any of the rule's
+        # agents the request proves) are close enough, and cheaper on every refused call.
+        proven = [{"any": True}] if every_agent else [p.rbac() for n in rule.agents for p in by_name[n].principals]
+        if user:
+            proven = [{"and_ids": {"ids": [_or_ids(proven), *user]}}]
+        shadows[rule.id] = {"permissions": permissions, "principals": proven}
     return policies, shadows
 
 
