@@ -96,7 +96,10 @@ def _native_rules(route: RouteIR, gateway: GatewayIR, protocol: ProtocolTranslat
                                                   "condition": cel.to_expr(condition)}  # fmt: skip
         # Naming the rule in a refusal needs no CEL: the agents' own principals (any of the rule's
         # agents the request proves) are close enough, and cheaper on every refused call.
-        proven = [{"any": True}] if every_agent else [p.rbac() for n in rule.agents for p in by_name[n].principals]
+        proven = [{"any": True}] if every_agent else [p.rbac() for n in rule.agents if n in by_name
+                                                        for p in by_name[n].principals]  # fmt: skip
+        if not proven:  # none of its agents can be recognised: the refusal names no rule
+            continue
         if user:
             proven = [{"and_ids": {"ids": [_or_ids(proven), *user]}}]
         shadows[rule.id] = {"permissions": permissions, "principals": proven}
