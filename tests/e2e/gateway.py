@@ -215,17 +215,17 @@ def policy_service_yaml(policy_port: int, ext_authz: str = "http") -> str:
 
 
 async def launch(policy_dir: Path, workdir: Path, listen_port: int, policy_port: int,
-                 authz_http_port: int | None = None,
-                 overload_manager: dict[str, Any] | None = None) -> tuple[ControlPlane, EnvoyProcess]:  # fmt: skip
-    """The control plane (with the policy service) on `policy_dir` and an Envoy it configures
-    (with `overload_manager` as its bootstrap's, if given).
+                 authz_http_port: int | None = None, overload_manager: dict[str, Any] | None = None,
+                 state_store: str | None = None) -> tuple[ControlPlane, EnvoyProcess]:  # fmt: skip
+    """The control plane (with the policy service, its quotas in `state_store` if given) on
+    `policy_dir` and an Envoy it configures (with `overload_manager` as its bootstrap's, if given).
 
     Returns once the policies are published and Envoy's listener accepts connections.
     """
     if authz_http_port is None:
         authz_http_port = authz_http_port_of(policy_dir)
     control = ControlPlane(policy_dir, port=0, debounce_ms=50, policy_port=policy_port, approvals_port=0,
-                           authz_http_port=authz_http_port)  # fmt: skip
+                           authz_http_port=authz_http_port, state_store=state_store)  # fmt: skip
     await control.start()
     if control.last_reload is None or not control.last_reload.ok:
         await control.stop()  # a control plane left running would keep the test session from ending
@@ -247,18 +247,20 @@ async def launch(policy_dir: Path, workdir: Path, listen_port: int, policy_port:
 
 
 async def start_gateway(workdir: Path, backends: dict[str, McpBackend], *, ext_authz: str = "http",
-                        **policy_opts: Any) -> RunningGateway:  # fmt: skip
+                        state_store: str | None = None, **policy_opts: Any) -> RunningGateway:  # fmt: skip
     """Policies + control plane (with the policy service) + Envoy; returns once Envoy's listener accepts connections.
 
-    `ext_authz` is the Gateway's policyService.extAuthz (grpc | http); `policy_opts` go to
-    `write_policies` (backend_extra, policy_yaml, gateway limits).
+    `ext_authz` is the Gateway's policyService.extAuthz (grpc | http); `state_store` the policy
+    service's shared decision state (a Valkey URL), if any; `policy_opts` go to `write_policies`
+    (backend_extra, policy_yaml, gateway limits).
     """
     listen_port, policy_port = free_port(), free_port()
     authz_http_port = free_port() if ext_authz == "http" else None
     policy_dir = workdir / "policies"
     write_policies(policy_dir, listen_port, backends, policy_port=policy_port, authz_http_port=authz_http_port,
                    **policy_opts)  # fmt: skip
-    control, envoy = await launch(policy_dir, workdir, listen_port, policy_port, authz_http_port)
+    control, envoy = await launch(policy_dir, workdir, listen_port, policy_port, authz_http_port,
+                                  state_store=state_store)  # fmt: skip
     return RunningGateway(policy_dir, control, envoy, listen_port, dict(backends))
 
 

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from xds_server.authz.approvals import ApprovalStore
+from xds_server.authz.effects import LocalState
 from xds_server.authz.engine import CallContext, Decision, Engine
 from xds_server.authz.quota import QuotaStore
 from xds_server.ir.glob import compile_globs
@@ -49,10 +50,12 @@ class World:
         self.wall_clock = Clock(1_700_000_000.0)
         self.quotas = QuotaStore(self.quota_clock)
         self.approvals = ApprovalStore(self.wall_clock)
-        self.engine = Engine(self.quotas, self.approvals)
+        self.engine = Engine(LocalState(self.quotas, self.approvals))
 
     def decide(self, ctx: CallContext, *rules: ConditionalRuleIR, unconditional: bool = False) -> Decision:
-        return self.engine.decide(ctx, rules, unconditional=unconditional)
+        decision = self.engine.decide(ctx, rules, unconditional=unconditional)
+        assert isinstance(decision, Decision)  # a local state answers at once
+        return decision
 
 
 @pytest.fixture
@@ -271,7 +274,7 @@ def test_a_rule_limited_to_users_only_applies_to_those_users() -> None:
         id="p/rules[0]", agents=("bot",), targets=compile_globs(["merge_*"]), when=None,
         quota=None, require_approval=False, approval_ttl_ms=60_000, user=maintainers,
     )  # fmt: skip
-    engine = Engine(QuotaStore(), ApprovalStore())
+    engine = Engine(LocalState(QuotaStore(), ApprovalStore()))
     base = dict(backend="b", agent="bot", user={}, target="merge_pr", arguments={}, now=NOW)
     allowed = engine.decide(CallContext(**base, jwt={"corp": {"sub": "alice", "groups": ["maintainers"]}}),
                             [limited], unconditional=False)  # fmt: skip

@@ -19,7 +19,7 @@ unexpected refuses: the service fails closed, never open.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -39,6 +39,7 @@ _REFUSALS: Mapping[str, ErrorKind] = {
     "quota_exceeded": errors.QUOTA_EXCEEDED,
     "approval_required": errors.APPROVAL_REQUIRED,
     "approval_denied": errors.APPROVAL_DENIED,
+    "state_unavailable": errors.STATE_UNAVAILABLE,
 }
 
 
@@ -117,10 +118,13 @@ def check_call(
     jwt_payloads: Mapping[str, Any] | None = None,
     peer_uri_san: str | None = None,
     now: datetime | None = None,
-) -> CheckOutcome:
+) -> CheckOutcome | Awaitable[CheckOutcome]:
     """Decide one call. `headers` have lower-case names; `body` is the full request body;
     `jwt_payloads` what jwt_authn verified (provider name → payload); `peer_uri_san` the
-    client certificate's URI SAN (SPIFFE ID), if any."""
+    client certificate's URI SAN (SPIFFE ID), if any.
+
+    The outcome at once, or a coroutine giving it when the decision needs a round trip to a
+    shared decision state (a quota or an approval kept in Valkey: effects.py)."""
     jwt_payloads = jwt_payloads or {}
     log: dict[str, Any] = {"backend": route}
     view = decider.index.route(route)
@@ -154,6 +158,18 @@ def check_call(
         view.route.conditional_rules,
         unconditional=handler.unconditionally_allowed(view, agent, call, jwt_payloads),
     )  # fmt: skip
+    if isinstance(decision, Decision):
+        return _answer(view, call, decision, handler, log)
+    return _answer_later(view, call, decision, handler, log)
+
+
+async def _answer_later(view: RouteView, call: Call, decision: Awaitable[Decision], handler: ProtocolHandler,
+                        log: dict[str, Any]) -> CheckOutcome:  # fmt: skip
+    return _answer(view, call, await decision, handler, log)
+
+
+def _answer(view: RouteView, call: Call, decision: Decision, handler: ProtocolHandler,
+            log: dict[str, Any]) -> CheckOutcome:  # fmt: skip
     log["rule"] = decision.rule
     if decision.allowed:
         log.update(allowed=True, reason="allowed")
@@ -242,8 +258,9 @@ async def check_request(
     view = decider.index.route(route)
     delegation = decider.issuer.delegation(route)
     if view is None or delegation is None or needs_decision(decider, view, body):
-        outcome = check_call(decider, route=route, headers=headers, body=body, jwt_payloads=jwt_payloads,
+        decided = check_call(decider, route=route, headers=headers, body=body, jwt_payloads=jwt_payloads,
                              peer_uri_san=peer_uri_san, now=now)  # fmt: skip
+        outcome = decided if isinstance(decided, CheckOutcome) else await decided
         if not outcome.allowed or delegation is None:
             return outcome
         log = dict(outcome.log)

@@ -5,28 +5,43 @@ approvals, over the call's target (MCP: the tool) and arguments.
 
 Envoy's RBAC already let the call through because some rule could allow it;
 this decides whether one actually does. Each matching conditional rule is
-tried in policy order: its condition, then its quota (checked, not spent),
-then its approval. The first rule that allows wins, and only then is its
-quota spent, so a call refused for any reason never uses up quota. If none
-allows, the refusal returned is the one the caller can act on best:
+tried in policy order: its condition, then its quota (spent atomically, and
+given back if the rule refuses after all), then its approval. The first rule
+that allows wins, so a call refused for any reason never uses up quota. If
+none allows, the refusal returned is the one the caller can act on best:
 
     approval_required / approval_denied  >  quota_exceeded  >  condition_error
         >  condition_not_met  >  no_matching_rule
 
 Approval requests are created only for that final refusal, so a call that
 another rule allows, or that is refused for a quota, never bothers a human.
+A decision state that cannot be reached refuses the call (state_unavailable).
+
+Quotas and approvals live in a `DecisionState` (effects.py): the rules are
+written once as steps that yield what they need of it, and the state answers
+at once (in this process) or after a round trip (shared by replicas).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from xds_server.authz.approvals import ApprovalCall, ApprovalState, ApprovalStore
-from xds_server.authz.quota import QuotaKey, QuotaStore, quota_subject
+from xds_server.authz.approvals import ApprovalCall, ApprovalState
+from xds_server.authz.effects import (
+    DecisionState,
+    RefundQuota,
+    RequestApproval,
+    SpendQuota,
+    StateUnavailable,
+    Steps,
+    UseApproval,
+    run,
+)
+from xds_server.authz.quota import QuotaKey, quota_subject
 from xds_server.core.cel import ConditionError, compile_condition
 from xds_server.ir.glob import glob_matches
 from xds_server.ir.types import ConditionalRuleIR
@@ -42,6 +57,7 @@ class Reason(enum.StrEnum):
     APPROVAL_REQUIRED = "approval_required"
     APPROVAL_DENIED = "approval_denied"
     NO_MATCHING_RULE = "no_matching_rule"
+    STATE_UNAVAILABLE = "state_unavailable"
 
 
 # Higher is more actionable for the caller (see the module docstring).
@@ -52,6 +68,7 @@ _RANK = {
     Reason.QUOTA_EXCEEDED: 3,
     Reason.APPROVAL_REQUIRED: 4,
     Reason.APPROVAL_DENIED: 4,
+    Reason.STATE_UNAVAILABLE: 5,
 }
 
 
@@ -101,20 +118,26 @@ class Decision:
 
 
 class Engine:
-    """Decides calls against conditional rules, with shared quota and approval stores."""
+    """Decides calls against conditional rules, with the quota and approval state in `state`."""
 
-    def __init__(self, quotas: QuotaStore, approvals: ApprovalStore) -> None:
-        self._quotas = quotas
-        self._approvals = approvals
+    def __init__(self, state: DecisionState) -> None:
+        self.state = state
 
-    def decide(self, ctx: CallContext, rules: Sequence[ConditionalRuleIR], *, unconditional: bool) -> Decision:
-        """Allow or refuse `ctx` under `rules` (the backend's conditional rules, in policy order).
+    def decide(
+        self, ctx: CallContext, rules: Sequence[ConditionalRuleIR], *, unconditional: bool
+    ) -> Decision | Awaitable[Decision]:
+        """Allow or refuse `ctx` under `rules` (the backend's conditional rules, in policy order):
+        the decision, or a coroutine giving it when the state needs a round trip (effects.run).
 
         `unconditional` says the agent also has a plain grant for this target:
         the call is then allowed without looking at any rule. Side effects,
         only on the outcome: an allowing rule spends its quota and its
         approval; an approval refusal creates (or finds) the approval request.
+        If the state cannot be reached, the call is refused (state_unavailable).
         """
+        return run(self._steps(ctx, rules, unconditional), self.state)
+
+    def _steps(self, ctx: CallContext, rules: Sequence[ConditionalRuleIR], unconditional: bool) -> Steps[Decision]:
         if unconditional:
             return Decision(
                 True,
@@ -125,55 +148,68 @@ class Engine:
         best: Decision | None = None  # the most actionable refusal so far
         best_rule: ConditionalRuleIR | None = None
         variables: dict[str, Any] | None = None  # built once, only if some rule has a condition
-        for rule in rules:
-            if rule.user is not None and not rule.user.matches(ctx.jwt):
-                continue  # the rule is for other users (RBAC let the call in through another rule)
-            if ctx.agent not in rule.agents or not any(glob_matches(p, ctx.target) for p in rule.targets):
-                continue
-            if rule.when is not None and variables is None:
-                variables = _variables(ctx)
-            refusal = self._refusal(ctx, rule, variables)
-            if refusal is None:
-                if rule.quota is not None:
-                    # Checked in this same synchronous call, so this succeeds.
-                    self._quotas.consume(self._quota_key(ctx, rule), rule.quota)
+        try:
+            for rule in rules:
+                if rule.user is not None and not rule.user.matches(ctx.jwt):
+                    continue  # the rule is for other users (RBAC let the call in through another rule)
+                if ctx.agent not in rule.agents or not any(glob_matches(p, ctx.target) for p in rule.targets):
+                    continue
+                if rule.when is not None and variables is None:
+                    variables = _variables(ctx)
+                refusal = yield from self._refusal(ctx, rule, variables)
+                if refusal is None:
+                    return Decision(
+                        True,
+                        Reason.ALLOWED,
+                        rule.id,
+                        f"{ctx.noun.capitalize()} '{ctx.target}' is allowed by rule '{rule.id}'.",
+                    )
+                if best is None or _RANK[Reason(refusal.reason)] > _RANK[Reason(best.reason)]:
+                    best, best_rule = refusal, rule
+            if best is None or best_rule is None:
                 return Decision(
-                    True,
-                    Reason.ALLOWED,
-                    rule.id,
-                    f"{ctx.noun.capitalize()} '{ctx.target}' is allowed by rule '{rule.id}'.",
+                    False,
+                    Reason.NO_MATCHING_RULE,
+                    None,
+                    f"No rule lets agent '{ctx.agent}' call {ctx.noun} '{ctx.target}' on backend '{ctx.backend}'.",
                 )
-            if best is None or _RANK[Reason(refusal.reason)] > _RANK[Reason(best.reason)]:
-                best, best_rule = refusal, rule
-        if best is None or best_rule is None:
+            if best.reason == Reason.APPROVAL_REQUIRED:
+                return (yield from self._approval_refusal(ctx, best_rule))
+            return best
+        except StateUnavailable as exc:
             return Decision(
                 False,
-                Reason.NO_MATCHING_RULE,
+                Reason.STATE_UNAVAILABLE,
                 None,
-                f"No rule lets agent '{ctx.agent}' call {ctx.noun} '{ctx.target}' on backend '{ctx.backend}'.",
+                f"Call to {ctx.noun} '{ctx.target}' refused: it needs the shared decision state "
+                f"(quotas, approvals), which cannot be reached: {exc}.",
             )
-        if best.reason == Reason.APPROVAL_REQUIRED:
-            return self._approval_refusal(ctx, best_rule)
-        return best
 
     def _refusal(
         self, ctx: CallContext, rule: ConditionalRuleIR, variables: Mapping[str, Any] | None
-    ) -> Decision | None:
-        """None if `rule` allows the call (spending its approval, if it needs one), else why not.
+    ) -> Steps[Decision | None]:
+        """None if `rule` allows the call (its quota and approval then spent), else why not.
 
-        An approval refusal is only a placeholder here: the request is made by
-        `decide` once this rule's refusal is known to be the final answer.
+        The quota is spent at once (atomically, so replicas sharing it stay
+        exact) and given back if the approval is missing: a refused call never
+        uses up quota. An approval refusal is only a placeholder here: the
+        request is made by `decide` once this rule's refusal is known to be the
+        final answer.
         """
         if rule.when is not None:
             assert variables is not None
             refusal = _condition_refusal(ctx, rule, variables)
             if refusal is not None:
                 return refusal
+        spent = None
         if rule.quota is not None:
-            check = self._quotas.check(self._quota_key(ctx, rule), rule.quota)
+            key = self._quota_key(ctx, rule)
+            check, spent = yield SpendQuota(key, rule.quota)
             if not check.allowed:
                 return _quota_refusal(ctx, rule, check.retry_after_s)
-        if rule.require_approval and self._approvals.use(_approval_call(ctx, rule)) is None:
+        if rule.require_approval and (yield UseApproval(_approval_call(ctx, rule))) is None:
+            if spent is not None:
+                yield RefundQuota(key, spent)
             return Decision(False, Reason.APPROVAL_REQUIRED, rule.id, "")
         return None
 
@@ -181,8 +217,8 @@ class Engine:
         assert rule.quota is not None
         return QuotaKey(ctx.backend, rule.id, ctx.target, quota_subject(rule.quota.scope, ctx.agent, ctx.user_sub))
 
-    def _approval_refusal(self, ctx: CallContext, rule: ConditionalRuleIR) -> Decision:
-        approval = self._approvals.request(_approval_call(ctx, rule), rule.approval_ttl_ms / 1000)
+    def _approval_refusal(self, ctx: CallContext, rule: ConditionalRuleIR) -> Steps[Decision]:
+        approval = yield RequestApproval(_approval_call(ctx, rule), rule.approval_ttl_ms / 1000)
         if approval.state is ApprovalState.DENIED:
             return Decision(
                 False,

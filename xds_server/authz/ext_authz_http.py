@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Coroutine, Mapping
+from collections.abc import Awaitable, Mapping
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
@@ -128,7 +128,7 @@ def verified_identity(headers: Mapping[str, str]) -> tuple[dict[str, str], dict[
 
 def decide(
     service: PolicyService, method: str, path: str, headers: Mapping[str, str], body: str
-) -> CheckOutcome | Coroutine[Any, Any, CheckOutcome]:
+) -> CheckOutcome | Awaitable[CheckOutcome]:
     """One decision (`decide.check_call`, at once), or on a route with delegated credentials the
     decision and its credential (`decide.check_request`, a coroutine: it may exchange a token)."""
     backend, original_path = backend_of(path)
@@ -227,7 +227,7 @@ class ExtAuthzHttpProtocol(asyncio.Protocol):
         self._pending = asyncio.ensure_future(self._send_later(self._pending, decided, body, keep_alive))
 
     async def _send_later(self, before: asyncio.Future[None] | None,
-                          decided: CheckOutcome | Coroutine[Any, Any, CheckOutcome], body: str,
+                          decided: CheckOutcome | Awaitable[CheckOutcome], body: str,
                           keep_alive: bool) -> None:  # fmt: skip
         if before is not None:
             await before

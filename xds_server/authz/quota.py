@@ -11,6 +11,7 @@ new limit to the calls already counted instead of starting afresh.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import deque
@@ -97,15 +98,35 @@ class QuotaStore:
     def consume(self, key: QuotaKey, quota: QuotaIR) -> QuotaCheck:
         """Like `check`, and if allowed count the call (`remaining` is then after it)."""
         with self._lock:
-            now = self._clock()
-            log = self._log(key, quota, now)
-            result = self._check(log, quota, now)
-            if not result.allowed:
-                return result
-            if log is None:
-                log = self._logs[key] = _Log(quota.window_ms / 1000)
-            log.times.append(now)
-            return QuotaCheck(True, result.remaining - 1, 0.0)
+            return self._consume(key, quota)
+
+    def _consume(self, key: QuotaKey, quota: QuotaIR) -> QuotaCheck:
+        now = self._clock()
+        log = self._log(key, quota, now)
+        result = self._check(log, quota, now)
+        if not result.allowed:
+            return result
+        if log is None:
+            log = self._logs[key] = _Log(quota.window_ms / 1000)
+        log.times.append(now)
+        return QuotaCheck(True, result.remaining - 1, 0.0)
+
+    def spend(self, key: QuotaKey, quota: QuotaIR) -> tuple[QuotaCheck, float | None]:
+        """`consume`, and the token that `refund` takes back (None when nothing was counted)."""
+        with self._lock:
+            result = self._consume(key, quota)
+            log = self._logs.get(key)
+            return result, (log.times[-1] if result.allowed and log is not None else None)
+
+    def refund(self, key: QuotaKey, token: float) -> None:
+        """Forget the call `spend` counted with `token` (a call refused after all)."""
+        with self._lock:
+            log = self._logs.get(key)
+            if log is not None:
+                with contextlib.suppress(ValueError):
+                    log.times.remove(token)
+                if not log.times:
+                    del self._logs[key]
 
     def size(self) -> int:
         """How many keys are held (for tests and metrics)."""

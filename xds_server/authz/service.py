@@ -30,6 +30,7 @@ from xds_server.authz.approvals_http import build_app
 from xds_server.authz.credentials import CredentialIssuer
 from xds_server.authz.decide import Decider
 from xds_server.authz.decision_log import DecisionLog
+from xds_server.authz.effects import LocalState, StateUnavailable
 from xds_server.authz.engine import Engine
 from xds_server.authz.ext_authz import ExtAuthzServicer
 from xds_server.authz.ext_authz_http import ExtAuthzHttpProtocol
@@ -38,6 +39,7 @@ from xds_server.authz.mcp.handler import McpHandler
 from xds_server.authz.protocols import ProtocolHandler
 from xds_server.authz.quota import QuotaStore
 from xds_server.authz.sealing import Sealer, key_from_file
+from xds_server.authz.shared_state import SharedState
 from xds_server.authz.state import PolicyIndex, RouteView
 from xds_server.ir.types import IR
 
@@ -63,19 +65,25 @@ class PolicyService:
     `approvals_port` after `start()`. `approvals_db` is the SQLite file approvals are kept in
     (they survive a restart); None keeps them in memory. `sealing_key_file` holds the key that
     seals task ids for gateways without their own `sealingKey` (made on first use); None: a
-    key of this process only (ids it sealed do not open after a restart).
+    key of this process only (ids it sealed do not open after a restart). `state_store` is
+    the URL of a Valkey/Redis server that keeps the quotas and approvals, shared by every
+    replica given the same URL; None keeps them here (quotas in memory, approvals in SQLite).
     """
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 18001, authz_http_port: int | None = None,
                  approvals_host: str = "127.0.0.1", approvals_port: int = 18002,
                  approvals_db: str | os.PathLike[str] | None = None,
-                 sealing_key_file: str | os.PathLike[str] | None = None) -> None:  # fmt: skip
+                 sealing_key_file: str | os.PathLike[str] | None = None,
+                 state_store: str | None = None) -> None:  # fmt: skip
         self.host, self.port = host, port
         self.authz_http_port = authz_http_port
         self.approvals_host, self.approvals_port = approvals_host, approvals_port
         self.index = PolicyIndex()
         self.approvals = ApprovalStore(path=approvals_db)
-        self.engine = Engine(QuotaStore(), self.approvals)
+        self.state: LocalState | SharedState = (
+            SharedState(state_store) if state_store else LocalState(QuotaStore(), self.approvals)
+        )
+        self.engine = Engine(self.state)
         self.credentials = CredentialIssuer()
         self.decision_log = DecisionLog(decisions)
         #: ext_authz checks answered, by backend (both transports): what a call cost in Python.
@@ -148,11 +156,18 @@ class PolicyService:
 
         sock = _listen_socket(self.approvals_host, self.approvals_port)
         self.approvals_port = sock.getsockname()[1]
-        config = uvicorn.Config(build_app(self.approvals), log_level="warning", lifespan="off")
+        approvals = self.state.approvals if isinstance(self.state, SharedState) else self.approvals
+        config = uvicorn.Config(build_app(approvals), log_level="warning", lifespan="off")
         self._http = uvicorn.Server(config)
         self._http_task = asyncio.create_task(self._http.serve(sockets=[sock]), name="approvals-http")
         for handler in self.handlers.values():
             handler.update(self.index, running=True)
+        if isinstance(self.state, SharedState):
+            try:
+                await self.state.ping()
+            except StateUnavailable as exc:  # not fatal: calls that need it are refused until it answers
+                log.warning("shared decision state unreachable (calls under quotas or approvals are refused): %s", exc)
+        log.info("decision state: %s", self.state.describe())
         log.info("policy service on %s:%d (gRPC)%s, approvals on http://%s:%d", self.host, self.port,
                  f", ext_authz over HTTP on port {self.authz_http_port}" if self._authz_http else "",
                  self.approvals_host, self.approvals_port)  # fmt: skip
@@ -175,4 +190,6 @@ class PolicyService:
             await self._grpc.stop(grace=1.0)
             self._grpc = None
         await self.credentials.aclose()
+        if isinstance(self.state, SharedState):
+            await self.state.aclose()
         self.flush_decisions()

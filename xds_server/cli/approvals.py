@@ -62,12 +62,16 @@ def run_approvals(
     try:
         if action == "list":
             status, body = _request(f"{base}/approvals" + ("?all=1" if include_done else ""))
+            if status != 200:  # say why, not "none waiting": the store may be unreachable
+                print(f"agentxds approvals list: {body.get('error') if isinstance(body, dict) else body}",
+                      file=sys.stderr)  # fmt: skip
+                return 1
             approvals = body.get("approvals", []) if isinstance(body, dict) else []
             if not approvals:
                 print("no approvals recorded" if include_done else "no approvals waiting")
             for a in approvals:
                 print(format_approval(a))
-            return 0 if status == 200 else 1
+            return 0
         if not approval_id:
             print(f"agentxds approvals {action}: give the approval id", file=sys.stderr)
             return 2

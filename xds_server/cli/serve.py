@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,7 +30,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                coverage_file=state.published_coverage(args.dir))  # fmt: skip
         if with_policy_service:
             control.add_policy_service(args.host, args.policy_port, args.approvals_port,
-                                       args.authz_http_port if args.authz_http_port >= 0 else None)  # fmt: skip
+                                       args.authz_http_port if args.authz_http_port >= 0 else None,
+                                       state_store=args.state_store or None)  # fmt: skip
         await control.start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -51,7 +53,8 @@ def _banner(args: argparse.Namespace, control: ControlPlane, approvals_db: Path)
     if service is not None:
         http = f" (ext_authz over HTTP on {service.authz_http_port})" if service.authz_http_port is not None else ""
         parts.append(f"policy service on {args.host}:{service.port}{http}, approvals on "
-                     f"http://{args.host}:{service.approvals_port} (kept in {approvals_db})")  # fmt: skip
+                     f"http://{args.host}:{service.approvals_port} (kept in {approvals_db}), decision state "
+                     f"{service.state.describe()}")  # fmt: skip
     return f"agentxds control plane ({args.role}): {', '.join(parts)}, policies {args.dir}"
 
 
@@ -74,6 +77,14 @@ def register(sub: Subparsers) -> None:
         type=int,
         default=18003,
         help="ext_authz over HTTP, for gateways with policyService.extAuthz: http (default 18003; -1: off)",
+    )
+    serve.add_argument(
+        "--state-store",
+        default=os.environ.get("AGENTXDS_STATE_STORE", ""),
+        metavar="URL",
+        help="Valkey/Redis server keeping the quotas, shared by every policy-service replica given the same URL "
+        "(redis://[:PASSWORD@]HOST:PORT/DB, rediss://, valkey://, unix://; default $AGENTXDS_STATE_STORE, else "
+        "in this process). Calls under a quota are refused while it cannot be reached",
     )
     add_allow_emptying(serve)
     add_state_dir(serve)

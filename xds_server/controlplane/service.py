@@ -73,6 +73,7 @@ class ControlPlane:
         coverage_file: Path | None = None,
         serve_ads: bool = True,
         sealing_key_file: Path | None = None,
+        state_store: str | None = None,
     ) -> None:
         self.cache = SnapshotCache()
         self.recorder = StatusRecorder()
@@ -92,16 +93,19 @@ class ControlPlane:
         self.sealing_key_file = sealing_key_file
         self.policy_service: PolicyService | None = None
         if policy_port is not None:
-            self.add_policy_service(policy_host, policy_port, approvals_port, authz_http_port)
+            self.add_policy_service(policy_host, policy_port, approvals_port, authz_http_port, state_store)
 
     def add_policy_service(
-        self, host: str, port: int, approvals_port: int = 0, authz_http_port: int | None = None
-    ) -> PolicyService:
-        """Run the policy service too (before `start()`), fed with the current and every later IR."""
+        self, host: str, port: int, approvals_port: int = 0, authz_http_port: int | None = None,
+        state_store: str | None = None,
+    ) -> PolicyService:  # fmt: skip
+        """Run the policy service too (before `start()`), fed with the current and every later IR.
+        `state_store`: the Valkey/Redis URL its quotas are kept in (shared by replicas), or None."""
         self.policy_service = PolicyService(host=host, port=port, authz_http_port=authz_http_port,
                                             approvals_host=host, approvals_port=approvals_port,
                                             approvals_db=self.approvals_db,
-                                            sealing_key_file=self.sealing_key_file)  # fmt: skip
+                                            sealing_key_file=self.sealing_key_file,
+                                            state_store=state_store)  # fmt: skip
         if self.pipeline.ir is not None and self.last_reload is not None:
             self.policy_service.update(self.pipeline.ir, _versions(self.last_reload))
         return self.policy_service

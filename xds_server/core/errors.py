@@ -157,6 +157,13 @@ OVERLOADED = ErrorKind(
     "Envoy is close to its heap limit (`--max-heap` of `agentxds up` and `agentxds bootstrap`) and sheds new requests until memory is freed; "
     "retry later",
 )
+STATE_UNAVAILABLE = ErrorKind(
+    -32055,
+    "state_unavailable",
+    503,
+    "the call is under a quota kept in the shared decision state (`agentxds serve --state-store`: Valkey or Redis), "
+    "which cannot be reached (fail closed); calls under no quota are not affected",
+)
 BACKEND_UNAVAILABLE = ErrorKind(-32053, "backend_unavailable", 503, "the backend cannot be reached")
 BACKEND_TIMEOUT = ErrorKind(-32054, "backend_timeout", 504, "the backend did not answer in time")
 GATEWAY_ERROR = ErrorKind(-32603, "gateway_error", 500, "any other error raised by the gateway itself")
@@ -194,6 +201,7 @@ CATALOGUE: tuple[ErrorKind, ...] = (
     CREDENTIAL_UNAVAILABLE,
     BACKEND_UNAVAILABLE,
     BACKEND_TIMEOUT,
+    STATE_UNAVAILABLE,
     GATEWAY_ERROR,
 )
 
