@@ -161,8 +161,8 @@ STATE_UNAVAILABLE = ErrorKind(
     -32055,
     "state_unavailable",
     503,
-    "the call is under a quota kept in the shared decision state (`agentxds serve --state-store`: Valkey or Redis), "
-    "which cannot be reached (fail closed); calls under no quota are not affected",
+    "the call is under a quota or an approval kept in the shared decision state (`agentxds serve --state-store`: "
+    "Valkey or Redis), which cannot be reached (fail closed); other calls are not affected",
 )
 BACKEND_UNAVAILABLE = ErrorKind(-32053, "backend_unavailable", 503, "the backend cannot be reached")
 BACKEND_TIMEOUT = ErrorKind(-32054, "backend_timeout", 504, "the backend did not answer in time")
