@@ -43,6 +43,7 @@ NATIVE = [
     'args.s.matches("^acme/[a-z]+$")',
     'args.s.matches("é")',
     'args.s.matches("x{3,}|^$")',
+    'args.s.matches("^[a-z/]{1,8}$")',
     'args.s == "acme/web"',
     '"evil/web" == args["s"]',
     "args.s == 5",
@@ -95,6 +96,8 @@ NOT_NATIVE = [
     'args.s != "acme/web"',
     "size(args.s) > 3",
     'args.s.startsWith("acme/") ? true : false',
+    'args.s.matches("^[a-z/]{1,40}$")',  # RE2 program too large for Envoy's CEL (it NACKs the routes)
+    'args.s.matches("^\\\\<acme")',  # \< is a word boundary in Rust's regex, a literal '<' in RE2
 ]
 
 ARGUMENTS: list[dict[str, Any]] = [
@@ -112,6 +115,9 @@ ARGUMENTS: list[dict[str, Any]] = [
     {"s": "acme/" + "x" * 2000, "n": 9007199254740993},
     {"s": "acme/web\n", "n": -9007199254740993},
     {"other": "acme/web", "n": 1e300},
+    {"s": "evil/web", "x.s": "acme/web", "n": 1},  # Envoy must not file a dotted key under its last part
+    {"x.s": "acme/web", "s": "evil/web", "n": 1},
+    {"s": "evil/web", "x": {"s": "acme/web"}, "n": 1},
 ]
 USERS: list[dict[str, Any] | None] = [
     None,

@@ -224,11 +224,19 @@ def test_verified_identity_is_read_from_envoys_headers_only() -> None:
     payload = json.dumps({"sub": "élise", "azp": "executor"}, ensure_ascii=False).encode().decode("latin-1")
     client, payloads, peer = verified_identity({
         "x-agent-id": "executor", "x-agentxds-verified-jwt-corp": payload,
-        "x-agentxds-verified-peer": "spiffe://example.org/agent/a,spiffe://example.org/agent/b",
+        "x-agentxds-verified-peer": "spiffe://example.org/agent/a",
     })  # fmt: skip
     assert client == {"x-agent-id": "executor"}
     assert payloads == {"corp": {"sub": "élise", "azp": "executor"}}
-    assert peer == "spiffe://example.org/agent/a"  # the first, as the gRPC check names it
+    assert peer == "spiffe://example.org/agent/a"
+
+
+@pytest.mark.parametrize("sans", ["spiffe://example.org/agent/a,spiffe://example.org/agent/b",
+                                  "spiffe://example.org/agent/a,x"])  # fmt: skip
+def test_a_certificate_with_several_uri_sans_is_refused(sans: str) -> None:
+    """Envoy joins the SANs with ',' (a SAN may hold one too): only a single SAN reads back exactly."""
+    with pytest.raises(UnreadableIdentity, match="must have exactly one"):
+        verified_identity({"x-agentxds-verified-peer": sans})
 
 
 @pytest.mark.parametrize("value", ["not json", "[1, 2]", '{"sub": "a"},{"sub": "b"}'])

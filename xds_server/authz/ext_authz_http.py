@@ -28,6 +28,7 @@ refuses: fail closed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Mapping
@@ -119,8 +120,13 @@ def verified_identity(headers: Mapping[str, str]) -> tuple[dict[str, str], dict[
                 raise UnreadableIdentity(f"{name} is not a JSON object")
             payloads[name[len(VERIFIED_JWT_HEADER_PREFIX) :]] = payload
         elif name == VERIFIED_PEER_HEADER:
-            # Envoy lists every URI SAN; the first is the one the gRPC check names (source.principal).
-            peer = value.split(",", 1)[0].strip() or None
+            # Envoy lists every URI SAN, joined with ','. An X.509-SVID carries exactly one; with
+            # several (or a SAN holding a ',') the list cannot be read back unambiguously.
+            sans = [san.strip() for san in value.split(",") if san.strip()]
+            if len(sans) > 1:
+                raise UnreadableIdentity(f"{name}: the client certificate has {len(sans)} URI SANs; an agent's "
+                                         "certificate (an X.509-SVID) must have exactly one")  # fmt: skip
+            peer = sans[0] if sans else None
         else:
             client[name] = value
     return client, payloads, peer
@@ -230,15 +236,19 @@ class ExtAuthzHttpProtocol(asyncio.Protocol):
                           decided: CheckOutcome | Awaitable[CheckOutcome], body: str,
                           keep_alive: bool) -> None:  # fmt: skip
         if before is not None:
-            await before
+            # In order; the answer before this one failing is its own business, not this one's.
+            with contextlib.suppress(Exception):
+                await before
         try:
             outcome = decided if isinstance(decided, CheckOutcome) else await decided
         except Exception:  # a bug must refuse the call, not let it through
             log.exception("ext_authz (HTTP): decision failed; refusing")
             outcome = failed_decision(body)
-        self._send(outcome, body, keep_alive)
-        if self._pending is asyncio.current_task():
-            self._pending = None
+        try:
+            self._send(outcome, body, keep_alive)
+        finally:
+            if self._pending is asyncio.current_task():
+                self._pending = None
 
     def _send(self, outcome: CheckOutcome, body: str, keep_alive: bool) -> None:
         try:

@@ -114,6 +114,12 @@ class PolicyService:
         """Swap in a newly published policy set, read its client secrets, and let each protocol follow it."""
         self.index = PolicyIndex.from_ir(ir, version)
         self.credentials.update(ir)
+        if self.authz_http_port is None:
+            for gateway in ir.gateways:
+                if gateway.ext_authz_http is not None:  # every decision it asks for would fail
+                    log.error("gateway %r asks for ext_authz over HTTP (policyService.extAuthz: http, the default) "
+                              "but this policy service serves no HTTP port (--authz-http-port): its calls that "
+                              "need a decision are refused", gateway.name)  # fmt: skip
         for handler in self.handlers.values():
             handler.update(self.index, running=self._grpc is not None)
 
