@@ -164,6 +164,13 @@ STATE_UNAVAILABLE = ErrorKind(
     "the call is under a quota or an approval kept in the shared decision state (`agentxds serve --state-store`: "
     "Valkey or Redis), which cannot be reached (fail closed); other calls are not affected",
 )
+SESSION_GONE = ErrorKind(
+    -32600,
+    "session_gone",
+    404,
+    "a legacy session's server is gone (stopped, removed or unhealthy): the client must initialize a new session "
+    "(HTTP 404, as the MCP spec says for a session that ended)",
+)
 BACKEND_UNAVAILABLE = ErrorKind(-32053, "backend_unavailable", 503, "the backend cannot be reached")
 BACKEND_TIMEOUT = ErrorKind(-32054, "backend_timeout", 504, "the backend did not answer in time")
 GATEWAY_ERROR = ErrorKind(-32603, "gateway_error", 500, "any other error raised by the gateway itself")
@@ -199,6 +206,7 @@ CATALOGUE: tuple[ErrorKind, ...] = (
     POLICY_SERVICE_UNAVAILABLE,
     OVERLOADED,
     CREDENTIAL_UNAVAILABLE,
+    SESSION_GONE,
     BACKEND_UNAVAILABLE,
     BACKEND_TIMEOUT,
     STATE_UNAVAILABLE,

@@ -33,6 +33,7 @@ from xds_server.ir.types import (
     CredentialsIR,
     EndpointIR,
     GrantIR,
+    HealthCheckIR,
     IdentityIR,
     PolicyServiceUse,
     QuotaIR,
@@ -41,6 +42,7 @@ from xds_server.ir.types import (
     UpstreamTlsIR,
     UserMatchIR,
 )
+from xds_server.policy.base import duration_ms
 from xds_server.policy.diagnostics import Diagnostic
 from xds_server.policy.diagnostics import Path as FieldPath
 from xds_server.policy.located import Located
@@ -131,7 +133,16 @@ def upstream(located: Located[Any], build: RouteBuild, path: str) -> UpstreamIR:
         path=path,
         connect_timeout_ms=spec.timeouts.connect_ms,
         tls=_upstream_tls(located, build),
+        lb_policy={"roundRobin": "ROUND_ROBIN", "leastRequest": "LEAST_REQUEST"}[spec.load_balancing],
+        health_check=_health_check(spec.health_check),
     )
+
+
+def _health_check(check: Any) -> HealthCheckIR | None:
+    if check is None:
+        return None
+    return HealthCheckIR(duration_ms(check.interval), duration_ms(check.timeout), check.unhealthy_threshold,
+                         check.healthy_threshold, check.path)  # fmt: skip
 
 
 def auth(located: Located[Any], build: RouteBuild) -> BackendAuthIR | None:

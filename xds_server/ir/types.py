@@ -214,6 +214,19 @@ class UpstreamIR:
     path: str
     connect_timeout_ms: int
     tls: UpstreamTlsIR | None = None
+    lb_policy: str = "ROUND_ROBIN"  # Envoy's name: ROUND_ROBIN | LEAST_REQUEST
+    health_check: HealthCheckIR | None = None
+
+
+@dataclass(frozen=True)
+class HealthCheckIR:
+    """Active health checks of a route's endpoints: a TCP connect, or an HTTP GET of `path` (2xx)."""
+
+    interval_ms: int
+    timeout_ms: int
+    unhealthy_threshold: int
+    healthy_threshold: int
+    path: str | None = None
 
 
 @dataclass(frozen=True)

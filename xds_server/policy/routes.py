@@ -8,7 +8,7 @@ route and upstream path defaults, its protocol's settings).
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, model_validator
 from pydantic_core import PydanticCustomError
@@ -71,6 +71,30 @@ class RoutePolicyService(StrictModel):
         return duration_ms(self.timeout)
 
 
+class HealthCheck(StrictModel):
+    """Envoy probes each endpoint and sends nothing to one that fails: new sessions and stateless
+    requests go to the healthy ones; a legacy session on an unhealthy one is told to start anew."""
+
+    interval: Duration = Field(default="5s", description="Time between probes of one endpoint.")
+    timeout: Duration = Field(default="1s", description="How long one probe may take.")
+    unhealthy_threshold: int = Field(default=2, ge=1, le=100, description="Failed probes in a row before an "
+                                     "endpoint counts as unhealthy.")  # fmt: skip
+    healthy_threshold: int = Field(default=1, ge=1, le=100, description="Passed probes in a row before it counts as "
+                                   "healthy again.")  # fmt: skip
+    path: str | None = Field(
+        default=None,
+        pattern=r"^/[\x21-\x7e]*$",
+        description="HTTP GET this path on the endpoint and expect a 2xx; unset (default): a TCP connect probe "
+        "(MCP defines no health endpoint).",
+    )
+
+    @model_validator(mode="after")
+    def _sane(self) -> HealthCheck:
+        if duration_ms(self.interval) == 0 or duration_ms(self.timeout) == 0:
+            raise PydanticCustomError("health_check_zero", "health check interval and timeout must be above 0")
+        return self
+
+
 class RouteSpec(StrictModel):
     """The settings every routed kind has. Subclasses add `route`, their upstream path and protocol fields."""
 
@@ -81,6 +105,15 @@ class RouteSpec(StrictModel):
         min_length=1, max_length=64, description="Upstream addresses (1-64), load balanced."
     )
     timeouts: Timeouts = Field(default_factory=Timeouts, description="Connect and request timeouts to the backend.")
+    load_balancing: Literal["roundRobin", "leastRequest"] = Field(
+        default="roundRobin",
+        description="How endpoints share new sessions and stateless requests: roundRobin (default) or "
+        "leastRequest (the endpoint with fewer requests in flight, of two picked at random).",
+    )
+    health_check: HealthCheck | None = Field(
+        default=None, description="Active health checks of the endpoints (default: none; a dead endpoint is "
+        "noticed when a request to it fails).",
+    )  # fmt: skip
     policy_service: RoutePolicyService = Field(
         default_factory=RoutePolicyService, description="How this route uses the policy service."
     )

@@ -13,6 +13,10 @@ from typing import Any
 
 from xds_server.runtime.overload import OverloadLimits, overload_manager
 
+# The node metadata key the control plane reads (xds/node_overrides.py; runtime imports nothing of
+# the server, and tests/unit/test_node_overrides.py checks the two agree).
+LISTEN_PORT_KEY = "agentxds.dev/listen_port"
+
 XDS_CLUSTER = "xds"
 
 # Envoy re-opens a closed or refused ADS stream after a jittered exponential
@@ -53,6 +57,7 @@ def render_bootstrap(
     admin_host: str = "127.0.0.1",
     admin_port: int,
     overload: OverloadLimits | None = None,
+    listen_port: int | None = None,
 ) -> dict[str, Any]:
     """Return an ADS bootstrap as plain data (dump it as YAML or JSON).
 
@@ -64,6 +69,8 @@ def render_bootstrap(
     stop the server and dump secrets, so never expose it beyond localhost
     without reason. `overload` sets the process's heap and connection limits
     (overload.py); None leaves Envoy unbounded (tests that need no limits).
+    `listen_port` moves this Envoy's listeners to that port (a replica on a
+    machine running several: xds/node_overrides.py); None keeps the Gateway's.
     """
     socket_address = {"address": xds_host, "port_value": int(xds_port)}
     xds_cluster: dict[str, Any] = {
@@ -83,7 +90,11 @@ def render_bootstrap(
         },
     }
     bootstrap: dict[str, Any] = {
-        "node": {"id": node_id, "cluster": node_cluster},
+        "node": {
+            "id": node_id,
+            "cluster": node_cluster,
+            **({"metadata": {LISTEN_PORT_KEY: int(listen_port)}} if listen_port is not None else {}),
+        },  # fmt: skip
         "admin": {
             "address": {"socket_address": {"address": admin_host, "port_value": int(admin_port)}},
             # An operator must reach the admin API even when clients hold every connection.

@@ -20,7 +20,7 @@ from envoy.config.cluster.v3.cluster_pb2 import Cluster
 from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
 
 from xds_server.core.wire import typed
-from xds_server.ir.types import EndpointIR, RouteIR, UpstreamIR
+from xds_server.ir.types import EndpointIR, HealthCheckIR, RouteIR, UpstreamIR
 from xds_server.translate.names import cluster_name
 from xds_server.translate.proto import to_message
 
@@ -114,13 +114,14 @@ def _duration(ms: int) -> str:
 
 
 def build_cluster(route: RouteIR) -> Cluster:
-    """The cluster for `route`'s upstream: HTTP/1.1 (over TLS with `tls`), round robin, EDS or STRICT_DNS."""
+    """The cluster for `route`'s upstream: HTTP/1.1 (over TLS with `tls`), round robin or least request,
+    EDS or STRICT_DNS, with active health checks when the policy asks for them."""
     name = cluster_name(route)
     upstream = route.upstream
     body: dict[str, Any] = {
         "name": name,
         "connect_timeout": _duration(upstream.connect_timeout_ms),
-        "lb_policy": "ROUND_ROBIN",
+        "lb_policy": upstream.lb_policy,
         "typed_extension_protocol_options": {
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": typed(
                 "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
@@ -137,7 +138,27 @@ def build_cluster(route: RouteIR) -> Cluster:
         body["load_assignment"] = load_assignment(name, upstream.endpoints)
     if (socket := upstream_transport_socket(route)) is not None:
         body["transport_socket"] = socket
+    if upstream.health_check is not None:
+        body["health_checks"] = [_health_check(upstream.health_check)]
     return to_message(Cluster, body)
+
+
+def _health_check(check: HealthCheckIR) -> dict[str, Any]:
+    """Envoy's active health check: an HTTP GET (HTTP/1.1, 2xx) or a TCP connect, per endpoint."""
+    body: dict[str, Any] = {
+        "timeout": _duration(check.timeout_ms),
+        "interval": _duration(check.interval_ms),
+        # Envoy probes a cluster that has carried no traffic yet only every 60 s by default: a
+        # replica dying before the first request would go unnoticed for a minute (seen on 1.40).
+        "no_traffic_interval": _duration(check.interval_ms),
+        "unhealthy_threshold": check.unhealthy_threshold,
+        "healthy_threshold": check.healthy_threshold,
+    }
+    if check.path is not None:
+        body["http_health_check"] = {"path": check.path}
+    else:
+        body["tcp_health_check"] = {}
+    return body
 
 
 def build_load_assignment(route: RouteIR) -> ClusterLoadAssignment | None:

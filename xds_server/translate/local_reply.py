@@ -268,6 +268,7 @@ def local_reply_config(gateway: GatewayIR) -> dict[str, Any]:
         mapper(status_is(404), errors.NO_BACKEND, "No MCP backend is served at path '%REQ(:path)%'", request_id),
         mapper(status_is(413), errors.TOO_LARGE,
                f"Request too large: the body exceeds the gateway's limit of {limit} bytes", request_id),
+        *protocol.lost_sessions(request_id),
         *_upstream_failures(request_id),
         mapper(status_is(400, "GE"), errors.GATEWAY_ERROR, "Gateway error %RESPONSE_CODE%: %LOCAL_REPLY_BODY%",
                request_id, keep_status=True),

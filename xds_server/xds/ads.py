@@ -36,6 +36,8 @@ Rules (after go-control-plane and Istio):
   refer to them.
 * The node is taken from the first request that carries one
   (`set_node_on_first_message_only: true`); its group is `node.cluster`.
+  An Envoy whose node metadata names a listen port gets its listeners on
+  that port (node_overrides.py: several replicas on one machine).
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 from . import snapshot as snap
 from .cache import SnapshotCache
+from .node_overrides import listen_port_of, with_listen_port
 from .snapshot import Snapshot
 from .status import StatusRecorder
 
@@ -229,7 +232,9 @@ def next_response(
             resp.resources.extend(snapshot.packed(type_url, due))
             sent_resources = {**ts.sent_resources, **{n: current[n] for n in due}}
         else:
-            resp.resources.extend(snapshot.packed(type_url, None if wildcard else ts.names))
+            packed = snapshot.packed(type_url, None if wildcard else ts.names)
+            port = listen_port_of(state.node) if type_url == snap.LISTENER else None
+            resp.resources.extend(packed if port is None else with_listen_port(packed, port))
             sent_resources = dict(current) if wildcard else {n: current[n] for n in ts.names if n in current}
         new = replace(ts, nonce=nonce, in_flight=True, sent_version=version, dirty=False, sent_resources=sent_resources)
         state = _with_type(state, type_url, new, sent=count)

@@ -102,6 +102,11 @@ class ProtocolTranslator(abc.ABC):
         """Local-reply mappers for a call refused because a native rule's condition failed (`when`:
         that refusal; the rule's id is in RBAC's metadata, translate/rbac.py CONDITION_RULE_KEY)."""
 
+    def lost_sessions(self, request_id: str) -> list[dict[str, Any]]:
+        """Local-reply mappers for a request of a session whose upstream host is gone (none by
+        default: a protocol without sessions)."""
+        return []
+
     @abc.abstractmethod
     def refusals_as_results(self, gateway: GatewayIR) -> dict[str, Any] | None:
         """A reply filter true for requests whose policy refusals are answered as the protocol's own

@@ -56,7 +56,7 @@ from xds_server.translate import cel
 from xds_server.translate.filters import HttpFilter, Slot, disabled
 from xds_server.translate.names import CONDITION_RULE_KEY
 from xds_server.translate.protocols.base import ProtocolTranslator
-from xds_server.translate.replies import all_of, cel_filter, mapper, metadata_is
+from xds_server.translate.replies import all_of, cel_filter, mapper, metadata_is, status_is
 
 MCP_TYPE = "envoy.extensions.filters.http.mcp.v3.Mcp"
 FILTER_CONFIG_TYPE = "envoy.config.route.v3.FilterConfig"
@@ -288,6 +288,16 @@ class McpTranslator(ProtocolTranslator):
             permissions.append(_completion("ref/prompt", ("params", "ref", "name"), allows.prompts))
         return permissions
 
+    def lost_sessions(self, request_id: str) -> list[dict[str, Any]]:
+        # The session filter is strict: a session's request goes to the host that created it or
+        # nowhere. Nowhere (refused, unreachable, unhealthy or no longer an endpoint) means the
+        # session is gone: 404 and a JSON-RPC error, so the client initializes a new one.
+        gone = cel_filter(f"'{SESSION_HEADER}' in request.headers && ({_HOST_GONE})")
+        return [mapper(all_of(status_is(500, "GE"), gone), errors.SESSION_GONE,
+                       f"Session not found: the server of backend '{BACKEND}' that held this session is gone "
+                       "(stopped, removed or unhealthy); initialize a new session", request_id,
+                       backend=BACKEND, endpoint="%UPSTREAM_HOST%", detail="%RESPONSE_CODE_DETAILS%")]  # fmt: skip
+
     def request_rejections(self, gateway: GatewayIR) -> list[dict[str, Any]]:
         limit = gateway.listener.max_request_body_bytes
 
@@ -391,7 +401,17 @@ def refused_call_result_mapper(
     }
 
 
+SESSION_HEADER = "mcp-session-id"
+# Envoy's response details when the session's host could not be reached (verified on 1.40 with a
+# stopped server and with its endpoint removed, tests/e2e/test_fleet_sessions.py).
+_HOST_GONE = ("response.code_details.contains('Connection_refused') || "
+              "response.code_details.contains('connection_timeout') || "
+              "response.code_details == 'no_healthy_upstream'")  # fmt: skip
+
+
 def _session_config() -> dict[str, Any]:
+    # strict: a session whose host is gone is refused (lost_sessions), never sent to another
+    # host, which does not know it (and would answer 404 with an id of its own choosing).
     return typed(
         "envoy.extensions.filters.http.stateful_session.v3.StatefulSession",
         {
@@ -399,8 +419,9 @@ def _session_config() -> dict[str, Any]:
                 "name": "envoy.http.stateful_session.envelope",
                 "typed_config": typed(
                     "envoy.extensions.http.stateful_session.envelope.v3.EnvelopeSessionState",
-                    {"header": {"name": "mcp-session-id"}},
+                    {"header": {"name": SESSION_HEADER}},
                 ),
-            }
+            },
+            "strict": True,
         },
     )
