@@ -8,6 +8,7 @@ import queue
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -28,11 +29,30 @@ def agentxds(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str
                           timeout=timeout, env=python_env(), cwd=REPO_ROOT)  # fmt: skip
 
 
-def demo_copy(tmp_path: Path) -> tuple[Path, int, int]:
-    """The demo policies with the gateway, demo backend and policy service moved to free ports."""
+def free_ports_in_a_row(count: int) -> int:
+    """The first of `count` consecutive free ports on 127.0.0.1."""
+    for _ in range(100):
+        first = free_port()
+        if first + count <= 65536 and all(port_open_free(first + k) for k in range(1, count)):
+            return first
+    raise RuntimeError(f"no {count} free ports in a row found")
+
+
+def port_open_free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def demo_copy(tmp_path: Path, gateway_ports: int = 1) -> tuple[Path, int, int]:
+    """The demo policies with the gateway, demo backend and policy service moved to free ports
+    (`gateway_ports` free in a row from the gateway's, for replicas)."""
     target = tmp_path / "demo"
     shutil.copytree(DEMO, target)
-    gateway_port, backend_port, policy_port = free_port(), free_port(), free_port()
+    gateway_port, backend_port, policy_port = free_ports_in_a_row(gateway_ports), free_port(), free_port()
     gateway = (target / "gateway.yaml").read_text()
     gateway = gateway.replace("port: 10000", f"port: {gateway_port}").replace("port: 18081", f"port: {backend_port}")
     gateway = gateway.replace("port: 18001", f"port: {policy_port}")
@@ -187,6 +207,38 @@ def test_up_with_the_demo_serves_allowed_and_denied_calls_and_ctrl_c_stops_every
         assert not (tmp_path / "state" / "up.json").exists(), "up left its record behind"
         gone = up.agentxds("status")
         assert gone.returncode == 2 and "no running agentxds up recorded in" in gone.stderr, gone.stderr
+    finally:
+        up.kill()
+
+
+def test_up_with_replicas_runs_envoys_on_consecutive_ports_from_one_control_plane(tmp_path: Path) -> None:
+    policy_dir, gateway_port, _ = demo_copy(tmp_path, gateway_ports=3)
+    up = Up(policy_dir, tmp_path / "state", "--replicas", "3")
+    try:
+        envoy_pids = [int(p) for p in re.findall(r"^envoy(?: \d)?\s+pid (\d+)", up.banner, re.M)]
+        assert len(envoy_pids) == 3, up.banner
+        for k in (2, 3):
+            assert f"the same routes on http://127.0.0.1:{gateway_port + k - 1}" in up.banner, up.banner
+        for port in (gateway_port, gateway_port + 1, gateway_port + 2):
+            allowed = demo_client(
+                f"http://127.0.0.1:{port}/mcp/github", "triage", "call", "list_issues", "repo=acme/web"
+            )
+            assert allowed.returncode == 0 and "issues of acme/web" in allowed.stdout, allowed.stdout + allowed.stderr
+        status = up.agentxds("status")
+        assert status.returncode == 0, status.stdout + status.stderr
+        for node in ("demo-up", "demo-up-2", "demo-up-3"):
+            assert f"  {node}  group demo  connected" in status.stdout, status.stdout
+        assert "Nodes (3):" in status.stdout
+        # Every replica accepted the same version of every type, and all are in effect.
+        acked = re.findall(r"^    (CDS|EDS|LDS|SRDS|RDS)\s+(\S+)\s+(\S+)\s+(\S+)$", status.stdout, re.M)
+        assert len(acked) == 15 and all(a == s and state == "ok" for _, a, s, state in acked), status.stdout
+        assert len(set(acked)) == 5, status.stdout
+        rest = up.stop()
+        assert up.proc.returncode == 0, rest
+        deadline = time.monotonic() + 10
+        while any(_alive(p) for p in envoy_pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not [p for p in envoy_pids if _alive(p)], "up left an Envoy running"
     finally:
         up.kill()
 

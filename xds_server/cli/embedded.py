@@ -85,10 +85,13 @@ def _free(host: str, port: int) -> bool:
     return True
 
 
-def _ports_in_use(gateway: GatewayIR, policy: EndpointIR, approvals_port: int, demo: bool) -> list[str]:
+def _ports_in_use(gateway: GatewayIR, policy: EndpointIR, approvals_port: int, demo: bool,
+                  replica_ports: list[int] | None = None) -> list[str]:  # fmt: skip
     """What `up` would fail to listen on, with where to change it."""
     listener = gateway.listener
     wanted = [(listener.address, listener.port, f"gateway listener (spec.listen of Gateway {gateway.name})"),
+              *((listener.address, port, f"gateway listener of Envoy replica {i + 2} (--replicas)")
+                for i, port in enumerate(replica_ports or ())),
               (policy.host, policy.port, f"policy service (spec.policyService of Gateway {gateway.name})")]  # fmt: skip
     if gateway.ext_authz_http is not None:
         wanted.append((gateway.ext_authz_http.host, gateway.ext_authz_http.port,
@@ -219,10 +222,12 @@ async def run_up(
     state_dir: Path | None = None,
     keep_logs: bool = False,
     overload: OverloadLimits | None = None,
+    replicas: int = 1,
     out: TextIO = sys.stdout,
 ) -> int:
-    """Run until SIGINT/SIGTERM (exit 0) or until Envoy dies (exit 1); returns the exit code.
-    `overload`: Envoy's heap and connection limits (default: this machine's)."""
+    """Run until SIGINT/SIGTERM (exit 0) or until an Envoy dies (exit 1); returns the exit code.
+    `overload`: each Envoy's heap and connection limits (default: this machine's). `replicas`:
+    how many Envoys serve the gateway, the first on its port, the others on the next ports."""
     state = StateDir.at(state_dir).ensure()
     workdir = Path(tempfile.mkdtemp(prefix="agentxds-up-"))
     log_path = workdir / "control-plane.log"
@@ -233,7 +238,7 @@ async def run_up(
         code = await _run(policy_dir, workdir, log_path, state, gateway_name=gateway_name, demo=demo,
                           admin_port=admin_port, approvals_port=approvals_port, envoy_log_level=envoy_log_level,
                           allow_emptying=allow_emptying, died=died, out=out,
-                          overload=overload or limits_for_this_machine())  # fmt: skip
+                          overload=overload or limits_for_this_machine(), replicas=replicas)  # fmt: skip
     finally:
         remove_record(state, os.getpid())
         failed = code != 0 and _has_logs(workdir)
@@ -275,6 +280,7 @@ async def _run(
     died: list[_Child],
     out: TextIO,
     overload: OverloadLimits,
+    replicas: int = 1,
 ) -> int:
     control = ControlPlane(policy_dir, allow_emptying=allow_emptying, approvals_db=state.approvals_db,
                            coverage_file=state.published_coverage(policy_dir),
@@ -294,7 +300,8 @@ async def _run(
         print(f"warning: {line}", file=out)
     gateway = _pick_gateway(ir, gateway_name)
     policy = gateway.policy_service or EndpointIR("127.0.0.1", 18001)
-    taken = _ports_in_use(gateway, policy, approvals_port, demo)
+    replica_ports = [gateway.listener.port + k for k in range(1, replicas)]
+    taken = _ports_in_use(gateway, policy, approvals_port, demo, replica_ports)
     if taken:
         print("agentxds up: these ports are already in use (another agentxds up, or another program?):", file=out)
         for line in taken:
@@ -305,7 +312,7 @@ async def _run(
     control.on_reload = _Reporter(out, log_path)
     await control.start()
     children: list[_Child] = []
-    envoy: EnvoyProcess | None = None
+    envoys: list[EnvoyProcess] = []
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -314,30 +321,44 @@ async def _run(
     try:
         if demo:
             children += _start_demo_servers(gateway, workdir, out)
-        bootstrap = render_bootstrap(
-            node_id=f"{gateway.name}-up", node_cluster=gateway.name, xds_host="127.0.0.1",
-            xds_port=control.port, admin_port=admin_port or free_port(), overload=overload,
-        )  # fmt: skip
-        envoy = EnvoyProcess(bootstrap, workdir=workdir, log_level=envoy_log_level).start()
-        children.append(_Child("envoy", envoy.process, envoy.log_path, essential=True))
+        ports = [gateway.listener.port, *replica_ports]
+        for k, port in enumerate(ports):
+            # One snapshot for all: the replicas only move their listeners (node metadata).
+            bootstrap = render_bootstrap(
+                node_id=f"{gateway.name}-up" + (f"-{k + 1}" if k else ""), node_cluster=gateway.name,
+                xds_host="127.0.0.1", xds_port=control.port,
+                admin_port=(admin_port if not k else 0) or free_port(), overload=overload,
+                listen_port=port if k else None,
+            )  # fmt: skip
+            envoy = EnvoyProcess(bootstrap, workdir=workdir / f"envoy-{k + 1}" if k else workdir,
+                                 log_level=envoy_log_level).start()  # fmt: skip
+            envoys.append(envoy)
+            children.append(_Child("envoy" + (f" {k + 1}" if k else ""), envoy.process, envoy.log_path, essential=True))
         watchers = [asyncio.create_task(_watch(c, out, stop, died)) for c in children]
-        await asyncio.to_thread(envoy.wait_live, 30.0)
-        # The listener accepting connections is what the user waits for.
-        await asyncio.to_thread(wait_for_port, _connect_host(gateway), gateway.listener.port, 30.0)
+        for envoy, port in zip(envoys, ports, strict=True):
+            await asyncio.to_thread(envoy.wait_live, 30.0)
+            # The listener accepting connections is what the user waits for.
+            await asyncio.to_thread(wait_for_port, _connect_host(gateway), port, 30.0)
+        envoy = envoys[0]
         _print_banner(gateway, envoy, control.port, overload, out)
+        scheme = "https" if gateway.listener.tls is not None else "http"
+        for k, (replica, port) in enumerate(zip(envoys[1:], replica_ports, strict=True), start=2):
+            print(f"envoy {k:<11} pid {replica.pid}, admin {replica.admin_url}, the same routes on "
+                  f"{scheme}://{_connect_host(gateway)}:{port}", file=out)  # fmt: skip
         service = control.policy_service
         assert service is not None
         http = f", {service.authz_http_port} (ext_authz over HTTP)" if service.authz_http_port is not None else ""
         approvals_url = f"http://{service.approvals_host}:{service.approvals_port}"
         print(f"policy service    {service.host}:{service.port} (gRPC){http}; approvals {approvals_url} "
               f"(agentxds approvals list)", file=out)  # fmt: skip
-        print(f"logs              {workdir} (envoy.log, control-plane.log)", file=out)
-        scheme = "https" if gateway.listener.tls is not None else "http"
+        print(f"logs              {workdir} (envoy.log, control-plane.log"
+              + (", envoy-N/ for the other replicas)" if replicas > 1 else ")"), file=out)  # fmt: skip
         record = UpRecord(
             pid=os.getpid(), xds=f"127.0.0.1:{control.port}", policy_service=f"{service.host}:{service.port}",
             approvals_url=approvals_url, gateway=gateway.name,
             listener=f"{scheme}://{_connect_host(gateway)}:{gateway.listener.port}", envoy_admin=envoy.admin_url,
             workdir=str(workdir), policies=str(policy_dir), started_at=time.time(),
+            replicas=[f"{scheme}://{_connect_host(gateway)}:{port}" for port in replica_ports],
         )  # fmt: skip
         print(f"state             {write_record(state, record)} (approvals in {state.approvals_db.name})", file=out)
         print("edit the policy files to change what is allowed; Ctrl-C stops everything", file=out, flush=True)
@@ -346,8 +367,8 @@ async def _run(
         return 1 if any(c.essential for c in died) else 0
     finally:
         stop.set()  # the watchers see the children stopped by us as expected
-        if envoy is not None:
-            envoy.stop()
+        for running in envoys:
+            running.stop()
         for child in children:
             stop_process(child.proc)
         for task in watchers:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ class UpRecord:
     workdir: str
     policies: str
     started_at: float
+    replicas: list[str] = field(default_factory=list)  # the other Envoys' listeners (--replicas)
 
 
 def write_record(state: StateDir, record: UpRecord) -> Path:

@@ -9,6 +9,7 @@ static `xds` cluster speaking HTTP/2 to the control plane.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Sequence
 from typing import Any
 
 from xds_server.runtime.overload import OverloadLimits, overload_manager
@@ -58,6 +59,7 @@ def render_bootstrap(
     admin_port: int,
     overload: OverloadLimits | None = None,
     listen_port: int | None = None,
+    more_xds: Sequence[tuple[str, int]] = (),
 ) -> dict[str, Any]:
     """Return an ADS bootstrap as plain data (dump it as YAML or JSON).
 
@@ -71,11 +73,14 @@ def render_bootstrap(
     (overload.py); None leaves Envoy unbounded (tests that need no limits).
     `listen_port` moves this Envoy's listeners to that port (a replica on a
     machine running several: xds/node_overrides.py); None keeps the Gateway's.
+    `more_xds` lists other control planes serving the same policies: they
+    give identical versions, so when the ADS stream breaks Envoy reconnects
+    to whichever answers, and nothing it holds changes.
     """
-    socket_address = {"address": xds_host, "port_value": int(xds_port)}
+    control_planes = [(xds_host, int(xds_port)), *((h, int(p)) for h, p in more_xds)]
     xds_cluster: dict[str, Any] = {
         "name": XDS_CLUSTER,
-        "type": "STATIC" if _is_ip_literal(xds_host) else "STRICT_DNS",
+        "type": "STATIC" if all(_is_ip_literal(h) for h, _ in control_planes) else "STRICT_DNS",
         "connect_timeout": XDS_CONNECT_TIMEOUT,
         # gRPC needs HTTP/2 to the control plane.
         "typed_extension_protocol_options": {
@@ -86,7 +91,14 @@ def render_bootstrap(
         },
         "load_assignment": {
             "cluster_name": XDS_CLUSTER,
-            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": socket_address}}}]}],
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {"endpoint": {"address": {"socket_address": {"address": h, "port_value": p}}}}
+                        for h, p in control_planes
+                    ]
+                }
+            ],
         },
     }
     bootstrap: dict[str, Any] = {
