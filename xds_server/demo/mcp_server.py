@@ -59,7 +59,7 @@ COMPLETIONS: dict[str, tuple[str, ...]] = {
 }
 
 
-def build_server(name: str = DEFAULT_NAME, poisoned: frozenset[str] = frozenset()) -> Any:
+def build_server(name: str = DEFAULT_NAME, poisoned: frozenset[str] = frozenset(), interactive: bool = False) -> Any:
     """Return an `MCPServer` with the demo tools, resources and prompts.
 
     Tools: list_issues(repo), get_issue(repo, number), create_issue(repo, title),
@@ -67,7 +67,8 @@ def build_server(name: str = DEFAULT_NAME, poisoned: frozenset[str] = frozenset(
     both revisions: demo/tasks.py). Resources: docs://readme, docs://secret, the
     template docs://pages/{page}. Prompts: summarize(text), exfiltrate(text);
     completions for both prompts and the template (`COMPLETIONS`). Tools named in `poisoned` get
-    POISONED_DESCRIPTION instead of their own (to demonstrate the tool guard).
+    POISONED_DESCRIPTION instead of their own (to demonstrate the tool guard). `interactive` adds
+    tools that talk back to the client (demo/interactive.py).
     """
     # Imported here: the SDK is heavy and nothing should run at import time.
     from mcp.server.mcpserver import MCPServer
@@ -108,6 +109,11 @@ def build_server(name: str = DEFAULT_NAME, poisoned: frozenset[str] = frozenset(
     def build_report(repo: str) -> str:
         """Build a report of a repository (long-running: callers may run it as a task)."""
         return _report(repo)
+
+    if interactive:
+        from xds_server.demo.interactive import add_interactive_tools  # the SDK's resolvers: imported on demand
+
+        add_interactive_tools(server)
 
     @server.resource("docs://readme", name="readme", mime_type="text/plain")
     def readme() -> str:
@@ -217,11 +223,12 @@ def build_app(
     request_log: Path | None = None,
     json_response: bool = False,
     poisoned: frozenset[str] = frozenset(),
+    interactive: bool = False,
 ) -> ASGIApp:
     """Return the ASGI app: the demo server on `path`, optionally wrapped in the request log."""
     from mcp.server.transport_security import TransportSecuritySettings
 
-    app = build_server(name, poisoned).streamable_http_app(
+    app = build_server(name, poisoned, interactive).streamable_http_app(
         streamable_http_path=path,
         json_response=json_response,
         stateless_http=False,
@@ -243,6 +250,7 @@ async def serve(
     poisoned: frozenset[str] = frozenset(),
     tls_cert: Path | None = None,
     tls_key: Path | None = None,
+    interactive: bool = False,
 ) -> None:
     """Serve until SIGINT/SIGTERM; print `READY http(s)://host:port/path` once accepting requests.
 
@@ -250,7 +258,8 @@ async def serve(
     """
     import uvicorn
 
-    app = build_app(name=name, path=path, request_log=request_log, json_response=json_response, poisoned=poisoned)
+    app = build_app(name=name, path=path, request_log=request_log, json_response=json_response, poisoned=poisoned,
+                    interactive=interactive)  # fmt: skip
     # Bind first so `--port 0` works and the READY line carries the real port.
     # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets whose proto
     # says TCP; without it every keep-alive response stalled ~40 ms (delayed ACK).
@@ -287,6 +296,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", default=DEFAULT_NAME, help="server name, also what `whoami` returns")
     parser.add_argument("--json-response", action="store_true", help="answer POSTs with JSON instead of SSE")
     parser.add_argument(
+        "--interactive",
+        action="store_true",
+        help="also serve count, archive_repo and ask_model: progress, elicitation and sampling",
+    )
+    parser.add_argument(
         "--poison",
         action="append",
         default=[],
@@ -313,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
                 name=args.name,
                 request_log=args.request_log,
                 json_response=args.json_response,
+                interactive=args.interactive,
                 poisoned=frozenset(args.poison),
                 tls_cert=args.tls_cert,
                 tls_key=args.tls_key,
