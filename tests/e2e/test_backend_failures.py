@@ -1,8 +1,10 @@
 """End to end: when a backend gives no answer, the client is told what happened, in plain words.
 
 Last, a real MCP backend is killed by its PID in the middle of a session
-(both revisions): the client gets -32053, and once the backend is back on
-the same endpoint a new session works through the same Envoy.
+(both revisions): the client gets -32053 (2026-07-28, stateless), or -32600
+`session_gone` with HTTP 404 (a 2025-11-25 session: it died with its
+server), and once the backend is back on the same endpoint a new session
+works through the same Envoy.
 
 Each backend here is a real TCP peer that fails in one way: nothing listens
 (connection refused), it accepts and drops the connection (closed before
@@ -170,8 +172,10 @@ async def test_a_backend_killed_mid_session_is_a_json_rpc_error_and_a_new_sessio
             backend.stop()  # by its PID, mid-session
             with pytest.raises(MCPError) as lost:
                 await client.call_tool("list_issues", {"repo": "acme/web"})
-        assert lost.value.error.code == errors.BACKEND_UNAVAILABLE.code, lost.value.error
-        assert lost.value.error.data["reason"] == errors.BACKEND_UNAVAILABLE.reason
+        # A legacy session lived in the server that died: the client is told to start a new one.
+        kind = errors.SESSION_GONE if mode == "legacy" else errors.BACKEND_UNAVAILABLE
+        assert lost.value.error.code == kind.code, lost.value.error
+        assert lost.value.error.data["reason"] == kind.reason
         # The same endpoint comes back (same port): a new session there works, through the same Envoy.
         backend = start_mcp_backend(tmp_path / "backend", name="github", port=backend.port)
         async with mcp_client(gw.url(), {IDENTITY_HEADER: "triage"}, mode) as client:

@@ -52,6 +52,18 @@ def _both(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     return {"path": a["path"], "dynamic_metadata": [*a.get("dynamic_metadata", ()), *b.get("dynamic_metadata", ())]}
 
 
+def connect_retry(session_header: str | None) -> dict[str, Any]:
+    """The route's retry policy. A request whose connection was refused never reached the backend:
+    try again, so an endpoint that died is noticed without a failed call (round robin and least
+    request pick another endpoint). Not a request of a protocol session (`session_header`): a retry
+    leaves its replica (verified on 1.40: the strict session filter does not hold retries, and the
+    other replica answered "Session not found"); it fails, and the client is told to start anew."""
+    policy: dict[str, Any] = {"retry_on": "connect-failure", "num_retries": 2}
+    if session_header is not None:
+        policy["retriable_request_headers"] = [{"name": session_header, "present_match": True, "invert_match": True}]
+    return policy
+
+
 def _variants(route: RouteIR, gateway: GatewayIR) -> list[tuple[dict[str, Any], FilterUses]]:
     """(match, policy-service filter uses) of the route's Envoy routes, most specific first."""
     protocol = translator_for(route)
@@ -90,6 +102,7 @@ def _route_entries(route: RouteIR, gateway: GatewayIR, filters: list[HttpFilter]
         "timeout": f"{route.request_timeout_ms / 1000:.3f}s",
         # Set explicitly: Envoy's own default (5 min) would otherwise apply unseen.
         "idle_timeout": f"{route.idle_timeout_ms / 1000:.3f}s",
+        "retry_policy": connect_retry(protocol.session_header),
     }
     if route.upstream.path != route.path:
         action["prefix_rewrite"] = route.upstream.path

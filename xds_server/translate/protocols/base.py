@@ -102,6 +102,9 @@ class ProtocolTranslator(abc.ABC):
         """Local-reply mappers for a call refused because a native rule's condition failed (`when`:
         that refusal; the rule's id is in RBAC's metadata, translate/rbac.py CONDITION_RULE_KEY)."""
 
+    #: The request header carrying a protocol session's id (its requests stick to one replica), if any.
+    session_header: str | None = None
+
     def lost_sessions(self, request_id: str) -> list[dict[str, Any]]:
         """Local-reply mappers for a request of a session whose upstream host is gone (none by
         default: a protocol without sessions)."""

@@ -91,6 +91,13 @@ METHOD = f"%DYNAMIC_METADATA({MCP_METADATA_NAMESPACE}:method)%"
 TOOL = f"%DYNAMIC_METADATA({MCP_METADATA_NAMESPACE}:params:name)%"
 URI = f"%DYNAMIC_METADATA({MCP_METADATA_NAMESPACE}:params:uri)%"
 BACKEND = "%ROUTE_NAME%"
+SESSION_HEADER = "mcp-session-id"
+# Envoy's response details when the session's host could not be reached (verified on 1.40 with a
+# stopped server and with its endpoint removed, tests/e2e/test_fleet_sessions.py).
+_HOST_GONE = ("response.code_details.contains('Connection_refused') || "
+              "response.code_details.contains('connection_timeout') || "
+              "response.code_details == 'no_healthy_upstream'")  # fmt: skip
+
 CONDITION_RULE = f"%DYNAMIC_METADATA({cel.RBAC_NAMESPACE}:{CONDITION_RULE_KEY})%"
 
 # ---------------------------------------------------------------- matchers
@@ -288,6 +295,8 @@ class McpTranslator(ProtocolTranslator):
             permissions.append(_completion("ref/prompt", ("params", "ref", "name"), allows.prompts))
         return permissions
 
+    session_header = SESSION_HEADER
+
     def lost_sessions(self, request_id: str) -> list[dict[str, Any]]:
         # The session filter is strict: a session's request goes to the host that created it or
         # nowhere. Nowhere (refused, unreachable, unhealthy or no longer an endpoint) means the
@@ -399,14 +408,6 @@ def refused_call_result_mapper(
             "json_format": refused_call_result(request_id, kind, message, **data),
         },
     }
-
-
-SESSION_HEADER = "mcp-session-id"
-# Envoy's response details when the session's host could not be reached (verified on 1.40 with a
-# stopped server and with its endpoint removed, tests/e2e/test_fleet_sessions.py).
-_HOST_GONE = ("response.code_details.contains('Connection_refused') || "
-              "response.code_details.contains('connection_timeout') || "
-              "response.code_details == 'no_healthy_upstream'")  # fmt: skip
 
 
 def _session_config() -> dict[str, Any]:
