@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from xds_server.controlplane.runtime_endpoints import ApiEndpoints, RuntimeEndpoints
     from xds_server.controlplane.service import ControlPlane
     from xds_server.runtime.state_dir import StateDir
 
@@ -23,16 +24,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
     serve_ads = args.role in ("all", "xds")
     with_policy_service = args.role in ("all", "policy")
 
+    token = _endpoints_token(args)
+    runtime = RuntimeEndpoints(args.endpoints_file, ApiEndpoints(state.runtime_endpoints))
+
     async def serve() -> int:
         control = ControlPlane(args.dir, host=args.host, port=args.port, serve_ads=serve_ads,
                                allow_emptying=args.allow_emptying, approvals_db=state.approvals_db,
                                sealing_key_file=state.sealing_key,
-                               coverage_file=state.published_coverage(args.dir))  # fmt: skip
+                               coverage_file=state.published_coverage(args.dir), runtime=runtime)  # fmt: skip
         if with_policy_service:
             control.add_policy_service(args.host, args.policy_port, args.approvals_port,
                                        args.authz_http_port if args.authz_http_port >= 0 else None,
                                        state_store=args.state_store or None)  # fmt: skip
         await control.start()
+        if args.endpoints_port >= 0:
+            await control.serve_endpoints_api(args.host, args.endpoints_port, token)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -45,6 +51,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return asyncio.run(serve())
 
 
+def _endpoints_token(args: argparse.Namespace) -> str:
+    """The endpoints API's bearer token (from --endpoints-token-file, else $AGENTXDS_ENDPOINTS_TOKEN);
+    exits when the API is asked for without one."""
+    if args.endpoints_port < 0:
+        return ""
+    if args.endpoints_token_file is not None:
+        token = args.endpoints_token_file.read_text(encoding="utf-8").strip()
+    else:
+        token = os.environ.get("AGENTXDS_ENDPOINTS_TOKEN", "").strip()
+    if len(token) < 16:
+        raise SystemExit("agentxds serve: --endpoints-port needs a token of at least 16 characters "
+                         "(--endpoints-token-file FILE or $AGENTXDS_ENDPOINTS_TOKEN)")  # fmt: skip
+    return token
+
+
 def _banner(args: argparse.Namespace, control: ControlPlane, approvals_db: Path) -> str:
     parts = []
     if args.role in ("all", "xds"):
@@ -55,6 +76,10 @@ def _banner(args: argparse.Namespace, control: ControlPlane, approvals_db: Path)
         parts.append(f"policy service on {args.host}:{service.port}{http}, approvals on "
                      f"http://{args.host}:{service.approvals_port} (kept in {approvals_db}), decision state "
                      f"{service.state.describe()}")  # fmt: skip
+    if control.endpoints_port is not None:
+        parts.append(f"endpoints API on http://{args.host}:{control.endpoints_port}")
+    if args.endpoints_file is not None:
+        parts.append(f"endpoints file {args.endpoints_file}")
     return f"agentxds control plane ({args.role}): {', '.join(parts)}, policies {args.dir}"
 
 
@@ -86,6 +111,13 @@ def register(sub: Subparsers) -> None:
         "(redis://[:PASSWORD@]HOST:PORT/DB, rediss://, valkey://, unix://; default $AGENTXDS_STATE_STORE, else "
         "in this process). Calls under a quota are refused while it cannot be reached",
     )
+    serve.add_argument("--endpoints-file", type=Path, default=None, metavar="FILE",
+                       help="follow FILE (YAML: endpoints: {BACKEND: [{host: IP, port: N}]}) for the endpoints of "
+                       "backends with runtimeEndpoints: true")  # fmt: skip
+    serve.add_argument("--endpoints-port", type=int, default=-1, metavar="PORT",
+                       help="serve the endpoints API on PORT (default -1: off; needs a token)")  # fmt: skip
+    serve.add_argument("--endpoints-token-file", type=Path, default=None, metavar="FILE",
+                       help="the endpoints API's bearer token (default: $AGENTXDS_ENDPOINTS_TOKEN)")  # fmt: skip
     add_allow_emptying(serve)
     add_state_dir(serve)
     serve.set_defaults(func=cmd_serve)

@@ -34,7 +34,8 @@ from typing import Any
 
 from google.protobuf.message import Message
 
-from xds_server.controlplane import emptying
+from xds_server.controlplane import emptying, runtime_endpoints
+from xds_server.controlplane.runtime_endpoints import RuntimeEndpoints
 from xds_server.controlplane.verify import check_consistent
 from xds_server.ir.build import BuildRefused, build_ir
 from xds_server.ir.memo import BuildMemo
@@ -154,8 +155,11 @@ class Pipeline:
         *,
         allow_emptying: bool = False,
         coverage_file: Path | None = None,
+        runtime: RuntimeEndpoints | None = None,
     ):
         self.source = as_source(source)
+        # Endpoints set at run time (the endpoints file and API), put into the IR of every build.
+        self.runtime = runtime
         self.cache = cache
         self.recorder = recorder
         self.allow_emptying = allow_emptying
@@ -191,8 +195,15 @@ class Pipeline:
                 # A file the policies name cannot be used: follow it, so fixing it rebuilds.
                 self.files = referenced_files(exc.ir)
                 return self._refuse(tuple(str(d) for d in exc.diagnostics), started)
+            runtime_notes: list[str] = []
+            if self.runtime is not None:
+                error = self.runtime.refresh()
+                applied = runtime_endpoints.apply(ir, self.runtime.current())
+                ir, runtime_notes = applied.ir, [*applied.conflicts, *([error] if error else [])]
             with self.translate_memo.active():
                 self.files = referenced_files(ir, self.translate_memo)
+                if self.runtime is not None and self.runtime.file is not None:
+                    self.files |= {self.runtime.file.resolve()}
                 resources = translate_checked(ir)
             coverage = emptying.Coverage.of(policy_set, ir)
             lost = emptying.losses(self.coverage, coverage) if self.coverage else []
@@ -204,6 +215,7 @@ class Pipeline:
             return self._internal_error(traceback.format_exc(), started)
         notes = [f"published on purpose ({emptying.OPT_IN_FLAG}): {d}" for d in lost]
         notes += [str(d) for d in emptying.warnings(coverage)]
+        notes += runtime_notes
         return self._publish(ir, coverage, snapshots, notes, started)
 
     def _publish(

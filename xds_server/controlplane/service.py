@@ -15,12 +15,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
+import uvicorn
+
 from xds_server.authz.service import PolicyService
+from xds_server.controlplane import endpoints_api
 from xds_server.controlplane.heap import HeapSettler
 from xds_server.controlplane.pipeline import Pipeline, ReloadResult
+from xds_server.controlplane.runtime_endpoints import RuntimeEndpoints
 from xds_server.controlplane.watch import watch_policies
 from xds_server.sources import PolicySource
 from xds_server.sources.directory import DirectorySource
@@ -52,7 +57,9 @@ class ControlPlane:
     service's own key for sealed ids (None: one per process). `serve_ads=False` runs the pipeline (and
     the policy service, if any) without the ADS server: a policy service of
     its own, which goes on deciding while the process serving ADS is
-    restarted or killed.
+    restarted or killed. `runtime`: endpoints set at run time (the endpoints
+    file and API, controlplane/runtime_endpoints.py); `serve_endpoints_api`
+    serves the API.
     """
 
     def __init__(
@@ -74,11 +81,13 @@ class ControlPlane:
         serve_ads: bool = True,
         sealing_key_file: Path | None = None,
         state_store: str | None = None,
+        runtime: RuntimeEndpoints | None = None,
     ) -> None:
         self.cache = SnapshotCache()
         self.recorder = StatusRecorder()
+        self.runtime = runtime
         self.pipeline = Pipeline(source, self.cache, self.recorder, allow_emptying=allow_emptying,
-                                 coverage_file=coverage_file)  # fmt: skip
+                                 coverage_file=coverage_file, runtime=runtime)  # fmt: skip
         self.server = ControlPlaneServer(self.cache, self.recorder, host=host, port=port)
         self._serve_ads = serve_ads
         self._heap = HeapSettler()
@@ -92,6 +101,9 @@ class ControlPlane:
         self.approvals_db = approvals_db
         self.sealing_key_file = sealing_key_file
         self.policy_service: PolicyService | None = None
+        self.endpoints_port: int | None = None  # the endpoints API's, once started (serve_endpoints_api)
+        self._endpoints_http: uvicorn.Server | None = None
+        self._endpoints_task: asyncio.Task[None] | None = None
         if policy_port is not None:
             self.add_policy_service(policy_host, policy_port, approvals_port, authz_http_port, state_store)
 
@@ -146,6 +158,25 @@ class ControlPlane:
             log.info("control plane serving ADS on %s", self.server.address)
         return self
 
+    async def serve_endpoints_api(self, host: str, port: int, token: str) -> int:
+        """Serve the endpoints API (controlplane/endpoints_api.py) on `host:port` (0: a free port),
+        with bearer `token`; needs `runtime`. Returns the port."""
+        if self.runtime is None:
+            raise ValueError("the endpoints API needs runtime endpoints (ControlPlane(runtime=...))")
+        if not token:
+            raise ValueError("the endpoints API needs a token")
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(64)
+        sock.setblocking(False)
+        self.endpoints_port = sock.getsockname()[1]
+        app = endpoints_api.build_app(self.pipeline, self.runtime, token, self.reload)
+        self._endpoints_http = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+        self._endpoints_task = asyncio.create_task(self._endpoints_http.serve(sockets=[sock]), name="endpoints-api")
+        log.info("endpoints API on http://%s:%d", host, self.endpoints_port)
+        return self.endpoints_port
+
     async def _watch_loop(self) -> None:
         await watch_policies(self.pipeline, debounce_ms=self._debounce_ms, stop=self._stop, on_reload=self._record)
 
@@ -155,6 +186,12 @@ class ControlPlane:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._watcher
+        if self._endpoints_http is not None:
+            self._endpoints_http.should_exit = True
+            if self._endpoints_task is not None:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await asyncio.wait_for(self._endpoints_task, timeout=5)
+            self._endpoints_http = None
         if self._serve_ads:
             await self.server.stop()
         if self.policy_service is not None:

@@ -135,6 +135,7 @@ def upstream(located: Located[Any], build: RouteBuild, path: str) -> UpstreamIR:
         tls=_upstream_tls(located, build),
         lb_policy={"roundRobin": "ROUND_ROBIN", "leastRequest": "LEAST_REQUEST"}[spec.load_balancing],
         health_check=_health_check(spec.health_check),
+        runtime_endpoints=spec.runtime_endpoints,
     )
 
 

@@ -216,6 +216,7 @@ class UpstreamIR:
     tls: UpstreamTlsIR | None = None
     lb_policy: str = "ROUND_ROBIN"  # Envoy's name: ROUND_ROBIN | LEAST_REQUEST
     health_check: HealthCheckIR | None = None
+    runtime_endpoints: bool = False  # the endpoints may be set at run time (controlplane/runtime_endpoints.py)
 
 
 @dataclass(frozen=True)

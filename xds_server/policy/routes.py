@@ -8,6 +8,7 @@ route and upstream path defaults, its protocol's settings).
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, model_validator
@@ -71,6 +72,14 @@ class RoutePolicyService(StrictModel):
         return duration_ms(self.timeout)
 
 
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 class HealthCheck(StrictModel):
     """Envoy probes each endpoint and sends nothing to one that fails: new sessions and stateless
     requests go to the healthy ones; a legacy session on an unhealthy one is told to start anew."""
@@ -102,7 +111,14 @@ class RouteSpec(StrictModel):
         default=None, description="Gateway serving this backend; optional when exactly one Gateway exists."
     )
     endpoints: tuple[Endpoint, ...] = Field(
-        min_length=1, max_length=64, description="Upstream addresses (1-64), load balanced."
+        default=(),
+        max_length=64,
+        description="Upstream addresses (1-64), load balanced. May be empty with runtimeEndpoints.",
+    )
+    runtime_endpoints: bool = Field(
+        default=False,
+        description="Let the endpoints change at run time without a policy commit (the control plane's endpoints "
+        "API or endpoints file); those listed here serve until then. Runtime endpoints are IP addresses.",
     )
     timeouts: Timeouts = Field(default_factory=Timeouts, description="Connect and request timeouts to the backend.")
     load_balancing: Literal["roundRobin", "leastRequest"] = Field(
@@ -128,6 +144,20 @@ class RouteSpec(StrictModel):
         "a token exchanged for the user's, or the user's stored secret.",
     )
     tls: UpstreamTls | None = Field(default=None, description="TLS to the backend.")
+
+    @model_validator(mode="after")
+    def _endpoints_somewhere(self) -> RouteSpec:
+        if not self.endpoints and not self.runtime_endpoints:
+            raise PydanticCustomError(
+                "no_endpoints", "a backend needs endpoints (or runtimeEndpoints: true, to set them at run time)"
+            )
+        if self.runtime_endpoints and any(not _is_ip(e.host) for e in self.endpoints):
+            # Runtime endpoints are IPs (EDS): a DNS name would make a moved backend change cluster type.
+            raise PydanticCustomError(
+                "runtime_endpoints_dns",
+                "with runtimeEndpoints, list IP addresses only (DNS names belong to fixed endpoints)",
+            )
+        return self
 
     @model_validator(mode="after")
     def _credentials_need_a_user(self) -> RouteSpec:

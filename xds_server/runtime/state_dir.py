@@ -56,6 +56,11 @@ class StateDir:
         return self.path / f"published-{key}.json"
 
     @property
+    def runtime_endpoints(self) -> Path:
+        """Endpoints set through the endpoints API (they survive a restart)."""
+        return self.path / "runtime-endpoints.json"
+
+    @property
     def up_record(self) -> Path:
         """Where a running `agentxds up` says what it started (see cli/up_record.py)."""
         return self.path / "up.json"
