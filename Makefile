@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
-.PHONY: up test lint validate bench bench-soak bench-scale clean
+.PHONY: up test lint validate bench bench-soak bench-scale bench-fleet clean
 
 $(BIN)/agentxds: pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (or: make PYTHON=python3 ...)"; exit 1; }
@@ -35,6 +35,9 @@ bench-soak: $(BIN)/agentxds     ## memory and served rate under abuse vs at rest
 
 bench-scale: $(BIN)/agentxds    ## control-plane stages on 100-5,000 agents; edit -> ACK with 1 and 20 Envoys
 	$(BIN)/python bench/scale.py
+
+bench-fleet: $(BIN)/agentxds     ## legacy sessions through 1 vs 2 Envoys; endpoint move -> first call served there
+	$(BIN)/python bench/fleet.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -164,11 +164,16 @@ SERVER_COMMAND = [sys.executable, "-m", "xds_server.demo.mcp_server", "--host", 
                   "--path", "/mcp", "--json-response"]  # fmt: skip
 
 
-def start_demo_server(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """Start the demo MCP server on a kernel-chosen port; return it and its URL (from the READY line)."""
+def start_demo_server(workdir: Path, name: str | None = None) -> tuple[subprocess.Popen[bytes], str]:
+    """Start the demo MCP server on a kernel-chosen port (`whoami` says `name`, if given); return it
+    and its URL (from the READY line)."""
     err = (workdir / "demo-mcp.err").open("wb")
     proc = subprocess.Popen(
-        SERVER_COMMAND, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, start_new_session=True
+        SERVER_COMMAND + (["--name", name] if name else []),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=err,
+        start_new_session=True,
     )
     found: list[str] = []
 
