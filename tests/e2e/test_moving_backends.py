@@ -171,6 +171,7 @@ async def test_git_defined_endpoints_win_and_the_api_checks_what_it_is_given(mov
         assert conflict.status_code == 409 and "defined in Git" in conflict.json()["error"], conflict.text
         assert (await http.put(f"{moving.api}/endpoints/nothing", headers=AUTH, json=elsewhere)).status_code == 404
         for bad in ({"endpoints": [{"host": "actor.internal", "port": 80}]}, {"endpoints": [{"host": "127.0.0.1", "port": 0}]},
+                    {"endpoints": [{"host": 2130706433, "port": 80}]}, {"endpoints": [{"host": "fe80::1%eth0", "port": 80}]},
                     {"endpoints": []}, {"hosts": []}):  # fmt: skip
             refused = await http.put(f"{moving.api}/endpoints/actors", headers=AUTH, json=bad)
             assert refused.status_code == 400, (bad, refused.text)
@@ -181,6 +182,11 @@ async def test_git_defined_endpoints_win_and_the_api_checks_what_it_is_given(mov
             assert (await http.get(f"{moving.api}/endpoints", headers=headers)).status_code == 401
         assert await served_by(http, moving.url("github")) == "github-1"
         assert await served_by(http, moving.url("actors")) == "actor-1"
+        # An entry left for a backend that is gone (or now fixed in Git) can still be forgotten.
+        assert moving.control.runtime is not None
+        moving.control.runtime.api.set("gone", (EndpointIR("127.0.0.1", 9),))
+        forgotten = await http.delete(f"{moving.api}/endpoints/gone", headers=AUTH)
+        assert forgotten.status_code == 200 and "gone" not in moving.control.runtime.api.endpoints
 
 
 async def test_the_endpoints_file_moves_a_backend_and_a_bad_edit_keeps_the_last_good(moving: Moving) -> None:

@@ -21,6 +21,7 @@ it into a refusal (fail closed), never an allow.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Awaitable, Generator
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -98,9 +99,12 @@ class LocalState:
             return self.quotas.spend(effect.key, effect.quota)
         if isinstance(effect, RefundQuota):
             return self.quotas.refund(effect.key, effect.token)
-        if isinstance(effect, UseApproval):
-            return self.approvals.use(effect.call)
-        return self.approvals.request(effect.call, effect.ttl_s)
+        try:
+            if isinstance(effect, UseApproval):
+                return self.approvals.use(effect.call)
+            return self.approvals.request(effect.call, effect.ttl_s)
+        except sqlite3.Error as exc:  # e.g. the database locked by another process past its busy timeout
+            raise StateUnavailable(f"approvals database: {exc}") from exc
 
     async def apply_async(self, effect: Effect) -> Any:
         return self.apply(effect)
@@ -115,7 +119,12 @@ def run(steps: Steps[T], state: DecisionState) -> T | Awaitable[T]:
     try:
         effect = next(steps)
         while state.immediate:
-            effect = steps.send(state.apply(effect))
+            try:
+                result = state.apply(effect)
+            except StateUnavailable as exc:
+                effect = steps.throw(exc)
+                continue
+            effect = steps.send(result)
     except StopIteration as done:
         return done.value
     return _run_async(steps, effect, state)

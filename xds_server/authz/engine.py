@@ -24,6 +24,7 @@ at once (in this process) or after a round trip (shared by replicas).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import enum
 from collections.abc import Awaitable, Mapping, Sequence
@@ -207,10 +208,18 @@ class Engine:
             check, spent = yield SpendQuota(key, rule.quota)
             if not check.allowed:
                 return _quota_refusal(ctx, rule, check.retry_after_s)
-        if rule.require_approval and (yield UseApproval(_approval_call(ctx, rule))) is None:
-            if spent is not None:
-                yield RefundQuota(key, spent)
-            return Decision(False, Reason.APPROVAL_REQUIRED, rule.id, "")
+        if rule.require_approval:
+            try:
+                approval = yield UseApproval(_approval_call(ctx, rule))
+            except StateUnavailable:
+                if spent is not None:  # the call is refused: give its quota back if the store still answers
+                    with contextlib.suppress(StateUnavailable):
+                        yield RefundQuota(key, spent)
+                raise
+            if approval is None:
+                if spent is not None:
+                    yield RefundQuota(key, spent)
+                return Decision(False, Reason.APPROVAL_REQUIRED, rule.id, "")
         return None
 
     def _quota_key(self, ctx: CallContext, rule: ConditionalRuleIR) -> QuotaKey:

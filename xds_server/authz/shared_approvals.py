@@ -43,6 +43,7 @@ from xds_server.authz.approvals import (
 from xds_server.authz.effects import StateUnavailable
 
 PREFIX = "agentxds:approval:"
+MAX_LISTED = 10_000  # approvals listed (newest first); older ones still work, unlisted (as SQLite's max_finished)
 CALL_PREFIX = "agentxds:approval-call:"
 INDEX = "agentxds:approvals"
 
@@ -83,16 +84,18 @@ end
 local ttl = tonumber(ARGV[4])
 local key = ARGV[2] .. ARGV[3]
 redis.call('HSET', key, 'id', ARGV[3], 'state', 'pending', 'created_at', tostring(now),
-           'expires_at', tostring(now + ttl), 'ttl_s', ARGV[4])
+           'expires_at', tostring(now + ttl), 'ttl_s', ARGV[4], 'pointer', KEYS[1])
 for i = 5, #ARGV, 2 do redis.call('HSET', key, ARGV[i], ARGV[i + 1]) end
 local keep = math.floor(ttl * 1000) + history_ms
 redis.call('PEXPIRE', key, keep)
 redis.call('SET', KEYS[1], ARGV[3], 'PX', keep)
 redis.call('ZADD', KEYS[2], now, ARGV[3])
--- Keep the index bounded without a scan: forget the two oldest ids if their approvals are gone.
+-- Keep the index bounded without a scan: forget the two oldest ids if their approvals are gone,
+-- and never list more than the newest MAX_LISTED (older approvals still work, unlisted).
 for _, old in ipairs(redis.call('ZRANGE', KEYS[2], 0, 1)) do
   if redis.call('EXISTS', ARGV[2] .. old) == 0 then redis.call('ZREM', KEYS[2], old) end
 end
+redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -(MAX_LISTED + 1))
 return redis.call('HGETALL', key)
 """
 )
@@ -124,18 +127,27 @@ local state = redis.call('HGET', KEYS[1], 'state')
 if ARGV[2] == 'status' then return redis.call('HGETALL', KEYS[1]) end
 if state == 'expired' or state == 'used' then return redis.error_reply(state) end
 local ttl = tonumber(redis.call('HGET', KEYS[1], 'ttl_s'))
+-- The approval and the call's pointer to it live as long as each other (the pointer is how the
+-- retried call finds it: were it to expire first, an approved call would ask anew).
+local function keep(ms)
+  redis.call('PEXPIRE', KEYS[1], ms)
+  local pointer = redis.call('HGET', KEYS[1], 'pointer')
+  if pointer and redis.call('GET', pointer) == redis.call('HGET', KEYS[1], 'id') then
+    redis.call('PEXPIRE', pointer, ms)
+  end
+end
 if ARGV[2] == 'approve' then
   if state == 'denied' then return redis.error_reply('denied') end
   if state == 'pending' then
     redis.call('HSET', KEYS[1], 'state', 'approved', 'decided_by', ARGV[3], 'decided_at', tostring(now),
                'expires_at', tostring(now + ttl))
-    redis.call('PEXPIRE', KEYS[1], math.floor(ttl * 1000) + history_ms)
+    keep(math.floor(ttl * 1000) + history_ms)
   end
 else
   if state ~= 'denied' then
     redis.call('HSET', KEYS[1], 'state', 'denied', 'decided_by', ARGV[3], 'decided_at', tostring(now),
                'expires_at', tostring(now + ttl), 'ended_at', tostring(now + ttl))
-    redis.call('PEXPIRE', KEYS[1], math.floor(ttl * 1000) + history_ms)
+    keep(math.floor(ttl * 1000) + history_ms)
   end
 end
 return redis.call('HGETALL', KEYS[1])
@@ -147,7 +159,7 @@ _LIST = (
     _COMMON
     + """
 local out = {}
-for _, id in ipairs(redis.call('ZREVRANGE', KEYS[1], 0, -1)) do
+for _, id in ipairs(redis.call('ZREVRANGE', KEYS[1], 0, MAX_LISTED - 1)) do
   local key = ARGV[2] .. id
   if redis.call('EXISTS', key) == 0 then
     redis.call('ZREM', KEYS[1], id)
@@ -162,6 +174,9 @@ end
 return out
 """
 )
+
+_REQUEST = _REQUEST.replace("MAX_LISTED", str(MAX_LISTED))
+_LIST = _LIST.replace("MAX_LISTED", str(MAX_LISTED))
 
 _FLOATS = ("created_at", "expires_at", "ttl_s", "decided_at", "used_at")
 
@@ -232,7 +247,10 @@ class SharedApprovals:
         try:
             flat = await self._decide(keys=[PREFIX + approval_id], args=[self._history_ms, action, by])
         except ResponseError as exc:
-            raise _decision_error(approval_id, str(exc)) from None
+            words = str(exc).split()
+            if len(words) <= 2 and words and words[-1] in ("unknown", "denied", "expired", "used"):
+                raise _decision_error(approval_id, words[-1]) from None
+            raise StateUnavailable(f"{self.where}: {exc}") from exc  # OOM, READONLY, ...: not an answer about it
         except (ValkeyError, OSError, TimeoutError) as exc:
             raise StateUnavailable(f"{self.where}: {exc or type(exc).__name__}") from exc
         return _approval(flat)
@@ -249,8 +267,7 @@ def _arguments_json(call: ApprovalCall) -> str:
 
 
 def _decision_error(approval_id: str, kind: str) -> ApprovalError:
-    """The same errors, in the same words, as the SQLite store's."""
-    kind = kind.split()[-1] if kind.split() else ""  # the word the script replied, whatever prefix came with it
+    """The same errors, in the same words, as the SQLite store's (`kind`: the script's word)."""
     if kind == "denied":
         return ApprovalError(f"approval {approval_id} was already denied", "denied")
     if kind == "expired":

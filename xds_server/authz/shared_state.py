@@ -45,7 +45,9 @@ from xds_server.authz.shared_approvals import SharedApprovals
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TIMEOUT_S = 0.5
+# Per round trip; a decision makes at most three, within Envoy's default wait for it (250 ms), so a
+# store that stops answering is refused as state_unavailable rather than timed out by Envoy.
+DEFAULT_TIMEOUT_S = 0.07
 KEY_PREFIX = "agentxds:quota:"
 
 # KEYS[1]: the quota's key. ARGV: calls, window (ms), a random suffix for the member.

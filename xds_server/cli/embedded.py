@@ -19,6 +19,7 @@ control plane's) are in a temporary directory, removed on exit unless
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import shutil
@@ -238,7 +239,7 @@ async def run_up(
         code = await _run(policy_dir, workdir, log_path, state, gateway_name=gateway_name, demo=demo,
                           admin_port=admin_port, approvals_port=approvals_port, envoy_log_level=envoy_log_level,
                           allow_emptying=allow_emptying, died=died, out=out,
-                          overload=overload or limits_for_this_machine(), replicas=replicas)  # fmt: skip
+                          overload=overload or _shared(limits_for_this_machine(), replicas), replicas=replicas)  # fmt: skip
     finally:
         remove_record(state, os.getpid())
         failed = code != 0 and _has_logs(workdir)
@@ -252,6 +253,13 @@ async def run_up(
         shutil.rmtree(workdir, ignore_errors=True)
         print(f"removed {workdir} (the logs; --keep-logs keeps them)", file=out, flush=True)
     return code
+
+
+def _shared(limits: OverloadLimits, replicas: int) -> OverloadLimits:
+    """This machine's default limits shared by `replicas` Envoys (each gets its part of the heap)."""
+    if replicas <= 1:
+        return limits
+    return dataclasses.replace(limits, max_heap_bytes=max(64 << 20, limits.max_heap_bytes // replicas))
 
 
 def _has_logs(workdir: Path) -> bool:
@@ -301,6 +309,15 @@ async def _run(
     gateway = _pick_gateway(ir, gateway_name)
     policy = gateway.policy_service or EndpointIR("127.0.0.1", 18001)
     replica_ports = [gateway.listener.port + k for k in range(1, replicas)]
+    others = {policy.port, approvals_port, *(p for _, p, _ in _demo_endpoints(gateway) if demo)}
+    if gateway.ext_authz_http is not None:
+        others.add(gateway.ext_authz_http.port)
+    clashing = [p for p in replica_ports if p > 65535 or p in others]
+    if clashing:
+        print(f"agentxds up: --replicas {replicas} needs ports {replica_ports[0]}-{replica_ports[-1]} after the "
+              f"gateway's, and {', '.join(map(str, clashing))} is not free for it (another port of this gateway, "
+              "or above 65535): move the Gateway's listener", file=out)  # fmt: skip
+        return 1
     taken = _ports_in_use(gateway, policy, approvals_port, demo, replica_ports)
     if taken:
         print("agentxds up: these ports are already in use (another agentxds up, or another program?):", file=out)

@@ -27,6 +27,10 @@ def run_pin(policy_dir: Path, backend_name: str, *, url: str | None, legacy: boo
         print(f"agentxds pin: no MCPBackend named {backend_name!r} (known: {known})", file=sys.stderr)
         return 1
     if url is None:
+        if not backend.spec.endpoints:
+            print(f"agentxds pin: MCPBackend {backend_name!r} lists no endpoint (runtimeEndpoints): give --url",
+                  file=sys.stderr)  # fmt: skip
+            return 2
         endpoint = backend.spec.endpoints[0]
         url = f"http://{endpoint.host}:{endpoint.port}{backend.spec.path}"
     try:

@@ -38,7 +38,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                        state_store=args.state_store or None)  # fmt: skip
         await control.start()
         if args.endpoints_port >= 0:
-            await control.serve_endpoints_api(args.host, args.endpoints_port, token)
+            await control.serve_endpoints_api(args.endpoints_host, args.endpoints_port, token)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -77,7 +77,7 @@ def _banner(args: argparse.Namespace, control: ControlPlane, approvals_db: Path)
                      f"http://{args.host}:{service.approvals_port} (kept in {approvals_db}), decision state "
                      f"{service.state.describe()}")  # fmt: skip
     if control.endpoints_port is not None:
-        parts.append(f"endpoints API on http://{args.host}:{control.endpoints_port}")
+        parts.append(f"endpoints API on http://{args.endpoints_host}:{control.endpoints_port}")
     if args.endpoints_file is not None:
         parts.append(f"endpoints file {args.endpoints_file}")
     return f"agentxds control plane ({args.role}): {', '.join(parts)}, policies {args.dir}"
@@ -116,6 +116,9 @@ def register(sub: Subparsers) -> None:
                        "backends with runtimeEndpoints: true")  # fmt: skip
     serve.add_argument("--endpoints-port", type=int, default=-1, metavar="PORT",
                        help="serve the endpoints API on PORT (default -1: off; needs a token)")  # fmt: skip
+    serve.add_argument("--endpoints-host", default="127.0.0.1",
+                       help="address of the endpoints API (default 127.0.0.1: whoever holds its token can point a "
+                       "backend anywhere, as a policy commit could)")  # fmt: skip
     serve.add_argument("--endpoints-token-file", type=Path, default=None, metavar="FILE",
                        help="the endpoints API's bearer token (default: $AGENTXDS_ENDPOINTS_TOKEN)")  # fmt: skip
     add_allow_emptying(serve)

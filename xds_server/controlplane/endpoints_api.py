@@ -64,6 +64,13 @@ def build_app(
             return refused()
         backend = request.path_params["backend"]
         route = routes().get(backend)
+        if (
+            request.method == "DELETE"
+            and backend in runtime.api.endpoints
+            and (route is None or not route.upstream.runtime_endpoints)
+        ):
+            runtime.api.set(backend, None)  # a stale entry (its backend gone, or fixed in Git): just forget it
+            return JSONResponse({"backend": backend, "forgotten": True})
         if route is None:
             return JSONResponse({"error": f"no backend {backend!r} in the published policies"}, status_code=404)
         if not route.upstream.runtime_endpoints:

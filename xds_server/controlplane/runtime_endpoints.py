@@ -12,7 +12,8 @@ sources set them, the API over the file for the same backend:
 
 Runtime endpoints are IP addresses only: the backend's cluster is then
 always an EDS cluster, and a move is one EDS update that leaves every other
-backend, and this backend's cluster, alone. A backend whose endpoints are
+backend, and this backend's cluster, alone (but with `tls` and no `sni`: the
+certificate names checked are the endpoints', so the cluster changes too). A backend whose endpoints are
 defined in Git (no `runtimeEndpoints`) keeps them: a runtime entry for it
 is a conflict, refused by the API and reported (never applied) for the file.
 
@@ -56,8 +57,10 @@ def parse_endpoints(value: Any, where: str) -> tuple[EndpointIR, ...]:
             raise EndpointsError(f"{at}: exactly the fields host and port are expected")
         host, port = item["host"], item["port"]
         try:
-            ipaddress.ip_address(host)
-        except (TypeError, ValueError):
+            if not isinstance(host, str) or "%" in host:  # an int is an "address" to ipaddress; no scoped IPv6
+                raise ValueError(host)
+            host = str(ipaddress.ip_address(host))
+        except ValueError:
             raise EndpointsError(f"{at}.host: {host!r} is not an IP address (runtime endpoints are IPs: "
                                  "names belong in Git)") from None  # fmt: skip
         if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
@@ -113,17 +116,20 @@ class ApiEndpoints:
             self.endpoints = {b: parse_endpoints(v, f"{path}: {b}") for b, v in data.get("endpoints", {}).items()}
 
     def set(self, backend: str, endpoints: tuple[EndpointIR, ...] | None) -> None:
-        """Set (or with None, forget) a backend's runtime endpoints, and keep them on disk."""
+        """Set (or with None, forget) a backend's runtime endpoints, on disk first (an OSError leaves
+        both as they were)."""
+        changed = dict(self.endpoints)
         if endpoints is None:
-            self.endpoints.pop(backend, None)
+            changed.pop(backend, None)
         else:
-            self.endpoints[backend] = endpoints
+            changed[backend] = endpoints
         if self.path is not None:
             data = {"endpoints": {b: [{"host": e.host, "port": e.port} for e in v]
-                                  for b, v in sorted(self.endpoints.items())}}  # fmt: skip
+                                  for b, v in sorted(changed.items())}}  # fmt: skip
             tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}")
             tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
             os.replace(tmp, self.path)
+        self.endpoints = changed
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from envoy.config.route.v3.route_components_pb2 import Route, VirtualHost
 from envoy.config.route.v3.route_pb2 import RouteConfiguration
 from envoy.config.route.v3.scoped_route_pb2 import ScopedRouteConfiguration
 
-from xds_server.core.wire import PURPOSE_SEAL
+from xds_server.core.wire import PURPOSE_SEAL, typed
 from xds_server.ir.types import GatewayIR, RouteIR
 from xds_server.translate import identity, jwt, oauth, policy_service, rbac
 from xds_server.translate.filters import FilterUses, HttpFilter, RouteFilters, Slot, Use
@@ -54,11 +54,19 @@ def _both(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
 
 def connect_retry(session_header: str | None) -> dict[str, Any]:
     """The route's retry policy. A request whose connection was refused never reached the backend:
-    try again, so an endpoint that died is noticed without a failed call (round robin and least
-    request pick another endpoint). Not a request of a protocol session (`session_header`): a retry
+    try again on another endpoint, so an endpoint that died is noticed without a failed call. Not a request of a protocol session (`session_header`): a retry
     leaves its replica (verified on 1.40: the strict session filter does not hold retries, and the
     other replica answered "Session not found"); it fails, and the client is told to start anew."""
-    policy: dict[str, Any] = {"retry_on": "connect-failure", "num_retries": 2}
+    policy: dict[str, Any] = {
+        "retry_on": "connect-failure",
+        "num_retries": 2,
+        # Another endpoint than the one that refused: least request would pick the idle dead one again.
+        "retry_host_predicate": [{
+            "name": "envoy.retry_host_predicates.previous_hosts",
+            "typed_config": typed("envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate", {}),
+        }],
+        "host_selection_retry_max_attempts": 3,
+    }  # fmt: skip
     if session_header is not None:
         policy["retriable_request_headers"] = [{"name": session_header, "present_match": True, "invert_match": True}]
     return policy

@@ -170,6 +170,9 @@ class McpHandler(ProtocolHandler):
 
         guard = route.protocol.tool_guard
         assert guard is not None
+        if not route.upstream.endpoints:  # runtimeEndpoints not set yet: the next update starts the refresh
+            log.warning("tool guard of %s: the backend has no endpoint yet; its tools are not read", route.name)
+            return
         endpoint = route.upstream.endpoints[0]
         scheme = "https" if route.upstream.tls is not None else "http"
         host = f"[{endpoint.host}]" if ":" in endpoint.host else endpoint.host
