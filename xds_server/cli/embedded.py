@@ -130,8 +130,10 @@ def _print_banner(gateway: GatewayIR, envoy: EnvoyProcess, xds_port: int, overlo
           "(--max-heap, --max-connections)", file=out)  # fmt: skip
     scheme = "https" if gateway.listener.tls is not None else "http"
     for route in gateway.routes:
+        # A backend served by host name is reached with that name (resolved to this gateway).
+        where = route.hosts[0] if route.hosts else host
         print(f"{_ROUTE_NOUNS.get(route.kind, route.kind)} {route.name:<8} "
-              f"{scheme}://{host}:{gateway.listener.port}{route.path}", file=out)  # fmt: skip
+              f"{scheme}://{where}:{gateway.listener.port}{route.path}", file=out)  # fmt: skip
     if gateway.identity.trusted_header:
         print(f"agents identify with the '{gateway.identity.trusted_header}' header "
               "(development only; see README)", file=out)  # fmt: skip

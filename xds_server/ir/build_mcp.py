@@ -113,6 +113,7 @@ def build_routes(policy_set: PolicySet, build: routes.RouteBuild) -> list[RouteI
             auth=routes.auth(located, build),
             credentials=routes.credentials(located),
             annotations=routes.annotations_of(located),
+            hosts=tuple(sorted(set(spec.hosts))),
         )
         out.append(build.memo.same(("route", build.gateway, route.name), with_decisions(route)))
     return out

@@ -285,6 +285,7 @@ class RouteIR:
     auth: BackendAuthIR | None = None
     credentials: CredentialsIR | None = None
     annotations: tuple[tuple[str, str], ...] = ()  # the document's metadata.annotations, sorted
+    hosts: tuple[str, ...] = ()  # served only for these Host names (sorted); () = any host
 
     @property
     def kind(self) -> str:

@@ -98,6 +98,9 @@ Duration = Annotated[str, Field(pattern=DURATION_PATTERN), AfterValidator(_check
 HttpPath = Annotated[str, Field(pattern=HTTP_PATH_PATTERN)]
 Glob = Annotated[str, Field(pattern=GLOB_PATTERN)]
 Port = Annotated[int, Field(ge=1, le=65535)]
+# A DNS host name as clients write it in Host (lower case, no port, no trailing dot, no wildcard).
+HOST_NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$"
+HostName = Annotated[str, Field(pattern=HOST_NAME_PATTERN, max_length=253)]
 
 
 class StrictModel(BaseModel):

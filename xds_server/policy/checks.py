@@ -187,12 +187,14 @@ def _conflicts(valid: Sequence[Located[Any]], gateway_names: Sequence[str]) -> l
     seen: dict[tuple[str, tuple[Any, ...]], Located[Any]] = {}
     for item in valid:
         for unique in KINDS[item.doc.kind].unique:
-            key = unique.key(item.doc, gateway_names)
-            if key is None:
+            keys = unique.key(item.doc, gateway_names)
+            if keys is None:
                 continue  # e.g. a backend whose gateway is undecidable (reported as a reference problem)
-            first = seen.setdefault((unique.namespace, key), item)
-            if first is not item:
-                diags.append(item.diagnostic(unique.path, unique.message(key, _ref(first))))
+            for key in keys if isinstance(keys, list) else [keys]:
+                first = seen.setdefault((unique.namespace, key), item)
+                if first is not item:
+                    diags.append(item.diagnostic(unique.path, unique.message(key, _ref(first))))
+                    break
     return diags
 
 

@@ -63,14 +63,14 @@ class RefSpec:
 class UniqueKey:
     """A value two documents may not share (across every kind that uses the same `namespace`).
 
-    `key(doc, gateways)` returns the value (None: the document has none), with
+    `key(doc, gateways)` returns the value, or a list of values (None: the document has none), with
     `gateways` the Gateway names for kinds whose value depends on their gateway;
     `message(key, first)` says what clashes, `first` naming the earlier document.
     """
 
     namespace: str
     path: Path
-    key: Callable[[Any, Sequence[str]], tuple[Any, ...] | None]
+    key: Callable[[Any, Sequence[str]], tuple[Any, ...] | list[tuple[Any, ...]] | None]
     message: Callable[[tuple[Any, ...], str], str]
 
 
@@ -94,9 +94,12 @@ def resolve_gateway(gateway: str | None, gateways: Sequence[str]) -> str | None:
     return gateways[0] if len(gateways) == 1 else None
 
 
-def _route_key(doc: Any, gateways: Sequence[str]) -> tuple[Any, ...] | None:
+def _route_keys(doc: Any, gateways: Sequence[str]) -> list[tuple[Any, ...]] | None:
+    """(gateway, route, host) for each host the backend is served for ("*": every other host)."""
     gateway = resolve_gateway(doc.spec.gateway, gateways)
-    return None if gateway is None else (gateway, doc.route_path)
+    if gateway is None:
+        return None
+    return [(gateway, doc.route_path, host) for host in (doc.spec.hosts or ("*",))]
 
 
 JWT_PROVIDERS = Namespace("JwtProvider", "JWT provider", "no Gateway defines jwtProviders")
@@ -133,8 +136,12 @@ KIND_SPECS: tuple[KindSpec, ...] = (
             UniqueKey(
                 "gateway route",
                 ("spec", "route"),
-                _route_key,
-                lambda key, first: f"route {key[1]!r} on gateway {key[0]!r} is already used by {first}",
+                _route_keys,
+                lambda key, first: (
+                    f"route {key[1]!r} on gateway {key[0]!r}"
+                    + (f" for host {key[2]!r}" if key[2] != "*" else "")
+                    + f" is already used by {first}"
+                ),
             ),
         ),
         routed=True,

@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, Field, model_validator
 from pydantic_core import PydanticCustomError
 
-from .base import Duration, Name, Port, StrictModel, _check_host, duration_ms
+from .base import Duration, HostName, Name, Port, StrictModel, _check_host, duration_ms
 from .identity import BackendAuth, BackendCredentials, UpstreamTls
 
 
@@ -121,6 +121,13 @@ class RouteSpec(StrictModel):
         "API or endpoints file); those listed here serve until then. Runtime endpoints are IP addresses.",
     )
     timeouts: Timeouts = Field(default_factory=Timeouts, description="Connect and request timeouts to the backend.")
+    hosts: tuple[HostName, ...] = Field(
+        default=(),
+        max_length=64,
+        description="Serve this backend only to requests for these host names (Host, any port), on its route: "
+        "several backends may then share a route, one per name (e.g. my-agent-1.actors.example, an actor's "
+        "stable name); a backend on that route without hosts serves the other names.",
+    )
     load_balancing: Literal["roundRobin", "leastRequest"] = Field(
         default="roundRobin",
         description="How endpoints share new sessions and stateless requests: roundRobin (default) or "

@@ -14,6 +14,7 @@ from xds_server.ir.types import RouteIR
 
 __all__ = [
     "MCP_METADATA_NAMESPACE", "cluster_name", "listener_name", "rbac_policy_name", "route_config_name", "scope_name",
+    "shared_route_config_name",
     "scoped_routes_name",
 ]  # fmt: skip
 
@@ -31,6 +32,11 @@ def route_config_name(route: RouteIR) -> str:
     """A route's own route configuration (RDS): its Envoy routes alone, so an edit of one route
     sends Envoy that configuration alone."""
     return f"routes/{route.kind}/{route.name}"
+
+
+def shared_route_config_name(path: str) -> str:
+    """The route configuration of a path several routes share, one per host name (RouteIR.hosts)."""
+    return f"routes/hosts:{path}"
 
 
 def scope_name(path: str) -> str:

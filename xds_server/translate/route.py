@@ -40,7 +40,13 @@ from xds_server.ir.types import GatewayIR, RouteIR
 from xds_server.translate import identity, jwt, oauth, policy_service, rbac
 from xds_server.translate.filters import FilterUses, HttpFilter, RouteFilters, Slot, Use
 from xds_server.translate.listener import listener_filters
-from xds_server.translate.names import cluster_name, route_config_name, route_name, scope_name
+from xds_server.translate.names import (
+    cluster_name,
+    route_config_name,
+    route_name,
+    scope_name,
+    shared_route_config_name,
+)
 from xds_server.translate.proto import to_message
 from xds_server.translate.protocols import translator_for
 
@@ -155,20 +161,28 @@ def _metadata_routes(gateway: GatewayIR, route: RouteIR, filters: list[HttpFilte
 def build_route_configs(gateway: GatewayIR) -> tuple[list[RouteConfiguration], list[ScopedRouteConfiguration]]:
     """One route configuration per route (its Envoy routes and metadata documents), and the scopes
     that send each of its exact paths to it; a path no scope names has no route (see the module
-    docstring: `no_backend`)."""
+    docstring: `no_backend`). Routes that share a path by host name (`RouteIR.hosts`) share one
+    route configuration, a virtual host each (the one without hosts, if any, serves other names)."""
     filters = listener_filters(gateway)
-    configs, scopes = [], []
+    by_path: dict[str, list[RouteIR]] = {}
     for route in gateway.routes:
-        entries = [*_metadata_routes(gateway, route, filters), *_route_entries(route, gateway, filters)]
-        name = route_config_name(route)
-        # Each entry is its own message (under a translation memo, an unchanged entry is not built
-        # again); the configuration is put together from them by protobuf's constructor.
-        configs.append(RouteConfiguration(
-            name=name,
-            virtual_hosts=[VirtualHost(name=gateway.name, domains=["*"], routes=[to_message(Route, e) for e in entries])],
-        ))  # fmt: skip
-        paths = sorted({route.path, *(e["match"]["path"] for e in entries)})
-        scopes += [scope(path, name) for path in paths]
+        by_path.setdefault(route.path, []).append(route)
+    configs, scopes = [], []
+    for path, members in by_path.items():
+        shared = len(members) > 1 or bool(members[0].hosts)
+        name = shared_route_config_name(path) if shared else route_config_name(members[0])
+        hosts, paths = [], {path}
+        # Named hosts first: Envoy picks an exact domain over "*" anyway; the order keeps the output stable.
+        for route in sorted(members, key=lambda r: (not r.hosts, r.name)):
+            entries = [*_metadata_routes(gateway, route, filters), *_route_entries(route, gateway, filters)]
+            # Each entry is its own message (under a translation memo, an unchanged entry is not built
+            # again); the configuration is put together from them by protobuf's constructor.
+            domains = [d for h in route.hosts for d in (h, f"{h}:*")] or ["*"]
+            hosts.append(VirtualHost(name=route.name if shared else gateway.name, domains=domains,
+                                     routes=[to_message(Route, e) for e in entries]))  # fmt: skip
+            paths |= {e["match"]["path"] for e in entries}
+        configs.append(RouteConfiguration(name=name, virtual_hosts=hosts))
+        scopes += [scope(p, name) for p in sorted(paths)]
     return configs, scopes
 
 
