@@ -12,9 +12,11 @@ native condition, and one the policy service decides.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 import mcp_types as types
 import pytest
 import pytest_asyncio
@@ -49,7 +51,7 @@ MODES = ["modern", "legacy"]
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def gateway(mcp_backend_factory_module: Any,
                   tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RunningGateway]:  # fmt: skip
-    github = mcp_backend_factory_module(name="interactive", extra_args=("--interactive",))  # SSE answers
+    github = mcp_backend_factory_module(name="interactive", extra_args=("--interactive", "--resumable"))  # SSE answers
     gw = await start_gateway(tmp_path_factory.mktemp("server-messages"), {"github": github}, policy_yaml=POLICY)
     yield gw
     await stop_gateway(gw)
@@ -111,3 +113,43 @@ async def test_a_sampling_round_trip_passes_the_gateway_and_the_policy_service(
     assert questions == ["What is six times seven?"]
     assert refused.value.error.code == errors.CONDITION_NOT_MET.code
     assert service.checks["github"] > checks  # the policy service decided them
+
+
+def sse_events(text: str) -> list[tuple[str, dict[str, Any]]]:
+    """(id, JSON-RPC message) of each SSE event with data."""
+    events = []
+    for block in text.replace("\r\n", "\n").split("\n\n"):
+        fields = dict(line.split(":", 1) for line in block.splitlines() if ":" in line and not line.startswith(":"))
+        if fields.get("data", "").strip():
+            events.append((fields.get("id", "").strip(), json.loads(fields["data"])))
+    return events
+
+
+async def test_a_client_resumes_a_stream_with_last_event_id(gateway: RunningGateway) -> None:
+    """A legacy client that lost the call's stream after the first progress event reconnects with a GET
+    carrying Last-Event-ID; the server's replay of what it missed comes through the gateway."""
+    legacy = {"x-agent-id": "triage", "mcp-protocol-version": "2025-11-25", "content-type": "application/json",
+              "accept": "application/json, text/event-stream"}  # fmt: skip
+    init = {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {"protocolVersion": "2025-11-25",
+            "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}  # fmt: skip
+    async with httpx.AsyncClient(timeout=10, trust_env=False) as http:
+        answer = await http.post(gateway.url(), content=json.dumps(init), headers=legacy)
+        session = {**legacy, "mcp-session-id": answer.headers["mcp-session-id"]}
+        await http.post(gateway.url(), content=json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+                        headers=session)  # fmt: skip
+        call = {"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+                "params": {"name": "count", "arguments": {"n": 3}, "_meta": {"progressToken": "p"}}}  # fmt: skip
+        streamed = sse_events((await http.post(gateway.url(), content=json.dumps(call), headers=session)).text)
+        assert [m.get("method") or "result" for _, m in streamed] == ["notifications/progress"] * 3 + ["result"]
+        assert all(event_id for event_id, _ in streamed), streamed  # the server numbers its events
+        first = streamed[0][0]
+        received = ""
+        # The replay stays open for what comes next (a live stream): read until the missed events are in.
+        async with http.stream("GET", gateway.url(), headers={**session, "accept": "text/event-stream",
+                                                              "last-event-id": first}) as replayed:  # fmt: skip
+            assert replayed.status_code == 200
+            async for chunk in replayed.aiter_text():
+                received += chunk
+                if len(sse_events(received)) >= len(streamed) - 1:
+                    break
+    assert [m for _, m in sse_events(received)] == [m for _, m in streamed[1:]]  # all it missed, in order

@@ -224,12 +224,19 @@ def build_app(
     json_response: bool = False,
     poisoned: frozenset[str] = frozenset(),
     interactive: bool = False,
+    resumable: bool = False,
 ) -> ASGIApp:
     """Return the ASGI app: the demo server on `path`, optionally wrapped in the request log."""
     from mcp.server.transport_security import TransportSecuritySettings
 
+    event_store = None
+    if resumable:
+        from xds_server.demo.events import InMemoryEventStore
+
+        event_store = InMemoryEventStore()
     app = build_server(name, poisoned, interactive).streamable_http_app(
         streamable_http_path=path,
+        event_store=event_store,
         json_response=json_response,
         stateless_http=False,
         # The SDK's DNS-rebinding guard rejects Host headers other than localhost;
@@ -251,6 +258,7 @@ async def serve(
     tls_cert: Path | None = None,
     tls_key: Path | None = None,
     interactive: bool = False,
+    resumable: bool = False,
 ) -> None:
     """Serve until SIGINT/SIGTERM; print `READY http(s)://host:port/path` once accepting requests.
 
@@ -259,7 +267,7 @@ async def serve(
     import uvicorn
 
     app = build_app(name=name, path=path, request_log=request_log, json_response=json_response, poisoned=poisoned,
-                    interactive=interactive)  # fmt: skip
+                    interactive=interactive, resumable=resumable)  # fmt: skip
     # Bind first so `--port 0` works and the READY line carries the real port.
     # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets whose proto
     # says TCP; without it every keep-alive response stalled ~40 ms (delayed ACK).
@@ -301,6 +309,11 @@ def main(argv: list[str] | None = None) -> int:
         help="also serve count, archive_repo and ask_model: progress, elicitation and sampling",
     )
     parser.add_argument(
+        "--resumable",
+        action="store_true",
+        help="give SSE events ids and replay missed ones to a client that reconnects with Last-Event-ID",
+    )
+    parser.add_argument(
         "--poison",
         action="append",
         default=[],
@@ -328,6 +341,7 @@ def main(argv: list[str] | None = None) -> int:
                 request_log=args.request_log,
                 json_response=args.json_response,
                 interactive=args.interactive,
+                resumable=args.resumable,
                 poisoned=frozenset(args.poison),
                 tls_cert=args.tls_cert,
                 tls_key=args.tls_key,
