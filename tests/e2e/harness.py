@@ -216,6 +216,18 @@ class McpBackend:
             out.append(body.get("method") if isinstance(body, dict) else None)
         return out
 
+    def tool_calls(self, tool: str) -> int:
+        """How many `tools/call`s of `tool` the server received."""
+        count = 0
+        for req in self.requests():
+            try:
+                body = json.loads(req["body"]) if req["body"] else None
+            except ValueError:
+                continue
+            if isinstance(body, dict) and body.get("method") == "tools/call" and body["params"]["name"] == tool:
+                count += 1
+        return count
+
     def clear_requests(self) -> None:
         """Forget what was logged so far (truncate the log)."""
         self.request_log_path.write_text("", encoding="utf-8")

@@ -21,7 +21,7 @@ import pytest_asyncio
 from mcp.shared.exceptions import MCPError
 
 from tests.e2e.gateway import IDENTITY_HEADER, RunningGateway, eventually, start_gateway, stop_gateway
-from tests.e2e.harness import REPO_ROOT, McpBackend, mcp_client, python_env, raw_post
+from tests.e2e.harness import REPO_ROOT, mcp_client, python_env, raw_post
 from xds_server.authz.service import PolicyService
 from xds_server.core import errors
 
@@ -84,18 +84,6 @@ def agent(name: str) -> dict[str, str]:
     return {IDENTITY_HEADER: name}
 
 
-def calls_of(backend: McpBackend, tool: str) -> int:
-    count = 0
-    for req in backend.requests():
-        try:
-            body = json.loads(req["body"] or "null")
-        except ValueError:
-            continue
-        if isinstance(body, dict) and body.get("method") == "tools/call" and body["params"]["name"] == tool:
-            count += 1
-    return count
-
-
 async def call(client: Any, tool: str, **arguments: Any) -> Any:
     """The tool's text, or the MCPError the gateway answered with."""
     try:
@@ -112,7 +100,7 @@ async def call(client: Any, tool: str, **arguments: Any) -> Any:
 @pytest.mark.parametrize("mode", MODES)
 async def test_argument_condition_allows_and_denies(gateway: RunningGateway, mode: str) -> None:
     github = gateway.backends["github"]
-    before = calls_of(github, "create_issue")
+    before = github.tool_calls("create_issue")
     async with mcp_client(gateway.url(), agent("executor"), mode) as client:
         allowed = await call(client, "create_issue", repo="acme/web", title="bug")
         denied = await call(client, "create_issue", repo="evil/web", title="bug")
@@ -122,7 +110,7 @@ async def test_argument_condition_allows_and_denies(gateway: RunningGateway, mod
     assert denied.data["reason"] == "condition_not_met" and denied.data["rule"] == "github/rules[1]"
     assert denied.data["tool"] == "create_issue"
     assert isinstance(missing, MCPError) and missing.data["reason"] == "condition_not_met"
-    assert calls_of(github, "create_issue") == before + 1  # only the allowed call reached the backend
+    assert github.tool_calls("create_issue") == before + 1  # only the allowed call reached the backend
 
 
 async def test_refusal_echoes_the_request_id(gateway: RunningGateway) -> None:
@@ -210,7 +198,7 @@ async def test_approval_flow(gateway: RunningGateway, mode: str) -> None:
         approval_id = first.data["approvalId"]
         assert again.data["approvalId"] == approval_id  # the same call waits on the same approval
         assert other.data["approvalId"] != approval_id
-        assert calls_of(github, "delete_repo") == 0 or mode == "legacy"
+        assert github.tool_calls("delete_repo") == 0 or mode == "legacy"
 
         listed = await asyncio.to_thread(approvals_cli, gateway, "list")
         assert listed.returncode == 0 and approval_id in listed.stdout and repo in listed.stdout

@@ -31,7 +31,6 @@ from tests.e2e.harness import (
     MODERN_META,
     MODERN_REVISION,
     REPO_ROOT,
-    McpBackend,
     mcp_client,
     python_env,
     raw_post,
@@ -236,18 +235,6 @@ def executor() -> dict[str, str]:
     return {IDENTITY_HEADER: "executor"}
 
 
-def list_issues_calls(backend: McpBackend, tool: str = "list_issues") -> int:
-    count = 0
-    for request in backend.requests():
-        try:
-            body = json.loads(request["body"] or "null")
-        except ValueError:
-            continue
-        if isinstance(body, dict) and body.get("method") == "tools/call" and body["params"]["name"] == tool:
-            count += 1
-    return count
-
-
 async def call(client: Any, tool: str, **arguments: Any) -> Any:
     try:
         result = await client.call_tool(tool, arguments)
@@ -273,7 +260,7 @@ async def test_one_quota_holds_across_two_replicas_in_both_revisions(
 ) -> None:
     first, second = replicas
     backend = first.backends["github"]
-    before = list_issues_calls(backend)
+    before = backend.tool_calls("list_issues")
     async with (
         mcp_client(first.url(), executor(), "modern") as on_first,
         mcp_client(second.url(), executor(), "legacy") as on_second,
@@ -288,7 +275,7 @@ async def test_one_quota_holds_across_two_replicas_in_both_revisions(
     for error in refused:
         assert error.code == errors.QUOTA_EXCEEDED.code and error.data["reason"] == "quota_exceeded"
         assert 1 <= error.data["retryAfterSeconds"] <= 60
-    assert list_issues_calls(backend) == before + QUOTA
+    assert backend.tool_calls("list_issues") == before + QUOTA
 
 
 async def test_concurrent_calls_through_both_replicas_get_exactly_the_quota(
@@ -296,14 +283,14 @@ async def test_concurrent_calls_through_both_replicas_get_exactly_the_quota(
 ) -> None:
     first, second = replicas
     backend = first.backends["github"]
-    before = list_issues_calls(backend)
+    before = backend.tool_calls("list_issues")
     urls = [first.url(), second.url()]
     responses = await asyncio.gather(*(raw_post(urls[i % 2], tool_call(1000 + i), modern()) for i in range(24)))
     bodies = [r.json() for r in responses]
     assert [b["id"] for b in bodies] == [1000 + i for i in range(24)]  # each answer carries its request's id
     assert sum("result" in b for b in bodies) == QUOTA
     assert all(b["error"]["code"] == errors.QUOTA_EXCEEDED.code for b in bodies if "error" in b)
-    assert list_issues_calls(backend) == before + QUOTA
+    assert backend.tool_calls("list_issues") == before + QUOTA
 
 
 async def test_with_the_store_stopped_calls_under_a_quota_fail_closed(
@@ -311,7 +298,7 @@ async def test_with_the_store_stopped_calls_under_a_quota_fail_closed(
 ) -> None:
     first, second = replicas
     backend = first.backends["github"]
-    before = list_issues_calls(backend)
+    before = backend.tool_calls("list_issues")
     empty_store.stop()
     try:
         for gateway, request_id in ((first, 7), (second, 8)):
@@ -324,7 +311,7 @@ async def test_with_the_store_stopped_calls_under_a_quota_fail_closed(
             # A call no quota covers does not need the store.
             whoami = await raw_post(gateway.url(), tool_call(request_id, "whoami"), modern("whoami"))
             assert "result" in whoami.json(), whoami.text
-        assert list_issues_calls(backend) == before
+        assert backend.tool_calls("list_issues") == before
     finally:
         empty_store.restart()
 
@@ -333,7 +320,7 @@ async def test_with_the_store_stopped_calls_under_a_quota_fail_closed(
         return "result" in response.json()
 
     await eventually(served_again, timeout=10, what="quota calls to be served once the store is back")
-    assert list_issues_calls(backend) == before + 1
+    assert backend.tool_calls("list_issues") == before + 1
 
 
 def approvals_cli(gateway: RunningGateway, *args: str) -> subprocess.CompletedProcess[str]:
@@ -346,7 +333,7 @@ async def test_an_approval_asked_through_one_replica_is_approved_through_the_oth
 ) -> None:
     first, second = replicas
     backend = first.backends["github"]
-    before = list_issues_calls(backend, "delete_repo")
+    before = backend.tool_calls("delete_repo")
     async with (
         mcp_client(first.url(), executor(), "modern") as on_first,
         mcp_client(second.url(), executor(), "legacy") as on_second,
@@ -365,7 +352,7 @@ async def test_an_approval_asked_through_one_replica_is_approved_through_the_oth
     assert done == "deleted acme/old"
     assert isinstance(once_only, MCPError) and once_only.data["reason"] == "approval_required"
     assert once_only.data["approvalId"] != approval_id  # used once: the next call asks anew
-    assert list_issues_calls(backend, "delete_repo") == before + 1
+    assert backend.tool_calls("delete_repo") == before + 1
 
 
 async def test_with_the_store_stopped_approvals_fail_closed(
