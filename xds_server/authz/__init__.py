@@ -1,7 +1,9 @@
 """The policy service: decisions Envoy cannot make natively.
 
     decide.py      the generic pipeline: caller → call → protocol refusals → rules → credentials
-    engine.py      conditions (CEL), quotas and approvals over a route's conditional rules (pure)
+    engine.py      conditions (CEL), quotas and approvals over a route's conditional rules (pure steps)
+    effects.py     what those steps ask of the decision state, and the local state (memory, SQLite)
+    shared_state.py, shared_approvals.py   the decision state in Valkey/Redis, shared by replicas
     credentials.py delegated credentials (token exchange, per-user secrets)
     protocols.py   what a protocol's handler provides; mcp/ is MCP's (tools/call, tool guard, lists)
     state.py       the IR indexed per route; callers recognised by ir/principals.py

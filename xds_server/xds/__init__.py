@@ -1,2 +1,3 @@
 """xDS serving: content-addressed snapshots, the per-group cache, the ADS state machine and server,
-and the status API. Knows Envoy resources only, never policies or the IR."""
+the status API, and what one node may ask to differ (node_overrides.py: its listen port). Knows
+Envoy resources only, never policies or the IR."""
