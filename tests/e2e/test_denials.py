@@ -98,6 +98,30 @@ async def test_a_policy_refusal_is_http_200_with_the_json_rpc_error(gateway: Run
     assert _reached(backend) == []
 
 
+@pytest.mark.parametrize("revision", ["2026-07-28", "2025-11-25"])
+@pytest.mark.parametrize("tool", ["delete_branch", "whoami"])
+async def test_a_body_that_hides_params_from_envoy_is_refused_and_never_forwarded(
+    gateway: RunningGateway, tool: str, revision: str
+) -> None:
+    """Envoy 1.40's MCP filter drops `params` from its metadata when an argument with an empty key
+    holding an object comes before `name`, and still calls the request a tools/call: the allow-list
+    then matches nothing, so even a granted tool (whoami) is refused rather than anything let through
+    (2026-07-28: its headers no longer match the body; 2025-11-25: no grant matches a call with no name)."""
+    backend = gateway.backends["github"]
+    backend.clear_requests()
+    meta = {"io.modelcontextprotocol/protocolVersion": MODERN, "io.modelcontextprotocol/clientCapabilities": {}}
+    extra = f', "_meta": {json.dumps(meta)}' if revision == MODERN else ""
+    body = ('{"jsonrpc": "2.0", "id": "hide-1", "method": "tools/call", "params": {"arguments": {"": {}}, '
+            f'"name": "{tool}"{extra}}}}}')  # fmt: skip
+    headers = _headers(tool) if revision == MODERN else {IDENTITY_HEADER: "triage", "mcp-protocol-version": revision}
+    response = await raw_post(gateway.url("github"), body, headers)
+    reply = response.json()
+    assert reply["id"] == "hide-1" and "error" in reply, reply
+    expected = -32020 if revision == MODERN else errors.METHOD_DENIED.code
+    assert reply["error"]["code"] == expected, reply
+    assert _reached(backend) == []
+
+
 async def test_credentials_limits_and_unknown_routes_keep_their_status(gateway: RunningGateway) -> None:
     unknown = await raw_post(gateway.url("github"), _call("whoami", {}), _headers("whoami", agent="mallory"))
     assert unknown.status_code == 200 and unknown.json()["error"]["data"]["reason"] == errors.UNKNOWN_AGENT.reason
