@@ -17,14 +17,11 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from tests.e2e.gateway import AGENTS_YAML, GATEWAY, gateway_yaml, wait_listening
+from tests.e2e.gateway import AGENTS_YAML, gateway_yaml, launch
 from tests.e2e.harness import MODERN_META, MODERN_REVISION, mcp_client
 from tests.e2e.test_moving_backends import TOKEN
 from xds_server.controlplane.runtime_endpoints import ApiEndpoints, RuntimeEndpoints
-from xds_server.controlplane.service import ControlPlane
 from xds_server.core import errors
-from xds_server.runtime.bootstrap import render_bootstrap
-from xds_server.runtime.envoy import EnvoyProcess
 from xds_server.runtime.ports import free_port
 
 POLICY = """\
@@ -80,21 +77,13 @@ async def actors(
     (policy_dir / "backends.yaml").write_text(backends_yaml(servers["server-1"].port, servers["server-2"].port))
     (policy_dir / "agents.yaml").write_text(AGENTS_YAML)
     (policy_dir / "policy.yaml").write_text(POLICY)
-    control = ControlPlane(policy_dir, port=0, debounce_ms=50, policy_port=policy_port, approvals_port=0,
-                           authz_http_port=http_port, runtime=RuntimeEndpoints(None, ApiEndpoints()))  # fmt: skip
-    await control.start()
-    envoy: EnvoyProcess | None = None
+    control, envoy = await launch(policy_dir, tmp_path, listen_port, policy_port, http_port,
+                                  runtime=RuntimeEndpoints(None, ApiEndpoints()))  # fmt: skip
     try:
         api_port = await control.serve_endpoints_api("127.0.0.1", 0, TOKEN)
-        bootstrap = render_bootstrap(node_id="actors", node_cluster=GATEWAY, xds_host="127.0.0.1",
-                                     xds_port=control.port, admin_port=0)  # fmt: skip
-        envoy = EnvoyProcess(bootstrap, workdir=tmp_path / "envoy", log_level="warning").start()
-        await envoy.wait_live_async(20)
-        await wait_listening(listen_port)
         yield {"port": listen_port, "api": f"http://127.0.0.1:{api_port}", "servers": servers}
     finally:
-        if envoy is not None:
-            envoy.stop()
+        envoy.stop()
         await control.stop()
 
 

@@ -363,6 +363,20 @@ def test_missing_policy_directory_is_a_clear_error(args: tuple[str, ...]) -> Non
     assert "no such policy file or directory" in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (("--state-store", "redis://:hunter2@cache:port/0"), "redis://:***@cache:port/0: Port could not be cast"),
+        (("--state-store", "memcached://cache:11211"), "must specify one of the following schemes"),
+        (("--endpoints-port", "0"), "needs a token of at least 16 characters"),
+    ],
+)  # fmt: skip
+def test_serve_refuses_a_bad_store_url_or_an_endpoints_api_without_a_token(args: tuple[str, ...], says: str) -> None:
+    result = agentxds("serve", str(DEMO), *args)
+    assert result.returncode != 0 and says in result.stderr, result.stderr
+    assert "hunter2" not in result.stderr + result.stdout  # a password never in a message
+
+
 def test_up_says_which_ports_are_taken_before_starting_anything(tmp_path: Path) -> None:
     import socket
 

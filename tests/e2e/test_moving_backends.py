@@ -20,12 +20,11 @@ from typing import Any
 import httpx
 import pytest_asyncio
 
-from tests.e2e.gateway import AGENTS_YAML, GATEWAY, gateway_yaml, until, wait_listening
+from tests.e2e.gateway import AGENTS_YAML, gateway_yaml, launch, until
 from tests.e2e.harness import MODERN_META, MODERN_REVISION, McpBackend, mcp_client
 from xds_server.controlplane.runtime_endpoints import ApiEndpoints, RuntimeEndpoints
 from xds_server.controlplane.service import ControlPlane
 from xds_server.ir.types import EndpointIR
-from xds_server.runtime.bootstrap import render_bootstrap
 from xds_server.runtime.envoy import EnvoyProcess
 from xds_server.runtime.ports import free_port
 
@@ -97,21 +96,12 @@ async def moving(mcp_backend_factory: Any, tmp_path: Path) -> AsyncIterator[Movi
     endpoints_file, state_file = tmp_path / "endpoints.yaml", tmp_path / "state" / "runtime-endpoints.json"
     state_file.parent.mkdir()
     runtime = RuntimeEndpoints(endpoints_file, ApiEndpoints(state_file))
-    control = ControlPlane(policy_dir, port=0, debounce_ms=50, policy_port=policy_port, approvals_port=0,
-                           authz_http_port=http_port, runtime=runtime)  # fmt: skip
-    await control.start()
-    envoy: EnvoyProcess | None = None
+    control, envoy = await launch(policy_dir, tmp_path, listen_port, policy_port, http_port, runtime=runtime)
     try:
         api_port = await control.serve_endpoints_api("127.0.0.1", 0, TOKEN)
-        bootstrap = render_bootstrap(node_id="moving", node_cluster=GATEWAY, xds_host="127.0.0.1",
-                                     xds_port=control.port, admin_port=0)  # fmt: skip
-        envoy = EnvoyProcess(bootstrap, workdir=tmp_path / "envoy", log_level="warning").start()
-        await envoy.wait_live_async(20)
-        await wait_listening(listen_port)
         yield Moving(control, envoy, listen_port, f"http://127.0.0.1:{api_port}", endpoints_file, state_file, replicas)
     finally:
-        if envoy is not None:
-            envoy.stop()
+        envoy.stop()
         await control.stop()
 
 

@@ -74,13 +74,20 @@ return {0, 0, tonumber(freeing[2]) + window - now, ''}
 
 
 def redacted(url: str) -> str:
-    """`url` without its password, for logs and messages."""
+    """`url` without its password, for logs and messages (whatever else is wrong with it)."""
     parts = urlsplit(url)
-    if parts.password is None:
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    if not at or ":" not in userinfo:
         return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    return urlunsplit(parts._replace(netloc=f"{userinfo.split(':', 1)[0]}:***@{hostport}"))
+
+
+def check_url(url: str) -> None:
+    """Raise ValueError saying what is wrong with a store URL (its password never in the message)."""
+    try:
+        valkey_asyncio.connection.parse_url(url)
+    except ValueError as exc:
+        raise ValueError(f"{redacted(url)}: {exc}") from None
 
 
 def quota_key(key: QuotaKey) -> str:

@@ -25,6 +25,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     with_policy_service = args.role in ("all", "policy")
 
     token = _endpoints_token(args)
+    if args.state_store:
+        from xds_server.authz.shared_state import check_url
+
+        try:
+            check_url(args.state_store)
+        except ValueError as exc:
+            raise SystemExit(f"agentxds serve: --state-store (or $AGENTXDS_STATE_STORE) {exc}") from None
     runtime = RuntimeEndpoints(args.endpoints_file, ApiEndpoints(state.runtime_endpoints))
 
     async def serve() -> int:

@@ -65,12 +65,18 @@ def _check_duration(value: str) -> str:
     return value
 
 
-def _check_host(value: str) -> str:
+def is_ip(value: str) -> bool:
+    """Whether `value` is an IP address (not a DNS name)."""
     try:
         ipaddress.ip_address(value)
-        return value
     except ValueError:
-        pass
+        return False
+    return True
+
+
+def _check_host(value: str) -> str:
+    if is_ip(value):
+        return value
     labels = value.removesuffix(".").split(".")
     if len(value) > 253 or not all(_DNS_LABEL.match(label) for label in labels):
         raise ValueError(f"{value!r} is neither an IP address nor a DNS name")

@@ -8,13 +8,12 @@ route and upstream path defaults, its protocol's settings).
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, model_validator
 from pydantic_core import PydanticCustomError
 
-from .base import Duration, HostName, Name, Port, StrictModel, _check_host, duration_ms
+from .base import Duration, HostName, Name, Port, StrictModel, _check_host, duration_ms, is_ip
 from .identity import BackendAuth, BackendCredentials, UpstreamTls
 
 
@@ -70,14 +69,6 @@ class RoutePolicyService(StrictModel):
     @property
     def timeout_ms(self) -> int:
         return duration_ms(self.timeout)
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 class HealthCheck(StrictModel):
@@ -158,7 +149,7 @@ class RouteSpec(StrictModel):
             raise PydanticCustomError(
                 "no_endpoints", "a backend needs endpoints (or runtimeEndpoints: true, to set them at run time)"
             )
-        if self.runtime_endpoints and any(not _is_ip(e.host) for e in self.endpoints):
+        if self.runtime_endpoints and any(not is_ip(e.host) for e in self.endpoints):
             # Runtime endpoints are IPs (EDS): a DNS name would make a moved backend change cluster type.
             raise PydanticCustomError(
                 "runtime_endpoints_dns",
