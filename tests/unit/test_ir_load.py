@@ -25,7 +25,7 @@ def test_the_golden_ir_loads() -> None:
 @pytest.mark.parametrize(
     "where, mutate",
     [
-        ("protocol", lambda route: route["protocol"].update(kind="a2a")),
+        ("protocol", lambda route: route["protocol"].update(kind="llm")),
         ("allows", lambda route: route["grants"][0]["allows"].update(kind="llm")),
         ("principals", lambda route: None),
     ],

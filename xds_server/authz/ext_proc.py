@@ -10,6 +10,9 @@ metadata names the route and the stream's purpose (core/wire.py):
   route's protocol handler rewrites it so that the caller sees only what it
   may use (MCP: tools, prompts and resources, and on a guarded backend none
   that changed since they were pinned).
+- PURPOSE_EXCHANGE (A2A: every request): the request body (BUFFERED) goes to
+  the route's protocol handler (`exchange`), which refuses it or lets it
+  through (its ids restored), and says how the answer (STREAMED) is rewritten.
 - PURPOSE_SEAL / PURPOSE_UNSEAL (MCP: tasks): ids a response creates are
   sealed for the caller; a request naming a sealed id is checked and
   restored, or answered as if the id did not exist (authz/sealed_ids.py).
@@ -34,11 +37,13 @@ from google.protobuf import json_format
 
 from xds_server.authz.jsonrpc import error_body, request_id_of
 from xds_server.authz.messages import StreamRewriter, is_json, is_sse
+from xds_server.authz.protocols import Exchange, Refused
 from xds_server.authz.sealed_ids import NotFound, open_request, owner_of, reseal_stream, seal_stream
 from xds_server.core import errors
 from xds_server.core.wire import (
     JWT_METADATA_NAMESPACE,
     PEER_URI_SAN_ATTRIBUTE,
+    PURPOSE_EXCHANGE,
     PURPOSE_METADATA_KEY,
     PURPOSE_RESPONSES,
     PURPOSE_UNSEAL,
@@ -137,6 +142,7 @@ class _Stream:
         self.shown: dict[str, str] = {}  # the backend's ids → the sealed ids the caller named
         self.streamed: StreamRewriter | None = None
         self.request_seen = False  # this filter saw the request (so the answer may come from the backend)
+        self.exchanged: Exchange | None = None  # PURPOSE_EXCHANGE: the request the handler let through
 
     def on(self, phase: str, request: pb.ProcessingRequest) -> tuple[pb.ProcessingResponse, bool]:
         """The answer to one phase, and whether it ends the stream."""
@@ -149,9 +155,13 @@ class _Stream:
                 self.agents = self.view.agents_of(self.headers, self.jwt, peer_uri_san(request))
             return _continue(phase), False
         if phase == "request_body":
+            if self.purpose == PURPOSE_EXCHANGE:
+                return self._exchange(request.request_body.body, "request_body")
             return self._request_body(request.request_body.body)
         if phase == "response_headers":
             self.content_type = header_map(request.response_headers.headers).get("content-type", "")
+            if self.purpose == PURPOSE_EXCHANGE and self.request_seen:
+                return self._answer_exchange()
             if self.purpose == PURPOSE_RESPONSES or not self.request_seen:
                 # Without the request, this is Envoy's own reply to a request an earlier filter refused
                 # (RBAC): no request reaches a backend without passing here first, so it holds nothing
@@ -166,6 +176,32 @@ class _Stream:
             body = request.response_body
             return _stream_body(self.streamed.feed(body.body, body.end_of_stream)), False
         return _continue(phase), False
+
+    def _exchange(self, body: bytes | None, phase: str) -> tuple[pb.ProcessingResponse, bool]:
+        """The handler's exchange for the request (`body` None: it has none): refused, or let through."""
+        view, handler = self.view, self.handler
+        if view is None or handler is None:
+            log.warning("request of a route the policy service does not know; refused")
+            return _refuse(502, error_body(request_id_of(body or b""), errors.GATEWAY_ERROR,
+                                           "The request could not be checked, so it is refused")), True  # fmt: skip
+        outcome = handler.exchange(view, self.service.sealer_for(view), self.agents, self.jwt, self.headers,
+                                   self.metadata, body)  # fmt: skip
+        if isinstance(outcome, Refused):
+            return _refuse(outcome.status, outcome.body), True
+        self.exchanged = outcome
+        if outcome.body is not None:
+            return _replace_request_body(outcome.body, {}), False
+        return _continue(phase), False
+
+    def _answer_exchange(self) -> tuple[pb.ProcessingResponse, bool]:
+        """The answer to the response headers of an exchange: its rewriter set up (a request without a
+        body, a GET, is read now)."""
+        if self.exchanged is None:
+            response, last = self._exchange(None, "response_headers")
+            if last or self.exchanged is None:
+                return response, True
+        self.streamed = self.exchanged.answer(self.content_type)
+        return _without_content_length(), False
 
     def _request_body(self, body: bytes) -> tuple[pb.ProcessingResponse, bool]:
         self.request_id = request_id_of(body)

@@ -17,7 +17,9 @@ per protocol (authz/mcp/handler.py for MCP), found by the route's kind:
 - `update` / `stop`: the handler's own state and background work,
   following each published IR (MCP: re-reading guarded backends' tools);
 - `sealing`: where the protocol's messages carry ids that are sealed per
-  owner (`IdSealing`; MCP: task ids), or None.
+  owner (`IdSealing`; MCP: task ids), or None;
+- `exchange`: one request the service reads whole, and its answer as it
+  streams (A2A: every request; MCP has none).
 
 Every method is abstract: a protocol cannot be half wired.
 """
@@ -29,10 +31,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from xds_server.authz.messages import StreamRewriter
 from xds_server.core.errors import ErrorKind
 from xds_server.ir.principals import JwtPayloads
 
 if TYPE_CHECKING:
+    from xds_server.authz.sealing import Sealer
     from xds_server.authz.state import PolicyIndex, RouteView
 
 
@@ -73,6 +77,24 @@ class ResponseRewrite:
     body: bytes | None
     readable: bool = True
     hidden: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """A request the handler let through: the body to forward instead of the caller's (None: as it came),
+    and `answer(content_type)`, the rewriter of its answer as it streams."""
+
+    body: bytes | None
+    answer: Callable[[str], StreamRewriter]
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A request the handler refused: the HTTP status and body of the answer, and why (decision log)."""
+
+    status: int
+    body: str
+    reason: str
 
 
 #: Queues one decision-log record (the service's `log_decision`).
@@ -156,6 +178,13 @@ class ProtocolHandler(abc.ABC):
     @abc.abstractmethod
     def sealing(self) -> IdSealing | None:
         """How the protocol's ids are sealed per owner, or None if it has none to seal."""
+
+    @abc.abstractmethod
+    def exchange(self, view: RouteView, sealer: Sealer, agents: tuple[str, ...], jwt: JwtPayloads,
+                 headers: Mapping[str, str], metadata: Mapping[str, Any], body: bytes | None) -> Exchange | Refused:  # fmt: skip
+        """One request read whole (`body` None: it has none) by the caller proving `agents`, with what the
+        protocol filter deframed (`metadata`, namespace → values): refused, or let through (rewritten)
+        with its answer's rewriter (ext_proc PURPOSE_EXCHANGE)."""
 
     @abc.abstractmethod
     def update(self, index: PolicyIndex, running: bool) -> None:

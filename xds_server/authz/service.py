@@ -25,6 +25,7 @@ import uvicorn
 from envoy.service.auth.v3 import external_auth_pb2_grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc
 
+from xds_server.authz.a2a.handler import A2aHandler
 from xds_server.authz.approvals import ApprovalStore
 from xds_server.authz.approvals_http import build_app
 from xds_server.authz.credentials import CredentialIssuer
@@ -90,7 +91,8 @@ class PolicyService:
         self.checks: collections.Counter[str] = collections.Counter()
         self.mcp = McpHandler(self.log_decision)
         #: One handler per protocol, by route kind.
-        self.handlers: dict[str, ProtocolHandler] = {self.mcp.kind: self.mcp}
+        a2a = A2aHandler(self.log_decision)
+        self.handlers: dict[str, ProtocolHandler] = {self.mcp.kind: self.mcp, a2a.kind: a2a}
         self._default_key = key_from_file(Path(sealing_key_file)) if sealing_key_file else secrets.token_bytes(32)
         self._sealers: dict[bytes, Sealer] = {}
         self._decider: Decider | None = None

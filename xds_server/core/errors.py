@@ -48,6 +48,13 @@ TASK_NOT_FOUND = ErrorKind(
     "by another backend, or whose tool the caller may no longer call: `Failed to retrieve task: Task not found`, "
     "exactly as for a task that does not exist",
 )
+A2A_TASK_NOT_FOUND = ErrorKind(
+    -32001,
+    "(none: as an A2A agent answers an unknown task)",
+    200,
+    "an A2A request names a task or context that is not the caller's, was altered, or was handed out by another "
+    "agent: A2A's TaskNotFound (`Task not found`), exactly as for a task that does not exist",
+)
 MALFORMED_HTTP = ErrorKind(
     -32600,
     "malformed_http",
@@ -56,6 +63,12 @@ MALFORMED_HTTP = ErrorKind(
     "header's colon, ...; `data.detail` has Envoy's words); HTTP/1.0 gets HTTP 426 with this reason",
 )
 DUPLICATE_KEYS = ErrorKind(-32600, "duplicate_keys", 400, "a JSON object in the body repeats a key")
+NOT_A2A = ErrorKind(
+    -32600,
+    "not_a2a",
+    400,
+    "not an A2A request: not a POST of one JSON-RPC 2.0 request object with a JSON Content-Type (A2A routes)",
+)
 NOT_MCP = ErrorKind(
     -32600,
     "not_mcp",
@@ -181,9 +194,11 @@ CATALOGUE: tuple[ErrorKind, ...] = (
     MALFORMED_HTTP,
     DUPLICATE_KEYS,
     NOT_MCP,
+    NOT_A2A,
     HEADER_MISMATCH,
     MISSING_META,
     TASK_NOT_FOUND,
+    A2A_TASK_NOT_FOUND,
     AMBIGUOUS_IDENTITY,
     MISSING_CREDENTIALS,
     INVALID_CREDENTIALS,

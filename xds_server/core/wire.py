@@ -25,6 +25,9 @@ PURPOSE_RESPONSES = "responses"
 PURPOSE_SEAL = "seal"
 #: The request names a sealed id: check it is the caller's, restore it, seal it again in the answer.
 PURPOSE_UNSEAL = "unseal"
+#: The policy service reads the whole request (refusing it, or rewriting the ids it names) and rewrites
+#: its answer as it streams (A2A: every request; the handler's `exchange`).
+PURPOSE_EXCHANGE = "exchange"
 #: ext_authz context extension naming the route (gRPC transport).
 ROUTE_CONTEXT_EXTENSION = "backend"
 #: ext_authz over HTTP: Envoy asks `POST <CHECK_PREFIX><route name><original path>`.

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from xds_server.ir import build_mcp, materials
+from xds_server.ir import build_a2a, build_mcp, materials
 from xds_server.ir.memo import BuildMemo
 from xds_server.ir.principals import SecretIR
 from xds_server.ir.routes import RouteBuild, near
@@ -64,7 +64,10 @@ class BuildRefused(PolicyError):
 
 
 #: How each protocol's routes are built from a policy set, for one gateway (a new protocol: one entry).
-ROUTE_BUILDERS: tuple[Callable[[PolicySet, RouteBuild], list[RouteIR]], ...] = (build_mcp.build_routes,)
+ROUTE_BUILDERS: tuple[Callable[[PolicySet, RouteBuild], list[RouteIR]], ...] = (
+    build_mcp.build_routes,
+    build_a2a.build_routes,
+)
 
 # ---------------------------------------------------------------- agents
 

@@ -131,6 +131,21 @@ class McpRouteIR:
     tasks: bool = False  # callers use the tasks they created (ids sealed per owner by the policy service)
 
 
+def mcp_part(route: RouteIR) -> McpRouteIR:
+    """The MCP part of an MCP route (a route of another protocol here is a bug)."""
+    part = route.protocol
+    if not isinstance(part, McpRouteIR):
+        raise TypeError(f"route {route.name!r} is not an MCP route")
+    return part
+
+
+def mcp_allows(allows: object) -> McpAllowsIR:
+    """What an MCP grant allows (a grant of another protocol here is a bug)."""
+    if not isinstance(allows, McpAllowsIR):
+        raise TypeError("not an MCP grant")
+    return allows
+
+
 # ---------------------------------------------------------------- what goes to the policy service
 
 
@@ -142,7 +157,7 @@ def with_decisions(route: RouteIR) -> RouteIR:
 def _decisions(route: RouteIR) -> DecisionNeedsIR:
     from xds_server.ir.types import DecisionNeedsIR
 
-    part = route.protocol
+    part = mcp_part(route)
     calls: tuple[NamePattern, ...] | None = None
     if part.tool_guard is not None:
         calls = ()  # every tool: any of them may have changed since it was pinned

@@ -8,9 +8,9 @@ ir/build.py.
 
 from __future__ import annotations
 
-from xds_server.ir import mcp
+from xds_server.ir import a2a, mcp
 
 #: The protocol part of a route (RouteIR.protocol).
-ProtocolPart = mcp.McpRouteIR
+ProtocolPart = mcp.McpRouteIR | a2a.A2aRouteIR
 #: What a grant allows, in its protocol's terms (GrantIR.allows).
-GrantAllows = mcp.McpAllowsIR
+GrantAllows = mcp.McpAllowsIR | a2a.A2aAllowsIR

@@ -20,6 +20,7 @@ from typing import Annotated, Any, Union
 
 from pydantic import Field
 
+from .a2a import A2AAgent, A2APolicy
 from .agent import Agent
 from .base import DocumentModel
 from .diagnostics import Path
@@ -95,11 +96,28 @@ def resolve_gateway(gateway: str | None, gateways: Sequence[str]) -> str | None:
 
 
 def _route_keys(doc: Any, gateways: Sequence[str]) -> list[tuple[Any, ...]] | None:
-    """(gateway, route, host) for each host the backend is served for ("*": every other host)."""
+    """(gateway, route, host) for each host the backend is served for ("*": every other host), and for
+    each other path it is served at (an A2A agent's card)."""
     gateway = resolve_gateway(doc.spec.gateway, gateways)
     if gateway is None:
         return None
-    return [(gateway, doc.route_path, host) for host in (doc.spec.hosts or ("*",))]
+    paths = [doc.route_path, *([doc.card_route] if hasattr(doc, "card_route") else [])]
+    return [(gateway, path, host) for path in paths for host in (doc.spec.hosts or ("*",))]
+
+
+_ROUTE_UNIQUE = UniqueKey(
+    "gateway route",
+    ("spec", "route"),
+    _route_keys,
+    lambda key, first: (
+        f"route {key[1]!r} on gateway {key[0]!r}"
+        + (f" for host {key[2]!r}" if key[2] != "*" else "")
+        + f" is already used by {first}"
+    ),
+)
+_GATEWAY_REF = RefSpec(
+    ("spec", "gateway"), "Gateway", optional=True, missing="no Gateway is defined to serve this backend"
+)
 
 
 JWT_PROVIDERS = Namespace("JwtProvider", "JWT provider", "no Gateway defines jwtProviders")
@@ -126,24 +144,16 @@ KIND_SPECS: tuple[KindSpec, ...] = (
         "MCPBackend",
         MCPBackend,
         "backend",
-        references=(
-            RefSpec(
-                ("spec", "gateway"), "Gateway", optional=True, missing="no Gateway is defined to serve this backend"
-            ),
-            _BACKEND_PROVIDER,
-        ),
-        unique=(
-            UniqueKey(
-                "gateway route",
-                ("spec", "route"),
-                _route_keys,
-                lambda key, first: (
-                    f"route {key[1]!r} on gateway {key[0]!r}"
-                    + (f" for host {key[2]!r}" if key[2] != "*" else "")
-                    + f" is already used by {first}"
-                ),
-            ),
-        ),
+        references=(_GATEWAY_REF, _BACKEND_PROVIDER),
+        unique=(_ROUTE_UNIQUE,),
+        routed=True,
+    ),
+    KindSpec(
+        "A2AAgent",
+        A2AAgent,
+        "A2A agent",
+        references=(_GATEWAY_REF, _BACKEND_PROVIDER),
+        unique=(_ROUTE_UNIQUE,),
         routed=True,
     ),
     KindSpec(
@@ -188,6 +198,16 @@ KIND_SPECS: tuple[KindSpec, ...] = (
                 lambda doc, _: (doc.spec.backend,),
                 lambda key, first: f"backend {key[0]!r} is already pinned by {first}",
             ),
+        ),
+    ),
+    KindSpec(
+        "A2APolicy",
+        A2APolicy,
+        "A2A policy",
+        references=(
+            RefSpec(("spec", "a2aAgent"), "A2AAgent"),
+            RefSpec(("spec", "rules", "*", "agents", "*"), "Agent", skip=frozenset({"*"})),
+            RefSpec(("spec", "rules", "*", "users", "provider"), JWT_PROVIDERS.name),
         ),
     ),
 )

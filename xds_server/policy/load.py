@@ -19,6 +19,7 @@ from typing import Any, TypeVar, get_args
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
+from .a2a import A2AAgent, A2APolicy
 from .agent import Agent
 from .base import PATTERN_HINTS, DocumentModel
 from .checks import Declared, cross_check, provided, references
@@ -100,6 +101,14 @@ class PolicySet:
         for policy in self.policies:  # sorted by name, so each list is too
             by_backend.setdefault(policy.doc.spec.backend, []).append(policy)
         return {backend: tuple(policies) for backend, policies in by_backend.items()}
+
+    def a2a_agents_of(self, gateway: str) -> tuple[Located[A2AAgent], ...]:
+        """A2A agents served on `gateway`, sorted by name."""
+        return tuple(a for a in self.of(A2AAgent) if self.gateway_of(a) == gateway)
+
+    def a2a_policies_for(self, a2a_agent: str) -> tuple[Located[A2APolicy], ...]:
+        """A2APolicies whose `spec.a2aAgent` is `a2a_agent`, sorted by name."""
+        return tuple(p for p in self.of(A2APolicy) if p.doc.spec.a2a_agent == a2a_agent)
 
     def agent(self, name: str) -> Located[Agent] | None:
         return next((a for a in self.agents if a.name == name), None)

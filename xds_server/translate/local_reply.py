@@ -41,27 +41,25 @@ scoped by route name.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from typing import Any
 
 from xds_server.core import errors
 from xds_server.core.wire import REPLY_STATUS_HEADER
-from xds_server.ir.principals import cel_filter, reply_matchers
+from xds_server.ir.principals import reply_matchers
 from xds_server.ir.types import GatewayIR, ListenerIR
 from xds_server.translate import identity, oauth
 from xds_server.translate.cel import RBAC_NAMESPACE
 from xds_server.translate.names import CONDITION_RULE_KEY
-from xds_server.translate.protocols import protocols_of
+from xds_server.translate.protocols import protocols_of, translator_for
 from xds_server.translate.protocols.base import ProtocolTranslator
-from xds_server.translate.replies import all_of, mapper, route_is, status_is
+from xds_server.translate.replies import all_of, cel_filter, mapper, route_is, status_is
 from xds_server.translate.request_id import exact_ids
 
 BACKEND = "%ROUTE_NAME%"
 _JWT_REFUSED = "response.code_details.startsWith('jwt_authn_access_denied')"
 _JWT_MISSING = "response.code_details == 'jwt_authn_access_denied{Jwt_is_missing}'"
-
-
-class LocalReplyError(ValueError):
-    """The gateway's routes cannot share one set of local replies (a translator limitation)."""
 
 
 def _reply_is_json() -> dict[str, Any]:
@@ -118,7 +116,8 @@ def _token_refusals(gateway: GatewayIR, request_id: str) -> list[dict[str, Any]]
 
 
 def _denials(gateway: GatewayIR, protocol: ProtocolTranslator) -> list[dict[str, Any]]:
-    """403 mappers: per way of recognising a known agent, what it was refused; then "unknown agent"."""
+    """403 mappers of one protocol: a native rule's failed condition, and per way of recognising a known
+    agent, what it was refused."""
     denied = status_is(403)
     # RBAC refused a call that a native rule covers (its shadow twin matched): that rule's condition failed.
     covered = {"metadata_filter": {"matcher": {"filter": RBAC_NAMESPACE, "path": [{"key": CONDITION_RULE_KEY}],
@@ -130,9 +129,6 @@ def _denials(gateway: GatewayIR, protocol: ProtocolTranslator) -> list[dict[str,
         for caller in reply_matchers(gateway.agents)
         for m in protocol.denials(gateway, caller, all_of(denied, caller.when))
     ]
-    mappers.append(mapper(denied, errors.UNKNOWN_AGENT,
-                          "Unknown agent: the request carries no identity of an agent known to this gateway",
-                          protocol.request_id))  # fmt: skip
     return mappers
 
 
@@ -206,18 +202,36 @@ def _timeouts(listener: ListenerIR, request_id: str) -> list[dict[str, Any]]:
     ]  # fmt: skip
 
 
-def _the_protocol(gateway: GatewayIR) -> ProtocolTranslator:
-    protocols = protocols_of(gateway)
-    if len(protocols) != 1:
-        # Each protocol's replies would need to be scoped to its routes (its id is in its own metadata).
-        raise LocalReplyError(
-            f"gateway {gateway.name} serves several protocols ({', '.join(p.kind for p in protocols)}); "
-            "local replies for mixed gateways are not supported yet"
-        )
-    return protocols[0]
+Segment = tuple[list[dict[str, Any]], str]  # mappers, and the protocol's request-id format they echo
 
 
-def _answered_already(gateway: GatewayIR, protocol: ProtocolTranslator) -> list[dict[str, Any]]:
+class _Protocols:
+    """The protocols of a gateway, each one's mappers scoped to its own routes when there are several
+    (each filter's refusals and each protocol's denials read its own metadata and name its own things)."""
+
+    def __init__(self, gateway: GatewayIR) -> None:
+        self.gateway = gateway
+        self.all = protocols_of(gateway)
+        self.first = self.all[0]
+
+    def each(self, part: Callable[[ProtocolTranslator], list[dict[str, Any]]]) -> list[Segment]:
+        return [(self._scoped(p, part(p)), p.request_id) for p in self.all]
+
+    def _scoped(self, protocol: ProtocolTranslator, mappers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if len(self.all) == 1:
+            return mappers
+        names = ", ".join(json.dumps(r.name) for r in self.gateway.routes if translator_for(r) is protocol)
+        if not names:
+            return []
+        mine = cel_filter(f"xds.route_name in [{names}]")
+        return [m | {"filter": all_of(mine, m["filter"])} for m in mappers]
+
+    @property
+    def nouns(self) -> str:
+        return " or ".join(p.noun for p in self.all)
+
+
+def _answered_already(gateway: GatewayIR, protocols: list[ProtocolTranslator]) -> list[dict[str, Any]]:
     """Replies that are JSON already (the protocol filter's errors, the policy service's answers) are
     kept, with the status a policy refusal (403) goes out with: 200 where the protocol answers it
     as a result of the call (the policy service wrote it so), else the gateway's denial status."""
@@ -228,9 +242,10 @@ def _answered_already(gateway: GatewayIR, protocol: ProtocolTranslator) -> list[
          "status_code": status}
         for status in sorted({k.http_status for k in errors.CATALOGUE if k.http_status >= 500})
     ] if gateway.ext_authz_http is not None else []  # fmt: skip
-    as_results = protocol.refusals_as_results(gateway)
-    if as_results is not None:
-        mappers.append({"filter": all_of(json_reply, refused, as_results), "status_code": 200})
+    for protocol in protocols:
+        as_results = protocol.refusals_as_results(gateway)
+        if as_results is not None:
+            mappers.append({"filter": all_of(json_reply, refused, as_results), "status_code": 200})
     if gateway.denial_status != 403:
         mappers.append({"filter": all_of(json_reply, refused), "status_code": gateway.denial_status})
     return [*mappers, {"filter": json_reply}]
@@ -244,33 +259,51 @@ def _with_denial_status(mappers: list[dict[str, Any]], status: int) -> list[dict
 
 def local_reply_config(gateway: GatewayIR) -> dict[str, Any]:
     """The HCM `local_reply_config` for `gateway`."""
-    protocol = _the_protocol(gateway)
-    request_id = protocol.request_id
+    protocols = _Protocols(gateway)
+    # Replies of no protocol in particular fall back to the first one's id (json_to_metadata reads it
+    # for every protocol, request_id.py: the fallback is for bodies it could not read).
+    request_id = protocols.first.request_id
     limit = gateway.listener.max_request_body_bytes
-    mappers = [
-        *_metadata_documents(gateway),
-        *_answered_already(gateway, protocol),
-        mapper(_policy_service_failed(), errors.POLICY_SERVICE_UNAVAILABLE,
-               "Policy service unavailable: this call needs a policy decision and none could be had "
-               "(the gateway fails closed)", request_id, backend=BACKEND),
-        *identity.ambiguity_reply(gateway, request_id),
-        *_malformed_http(gateway.listener, request_id),
-        *protocol.request_rejections(gateway),
-        *_token_refusals(gateway, request_id),
-        # No scope names the path, so there is no route and the listener's RBAC refused it: a wrong path.
-        mapper(all_of(status_is(403), cel_filter("!has(xds.route_name)")), errors.NO_BACKEND,
-               "No MCP backend is served at path '%REQ(:path)%'", request_id),
-        *_denials(gateway, protocol),
-        *_timeouts(gateway.listener, request_id),
-        mapper(cel_filter("response.code_details == 'overload'"), errors.OVERLOADED,
-               "Gateway overloaded: Envoy is close to its memory limit and refuses new requests for now; "
-               "retry later", request_id, keep_status=True),
-        mapper(status_is(404), errors.NO_BACKEND, "No MCP backend is served at path '%REQ(:path)%'", request_id),
-        mapper(status_is(413), errors.TOO_LARGE,
-               f"Request too large: the body exceeds the gateway's limit of {limit} bytes", request_id),
-        *protocol.lost_sessions(request_id),
-        *_upstream_failures(request_id),
-        mapper(status_is(400, "GE"), errors.GATEWAY_ERROR, "Gateway error %RESPONSE_CODE%: %LOCAL_REPLY_BODY%",
-               request_id, keep_status=True),
+    wrong_path = f"No {protocols.nouns} is served at path '%REQ(:path)%'"
+
+    def neutral(*mappers: dict[str, Any]) -> Segment:
+        return list(mappers), request_id
+
+    segments: list[Segment] = [
+        neutral(
+            *_metadata_documents(gateway),
+            *_answered_already(gateway, protocols.all),
+            mapper(_policy_service_failed(), errors.POLICY_SERVICE_UNAVAILABLE,
+                   "Policy service unavailable: this call needs a policy decision and none could be had "
+                   "(the gateway fails closed)", request_id, backend=BACKEND),
+            *identity.ambiguity_reply(gateway, request_id),
+            *_malformed_http(gateway.listener, request_id),
+        ),
+        *protocols.each(lambda p: p.request_rejections(gateway)),
+        neutral(
+            *_token_refusals(gateway, request_id),
+            # No scope names the path, so there is no route and the listener's RBAC refused it: a wrong path.
+            mapper(all_of(status_is(403), cel_filter("!has(xds.route_name)")), errors.NO_BACKEND, wrong_path,
+                   request_id),
+        ),
+        *protocols.each(lambda p: _denials(gateway, p)),
+        neutral(
+            mapper(status_is(403), errors.UNKNOWN_AGENT,
+                   "Unknown agent: the request carries no identity of an agent known to this gateway", request_id),
+            *_timeouts(gateway.listener, request_id),
+            mapper(cel_filter("response.code_details == 'overload'"), errors.OVERLOADED,
+                   "Gateway overloaded: Envoy is close to its memory limit and refuses new requests for now; "
+                   "retry later", request_id, keep_status=True),
+            mapper(status_is(404), errors.NO_BACKEND, wrong_path, request_id),
+            mapper(status_is(413), errors.TOO_LARGE,
+                   f"Request too large: the body exceeds the gateway's limit of {limit} bytes", request_id),
+        ),
+        *protocols.each(lambda p: p.lost_sessions(p.request_id)),
+        neutral(
+            *_upstream_failures(request_id),
+            mapper(status_is(400, "GE"), errors.GATEWAY_ERROR, "Gateway error %RESPONSE_CODE%: %LOCAL_REPLY_BODY%",
+                   request_id, keep_status=True),
+        ),
     ]  # fmt: skip
-    return {"mappers": exact_ids(_with_denial_status(mappers, gateway.denial_status), request_id)}
+    return {"mappers": [m for mappers, rid in segments
+                        for m in exact_ids(_with_denial_status(mappers, gateway.denial_status), rid)]}  # fmt: skip

@@ -55,6 +55,7 @@ from xds_server.core.wire import (
     CHECK_PREFIX,
     JWT_METADATA_NAMESPACE,
     PEER_URI_SAN_ATTRIBUTE,
+    PURPOSE_EXCHANGE,
     PURPOSE_METADATA_KEY,
     PURPOSE_RESPONSES,
     PURPOSE_SEAL,
@@ -237,6 +238,8 @@ _MODES = {
     PURPOSE_RESPONSES: _RESPONSE_REWRITE_MODE,
     PURPOSE_SEAL: _SEALING_MODE,
     PURPOSE_UNSEAL: {**_SEALING_MODE, "request_body_mode": "BUFFERED"},
+    # The whole request read (strictly), its ids opened; the answer streamed and rewritten (A2A).
+    PURPOSE_EXCHANGE: {**_SEALING_MODE, "request_body_mode": "BUFFERED"},
 }
 
 

@@ -35,7 +35,7 @@ from envoy.config.route.v3.route_components_pb2 import Route, VirtualHost
 from envoy.config.route.v3.route_pb2 import RouteConfiguration
 from envoy.config.route.v3.scoped_route_pb2 import ScopedRouteConfiguration
 
-from xds_server.core.wire import PURPOSE_SEAL, typed
+from xds_server.core.wire import PURPOSE_EXCHANGE, PURPOSE_SEAL, typed
 from xds_server.ir.types import GatewayIR, RouteIR
 from xds_server.translate import identity, jwt, oauth, policy_service, rbac
 from xds_server.translate.filters import FilterUses, HttpFilter, RouteFilters, Slot, Use
@@ -55,7 +55,11 @@ def _both(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     """A route match true when matches `a` and `b` (of one path) both are."""
     if a["path"] != b["path"]:
         raise ValueError(f"matches of two paths cannot be combined: {a['path']} and {b['path']}")
-    return {"path": a["path"], "dynamic_metadata": [*a.get("dynamic_metadata", ()), *b.get("dynamic_metadata", ())]}
+    both: dict[str, Any] = {"path": a["path"]}
+    for key in ("headers", "dynamic_metadata"):
+        if values := [*a.get(key, ()), *(v for v in b.get(key, ()) if v not in a.get(key, ()))]:
+            both[key] = values
+    return both
 
 
 def connect_retry(session_header: str | None) -> dict[str, Any]:
@@ -101,7 +105,7 @@ def _variants(route: RouteIR, gateway: GatewayIR) -> list[tuple[dict[str, Any], 
     if calls is not None:
         # A call that needs a decision and may create a task: both, before either alone.
         variants += [(_both(match, calls), {**authz, **sealed(purpose)}) for match, purpose in sealing
-                     if purpose == PURPOSE_SEAL]  # fmt: skip
+                     if purpose in (PURPOSE_SEAL, PURPOSE_EXCHANGE)]  # fmt: skip
         variants.append((calls, authz))
     variants += [(match, sealed(purpose)) for match, purpose in sealing]
     if responses is not None:
@@ -109,15 +113,19 @@ def _variants(route: RouteIR, gateway: GatewayIR) -> list[tuple[dict[str, Any], 
     return [*variants, (whole, {})]
 
 
-def _route_entries(route: RouteIR, gateway: GatewayIR, filters: list[HttpFilter]) -> list[dict[str, Any]]:
-    protocol = translator_for(route)
-    action: dict[str, Any] = {
+def _action(route: RouteIR, session_header: str | None) -> dict[str, Any]:
+    return {
         "cluster": cluster_name(route),
         "timeout": f"{route.request_timeout_ms / 1000:.3f}s",
         # Set explicitly: Envoy's own default (5 min) would otherwise apply unseen.
         "idle_timeout": f"{route.idle_timeout_ms / 1000:.3f}s",
-        "retry_policy": connect_retry(protocol.session_header),
+        "retry_policy": connect_retry(session_header),
     }
+
+
+def _route_entries(route: RouteIR, gateway: GatewayIR, filters: list[HttpFilter]) -> list[dict[str, Any]]:
+    protocol = translator_for(route)
+    action = _action(route, protocol.session_header)
     if route.upstream.path != route.path:
         action["prefix_rewrite"] = route.upstream.path
     covered = rbac.route_covered(route, gateway, protocol)
@@ -126,16 +134,23 @@ def _route_entries(route: RouteIR, gateway: GatewayIR, filters: list[HttpFilter]
         **({rbac.COVERED_FILTER: covered} if covered is not None else {}),
         **jwt.route_requirement(gateway, route),
     }
+    documents = [
+        # A GET the protocol serves besides its endpoint (A2A's card): no body to deframe.
+        ({"path": d.path, "headers": [{"name": ":method", "string_match": {"exact": "GET"}}]},
+         {**action, "prefix_rewrite": d.upstream_path},
+         {Slot.DEFRAME: Use.OFF, **policy_service.ext_proc_use(route, d.purpose)})
+        for d in protocol.document_routes(route)
+    ]  # fmt: skip
     return [
         {
             "name": route_name(route),
             "match": match,
-            "route": action,
+            "route": route_action,
             # The backend learns who called as verified, never the caller's key or trusted header.
             **identity.backend_headers(gateway, route),
             "typed_per_filter_config": RouteFilters(route.kind, {**common, **uses}).config(filters),
         }
-        for match, uses in _variants(route, gateway)
+        for match, route_action, uses in [*documents, *((m, action, u) for m, u in _variants(route, gateway))]
     ]
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from xds_server.authz.state import RouteView
 from xds_server.ir.glob import glob_matches
-from xds_server.ir.mcp import ArgumentGrantIR, ArgumentMatchIR, McpAllowsIR
+from xds_server.ir.mcp import ArgumentGrantIR, ArgumentMatchIR, McpAllowsIR, mcp_allows
 from xds_server.ir.patterns import NamePattern
 from xds_server.ir.principals import JwtPayloads
 
@@ -41,7 +41,7 @@ def _allows(allows: McpAllowsIR, kind: str, name: str) -> bool:
 def may_use(view: RouteView, agent: str, kind: str, name: str, jwt_payloads: JwtPayloads | None = None) -> bool:
     """Whether `agent` (acting for the user of `jwt_payloads`) may use a list item of `kind`
     ("tools", "prompts", "resources", "resourceTemplates") named `name`."""
-    return any(_allows(g.allows, kind, name) for g in view.grants_for(agent, jwt_payloads))
+    return any(_allows(mcp_allows(g.allows), kind, name) for g in view.grants_for(agent, jwt_payloads))
 
 
 def has_unconditional_tool(
@@ -51,9 +51,10 @@ def has_unconditional_tool(
     """Whether a grant without conditions lets `agent` call `tool` (with `arguments`, when given: a
     grant only with matching arguments counts when they match, as RBAC checks them)."""
     for grant in view.grants_for(agent, jwt_payloads):
-        if _any_match(grant.allows.tools, tool):
+        allows = mcp_allows(grant.allows)
+        if _any_match(allows.tools, tool):
             return True
-        if arguments is not None and any(_arguments_match(a, tool, arguments) for a in grant.allows.argument_grants):
+        if arguments is not None and any(_arguments_match(a, tool, arguments) for a in allows.argument_grants):
             return True
     return False
 

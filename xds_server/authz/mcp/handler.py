@@ -20,25 +20,29 @@ import logging
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+from xds_server.authz.jsonrpc import error_body
 from xds_server.authz.mcp import access
 from xds_server.authz.mcp.listing import item_name, rewrite_list_response
 from xds_server.authz.mcp.tasks import McpTaskSealing
 from xds_server.authz.mcp.tool_guard import GuardState
 from xds_server.authz.protocols import (
     Call,
+    Exchange,
     IdSealing,
     LogDecision,
     MalformedCall,
     NotACall,
     ProtocolHandler,
     Refusal,
+    Refused,
     ResponseRewrite,
 )
+from xds_server.authz.sealing import Sealer
 from xds_server.authz.state import PolicyIndex, RouteView
 from xds_server.core import errors
 from xds_server.core.errors import ErrorKind
 from xds_server.core.tool_results import refused_call_result
-from xds_server.ir.mcp import McpRouteIR
+from xds_server.ir.mcp import McpRouteIR, mcp_part
 from xds_server.ir.principals import JwtPayloads
 from xds_server.ir.types import RouteIR
 
@@ -85,7 +89,7 @@ class McpHandler(ProtocolHandler):
         return parse_tool_call(body)
 
     def withheld(self, view: RouteView, call: Call) -> Refusal | None:
-        part = view.route.protocol
+        part = mcp_part(view.route)
         if part.tool_guard is None:
             return None
         verdict = self.guard.verdict(view.name, call.target)
@@ -102,7 +106,7 @@ class McpHandler(ProtocolHandler):
     def refusal_as_result(
         self, view: RouteView, call: Call, kind: ErrorKind, message: str, data: Mapping[str, Any]
     ) -> str | None:
-        if not view.route.protocol.refusals_as_tool_results:
+        if not mcp_part(view.route).refusals_as_tool_results:
             return None
         if kind is errors.TOOL_DRIFTED:
             # The guard's reasons quote the backend's own text (a screened description): never
@@ -118,7 +122,7 @@ class McpHandler(ProtocolHandler):
     def rewrite_response(
         self, view: RouteView, agents: tuple[str, ...], jwt: JwtPayloads, body: bytes, content_type: str
     ) -> ResponseRewrite:
-        guard = view.route.protocol.tool_guard
+        guard = mcp_part(view.route).tool_guard
 
         def keep(kind: str, item: Mapping[str, Any]) -> bool:
             if not agents:
@@ -142,6 +146,12 @@ class McpHandler(ProtocolHandler):
     @property
     def sealing(self) -> IdSealing:
         return self._sealing
+
+    def exchange(self, view: RouteView, sealer: Sealer, agents: tuple[str, ...], jwt: JwtPayloads,
+                 headers: Mapping[str, str], metadata: Mapping[str, Any], body: bytes | None) -> Exchange | Refused:  # fmt: skip
+        # MCP routes never ask for one (translate/protocols/mcp.py): refuse what cannot be checked.
+        return Refused(502, error_body(None, errors.GATEWAY_ERROR, "The request could not be checked, so it is "
+                                       "refused"), "no_exchange")  # fmt: skip
 
     # -- following the policies --------------------------------------------------
 
@@ -168,7 +178,7 @@ class McpHandler(ProtocolHandler):
     async def _refresh_loop(self, route: RouteIR) -> None:
         from xds_server.authz.mcp.pin import fetch_tools
 
-        guard = route.protocol.tool_guard
+        guard = mcp_part(route).tool_guard
         assert guard is not None
         if not route.upstream.endpoints:  # runtimeEndpoints not set yet: the next update starts the refresh
             log.warning("tool guard of %s: the backend has no endpoint yet; its tools are not read", route.name)

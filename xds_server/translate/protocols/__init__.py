@@ -1,6 +1,7 @@
 """The protocol translators, one per protocol, found by the IR part of a route.
 
     mcp.py    McpTranslator   routes whose part is ir.mcp.McpRouteIR
+    a2a.py    A2aTranslator   routes whose part is ir.a2a.A2aRouteIR
 
 A new protocol is one module here with its `ProtocolTranslator` subclass and
 one entry in `TRANSLATORS`. A route whose part has no translator cannot be
@@ -13,10 +14,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from xds_server.ir.types import GatewayIR, RouteIR
+from xds_server.translate.protocols.a2a import A2aTranslator
 from xds_server.translate.protocols.base import ProtocolTranslator
 from xds_server.translate.protocols.mcp import McpTranslator
 
-TRANSLATORS: tuple[ProtocolTranslator, ...] = (McpTranslator(),)
+TRANSLATORS: tuple[ProtocolTranslator, ...] = (McpTranslator(), A2aTranslator())
 
 #: The protocol a gateway without routes speaks (so that its refusals are still JSON-RPC errors).
 DEFAULT_KIND = McpTranslator.kind

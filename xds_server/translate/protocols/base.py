@@ -22,6 +22,7 @@ asked of its translator, one subclass of `ProtocolTranslator` per protocol:
   `refusals_as_results`: its local replies (its filter's own refusals; what
   a known caller was refused; a native rule's failed condition;
   which refusals read as a result of the call rather than an error);
+- `document_routes`: GETs it serves besides its endpoint (A2A: the card);
 - `metadata_namespace`, `request_id`, `access_log_field`: where its filter's
   metadata is, and how replies and logs name the request.
 
@@ -32,6 +33,7 @@ instantiated, so a new protocol cannot be half wired.
 from __future__ import annotations
 
 import abc
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from xds_server.core.cel_syntax import Expr
@@ -41,11 +43,23 @@ from xds_server.ir.types import GatewayIR, RouteIR
 from xds_server.translate.filters import HttpFilter
 
 
+@dataclass(frozen=True)
+class DocumentRoute:
+    """A GET the protocol serves besides its endpoint (A2A: the agent's card): `path` on the gateway,
+    `upstream_path` on the backend, the policy service's `purpose` there (core/wire.py)."""
+
+    path: str
+    upstream_path: str
+    purpose: str
+
+
 class ProtocolTranslator(abc.ABC):
     """The protocol-specific half of translating routes of `part` (an IR protocol part class)."""
 
     kind: ClassVar[str]
     part: ClassVar[type]
+    #: What one routed document of this protocol is called in replies ("MCP backend").
+    noun: ClassVar[str]
 
     @abc.abstractmethod
     def http_filters(self, gateway: GatewayIR) -> list[HttpFilter]:
@@ -101,6 +115,10 @@ class ProtocolTranslator(abc.ABC):
     def condition_denials(self, gateway: GatewayIR, when: dict[str, Any]) -> list[dict[str, Any]]:
         """Local-reply mappers for a call refused because a native rule's condition failed (`when`:
         that refusal; the rule's id is in RBAC's metadata, translate/rbac.py CONDITION_RULE_KEY)."""
+
+    @abc.abstractmethod
+    def document_routes(self, route: RouteIR) -> list[DocumentRoute]:
+        """The GETs served besides the route's endpoint (A2A: its card); [] for none."""
 
     #: The request header carrying a protocol session's id (its requests stick to one replica), if any.
     session_header: str | None = None

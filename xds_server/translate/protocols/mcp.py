@@ -48,14 +48,14 @@ from xds_server.core.wire import (
     typed,
     typed_struct,
 )
-from xds_server.ir.mcp import ArgumentMatchIR, McpAllowsIR, McpRouteIR
+from xds_server.ir.mcp import ArgumentMatchIR, McpAllowsIR, McpRouteIR, mcp_allows, mcp_part
 from xds_server.ir.patterns import NamePattern, PatternKind
 from xds_server.ir.principals import ReplyMatcher
 from xds_server.ir.types import GatewayIR, RouteIR
 from xds_server.translate import cel
 from xds_server.translate.filters import HttpFilter, Slot, disabled
 from xds_server.translate.names import CONDITION_RULE_KEY
-from xds_server.translate.protocols.base import ProtocolTranslator
+from xds_server.translate.protocols.base import DocumentRoute, ProtocolTranslator
 from xds_server.translate.replies import all_of, cel_filter, mapper, metadata_is, status_is
 
 MCP_TYPE = "envoy.extensions.filters.http.mcp.v3.Mcp"
@@ -183,6 +183,7 @@ def _route_tool_matcher(patterns: tuple[NamePattern, ...]) -> dict[str, Any]:
 class McpTranslator(ProtocolTranslator):
     kind: ClassVar[str] = McpRouteIR.KIND
     part: ClassVar[type] = McpRouteIR
+    noun: ClassVar[str] = "MCP backend"
 
     def http_filters(self, gateway: GatewayIR) -> list[HttpFilter]:
         return [
@@ -203,7 +204,7 @@ class McpTranslator(ProtocolTranslator):
             # Pick the route again once the body is parsed: policy routes match on method and tool.
             config["clear_route_cache"] = True
         routes = [r for r in gateway.routes if r.kind == self.kind]
-        arguments = sorted({m.name for r in routes for g in r.grants for ag in g.allows.argument_grants
+        arguments = sorted({m.name for r in routes for g in r.grants for ag in mcp_allows(g.allows).argument_grants
                             for m in ag.arguments}
                            | {a for r in routes for rule in r.conditional_rules if rule.native and rule.when
                               for a in native_condition(rule.when).arguments})  # fmt: skip
@@ -235,7 +236,7 @@ class McpTranslator(ProtocolTranslator):
         return {"path": route.path, "dynamic_metadata": [_route_method_matcher(*LIST_METHODS)]}
 
     def sealing_matches(self, route: RouteIR) -> list[tuple[dict[str, Any], str]]:
-        if not route.protocol.tasks:
+        if not mcp_part(route).tasks:
             return []
         call = _route_method_matcher("tools/call")
 
@@ -252,9 +253,12 @@ class McpTranslator(ProtocolTranslator):
             ({"path": route.path, "dynamic_metadata": [call, present(*TASKS_EXTENSION_PATH)]}, PURPOSE_SEAL),
         ]  # fmt: skip
 
+    def document_routes(self, route: RouteIR) -> list[DocumentRoute]:
+        return []
+
     def common_permissions(self, route: RouteIR) -> list[dict[str, Any]]:
         permissions = [toolless_permission()]
-        if route.protocol.tasks:
+        if mcp_part(route).tasks:
             # Any task method; whose task it is, the policy service checks.
             permissions.append(_or([_method_is(m) for m in (*TASK_METHODS, TASK_RESULT_METHOD)]))
         return permissions

@@ -1,0 +1,375 @@
+"""End to end: A2A agents behind the gateway, with the official a2a-sdk client, in both generations.
+
+Two real a2a-sdk agents (xds_server/demo/a2a_agent.py): `planner` speaks
+A2A 1.0 (SendMessage, GetTask, ... with A2A-Version: 1.0), `legacy`
+advertises A2A 0.3 so the SDK's client speaks 0.3 to it (message/send,
+tasks/get, ...). One gateway, one MCP backend beside them (a gateway serving
+both protocols), the real control plane and policy service, a real Envoy.
+
+- The card comes through the gateway, names the gateway's URL, and lists
+  only the caller's skills; a caller without a grant gets no card.
+- A caller sends a message and gets the task's result, also streamed; the
+  task and context ids it sees are sealed; the agent sees its own.
+- Another caller cannot get or cancel that task: TaskNotFound (-32001), as
+  for no task at all; an altered id likewise; nothing reaches the agent.
+- A method or operation no rule grants is a JSON-RPC error with the
+  request's exact id; ListTasks is refused to everyone.
+- Raw attacks: repeated `method` keys (Envoy reads the first, the agent
+  would run the last), batches, other content types: refused, never
+  forwarded.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import pytest_asyncio
+from a2a.client import Client, ClientConfig, create_client
+from a2a.helpers import get_artifact_text, new_text_message
+from a2a.types.a2a_pb2 import (
+    CancelTaskRequest,
+    GetExtendedAgentCardRequest,
+    GetTaskRequest,
+    Role,
+    SendMessageRequest,
+    StreamResponse,
+    TaskState,
+)
+
+from tests.e2e.gateway import (
+    AGENTS_YAML,
+    IDENTITY_HEADER,
+    RunningGateway,
+    backend_yaml,
+    gateway_yaml,
+    launch,
+    stop_gateway,
+)
+from tests.e2e.harness import ManagedProcess, McpBackend, python_env, start_mcp_backend
+from xds_server.core import errors
+from xds_server.runtime.ports import free_port
+
+SEND = {"1.0": "SendMessage", "0.3": "message/send"}
+GET = {"1.0": "GetTask", "0.3": "tasks/get"}
+CANCEL = {"1.0": "CancelTask", "0.3": "tasks/cancel"}
+VERSION = {"1.0": "1.0", "0.3": "0.3"}
+
+POLICIES = """\
+apiVersion: agentxds.dev/v1
+kind: A2AAgent
+metadata: {name: planner}
+spec:
+  endpoints: [{host: 127.0.0.1, port: PLANNER_PORT}]
+---
+apiVersion: agentxds.dev/v1
+kind: A2AAgent
+metadata: {name: legacy}
+spec:
+  route: /agents/legacy
+  endpoints: [{host: 127.0.0.1, port: LEGACY_PORT}]
+---
+apiVersion: agentxds.dev/v1
+kind: A2APolicy
+metadata: {name: planner}
+spec:
+  a2aAgent: planner
+  rules:
+    - agents: [triage]
+      operations: [send, stream, getTask, cancelTask, subscribe, extendedCard]
+      skills: [echo, count, slow]
+    - agents: [executor]
+      operations: [send, getTask, cancelTask]
+      skills: [echo]
+---
+apiVersion: agentxds.dev/v1
+kind: A2APolicy
+metadata: {name: legacy}
+spec:
+  a2aAgent: legacy
+  rules:
+    - agents: [triage, executor]
+"""
+MCP_POLICY = """\
+apiVersion: agentxds.dev/v1
+kind: MCPPolicy
+metadata: {name: github}
+spec:
+  backend: github
+  rules:
+    - agents: [triage]
+      tools: [whoami]
+"""
+
+
+@dataclass
+class Peer:
+    """One A2A agent process: where it listens, and what reached it."""
+
+    name: str
+    url: str
+    process: ManagedProcess
+
+    def calls(self) -> list[dict[str, Any]]:
+        return list(httpx.get(self.url + "_calls").json())
+
+    def clear(self) -> None:
+        httpx.delete(self.url + "_calls").raise_for_status()
+
+
+def start_peer(workdir: Path, name: str, *, v03: bool) -> Peer:
+    port = free_port()
+    argv = [sys.executable, "-m", "xds_server.demo.a2a_agent", "--port", str(port), "--name", name]
+    process = ManagedProcess([*argv, "--v03"] if v03 else argv, log_path=workdir / f"{name}.log", env=python_env(),
+                             name=name)  # fmt: skip
+    process.start(ready_line=r"^READY ", timeout=20)
+    return Peer(name, f"http://127.0.0.1:{port}/", process)
+
+
+@dataclass
+class A2aGateway:
+    gateway: RunningGateway
+    planner: Peer
+    legacy: Peer
+    mcp: McpBackend
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.gateway.listen_port}{path}"
+
+    def peer(self, generation: str) -> tuple[Peer, str]:
+        """The agent of a generation, and its route on the gateway."""
+        return (self.planner, "/a2a/planner") if generation == "1.0" else (self.legacy, "/agents/legacy")
+
+
+@pytest_asyncio.fixture(loop_scope="session", scope="module")
+async def a2a(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[A2aGateway]:
+    workdir = tmp_path_factory.mktemp("a2a")
+    planner, legacy = start_peer(workdir, "planner", v03=False), start_peer(workdir, "legacy", v03=True)
+    mcp = start_mcp_backend(workdir / "mcp", name="github")
+    listen_port, policy_port, authz_port = free_port(), free_port(), free_port()
+    policies = workdir / "policies"
+    policies.mkdir()
+    (policies / "gateway.yaml").write_text(gateway_yaml(listen_port, policy_port, authz_http_port=authz_port,
+                                                        max_body=65536))  # fmt: skip
+    (policies / "agents.yaml").write_text(AGENTS_YAML)
+    (policies / "a2a.yaml").write_text(POLICIES.replace("PLANNER_PORT", planner.url.rsplit(":", 1)[1].strip("/"))
+                                       .replace("LEGACY_PORT", legacy.url.rsplit(":", 1)[1].strip("/")))  # fmt: skip
+    (policies / "mcp.yaml").write_text(backend_yaml("github", mcp) + "---\n" + MCP_POLICY)
+    try:
+        control, envoy = await launch(policies, workdir, listen_port, policy_port, authz_port)
+        gateway = RunningGateway(policies, control, envoy, listen_port, {"github": mcp})
+        yield A2aGateway(gateway, planner, legacy, mcp)
+        await stop_gateway(gateway)
+    finally:
+        for process in (planner.process, legacy.process):
+            process.stop()
+        mcp.stop()
+
+
+@pytest.fixture(params=["1.0", "0.3"])
+def generation(request: pytest.FixtureRequest) -> Iterator[str]:
+    yield request.param
+
+
+def caller(name: str) -> dict[str, str]:
+    return {IDENTITY_HEADER: name}
+
+
+@asynccontextmanager
+async def a2a_client(a2a: A2aGateway, route: str, agent: str, **config: Any) -> AsyncIterator[Client]:
+    http = httpx.AsyncClient(headers=caller(agent), timeout=30)
+    client = await create_client(a2a.url(route), ClientConfig(httpx_client=http, **config))
+    try:
+        yield client
+    finally:
+        await client.close()
+        await http.aclose()
+
+
+def _message(text: str) -> SendMessageRequest:
+    return SendMessageRequest(message=new_text_message(text, role=Role.ROLE_USER))
+
+
+async def _send(client: Client, text: str) -> list[StreamResponse]:
+    return [event async for event in client.send_message(_message(text))]
+
+
+async def rpc(a2a: A2aGateway, route: str, agent: str, body: Any, *, version: str = "1.0", raw: bytes | None = None,
+              content_type: str = "application/json") -> httpx.Response:  # fmt: skip
+    """A raw POST (the control plane and the policy service run in the test's event loop: never block it)."""
+    headers = {**caller(agent), "content-type": content_type, "a2a-version": version}
+    async with httpx.AsyncClient(timeout=30) as http:
+        return await http.post(a2a.url(route), content=raw if raw is not None else json.dumps(body), headers=headers)
+
+
+async def get(a2a: A2aGateway, path: str, agent: str) -> httpx.Response:
+    async with httpx.AsyncClient(timeout=30) as http:
+        return await http.get(a2a.url(path), headers=caller(agent))
+
+
+def assert_error(response: httpx.Response, request_id: Any, code: int, reason: str | None = None) -> dict[str, Any]:
+    body = response.json()
+    assert body["jsonrpc"] == "2.0" and body["id"] == request_id and "result" not in body, body
+    assert body["error"]["code"] == code, body
+    if reason is not None:
+        assert body["error"]["data"]["reason"] == reason, body
+    return dict(body["error"])
+
+
+# ---------------------------------------------------------------- cards
+
+
+async def test_the_card_names_the_gateway_and_the_callers_skills(a2a: A2aGateway, generation: str) -> None:
+    _, route = a2a.peer(generation)
+    card_path = route + "/.well-known/agent-card.json"
+    triage = (await get(a2a, card_path, "triage")).json()
+    interfaces = triage["supportedInterfaces"]
+    assert [i["url"] for i in interfaces] == [a2a.url(route)] and interfaces[0]["protocolBinding"] == "JSONRPC"
+    if generation == "0.3":
+        assert triage["url"] == a2a.url(route) and triage["preferredTransport"] == "JSONRPC"
+    if generation == "1.0":
+        assert [s["id"] for s in triage["skills"]] == ["echo", "count", "slow"]
+        executor = (await get(a2a, card_path, "executor")).json()
+        assert [s["id"] for s in executor["skills"]] == ["echo"]
+        # executor was not granted the extended card: its card does not offer one.
+        assert executor["capabilities"]["extendedAgentCard"] is False
+        assert triage["capabilities"]["extendedAgentCard"] is True
+    refused = await get(a2a, card_path, "auditor")
+    assert_error(refused, None, errors.METHOD_DENIED.code, errors.METHOD_DENIED.reason)
+    assert "skills" not in refused.text
+
+
+async def test_the_extended_card_is_filtered_too(a2a: A2aGateway) -> None:
+    async with a2a_client(a2a, "/a2a/planner", "triage", streaming=False) as client:
+        card = await client.get_extended_agent_card(GetExtendedAgentCardRequest())
+    # The agent's extended card adds "admin": not one of triage's skills.
+    assert [s.id for s in card.skills] == ["echo", "count", "slow"]
+    assert [i.url for i in card.supported_interfaces] == [a2a.url("/a2a/planner")]
+
+
+# ---------------------------------------------------------------- messages and tasks
+
+
+async def test_a_caller_sends_and_follows_its_task(a2a: A2aGateway, generation: str) -> None:
+    peer, route = a2a.peer(generation)
+    peer.clear()
+    async with a2a_client(a2a, route, "triage", streaming=False) as client:
+        (event,) = await _send(client, "hi")
+        task = event.task
+        assert task.status.state == TaskState.TASK_STATE_COMPLETED
+        assert [get_artifact_text(a) for a in task.artifacts] == [f"[{peer.name}] echo: hi"]
+        fetched = await client.get_task(GetTaskRequest(id=task.id))
+    assert (fetched.id, fetched.context_id) == (task.id, task.context_id)
+    assert [get_artifact_text(a) for a in fetched.artifacts] == [f"[{peer.name}] echo: hi"]
+    calls = peer.calls()
+    assert [c["method"] for c in calls] == [SEND[generation], GET[generation]]
+    assert {c["version"] for c in calls} == {VERSION[generation]}  # A2A-Version reached the agent
+    # The caller sees sealed ids; the agent its own.
+    assert task.id.startswith("t1.") and task.context_id.startswith("t1.")
+    assert calls[1]["task_id"] != task.id and not calls[1]["task_id"].startswith("t1.")
+
+
+async def test_a_stream_flows_with_sealed_ids(a2a: A2aGateway, generation: str) -> None:
+    peer, route = a2a.peer(generation)
+    async with a2a_client(a2a, route, "triage", streaming=True) as client:
+        events = await _send(client, "count 3")
+    kinds = [e.WhichOneof("payload") for e in events]
+    assert kinds == ["task", "status_update", "artifact_update", "artifact_update", "artifact_update", "status_update"]
+    task_id = events[0].task.id
+    assert task_id.startswith("t1.")
+    assert all(getattr(e, kind).task_id == task_id for e, kind in zip(events[1:], kinds[1:], strict=True))
+    texts = [get_artifact_text(e.artifact_update.artifact) for e in events if e.HasField("artifact_update")]
+    assert texts == [f"[{peer.name}] count {i}/3" for i in (1, 2, 3)]
+    assert events[-1].status_update.status.state == TaskState.TASK_STATE_COMPLETED
+
+
+async def test_another_caller_cannot_get_or_cancel_the_task(a2a: A2aGateway, generation: str) -> None:
+    peer, route = a2a.peer(generation)
+    async with a2a_client(a2a, route, "triage", streaming=False, polling=True) as client:
+        (event,) = await _send(client, "slow")
+    task = event.task
+    assert task.id.startswith("t1.") and task.status.state not in (TaskState.TASK_STATE_COMPLETED,)
+    peer.clear()
+    for method in (GET[generation], CANCEL[generation]):
+        answer = await rpc(a2a, route, "executor", {"jsonrpc": "2.0", "id": "x-1", "method": method,
+                                              "params": {"id": task.id}}, version=VERSION[generation])  # fmt: skip
+        assert_error(answer, "x-1", -32001)
+        assert answer.json()["error"]["message"] == "Task not found"
+    altered = task.id[:-2] + ("AA" if not task.id.endswith("AA") else "BB")
+    answer = await rpc(a2a, route, "triage", {"jsonrpc": "2.0", "id": 5, "method": GET[generation],
+                                        "params": {"id": altered}}, version=VERSION[generation])  # fmt: skip
+    assert_error(answer, 5, -32001)
+    assert peer.calls() == []  # none of it reached the agent
+    async with a2a_client(a2a, route, "triage", streaming=False) as client:
+        canceled = await client.cancel_task(CancelTaskRequest(id=task.id))
+    assert canceled.id == task.id and canceled.status.state == TaskState.TASK_STATE_CANCELED
+    assert [c["method"] for c in peer.calls()] == [CANCEL[generation]]
+
+
+# ---------------------------------------------------------------- refusals
+
+
+async def test_an_operation_no_rule_grants_is_a_jsonrpc_error_with_the_id(a2a: A2aGateway) -> None:
+    a2a.planner.clear()
+    message = {"role": "ROLE_USER", "messageId": "m1", "parts": [{"text": "hi"}]}
+    cases = [
+        ("executor", "SendStreamingMessage", {"message": message}, 41),  # not granted stream
+        ("executor", "GetExtendedAgentCard", {}, "card"),
+        ("auditor", "SendMessage", {"message": message}, 42),  # no grant at all
+        ("triage", "ListTasks", {}, 43),  # never: it lists every caller's tasks
+        ("triage", "tasks/list", {}, 44),
+        ("triage", "NoSuchMethod", {}, 45),
+    ]
+    for agent, method, params, request_id in cases:
+        answer = await rpc(a2a, "/a2a/planner", agent, {"jsonrpc": "2.0", "id": request_id, "method": method,
+                                                  "params": params})  # fmt: skip
+        error = assert_error(answer, request_id, errors.METHOD_DENIED.code, errors.METHOD_DENIED.reason)
+        assert method in error["message"] and agent in error["message"]
+    unknown = await rpc(a2a, "/a2a/planner", "nobody", {"jsonrpc": "2.0", "id": 46, "method": "SendMessage",
+                                                  "params": {"message": message}})  # fmt: skip
+    assert_error(unknown, 46, errors.UNKNOWN_AGENT.code, errors.UNKNOWN_AGENT.reason)
+    assert a2a.planner.calls() == []
+
+
+async def test_raw_attacks_are_refused_and_never_forwarded(a2a: A2aGateway) -> None:
+    a2a.planner.clear()
+    message = '{"role":"ROLE_USER","messageId":"m1","parts":[{"text":"hi"}]}'
+    # Envoy's A2A filter reads the first method (granted), a Python agent runs the last one.
+    repeated = ('{"jsonrpc":"2.0","id":7,"method":"SendMessage","method":"SendStreamingMessage",'
+                f'"params":{{"message":{message}}}}}').encode()  # fmt: skip
+    assert_error(
+        await rpc(a2a, "/a2a/planner", "executor", None, raw=repeated), 7, -32600, errors.DUPLICATE_KEYS.reason
+    )
+    nested = f'{{"jsonrpc":"2.0","id":8,"method":"SendMessage","params":{{"message":{message},"message":{{}}}}}}'
+    assert_error(await rpc(a2a, "/a2a/planner", "triage", None, raw=nested.encode()), 8, -32600)
+    batch = f'[{{"jsonrpc":"2.0","id":9,"method":"SendMessage","params":{{"message":{message}}}}}]'
+    # A batch carries no metadata for RBAC to allow: refused as no grant allows it.
+    assert_error(await rpc(a2a, "/a2a/planner", "triage", None, raw=batch.encode()), None, errors.METHOD_DENIED.code)
+    plain = f'{{"jsonrpc":"2.0","id":10,"method":"SendMessage","params":{{"message":{message}}}}}'
+    answer = await rpc(a2a, "/a2a/planner", "triage", None, raw=plain.encode(), content_type="text/plain")
+    assert_error(answer, 10, -32600, errors.NOT_A2A.reason)
+    # Envoy's A2A filter stops reading once it has the method and id: the policy service reads it all.
+    broken = b'{"jsonrpc":"2.0","id":11,"method":"SendMessage","params":{'
+    assert_error(await rpc(a2a, "/a2a/planner", "triage", None, raw=broken), 11, -32700)
+    assert a2a.planner.calls() == []
+
+
+async def test_the_mcp_backend_beside_them_still_works(a2a: A2aGateway) -> None:
+    from tests.e2e.harness import mcp_client
+
+    async with mcp_client(a2a.url("/mcp/github"), headers=caller("triage")) as session:
+        result = await session.call_tool("whoami", {})
+    assert not result.is_error
+    async with httpx.AsyncClient(timeout=30) as http:
+        denied = await http.post(a2a.url("/mcp/github"), headers={**caller("executor"), "accept": "application/json, "
+                                 "text/event-stream", "content-type": "application/json"},
+                                 json={"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+                                       "params": {"name": "whoami", "arguments": {}}})  # fmt: skip
+    assert_error(denied, 3, errors.TOOL_DENIED.code, errors.TOOL_DENIED.reason)

@@ -1,0 +1,217 @@
+"""One A2A request through the policy service (ext_proc PURPOSE_EXCHANGE): read strictly, its ids
+opened, its answer's ids sealed for the caller; the card rewritten for the caller.
+
+A POST's body must be one JSON-RPC 2.0 request object, with no object that
+repeats a key (anywhere: parsers disagree on which copy counts), a string
+method that is the one Envoy's A2A filter read (RBAC decided on that one),
+an A2A method the gateway knows (core/a2a.py) and a string or integer id.
+Anything else is refused here, so nothing the gateway could not read the
+same way as the agent reaches the agent.
+
+Task ownership without a store: every task and context id an answer
+carries (ids.py) is sealed for the caller (agent and user, valid on this
+route only, authz/sealing.py); a request naming ids must name sealed ones
+that open with the gateway's key, were handed to an agent it proves, for
+the same user, on this route, by an agent that still has a grant there.
+Else it is answered as A2A answers an unknown task (TaskNotFound), so
+another caller's task looks like no task at all. The agent's own ids are
+put back byte for byte, and the result checked by reading it again.
+
+A GET (no body) is the card route's: the card's URLs name the gateway, its
+skills and capabilities the caller's (cards.py).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from xds_server.authz.a2a import cards
+from xds_server.authz.a2a.ids import request_slots, result_slots
+from xds_server.authz.jsonrpc import error_body, request_id_of
+from xds_server.authz.messages import StreamRewriter, is_sse
+from xds_server.authz.protocols import Exchange, Refused
+from xds_server.authz.sealed_ids import owner_of, scope_of
+from xds_server.authz.sealing import Owner, Sealed, Sealer
+from xds_server.authz.state import RouteView
+from xds_server.core import errors
+from xds_server.core.a2a import (
+    A2A_METADATA_NAMESPACE,
+    CARD_METHODS,
+    METHOD_OPERATION,
+    TASK_METHODS,
+    TASK_NOT_FOUND_CODE,
+    TASK_NOT_FOUND_MESSAGE,
+)
+from xds_server.ir.a2a import A2aAllowsIR, A2aRouteIR
+from xds_server.ir.glob import glob_matches
+from xds_server.ir.principals import JwtPayloads
+
+#: What created an A2A id (Sealed.origin): the agent's conversation; ownership does not depend on it.
+ORIGIN = "a2a"
+
+
+class _RepeatedKey(ValueError):
+    pass
+
+
+def _no_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [k for k, _ in pairs]
+    if len(keys) != len(set(keys)):
+        raise _RepeatedKey(sorted({k for k in keys if keys.count(k) > 1}))
+    return dict(pairs)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def strict_loads(body: bytes) -> Any:
+    """The body as JSON, refusing repeated keys (`_RepeatedKey`) and NaN/Infinity (ValueError)."""
+    return json.loads(body, object_pairs_hook=_no_repeated_keys, parse_constant=_no_constant)
+
+
+def not_found(request_id: Any) -> str:
+    """A2A's TaskNotFound, exactly as an agent answers an unknown task."""
+    error = {"code": TASK_NOT_FOUND_CODE, "message": TASK_NOT_FOUND_MESSAGE}
+    return json.dumps({"jsonrpc": "2.0", "id": request_id, "error": error}, separators=(",", ":"))
+
+
+def _refused(request_id: Any, kind: errors.ErrorKind, message: str, reason: str | None = None) -> Refused:
+    return Refused(kind.http_status, error_body(request_id, kind, message), reason or kind.reason)
+
+
+class ExchangeRequest:
+    """One request of a caller on an A2A route, and what its answer must show."""
+
+    def __init__(self, view: RouteView, sealer: Sealer, agents: tuple[str, ...], jwt: JwtPayloads,
+                 headers: Mapping[str, str]) -> None:  # fmt: skip
+        self.view, self.sealer, self.agents, self.jwt, self.headers = view, sealer, agents, jwt, headers
+        part = view.route.protocol
+        assert isinstance(part, A2aRouteIR)
+        self.part = part
+
+    # -- the request -------------------------------------------------------------
+
+    def post(self, body: bytes, metadata: Mapping[str, Any]) -> Exchange | Refused:
+        deframed = metadata.get(A2A_METADATA_NAMESPACE, {})
+        if not isinstance(deframed, Mapping):
+            deframed = {}
+        request_id = request_id_of(body)
+        if request_id is None:  # a body that is not JSON: the id Envoy read before it stopped reading
+            request_id = _envoy_id(deframed.get("id"))
+        try:
+            message = strict_loads(body)
+        except _RepeatedKey:
+            return _refused(request_id, errors.DUPLICATE_KEYS, "Invalid Request: a JSON object in the body "
+                            "repeats a key")  # fmt: skip
+        except (ValueError, RecursionError):
+            return _refused(request_id, errors.PARSE_ERROR, "Parse error: the request body is not complete, valid "
+                            "JSON")  # fmt: skip
+        if not (isinstance(message, dict) and message.get("jsonrpc") == "2.0" and isinstance(message.get("method"), str)
+                and _is_id(message.get("id"))):  # fmt: skip
+            return _refused(request_id, errors.NOT_A2A, "Invalid Request: not one A2A JSON-RPC 2.0 request object "
+                            "(a string method and a string or integer id)")  # fmt: skip
+        method, request_id = message["method"], message["id"]
+        if deframed.get("method") != method:
+            return _refused(request_id, errors.NOT_A2A, "Invalid Request: the gateway could not read the request's "
+                            "method unambiguously")  # fmt: skip
+        if method not in METHOD_OPERATION:
+            return _refused(request_id, errors.METHOD_DENIED, f"Method {method!r} is not allowed through the gateway")
+        owner = owner_of(self.view, self.agents, self.jwt)
+        if owner is None:
+            return _refused(request_id, errors.UNKNOWN_AGENT, "Unknown agent: the request carries no identity of an "
+                            "agent known to this gateway")  # fmt: skip
+        params = message.get("params", {})
+        slots = request_slots(method, params)
+        if method in TASK_METHODS and not slots:
+            return Refused(200, not_found(request_id), "not_owner")
+        raws: dict[str, str] = {}
+        for holder, key in slots:
+            raw = self._raw(holder[key], owner)
+            if raw is None:
+                return Refused(200, not_found(request_id), "not_owner")
+            raws[holder[key]] = raw
+        restored = self._restored(body, method, [holder[key] for holder, key in slots], raws) if raws else body
+        if restored is None:
+            return Refused(200, not_found(request_id), "not_owner")
+        shown = {raw: sealed for sealed, raw in raws.items()}
+        answer = self._card_answer if method in CARD_METHODS else self._ids_answer(owner, shown)
+        return Exchange(restored if raws else None, lambda content_type: self._rewriter(content_type, answer))
+
+    def _raw(self, sealed: str, owner: Owner) -> str | None:
+        """The agent's id behind `sealed`, if it is the caller's (see the module docstring), else None."""
+        opened = self.sealer.open(sealed)
+        if (opened is None or opened.scope != scope_of(self.view) or opened.owner.agent not in self.agents
+                or opened.owner.user != owner.user or not self.view.grants_for(opened.owner.agent, self.jwt)):  # fmt: skip
+            return None
+        return opened.raw
+
+    @staticmethod
+    def _restored(body: bytes, method: str, sealed: list[str], raws: Mapping[str, str]) -> bytes | None:
+        """`body` with each sealed id replaced by the agent's, everything else byte for byte; None
+        unless reading it again finds exactly the agent's ids where the sealed ones were."""
+        restored = body
+        for text, raw in raws.items():
+            restored = restored.replace(json.dumps(text).encode(), json.dumps(raw, ensure_ascii=False).encode())
+        try:
+            again = strict_loads(restored)
+        except ValueError:
+            return None
+        found = [h[k] for h, k in request_slots(method, again.get("params", {}))] if isinstance(again, dict) else []
+        return restored if found == [raws[s] for s in sealed] else None
+
+    def get(self, headers: Mapping[str, str]) -> Exchange | Refused:
+        path = headers.get(":path", "").split("?", 1)[0]
+        if headers.get(":method") != "GET" or path != self.part.card_route:
+            return _refused(None, errors.NOT_A2A, "Invalid Request: an A2A request is a POST with a JSON-RPC body")
+        return Exchange(None, lambda content_type: self._rewriter(content_type, self._card))
+
+    # -- the answer ----------------------------------------------------------------
+
+    def _rewriter(self, content_type: str, rewrite: Callable[[Any], bool]) -> StreamRewriter:
+        unreadable = error_body(None, errors.GATEWAY_ERROR, "The agent's answer could not be read, so it is withheld")
+        # Whatever it says it is, an answer that is not SSE is read as JSON: passed on unread, it could
+        # carry the agent's own ids or an unfiltered card.
+        as_read = content_type if is_sse(content_type) else "application/json"
+        return StreamRewriter(as_read, rewrite, unreadable=unreadable.encode())
+
+    def _ids_answer(self, owner: Owner, shown: Mapping[str, str]) -> Callable[[Any], bool]:
+        sealed = dict(shown)
+        scope = scope_of(self.view)
+
+        def rewrite(message: Any) -> bool:
+            if not isinstance(message, dict):
+                return False
+            slots = result_slots(message.get("result"))
+            for holder, key in slots:
+                raw = holder[key]
+                if raw not in sealed:
+                    sealed[raw] = self.sealer.seal(Sealed(scope, owner, ORIGIN, raw))
+                holder[key] = sealed[raw]
+            return bool(slots)
+
+        return rewrite
+
+    def _card_answer(self, message: Any) -> bool:
+        return isinstance(message, dict) and self._card(message.get("result"))
+
+    def _card(self, card: Any) -> bool:
+        grants = [g.allows for agent in self.agents for g in self.view.grants_for(agent, self.jwt)
+                  if isinstance(g.allows, A2aAllowsIR)]  # fmt: skip
+        skills = [p for g in grants for p in g.skills]
+        operations = frozenset(op for g in grants for op in g.all_operations)
+        url = cards.gateway_url(self.headers, self.view.route.path)
+        return cards.rewrite_card(card, url, lambda skill: any(glob_matches(p, skill) for p in skills), operations)
+
+
+def _envoy_id(value: Any) -> Any:
+    """An id as Envoy's metadata holds it (numbers as doubles) back in its JSON type where it can tell."""
+    if isinstance(value, float) and value.is_integer() and abs(value) <= 2**53:
+        return int(value)
+    return value if isinstance(value, str) else None
+
+
+def _is_id(value: Any) -> bool:
+    return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))

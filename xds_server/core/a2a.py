@@ -1,0 +1,57 @@
+"""A2A facts the translators and the policy service share: the method names of each operation in
+A2A 0.3 and 1.0 (as a2a-sdk 1.x speaks them), and where Envoy's A2A filter puts what it read.
+
+A policy names an operation once (policy/a2a.py); it stands for both
+generations' methods. Methods not listed here are refused everywhere: the
+task list (`tasks/list`, `ListTasks`: it lists every caller's tasks), and
+anything unknown.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+#: Where Envoy's A2A filter puts what it read (method, id; params.* for 0.3 names): the filter's name.
+A2A_METADATA_NAMESPACE = "envoy.filters.http.a2a"
+
+#: operation → its JSON-RPC methods (0.3 names, then 1.0 names).
+OPERATION_METHODS: Mapping[str, tuple[str, ...]] = {
+    "send": ("message/send", "SendMessage"),
+    "stream": ("message/stream", "SendStreamingMessage"),
+    "getTask": ("tasks/get", "GetTask"),
+    "cancelTask": ("tasks/cancel", "CancelTask"),
+    "subscribe": ("tasks/resubscribe", "SubscribeToTask"),
+    "pushNotifications": (
+        "tasks/pushNotificationConfig/set", "tasks/pushNotificationConfig/get",
+        "tasks/pushNotificationConfig/list", "tasks/pushNotificationConfig/delete",
+        "CreateTaskPushNotificationConfig", "GetTaskPushNotificationConfig",
+        "ListTaskPushNotificationConfigs", "DeleteTaskPushNotificationConfig",
+    ),
+    "extendedCard": ("agent/getAuthenticatedExtendedCard", "GetExtendedAgentCard"),
+}  # fmt: skip
+
+#: method → its operation.
+METHOD_OPERATION: Mapping[str, str] = {m: op for op, methods in OPERATION_METHODS.items() for m in methods}
+
+#: Methods whose `params.id` is a task's id (the others name tasks in `taskId` fields only; 1.0's
+#: Get/DeleteTaskPushNotificationConfig use `params.id` for the config's own id).
+TASK_ID_METHODS = frozenset({
+    "tasks/get", "tasks/cancel", "tasks/resubscribe", "GetTask", "CancelTask", "SubscribeToTask",
+    "tasks/pushNotificationConfig/get", "tasks/pushNotificationConfig/list", "tasks/pushNotificationConfig/delete",
+})  # fmt: skip
+
+#: Methods that name an existing task (they must name one the caller owns).
+TASK_METHODS = frozenset({*TASK_ID_METHODS, *OPERATION_METHODS["pushNotifications"]})
+
+#: Methods whose answer is the agent's (extended) card.
+CARD_METHODS = frozenset(OPERATION_METHODS["extendedCard"])
+
+#: JSON-RPC methods of A2A the gateway never forwards, and why (in refusals).
+NEVER_ALLOWED = {
+    "tasks/list": "the task list holds every caller's tasks",
+    "ListTasks": "the task list holds every caller's tasks",
+}
+
+#: A2A's TaskNotFound (both generations): what a task that is not the caller's is answered with.
+TASK_NOT_FOUND_CODE = -32001
+TASK_NOT_FOUND_MESSAGE = "Task not found"
