@@ -96,6 +96,11 @@ spec:
   a2aAgent: legacy
   rules:
     - agents: [triage, executor]
+    - description: auditor may send, with a ticket in the message's metadata, twice an hour
+      agents: [auditor]
+      operations: [send]
+      when: 'has(args.ticket) && args.ticket.startsWith("T-")'
+      quota: {calls: 2, per: 1h}
 """
 MCP_POLICY = """\
 apiVersion: agentxds.dev/v1
@@ -314,6 +319,35 @@ async def test_another_caller_cannot_get_or_cancel_the_task(a2a: A2aGateway, gen
 
 
 # ---------------------------------------------------------------- refusals
+
+
+async def test_conditions_and_quotas_apply_to_messages(a2a: A2aGateway) -> None:
+    a2a.legacy.clear()
+
+    def send(request_id: int, metadata: dict[str, Any] | None) -> dict[str, Any]:
+        message: dict[str, Any] = {"kind": "message", "role": "user", "messageId": f"m{request_id}",
+                                   "parts": [{"kind": "text", "text": "hi"}]}  # fmt: skip
+        if metadata is not None:
+            message["metadata"] = metadata
+        return {"jsonrpc": "2.0", "id": request_id, "method": "message/send", "params": {"message": message}}
+
+    refused = await rpc(a2a, "/agents/legacy", "auditor", send(1, None), version="0.3")
+    assert_error(refused, 1, errors.CONDITION_NOT_MET.code, errors.CONDITION_NOT_MET.reason)
+    refused = await rpc(a2a, "/agents/legacy", "auditor", send(2, {"ticket": "X-9"}), version="0.3")
+    assert_error(refused, 2, errors.CONDITION_NOT_MET.code, errors.CONDITION_NOT_MET.reason)
+    for request_id in (3, 4):
+        allowed = (
+            await rpc(a2a, "/agents/legacy", "auditor", send(request_id, {"ticket": "T-1"}), version="0.3")
+        ).json()
+        assert allowed["id"] == request_id and allowed["result"]["status"]["state"] == "completed", allowed
+        assert allowed["result"]["id"].startswith("t1.")
+    over = await rpc(a2a, "/agents/legacy", "auditor", send(5, {"ticket": "T-1"}), version="0.3")
+    assert_error(over, 5, errors.QUOTA_EXCEEDED.code, errors.QUOTA_EXCEEDED.reason)
+    assert [c["method"] for c in a2a.legacy.calls()] == ["message/send", "message/send"]
+    # Only send was granted to the auditor: reading the task it made is refused.
+    denied = await rpc(a2a, "/agents/legacy", "auditor", {"jsonrpc": "2.0", "id": 6, "method": "tasks/get",
+                                                          "params": {"id": allowed["result"]["id"]}}, version="0.3")  # fmt: skip
+    assert_error(denied, 6, errors.METHOD_DENIED.code)
 
 
 async def test_an_operation_no_rule_grants_is_a_jsonrpc_error_with_the_id(a2a: A2aGateway) -> None:
