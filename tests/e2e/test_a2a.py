@@ -246,9 +246,10 @@ async def test_the_card_names_the_gateway_and_the_callers_skills(a2a: A2aGateway
         # executor was not granted the extended card: its card does not offer one.
         assert executor["capabilities"]["extendedAgentCard"] is False
         assert triage["capabilities"]["extendedAgentCard"] is True
-    refused = await get(a2a, card_path, "auditor")
-    assert_error(refused, None, errors.METHOD_DENIED.code, errors.METHOD_DENIED.reason)
-    assert "skills" not in refused.text
+        # auditor has no grant on planner: no card at all.
+        refused = await get(a2a, card_path, "auditor")
+        assert_error(refused, None, errors.METHOD_DENIED.code, errors.METHOD_DENIED.reason)
+        assert "skills" not in refused.text
 
 
 async def test_the_extended_card_is_filtered_too(a2a: A2aGateway) -> None:
