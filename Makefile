@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
-.PHONY: up test lint validate bench bench-soak bench-scale bench-fleet clean
+.PHONY: up test lint validate bench bench-soak bench-scale bench-fleet bench-a2a clean
 
 $(BIN)/agentxds: pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (or: make PYTHON=python3 ...)"; exit 1; }
@@ -38,6 +38,9 @@ bench-scale: $(BIN)/agentxds    ## control-plane stages on 100-5,000 agents; edi
 
 bench-fleet: $(BIN)/agentxds     ## legacy sessions through 1 vs 2 Envoys; endpoint move -> first call served there
 	$(BIN)/python bench/fleet.py
+
+bench-a2a: $(BIN)/agentxds       ## A2A SendMessage direct vs through the gateway; the exchange's sealed ids per call
+	$(BIN)/python bench/a2a.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -23,6 +23,7 @@ from xds_server.policy.load import load_directory
 from xds_server.runtime.bootstrap import render_bootstrap
 from xds_server.runtime.envoy import EnvoyProcess
 from xds_server.runtime.ports import free_port, port_open
+from xds_server.sources.registry import RegistryStore
 
 GATEWAY = "e2e"
 IDENTITY_HEADER = "x-agent-id"
@@ -217,10 +218,11 @@ def policy_service_yaml(policy_port: int, ext_authz: str = "http") -> str:
 
 async def launch(policy_dir: Path, workdir: Path, listen_port: int, policy_port: int,
                  authz_http_port: int | None = None, overload_manager: dict[str, Any] | None = None,
-                 state_store: str | None = None,
-                 runtime: RuntimeEndpoints | None = None) -> tuple[ControlPlane, EnvoyProcess]:  # fmt: skip
+                 state_store: str | None = None, runtime: RuntimeEndpoints | None = None,
+                 registry: RegistryStore | None = None) -> tuple[ControlPlane, EnvoyProcess]:  # fmt: skip
     """The control plane (with the policy service, its quotas in `state_store` if given, endpoints
-    set at run time from `runtime` if given) on `policy_dir` and an Envoy it configures (with
+    set at run time from `runtime` if given, with the runtime `registry` if given) on `policy_dir` and an
+    Envoy it configures (with
     `overload_manager` as its bootstrap's, if given).
 
     Returns once the policies are published and Envoy's listener accepts connections.
@@ -228,7 +230,8 @@ async def launch(policy_dir: Path, workdir: Path, listen_port: int, policy_port:
     if authz_http_port is None:
         authz_http_port = authz_http_port_of(policy_dir)
     control = ControlPlane(policy_dir, port=0, debounce_ms=50, policy_port=policy_port, approvals_port=0,
-                           authz_http_port=authz_http_port, state_store=state_store, runtime=runtime)  # fmt: skip
+                           authz_http_port=authz_http_port, state_store=state_store, runtime=runtime,
+                           registry=registry)  # fmt: skip
     await control.start()
     if control.last_reload is None or not control.last_reload.ok:
         await control.stop()  # a control plane left running would keep the test session from ending

@@ -216,6 +216,7 @@ class Pipeline:
         notes = [f"published on purpose ({emptying.OPT_IN_FLAG}): {d}" for d in lost]
         notes += [str(d) for d in emptying.warnings(coverage)]
         notes += runtime_notes
+        notes += getattr(self.source, "conflicts", ())  # registrations left out (sources/registry.py)
         return self._publish(ir, coverage, snapshots, notes, started)
 
     def _publish(

@@ -18,17 +18,20 @@ import logging
 import socket
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 
+from xds_server.authz.approvals import ApprovalStore
 from xds_server.authz.service import PolicyService
-from xds_server.controlplane import endpoints_api
+from xds_server.controlplane import endpoints_api, registry_api
 from xds_server.controlplane.heap import HeapSettler
 from xds_server.controlplane.pipeline import Pipeline, ReloadResult
 from xds_server.controlplane.runtime_endpoints import RuntimeEndpoints
 from xds_server.controlplane.watch import watch_policies
 from xds_server.sources import PolicySource
 from xds_server.sources.directory import DirectorySource
+from xds_server.sources.registry import RegisteredSource, RegistryStore
 from xds_server.xds.cache import SnapshotCache
 from xds_server.xds.server import ControlPlaneServer
 from xds_server.xds.status import StatusRecorder
@@ -59,7 +62,9 @@ class ControlPlane:
     its own, which goes on deciding while the process serving ADS is
     restarted or killed. `runtime`: endpoints set at run time (the endpoints
     file and API, controlplane/runtime_endpoints.py); `serve_endpoints_api`
-    serves the API.
+    serves the API. `registry`: the runtime registry of A2A agents and MCP
+    servers served beside the directory (sources/registry.py);
+    `serve_registry_api` serves its API.
     """
 
     def __init__(
@@ -82,7 +87,12 @@ class ControlPlane:
         sealing_key_file: Path | None = None,
         state_store: str | None = None,
         runtime: RuntimeEndpoints | None = None,
+        registry: RegistryStore | None = None,
     ) -> None:
+        if registry is not None:
+            # The runtime registry beside the policy directory (Git wins, sources/registry.py).
+            path = source.path if isinstance(source, DirectorySource) else Path(str(source))
+            source = RegisteredSource(path, registry=registry)
         self.cache = SnapshotCache()
         self.recorder = StatusRecorder()
         self.runtime = runtime
@@ -102,8 +112,8 @@ class ControlPlane:
         self.sealing_key_file = sealing_key_file
         self.policy_service: PolicyService | None = None
         self.endpoints_port: int | None = None  # the endpoints API's, once started (serve_endpoints_api)
-        self._endpoints_http: uvicorn.Server | None = None
-        self._endpoints_task: asyncio.Task[None] | None = None
+        self.registry_port: int | None = None  # the registry API's, once started (serve_registry_api)
+        self._apis: list[tuple[uvicorn.Server, asyncio.Task[None]]] = []
         if policy_port is not None:
             self.add_policy_service(policy_host, policy_port, approvals_port, authz_http_port, state_store)
 
@@ -165,17 +175,58 @@ class ControlPlane:
             raise ValueError("the endpoints API needs runtime endpoints (ControlPlane(runtime=...))")
         if not token:
             raise ValueError("the endpoints API needs a token")
+        app = endpoints_api.build_app(self.pipeline, self.runtime, token, self.reload)
+        self.endpoints_port = self._serve_api(app, host, port, "endpoints API")
+        return self.endpoints_port
+
+    async def serve_registry_api(self, host: str, port: int, token: str) -> int:
+        """Serve the registry API (controlplane/registry_api.py) on `host:port` (0: a free port), with
+        bearer `token`; needs `registry`. Returns the port."""
+        source = self.pipeline.source
+        if not isinstance(source, RegisteredSource):
+            raise ValueError("the registry API needs a registry (ControlPlane(registry=...))")
+        if not token:
+            raise ValueError("the registry API needs a token")
+
+        def approvals() -> ApprovalStore | None:
+            return self.policy_service.approvals if self.policy_service is not None else None
+
+        async def fetch(url: str) -> list[dict[str, Any]]:
+            from xds_server.authz.mcp.pin import fetch_tools
+
+            return await fetch_tools(url, timeout=10)
+
+        app = registry_api.build_app(source, token, self.reload, approvals, fetch, self.applied)
+        self.registry_port = self._serve_api(app, host, port, "registry API")
+        return self.registry_port
+
+    async def applied(self, result: ReloadResult, since: float, timeout: float = 2.0) -> bool:
+        """Wait until every connected Envoy of the groups `result` changed has acknowledged what was sent
+        to it after `since` (unix time, before the reload); False when `timeout` passed first. True at
+        once when nothing changed or no Envoy of those groups is connected."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            nodes = [n for n in self.recorder.view().nodes if n.connected and n.group in result.changed]
+            if all(any(t.sent_at is not None and t.sent_at >= since for t in n.types)
+                   and all(t.sent_version == t.acked_version for t in n.types) for n in nodes):  # fmt: skip
+                return True
+            if loop.time() >= deadline:
+                return False
+            await asyncio.sleep(0.005)
+
+    def _serve_api(self, app: Any, host: str, port: int, what: str) -> int:
+        """Serve an operator API (`app`) on `host:port` (0: a free port) until `stop()`; its port."""
         sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
         sock.listen(64)
         sock.setblocking(False)
-        self.endpoints_port = sock.getsockname()[1]
-        app = endpoints_api.build_app(self.pipeline, self.runtime, token, self.reload)
-        self._endpoints_http = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-        self._endpoints_task = asyncio.create_task(self._endpoints_http.serve(sockets=[sock]), name="endpoints-api")
-        log.info("endpoints API on http://%s:%d", host, self.endpoints_port)
-        return self.endpoints_port
+        bound = int(sock.getsockname()[1])
+        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+        self._apis.append((server, asyncio.create_task(server.serve(sockets=[sock]), name=what)))
+        log.info("%s on http://%s:%d", what, host, bound)
+        return bound
 
     async def _watch_loop(self) -> None:
         await watch_policies(self.pipeline, debounce_ms=self._debounce_ms, stop=self._stop, on_reload=self._record)
@@ -186,12 +237,11 @@ class ControlPlane:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._watcher
-        if self._endpoints_http is not None:
-            self._endpoints_http.should_exit = True
-            if self._endpoints_task is not None:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await asyncio.wait_for(self._endpoints_task, timeout=5)
-            self._endpoints_http = None
+        for server, task in self._apis:
+            server.should_exit = True
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(task, timeout=5)
+        self._apis.clear()
         if self._serve_ads:
             await self.server.stop()
         if self.policy_service is not None:

@@ -114,8 +114,10 @@ class PolicySet:
         return next((a for a in self.agents if a.name == name), None)
 
 
-def load_directory(path: str | os.PathLike[str], cache: DocumentCache | None = None) -> PolicySet:
-    """Load every `*.yaml`/`*.yml` under `path` (recursively, sorted).
+def load_directory(path: str | os.PathLike[str], cache: DocumentCache | None = None,
+                   extra: Mapping[str, str] | None = None) -> PolicySet:  # fmt: skip
+    """Load every `*.yaml`/`*.yml` under `path` (recursively, sorted), and the documents of `extra`
+    (file name → YAML text: the runtime registry's, sources/registry.py).
 
     Hidden files and directories are skipped and symlinked directories are not
     followed. `path` may also name a single file. Diagnostics name files as
@@ -143,6 +145,7 @@ def load_directory(path: str | os.PathLike[str], cache: DocumentCache | None = N
             diags.append(Diagnostic(str(file), 0, "", f"not UTF-8 text (byte {exc.start})"))
         except OSError as exc:
             diags.append(Diagnostic(str(file), 0, "", f"cannot read: {exc.strerror or exc}"))
+    texts.update(extra or {})
     return _load(texts, diags, empty=Diagnostic(str(path), 0, "", f"no policy documents found in {path}"), cache=cache)
 
 

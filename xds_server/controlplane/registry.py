@@ -1,0 +1,266 @@
+"""Registering A2A agents and MCP servers at run time: what a registration must be, screening, drift.
+
+A registration (JSON, `PUT /registry/<name>` or `agentxds registry add`):
+
+    {"kind": "A2AAgent", "card": {<the agent's AgentCard>}, "rules": [<A2APolicy rules>]}
+    {"kind": "MCPBackend", "url": "http://10.0.0.7:8000/mcp", "rules": [<MCPPolicy rules>]}
+
+with optional `route`, `gateway` and `timeouts` (as in the policy kinds).
+An A2A agent is registered by its card: its JSON-RPC interface URL is where
+the gateway sends its requests (http only; an agent behind TLS is defined in
+Git), its skills are what drift is judged on. An MCP server is registered
+by its URL; its tools are read from it (the MCP SDK client) and judged.
+
+A registration is accepted only if:
+- its name is not used in Git (409: Git wins) nor by a registration of the
+  other kind;
+- the card is a valid one (a name, skills with ids, one JSON-RPC interface);
+- no skill or tool description screens as an injection attempt (the tool
+  guard's screening, authz/mcp/screening.py): 422;
+- its documents load beside the policies in Git (unique route, known agents
+  in its rules, ...): 422 with the loader's diagnostics.
+
+A re-registration whose skills or tool descriptions differ from the served
+ones is drift: it is held, and an approval is asked for (the approvals
+flow: `agentxds approvals approve ID`); the same registration sent again
+after the approval is served (202 until then; 403 once denied). The served
+registration stays as it was meanwhile. Anything else is served at once:
+the configuration is rebuilt and published before the answer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import urllib.parse
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from xds_server.authz.approvals import ApprovalCall, ApprovalState, ApprovalStore
+from xds_server.authz.mcp.screening import screen_description
+from xds_server.controlplane.pipeline import ReloadResult
+from xds_server.policy.diagnostics import PolicyError
+from xds_server.policy.load import load_directory
+from xds_server.sources.registry import KINDS, RegisteredSource, Registration, RegistryStore, names_in
+
+#: How long an operator has to approve a drifting re-registration.
+DRIFT_APPROVAL_TTL_S = 24 * 3600.0
+DRIFT_RULE = "registry/drift"
+_OPTIONAL = ("route", "gateway", "timeouts")
+
+FetchTools = Callable[[str], Awaitable[list[dict[str, Any]]]]
+
+
+class RegistrationRefused(Exception):
+    """A registration that is not accepted: the HTTP status, why, and the details (diagnostics, findings)."""
+
+    def __init__(self, status: int, message: str, details: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.status, self.message, self.details = status, message, list(details)
+
+
+@dataclass(frozen=True)
+class Registered:
+    """What became of a registration: created | updated | unchanged | held (for `approval_id`)."""
+
+    status: str
+    registration: Registration
+    approval_id: str | None = None
+    versions: Mapping[str, str] = field(default_factory=dict)
+
+
+def _refuse(status: int, message: str, details: Sequence[str] = ()) -> RegistrationRefused:
+    return RegistrationRefused(status, message, details)
+
+
+def _endpoint(url: Any, what: str) -> tuple[str, int, str]:
+    """(host, port, path) of an http URL."""
+    if not isinstance(url, str):
+        raise _refuse(422, f"{what} must be an http URL")
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme != "http" or not parts.hostname:
+        raise _refuse(422, f"{what} must be an http:// URL with a host ({url!r}); an agent behind TLS is defined "
+                      "in Git, where upstream TLS is configured")  # fmt: skip
+    try:
+        port = parts.port or 80
+    except ValueError:
+        raise _refuse(422, f"{what} has an invalid port ({url!r})") from None
+    host = parts.hostname
+    try:
+        host = str(ipaddress.ip_address(host))
+    except ValueError:
+        pass
+    return host, port, parts.path or "/"
+
+
+def card_interface(card: Any) -> str:
+    """The URL of the card's JSON-RPC interface (1.0 `supportedInterfaces`, or 0.3 `url`)."""
+    if not isinstance(card, dict) or not isinstance(card.get("name"), str) or not card["name"]:
+        raise _refuse(422, "the card is not an AgentCard: it needs a name")
+    interfaces = card.get("supportedInterfaces")
+    if isinstance(interfaces, list):
+        for interface in interfaces:
+            if isinstance(interface, dict) and interface.get("protocolBinding") == "JSONRPC":
+                return str(interface.get("url"))
+    if isinstance(card.get("url"), str) and card.get("preferredTransport", "JSONRPC") == "JSONRPC":
+        return str(card["url"])
+    raise _refuse(422, "the card lists no JSON-RPC interface (the gateway speaks A2A over JSON-RPC)")
+
+
+def card_skills(card: Mapping[str, Any]) -> dict[str, str]:
+    """Skill id → what drift compares (its name, description, tags and examples, as canonical JSON)."""
+    skills = card.get("skills")
+    if not isinstance(skills, list):
+        raise _refuse(422, "the card is not an AgentCard: skills must be a list")
+    out: dict[str, str] = {}
+    for skill in skills:
+        if not isinstance(skill, dict) or not isinstance(skill.get("id"), str) or not skill["id"]:
+            raise _refuse(422, "the card is not an AgentCard: every skill needs an id")
+        if skill["id"] in out:
+            raise _refuse(422, f"the card lists skill {skill['id']!r} twice")
+        described = {k: skill.get(k) for k in ("name", "description", "tags", "examples")}
+        out[skill["id"]] = json.dumps(described, sort_keys=True, ensure_ascii=False)
+    return out
+
+
+def tool_descriptions(tools: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+    """Tool name → what drift compares (its description and input schema, as canonical JSON)."""
+    out: dict[str, str] = {}
+    for tool in tools:
+        name = tool.get("name")
+        if isinstance(name, str) and name:
+            out[name] = json.dumps({"description": tool.get("description"), "inputSchema": tool.get("inputSchema")},
+                                   sort_keys=True, ensure_ascii=False)  # fmt: skip
+    return out
+
+
+def _screened(described: Mapping[str, str]) -> list[str]:
+    findings = []
+    for name, text in sorted(described.items()):
+        fields = json.loads(text)
+        for key in ("name", "description"):
+            value = fields.get(key)
+            if isinstance(value, str):
+                findings += [f"{name}.{key}: {f.kind}: {f.detail}" for f in screen_description(value)]
+    return findings
+
+
+def drift(before: Mapping[str, str], after: Mapping[str, str]) -> dict[str, list[str]]:
+    """What changed between two registrations' skills or tools (empty lists: nothing)."""
+    return {
+        "added": sorted(set(after) - set(before)),
+        "removed": sorted(set(before) - set(after)),
+        "changed": sorted(n for n in set(before) & set(after) if before[n] != after[n]),
+    }
+
+
+async def parse(name: str, body: Any, fetch_tools: FetchTools) -> Registration:
+    """The registration `body` asks for (see the module docstring); raises RegistrationRefused."""
+    if not isinstance(body, dict):
+        raise _refuse(400, "the body must be a JSON object")
+    kind = body.get("kind")
+    if kind not in KINDS:
+        raise _refuse(422, f"kind must be one of {', '.join(sorted(KINDS))}")
+    allowed = {"kind", "rules", *_OPTIONAL, *(("card",) if kind == "A2AAgent" else ("url",))}
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise _refuse(422, f"unknown field(s) for {kind}: {', '.join(unknown)} (allowed: {', '.join(sorted(allowed))})")
+    rules = body.get("rules")
+    if not isinstance(rules, list) or not rules or not all(isinstance(r, dict) for r in rules):
+        raise _refuse(422, "rules must be a non-empty list of rules (who may use it; nothing is allowed otherwise)")
+    spec: dict[str, Any] = {k: body[k] for k in _OPTIONAL if k in body}
+    if kind == "A2AAgent":
+        card = body.get("card")
+        host, port, path = _endpoint(card_interface(card), "the card's JSON-RPC interface URL")
+        assert isinstance(card, dict)  # card_interface checked it
+        described, registered_card = card_skills(card), card
+    else:
+        host, port, path = _endpoint(body.get("url"), "url")
+        try:
+            tools = await fetch_tools(body["url"])
+        except Exception as exc:  # the SDK raises many kinds; the message is what matters here
+            raise _refuse(422, f"cannot list the tools at {body['url']}: {exc}") from None
+        described, registered_card = tool_descriptions(tools), None
+    spec.update(endpoints=[{"host": host, "port": port}], path=path)
+    return Registration(name, kind, spec, tuple(rules), described, registered_card)
+
+
+async def register(
+    name: str,
+    body: Any,
+    *,
+    source: RegisteredSource,
+    approvals: ApprovalStore | None,
+    reload: Callable[[], ReloadResult],
+    fetch_tools: FetchTools,
+) -> Registered:
+    """Accept, hold or refuse one registration (see the module docstring)."""
+    registration = await parse(name, body, fetch_tools)
+    findings = _screened(registration.described)
+    if findings:
+        raise _refuse(422, "a description screens as an injection attempt; the registration is refused", findings)
+    store = source.registry
+    try:
+        git = load_directory(source.path)
+    except PolicyError as exc:
+        raise _refuse(409, "the policies in Git do not load now; register again once they do",
+                      [str(d) for d in exc.diagnostics]) from None  # fmt: skip
+    if name in names_in(git):
+        raise _refuse(409, f"{name!r} is defined in Git; Git wins (choose another name, or change it in Git)")
+    served = store.get(name)
+    if served is not None and served.kind != registration.kind:
+        raise _refuse(409, f"{name!r} is registered as a {served.kind}; remove it first")
+    others = [r for r in store.all() if r.name != name]
+    try:
+        load_directory(source.path, extra={r.file: r.documents() for r in [*others, registration]})
+    except PolicyError as exc:
+        mine = [str(d) for d in exc.diagnostics if d.file == registration.file]
+        raise _refuse(422, "the registration does not load beside the policies", mine or
+                      [str(d) for d in exc.diagnostics]) from None  # fmt: skip
+    if served is not None and served == registration:
+        return Registered("unchanged", registration, versions=reload().versions)
+    changes = drift(served.described, registration.described) if served is not None else None
+    if changes is not None and any(changes.values()):
+        approval_id = _drift_approved(name, registration, changes, approvals)
+        if approval_id is not None:
+            store.hold(registration, approval_id)
+            return Registered("held", registration, approval_id)
+    store.put(registration)
+    result = reload()
+    return Registered("created" if served is None else "updated", registration, versions=result.versions)
+
+
+def _drift_approved(name: str, registration: Registration, changes: Mapping[str, list[str]],
+                    approvals: ApprovalStore | None) -> str | None:  # fmt: skip
+    """None when the drift was approved (the approval is spent); else the id of the approval it waits for."""
+    if approvals is None:
+        raise _refuse(409, "the registration changes skills or tool descriptions (drift), which needs an operator's "
+                      "approval, and this control plane runs no policy service to keep approvals")  # fmt: skip
+    digest = hashlib.sha256(json.dumps(registration.to_json(), sort_keys=True).encode()).hexdigest()
+    call = ApprovalCall(backend=name, rule=DRIFT_RULE, agent="registry", user=None, tool="re-register",
+                        arguments={**changes, "registration": digest})  # fmt: skip
+    if approvals.use(call) is not None:
+        return None
+    approval = approvals.request(call, DRIFT_APPROVAL_TTL_S)
+    if approval.state is ApprovalState.DENIED:
+        raise _refuse(403, f"an operator denied this re-registration of {name!r} (approval {approval.id})")
+    return approval.id
+
+
+def remove(name: str, *, source: RegisteredSource, reload: Callable[[], ReloadResult]) -> ReloadResult | None:
+    """Forget a registration and publish without it; None when there was none."""
+    if not source.registry.remove(name):
+        return None
+    return reload()
+
+
+def listing(store: RegistryStore, conflicts: Sequence[str]) -> dict[str, Any]:
+    """What the registry holds: served registrations, those held for approval, and what is left out."""
+    return {
+        "registrations": [{"name": r.name, "kind": r.kind, "spec": dict(r.spec), "rules": [dict(x) for x in r.rules],
+                           "skills" if r.kind == "A2AAgent" else "tools": sorted(r.described)} for r in store.all()],
+        "held": [{"name": h.registration.name, "approvalId": h.approval_id, "since": h.since} for h in store.held()],
+        "conflicts": list(conflicts),
+    }  # fmt: skip
