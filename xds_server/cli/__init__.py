@@ -7,6 +7,7 @@
     bootstrap  bootstrap.py   an Envoy ADS bootstrap
     status     status.py      what the control plane serves and what Envoys accepted
     approvals  approvals.py   the operators' side of requireApproval
+    registry   registry.py    A2A agents and MCP servers registered at run time
     pin        pin.py         write a backend's MCPToolLock
     certs      certs.py       a development PKI
 
@@ -19,9 +20,9 @@ from __future__ import annotations
 import argparse
 import logging
 
-from xds_server.cli import approvals, bootstrap, certs, pin, policies, serve, status, up
+from xds_server.cli import approvals, bootstrap, certs, pin, policies, registry, serve, status, up
 
-_COMMANDS = (up, serve, policies, bootstrap, status, approvals, pin, certs)
+_COMMANDS = (up, serve, policies, bootstrap, status, approvals, registry, pin, certs)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -19,12 +19,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from xds_server.controlplane.runtime_endpoints import ApiEndpoints, RuntimeEndpoints
     from xds_server.controlplane.service import ControlPlane
     from xds_server.runtime.state_dir import StateDir
+    from xds_server.sources.registry import RegistryStore
 
     state = StateDir.at(args.state_dir).ensure()
     serve_ads = args.role in ("all", "xds")
     with_policy_service = args.role in ("all", "policy")
 
-    token = _endpoints_token(args)
+    token = _token(args.endpoints_port, args.endpoints_token_file, "AGENTXDS_ENDPOINTS_TOKEN", "--endpoints")
+    registry_token = _token(args.registry_port, args.registry_token_file, "AGENTXDS_REGISTRY_TOKEN", "--registry")
     if args.state_store:
         from xds_server.authz.shared_state import check_url
 
@@ -33,12 +35,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise SystemExit(f"agentxds serve: --state-store (or $AGENTXDS_STATE_STORE) {exc}") from None
     runtime = RuntimeEndpoints(args.endpoints_file, ApiEndpoints(state.runtime_endpoints))
+    # Registrations are served while the registry API is: without it they stay in the database, unserved.
+    registry = RegistryStore(state.registry_db) if args.registry_port >= 0 else None
 
     async def serve() -> int:
         control = ControlPlane(args.dir, host=args.host, port=args.port, serve_ads=serve_ads,
                                allow_emptying=args.allow_emptying, approvals_db=state.approvals_db,
                                sealing_key_file=state.sealing_key,
-                               coverage_file=state.published_coverage(args.dir), runtime=runtime)  # fmt: skip
+                               coverage_file=state.published_coverage(args.dir), runtime=runtime,
+                               registry=registry)  # fmt: skip
         if with_policy_service:
             control.add_policy_service(args.host, args.policy_port, args.approvals_port,
                                        args.authz_http_port if args.authz_http_port >= 0 else None,
@@ -46,6 +51,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         await control.start()
         if args.endpoints_port >= 0:
             await control.serve_endpoints_api(args.endpoints_host, args.endpoints_port, token)
+        if args.registry_port >= 0:
+            await control.serve_registry_api(args.registry_host, args.registry_port, registry_token)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -58,18 +65,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return asyncio.run(serve())
 
 
-def _endpoints_token(args: argparse.Namespace) -> str:
-    """The endpoints API's bearer token (from --endpoints-token-file, else $AGENTXDS_ENDPOINTS_TOKEN);
-    exits when the API is asked for without one."""
-    if args.endpoints_port < 0:
+def _token(port: int, file: Path | None, variable: str, flag: str) -> str:
+    """An operator API's bearer token (from `file`, else $`variable`); exits when the API is asked
+    for (`port` >= 0) without one."""
+    if port < 0:
         return ""
-    if args.endpoints_token_file is not None:
-        token = args.endpoints_token_file.read_text(encoding="utf-8").strip()
-    else:
-        token = os.environ.get("AGENTXDS_ENDPOINTS_TOKEN", "").strip()
+    token = file.read_text(encoding="utf-8").strip() if file is not None else os.environ.get(variable, "").strip()
     if len(token) < 16:
-        raise SystemExit("agentxds serve: --endpoints-port needs a token of at least 16 characters "
-                         "(--endpoints-token-file FILE or $AGENTXDS_ENDPOINTS_TOKEN)")  # fmt: skip
+        raise SystemExit(f"agentxds serve: {flag}-port needs a token of at least 16 characters "
+                         f"({flag}-token-file FILE or ${variable})")  # fmt: skip
     return token
 
 
@@ -87,6 +91,8 @@ def _banner(args: argparse.Namespace, control: ControlPlane, approvals_db: Path)
         parts.append(f"endpoints API on http://{args.endpoints_host}:{control.endpoints_port}")
     if args.endpoints_file is not None:
         parts.append(f"endpoints file {args.endpoints_file}")
+    if control.registry_port is not None:
+        parts.append(f"registry API on http://{args.registry_host}:{control.registry_port}")
     return f"agentxds control plane ({args.role}): {', '.join(parts)}, policies {args.dir}"
 
 
@@ -128,6 +134,13 @@ def register(sub: Subparsers) -> None:
                        "backend anywhere, as a policy commit could)")  # fmt: skip
     serve.add_argument("--endpoints-token-file", type=Path, default=None, metavar="FILE",
                        help="the endpoints API's bearer token (default: $AGENTXDS_ENDPOINTS_TOKEN)")  # fmt: skip
+    serve.add_argument("--registry-port", type=int, default=-1, metavar="PORT",
+                       help="serve the registry API on PORT (A2A agents and MCP servers registered at run time, "
+                       "kept in the state directory; default -1: off, and registrations are not served; needs a "
+                       "token)")  # fmt: skip
+    serve.add_argument("--registry-host", default="127.0.0.1", help="address of the registry API (default 127.0.0.1)")
+    serve.add_argument("--registry-token-file", type=Path, default=None, metavar="FILE",
+                       help="the registry API's bearer token (default: $AGENTXDS_REGISTRY_TOKEN)")  # fmt: skip
     add_allow_emptying(serve)
     add_state_dir(serve)
     serve.set_defaults(func=cmd_serve)

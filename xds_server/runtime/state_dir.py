@@ -61,6 +61,11 @@ class StateDir:
         return self.path / "runtime-endpoints.json"
 
     @property
+    def registry_db(self) -> Path:
+        """The runtime registry of A2A agents and MCP servers (sources/registry.py)."""
+        return self.path / "registry.sqlite3"
+
+    @property
     def up_record(self) -> Path:
         """Where a running `agentxds up` says what it started (see cli/up_record.py)."""
         return self.path / "up.json"

@@ -6,7 +6,7 @@
   Only JSON-RPC interfaces are kept (the gateway reads JSON-RPC only), and
   0.3's `preferredTransport` becomes JSONRPC.
 - `skills` lists only the skills whose id one of the caller's grants names.
-- Capabilities the caller was not granted are off: push notifications
+- Capabilities the caller was not granted are off: streaming (`stream`), push notifications
   (`pushNotifications`), the extended card (1.0
   `capabilities.extendedAgentCard`, 0.3 `supportsAuthenticatedExtendedCard`).
 - `signatures` are dropped: they signed the agent's card, not this one.
@@ -51,6 +51,8 @@ def rewrite_card(card: Any, url: str, shows_skill: Callable[[str], bool], operat
                           and shows_skill(s["id"])]  # fmt: skip
     capabilities = card.get("capabilities")
     if isinstance(capabilities, dict):
+        if "stream" not in operations and "streaming" in capabilities:
+            capabilities["streaming"] = False
         if "pushNotifications" not in operations and "pushNotifications" in capabilities:
             capabilities["pushNotifications"] = False
         if "extendedCard" not in operations and "extendedAgentCard" in capabilities:

@@ -23,7 +23,9 @@ skills and capabilities the caller's (cards.py).
 
 from __future__ import annotations
 
+import copy
 import json
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -67,9 +69,17 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def _finite(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"{text} is beyond what a double holds")
+    return value
+
+
 def strict_loads(body: bytes) -> Any:
-    """The body as JSON, refusing repeated keys (`_RepeatedKey`) and NaN/Infinity (ValueError)."""
-    return json.loads(body, object_pairs_hook=_no_repeated_keys, parse_constant=_no_constant)
+    """The body as JSON, refusing repeated keys (`_RepeatedKey`), NaN/Infinity and numbers beyond a
+    double (ValueError)."""
+    return json.loads(body, object_pairs_hook=_no_repeated_keys, parse_constant=_no_constant, parse_float=_finite)
 
 
 def not_found(request_id: Any) -> str:
@@ -111,6 +121,7 @@ class ExchangeRequest:
                             "JSON")  # fmt: skip
         if not (isinstance(message, dict) and message.get("jsonrpc") == "2.0" and isinstance(message.get("method"), str)
                 and _is_id(message.get("id"))):  # fmt: skip
+            request_id = request_id if _is_id(request_id) else None  # JSON-RPC: null when it cannot be told
             return _refused(request_id, errors.NOT_A2A, "Invalid Request: not one A2A JSON-RPC 2.0 request object "
                             "(a string method and a string or integer id)")  # fmt: skip
         method, request_id = message["method"], message["id"]
@@ -133,9 +144,7 @@ class ExchangeRequest:
             if raw is None:
                 return Refused(200, not_found(request_id), "not_owner")
             raws[holder[key]] = raw
-        restored = self._restored(body, method, [holder[key] for holder, key in slots], raws) if raws else body
-        if restored is None:
-            return Refused(200, not_found(request_id), "not_owner")
+        restored = self._restored(body, method, message, raws) if raws else body
         shown = {raw: sealed for sealed, raw in raws.items()}
         answer = self._card_answer if method in CARD_METHODS else self._ids_answer(owner, shown)
         return Exchange(restored if raws else None, lambda content_type: self._rewriter(content_type, answer))
@@ -149,18 +158,22 @@ class ExchangeRequest:
         return opened.raw
 
     @staticmethod
-    def _restored(body: bytes, method: str, sealed: list[str], raws: Mapping[str, str]) -> bytes | None:
-        """`body` with each sealed id replaced by the agent's, everything else byte for byte; None
-        unless reading it again finds exactly the agent's ids where the sealed ones were."""
+    def _restored(body: bytes, method: str, message: dict[str, Any], raws: Mapping[str, str]) -> bytes:
+        """`body` with the agent's ids where the sealed ones were, everything else as it came: byte for
+        byte when the sealed ids appear nowhere else (read again to be sure), else written anew from
+        what was read (the caller's own text naming a sealed id is then kept as it was)."""
+        expected = copy.deepcopy(message)
+        for holder, key in request_slots(method, expected.get("params", {})):
+            holder[key] = raws[holder[key]]
         restored = body
         for text, raw in raws.items():
             restored = restored.replace(json.dumps(text).encode(), json.dumps(raw, ensure_ascii=False).encode())
         try:
-            again = strict_loads(restored)
+            if strict_loads(restored) == expected:
+                return restored
         except ValueError:
-            return None
-        found = [h[k] for h, k in request_slots(method, again.get("params", {}))] if isinstance(again, dict) else []
-        return restored if found == [raws[s] for s in sealed] else None
+            pass
+        return json.dumps(expected, ensure_ascii=False, separators=(",", ":")).encode()
 
     def get(self, headers: Mapping[str, str]) -> Exchange | Refused:
         path = headers.get(":path", "").split("?", 1)[0]

@@ -24,7 +24,11 @@ Answers (a JSON-RPC result, or an SSE event's):
 - push-notification configs: `taskId` (a list of them in 0.3, `configs[]` in 1.0).
 
 Only these places: an id-like field inside message parts or metadata is the
-caller's own data and is left alone.
+caller's own data and is left alone. In requests each field is looked for
+under its JSON name and its proto field name too (`task_id`, ...): the SDK's
+parsers accept both (protobuf's ParseDict, pydantic by name), so an id under
+either is one to check; and a non-string value there is a slot too (it can
+name no task of the caller's, so the request is refused).
 """
 
 from __future__ import annotations
@@ -38,6 +42,9 @@ from xds_server.core.a2a import TASK_ID_METHODS
 Slot = tuple[Any, Any]
 
 _MESSAGE_IDS = ("taskId", "contextId")
+#: A request field's JSON name → its proto field name (also accepted by the agent's SDK).
+_SNAKE = {"taskId": "task_id", "contextId": "context_id", "referenceTaskIds": "reference_task_ids",
+          "taskPushNotificationConfig": "task_push_notification_config"}  # fmt: skip
 
 
 def _strings(holder: Any, key: Any) -> Iterator[Slot]:
@@ -56,6 +63,28 @@ def _message(message: Any) -> Iterator[Slot]:
     if isinstance(references, list):
         for i in range(len(references)):
             yield from _strings(references, i)
+
+
+def _named(holder: Any, key: str) -> Iterator[Slot]:
+    """A request's field under either name, whatever its value (None aside)."""
+    if isinstance(holder, dict):
+        for name in dict.fromkeys((key, _SNAKE.get(key, key))):
+            if holder.get(name) is not None:
+                yield holder, name
+
+
+def _request_message(message: Any) -> Iterator[Slot]:
+    if not isinstance(message, dict):
+        return
+    for key in _MESSAGE_IDS:
+        yield from _named(message, key)
+    for holder, name in list(_named(message, "referenceTaskIds")):
+        references = holder[name]
+        if not isinstance(references, list):
+            yield holder, name  # not a list of ids: a slot that opens to nothing
+            continue
+        for i in range(len(references)):
+            yield references, i
 
 
 def _status(holder: dict[str, Any]) -> Iterator[Slot]:
@@ -93,13 +122,14 @@ def request_slots(method: str, params: Any) -> list[Slot]:
     """Every id a request's params name (see the module docstring)."""
     if not isinstance(params, dict):
         return []
-    slots = list(_message(params.get("message")))
+    slots = list(_request_message(params.get("message")))
     configuration = params.get("configuration")
     if isinstance(configuration, dict):
-        slots += _push_config(configuration.get("taskPushNotificationConfig"))
-    slots += _strings(params, "taskId")
+        for holder, name in list(_named(configuration, "taskPushNotificationConfig")):
+            slots += _named(holder[name], "taskId")
+    slots += _named(params, "taskId")
     if method in TASK_ID_METHODS:
-        slots += _strings(params, "id")
+        slots += _named(params, "id")
     return slots
 
 
