@@ -319,6 +319,33 @@ async def test_another_caller_cannot_get_or_cancel_the_task(a2a: A2aGateway, gen
     assert [c["method"] for c in peer.calls()] == [CANCEL[generation]]
 
 
+# ---------------------------------------------------------------- discovery
+
+
+async def test_discovery_lists_what_each_caller_may_use(a2a: A2aGateway) -> None:
+    def names(answer: dict[str, Any]) -> tuple[list[str], list[str]]:
+        return [m["name"] for m in answer["mcpServers"]], [a["name"] for a in answer["a2aAgents"]]
+
+    seen = {}
+    for agent in ("triage", "executor", "auditor"):
+        answer = await get(a2a, "/.well-known/agentxds/discovery", agent)
+        assert answer.status_code == 200, answer.text
+        seen[agent] = names(answer.json())
+    assert seen == {"triage": (["github"], ["legacy", "planner"]), "executor": ([], ["legacy", "planner"]),
+                    "auditor": ([], ["legacy"])}  # fmt: skip
+    planner = next(a for a in (await get(a2a, "/.well-known/agentxds/discovery", "triage")).json()["a2aAgents"]
+                   if a["name"] == "planner")  # fmt: skip
+    assert planner == {"name": "planner", "kind": "a2a", "url": a2a.url("/a2a/planner"), "registered": False,
+                       "card": a2a.url("/a2a/planner/.well-known/agent-card.json")}  # fmt: skip
+    unknown = await get(a2a, "/.well-known/agentxds/discovery", "nobody")
+    assert unknown.status_code == 403 and "a2aAgents" not in unknown.text
+    # A forged "verified" certificate header does not make an agent of the caller.
+    async with httpx.AsyncClient(timeout=10) as http:
+        forged = await http.get(a2a.url("/.well-known/agentxds/discovery"),
+                                headers={"x-agentxds-verified-peer": "spiffe://example.org/triage"})  # fmt: skip
+    assert forged.status_code == 403
+
+
 # ---------------------------------------------------------------- refusals
 
 

@@ -172,6 +172,11 @@ async def test_a_registered_agent_is_routable_at_once_and_survives_a_restart(reg
     assert task.status.state == TaskState.TASK_STATE_COMPLETED
     assert [get_artifact_text(a) for a in task.artifacts] == ["[weather] echo: hi"]
     assert [s["id"] for s in (await gateway_card(registry, "/a2a/weather"))["skills"]] == ["echo"]
+    async with httpx.AsyncClient(timeout=10) as http:
+        found = (
+            await http.get(registry.url("/.well-known/agentxds/discovery"), headers={IDENTITY_HEADER: "triage"})
+        ).json()
+    assert {(a["name"], a["registered"]) for a in found["a2aAgents"]} == {("weather", True), ("planner", False)}
 
     # A new control plane on the same database (the old one stopped): the registration is served again,
     # and the Envoy follows the new control plane (a removal afterwards takes the route away).

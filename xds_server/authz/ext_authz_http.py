@@ -37,10 +37,12 @@ from typing import TYPE_CHECKING, Any
 
 import httptools
 
+from xds_server.authz import discovery
 from xds_server.authz.decide import CheckOutcome, check_call, check_request, failed_decision
 from xds_server.core.wire import (
     AUTH_HEADERS_TO_REMOVE,
     CHECK_PREFIX,
+    DISCOVER_PREFIX,
     REPLY_STATUS_HEADER,
     VERIFIED_JWT_HEADER_PREFIX,
     VERIFIED_PEER_HEADER,
@@ -221,6 +223,9 @@ class ExtAuthzHttpProtocol(asyncio.Protocol):
         path = httptools.parse_url(request.url).path.decode("latin-1")
         body = b"".join(request.body).decode("utf-8", errors="replace")
         keep_alive = self._parser.should_keep_alive()
+        if method == "GET" and path.startswith(DISCOVER_PREFIX) and self._pending is None:
+            self._discover(path[len(DISCOVER_PREFIX) :], request.headers, keep_alive)
+            return
         try:
             decided = decide(self._service, method, path, request.headers, body)
         except Exception:  # a bug must refuse the call, not let it through
@@ -263,6 +268,21 @@ class ExtAuthzHttpProtocol(asyncio.Protocol):
                 self._transport.close()
         # Logged after the answer is on its way: Envoy need not wait for the log line.
         self._service.log_decision(outcome.log)
+
+    def _discover(self, gateway: str, headers: Mapping[str, str], keep_alive: bool) -> None:
+        """A discovery request (authz/discovery.py), answered at once."""
+        try:
+            client, payloads, peer = verified_identity(headers)
+            status, listed = discovery.listing(self._service.index, gateway, client, payloads, peer)
+        except UnreadableIdentity as exc:
+            status, listed = 403, {"error": str(exc)}
+        except Exception:  # a bug must not show anything
+            log.exception("discovery failed")
+            status, listed = 500, {"error": "discovery failed"}
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.write(discovery.response(status, listed))
+            if not keep_alive:
+                self._transport.close()
 
     # -- helpers -------------------------------------------------------------
 

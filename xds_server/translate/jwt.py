@@ -163,6 +163,13 @@ def route_requirement(gateway: GatewayIR, route: RouteIR) -> FilterUses:
     return {JWT_FILTER: typed(JWT_PER_ROUTE_TYPE, {"requirement_name": name})}
 
 
+def optional(gateway: GatewayIR) -> FilterUses:
+    """Tokens checked when sent, none required ({} when the gateway checks no JWTs)."""
+    if not gateway.identity.jwt_providers:
+        return {}
+    return {JWT_FILTER: typed(JWT_PER_ROUTE_TYPE, {"requirement_name": OPTIONAL_REQUIREMENT})}
+
+
 def route_disabled(gateway: GatewayIR) -> FilterUses:
     """jwt_authn off, on a route that serves no upstream ({} when the gateway checks no JWTs)."""
     if not gateway.identity.jwt_providers:

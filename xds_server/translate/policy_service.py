@@ -132,7 +132,7 @@ def _authz_timeout(gateway: GatewayIR) -> int:
     return max((r.policy_service.timeout_ms for r in gateway.routes), default=250)
 
 
-def _verified_identity(gateway: GatewayIR) -> list[dict[str, Any]]:
+def verified_identity_headers(gateway: GatewayIR) -> list[dict[str, Any]]:
     """What Envoy verified, as headers it adds to the check request alone (core/wire.py): each JWT
     provider's payload, and the client certificate's URI SANs. An empty value (nothing verified)
     adds no header."""
@@ -167,7 +167,7 @@ def _http_service(gateway: GatewayIR, route: str) -> dict[str, Any]:
         "path_prefix": f"{CHECK_PREFIX}{route}",
         "authorization_response": response,
     }
-    if verified := _verified_identity(gateway):
+    if verified := verified_identity_headers(gateway):
         service["authorization_request"] = {"headers_to_add": verified}
     return service
 

@@ -35,9 +35,9 @@ from envoy.config.route.v3.route_components_pb2 import Route, VirtualHost
 from envoy.config.route.v3.route_pb2 import RouteConfiguration
 from envoy.config.route.v3.scoped_route_pb2 import ScopedRouteConfiguration
 
-from xds_server.core.wire import PURPOSE_EXCHANGE, PURPOSE_SEAL, typed
+from xds_server.core.wire import DISCOVERY_PATH, PURPOSE_EXCHANGE, PURPOSE_SEAL, typed
 from xds_server.ir.types import GatewayIR, RouteIR
-from xds_server.translate import identity, jwt, oauth, policy_service, rbac
+from xds_server.translate import discovery, identity, jwt, oauth, policy_service, rbac
 from xds_server.translate.filters import FilterUses, HttpFilter, RouteFilters, Slot, Use
 from xds_server.translate.listener import listener_filters
 from xds_server.translate.names import (
@@ -198,6 +198,10 @@ def build_route_configs(gateway: GatewayIR) -> tuple[list[RouteConfiguration], l
             paths |= {e["match"]["path"] for e in entries}
         configs.append(RouteConfiguration(name=name, virtual_hosts=hosts))
         scopes += [scope(p, name) for p in sorted(paths)]
+    found = discovery.route_config(gateway, filters)
+    if found is not None:
+        configs.append(found)
+        scopes.append(scope(DISCOVERY_PATH, found.name))
     return configs, scopes
 
 
