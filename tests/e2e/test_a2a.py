@@ -21,6 +21,7 @@ both protocols), the real control plane and policy service, a real Envoy.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -41,6 +42,7 @@ from a2a.types.a2a_pb2 import (
     Role,
     SendMessageRequest,
     StreamResponse,
+    SubscribeToTaskRequest,
     TaskState,
 )
 
@@ -49,6 +51,7 @@ from tests.e2e.gateway import (
     IDENTITY_HEADER,
     RunningGateway,
     backend_yaml,
+    eventually,
     gateway_yaml,
     launch,
     stop_gateway,
@@ -83,10 +86,10 @@ spec:
   a2aAgent: planner
   rules:
     - agents: [triage]
-      operations: [send, stream, getTask, cancelTask, subscribe, extendedCard]
+      operations: [send, stream, getTask, cancelTask, subscribe, pushNotifications, extendedCard]
       skills: [echo, count, slow]
     - agents: [executor]
-      operations: [send, getTask, cancelTask]
+      operations: [send, getTask, cancelTask, subscribe, pushNotifications]
       skills: [echo]
 ---
 apiVersion: agentxds.dev/v1
@@ -344,6 +347,56 @@ async def test_discovery_lists_what_each_caller_may_use(a2a: A2aGateway) -> None
         forged = await http.get(a2a.url("/.well-known/agentxds/discovery"),
                                 headers={"x-agentxds-verified-peer": "spiffe://example.org/triage"})  # fmt: skip
     assert forged.status_code == 403
+
+
+async def test_subscriptions_and_push_configs_reach_only_the_owners_tasks(a2a: A2aGateway) -> None:
+    async with a2a_client(a2a, "/a2a/planner", "triage", streaming=False, polling=True) as client:
+        (event,) = await _send(client, "slow")
+    task = event.task
+    a2a.planner.clear()
+    hook = {"taskId": task.id, "url": "http://127.0.0.1:9/hook"}
+    for agent, method, params in (("executor", "SubscribeToTask", {"id": task.id}),
+                                  ("executor", "CreateTaskPushNotificationConfig", hook),
+                                  ("executor", "ListTaskPushNotificationConfigs", {"taskId": task.id})):  # fmt: skip
+        answer = await rpc(a2a, "/a2a/planner", agent, {"jsonrpc": "2.0", "id": method, "method": method,
+                                                        "params": params})  # fmt: skip
+        assert_error(answer, method, -32001)
+    assert a2a.planner.calls() == []
+    # The owner's push config reaches the agent with the agent's own id (which does not support them).
+    own = await rpc(a2a, "/a2a/planner", "triage", {"jsonrpc": "2.0", "id": "p", "method":
+                                                    "CreateTaskPushNotificationConfig", "params": hook})  # fmt: skip
+    assert own.json()["id"] == "p" and "error" in own.json()
+    (call,) = a2a.planner.calls()
+    assert call["method"] == "CreateTaskPushNotificationConfig" and not call["task_id"].startswith("t1.")
+    # The owner follows its task until it is canceled: every event names the sealed id.
+    events: list[StreamResponse] = []
+    async with a2a_client(a2a, "/a2a/planner", "triage", streaming=True) as client:
+
+        async def follow() -> None:
+            async for streamed in client.subscribe(SubscribeToTaskRequest(id=task.id)):
+                events.append(streamed)
+
+        follower = asyncio.create_task(follow())
+        await eventually(lambda: _asked(a2a.planner, "SubscribeToTask"), 10, "the subscription reached the agent")
+        canceled = await rpc(a2a, "/a2a/planner", "triage", {"jsonrpc": "2.0", "id": 9, "method": "CancelTask",
+                                                             "params": {"id": task.id}})  # fmt: skip
+        assert canceled.json()["result"]["id"] == task.id
+        await asyncio.wait_for(follower, 15)
+    updates = [e for e in events if e.HasField("status_update")]
+    assert updates and updates[-1].status_update.status.state == TaskState.TASK_STATE_CANCELED
+    kinds = [e.WhichOneof("payload") for e in events]
+    assert {
+        e.task.id if kind == "task" else getattr(e, kind).task_id for e, kind in zip(events, kinds, strict=True)
+    } == {task.id}
+
+
+async def _asked(peer: Peer, method: str) -> bool:
+    return any(c["method"] == method for c in peer.calls())
+
+
+async def test_a_wrong_path_on_a_gateway_of_both_protocols_is_no_backend(a2a: A2aGateway) -> None:
+    answer = await rpc(a2a, "/nowhere", "triage", {"jsonrpc": "2.0", "id": 3, "method": "SendMessage", "params": {}})
+    assert_error(answer, 3, errors.NO_BACKEND.code, errors.NO_BACKEND.reason)
 
 
 # ---------------------------------------------------------------- refusals

@@ -336,9 +336,11 @@ def test_render_shows_what_envoy_receives() -> None:
     types = document["demo"]
     listener = types["type.googleapis.com/envoy.config.listener.v3.Listener"][0]
     assert listener["name"] == "gateway/demo"
-    (routes,) = types["type.googleapis.com/envoy.config.route.v3.RouteConfiguration"]
-    assert routes["name"] == "routes/mcp/github"  # the backend's own route configuration
-    (scope,) = types["type.googleapis.com/envoy.config.route.v3.ScopedRouteConfiguration"]
+    # The backend's own route configuration, and discovery's (the demo uses the policy service over HTTP).
+    found, routes = types["type.googleapis.com/envoy.config.route.v3.RouteConfiguration"]
+    assert (found["name"], routes["name"]) == ("agentxds/discovery/demo", "routes/mcp/github")
+    found_scope, scope = types["type.googleapis.com/envoy.config.route.v3.ScopedRouteConfiguration"]
+    assert found_scope["key"] == {"fragments": [{"string_key": "/.well-known/agentxds/discovery"}]}
     assert scope["key"] == {"fragments": [{"string_key": "/mcp/github"}]}
     assert scope["route_configuration_name"] == "routes/mcp/github"
     demo_routes = routes["virtual_hosts"][0]["routes"]

@@ -26,7 +26,7 @@ import yaml
 
 from xds_server.cli.common import Subparsers
 
-DEFAULT_URL = "http://127.0.0.1:18004"
+DEFAULT_URL = "http://127.0.0.1:18005"
 
 
 def _request(url: str, token: str, method: str = "GET", body: Any = None) -> tuple[int, Any]:
