@@ -371,6 +371,7 @@ def test_missing_policy_directory_is_a_clear_error(args: tuple[str, ...]) -> Non
         (("--state-store", "redis://:hunter2@cache:port/0"), "redis://:***@cache:port/0: Port could not be cast"),
         (("--state-store", "memcached://cache:11211"), "must specify one of the following schemes"),
         (("--endpoints-port", "0"), "needs a token of at least 16 characters"),
+        (("--registry-port", "0"), "--registry-port needs a token of at least 16 characters"),
     ],
 )  # fmt: skip
 def test_serve_refuses_a_bad_store_url_or_an_endpoints_api_without_a_token(args: tuple[str, ...], says: str) -> None:

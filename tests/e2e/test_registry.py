@@ -235,6 +235,19 @@ async def test_drift_is_held_until_approved(registry: Registry) -> None:
     assert (await call("GET", registry.api)).json()["held"] == []
 
 
+async def cli(registry: Registry, *args: str) -> str:
+    """`agentxds registry ARGS` against the test's API (a subprocess: the API runs in this event loop)."""
+    token = registry.workdir / "token"
+    token.write_text(TOKEN)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "xds_server.cli", "registry", *args, "--url",
+        f"http://127.0.0.1:{registry.control.registry_port}", "--token-file", str(token),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=python_env())  # fmt: skip
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0, (out, err)
+    return out.decode()
+
+
 async def registry_entry(registry: Registry, name: str) -> dict[str, Any]:
     return dict((await call("GET", f"{registry.api}/{name}")).json())
 
@@ -242,9 +255,12 @@ async def registry_entry(registry: Registry, name: str) -> dict[str, Any]:
 async def test_an_mcp_server_is_registered_by_url_and_git_wins_later(registry: Registry) -> None:
     backend = registry.notes
     url = f"http://{backend.host}:{backend.port}{backend.path}"
-    answer = await call("PUT", registry.api + "/notes", {"kind": "MCPBackend", "url": url,
-                                                         "rules": [{"agents": ["triage"], "tools": ["whoami"]}]})  # fmt: skip
-    assert answer.status_code == 201, answer.text
+    # As an operator does it: `agentxds registry add FILE`.
+    (registry.workdir / "notes.yaml").write_text(f"name: notes\nkind: MCPBackend\nurl: {url}\n"
+                                                 "rules: [{agents: [triage], tools: [whoami]}]\n")  # fmt: skip
+    added = await cli(registry, "add", str(registry.workdir / "notes.yaml"))
+    assert json.loads(added)["status"] == "created", added
+    assert "notes" in [r["name"] for r in json.loads(await cli(registry, "list"))["registrations"]]
     assert "whoami" in (await registry_entry(registry, "notes"))["described"]
     async with mcp_client(registry.url("/mcp/notes"), headers={IDENTITY_HEADER: "triage"}) as session:
         assert not (await session.call_tool("whoami", {})).is_error
