@@ -45,6 +45,9 @@ def route_paths(route: RouteIR) -> list[tuple[str, str]]:
 
 
 def _route_note(route: RouteIR) -> str | None:
+    if route.kind == "a2a":
+        return ("every request also goes through the policy service (ext_proc: read strictly, task ids sealed per "
+                "caller), after Envoy's checks; Envoy decides the operation")  # fmt: skip
     if route.decisions.every_request:
         return "every request goes to the policy service (delegated credentials), after Envoy's checks"
     if route.decisions.calls == ():
@@ -55,7 +58,8 @@ def _route_note(route: RouteIR) -> str | None:
 def _gateway_text(gateway: GatewayIR) -> list[str]:
     lines = [f"gateway {gateway.name}"]
     for route in gateway.routes:
-        lines.append(f"  backend {route.name} ({route.path})")
+        noun = "A2A agent" if route.kind == "a2a" else "backend"
+        lines.append(f"  {noun} {route.name} ({route.path})")
         note = _route_note(route)
         if note:
             lines.append(f"    ({note})")
