@@ -163,11 +163,15 @@ def test_slots_name_each_generation_s_id_fields() -> None:
     # A non-string where an id belongs is a slot too: it opens to nothing, so the request is refused.
     assert [h[k] for h, k in request_slots("SendMessage", params)] == ["t", "c", "r", 5, "p"]
     assert [h[k] for h, k in request_slots("GetTask", {"id": "x", "historyLength": 2})] == ["x"]
-    assert [h[k] for h, k in request_slots("GetTaskPushNotificationConfig", {"id": "cfg", "taskId": "t"})] == ["t"]
+    # A push config's own id is the agent's choice too (a2a-sdk makes it the task's id by default): sealed.
+    assert [h[k] for h, k in request_slots("GetTaskPushNotificationConfig", {"id": "cfg", "taskId": "t"})] == [
+        "t",
+        "cfg",
+    ]
     assert [h[k] for h, k in request_slots("tasks/pushNotificationConfig/get", {"id": "t"})] == ["t"]
     assert request_slots("GetTask", ["x"]) == [] and [h[k] for h, k in request_slots("GetTask", {"id": 5})] == [5]
     assert [h[k] for h, k in result_slots([{"taskId": "a"}, {"taskId": "b"}])] == ["a", "b"]
-    assert [h[k] for h, k in result_slots({"configs": [{"id": "cfg", "taskId": "a"}]})] == ["a"]
+    assert [h[k] for h, k in result_slots({"configs": [{"id": "cfg", "taskId": "a"}]})] == ["a", "cfg"]
     assert result_slots("text") == [] and result_slots({"kind": "message", "parts": [{"taskId": "x"}]}) == []
 
 
@@ -335,3 +339,54 @@ def test_the_callers_own_text_naming_a_sealed_id_is_not_restored(views: dict[str
     exchange = _post(views["planner"], "SendMessage", {"message": {"taskId": own, "parts": [{"text": own}]}})
     assert isinstance(exchange, Exchange) and exchange.body is not None
     assert json.loads(exchange.body)["params"]["message"]["parts"] == [{"text": own}]
+
+
+# ---------------------------------------------------------------- after review
+
+
+@pytest.mark.parametrize("body", [b"[1, 2]", b'"card"', b"data: {}\n\n", b'{"name": "x"', b""])
+def test_a_card_that_is_not_a_json_object_is_withheld(views: dict[str, RouteView], body: bytes) -> None:
+    exchange = _request(views["planner"]).get({":method": "GET", ":path": "/a2a/planner/.well-known/agent-card.json"})
+    assert isinstance(exchange, Exchange)
+    rewriter = exchange.answer("text/event-stream")  # whatever the agent says its card is
+    out = json.loads(rewriter.feed(body, True))
+    assert out["error"]["data"]["reason"] == "gateway_error" and "skills" not in json.dumps(out)
+
+
+def test_the_extended_card_answer_passes_errors_and_withholds_the_rest(views: dict[str, RouteView]) -> None:
+    exchange = _post(views["planner"], "GetExtendedAgentCard", {}, request_id="e")
+    error = {"jsonrpc": "2.0", "id": "e", "error": {"code": -32007, "message": "no extended card"}}
+    assert _answer(exchange, error) == error
+    withheld = json.loads(exchange.answer("application/json").feed(b'{"jsonrpc": "2.0", "id": "e", "result": 5}', True))
+    assert withheld["id"] == "e" and withheld["error"]["data"]["reason"] == "gateway_error"
+
+
+def test_push_config_ids_are_sealed_and_opened(views: dict[str, RouteView]) -> None:
+    planner = views["planner"]
+    task = _sealed(planner, "triage", "task-7")
+    created = _answer(_post(planner, "CreateTaskPushNotificationConfig", {"taskId": task, "url": "http://h/x"}),
+                      {"jsonrpc": "2.0", "id": 1, "result": {"id": "task-7", "taskId": "task-7", "url": "http://h/x"}})  # fmt: skip
+    assert created["result"] == {"id": task, "taskId": task, "url": "http://h/x"}  # the raw id nowhere
+    got = _post(planner, "GetTaskPushNotificationConfig", {"taskId": task, "id": created["result"]["id"]})
+    assert (
+        isinstance(got, Exchange)
+        and got.body is not None
+        and json.loads(got.body)["params"]
+        == {
+            "taskId": "task-7",
+            "id": "task-7",
+        }
+    )
+    assert isinstance(_post(planner, "GetTaskPushNotificationConfig", {"taskId": task, "id": "mine"}), Refused)
+
+
+def test_a_lone_surrogate_beside_a_sealed_id_in_text_is_written_as_an_escape(views: dict[str, RouteView]) -> None:
+    planner = views["planner"]
+    task = _sealed(planner, "triage", "task-8")
+    message = '{"messageId":"m","taskId":"TASK","parts":[{"text":"TASK \\ud800"}]}'.replace("TASK", task)
+    body = ('{"jsonrpc":"2.0","id":2,"method":"SendMessage","params":{"message":' + message + "}}").encode()
+    exchange = _request(planner).post(body, {META: {"method": "SendMessage"}})
+    assert isinstance(exchange, Exchange) and exchange.body is not None
+    sent = json.loads(exchange.body)
+    assert sent["params"]["message"]["taskId"] == "task-8"
+    assert sent["params"]["message"]["parts"][0]["text"] == f"{task} \ud800"  # the caller's text as it was

@@ -36,7 +36,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc
 from google.protobuf import json_format
 
 from xds_server.authz.jsonrpc import error_body, request_id_of
-from xds_server.authz.messages import StreamRewriter, is_json, is_sse
+from xds_server.authz.messages import BodyRewriter, is_json, is_sse
 from xds_server.authz.protocols import Exchange, Refused
 from xds_server.authz.sealed_ids import NotFound, open_request, owner_of, reseal_stream, seal_stream
 from xds_server.core import errors
@@ -140,7 +140,8 @@ class _Stream:
         self.content_type = ""
         self.request_id: Any = None
         self.shown: dict[str, str] = {}  # the backend's ids → the sealed ids the caller named
-        self.streamed: StreamRewriter | None = None
+        self.streamed: BodyRewriter | None = None
+        self.encoding = ""  # the answer's content-encoding
         self.request_seen = False  # this filter saw the request (so the answer may come from the backend)
         self.exchanged: Exchange | None = None  # PURPOSE_EXCHANGE: the request the handler let through
 
@@ -159,7 +160,9 @@ class _Stream:
                 return self._exchange(request.request_body.body, "request_body")
             return self._request_body(request.request_body.body)
         if phase == "response_headers":
-            self.content_type = header_map(request.response_headers.headers).get("content-type", "")
+            answer_headers = header_map(request.response_headers.headers)
+            self.content_type = answer_headers.get("content-type", "")
+            self.encoding = answer_headers.get("content-encoding", "").strip().lower()
             if self.purpose == PURPOSE_EXCHANGE and self.request_seen:
                 return self._answer_exchange()
             if self.purpose == PURPOSE_RESPONSES or not self.request_seen:
@@ -180,12 +183,19 @@ class _Stream:
     def _exchange(self, body: bytes | None, phase: str) -> tuple[pb.ProcessingResponse, bool]:
         """The handler's exchange for the request (`body` None: it has none): refused, or let through."""
         view, handler = self.view, self.handler
+        if body is not None:
+            self.request_id = request_id_of(body)
         if view is None or handler is None:
             log.warning("request of a route the policy service does not know; refused")
             return _refuse(502, error_body(request_id_of(body or b""), errors.GATEWAY_ERROR,
                                            "The request could not be checked, so it is refused")), True  # fmt: skip
-        outcome = handler.exchange(view, self.service.sealer_for(view), self.agents, self.jwt, self.headers,
-                                   self.metadata, body)  # fmt: skip
+        try:
+            outcome = handler.exchange(view, self.service.sealer_for(view), self.agents, self.jwt, self.headers,
+                                       self.metadata, body)  # fmt: skip
+        except Exception:  # a bug must refuse the request, with its id, not break the stream
+            log.exception("exchange failed; refused")
+            return _refuse(502, error_body(request_id_of(body or b""), errors.GATEWAY_ERROR,
+                                           "The request could not be checked, so it is refused")), True  # fmt: skip
         if isinstance(outcome, Refused):
             return _refuse(outcome.status, outcome.body), True
         self.exchanged = outcome
@@ -200,6 +210,11 @@ class _Stream:
             response, last = self._exchange(None, "response_headers")
             if last or self.exchanged is None:
                 return response, True
+        if self.encoding not in ("", "identity"):
+            # A compressed answer cannot be read, so it cannot be rewritten: withheld (the routes ask for none).
+            log.warning("route %s: an answer with content-encoding %r withheld", self.view and self.view.name,
+                        self.encoding)  # fmt: skip
+            return _refuse(502, self._withheld(f"is compressed ({self.encoding})")), True
         self.streamed = self.exchanged.answer(self.content_type)
         return _without_content_length(), False
 

@@ -29,9 +29,43 @@ import math
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 Rewrite = Callable[[Any], bool]
+
+
+class BodyRewriter(Protocol):
+    """Anything that rewrites a body as it streams: `feed(chunk, end)` returns what may go on now."""
+
+    def feed(self, chunk: bytes, end: bool) -> bytes: ...
+
+
+class WholeJsonRewriter:
+    """A body read whole as one JSON value (at most MAX_HELD_BYTES), then `rewrite(value)`: the value to
+    send instead, or None to withhold it (then `unreadable` is sent, as for a body that is not JSON)."""
+
+    MAX_HELD_BYTES = 8 << 20
+
+    def __init__(self, rewrite: Callable[[Any], Any | None], unreadable: bytes) -> None:
+        self._rewrite, self._unreadable = rewrite, unreadable
+        self._held = bytearray()
+        self.failed = False
+
+    def feed(self, chunk: bytes, end: bool) -> bytes:
+        if len(self._held) + len(chunk) > self.MAX_HELD_BYTES:
+            self.failed = True
+        if not self.failed:
+            self._held += chunk
+        if not end:
+            return b""
+        try:
+            new = None if self.failed else self._rewrite(json.loads(bytes(self._held)))
+        except (ValueError, RecursionError):
+            new = None
+        if new is None:
+            self.failed = True
+            return self._unreadable
+        return json.dumps(new, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from xds_server.authz.messages import StreamRewriter
+from xds_server.authz.messages import BodyRewriter
 from xds_server.core.errors import ErrorKind
 from xds_server.ir.principals import JwtPayloads
 
@@ -85,7 +85,7 @@ class Exchange:
     and `answer(content_type)`, the rewriter of its answer as it streams."""
 
     body: bytes | None
-    answer: Callable[[str], StreamRewriter]
+    answer: Callable[[str], BodyRewriter]
 
 
 @dataclass(frozen=True)

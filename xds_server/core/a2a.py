@@ -40,6 +40,9 @@ TASK_ID_METHODS = frozenset({
     "tasks/pushNotificationConfig/get", "tasks/pushNotificationConfig/list", "tasks/pushNotificationConfig/delete",
 })  # fmt: skip
 
+#: Methods whose `params.id` is a push-notification config's id (1.0; the task is in `params.taskId`).
+CONFIG_ID_METHODS = frozenset({"GetTaskPushNotificationConfig", "DeleteTaskPushNotificationConfig"})
+
 #: Methods that name an existing task (they must name one the caller owns).
 TASK_METHODS = frozenset({*TASK_ID_METHODS, *OPERATION_METHODS["pushNotifications"]})
 

@@ -123,6 +123,14 @@ def _action(route: RouteIR, session_header: str | None) -> dict[str, Any]:
     }
 
 
+#: A document rewritten per caller (A2A's card): no validator or cache may serve one caller's copy to another.
+_PER_CALLER = {
+    "response_headers_to_remove": ["etag", "last-modified"],
+    "response_headers_to_add": [{"header": {"key": "cache-control", "value": "private, no-store"},
+                                 "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}],
+}  # fmt: skip
+
+
 def _route_entries(route: RouteIR, gateway: GatewayIR, filters: list[HttpFilter]) -> list[dict[str, Any]]:
     protocol = translator_for(route)
     action = _action(route, protocol.session_header)
@@ -138,19 +146,26 @@ def _route_entries(route: RouteIR, gateway: GatewayIR, filters: list[HttpFilter]
         # A GET the protocol serves besides its endpoint (A2A's card): no body to deframe.
         ({"path": d.path, "headers": [{"name": ":method", "string_match": {"exact": "GET"}}]},
          {**action, "prefix_rewrite": d.upstream_path},
-         {Slot.DEFRAME: Use.OFF, **policy_service.ext_proc_use(route, d.purpose)})
+         {Slot.DEFRAME: Use.OFF, **policy_service.ext_proc_use(route, d.purpose)}, _PER_CALLER)
         for d in protocol.document_routes(route)
     ]  # fmt: skip
+    # The backend learns who called as verified, never the caller's key or trusted header.
+    upstream = identity.backend_headers(gateway, route)
+    upstream["request_headers_to_remove"] = sorted({*upstream["request_headers_to_remove"],
+                                                    *protocol.upstream_headers_removed})  # fmt: skip
     return [
         {
             "name": route_name(route),
             "match": match,
             "route": route_action,
-            # The backend learns who called as verified, never the caller's key or trusted header.
-            **identity.backend_headers(gateway, route),
+            **upstream,
+            **answer,
             "typed_per_filter_config": RouteFilters(route.kind, {**common, **uses}).config(filters),
         }
-        for match, route_action, uses in [*documents, *((m, action, u) for m, u in _variants(route, gateway))]
+        for match, route_action, uses, answer in [
+            *documents,
+            *((m, action, u, {}) for m, u in _variants(route, gateway)),
+        ]
     ]
 
 

@@ -32,7 +32,7 @@ from typing import Any
 from xds_server.authz.a2a import cards
 from xds_server.authz.a2a.ids import request_slots, result_slots
 from xds_server.authz.jsonrpc import error_body, request_id_of
-from xds_server.authz.messages import StreamRewriter, is_sse
+from xds_server.authz.messages import StreamRewriter, WholeJsonRewriter, is_sse
 from xds_server.authz.protocols import Exchange, Refused
 from xds_server.authz.sealed_ids import owner_of, scope_of
 from xds_server.authz.sealing import Owner, Sealed, Sealer
@@ -146,8 +146,11 @@ class ExchangeRequest:
             raws[holder[key]] = raw
         restored = self._restored(body, method, message, raws) if raws else body
         shown = {raw: sealed for sealed, raw in raws.items()}
-        answer = self._card_answer if method in CARD_METHODS else self._ids_answer(owner, shown)
-        return Exchange(restored if raws else None, lambda content_type: self._rewriter(content_type, answer))
+        if method in CARD_METHODS:
+            return Exchange(restored if raws else None, lambda _: self._whole(self._card_answer, request_id))
+        answer = self._ids_answer(owner, shown)
+        return Exchange(restored if raws else None, lambda content_type: self._rewriter(content_type, answer,
+                                                                                        request_id))  # fmt: skip
 
     def _raw(self, sealed: str, owner: Owner) -> str | None:
         """The agent's id behind `sealed`, if it is the caller's (see the module docstring), else None."""
@@ -173,22 +176,32 @@ class ExchangeRequest:
                 return restored
         except ValueError:
             pass
-        return json.dumps(expected, ensure_ascii=False, separators=(",", ":")).encode()
+        # ensure_ascii: a lone surrogate (valid JSON escapes, no UTF-8) stays an escape.
+        return json.dumps(expected, ensure_ascii=True, separators=(",", ":")).encode()
 
     def get(self, headers: Mapping[str, str]) -> Exchange | Refused:
         path = headers.get(":path", "").split("?", 1)[0]
         if headers.get(":method") != "GET" or path != self.part.card_route:
             return _refused(None, errors.NOT_A2A, "Invalid Request: an A2A request is a POST with a JSON-RPC body")
-        return Exchange(None, lambda content_type: self._rewriter(content_type, self._card))
+        return Exchange(None, lambda _: self._whole(lambda card: card if self._card(card) else None, None))
 
     # -- the answer ----------------------------------------------------------------
 
-    def _rewriter(self, content_type: str, rewrite: Callable[[Any], bool]) -> StreamRewriter:
-        unreadable = error_body(None, errors.GATEWAY_ERROR, "The agent's answer could not be read, so it is withheld")
+    @staticmethod
+    def _unreadable(request_id: Any) -> bytes:
+        return error_body(request_id, errors.GATEWAY_ERROR, "The agent's answer could not be read, so it is "
+                          "withheld").encode()  # fmt: skip
+
+    def _rewriter(self, content_type: str, rewrite: Callable[[Any], bool], request_id: Any) -> StreamRewriter:
         # Whatever it says it is, an answer that is not SSE is read as JSON: passed on unread, it could
-        # carry the agent's own ids or an unfiltered card.
+        # carry the agent's own ids.
         as_read = content_type if is_sse(content_type) else "application/json"
-        return StreamRewriter(as_read, rewrite, unreadable=unreadable.encode())
+        return StreamRewriter(as_read, rewrite, unreadable=self._unreadable(request_id))
+
+    def _whole(self, rewrite: Callable[[Any], Any | None], request_id: Any) -> WholeJsonRewriter:
+        """A card (or the answer carrying one) read whole, whatever its content type: anything but a card
+        it could filter is withheld."""
+        return WholeJsonRewriter(rewrite, self._unreadable(request_id))
 
     def _ids_answer(self, owner: Owner, shown: Mapping[str, str]) -> Callable[[Any], bool]:
         sealed = dict(shown)
@@ -207,8 +220,13 @@ class ExchangeRequest:
 
         return rewrite
 
-    def _card_answer(self, message: Any) -> bool:
-        return isinstance(message, dict) and self._card(message.get("result"))
+    def _card_answer(self, message: Any) -> Any | None:
+        """The extended card's answer: its card filtered, or an error as it is; else None (withheld)."""
+        if not isinstance(message, dict):
+            return None
+        if "result" in message:
+            return message if self._card(message["result"]) else None
+        return message if isinstance(message.get("error"), dict) else None
 
     def _card(self, card: Any) -> bool:
         grants = [g.allows for agent in self.agents for g in self.view.grants_for(agent, self.jwt)

@@ -21,7 +21,10 @@ Answers (a JSON-RPC result, or an SSE event's):
 - status and artifact updates (0.3 `kind: "status-update"` /
   `"artifact-update"`, 1.0 `result.statusUpdate` / `.artifactUpdate`):
   `taskId`, `contextId`, `status.message`;
-- push-notification configs: `taskId` (a list of them in 0.3, `configs[]` in 1.0).
+- push-notification configs: `taskId` and the config's own `id` (a list of
+  them in 0.3, `configs[]` in 1.0); requests name a config by 1.0's
+  `params.id` of Get/DeleteTaskPushNotificationConfig or 0.3's
+  `params.pushNotificationConfigId`.
 
 Only these places: an id-like field inside message parts or metadata is the
 caller's own data and is left alone. In requests each field is looked for
@@ -36,7 +39,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from xds_server.core.a2a import TASK_ID_METHODS
+from xds_server.core.a2a import CONFIG_ID_METHODS, TASK_ID_METHODS
 
 #: (the object holding it, its key) of one id; a list item's key is its index.
 Slot = tuple[Any, Any]
@@ -44,7 +47,8 @@ Slot = tuple[Any, Any]
 _MESSAGE_IDS = ("taskId", "contextId")
 #: A request field's JSON name → its proto field name (also accepted by the agent's SDK).
 _SNAKE = {"taskId": "task_id", "contextId": "context_id", "referenceTaskIds": "reference_task_ids",
-          "taskPushNotificationConfig": "task_push_notification_config"}  # fmt: skip
+          "taskPushNotificationConfig": "task_push_notification_config",
+          "pushNotificationConfigId": "push_notification_config_id"}  # fmt: skip
 
 
 def _strings(holder: Any, key: Any) -> Iterator[Slot]:
@@ -114,8 +118,13 @@ def _update(update: Any) -> Iterator[Slot]:
 
 
 def _push_config(config: Any) -> Iterator[Slot]:
+    # Its own id too: agents choose it, and a2a-sdk makes it the task's id when the client gives none.
     if isinstance(config, dict):
         yield from _strings(config, "taskId")
+        yield from _strings(config, "id")
+        inner = config.get("pushNotificationConfig")  # 0.3: {taskId, pushNotificationConfig: {id, url, ...}}
+        if isinstance(inner, dict):
+            yield from _strings(inner, "id")
 
 
 def request_slots(method: str, params: Any) -> list[Slot]:
@@ -128,8 +137,9 @@ def request_slots(method: str, params: Any) -> list[Slot]:
         for holder, name in list(_named(configuration, "taskPushNotificationConfig")):
             slots += _named(holder[name], "taskId")
     slots += _named(params, "taskId")
-    if method in TASK_ID_METHODS:
+    if method in TASK_ID_METHODS or method in CONFIG_ID_METHODS:
         slots += _named(params, "id")
+    slots += _named(params, "pushNotificationConfigId")
     return slots
 
 

@@ -71,6 +71,8 @@ class A2aTranslator(ProtocolTranslator):
     kind: ClassVar[str] = A2aRouteIR.KIND
     part: ClassVar[type] = A2aRouteIR
     noun: ClassVar[str] = "A2A agent"
+    # Every answer is read and rewritten by the policy service: never ask the agent to compress it.
+    upstream_headers_removed: ClassVar[tuple[str, ...]] = ("accept-encoding",)
 
     def http_filters(self, gateway: GatewayIR) -> list[HttpFilter]:
         config = typed_struct(A2A_TYPE, {

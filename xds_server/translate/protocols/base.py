@@ -120,6 +120,9 @@ class ProtocolTranslator(abc.ABC):
     def document_routes(self, route: RouteIR) -> list[DocumentRoute]:
         """The GETs served besides the route's endpoint (A2A: its card); [] for none."""
 
+    #: Request headers never sent to the backend (A2A: accept-encoding, as its answers are rewritten).
+    upstream_headers_removed: ClassVar[tuple[str, ...]] = ()
+
     #: The request header carrying a protocol session's id (its requests stick to one replica), if any.
     session_header: str | None = None
 
