@@ -21,6 +21,7 @@ gateway, the agents and an A2A agent of its own (`planner`).
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import sys
 import time
@@ -45,6 +46,8 @@ from xds_server.runtime.ports import free_port
 from xds_server.sources.registry import RegistryStore
 
 TOKEN = "registry-token-for-tests"
+#: The test's agents run on this machine: loopback, which registrations may not use by default.
+NETWORKS = [ipaddress.ip_network("127.0.0.0/8")]
 PLANNER = """\
 apiVersion: agentxds.dev/v1
 kind: A2AAgent
@@ -99,7 +102,7 @@ async def start_control(registry: Registry) -> ControlPlane:
                            policy_port=registry.policy_port, approvals_port=0, authz_http_port=registry.authz_port,
                            registry=RegistryStore(registry.db))  # fmt: skip
     await control.start()
-    await control.serve_registry_api("127.0.0.1", 0, TOKEN)
+    await control.serve_registry_api("127.0.0.1", 0, TOKEN, NETWORKS)
     return control
 
 
@@ -125,7 +128,7 @@ async def registry(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Re
     try:
         control, envoy = await launch(policies, workdir, listen_port, policy_port, authz_port,
                                       registry=RegistryStore(db))  # fmt: skip
-        await control.serve_registry_api("127.0.0.1", 0, TOKEN)
+        await control.serve_registry_api("127.0.0.1", 0, TOKEN, NETWORKS)
         state = Registry(workdir, policies, db, control, envoy, listen_port, policy_port, authz_port,
                          f"http://127.0.0.1:{peers[0][1]}/", notes)  # fmt: skip
         yield state
@@ -287,3 +290,39 @@ async def test_an_mcp_server_is_registered_by_url_and_git_wins_later(registry: R
     await wait_listening(registry.listen_port)
     removed = await call("DELETE", registry.api + "/notes")
     assert removed.status_code == 200 and (await call("DELETE", registry.api + "/notes")).status_code == 404
+
+
+async def test_what_was_screened_is_what_callers_see_and_removing_skips_no_approval(registry: Registry) -> None:
+    card = await weather_card(registry)
+    # Registered with a description of "echo" other than the one the agent serves: the card through the
+    # gateway leaves the agent's "echo" out (not as pinned), the others are as registered.
+    typed = json.loads(json.dumps(card))
+    typed["skills"][0]["description"] = "Echoes what it is told."
+    rules = [{"agents": ["triage"]}]
+    body = {"kind": "A2AAgent", "card": typed, "rules": rules, "route": "/a2a/pinned"}
+    assert (await call("PUT", registry.api + "/pinned", body)).status_code == 201
+    assert [s["id"] for s in (await gateway_card(registry, "/a2a/pinned"))["skills"]] == ["count", "slow"]
+    # Removed, then registered again with other skills: still drift against what it last served.
+    assert (await call("DELETE", registry.api + "/pinned")).status_code == 200
+    typed["skills"] = typed["skills"][:1]
+    held = await call("PUT", registry.api + "/pinned", {**body, "card": typed})
+    assert held.status_code == 202, held.text
+    assert (await call("GET", registry.api + "/pinned")).status_code == 404  # not served meanwhile
+    assert (await call("DELETE", registry.api + "/pinned")).status_code == 200  # forgets what was held
+
+
+async def test_registrations_stay_in_their_networks_and_off_the_gateways_own_paths(registry: Registry) -> None:
+    card = await weather_card(registry)
+    rules = [{"agents": ["triage"]}]
+    for url in ("http://169.254.169.254/", "http://metadata.internal:80/", "http://[::1]:9901/"):
+        outside = json.loads(json.dumps(card))
+        outside["supportedInterfaces"][0]["url"] = url
+        refused = await call("PUT", registry.api + "/outside", {"kind": "A2AAgent", "card": outside, "rules": rules})
+        assert refused.status_code == 422 and ("networks" in refused.text or "IP address" in refused.text), url
+    mcp = await call("PUT", registry.api + "/outside", {"kind": "MCPBackend", "url": "http://10.255.255.1:1/mcp",
+                                                        "rules": [{"agents": ["triage"], "tools": ["x"]}]})  # fmt: skip
+    assert mcp.status_code == 422  # inside the networks allowed here? no: only loopback is; never fetched
+    reserved = await call("PUT", registry.api + "/outside", {"kind": "A2AAgent", "card": card, "rules": rules,
+                                                             "route": "/.well-known/agentxds/discovery"})  # fmt: skip
+    assert reserved.status_code == 422 and "discovery" in reserved.text
+    assert (await call("GET", registry.api + "/outside")).status_code == 404

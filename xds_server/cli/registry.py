@@ -8,7 +8,9 @@
     rules: [{agents: [triage], skills: ["*"]}]
 
 `cardUrl` is read here and sent as the card. The token comes from
---token-file or $AGENTXDS_REGISTRY_TOKEN.
+--token-file or $AGENTXDS_REGISTRY_TOKEN. Exit 0: done; 3: held for an
+operator's approval (drift); 1: refused (the answer says why); 2: the API
+could not be reached.
 """
 
 from __future__ import annotations
@@ -52,6 +54,8 @@ def _registration(file: Path) -> tuple[str, dict[str, Any]]:
         raise SystemExit(f"agentxds registry add: {file} must be a mapping with a name")
     body = {k: v for k, v in data.items() if k not in ("name", "cardUrl")}
     if "cardUrl" in data:
+        if not str(data["cardUrl"]).startswith(("http://", "https://")):
+            raise SystemExit(f"agentxds registry add: cardUrl must be an http(s) URL, not {data['cardUrl']!r}")
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         try:
             with opener.open(str(data["cardUrl"]), timeout=10) as response:
@@ -91,6 +95,8 @@ def cmd_registry(args: argparse.Namespace) -> int:
         print(f"agentxds registry: cannot reach {args.url}: {getattr(exc, 'reason', exc)}", file=sys.stderr)
         return 2
     print(json.dumps(body, indent=2, sort_keys=True))
+    if status == 202:  # held for an operator's approval: not served yet
+        return 3
     return 0 if status < 300 else 1
 
 

@@ -7,7 +7,7 @@ import asyncio
 import os
 import signal
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from xds_server.cli.common import DEFAULT_XDS_PORT, Subparsers, add_allow_emptying, add_state_dir, policy_dir
 
@@ -52,7 +52,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if args.endpoints_port >= 0:
             await control.serve_endpoints_api(args.endpoints_host, args.endpoints_port, token)
         if args.registry_port >= 0:
-            await control.serve_registry_api(args.registry_host, args.registry_port, registry_token)
+            await control.serve_registry_api(args.registry_host, args.registry_port, registry_token,
+                                             _networks(args.registry_networks))  # fmt: skip
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -63,6 +64,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 0
 
     return asyncio.run(serve())
+
+
+def _networks(text: str) -> list[Any]:
+    """The CIDRs of --registry-networks (exits on a bad one)."""
+    import ipaddress
+
+    try:
+        return [ipaddress.ip_network(part.strip()) for part in text.split(",") if part.strip()]
+    except ValueError as exc:
+        raise SystemExit(f"agentxds serve: --registry-networks: {exc}") from None
 
 
 def _token(port: int, file: Path | None, variable: str, flag: str) -> str:
@@ -139,6 +150,9 @@ def register(sub: Subparsers) -> None:
                        "kept in the state directory; default -1: off, and registrations are not served; needs a "
                        "token)")  # fmt: skip
     serve.add_argument("--registry-host", default="127.0.0.1", help="address of the registry API (default 127.0.0.1)")
+    serve.add_argument("--registry-networks", default="10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7",
+                       metavar="CIDR,...", help="where registered agents and MCP servers may be (IP addresses in "
+                       "these networks; default: the private ones; loopback and link-local only if listed)")  # fmt: skip
     serve.add_argument("--registry-token-file", type=Path, default=None, metavar="FILE",
                        help="the registry API's bearer token (default: $AGENTXDS_REGISTRY_TOKEN)")  # fmt: skip
     add_allow_emptying(serve)

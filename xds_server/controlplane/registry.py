@@ -40,10 +40,20 @@ from typing import Any
 
 from xds_server.authz.approvals import ApprovalCall, ApprovalState, ApprovalStore
 from xds_server.authz.mcp.screening import screen_description
-from xds_server.controlplane.pipeline import ReloadResult
+from xds_server.authz.mcp.tool_guard import fingerprint
+from xds_server.controlplane.pipeline import ReloadResult, translate_checked
+from xds_server.core.a2a import skill_digest, skill_text
+from xds_server.ir.build import BuildRefused, build_ir
 from xds_server.policy.diagnostics import PolicyError
-from xds_server.policy.load import load_directory
-from xds_server.sources.registry import KINDS, RegisteredSource, Registration, RegistryStore, names_in
+from xds_server.policy.load import PolicySet, load_directory
+from xds_server.sources.registry import (
+    KINDS,
+    RegisteredSource,
+    Registration,
+    RegistryStore,
+    names_in,
+    with_registrations,
+)
 
 #: How long an operator has to approve a drifting re-registration.
 DRIFT_APPROVAL_TTL_S = 24 * 3600.0
@@ -75,8 +85,18 @@ def _refuse(status: int, message: str, details: Sequence[str] = ()) -> Registrat
     return RegistrationRefused(status, message, details)
 
 
-def _endpoint(url: Any, what: str) -> tuple[str, int, str]:
-    """(host, port, path) of an http URL."""
+Networks = Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]
+#: Where registered agents and servers may be, unless the operator says otherwise (`serve
+#: --registry-networks`): private networks. Not loopback or link-local: a registration pointing there
+#: would have the gateway (and the control plane, which reads an MCP server's tools) call the
+#: machine's own services (Envoy's admin port, the approvals API).
+DEFAULT_NETWORKS: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = tuple(
+    ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7")
+)
+
+
+def _endpoint(url: Any, what: str, networks: Networks) -> tuple[str, int, str]:
+    """(host, port, path) of an http URL whose host is an IP address in `networks`."""
     if not isinstance(url, str):
         raise _refuse(422, f"{what} must be an http URL")
     parts = urllib.parse.urlsplit(url)
@@ -85,14 +105,15 @@ def _endpoint(url: Any, what: str) -> tuple[str, int, str]:
                       "in Git, where upstream TLS is configured")  # fmt: skip
     try:
         port = parts.port or 80
+        address = ipaddress.ip_address(parts.hostname)
     except ValueError:
-        raise _refuse(422, f"{what} has an invalid port ({url!r})") from None
-    host = parts.hostname
-    try:
-        host = str(ipaddress.ip_address(host))
-    except ValueError:
-        pass
-    return host, port, parts.path or "/"
+        raise _refuse(422, f"{what} must name an IP address and a valid port ({url!r}): a name could resolve "
+                      "anywhere later; a backend known by name is defined in Git") from None  # fmt: skip
+    if not any(address in network for network in networks):
+        allowed = ", ".join(str(n) for n in networks) or "none"
+        raise _refuse(422, f"{what} ({address}) is outside the networks registrations may use ({allowed}; "
+                      "agentxds serve --registry-networks)")  # fmt: skip
+    return str(address), port, parts.path or "/"
 
 
 def card_interface(card: Any) -> str:
@@ -110,7 +131,7 @@ def card_interface(card: Any) -> str:
 
 
 def card_skills(card: Mapping[str, Any]) -> dict[str, str]:
-    """Skill id → what drift compares (its name, description, tags and examples, as canonical JSON)."""
+    """Skill id → what drift compares (core.a2a.skill_text: its name, description, tags and examples)."""
     skills = card.get("skills")
     if not isinstance(skills, list):
         raise _refuse(422, "the card is not an AgentCard: skills must be a list")
@@ -120,8 +141,7 @@ def card_skills(card: Mapping[str, Any]) -> dict[str, str]:
             raise _refuse(422, "the card is not an AgentCard: every skill needs an id")
         if skill["id"] in out:
             raise _refuse(422, f"the card lists skill {skill['id']!r} twice")
-        described = {k: skill.get(k) for k in ("name", "description", "tags", "examples")}
-        out[skill["id"]] = json.dumps(described, sort_keys=True, ensure_ascii=False)
+        out[skill["id"]] = skill_text(skill)
     return out
 
 
@@ -147,16 +167,21 @@ def _screened(described: Mapping[str, str]) -> list[str]:
     return findings
 
 
-def drift(before: Mapping[str, str], after: Mapping[str, str]) -> dict[str, list[str]]:
-    """What changed between two registrations' skills or tools (empty lists: nothing)."""
-    return {
-        "added": sorted(set(after) - set(before)),
-        "removed": sorted(set(before) - set(after)),
-        "changed": sorted(n for n in set(before) & set(after) if before[n] != after[n]),
-    }
+def drift(before: Mapping[str, str], after: Mapping[str, str]) -> dict[str, Any]:
+    """What changed between two registrations' skills or tools, with the text an operator approves
+    (empty: nothing): added (name → what it says), removed (names), changed (name → before and after)."""
+    changes: dict[str, Any] = {}
+    if added := {n: json.loads(after[n]) for n in sorted(set(after) - set(before))}:
+        changes["added"] = added
+    if removed := sorted(set(before) - set(after)):
+        changes["removed"] = removed
+    if changed := {n: {"before": json.loads(before[n]), "after": json.loads(after[n])}
+                   for n in sorted(set(before) & set(after)) if before[n] != after[n]}:  # fmt: skip
+        changes["changed"] = changed
+    return changes
 
 
-async def parse(name: str, body: Any, fetch_tools: FetchTools) -> Registration:
+async def parse(name: str, body: Any, fetch_tools: FetchTools, networks: Networks = DEFAULT_NETWORKS) -> Registration:
     """The registration `body` asks for (see the module docstring); raises RegistrationRefused."""
     if not isinstance(body, dict):
         raise _refuse(400, "the body must be a JSON object")
@@ -173,18 +198,30 @@ async def parse(name: str, body: Any, fetch_tools: FetchTools) -> Registration:
     spec: dict[str, Any] = {k: body[k] for k in _OPTIONAL if k in body}
     if kind == "A2AAgent":
         card = body.get("card")
-        host, port, path = _endpoint(card_interface(card), "the card's JSON-RPC interface URL")
+        host, port, path = _endpoint(card_interface(card), "the card's JSON-RPC interface URL", networks)
         assert isinstance(card, dict)  # card_interface checked it
         described, registered_card = card_skills(card), card
+        pins: tuple[dict[str, str], ...] = ()
+        # What was screened is what is served: a skill the agent changes later is left out of cards.
+        spec["pinnedSkills"] = [{"id": s["id"], "sha256": skill_digest(s)} for s in card["skills"]]
     else:
-        host, port, path = _endpoint(body.get("url"), "url")
+        host, port, path = _endpoint(body.get("url"), "url", networks)
         try:
             tools = await fetch_tools(body["url"])
         except Exception as exc:  # the SDK raises many kinds; the message is what matters here
-            raise _refuse(422, f"cannot list the tools at {body['url']}: {exc}") from None
+            raise _refuse(422, f"cannot list the tools at {body['url']}: {type(exc).__name__}") from None
         described, registered_card = tool_descriptions(tools), None
+        pins = tuple(_pin(tool) for tool in tools if isinstance(tool.get("name"), str) and tool["name"])
+        # What was screened is what is served: a tool that changes later is hidden and refused.
+        spec["toolGuard"] = {"screening": "block"}
     spec.update(endpoints=[{"host": host, "port": port}], path=path)
-    return Registration(name, kind, spec, tuple(rules), described, registered_card)
+    return Registration(name, kind, spec, tuple(rules), described, registered_card, pins)
+
+
+def _pin(tool: Mapping[str, Any]) -> dict[str, str]:
+    pin = fingerprint(tool)
+    return {"name": pin.name, "descriptionSha256": pin.description_sha256,
+            "inputSchemaSha256": pin.input_schema_sha256}  # fmt: skip
 
 
 async def register(
@@ -195,9 +232,10 @@ async def register(
     approvals: ApprovalStore | None,
     reload: Callable[[], ReloadResult],
     fetch_tools: FetchTools,
+    networks: Networks = DEFAULT_NETWORKS,
 ) -> Registered:
     """Accept, hold or refuse one registration (see the module docstring)."""
-    registration = await parse(name, body, fetch_tools)
+    registration = await parse(name, body, fetch_tools, networks)
     findings = _screened(registration.described)
     if findings:
         raise _refuse(422, "a description screens as an injection attempt; the registration is refused", findings)
@@ -212,27 +250,46 @@ async def register(
     served = store.get(name)
     if served is not None and served.kind != registration.kind:
         raise _refuse(409, f"{name!r} is registered as a {served.kind}; remove it first")
-    others = [r for r in store.all() if r.name != name]
-    try:
-        load_directory(source.path, extra={r.file: r.documents() for r in [*others, registration]})
-    except PolicyError as exc:
-        mine = [str(d) for d in exc.diagnostics if d.file == registration.file]
-        raise _refuse(422, "the registration does not load beside the policies", mine or
-                      [str(d) for d in exc.diagnostics]) from None  # fmt: skip
+    _check_builds(source, git, [r for r in store.all() if r.name != name], registration)
     if served is not None and served == registration:
         return Registered("unchanged", registration, versions=reload().versions)
-    changes = drift(served.described, registration.described) if served is not None else None
-    if changes is not None and any(changes.values()):
+    before = served.described if served is not None else store.last_described(name)
+    changes = drift(before, registration.described) if before is not None else {}
+    if changes:
         approval_id = _drift_approved(name, registration, changes, approvals)
         if approval_id is not None:
             store.hold(registration, approval_id)
             return Registered("held", registration, approval_id)
     store.put(registration)
     result = reload()
+    if not result.ok:  # it was checked to build: something else broke meanwhile; serve what was served
+        if served is not None:
+            store.put(served)
+        else:
+            store.remove(name)
+        reload()
+        raise _refuse(500, "the configuration did not build with the registration; it is not served", result.errors)
     return Registered("created" if served is None else "updated", registration, versions=result.versions)
 
 
-def _drift_approved(name: str, registration: Registration, changes: Mapping[str, list[str]],
+def _check_builds(source: RegisteredSource, git: PolicySet, others: list[Registration],
+                  registration: Registration) -> None:  # fmt: skip
+    """Refuse (422) a registration whose documents do not load beside Git's and the registrations served
+    now (a registration left out for a conflict of its own does not count against it), or whose
+    configuration does not build and translate."""
+    served, notes = with_registrations(source.path, git, [*others, registration])
+    mine = [n for n in notes if f"registration {registration.name!r}" in n]
+    if mine:
+        raise _refuse(422, "the registration does not load beside the policies", mine)
+    try:
+        translate_checked(build_ir(served))
+    except BuildRefused as exc:
+        raise _refuse(422, "the registration does not build", [str(d) for d in exc.diagnostics]) from None
+    except Exception as exc:  # the gateway could not serve it: never store what would stop every later build
+        raise _refuse(422, f"the configuration does not translate with the registration: {exc}") from None
+
+
+def _drift_approved(name: str, registration: Registration, changes: Mapping[str, Any],
                     approvals: ApprovalStore | None) -> str | None:  # fmt: skip
     """None when the drift was approved (the approval is spent); else the id of the approval it waits for."""
     if approvals is None:

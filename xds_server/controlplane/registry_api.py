@@ -13,8 +13,8 @@ unchanged, with the gateways' new versions, and `applied`: whether every
 connected Envoy acknowledged it within 2 s, so it is routable now); 202: held for an operator's
 approval (drift), with the approval's id; 400/403/409/422: refused, with why
 (`error`) and the details (`details`: diagnostics, screening findings).
-What is registered is kept in SQLite (`--registry-db`, in the state
-directory by default) and survives a restart.
+What is registered is kept in SQLite (in the state directory) and survives a
+restart.
 """
 
 from __future__ import annotations
@@ -40,19 +40,26 @@ _STATUS = {"created": 201, "updated": 200, "unchanged": 200, "held": 202}
 
 def build_app(source: RegisteredSource, token: str, reload: Callable[[], ReloadResult],
               approvals: Callable[[], ApprovalStore | None], fetch_tools: registry.FetchTools,
-              applied: Callable[[ReloadResult, float], Awaitable[bool]]) -> Starlette:  # fmt: skip
+              applied: Callable[[ReloadResult, float], Awaitable[bool]],
+              networks: registry.Networks = registry.DEFAULT_NETWORKS) -> Starlette:  # fmt: skip
     """The API over `source`'s registry; `reload` publishes (the control plane's reload), `approvals`
     gives the policy service's approvals store (None: no policy service), `applied` waits until the
-    connected Envoys acknowledged a reload (started at a unix time)."""
+    connected Envoys acknowledged a reload (started at a unix time); registrations must be in `networks`."""
     expected = f"Bearer {token}".encode()
-    last: list[ReloadResult] = []
 
-    def reload_once() -> ReloadResult:
-        last[:] = [reload()]
-        return last[0]
+    class Reloads:
+        """One request's reloads (each request its own: two at once never mix their answers)."""
 
-    async def settled(since: float) -> bool:
-        return await applied(last[0], since) if last else True
+        def __init__(self) -> None:
+            self.last: ReloadResult | None = None
+            self.since = time.time()
+
+        def __call__(self) -> ReloadResult:
+            self.last = reload()
+            return self.last
+
+        async def settled(self) -> bool:
+            return await applied(self.last, self.since) if self.last is not None else True
 
     def authorized(request: Request) -> bool:
         return hmac.compare_digest(request.headers.get("authorization", "").encode(), expected)
@@ -83,14 +90,14 @@ def build_app(source: RegisteredSource, token: str, reload: Callable[[], ReloadR
             body: Any = json.loads(await request.body() or b"null")
         except ValueError:
             return JSONResponse({"error": "the body is not JSON"}, status_code=400)
-        since, last[:] = time.time(), []
+        reloads = Reloads()
         try:
-            done = await registry.register(name, body, source=source, approvals=approvals(), reload=reload_once,
-                                           fetch_tools=fetch_tools)  # fmt: skip
+            done = await registry.register(name, body, source=source, approvals=approvals(), reload=reloads,
+                                           fetch_tools=fetch_tools, networks=networks)  # fmt: skip
         except registry.RegistrationRefused as exc:
             return JSONResponse({"error": exc.message, "details": exc.details}, status_code=exc.status)
         answer: dict[str, Any] = {"name": name, "status": done.status, "versions": dict(done.versions),
-                                  "applied": await settled(since)}  # fmt: skip
+                                  "applied": await reloads.settled()}  # fmt: skip
         if done.approval_id is not None:
             answer["approvalId"] = done.approval_id
             answer["error"] = ("the skills or tool descriptions changed (drift): held until an operator approves "
@@ -104,12 +111,12 @@ def build_app(source: RegisteredSource, token: str, reload: Callable[[], ReloadR
         if not authorized(request):
             return refused()
         name = request.path_params["name"]
-        since, last[:] = time.time(), []
-        result = registry.remove(name, source=source, reload=reload_once)
+        reloads = Reloads()
+        result = registry.remove(name, source=source, reload=reloads)
         if result is None:
             return JSONResponse({"error": f"no registration named {name!r}"}, status_code=404)
         return JSONResponse({"name": name, "status": "removed", "versions": dict(result.versions),
-                             "applied": await settled(since)})  # fmt: skip
+                             "applied": await reloads.settled()})  # fmt: skip
 
     async def healthz(_: Request) -> PlainTextResponse:
         return PlainTextResponse("ok")

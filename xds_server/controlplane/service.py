@@ -24,7 +24,7 @@ import uvicorn
 
 from xds_server.authz.approvals import ApprovalStore
 from xds_server.authz.service import PolicyService
-from xds_server.controlplane import endpoints_api, registry_api
+from xds_server.controlplane import endpoints_api, registry, registry_api
 from xds_server.controlplane.heap import HeapSettler
 from xds_server.controlplane.pipeline import Pipeline, ReloadResult
 from xds_server.controlplane.runtime_endpoints import RuntimeEndpoints
@@ -179,9 +179,10 @@ class ControlPlane:
         self.endpoints_port = self._serve_api(app, host, port, "endpoints API")
         return self.endpoints_port
 
-    async def serve_registry_api(self, host: str, port: int, token: str) -> int:
+    async def serve_registry_api(self, host: str, port: int, token: str,
+                                 networks: registry.Networks = registry.DEFAULT_NETWORKS) -> int:  # fmt: skip
         """Serve the registry API (controlplane/registry_api.py) on `host:port` (0: a free port), with
-        bearer `token`; needs `registry`. Returns the port."""
+        bearer `token`, for registrations in `networks`; needs `registry`. Returns the port."""
         source = self.pipeline.source
         if not isinstance(source, RegisteredSource):
             raise ValueError("the registry API needs a registry (ControlPlane(registry=...))")
@@ -196,7 +197,7 @@ class ControlPlane:
 
             return await fetch_tools(url, timeout=10)
 
-        app = registry_api.build_app(source, token, self.reload, approvals, fetch, self.applied)
+        app = registry_api.build_app(source, token, self.reload, approvals, fetch, self.applied, networks)
         self.registry_port = self._serve_api(app, host, port, "registry API")
         return self.registry_port
 

@@ -9,7 +9,10 @@ anything unknown.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping
+from typing import Any
 
 #: Where Envoy's A2A filter puts what it read (method, id; params.* for 0.3 names): the filter's name.
 A2A_METADATA_NAMESPACE = "envoy.filters.http.a2a"
@@ -58,3 +61,15 @@ NEVER_ALLOWED = {
 #: A2A's TaskNotFound (both generations): what a task that is not the caller's is answered with.
 TASK_NOT_FOUND_CODE = -32001
 TASK_NOT_FOUND_MESSAGE = "Task not found"
+
+
+def skill_text(skill: Mapping[str, Any]) -> str:
+    """What a skill says to a model, as canonical JSON: its name, description, tags and examples (what
+    drift and pins are judged on)."""
+    said = {k: skill.get(k) for k in ("name", "description", "tags", "examples")}
+    return json.dumps(said, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+def skill_digest(skill: Mapping[str, Any]) -> str:
+    """sha256 (hex) of `skill_text`: a pinned skill's fingerprint."""
+    return hashlib.sha256(skill_text(skill).encode("utf-8")).hexdigest()

@@ -48,6 +48,7 @@ class A2aRouteIR:
     KIND: ClassVar[str] = "a2a"
     card_path: str
     card_route: str
+    pinned_skills: tuple[tuple[str, str], ...] | None = None  # (skill id, sha256 of core.a2a.skill_text), sorted
 
 
 def with_decisions(route: RouteIR) -> RouteIR:

@@ -59,7 +59,13 @@ def build_routes(policy_set: PolicySet, build: routes.RouteBuild) -> list[RouteI
             request_timeout_ms=spec.timeouts.request_ms,
             idle_timeout_ms=spec.timeouts.idle_ms,
             grants=grants,
-            protocol=A2aRouteIR(card_path=spec.card_path, card_route=agent.card_route),
+            protocol=A2aRouteIR(
+                card_path=spec.card_path,
+                card_route=agent.card_route,
+                pinned_skills=(
+                    None if spec.pinned_skills is None else tuple(sorted((p.id, p.sha256) for p in spec.pinned_skills))
+                ),
+            ),
             conditional_rules=conditional,
             policy_service=routes.policy_service(located),
             auth=routes.auth(located, build),

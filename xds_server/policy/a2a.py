@@ -11,7 +11,7 @@ to the caller's own without a store.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 from pydantic_core import PydanticCustomError
@@ -28,6 +28,16 @@ DEFAULT_OPERATIONS: tuple[Operation, ...] = ("send", "stream", "getTask", "cance
 WELL_KNOWN_CARD = "/.well-known/agent-card.json"
 
 
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+class PinnedSkill(StrictModel):
+    """One skill as it was screened (the runtime registry pins what it registered)."""
+
+    id: str = Field(min_length=1, description="The skill's id.")
+    sha256: Sha256 = Field(description="sha256 (hex) of its name, description, tags and examples as canonical JSON.")
+
+
 class A2AAgentSpec(RouteSpec):
     """An A2A agent reachable through a gateway (JSON-RPC binding, A2A 0.3 or 1.0)."""
 
@@ -42,6 +52,12 @@ class A2AAgentSpec(RouteSpec):
         default_factory=RoutePolicyService,
         description="How this agent's route uses the policy service (every A2A request goes through it: task "
         "ids are sealed per caller, cards are filtered per caller).",
+    )
+    pinned_skills: tuple[PinnedSkill, ...] | None = Field(
+        default=None,
+        description="Pin the card's skills: a skill not listed, or whose name, description, tags or examples "
+        "changed, is left out of every card until pinned again (the runtime registry pins what it screened). "
+        "Unset (default): no pins; skills whose description screens as an injection attempt are left out anyway.",
     )
 
     @model_validator(mode="after")

@@ -13,6 +13,8 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, Field, model_validator
 from pydantic_core import PydanticCustomError
 
+from xds_server.core.wire import DISCOVERY_PATH
+
 from .base import Duration, HostName, Name, Port, StrictModel, _check_host, duration_ms, is_ip
 from .identity import BackendAuth, BackendCredentials, UpstreamTls
 
@@ -142,6 +144,13 @@ class RouteSpec(StrictModel):
         "a token exchanged for the user's, or the user's stored secret.",
     )
     tls: UpstreamTls | None = Field(default=None, description="TLS to the backend.")
+
+    @model_validator(mode="after")
+    def _not_reserved(self) -> RouteSpec:
+        if getattr(self, "route", None) == DISCOVERY_PATH:
+            raise PydanticCustomError("route_reserved", "route {route} is the gateway's own (discovery)",
+                                      {"route": DISCOVERY_PATH})  # fmt: skip
+        return self
 
     @model_validator(mode="after")
     def _endpoints_somewhere(self) -> RouteSpec:

@@ -56,15 +56,17 @@ class Registration:
     rules: tuple[Mapping[str, Any], ...]
     described: Mapping[str, str] = field(default_factory=dict)
     card: Mapping[str, Any] | None = None
+    pins: tuple[Mapping[str, Any], ...] = ()  # an MCP server's tools as screened (its MCPToolLock's entries)
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "kind": self.kind, "spec": dict(self.spec), "rules": [dict(r) for r in self.rules],
-                "described": dict(self.described), "card": dict(self.card) if self.card is not None else None}  # fmt: skip
+                "described": dict(self.described), "card": dict(self.card) if self.card is not None else None,
+                "pins": [dict(p) for p in self.pins]}  # fmt: skip
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Registration:
         return cls(data["name"], data["kind"], data["spec"], tuple(data["rules"]), data.get("described") or {},
-                   data.get("card"))  # fmt: skip
+                   data.get("card"), tuple(data.get("pins") or ()))  # fmt: skip
 
     @property
     def file(self) -> str:
@@ -81,6 +83,10 @@ class Registration:
             {"apiVersion": "agentxds.dev/v1", "kind": policy_kind, "metadata": {"name": self.name},
              "spec": {_POLICY_FIELD[policy_kind]: self.name, "rules": [dict(r) for r in self.rules]}},
         ]  # fmt: skip
+        if self.kind == "MCPBackend":
+            # Its tools as they were screened: one that changes is hidden and refused (the tool guard).
+            docs.append({"apiVersion": "agentxds.dev/v1", "kind": "MCPToolLock", "metadata": {"name": self.name},
+                         "spec": {"backend": self.name, "tools": [dict(p) for p in self.pins]}})  # fmt: skip
         return yaml.safe_dump_all(docs, sort_keys=False)
 
 
@@ -109,6 +115,9 @@ class RegistryStore:
                              "updated_at REAL NOT NULL)")  # fmt: skip
             self._db.execute("CREATE TABLE IF NOT EXISTS held (name TEXT PRIMARY KEY, body TEXT NOT NULL, "
                              "approval_id TEXT NOT NULL, since REAL NOT NULL)")  # fmt: skip
+            # What each name last served said (skills, tools), kept after a removal: registering the
+            # name again is judged against it, so removing first does not skip a drift's approval.
+            self._db.execute("CREATE TABLE IF NOT EXISTS described (name TEXT PRIMARY KEY, body TEXT NOT NULL)")
 
     def all(self) -> list[Registration]:
         with self._lock:
@@ -127,6 +136,8 @@ class RegistryStore:
             self._db.execute("BEGIN IMMEDIATE")
             self._db.execute("INSERT OR REPLACE INTO registrations VALUES (?, ?, ?)", (registration.name, body,
                                                                                        time.time()))  # fmt: skip
+            self._db.execute("INSERT OR REPLACE INTO described VALUES (?, ?)",
+                             (registration.name, json.dumps(dict(registration.described), sort_keys=True)))  # fmt: skip
             self._db.execute("DELETE FROM held WHERE name = ?", (registration.name,))
             self._db.execute("COMMIT")
 
@@ -138,6 +149,12 @@ class RegistryStore:
             gone += self._db.execute("DELETE FROM held WHERE name = ?", (name,)).rowcount
             self._db.execute("COMMIT")
         return gone > 0
+
+    def last_described(self, name: str) -> dict[str, str] | None:
+        """What `name` last served said (its skills or tools), even after its removal; None if never served."""
+        with self._lock:
+            row = self._db.execute("SELECT body FROM described WHERE name = ?", (name,)).fetchone()
+        return dict(json.loads(row[0])) if row else None
 
     def hold(self, registration: Registration, approval_id: str) -> None:
         body = json.dumps(registration.to_json(), sort_keys=True)

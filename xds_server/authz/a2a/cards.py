@@ -5,7 +5,8 @@
   `supportedInterfaces[].url`, 0.3's `url` and `additionalInterfaces[].url`.
   Only JSON-RPC interfaces are kept (the gateway reads JSON-RPC only), and
   0.3's `preferredTransport` becomes JSONRPC.
-- `skills` lists only the skills whose id one of the caller's grants names.
+- `skills` lists only the skills whose id one of the caller's grants names
+  (and, exchange.py, that are as pinned and do not screen as an injection).
 - Capabilities the caller was not granted are off: streaming (`stream`), push notifications
   (`pushNotifications`), the extended card (1.0
   `capabilities.extendedAgentCard`, 0.3 `supportsAuthenticatedExtendedCard`).
@@ -29,9 +30,10 @@ def gateway_url(headers: Mapping[str, str], route_path: str) -> str:
     return f"{scheme}://{authority}{route_path}"
 
 
-def rewrite_card(card: Any, url: str, shows_skill: Callable[[str], bool], operations: frozenset[str]) -> bool:
+def rewrite_card(card: Any, url: str, shows_skill: Callable[[Mapping[str, Any]], bool],
+                 operations: frozenset[str]) -> bool:  # fmt: skip
     """Rewrite `card` (a parsed AgentCard) for a caller granted `operations` who may see the skills
-    `shows_skill` accepts; True when it looked like a card at all."""
+    `shows_skill` accepts (given each skill, its `id` a string); True when it looked like a card at all."""
     if not isinstance(card, dict):
         return False
     interfaces = card.get("supportedInterfaces")
@@ -48,7 +50,7 @@ def rewrite_card(card: Any, url: str, shows_skill: Callable[[str], bool], operat
     skills = card.get("skills")
     if isinstance(skills, list):
         card["skills"] = [s for s in skills if isinstance(s, dict) and isinstance(s.get("id"), str)
-                          and shows_skill(s["id"])]  # fmt: skip
+                          and shows_skill(s)]  # fmt: skip
     capabilities = card.get("capabilities")
     if isinstance(capabilities, dict):
         if "stream" not in operations and "streaming" in capabilities:

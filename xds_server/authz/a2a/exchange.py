@@ -32,6 +32,7 @@ from typing import Any
 from xds_server.authz.a2a import cards
 from xds_server.authz.a2a.ids import request_slots, result_slots
 from xds_server.authz.jsonrpc import error_body, request_id_of
+from xds_server.authz.mcp.screening import screen_description
 from xds_server.authz.messages import StreamRewriter, WholeJsonRewriter, is_sse
 from xds_server.authz.protocols import Exchange, Refused
 from xds_server.authz.sealed_ids import owner_of, scope_of
@@ -45,6 +46,7 @@ from xds_server.core.a2a import (
     TASK_METHODS,
     TASK_NOT_FOUND_CODE,
     TASK_NOT_FOUND_MESSAGE,
+    skill_digest,
 )
 from xds_server.ir.a2a import A2aAllowsIR, A2aRouteIR
 from xds_server.ir.glob import glob_matches
@@ -234,7 +236,19 @@ class ExchangeRequest:
         skills = [p for g in grants for p in g.skills]
         operations = frozenset(op for g in grants for op in g.all_operations)
         url = cards.gateway_url(self.headers, self.view.route.path)
-        return cards.rewrite_card(card, url, lambda skill: any(glob_matches(p, skill) for p in skills), operations)
+        pins = dict(self.part.pinned_skills) if self.part.pinned_skills is not None else None
+
+        def shows(skill: Mapping[str, Any]) -> bool:
+            return (any(glob_matches(p, skill["id"]) for p in skills)
+                    and (pins is None or pins.get(skill["id"]) == skill_digest(skill))
+                    and not _screened(skill))  # fmt: skip
+
+        return cards.rewrite_card(card, url, shows, operations)
+
+
+def _screened(skill: Mapping[str, Any]) -> bool:
+    """Whether a skill's name or description screens as an injection attempt (the tool guard's screening)."""
+    return any(isinstance(skill.get(k), str) and screen_description(skill[k]) for k in ("name", "description"))
 
 
 def _envoy_id(value: Any) -> Any:
