@@ -104,6 +104,15 @@ spec:
       operations: [send]
       when: 'has(args.ticket) && args.ticket.startsWith("T-")'
       quota: {calls: 2, per: 1h}
+    - description: reviewer's messages need an operator's approval
+      agents: [reviewer]
+      operations: [send]
+      requireApproval: true
+---
+apiVersion: agentxds.dev/v1
+kind: Agent
+metadata: {name: reviewer}
+spec: {identity: {header: reviewer}}
 """
 MCP_POLICY = """\
 apiVersion: agentxds.dev/v1
@@ -397,6 +406,40 @@ async def _asked(peer: Peer, method: str) -> bool:
 async def test_a_wrong_path_on_a_gateway_of_both_protocols_is_no_backend(a2a: A2aGateway) -> None:
     answer = await rpc(a2a, "/nowhere", "triage", {"jsonrpc": "2.0", "id": 3, "method": "SendMessage", "params": {}})
     assert_error(answer, 3, errors.NO_BACKEND.code, errors.NO_BACKEND.reason)
+
+
+async def test_a_message_needing_approval_passes_once_approved(a2a: A2aGateway) -> None:
+    body = {"jsonrpc": "2.0", "id": "r1", "method": "message/send", "params": {"message": {
+        "kind": "message", "role": "user", "messageId": "m1", "parts": [{"kind": "text", "text": "hi"}],
+        "metadata": {"change": "CHG-7"}}}}  # fmt: skip
+    asked = await rpc(a2a, "/agents/legacy", "reviewer", body, version="0.3")
+    error = assert_error(asked, "r1", errors.APPROVAL_REQUIRED.code, errors.APPROVAL_REQUIRED.reason)
+    approval = error["data"]["approvalId"]
+    service = a2a.gateway.control.policy_service
+    assert service is not None
+    async with httpx.AsyncClient(timeout=10) as http:
+        decided = await http.post(f"http://127.0.0.1:{service.approvals_port}/approvals/{approval}/approve",
+                                  json={"by": "ops"})  # fmt: skip
+    assert decided.status_code == 200
+    passed = (await rpc(a2a, "/agents/legacy", "reviewer", body, version="0.3")).json()
+    assert passed["id"] == "r1" and passed["result"]["status"]["state"] == "completed", passed
+
+
+async def test_a_message_naming_a_skill_not_granted_is_refused(a2a: A2aGateway) -> None:
+    a2a.planner.clear()
+
+    def send(request_id: int, skill: Any) -> dict[str, Any]:
+        message = {"role": "ROLE_USER", "messageId": f"s{request_id}", "parts": [{"text": "hi"}],
+                   "metadata": {"skillId": skill}}  # fmt: skip
+        return {"jsonrpc": "2.0", "id": request_id, "method": "SendMessage", "params": {"message": message}}
+
+    for request_id, skill in ((1, "count"), (2, "admin"), (3, 7)):
+        refused = await rpc(a2a, "/a2a/planner", "executor", send(request_id, skill))
+        error = assert_error(refused, request_id, errors.SKILL_DENIED.code, errors.SKILL_DENIED.reason)
+        assert error["data"]["skill"] == skill
+    allowed = (await rpc(a2a, "/a2a/planner", "executor", send(4, "echo"))).json()
+    assert allowed["id"] == 4 and allowed["result"]["task"]["status"]["state"] == "TASK_STATE_COMPLETED", allowed
+    assert [c["method"] for c in a2a.planner.calls()] == ["SendMessage"]
 
 
 # ---------------------------------------------------------------- refusals

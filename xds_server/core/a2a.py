@@ -58,6 +58,12 @@ NEVER_ALLOWED = {
     "ListTasks": "the task list holds every caller's tasks",
 }
 
+#: Where a message may name the skill it is for (a gateway convention: A2A has no field of its own), in
+#: the message's metadata or the request's: checked against the caller's granted skills.
+SKILL_METADATA_KEY = "skillId"
+#: The methods that send a message.
+MESSAGE_METHODS = frozenset({*OPERATION_METHODS["send"], *OPERATION_METHODS["stream"]})
+
 #: A2A's TaskNotFound (both generations): what a task that is not the caller's is answered with.
 TASK_NOT_FOUND_CODE = -32001
 TASK_NOT_FOUND_MESSAGE = "Task not found"

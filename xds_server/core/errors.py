@@ -101,6 +101,12 @@ UNKNOWN_AGENT = ErrorKind(-32001, "unknown_agent", 403, "the request carries no 
 TOOL_DENIED = ErrorKind(-32003, "tool_not_allowed", 403, "the agent may not call this tool on this backend")
 RESOURCE_DENIED = ErrorKind(-32003, "resource_not_allowed", 403, "the agent may not read this resource")
 PROMPT_DENIED = ErrorKind(-32003, "prompt_not_allowed", 403, "the agent may not get this prompt")
+SKILL_DENIED = ErrorKind(
+    -32003,
+    "skill_not_allowed",
+    403,
+    "an A2A message names (metadata.skillId) a skill of the agent the caller was not granted",
+)
 METHOD_DENIED = ErrorKind(
     -32003,
     "method_not_allowed",
@@ -207,6 +213,7 @@ CATALOGUE: tuple[ErrorKind, ...] = (
     TOOL_DENIED,
     RESOURCE_DENIED,
     PROMPT_DENIED,
+    SKILL_DENIED,
     METHOD_DENIED,
     CONDITION_NOT_MET,
     TOOL_DRIFTED,

@@ -88,10 +88,11 @@ class A2AAgent(DocumentModel):
 class A2ARule(RuleBase):
     """Grants the listed agents some operations of the A2A agent, and shows them some of its skills.
 
-    A2A messages do not name a skill: `skills` decides what the caller's copy
+    A2A messages need not name a skill: `skills` decides what the caller's copy
     of the AgentCard lists (and the extended card), so a caller is never told
-    of a skill it was not granted. To keep a skill's work from a caller,
-    serve it as an agent of its own.
+    of a skill it was not granted, and a message naming one in its metadata
+    (`skillId`) must name a granted one. To keep a skill's work from a caller
+    for certain, serve it as an agent of its own.
     """
 
     operations: tuple[Operation, ...] = Field(

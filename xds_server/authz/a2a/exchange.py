@@ -42,7 +42,9 @@ from xds_server.core import errors
 from xds_server.core.a2a import (
     A2A_METADATA_NAMESPACE,
     CARD_METHODS,
+    MESSAGE_METHODS,
     METHOD_OPERATION,
+    SKILL_METADATA_KEY,
     TASK_METHODS,
     TASK_NOT_FOUND_CODE,
     TASK_NOT_FOUND_MESSAGE,
@@ -137,6 +139,8 @@ class ExchangeRequest:
             return _refused(request_id, errors.UNKNOWN_AGENT, "Unknown agent: the request carries no identity of an "
                             "agent known to this gateway")  # fmt: skip
         params = message.get("params", {})
+        if method in MESSAGE_METHODS and (refused := self._skill_refused(request_id, params)) is not None:
+            return refused
         slots = request_slots(method, params)
         if method in TASK_METHODS and not slots:
             return Refused(200, not_found(request_id), "not_owner")
@@ -153,6 +157,26 @@ class ExchangeRequest:
         answer = self._ids_answer(owner, shown)
         return Exchange(restored if raws else None, lambda content_type: self._rewriter(content_type, answer,
                                                                                         request_id))  # fmt: skip
+
+    def _skill_refused(self, request_id: Any, params: Any) -> Refused | None:
+        """A message naming a skill (`metadata.skillId`) the caller was not granted, or one not as pinned, is
+        refused; a message naming none is the agent's to route (A2A messages need not name one)."""
+        named = []
+        for holder in (params, params.get("message") if isinstance(params, dict) else None):
+            metadata = holder.get("metadata") if isinstance(holder, dict) else None
+            if isinstance(metadata, dict) and SKILL_METADATA_KEY in metadata:
+                named.append(metadata[SKILL_METADATA_KEY])
+        for skill in named:
+            granted = [p for agent in self.agents for g in self.view.grants_for(agent, self.jwt)
+                       if isinstance(g.allows, A2aAllowsIR) for p in g.allows.skills]  # fmt: skip
+            pins = dict(self.part.pinned_skills) if self.part.pinned_skills is not None else None
+            if (not isinstance(skill, str) or not any(glob_matches(p, skill) for p in granted)
+                    or (pins is not None and skill not in pins)):  # fmt: skip
+                who = self.agents[0] if self.agents else "-"
+                message = f"Skill {skill!r} of A2A agent '{self.view.name}' is not allowed for agent '{who}'"
+                return Refused(errors.SKILL_DENIED.http_status, error_body(
+                    request_id, errors.SKILL_DENIED, message, skill=skill, backend=self.view.name), "skill_not_allowed")  # fmt: skip
+        return None
 
     def _raw(self, sealed: str, owner: Owner) -> str | None:
         """The agent's id behind `sealed`, if it is the caller's (see the module docstring), else None."""
