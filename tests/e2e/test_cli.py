@@ -15,6 +15,7 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 
@@ -53,6 +54,9 @@ def demo_copy(tmp_path: Path, gateway_ports: int = 1) -> tuple[Path, int, int]:
     target = tmp_path / "demo"
     shutil.copytree(DEMO, target)
     gateway_port, backend_port, policy_port = free_ports_in_a_row(gateway_ports), free_port(), free_port()
+    a2a = (target / "a2a.yaml").read_text()
+    assert "port: 18082" in a2a
+    (target / "a2a.yaml").write_text(a2a.replace("port: 18082", f"port: {free_port()}"))
     gateway = (target / "gateway.yaml").read_text()
     gateway = gateway.replace("port: 10000", f"port: {gateway_port}").replace("port: 18081", f"port: {backend_port}")
     gateway = gateway.replace("port: 18001", f"port: {policy_port}")
@@ -109,8 +113,8 @@ class Up:
         raise AssertionError(f"`up` never printed {marker!r}; it printed:\n{''.join(self.lines)}")
 
     def pids(self) -> dict[str, int]:
-        """The pid of each child the banner names: demo MCP server, envoy."""
-        found = re.findall(r"^(demo MCP server|envoy)\s.*?pid (\d+)", self.banner, re.M)
+        """The pid of each child the banner names: demo MCP server, demo A2A agent, envoy."""
+        found = re.findall(r"^(demo MCP server|demo A2A agent|envoy)\s.*?pid (\d+)", self.banner, re.M)
         return {what: int(pid) for what, pid in found}
 
     def agentxds(self, *args: str) -> subprocess.CompletedProcess[str]:
@@ -163,7 +167,7 @@ def test_up_with_the_demo_serves_allowed_and_denied_calls_and_ctrl_c_stops_every
         url = f"http://127.0.0.1:{gateway_port}/mcp/github"
         assert url in up.banner
         pids = up.pids()
-        assert set(pids) == {"demo MCP server", "envoy"}, up.banner
+        assert set(pids) == {"demo MCP server", "demo A2A agent", "envoy"}, up.banner
         workdir = Path(re.search(r"^logs\s+(\S+)", up.banner, re.M).group(1))  # type: ignore[union-attr]
         assert (workdir / "envoy.log").exists() and (workdir / "control-plane.log").exists()
 
@@ -172,6 +176,14 @@ def test_up_with_the_demo_serves_allowed_and_denied_calls_and_ctrl_c_stops_every
         assert "issues of acme/web" in allowed.stdout
         denied = demo_client(url, "triage", "--legacy", "call", "delete_repo", "repo=acme/web")
         assert denied.returncode == 3, denied.stdout + denied.stderr
+        # The demo A2A agent through the gateway, as the README shows it.
+        planner = f"http://127.0.0.1:{gateway_port}/a2a/planner"
+        card = httpx.get(planner + "/.well-known/agent-card.json", headers={"x-agent-id": "executor"}).json()
+        assert [s["id"] for s in card["skills"]] == ["echo"] and card["supportedInterfaces"][0]["url"] == planner
+        sent = httpx.post(planner, headers={"x-agent-id": "triage", "a2a-version": "1.0"}, json={
+            "jsonrpc": "2.0", "id": 1, "method": "SendMessage",
+            "params": {"message": {"role": "ROLE_USER", "messageId": "m1", "parts": [{"text": "hi"}]}}}).json()  # fmt: skip
+        assert sent["result"]["task"]["id"].startswith("t1."), sent
         # What the README's "Try it" shows is what users see.
         try_it = readme_try_it()
         assert allowed.stdout.strip() == try_it["call list_issues repo=acme/web"], allowed.stdout
@@ -336,10 +348,11 @@ def test_render_shows_what_envoy_receives() -> None:
     types = document["demo"]
     listener = types["type.googleapis.com/envoy.config.listener.v3.Listener"][0]
     assert listener["name"] == "gateway/demo"
-    # The backend's own route configuration, and discovery's (the demo uses the policy service over HTTP).
-    found, routes = types["type.googleapis.com/envoy.config.route.v3.RouteConfiguration"]
-    assert (found["name"], routes["name"]) == ("agentxds/discovery/demo", "routes/mcp/github")
-    found_scope, scope = types["type.googleapis.com/envoy.config.route.v3.ScopedRouteConfiguration"]
+    # Each route's own route configuration, and discovery's (the demo uses the policy service over HTTP).
+    found, planner, routes = types["type.googleapis.com/envoy.config.route.v3.RouteConfiguration"]
+    assert (found["name"], planner["name"], routes["name"]) == ("agentxds/discovery/demo", "routes/a2a/planner",
+                                                                "routes/mcp/github")  # fmt: skip
+    found_scope, _, _, scope = types["type.googleapis.com/envoy.config.route.v3.ScopedRouteConfiguration"]
     assert found_scope["key"] == {"fragments": [{"string_key": "/.well-known/agentxds/discovery"}]}
     assert scope["key"] == {"fragments": [{"string_key": "/mcp/github"}]}
     assert scope["route_configuration_name"] == "routes/mcp/github"

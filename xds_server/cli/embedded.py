@@ -35,7 +35,7 @@ from typing import TextIO
 from xds_server.cli.up_record import UpRecord, remove_record, write_record
 from xds_server.controlplane.pipeline import ReloadResult
 from xds_server.controlplane.service import ControlPlane
-from xds_server.ir.types import IR, EndpointIR, GatewayIR
+from xds_server.ir.types import IR, EndpointIR, GatewayIR, RouteIR
 from xds_server.runtime.bootstrap import render_bootstrap
 from xds_server.runtime.envoy import EnvoyProcess
 from xds_server.runtime.overload import OverloadLimits, limits_for_this_machine
@@ -46,29 +46,34 @@ from xds_server.runtime.state_dir import StateDir
 DEMO_ANNOTATION = "agentxds.dev/demo"
 
 
-def _demo_endpoints(gateway: GatewayIR) -> list[tuple[str, int, str]]:
-    """(host, port, path) of each upstream endpoint of each route marked as a demo."""
+def _demo_endpoints(gateway: GatewayIR) -> list[tuple[str, int, str, RouteIR]]:
+    """(host, port, path, route) of each upstream endpoint of each route marked as a demo."""
     return [
-        (e.host, e.port, route.upstream.path)
+        (e.host, e.port, route.upstream.path, route)
         for route in gateway.routes
         if route.annotation(DEMO_ANNOTATION) == "true"
         for e in route.upstream.endpoints
     ]
 
 
+#: route kind → (what the banner calls its demo server, the module that runs it).
+_DEMO_SERVERS = {"mcp": ("demo MCP server", "xds_server.demo.mcp_server"),
+                 "a2a": ("demo A2A agent", "xds_server.demo.a2a_agent")}  # fmt: skip
+
+
 def _start_demo_servers(gateway: GatewayIR, workdir: Path, out: TextIO) -> list[_Child]:
     started = []
-    for host, port, path in _demo_endpoints(gateway):
-        log_path = workdir / f"demo-mcp-{port}.log"
+    for host, port, path, route in _demo_endpoints(gateway):
+        what, module = _DEMO_SERVERS[route.kind]
+        argv = [sys.executable, "-m", module, "--host", host, "--port", str(port)]
+        argv += ["--path", path, "--name", f"demo-{port}"] if route.kind == "mcp" else ["--name", route.name]
+        log_path = workdir / f"demo-{route.kind}-{port}.log"
         with log_path.open("ab") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "xds_server.demo.mcp_server", "--host", host, "--port", str(port),
-                 "--path", path, "--name", f"demo-{port}"],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-            )  # fmt: skip
-        started.append(_Child(f"demo MCP server http://{host}:{port}{path}", proc, log_path, essential=False))
+            proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    start_new_session=True)  # fmt: skip
+        started.append(_Child(f"{what} http://{host}:{port}{path}", proc, log_path, essential=False))
         wait_for_port(host, port, timeout=20)
-        print(f"demo MCP server   http://{host}:{port}{path} (pid {proc.pid})", file=out)
+        print(f"{what:<17} http://{host}:{port}{path} (pid {proc.pid})", file=out)
     return started
 
 
@@ -100,7 +105,8 @@ def _ports_in_use(gateway: GatewayIR, policy: EndpointIR, approvals_port: int, d
     if approvals_port:
         wanted.append(("127.0.0.1", approvals_port, "approvals API (--approvals-port)"))
     if demo:
-        wanted += [(h, p, "demo MCP server (its MCPBackend endpoint)") for h, p, _ in _demo_endpoints(gateway)]
+        wanted += [(h, p, f"{_DEMO_SERVERS[r.kind][0]} (its endpoint in the policies)")
+                   for h, p, _, r in _demo_endpoints(gateway)]  # fmt: skip
     return [f"{host}:{port}  {what}" for host, port, what in wanted if not _free(host, port)]
 
 
@@ -139,7 +145,7 @@ def _print_banner(gateway: GatewayIR, envoy: EnvoyProcess, xds_port: int, overlo
               "(development only; see README)", file=out)  # fmt: skip
 
 
-_ROUTE_NOUNS = {"mcp": "MCP backend"}
+_ROUTE_NOUNS = {"mcp": "MCP backend", "a2a": "A2A agent"}
 
 
 class _Reporter:
@@ -311,7 +317,7 @@ async def _run(
     gateway = _pick_gateway(ir, gateway_name)
     policy = gateway.policy_service or EndpointIR("127.0.0.1", 18001)
     replica_ports = [gateway.listener.port + k for k in range(1, replicas)]
-    others = {policy.port, approvals_port, *(p for _, p, _ in _demo_endpoints(gateway) if demo)}
+    others = {policy.port, approvals_port, *(p for _, p, _, _ in _demo_endpoints(gateway) if demo)}
     if gateway.ext_authz_http is not None:
         others.add(gateway.ext_authz_http.port)
     clashing = [p for p in replica_ports if p > 65535 or p in others]
