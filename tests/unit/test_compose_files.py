@@ -101,7 +101,8 @@ def test_compose_policies_compile() -> None:
     assert listener.address.socket_address.address == "0.0.0.0"
     assert listener.address.socket_address.port_value == 10000
     clusters = {c.name: c for c in resources["demo"].clusters}
-    assert sorted(clusters) == ["agentxds/policy-service", "agentxds/policy-service-http", "mcp/github"]
+    assert sorted(clusters) == ["a2a/planner", "agentxds/policy-service", "agentxds/policy-service-http",
+                                "mcp/github"]  # fmt: skip
     for name, port in (("agentxds/policy-service", 18001), ("agentxds/policy-service-http", 18003)):
         policy = clusters[name].load_assignment.endpoints[0].lb_endpoints[0].endpoint.address
         assert (policy.socket_address.address, policy.socket_address.port_value) == ("control-plane", port)
@@ -129,6 +130,11 @@ def test_compose_gateway_differs_from_the_demo_only_where_compose_needs_it() -> 
     # The compose service runs the demo server, not `agentxds up --demo`.
     backend["metadata"].pop("annotations", None)
     assert _documents(COMPOSE_POLICIES / "gateway.yaml") == expected
+    a2a = copy.deepcopy(_documents(DEMO_POLICIES / "a2a.yaml"))
+    agent = next(d for d in a2a if d["kind"] == "A2AAgent")
+    agent["spec"]["endpoints"] = [{"host": "demo-a2a", "port": 18082}]
+    agent["metadata"].pop("annotations", None)
+    assert _documents(COMPOSE_POLICIES / "a2a.yaml") == a2a
     assert sorted(p.name for p in COMPOSE_POLICIES.glob("*.y*ml")) == sorted(
         p.name for p in DEMO_POLICIES.glob("*.y*ml")
     )
@@ -146,7 +152,7 @@ def test_compose_file_is_valid() -> None:
         )
         assert result.returncode == 0, f"docker-compose config failed:\n{result.stdout}\n{result.stderr}"
     services = _compose()["services"]
-    assert set(services) == {"control-plane", "demo-mcp", "envoy"}
+    assert set(services) == {"control-plane", "demo-mcp", "demo-a2a", "envoy"}
     for name, service in services.items():
         assert isinstance(service, dict), name
         assert ("image" in service) or ("build" in service), f"{name}: no image and no build"
@@ -185,6 +191,14 @@ def test_compose_file_wires_the_services_together() -> None:
     assert demo["command"][demo["command"].index("--port") + 1] == str(endpoint["port"])
     assert demo["command"][demo["command"].index("--path") + 1] == backend["spec"]["path"]
     assert demo["command"][demo["command"].index("--host") + 1] == "0.0.0.0"
+
+    # Demo A2A agent: same image, the host and port the compose policies point at.
+    a2a = services["demo-a2a"]
+    assert a2a["image"] == control["image"] and a2a["entrypoint"] == ["python", "-m", "xds_server.demo.a2a_agent"]
+    agent = next(d for d in _documents(COMPOSE_POLICIES / "a2a.yaml") if d["kind"] == "A2AAgent")
+    (endpoint,) = agent["spec"]["endpoints"]
+    assert endpoint["host"] in services and "demo-a2a" in envoy["depends_on"]
+    assert a2a["command"][a2a["command"].index("--port") + 1] == str(endpoint["port"])
 
     # Envoy: the official image of the wheel's version, the generated bootstrap, the gateway port.
     assert envoy["image"] == "envoyproxy/envoy:v1.40.0"

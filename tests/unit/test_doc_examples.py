@@ -85,6 +85,7 @@ def status_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pyte
 
 def status_emptied(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> str:
     policies = _policies(tmp_path, monkeypatch, "demo", "policies")
+    (policies / "a2a.yaml").unlink()  # the demo's MCP grants alone: emptying their file leaves none
     return _status_after(policies, lambda: (policies / "github-policy.yaml").write_text(""))
 
 

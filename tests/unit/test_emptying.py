@@ -23,7 +23,10 @@ DEMO = Path(__file__).resolve().parents[2] / "policies" / "demo"
 
 @pytest.fixture
 def policies(tmp_path: Path) -> Path:
-    return shutil.copytree(DEMO, tmp_path / "policies")
+    """The demo's MCP policies (its A2A agent's grants would keep the gateway from losing every grant)."""
+    copied = shutil.copytree(DEMO, tmp_path / "policies")
+    (copied / "a2a.yaml").unlink()
+    return copied
 
 
 def _pipeline(policies: Path, *, allow_emptying: bool = False) -> Pipeline:
