@@ -15,7 +15,13 @@ $(BIN)/agentxds: pyproject.toml
 up: $(BIN)/agentxds             ## run the gateway with the demo policy and demo MCP server
 	$(BIN)/agentxds up --demo policies/demo
 
-test: lint                      ## run the whole test suite (lint and types, then unit, golden, end to end)
+# A real A2A 0.3 agent for the end-to-end tests: a2a-sdk 0.3 cannot share .venv with 1.x (one distribution).
+A2A03 ?= .venv-a2a03
+$(A2A03)/bin/uvicorn:
+	$(PYTHON) -m venv $(A2A03)
+	$(A2A03)/bin/pip install -q "a2a-sdk[http-server]==0.3.26" "uvicorn>=0.30"
+
+test: lint $(A2A03)/bin/uvicorn  ## run the whole test suite (lint and types, then unit, golden, end to end)
 	$(BIN)/pytest tests
 
 lint: $(BIN)/agentxds           ## formatting, lint and static types
@@ -43,4 +49,4 @@ bench-a2a: $(BIN)/agentxds       ## A2A SendMessage direct vs through the gatewa
 	$(BIN)/python bench/a2a.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(A2A03) build *.egg-info

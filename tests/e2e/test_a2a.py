@@ -1,10 +1,12 @@
 """End to end: A2A agents behind the gateway, with the official a2a-sdk client, in both generations.
 
-Two real a2a-sdk agents (xds_server/demo/a2a_agent.py): `planner` speaks
-A2A 1.0 (SendMessage, GetTask, ... with A2A-Version: 1.0), `legacy`
-advertises A2A 0.3 so the SDK's client speaks 0.3 to it (message/send,
-tasks/get, ...). One gateway, one MCP backend beside them (a gateway serving
-both protocols), the real control plane and policy service, a real Envoy.
+Three real a2a-sdk agents: `planner` (xds_server/demo/a2a_agent.py, a2a-sdk
+1.3) speaks A2A 1.0 (SendMessage, GetTask, ... with A2A-Version: 1.0);
+`legacy` (the same, advertising 0.3) and `oldtimer` (a2a-sdk 0.3.26 itself,
+tests/e2e/peers/a2a_v03_agent.py, in a virtualenv of its own) speak A2A 0.3
+(message/send, tasks/get, ...), and the 1.3 client speaks 0.3 to them. One
+gateway, one MCP backend beside them (a gateway serving both protocols), the
+real control plane and policy service, a real Envoy.
 
 - The card comes through the gateway, names the gateway's URL, and lists
   only the caller's skills; a caller without a grant gets no card.
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -60,10 +63,10 @@ from tests.e2e.harness import ManagedProcess, McpBackend, python_env, start_mcp_
 from xds_server.core import errors
 from xds_server.runtime.ports import free_port
 
-SEND = {"1.0": "SendMessage", "0.3": "message/send"}
-GET = {"1.0": "GetTask", "0.3": "tasks/get"}
-CANCEL = {"1.0": "CancelTask", "0.3": "tasks/cancel"}
-VERSION = {"1.0": "1.0", "0.3": "0.3"}
+SEND = {"1.0": "SendMessage", "0.3": "message/send", "0.3-sdk": "message/send"}
+GET = {"1.0": "GetTask", "0.3": "tasks/get", "0.3-sdk": "tasks/get"}
+CANCEL = {"1.0": "CancelTask", "0.3": "tasks/cancel", "0.3-sdk": "tasks/cancel"}
+VERSION = {"1.0": "1.0", "0.3": "0.3", "0.3-sdk": "0.3"}
 
 POLICIES = """\
 apiVersion: agentxds.dev/v1
@@ -78,6 +81,19 @@ metadata: {name: legacy}
 spec:
   route: /agents/legacy
   endpoints: [{host: 127.0.0.1, port: LEGACY_PORT}]
+---
+apiVersion: agentxds.dev/v1
+kind: A2AAgent
+metadata: {name: oldtimer}
+spec:
+  endpoints: [{host: 127.0.0.1, port: OLDTIMER_PORT}]
+---
+apiVersion: agentxds.dev/v1
+kind: A2APolicy
+metadata: {name: oldtimer}
+spec:
+  a2aAgent: oldtimer
+  rules: [{agents: [triage, executor]}]
 ---
 apiVersion: agentxds.dev/v1
 kind: A2APolicy
@@ -141,6 +157,29 @@ class Peer:
         httpx.delete(self.url + "_calls").raise_for_status()
 
 
+A2A03 = Path(__file__).resolve().parents[2] / ".venv-a2a03"
+
+
+def a2a03_python() -> Path:
+    """The interpreter of the a2a-sdk 0.3 virtualenv (`make test` builds it; built here if it is missing)."""
+    python = A2A03 / "bin" / "python"
+    if not (A2A03 / "bin" / "uvicorn").exists():
+        subprocess.run([sys.executable, "-m", "venv", str(A2A03)], check=True, timeout=120)
+        subprocess.run([str(A2A03 / "bin" / "pip"), "install", "-q", "a2a-sdk[http-server]==0.3.26", "uvicorn>=0.30"],
+                       check=True, timeout=600)  # fmt: skip
+    return python
+
+
+def start_v03_peer(workdir: Path, name: str) -> Peer:
+    """The real a2a-sdk 0.3 agent, on a port it picks (its READY line names it)."""
+    script = Path(__file__).resolve().parent / "peers" / "a2a_v03_agent.py"
+    process = ManagedProcess([str(a2a03_python()), str(script), "--port", "0", "--name", name],
+                             log_path=workdir / f"{name}.log", name=name)  # fmt: skip
+    line = process.start(ready_line=r"^READY ", timeout=30)
+    assert line is not None
+    return Peer(name, line.split()[1], process)
+
+
 def start_peer(workdir: Path, name: str, *, v03: bool) -> Peer:
     port = free_port()
     argv = [sys.executable, "-m", "xds_server.demo.a2a_agent", "--port", str(port), "--name", name]
@@ -156,12 +195,15 @@ class A2aGateway:
     planner: Peer
     legacy: Peer
     mcp: McpBackend
+    oldtimer: Peer
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.gateway.listen_port}{path}"
 
     def peer(self, generation: str) -> tuple[Peer, str]:
-        """The agent of a generation, and its route on the gateway."""
+        """The agent of a generation, and its route on the gateway ("0.3-sdk": a2a-sdk 0.3 itself)."""
+        if generation == "0.3-sdk":
+            return self.oldtimer, "/a2a/oldtimer"
         return (self.planner, "/a2a/planner") if generation == "1.0" else (self.legacy, "/agents/legacy")
 
 
@@ -169,6 +211,7 @@ class A2aGateway:
 async def a2a(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[A2aGateway]:
     workdir = tmp_path_factory.mktemp("a2a")
     planner, legacy = start_peer(workdir, "planner", v03=False), start_peer(workdir, "legacy", v03=True)
+    oldtimer = start_v03_peer(workdir, "oldtimer")
     mcp = start_mcp_backend(workdir / "mcp", name="github")
     listen_port, policy_port, authz_port = free_port(), free_port(), free_port()
     policies = workdir / "policies"
@@ -177,20 +220,21 @@ async def a2a(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[A2aGate
                                                         max_body=65536))  # fmt: skip
     (policies / "agents.yaml").write_text(AGENTS_YAML)
     (policies / "a2a.yaml").write_text(POLICIES.replace("PLANNER_PORT", planner.url.rsplit(":", 1)[1].strip("/"))
-                                       .replace("LEGACY_PORT", legacy.url.rsplit(":", 1)[1].strip("/")))  # fmt: skip
+                                       .replace("LEGACY_PORT", legacy.url.rsplit(":", 1)[1].strip("/"))
+                                       .replace("OLDTIMER_PORT", oldtimer.url.rsplit(":", 1)[1].strip("/")))  # fmt: skip
     (policies / "mcp.yaml").write_text(backend_yaml("github", mcp) + "---\n" + MCP_POLICY)
     try:
         control, envoy = await launch(policies, workdir, listen_port, policy_port, authz_port)
         gateway = RunningGateway(policies, control, envoy, listen_port, {"github": mcp})
-        yield A2aGateway(gateway, planner, legacy, mcp)
+        yield A2aGateway(gateway, planner, legacy, mcp, oldtimer)
         await stop_gateway(gateway)
     finally:
-        for process in (planner.process, legacy.process):
+        for process in (planner.process, legacy.process, oldtimer.process):
             process.stop()
         mcp.stop()
 
 
-@pytest.fixture(params=["1.0", "0.3"])
+@pytest.fixture(params=["1.0", "0.3", "0.3-sdk"])
 def generation(request: pytest.FixtureRequest) -> Iterator[str]:
     yield request.param
 
@@ -247,9 +291,12 @@ async def test_the_card_names_the_gateway_and_the_callers_skills(a2a: A2aGateway
     _, route = a2a.peer(generation)
     card_path = route + "/.well-known/agent-card.json"
     triage = (await get(a2a, card_path, "triage")).json()
-    interfaces = triage["supportedInterfaces"]
-    assert [i["url"] for i in interfaces] == [a2a.url(route)] and interfaces[0]["protocolBinding"] == "JSONRPC"
-    if generation == "0.3":
+    # A 0.3 card of a2a-sdk 0.3 has no supportedInterfaces (1.x adds them to every card it serves).
+    interfaces = triage.get("supportedInterfaces", []) if generation == "0.3-sdk" else triage["supportedInterfaces"]
+    assert [i["url"] for i in interfaces] in ([a2a.url(route)], []) and all(
+        i["protocolBinding"] == "JSONRPC" for i in interfaces
+    )
+    if generation != "1.0":
         assert triage["url"] == a2a.url(route) and triage["preferredTransport"] == "JSONRPC"
     if generation == "1.0":
         assert [s["id"] for s in triage["skills"]] == ["echo", "count", "slow"]
@@ -343,8 +390,8 @@ async def test_discovery_lists_what_each_caller_may_use(a2a: A2aGateway) -> None
         answer = await get(a2a, "/.well-known/agentxds/discovery", agent)
         assert answer.status_code == 200, answer.text
         seen[agent] = names(answer.json())
-    assert seen == {"triage": (["github"], ["legacy", "planner"]), "executor": ([], ["legacy", "planner"]),
-                    "auditor": ([], ["legacy"])}  # fmt: skip
+    assert seen == {"triage": (["github"], ["legacy", "oldtimer", "planner"]),
+                    "executor": ([], ["legacy", "oldtimer", "planner"]), "auditor": ([], ["legacy"])}  # fmt: skip
     planner = next(a for a in (await get(a2a, "/.well-known/agentxds/discovery", "triage")).json()["a2aAgents"]
                    if a["name"] == "planner")  # fmt: skip
     assert planner == {"name": "planner", "kind": "a2a", "url": a2a.url("/a2a/planner"), "registered": False,
