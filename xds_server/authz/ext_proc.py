@@ -216,7 +216,11 @@ class _Stream:
                         self.encoding)  # fmt: skip
             return _refuse(502, self._withheld(f"is compressed ({self.encoding})")), True
         self.streamed = self.exchanged.answer(self.content_type)
-        return _without_content_length(), False
+        response = _without_content_length()
+        if self.exchanged.answer_content_type is not None:  # read whole and written anew: say what it is now
+            option = response.response_headers.response.header_mutation.set_headers.add()
+            option.header.key, option.header.raw_value = "content-type", self.exchanged.answer_content_type.encode()
+        return response, False
 
     def _request_body(self, body: bytes) -> tuple[pb.ProcessingResponse, bool]:
         self.request_id = request_id_of(body)

@@ -65,7 +65,7 @@ class WholeJsonRewriter:
         if new is None:
             self.failed = True
             return self._unreadable
-        return json.dumps(new, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        return _dump(new).encode("utf-8")
 
 
 @dataclass(frozen=True)
@@ -275,7 +275,12 @@ def _finite_float(text: str) -> float:
 
 def _dump(message: Any) -> str:
     # Compact and single-line (an SSE data line cannot hold a raw newline; json escapes them in strings).
-    return json.dumps(message, ensure_ascii=False, separators=(",", ":"))
+    text = json.dumps(message, ensure_ascii=False, separators=(",", ":"))
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate (valid as a JSON escape, not as UTF-8): keep it escaped
+        return json.dumps(message, ensure_ascii=True, separators=(",", ":"))
+    return text
 
 
 _LINE_RE = re.compile(r"([^\r\n]*)(\r\n|\r|\n|\Z)")

@@ -86,6 +86,7 @@ class Exchange:
 
     body: bytes | None
     answer: Callable[[str], BodyRewriter]
+    answer_content_type: str | None = None  # the answer's content type once rewritten, when it is always one
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,7 @@ from xds_server.authz.approvals import ApprovalCall, ApprovalState, ApprovalStor
 from xds_server.authz.mcp.screening import screen_description
 from xds_server.authz.mcp.tool_guard import fingerprint
 from xds_server.controlplane.pipeline import ReloadResult, translate_checked
-from xds_server.core.a2a import skill_digest, skill_text
+from xds_server.core.a2a import skill_digest, skill_text, strings_in
 from xds_server.ir.build import BuildRefused, build_ir
 from xds_server.policy.diagnostics import PolicyError
 from xds_server.policy.load import PolicySet, load_directory
@@ -104,15 +104,21 @@ def _endpoint(url: Any, what: str, networks: Networks) -> tuple[str, int, str]:
         raise _refuse(422, f"{what} must be an http:// URL with a host ({url!r}); an agent behind TLS is defined "
                       "in Git, where upstream TLS is configured")  # fmt: skip
     try:
-        port = parts.port or 80
+        port = parts.port if parts.port is not None else 80
         address = ipaddress.ip_address(parts.hostname)
     except ValueError:
         raise _refuse(422, f"{what} must name an IP address and a valid port ({url!r}): a name could resolve "
                       "anywhere later; a backend known by name is defined in Git") from None  # fmt: skip
-    if not any(address in network for network in networks):
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped  # ::ffff:127.0.0.1 is 127.0.0.1
+    if port == 0:
+        raise _refuse(422, f"{what} names port 0 ({url!r})")
+    special = address.is_loopback or address.is_link_local or address.is_unspecified or address.is_multicast
+    # A special address only through a network that is itself one (127.0.0.0/8 listed), never through 0.0.0.0/0.
+    if not any(address in n and (not special or n.is_loopback or n.is_link_local) for n in networks):
         allowed = ", ".join(str(n) for n in networks) or "none"
         raise _refuse(422, f"{what} ({address}) is outside the networks registrations may use ({allowed}; "
-                      "agentxds serve --registry-networks)")  # fmt: skip
+                      "agentxds serve --registry-networks; loopback and link-local only when listed as such)")  # fmt: skip
     return str(address), port, parts.path or "/"
 
 
@@ -156,14 +162,14 @@ def tool_descriptions(tools: Sequence[Mapping[str, Any]]) -> dict[str, str]:
     return out
 
 
-def _screened(described: Mapping[str, str]) -> list[str]:
+def _screened(described: Mapping[str, str], card: Mapping[str, Any] | None) -> list[str]:
+    """Screening findings in every text of the skills or tools, and of the card's own name and description."""
     findings = []
-    for name, text in sorted(described.items()):
-        fields = json.loads(text)
-        for key in ("name", "description"):
-            value = fields.get(key)
-            if isinstance(value, str):
-                findings += [f"{name}.{key}: {f.kind}: {f.detail}" for f in screen_description(value)]
+    texts = [(name, text) for name, said in sorted(described.items()) for text in strings_in(json.loads(said))]
+    if card is not None:
+        texts += [(f"card.{k}", card[k]) for k in ("name", "description") if isinstance(card.get(k), str)]
+    for where, text in texts:
+        findings += [f"{where}: {f.kind}: {f.detail}" for f in screen_description(text)]
     return findings
 
 
@@ -206,8 +212,9 @@ async def parse(name: str, body: Any, fetch_tools: FetchTools, networks: Network
         spec["pinnedSkills"] = [{"id": s["id"], "sha256": skill_digest(s)} for s in card["skills"]]
     else:
         host, port, path = _endpoint(body.get("url"), "url", networks)
-        try:
-            tools = await fetch_tools(body["url"])
+        host_part = f"[{host}]" if ":" in host else host
+        try:  # from the address checked, never from another reading of the URL
+            tools = await fetch_tools(f"http://{host_part}:{port}{path}")
         except Exception as exc:  # the SDK raises many kinds; the message is what matters here
             raise _refuse(422, f"cannot list the tools at {body['url']}: {type(exc).__name__}") from None
         described, registered_card = tool_descriptions(tools), None
@@ -236,7 +243,7 @@ async def register(
 ) -> Registered:
     """Accept, hold or refuse one registration (see the module docstring)."""
     registration = await parse(name, body, fetch_tools, networks)
-    findings = _screened(registration.described)
+    findings = _screened(registration.described, registration.card)
     if findings:
         raise _refuse(422, "a description screens as an injection attempt; the registration is refused", findings)
     store = source.registry
@@ -281,6 +288,8 @@ def _check_builds(source: RegisteredSource, git: PolicySet, others: list[Registr
     mine = [n for n in notes if f"registration {registration.name!r}" in n]
     if mine:
         raise _refuse(422, "the registration does not load beside the policies", mine)
+    if registration.name not in names_in(served):  # left out with others: it could not be checked
+        raise _refuse(422, "the registration could not be checked beside the registrations served now", notes)
     try:
         translate_checked(build_ir(served))
     except BuildRefused as exc:

@@ -70,10 +70,20 @@ TASK_NOT_FOUND_MESSAGE = "Task not found"
 
 
 def skill_text(skill: Mapping[str, Any]) -> str:
-    """What a skill says to a model, as canonical JSON: its name, description, tags and examples (what
-    drift and pins are judged on)."""
-    said = {k: skill.get(k) for k in ("name", "description", "tags", "examples")}
-    return json.dumps(said, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    """A skill as canonical JSON, every field of it (what drift and pins are judged on: a field the agent
+    adds or changes is a change)."""
+    return json.dumps(skill, sort_keys=True, ensure_ascii=True, separators=(",", ":"))
+
+
+def strings_in(value: Any) -> list[str]:
+    """Every string in a JSON value (keys too): what screening reads."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for k, v in value.items() for s in (*strings_in(k), *strings_in(v))]
+    if isinstance(value, list):
+        return [s for item in value for s in strings_in(item)]
+    return []
 
 
 def skill_digest(skill: Mapping[str, Any]) -> str:

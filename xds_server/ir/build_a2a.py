@@ -27,7 +27,10 @@ def _allows(rules: list[tuple[str, A2ARule]]) -> A2aAllowsIR:
     conditional = {op for _, rule in rules if rule.is_conditional for op in rule.operations} - plain
     return A2aAllowsIR(
         operations=tuple(sorted(plain)),
-        skills=compile_globs([s for _, rule in rules for s in rule.skills]),
+        # Skills are what messages are for: only rules that let the caller send one name skills it may see.
+        skills=compile_globs(
+            [s for _, rule in rules if {"send", "stream"} & set(rule.operations) for s in rule.skills]
+        ),
         conditional_operations=tuple(sorted(conditional)),
     )
 

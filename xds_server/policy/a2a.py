@@ -103,7 +103,10 @@ class A2ARule(RuleBase):
         "the caller's own tasks.",
     )
     skills: tuple[Glob, ...] = Field(
-        default=("*",), min_length=1, description="Skill id globs the caller's card lists (default: every skill)."
+        default=("*",),
+        min_length=1,
+        description="Skill id globs the caller's card lists and its messages may name "
+        "(default: every skill); only in rules granting send or stream.",
     )
 
     @model_validator(mode="after")

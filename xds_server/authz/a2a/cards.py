@@ -49,8 +49,14 @@ def rewrite_card(card: Any, url: str, shows_skill: Callable[[Mapping[str, Any]],
                                         if isinstance(i, dict) and i.get("transport") == JSONRPC]  # fmt: skip
     skills = card.get("skills")
     if isinstance(skills, list):
-        card["skills"] = [s for s in skills if isinstance(s, dict) and isinstance(s.get("id"), str)
-                          and shows_skill(s)]  # fmt: skip
+        seen: set[str] = set()
+        shown = []
+        for skill in skills:  # a repeated id is left out after its first: one id, one skill
+            if isinstance(skill, dict) and isinstance(skill.get("id"), str) and skill["id"] not in seen:
+                seen.add(skill["id"])
+                if shows_skill(skill):
+                    shown.append(skill)
+        card["skills"] = shown
     capabilities = card.get("capabilities")
     if isinstance(capabilities, dict):
         if "stream" not in operations and "streaming" in capabilities:

@@ -49,6 +49,7 @@ from xds_server.core.a2a import (
     TASK_NOT_FOUND_CODE,
     TASK_NOT_FOUND_MESSAGE,
     skill_digest,
+    strings_in,
 )
 from xds_server.ir.a2a import A2aAllowsIR, A2aRouteIR
 from xds_server.ir.glob import glob_matches
@@ -153,19 +154,26 @@ class ExchangeRequest:
         restored = self._restored(body, method, message, raws) if raws else body
         shown = {raw: sealed for sealed, raw in raws.items()}
         if method in CARD_METHODS:
-            return Exchange(restored if raws else None, lambda _: self._whole(self._card_answer, request_id))
+            return Exchange(restored if raws else None, lambda _: self._whole(self._card_answer, request_id),
+                            "application/json")  # fmt: skip
         answer = self._ids_answer(owner, shown)
         return Exchange(restored if raws else None, lambda content_type: self._rewriter(content_type, answer,
                                                                                         request_id))  # fmt: skip
 
     def _skill_refused(self, request_id: Any, params: Any) -> Refused | None:
-        """A message naming a skill (`metadata.skillId`) the caller was not granted, or one not as pinned, is
-        refused; a message naming none is the agent's to route (A2A messages need not name one)."""
+        """A message naming a skill (`metadata.skillId`) the caller was not granted (in a rule granting send or
+        stream), or one not pinned, is refused, as is a skill named under another spelling of that key; a
+        message naming none is the agent's to route (A2A messages need not name one)."""
         named = []
         for holder in (params, params.get("message") if isinstance(params, dict) else None):
             metadata = holder.get("metadata") if isinstance(holder, dict) else None
-            if isinstance(metadata, dict) and SKILL_METADATA_KEY in metadata:
-                named.append(metadata[SKILL_METADATA_KEY])
+            if not isinstance(metadata, dict):
+                continue
+            for key, value in metadata.items():
+                if key == SKILL_METADATA_KEY:
+                    named.append(value)
+                elif isinstance(key, str) and key.lower().replace("_", "").replace("-", "") == "skillid":
+                    named.append(None)  # skill_id, SkillId, ...: an agent may read it; only skillId is checked
         for skill in named:
             granted = [p for agent in self.agents for g in self.view.grants_for(agent, self.jwt)
                        if isinstance(g.allows, A2aAllowsIR) for p in g.allows.skills]  # fmt: skip
@@ -209,7 +217,8 @@ class ExchangeRequest:
         path = headers.get(":path", "").split("?", 1)[0]
         if headers.get(":method") != "GET" or path != self.part.card_route:
             return _refused(None, errors.NOT_A2A, "Invalid Request: an A2A request is a POST with a JSON-RPC body")
-        return Exchange(None, lambda _: self._whole(lambda card: card if self._card(card) else None, None))
+        return Exchange(None, lambda _: self._whole(lambda card: card if self._card(card) else None, None),
+                        "application/json")  # fmt: skip
 
     # -- the answer ----------------------------------------------------------------
 
@@ -271,8 +280,8 @@ class ExchangeRequest:
 
 
 def _screened(skill: Mapping[str, Any]) -> bool:
-    """Whether a skill's name or description screens as an injection attempt (the tool guard's screening)."""
-    return any(isinstance(skill.get(k), str) and screen_description(skill[k]) for k in ("name", "description"))
+    """Whether any text of a skill screens as an injection attempt (the tool guard's screening)."""
+    return any(screen_description(text) for text in strings_in(skill))
 
 
 def _envoy_id(value: Any) -> Any:
