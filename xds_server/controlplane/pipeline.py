@@ -43,6 +43,7 @@ from xds_server.ir.types import IR
 from xds_server.policy.diagnostics import PolicyError
 from xds_server.sources import PolicySource
 from xds_server.sources.directory import DirectorySource
+from xds_server.sources.registry import RegisteredSource
 from xds_server.translate import GatewayResources, translate
 from xds_server.translate.memo import TranslateMemo
 from xds_server.xds import snapshot as xds
@@ -182,7 +183,22 @@ class Pipeline:
         return self.source.path
 
     def reload(self) -> ReloadResult:
-        """Build and publish the source's current policies; never raises (see the module docstring)."""
+        """Build and publish the source's current policies; never raises (see the module docstring).
+        With runtime registrations that keep the configuration from building, Git's policies are
+        built alone and the registrations reported as left out (Git always wins)."""
+        result = self._reload()
+        source = self.source
+        if result.ok or not isinstance(source, RegisteredSource) or not source.served:
+            return result
+        why = "; ".join([*result.errors, *([result.internal.splitlines()[-1]] if result.internal else [])])
+        source.without_registrations[:] = [f"the configuration did not build with them ({why})"]
+        try:
+            alone = self._reload()
+        finally:
+            source.without_registrations.clear()
+        return alone if alone.ok else result
+
+    def _reload(self) -> ReloadResult:
         started = time.perf_counter()
         try:
             try:

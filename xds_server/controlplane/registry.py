@@ -269,13 +269,14 @@ async def register(
             return Registered("held", registration, approval_id)
     store.put(registration)
     result = reload()
-    if not result.ok:  # it was checked to build: something else broke meanwhile; serve what was served
+    if not result.ok or name not in source.served:  # checked to build, yet not served: put back what was
         if served is not None:
             store.put(served)
         else:
             store.remove(name)
         reload()
-        raise _refuse(500, "the configuration did not build with the registration; it is not served", result.errors)
+        raise _refuse(500, "the configuration did not build with the registration; it is not served",
+                      [*result.errors, *source.conflicts])  # fmt: skip
     return Registered("created" if served is None else "updated", registration, versions=result.versions)
 
 

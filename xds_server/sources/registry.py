@@ -184,11 +184,21 @@ class RegisteredSource(DirectorySource):
 
     registry: RegistryStore = field(default_factory=RegistryStore, compare=False, hash=False, repr=False)
     conflicts: list[str] = field(default_factory=list, compare=False, hash=False, repr=False)
+    #: Registrations served by the latest load (names).
+    served: list[str] = field(default_factory=list, compare=False, hash=False, repr=False)
+    #: Set (non-empty, with the reason) to load Git's policies alone: the pipeline does, once, when the
+    #: configuration does not build with the registrations (a registration never keeps Git's from serving).
+    without_registrations: list[str] = field(default_factory=list, compare=False, hash=False, repr=False)
 
     def load(self) -> PolicySet:
         git = load_directory(self.path, self.cache)  # Git's own errors refuse the change, as without a registry
+        if self.without_registrations:
+            self.served[:] = []
+            self.conflicts[:] = [f"every registration is left out: {self.without_registrations[0]}"]
+            return git
         served, left_out = with_registrations(self.path, git, self.registry.all(), self.cache)
         self.conflicts[:] = left_out
+        self.served[:] = sorted(names_in(served) - names_in(git))
         return served
 
 
