@@ -326,3 +326,46 @@ async def test_registrations_stay_in_their_networks_and_off_the_gateways_own_pat
                                                              "route": "/.well-known/agentxds/discovery"})  # fmt: skip
     assert reserved.status_code == 422 and "discovery" in reserved.text
     assert (await call("GET", registry.api + "/outside")).status_code == 404
+
+
+async def test_drift_waits_in_the_shared_approvals_with_a_state_store(tmp_path: Path) -> None:
+    """With `--state-store`, operators see and approve a drift in the shared approvals (any replica's API)."""
+    from tests.e2e.stores import ValkeyServer
+
+    store = ValkeyServer.start(tmp_path / "valkey")
+    peer_port = free_port()
+    peer = ManagedProcess([sys.executable, "-m", "xds_server.demo.a2a_agent", "--port", str(peer_port), "--name",
+                           "shared"], log_path=tmp_path / "shared.log", env=python_env(), name="shared")  # fmt: skip
+    peer.start(ready_line=r"^READY ", timeout=20)
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "gateway.yaml").write_text(gateway_yaml(free_port(), free_port(), authz_http_port=free_port()))
+    (policies / "agents.yaml").write_text(AGENTS_YAML)
+    control = ControlPlane(policies, port=0, policy_port=free_port(), approvals_port=0, authz_http_port=free_port(),
+                           registry=RegistryStore(tmp_path / "registry.sqlite3"), state_store=store.url)  # fmt: skip
+    try:
+        await control.start()
+        await control.serve_registry_api("127.0.0.1", 0, TOKEN, NETWORKS)
+        api = f"http://127.0.0.1:{control.registry_port}/registry/shared"
+        async with httpx.AsyncClient(timeout=10) as http:
+            card = (await http.get(f"http://127.0.0.1:{peer_port}/.well-known/agent-card.json")).json()
+        body = {"kind": "A2AAgent", "card": card, "rules": [{"agents": ["triage"]}]}
+        assert (await call("PUT", api, body)).status_code == 201
+        body["card"]["skills"] = body["card"]["skills"][:1]
+        held = await call("PUT", api, body)
+        assert held.status_code == 202, held.text
+        service = control.policy_service
+        assert service is not None
+        base = f"http://127.0.0.1:{service.approvals_port}/approvals"
+        async with httpx.AsyncClient(timeout=10) as http:
+            listed = (await http.get(base)).json()["approvals"]
+            assert [a["id"] for a in listed] == [held.json()["approvalId"]]  # the shared store, as operators see it
+            assert (
+                await http.post(f"{base}/{held.json()['approvalId']}/approve", json={"by": "ops"})
+            ).status_code == 200
+        served = await call("PUT", api, body)
+        assert served.status_code == 200 and served.json()["status"] == "updated", served.text
+    finally:
+        await control.stop()
+        peer.stop()
+        store.stop()

@@ -36,9 +36,9 @@ import json
 import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from xds_server.authz.approvals import ApprovalCall, ApprovalState, ApprovalStore
+from xds_server.authz.approvals import Approval, ApprovalCall, ApprovalState, ApprovalStore
 from xds_server.authz.mcp.screening import screen_description
 from xds_server.authz.mcp.tool_guard import fingerprint
 from xds_server.controlplane.pipeline import ReloadResult, translate_checked
@@ -61,6 +61,28 @@ DRIFT_RULE = "registry/drift"
 _OPTIONAL = ("route", "gateway", "timeouts")
 
 FetchTools = Callable[[str], Awaitable[list[dict[str, Any]]]]
+
+
+class DriftApprovals(Protocol):
+    """Where drift waits for an operator: the approvals the operators' API shows (the policy service's
+    own store, or the shared one with `--state-store`)."""
+
+    async def request(self, call: ApprovalCall, ttl_s: float) -> Approval: ...
+
+    async def use(self, call: ApprovalCall) -> Approval | None: ...
+
+
+class LocalDriftApprovals:
+    """The policy service's SQLite approvals, awaitable."""
+
+    def __init__(self, store: ApprovalStore) -> None:
+        self._store = store
+
+    async def request(self, call: ApprovalCall, ttl_s: float) -> Approval:
+        return self._store.request(call, ttl_s)
+
+    async def use(self, call: ApprovalCall) -> Approval | None:
+        return self._store.use(call)
 
 
 class RegistrationRefused(Exception):
@@ -236,7 +258,7 @@ async def register(
     body: Any,
     *,
     source: RegisteredSource,
-    approvals: ApprovalStore | None,
+    approvals: DriftApprovals | None,
     reload: Callable[[], ReloadResult],
     fetch_tools: FetchTools,
     networks: Networks = DEFAULT_NETWORKS,
@@ -263,7 +285,7 @@ async def register(
     before = served.described if served is not None else store.last_described(name)
     changes = drift(before, registration.described) if before is not None else {}
     if changes:
-        approval_id = _drift_approved(name, registration, changes, approvals)
+        approval_id = await _drift_approved(name, registration, changes, approvals)
         if approval_id is not None:
             store.hold(registration, approval_id)
             return Registered("held", registration, approval_id)
@@ -299,8 +321,8 @@ def _check_builds(source: RegisteredSource, git: PolicySet, others: list[Registr
         raise _refuse(422, f"the configuration does not translate with the registration: {exc}") from None
 
 
-def _drift_approved(name: str, registration: Registration, changes: Mapping[str, Any],
-                    approvals: ApprovalStore | None) -> str | None:  # fmt: skip
+async def _drift_approved(name: str, registration: Registration, changes: Mapping[str, Any],
+                          approvals: DriftApprovals | None) -> str | None:  # fmt: skip
     """None when the drift was approved (the approval is spent); else the id of the approval it waits for."""
     if approvals is None:
         raise _refuse(409, "the registration changes skills or tool descriptions (drift), which needs an operator's "
@@ -308,9 +330,9 @@ def _drift_approved(name: str, registration: Registration, changes: Mapping[str,
     digest = hashlib.sha256(json.dumps(registration.to_json(), sort_keys=True).encode()).hexdigest()
     call = ApprovalCall(backend=name, rule=DRIFT_RULE, agent="registry", user=None, tool="re-register",
                         arguments={**changes, "registration": digest})  # fmt: skip
-    if approvals.use(call) is not None:
+    if await approvals.use(call) is not None:
         return None
-    approval = approvals.request(call, DRIFT_APPROVAL_TTL_S)
+    approval = await approvals.request(call, DRIFT_APPROVAL_TTL_S)
     if approval.state is ApprovalState.DENIED:
         raise _refuse(403, f"an operator denied this re-registration of {name!r} (approval {approval.id})")
     return approval.id

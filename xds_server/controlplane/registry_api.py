@@ -30,7 +30,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from xds_server.authz.approvals import ApprovalStore
+from xds_server.authz.effects import StateUnavailable
 from xds_server.controlplane import registry
 from xds_server.controlplane.pipeline import ReloadResult
 from xds_server.sources.registry import RegisteredSource
@@ -39,7 +39,7 @@ _STATUS = {"created": 201, "updated": 200, "unchanged": 200, "held": 202}
 
 
 def build_app(source: RegisteredSource, token: str, reload: Callable[[], ReloadResult],
-              approvals: Callable[[], ApprovalStore | None], fetch_tools: registry.FetchTools,
+              approvals: Callable[[], registry.DriftApprovals | None], fetch_tools: registry.FetchTools,
               applied: Callable[[ReloadResult, float], Awaitable[bool]],
               networks: registry.Networks = registry.DEFAULT_NETWORKS) -> Starlette:  # fmt: skip
     """The API over `source`'s registry; `reload` publishes (the control plane's reload), `approvals`
@@ -96,6 +96,8 @@ def build_app(source: RegisteredSource, token: str, reload: Callable[[], ReloadR
                                            fetch_tools=fetch_tools, networks=networks)  # fmt: skip
         except registry.RegistrationRefused as exc:
             return JSONResponse({"error": exc.message, "details": exc.details}, status_code=exc.status)
+        except StateUnavailable as exc:  # the shared approvals a drift waits in cannot be reached
+            return JSONResponse({"error": f"the approvals store cannot be reached: {exc}"}, status_code=503)
         answer: dict[str, Any] = {"name": name, "status": done.status, "versions": dict(done.versions),
                                   "applied": await reloads.settled()}  # fmt: skip
         if done.approval_id is not None:

@@ -22,8 +22,8 @@ from typing import Any
 
 import uvicorn
 
-from xds_server.authz.approvals import ApprovalStore
 from xds_server.authz.service import PolicyService
+from xds_server.authz.shared_state import SharedState
 from xds_server.controlplane import endpoints_api, registry, registry_api
 from xds_server.controlplane.heap import HeapSettler
 from xds_server.controlplane.pipeline import Pipeline, ReloadResult
@@ -189,8 +189,14 @@ class ControlPlane:
         if not token:
             raise ValueError("the registry API needs a token")
 
-        def approvals() -> ApprovalStore | None:
-            return self.policy_service.approvals if self.policy_service is not None else None
+        def approvals() -> registry.DriftApprovals | None:
+            # The store the operators' approvals API shows: the shared one with a state store.
+            service = self.policy_service
+            if service is None:
+                return None
+            if isinstance(service.state, SharedState):
+                return service.state.approvals
+            return registry.LocalDriftApprovals(service.approvals)
 
         async def fetch(url: str) -> list[dict[str, Any]]:
             from xds_server.authz.mcp.pin import fetch_tools
