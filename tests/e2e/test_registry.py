@@ -37,7 +37,7 @@ from a2a.client import ClientConfig, create_client
 from a2a.helpers import get_artifact_text, new_text_message
 from a2a.types.a2a_pb2 import Role, SendMessageRequest, TaskState
 
-from tests.e2e.gateway import AGENTS_YAML, IDENTITY_HEADER, gateway_yaml, launch, wait_listening
+from tests.e2e.gateway import AGENTS_YAML, IDENTITY_HEADER, eventually, gateway_yaml, launch, wait_listening
 from tests.e2e.harness import ManagedProcess, McpBackend, mcp_client, python_env, start_mcp_backend
 from xds_server.controlplane.service import ControlPlane
 from xds_server.core import errors
@@ -367,5 +367,55 @@ async def test_drift_waits_in_the_shared_approvals_with_a_state_store(tmp_path: 
         assert served.status_code == 200 and served.json()["status"] == "updated", served.text
     finally:
         await control.stop()
+        peer.stop()
+        store.stop()
+
+
+async def test_with_a_state_store_every_control_plane_serves_the_registrations(tmp_path: Path) -> None:
+    """A registration made through one control plane's API is routable through an Envoy of another."""
+    from tests.e2e.stores import ValkeyServer
+    from xds_server.sources.shared_registry import SharedRegistryStore
+
+    store = ValkeyServer.start(tmp_path / "valkey")
+    peer_port = free_port()
+    peer = ManagedProcess([sys.executable, "-m", "xds_server.demo.a2a_agent", "--port", str(peer_port), "--name",
+                           "fleet"], log_path=tmp_path / "fleet.log", env=python_env(), name="fleet")  # fmt: skip
+    peer.start(ready_line=r"^READY ", timeout=20)
+    listen_port, policy_port, authz_port = free_port(), free_port(), free_port()
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "gateway.yaml").write_text(gateway_yaml(listen_port, policy_port, authz_http_port=authz_port,
+                                                        max_body=65536))  # fmt: skip
+    (policies / "agents.yaml").write_text(AGENTS_YAML)
+    first = ControlPlane(policies, port=0, registry=SharedRegistryStore(store.url))  # the one with the API
+    second, envoy = await launch(policies, tmp_path, listen_port, policy_port, authz_port,
+                                 registry=SharedRegistryStore(store.url))  # fmt: skip
+    try:
+        await first.start()
+        await first.serve_registry_api("127.0.0.1", 0, TOKEN, NETWORKS)
+        async with httpx.AsyncClient(timeout=10) as http:
+            card = (await http.get(f"http://127.0.0.1:{peer_port}/.well-known/agent-card.json")).json()
+        api = f"http://127.0.0.1:{first.registry_port}/registry/fleet"
+        assert (await call("PUT", api, {"kind": "A2AAgent", "card": card, "rules": [{"agents": ["triage"]}]})
+                ).status_code == 201  # fmt: skip
+
+        async def served() -> bool:
+            async with httpx.AsyncClient(timeout=10) as http:
+                answer = await http.get(f"http://127.0.0.1:{listen_port}/a2a/fleet/.well-known/agent-card.json",
+                                        headers={IDENTITY_HEADER: "triage"})  # fmt: skip
+            return answer.status_code == 200 and answer.json().get("name") == "fleet"
+
+        took = await eventually(served, 10, "the registration served through the other control plane's Envoy")
+        print(f"registered through one control plane -> served by another's Envoy: {took * 1000:.0f} ms")
+        assert (await call("DELETE", api)).status_code == 200
+
+        async def gone() -> bool:
+            return not await served()
+
+        await eventually(gone, 10, "the removal followed by the other control plane")
+    finally:
+        envoy.stop()
+        await second.stop()
+        await first.stop()
         peer.stop()
         store.stop()

@@ -79,3 +79,25 @@ def test_a_registration_that_does_not_build_leaves_git_served(source: Registered
     assert result.ok and _routes(pipeline) == ["github"], result
     assert any("every registration is left out" in w and "translator bug" in w for w in result.warnings)
     assert source.without_registrations == []  # only for that build
+
+
+def test_a_gateway_with_no_route_yet_translates_and_answers_nothing(tmp_path: Path) -> None:
+    """All its agents may come from the registry: a gateway with no route is served (every path no_backend)."""
+    from xds_server.controlplane.pipeline import compile_policies
+
+    (tmp_path / "all.yaml").write_text(GIT.split("---\napiVersion: agentxds.dev/v1\nkind: MCPBackend")[0])
+    ir, resources = compile_policies(tmp_path)
+    assert [r.name for g in ir.gateways for r in g.routes] == []
+    (scope,) = resources["gw"].scopes
+    assert scope.key.fragments[0].string_key == "/.well-known/agentxds/no-routes"
+
+
+def test_registrations_neither_empty_nor_fill_what_git_covers(source: RegisteredSource) -> None:
+    """Removing the last registration is meant, not an accident of an edit: it is never refused as emptying."""
+    (source.path / "all.yaml").write_text(GIT.split("---\napiVersion: agentxds.dev/v1\nkind: MCPBackend")[0])
+    source.registry.put(_registration("weather", "/a2a/weather"))
+    pipeline = Pipeline(source, SnapshotCache(), StatusRecorder())
+    assert pipeline.reload().ok and _routes(pipeline) == ["weather"]
+    source.registry.remove("weather")
+    result = pipeline.reload()
+    assert result.ok and _routes(pipeline) == [], result

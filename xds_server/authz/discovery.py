@@ -17,10 +17,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from xds_server.authz.state import PolicyIndex
+from xds_server.core.wire import REGISTERED_ANNOTATION
 from xds_server.ir.principals import JwtPayloads
 
-#: The annotation the runtime registry puts on what it registered (sources/registry.py).
-REGISTERED = "agentxds.dev/registered"
 _CARD = "/.well-known/agent-card.json"
 
 
@@ -40,7 +39,7 @@ def listing(index: PolicyIndex, gateway: str, headers: Mapping[str, str], jwt: J
             continue
         route = view.route
         entry: dict[str, Any] = {"name": route.name, "kind": route.kind, "url": base + route.path,
-                                 "registered": route.annotation(REGISTERED) == "true"}  # fmt: skip
+                                 "registered": route.annotation(REGISTERED_ANNOTATION) == "true"}  # fmt: skip
         if route.kind == "a2a":
             entry["card"] = base + route.path.rstrip("/") + _CARD
         entries.append(entry)

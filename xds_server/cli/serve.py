@@ -19,7 +19,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from xds_server.controlplane.runtime_endpoints import ApiEndpoints, RuntimeEndpoints
     from xds_server.controlplane.service import ControlPlane
     from xds_server.runtime.state_dir import StateDir
-    from xds_server.sources.registry import RegistryStore
+    from xds_server.sources.registry import Registry, RegistryStore
+    from xds_server.sources.shared_registry import SharedRegistryStore
 
     state = StateDir.at(args.state_dir).ensure()
     serve_ads = args.role in ("all", "xds")
@@ -35,8 +36,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise SystemExit(f"agentxds serve: --state-store (or $AGENTXDS_STATE_STORE) {exc}") from None
     runtime = RuntimeEndpoints(args.endpoints_file, ApiEndpoints(state.runtime_endpoints))
-    # Registrations are served while the registry API is: without it they stay in the database, unserved.
-    registry = RegistryStore(state.registry_db) if args.registry_port >= 0 else None
+    # With a state store, registrations are the fleet's: every control plane on it serves them (the API
+    # may run on any). Else they are this one's, in its state directory, served while its API is.
+    registry: Registry | None = None
+    if args.state_store:
+        registry = SharedRegistryStore(args.state_store)
+    elif args.registry_port >= 0:
+        registry = RegistryStore(state.registry_db)
 
     async def serve() -> int:
         control = ControlPlane(args.dir, host=args.host, port=args.port, serve_ads=serve_ads,

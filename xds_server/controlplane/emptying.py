@@ -29,9 +29,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from xds_server.core.wire import REGISTERED_ANNOTATION
 from xds_server.ir.types import IR
 from xds_server.policy.diagnostics import Diagnostic
 from xds_server.policy.load import PolicySet
+from xds_server.sources.registry import FILE_PREFIX as REGISTRY_FILE_PREFIX
 
 OPT_IN_FLAG = "--allow-emptying"
 log = logging.getLogger(__name__)
@@ -47,9 +49,13 @@ class Coverage:
 
     @classmethod
     def of(cls, policy_set: PolicySet, ir: IR) -> Coverage:
-        grants = {gw.name: sum(len(r.grants) + len(r.conditional_rules) for r in gw.routes) for gw in ir.gateways}
+        """The coverage of the policies in Git: what the runtime registry adds or takes away is meant,
+        never an accident of an edit."""
+        grants = {gw.name: sum(len(r.grants) + len(r.conditional_rules) for r in gw.routes
+                               if r.annotation(REGISTERED_ANNOTATION) != "true") for gw in ir.gateways}  # fmt: skip
         declared = {g.name: (g.source.file, g.source.line) for g in policy_set.gateways}
-        return cls(dict(policy_set.documents), grants, declared)
+        documents = {f: n for f, n in policy_set.documents.items() if not f.startswith(REGISTRY_FILE_PREFIX)}
+        return cls(documents, grants, declared)
 
 
 def save(coverage: Coverage, path: Path) -> None:

@@ -50,7 +50,7 @@ from xds_server.sources.registry import (
     KINDS,
     RegisteredSource,
     Registration,
-    RegistryStore,
+    Registry,
     names_in,
     with_registrations,
 )
@@ -345,7 +345,7 @@ def remove(name: str, *, source: RegisteredSource, reload: Callable[[], ReloadRe
     return reload()
 
 
-def listing(store: RegistryStore, conflicts: Sequence[str]) -> dict[str, Any]:
+def listing(store: Registry, conflicts: Sequence[str]) -> dict[str, Any]:
     """What the registry holds: served registrations, those held for approval, and what is left out."""
     return {
         "registrations": [{"name": r.name, "kind": r.kind, "spec": dict(r.spec), "rules": [dict(x) for x in r.rules],

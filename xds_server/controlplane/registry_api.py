@@ -117,6 +117,10 @@ def build_app(source: RegisteredSource, token: str, reload: Callable[[], ReloadR
         result = registry.remove(name, source=source, reload=reloads)
         if result is None:
             return JSONResponse({"error": f"no registration named {name!r}"}, status_code=404)
+        if not result.ok:  # forgotten, but what is served could not be rebuilt without it
+            return JSONResponse({"name": name, "status": "removed", "error": "the configuration did not build "
+                                 "without it; the last good one keeps serving", "details": list(result.errors)},
+                                status_code=500)  # fmt: skip
         return JSONResponse({"name": name, "status": "removed", "versions": dict(result.versions),
                              "applied": await reloads.settled()})  # fmt: skip
 

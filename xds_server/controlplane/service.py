@@ -31,7 +31,7 @@ from xds_server.controlplane.runtime_endpoints import RuntimeEndpoints
 from xds_server.controlplane.watch import watch_policies
 from xds_server.sources import PolicySource
 from xds_server.sources.directory import DirectorySource
-from xds_server.sources.registry import RegisteredSource, RegistryStore
+from xds_server.sources.registry import RegisteredSource, Registry
 from xds_server.xds.cache import SnapshotCache
 from xds_server.xds.server import ControlPlaneServer
 from xds_server.xds.status import StatusRecorder
@@ -87,7 +87,7 @@ class ControlPlane:
         sealing_key_file: Path | None = None,
         state_store: str | None = None,
         runtime: RuntimeEndpoints | None = None,
-        registry: RegistryStore | None = None,
+        registry: Registry | None = None,
     ) -> None:
         if registry is not None:
             # The runtime registry beside the policy directory (Git wins, sources/registry.py).
@@ -106,6 +106,7 @@ class ControlPlane:
         self.on_reload = on_reload
         self._stop = asyncio.Event()
         self._watcher: asyncio.Task[None] | None = None
+        self._registry_follower: asyncio.Task[None] | None = None
         self.last_reload: ReloadResult | None = None
         self.reloads = 0
         self.approvals_db = approvals_db
@@ -159,6 +160,9 @@ class ControlPlane:
             await self.policy_service.start()
         if self._serve_ads:
             await self.server.start()
+        if isinstance(self.pipeline.source, RegisteredSource):
+            self._registry_follower = asyncio.create_task(self._follow_registry(self.pipeline.source),
+                                                          name="agentxds-registry-follow")  # fmt: skip
         if self._watch and isinstance(self.pipeline.source, DirectorySource):
             self._watcher = asyncio.create_task(self._watch_loop(), name="agentxds-policy-watch")
         elif self._watch:
@@ -235,11 +239,37 @@ class ControlPlane:
         log.info("%s on http://%s:%d", what, host, bound)
         return bound
 
+    async def _follow_registry(self, source: RegisteredSource, interval_s: float = 0.5) -> None:
+        """Rebuild when the registry changed under another process (another control plane on the shared
+        store, or on the same SQLite file): every one of them serves the same registrations."""
+        seen: int | None = None
+        down = False
+        while not self._stop.is_set():
+            version: int | None
+            try:
+                version = await asyncio.to_thread(source.registry.version)
+                if down:
+                    log.warning("runtime registry readable again")
+                down = False
+            except Exception as exc:  # the store down: keep serving what was built (said once)
+                if not down:
+                    log.warning("runtime registry unreadable (%s); serving what was built last", exc)
+                down, version = True, seen
+            if seen is not None and version != seen:
+                self._record(self.pipeline.reload())
+            seen = version
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), interval_s)
+
     async def _watch_loop(self) -> None:
         await watch_policies(self.pipeline, debounce_ms=self._debounce_ms, stop=self._stop, on_reload=self._record)
 
     async def stop(self) -> None:
         self._stop.set()
+        if self._registry_follower is not None:
+            self._registry_follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._registry_follower
         if self._watcher is not None:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -28,6 +28,8 @@ PURPOSE_UNSEAL = "unseal"
 #: The policy service reads the whole request (refusing it, or rewriting the ids it names) and rewrites
 #: its answer as it streams (A2A: every request; the handler's `exchange`).
 PURPOSE_EXCHANGE = "exchange"
+#: The annotation the runtime registry puts on the documents it makes (sources/registry.py).
+REGISTERED_ANNOTATION = "agentxds.dev/registered"
 #: Where a caller asks a gateway which MCP servers and A2A agents it may use (GET, through Envoy).
 DISCOVERY_PATH = "/.well-known/agentxds/discovery"
 #: Envoy sends discovery requests to the policy service's HTTP port as `GET <DISCOVER_PREFIX><gateway>`.

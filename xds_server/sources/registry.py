@@ -30,10 +30,11 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 
+from xds_server.core.wire import REGISTERED_ANNOTATION
 from xds_server.policy.diagnostics import PolicyError
 from xds_server.policy.load import PolicySet, load_directory
 
@@ -78,7 +79,7 @@ class Registration:
         policy_kind = KINDS[self.kind]
         docs = [
             {"apiVersion": "agentxds.dev/v1", "kind": self.kind,
-             "metadata": {"name": self.name, "annotations": {"agentxds.dev/registered": "true"}},
+             "metadata": {"name": self.name, "annotations": {REGISTERED_ANNOTATION: "true"}},
              "spec": dict(self.spec)},
             {"apiVersion": "agentxds.dev/v1", "kind": policy_kind, "metadata": {"name": self.name},
              "spec": {_POLICY_FIELD[policy_kind]: self.name, "rules": [dict(r) for r in self.rules]}},
@@ -97,6 +98,21 @@ class Held:
     registration: Registration
     approval_id: str
     since: float
+
+
+class Registry(Protocol):
+    """Where registrations are kept: SQLite (`RegistryStore`, one control plane) or the fleet's
+    Valkey/Redis (`shared_registry.SharedRegistryStore`, every control plane given it)."""
+
+    def all(self) -> list[Registration]: ...
+    def get(self, name: str) -> Registration | None: ...
+    def put(self, registration: Registration) -> None: ...
+    def remove(self, name: str) -> bool: ...
+    def last_described(self, name: str) -> dict[str, str] | None: ...
+    def hold(self, registration: Registration, approval_id: str) -> None: ...
+    def held(self) -> list[Held]: ...
+    def version(self) -> int: ...
+    def close(self) -> None: ...
 
 
 class RegistryStore:
@@ -167,6 +183,11 @@ class RegistryStore:
             rows = self._db.execute("SELECT body, approval_id, since FROM held ORDER BY name").fetchall()
         return [Held(Registration.from_json(json.loads(b)), a, s) for b, a, s in rows]
 
+    def version(self) -> int:
+        """Moves when another connection (another process on this database) wrote (SQLite's data_version)."""
+        with self._lock:
+            return int(self._db.execute("PRAGMA data_version").fetchone()[0])
+
     def close(self) -> None:
         with self._lock:
             self._db.close()
@@ -182,10 +203,12 @@ class RegisteredSource(DirectorySource):
     """The policy directory plus the registry (see the module docstring). `conflicts` holds what the
     latest load left out, and why."""
 
-    registry: RegistryStore = field(default_factory=RegistryStore, compare=False, hash=False, repr=False)
+    registry: Registry = field(default_factory=RegistryStore, compare=False, hash=False, repr=False)
     conflicts: list[str] = field(default_factory=list, compare=False, hash=False, repr=False)
     #: Registrations served by the latest load (names).
     served: list[str] = field(default_factory=list, compare=False, hash=False, repr=False)
+    #: The registrations read last (served again while the registry cannot be read).
+    last_read: list[Registration] = field(default_factory=list, compare=False, hash=False, repr=False)
     #: Set (non-empty, with the reason) to load Git's policies alone: the pipeline does, once, when the
     #: configuration does not build with the registrations (a registration never keeps Git's from serving).
     without_registrations: list[str] = field(default_factory=list, compare=False, hash=False, repr=False)
@@ -196,8 +219,14 @@ class RegisteredSource(DirectorySource):
             self.served[:] = []
             self.conflicts[:] = [f"every registration is left out: {self.without_registrations[0]}"]
             return git
-        served, left_out = with_registrations(self.path, git, self.registry.all(), self.cache)
-        self.conflicts[:] = left_out
+        unreadable: list[str] = []
+        try:
+            self.last_read[:] = self.registry.all()
+        except Exception as exc:  # a shared store down: Git's edits still serve, with what was read last
+            unreadable = [f"the runtime registry cannot be read ({type(exc).__name__}): its registrations as "
+                          "read last are served"]  # fmt: skip
+        served, left_out = with_registrations(self.path, git, list(self.last_read), self.cache)
+        self.conflicts[:] = [*unreadable, *left_out]
         self.served[:] = sorted(names_in(served) - names_in(git))
         return served
 

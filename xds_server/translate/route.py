@@ -217,7 +217,18 @@ def build_route_configs(gateway: GatewayIR) -> tuple[list[RouteConfiguration], l
     if found is not None:
         configs.append(found)
         scopes.append(scope(DISCOVERY_PATH, found.name))
+    if not scopes:
+        # A gateway with no route yet (all its agents registered at run time, say): one scope all the
+        # same, as the scoped routes always hold one (ADS never sends an empty set of them). Its route
+        # configuration routes nothing: every path is answered no_backend.
+        name = f"agentxds/no-routes/{gateway.name}"
+        configs.append(RouteConfiguration(name=name, virtual_hosts=[VirtualHost(name=gateway.name, domains=["*"])]))
+        scopes.append(scope(NO_ROUTES_PATH, name))
     return configs, scopes
+
+
+#: The path of the one scope of a gateway with no routes (nothing is served there either).
+NO_ROUTES_PATH = "/.well-known/agentxds/no-routes"
 
 
 def scope(path: str, route_config: str) -> ScopedRouteConfiguration:
