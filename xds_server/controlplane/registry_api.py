@@ -127,7 +127,12 @@ def build_app(source: RegisteredSource, token: str, reload: Callable[[], ReloadR
     async def healthz(_: Request) -> PlainTextResponse:
         return PlainTextResponse("ok")
 
-    return Starlette(routes=[
+    async def failed(_: Request, exc: Exception) -> JSONResponse:
+        # The shared store down, or a bug: a JSON answer, never a traceback.
+        return JSONResponse({"error": f"the registry request failed ({type(exc).__name__}: the store unreachable, or a bug); "
+                             "the control plane's log says more"}, status_code=503)  # fmt: skip
+
+    return Starlette(exception_handlers={Exception: failed}, routes=[
         Route("/registry", list_all, methods=["GET"]),
         Route("/registry/{name}", one, methods=["GET"]),
         Route("/registry/{name}", put, methods=["PUT"]),
