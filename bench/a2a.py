@@ -6,8 +6,8 @@
 Everything on 127.0.0.1 and free ports, started here and stopped by PID: one
 demo A2A agent speaking 1.0 (`python -m xds_server.demo.a2a_agent --name
 planner`, a2a-sdk on uvicorn, one Python process), `agentxds serve`
-(control plane + policy service, one process, default log level, its own
-state directory) on a Gateway that identifies callers by the trusted header
+(control plane + policy service, one process, default log level, started
+as bench/run.py starts it) on a Gateway that identifies callers by the trusted header
 `x-agent-id`, and one Envoy it configures (concurrency 1, log level error).
 The A2APolicy grants `triage` send and getTask on `planner`, unconditionally:
 Envoy's A2A filter and RBAC decide, no ext_authz; every request still goes
@@ -46,13 +46,20 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from run import HOST, STARTUP_TIMEOUT_S, WRK_GRACE_S, cpu_seconds, machine_info  # bench/run.py
+from run import (  # bench/run.py
+    HOST,
+    STARTUP_TIMEOUT_S,
+    WRK_GRACE_S,
+    cpu_seconds,
+    machine_info,
+    ready_url,
+    start_control_plane,
+)
 
 from xds_server.authz.a2a.exchange import ExchangeRequest
 from xds_server.authz.protocols import Exchange
@@ -87,26 +94,7 @@ def start_agent(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
         [sys.executable, "-m", "xds_server.demo.a2a_agent", "--host", HOST, "--port", "0", "--name", AGENT],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, start_new_session=True,
     )  # fmt: skip
-    found: list[str] = []
-
-    def read_ready() -> None:
-        assert proc.stdout is not None
-        for raw in proc.stdout:
-            line = raw.decode(errors="replace").strip()
-            if line.startswith("READY "):
-                found.append(line.split(" ", 1)[1])
-                break
-        for _ in proc.stdout:  # keep draining so the agent never blocks on a full pipe
-            pass
-
-    threading.Thread(target=read_ready, daemon=True).start()
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while not found:
-        if proc.poll() is not None or time.monotonic() > deadline:
-            stop_process(proc)
-            raise RuntimeError(f"demo A2A agent did not print READY; see {workdir / 'agent.err'}")
-        time.sleep(0.02)
-    return proc, found[0]
+    return proc, ready_url(proc, workdir / "agent.err", "demo A2A agent")
 
 
 def write_policies(dest: Path, *, listen_port: int, policy_port: int, http_port: int, agent_port: int) -> None:
@@ -141,26 +129,6 @@ spec:
       operations: [send, getTask]
       skills: [echo]
 """)
-
-
-def start_serve(policy_dir: Path, workdir: Path, *, policy_port: int, http_port: int) -> tuple[subprocess.Popen[bytes], int]:  # fmt: skip
-    """`agentxds serve` (control plane + policy service) with a state directory of its own; return it
-    and its ADS port."""
-    xds_port = free_port(HOST)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "xds_server.cli", "serve", str(policy_dir), "--host", HOST, "--port", str(xds_port),
-         "--policy-port", str(policy_port), "--authz-http-port", str(http_port), "--approvals-port",
-         str(free_port(HOST)), "--state-dir", str(workdir / "state")],
-        stdin=subprocess.DEVNULL, stdout=(workdir / "serve.log").open("wb"), stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )  # fmt: skip
-    try:
-        wait_for_port(HOST, xds_port, timeout=STARTUP_TIMEOUT_S)
-        wait_for_port(HOST, policy_port, timeout=STARTUP_TIMEOUT_S)
-    except TimeoutError:
-        stop_process(proc)
-        raise RuntimeError(f"agentxds serve did not listen; see {workdir / 'serve.log'}") from None
-    return proc, xds_port
 
 
 def post(url: str, body: dict[str, Any], headers: dict[str, str]) -> tuple[int, bytes]:
@@ -365,7 +333,8 @@ def main(argv: list[str] | None = None) -> int:
         policy_dir = workdir / "policies"
         write_policies(policy_dir, listen_port=listen_port, policy_port=policy_port, http_port=http_port,
                        agent_port=agent_port)  # fmt: skip
-        serve, xds_port = start_serve(policy_dir, workdir, policy_port=policy_port, http_port=http_port)
+        serve, xds_port = start_control_plane(policy_dir, workdir, policy_port=policy_port,
+                                              authz_http_port=http_port, name="serve")  # fmt: skip
         bootstrap = render_bootstrap(node_id="a2a-bench", node_cluster=GATEWAY, xds_host=HOST, xds_port=xds_port,
                                      admin_port=0)  # fmt: skip
         envoy = EnvoyProcess(bootstrap, workdir=workdir / "envoy", log_level="error", concurrency=1).start()

@@ -149,6 +149,7 @@ def result_of(proc: subprocess.Popen[str], duration: int) -> dict[str, Any]:
         raise RuntimeError(f"wrk failed: {err or out}")
     data: dict[str, Any] = json.loads(line.removeprefix("BENCH_JSON "))
     data["rps"] = data["requests"] / (data["duration_us"] / 1e6)
+    data.update({f"{q}_us": data["latency_us"][q] for q in ("p50", "p90", "p99")})
     data["failed"] = data["requests"] - data["rpc_result"]
     data["first_error"] = err.strip().removeprefix("FIRST_ERROR ")
     # The SDK server now and then ends a session under concurrent calls ("Session terminated before

@@ -12,15 +12,9 @@
 local sessions = {}
 local agent = "triage"
 local next_session = 1
-local threads = {}
 
-status_2xx, status_4xx, status_5xx, status_other = 0, 0, 0, 0
-rpc_result, rpc_error, rpc_none = 0, 0, 0
+dofile((debug.getinfo(1, "S").source:match("^@(.*/)") or "./") .. "wrk_common.lua")
 first_error = ""  -- the first answer that was not a result, for the report
-
-function setup(thread)
-   table.insert(threads, thread)
-end
 
 function init(args)
    for id in string.gmatch(args[1] or "", "[^,]+") do table.insert(sessions, id) end
@@ -41,47 +35,13 @@ function request()
 end
 
 function response(status, headers, body)
-   if status >= 200 and status < 300 then
-      status_2xx = status_2xx + 1
-   elseif status >= 400 and status < 500 then
-      status_4xx = status_4xx + 1
-   elseif status >= 500 and status < 600 then
-      status_5xx = status_5xx + 1
-   else
-      status_other = status_other + 1
-   end
-   if body ~= nil and string.find(body, '"error"%s*:') then
-      rpc_error = rpc_error + 1
-      if first_error == "" then first_error = string.sub(body, 1, 400) end
-   elseif body ~= nil and string.find(body, '"result"%s*:') then
-      rpc_result = rpc_result + 1
-   else
-      rpc_none = rpc_none + 1
-   end
-end
-
-local function sum(name)
-   local total = 0
-   for _, thread in ipairs(threads) do
-      total = total + (thread:get(name) or 0)
-   end
-   return total
+   if count(status, body) and first_error == "" then first_error = string.sub(body, 1, 400) end
 end
 
 function done(summary, latency, requests)
-   local names = { "status_2xx", "status_4xx", "status_5xx", "status_other", "rpc_result", "rpc_error", "rpc_none" }
-   local parts = {}
-   for _, name in ipairs(names) do
-      table.insert(parts, string.format('"%s":%d', name, sum(name)))
-   end
-   for _, thread in ipairs(threads) do
+   for _, thread in ipairs(all_threads()) do
       local seen = thread:get("first_error")
       if seen ~= nil and seen ~= "" then io.stderr:write("FIRST_ERROR " .. seen .. "\n") break end
    end
-   local e = summary.errors
-   io.write(string.format(
-      'BENCH_JSON {"requests":%d,"duration_us":%d,"p50_us":%d,"p90_us":%d,"p99_us":%d,' ..
-      '"errors":{"connect":%d,"read":%d,"write":%d,"status":%d,"timeout":%d},%s}\n',
-      summary.requests, summary.duration, latency:percentile(50), latency:percentile(90),
-      latency:percentile(99), e.connect, e.read, e.write, e.status, e.timeout, table.concat(parts, ",")))
+   report(summary, latency)
 end

@@ -175,6 +175,12 @@ def start_demo_server(workdir: Path, name: str | None = None) -> tuple[subproces
         stderr=err,
         start_new_session=True,
     )
+    return proc, ready_url(proc, workdir / "demo-mcp.err", "demo MCP server")
+
+
+def ready_url(proc: subprocess.Popen[bytes], err: Path, what: str) -> str:
+    """The URL a started server prints on its READY line (stdout drained after it, so the server never
+    blocks on a full pipe); stops it and raises when it exits or STARTUP_TIMEOUT_S passes first."""
     found: list[str] = []
 
     def read_ready() -> None:
@@ -184,7 +190,6 @@ def start_demo_server(workdir: Path, name: str | None = None) -> tuple[subproces
             if line.startswith("READY "):
                 found.append(line.split(" ", 1)[1])
                 break
-        # Keep draining so the server never blocks on a full pipe.
         for _ in proc.stdout:
             pass
 
@@ -193,9 +198,9 @@ def start_demo_server(workdir: Path, name: str | None = None) -> tuple[subproces
     while not found:
         if proc.poll() is not None or time.monotonic() > deadline:
             stop_process(proc)
-            raise RuntimeError(f"demo MCP server did not print READY; see {workdir / 'demo-mcp.err'}")
+            raise RuntimeError(f"{what} did not print READY; see {err}")
         time.sleep(0.02)
-    return proc, found[0]
+    return found[0]
 
 
 def write_policies(dest: Path, *, listen_port: int, backend_port: int, policy_port: int, authz_http_port: int,

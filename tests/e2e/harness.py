@@ -239,6 +239,46 @@ class McpBackend:
 _READY_RE = r"^READY (http://\S+)$"
 
 
+@dataclass
+class A2aAgent:
+    """One demo A2A agent process (xds_server/demo/a2a_agent.py, or a2a-sdk 0.3's in tests/e2e/peers):
+    where it listens, and what reached it (its /_calls)."""
+
+    name: str
+    url: str
+    process: ManagedProcess
+
+    def calls(self) -> list[dict[str, Any]]:
+        return list(httpx.get(self.url + "_calls").json())
+
+    def clear(self) -> None:
+        httpx.delete(self.url + "_calls").raise_for_status()
+
+    def card(self) -> dict[str, Any]:
+        return dict(httpx.get(self.url + ".well-known/agent-card.json").json())
+
+    def stop(self) -> int | None:
+        return self.process.stop()
+
+
+def start_a2a_agent(workdir: Path, name: str, *, v03: bool = False) -> A2aAgent:
+    """The demo A2A agent (a2a-sdk 1.x; `v03`: advertising A2A 0.3) on a port it picks (its READY line names it)."""
+    argv = [
+        sys.executable,
+        "-m",
+        "xds_server.demo.a2a_agent",
+        "--port",
+        "0",
+        "--name",
+        name,
+        *(["--v03"] if v03 else []),
+    ]
+    process = ManagedProcess(argv, log_path=Path(workdir) / f"{name}.log", env=python_env(), cwd=REPO_ROOT, name=name)
+    line = process.start(ready_line=r"^READY ", timeout=20)
+    assert line is not None
+    return A2aAgent(name, line.split()[1], process)
+
+
 def start_mcp_backend(
     workdir: Path,
     *,

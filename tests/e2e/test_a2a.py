@@ -59,7 +59,7 @@ from tests.e2e.gateway import (
     launch,
     stop_gateway,
 )
-from tests.e2e.harness import ManagedProcess, McpBackend, python_env, start_mcp_backend
+from tests.e2e.harness import A2aAgent, ManagedProcess, McpBackend, start_a2a_agent, start_mcp_backend
 from xds_server.core import errors
 from xds_server.runtime.ports import free_port
 
@@ -142,21 +142,6 @@ spec:
 """
 
 
-@dataclass
-class Peer:
-    """One A2A agent process: where it listens, and what reached it."""
-
-    name: str
-    url: str
-    process: ManagedProcess
-
-    def calls(self) -> list[dict[str, Any]]:
-        return list(httpx.get(self.url + "_calls").json())
-
-    def clear(self) -> None:
-        httpx.delete(self.url + "_calls").raise_for_status()
-
-
 A2A03 = Path(__file__).resolve().parents[2] / ".venv-a2a03"
 
 
@@ -170,37 +155,28 @@ def a2a03_python() -> Path:
     return python
 
 
-def start_v03_peer(workdir: Path, name: str) -> Peer:
+def start_v03_peer(workdir: Path, name: str) -> A2aAgent:
     """The real a2a-sdk 0.3 agent, on a port it picks (its READY line names it)."""
     script = Path(__file__).resolve().parent / "peers" / "a2a_v03_agent.py"
     process = ManagedProcess([str(a2a03_python()), str(script), "--port", "0", "--name", name],
                              log_path=workdir / f"{name}.log", name=name)  # fmt: skip
     line = process.start(ready_line=r"^READY ", timeout=30)
     assert line is not None
-    return Peer(name, line.split()[1], process)
-
-
-def start_peer(workdir: Path, name: str, *, v03: bool) -> Peer:
-    port = free_port()
-    argv = [sys.executable, "-m", "xds_server.demo.a2a_agent", "--port", str(port), "--name", name]
-    process = ManagedProcess([*argv, "--v03"] if v03 else argv, log_path=workdir / f"{name}.log", env=python_env(),
-                             name=name)  # fmt: skip
-    process.start(ready_line=r"^READY ", timeout=20)
-    return Peer(name, f"http://127.0.0.1:{port}/", process)
+    return A2aAgent(name, line.split()[1], process)
 
 
 @dataclass
 class A2aGateway:
     gateway: RunningGateway
-    planner: Peer
-    legacy: Peer
+    planner: A2aAgent
+    legacy: A2aAgent
     mcp: McpBackend
-    oldtimer: Peer
+    oldtimer: A2aAgent
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.gateway.listen_port}{path}"
 
-    def peer(self, generation: str) -> tuple[Peer, str]:
+    def peer(self, generation: str) -> tuple[A2aAgent, str]:
         """The agent of a generation, and its route on the gateway ("0.3-sdk": a2a-sdk 0.3 itself)."""
         if generation == "0.3-sdk":
             return self.oldtimer, "/a2a/oldtimer"
@@ -210,7 +186,7 @@ class A2aGateway:
 @pytest_asyncio.fixture(loop_scope="session", scope="module")
 async def a2a(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[A2aGateway]:
     workdir = tmp_path_factory.mktemp("a2a")
-    planner, legacy = start_peer(workdir, "planner", v03=False), start_peer(workdir, "legacy", v03=True)
+    planner, legacy = start_a2a_agent(workdir, "planner"), start_a2a_agent(workdir, "legacy", v03=True)
     oldtimer = start_v03_peer(workdir, "oldtimer")
     mcp = start_mcp_backend(workdir / "mcp", name="github")
     listen_port, policy_port, authz_port = free_port(), free_port(), free_port()
@@ -446,7 +422,7 @@ async def test_subscriptions_and_push_configs_reach_only_the_owners_tasks(a2a: A
     } == {task.id}
 
 
-async def _asked(peer: Peer, method: str) -> bool:
+async def _asked(peer: A2aAgent, method: str) -> bool:
     return any(c["method"] == method for c in peer.calls())
 
 

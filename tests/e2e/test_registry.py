@@ -38,7 +38,7 @@ from a2a.helpers import get_artifact_text, new_text_message
 from a2a.types.a2a_pb2 import Role, SendMessageRequest, TaskState
 
 from tests.e2e.gateway import AGENTS_YAML, IDENTITY_HEADER, eventually, gateway_yaml, launch, wait_listening
-from tests.e2e.harness import ManagedProcess, McpBackend, mcp_client, python_env, start_mcp_backend
+from tests.e2e.harness import McpBackend, mcp_client, python_env, start_a2a_agent, start_mcp_backend
 from xds_server.controlplane.service import ControlPlane
 from xds_server.core import errors
 from xds_server.runtime.envoy import EnvoyProcess
@@ -109,13 +109,7 @@ async def start_control(registry: Registry) -> ControlPlane:
 @pytest_asyncio.fixture(loop_scope="session", scope="module")
 async def registry(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Registry]:
     workdir = tmp_path_factory.mktemp("registry")
-    peers = []
-    for name in ("weather", "planner"):
-        port = free_port()
-        process = ManagedProcess([sys.executable, "-m", "xds_server.demo.a2a_agent", "--port", str(port), "--name",
-                                  name], log_path=workdir / f"{name}.log", env=python_env(), name=name)  # fmt: skip
-        process.start(ready_line=r"^READY ", timeout=20)
-        peers.append((process, port))
+    peers = [start_a2a_agent(workdir, name) for name in ("weather", "planner")]
     notes = start_mcp_backend(workdir / "mcp", name="notes")
     listen_port, policy_port, authz_port = free_port(), free_port(), free_port()
     policies = workdir / "policies"
@@ -123,21 +117,21 @@ async def registry(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Re
     (policies / "gateway.yaml").write_text(gateway_yaml(listen_port, policy_port, authz_http_port=authz_port,
                                                         max_body=65536))  # fmt: skip
     (policies / "agents.yaml").write_text(AGENTS_YAML)
-    (policies / "planner.yaml").write_text(PLANNER.replace("PORT", str(peers[1][1])))
+    (policies / "planner.yaml").write_text(PLANNER.replace("PORT", peers[1].url.rsplit(":", 1)[1].strip("/")))
     db = workdir / "state" / "registry.db"
     try:
         control, envoy = await launch(policies, workdir, listen_port, policy_port, authz_port,
                                       registry=RegistryStore(db))  # fmt: skip
         await control.serve_registry_api("127.0.0.1", 0, TOKEN, NETWORKS)
         state = Registry(workdir, policies, db, control, envoy, listen_port, policy_port, authz_port,
-                         f"http://127.0.0.1:{peers[0][1]}/", notes)  # fmt: skip
+                         peers[0].url, notes)  # fmt: skip
         yield state
         state.envoy.stop()
         await state.control.stop()
         print(f"--- envoy log tail ---\n{state.envoy.log_text()[-3000:]}")
     finally:
-        for process, _ in peers:
-            process.stop()
+        for peer in peers:
+            peer.stop()
         notes.stop()
 
 
@@ -333,10 +327,7 @@ async def test_drift_waits_in_the_shared_approvals_with_a_state_store(tmp_path: 
     from tests.e2e.stores import ValkeyServer
 
     store = ValkeyServer.start(tmp_path / "valkey")
-    peer_port = free_port()
-    peer = ManagedProcess([sys.executable, "-m", "xds_server.demo.a2a_agent", "--port", str(peer_port), "--name",
-                           "shared"], log_path=tmp_path / "shared.log", env=python_env(), name="shared")  # fmt: skip
-    peer.start(ready_line=r"^READY ", timeout=20)
+    peer = start_a2a_agent(tmp_path, "shared")
     policies = tmp_path / "policies"
     policies.mkdir()
     (policies / "gateway.yaml").write_text(gateway_yaml(free_port(), free_port(), authz_http_port=free_port()))
@@ -347,8 +338,7 @@ async def test_drift_waits_in_the_shared_approvals_with_a_state_store(tmp_path: 
         await control.start()
         await control.serve_registry_api("127.0.0.1", 0, TOKEN, NETWORKS)
         api = f"http://127.0.0.1:{control.registry_port}/registry/shared"
-        async with httpx.AsyncClient(timeout=10) as http:
-            card = (await http.get(f"http://127.0.0.1:{peer_port}/.well-known/agent-card.json")).json()
+        card = peer.card()
         body = {"kind": "A2AAgent", "card": card, "rules": [{"agents": ["triage"]}]}
         assert (await call("PUT", api, body)).status_code == 201
         body["card"]["skills"] = body["card"]["skills"][:1]
@@ -377,10 +367,7 @@ async def test_with_a_state_store_every_control_plane_serves_the_registrations(t
     from xds_server.sources.shared_registry import SharedRegistryStore
 
     store = ValkeyServer.start(tmp_path / "valkey")
-    peer_port = free_port()
-    peer = ManagedProcess([sys.executable, "-m", "xds_server.demo.a2a_agent", "--port", str(peer_port), "--name",
-                           "fleet"], log_path=tmp_path / "fleet.log", env=python_env(), name="fleet")  # fmt: skip
-    peer.start(ready_line=r"^READY ", timeout=20)
+    peer = start_a2a_agent(tmp_path, "fleet")
     listen_port, policy_port, authz_port = free_port(), free_port(), free_port()
     policies = tmp_path / "policies"
     policies.mkdir()
@@ -393,8 +380,7 @@ async def test_with_a_state_store_every_control_plane_serves_the_registrations(t
     try:
         await first.start()
         await first.serve_registry_api("127.0.0.1", 0, TOKEN, NETWORKS)
-        async with httpx.AsyncClient(timeout=10) as http:
-            card = (await http.get(f"http://127.0.0.1:{peer_port}/.well-known/agent-card.json")).json()
+        card = peer.card()
         api = f"http://127.0.0.1:{first.registry_port}/registry/fleet"
         assert (await call("PUT", api, {"kind": "A2AAgent", "card": card, "rules": [{"agents": ["triage"]}]})
                 ).status_code == 201  # fmt: skip

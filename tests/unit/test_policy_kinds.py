@@ -60,3 +60,24 @@ def test_routed_documents_of_two_kinds_cannot_share_a_name(monkeypatch: pytest.M
     (diagnostic,) = cross_check(declared, [], complete=True)
     assert diagnostic.file == "a2a.yaml" and diagnostic.field == "A2AAgent/github metadata.name"
     assert "already used by MCPBackend/github (mcp.yaml:3)" in diagnostic.message
+
+
+def test_an_a2a_agents_card_path_is_a_route_no_other_document_may_take() -> None:
+    docs = """apiVersion: agentxds.dev/v1
+kind: Gateway
+metadata: {name: gw}
+spec: {listen: {port: 10998}}
+---
+apiVersion: agentxds.dev/v1
+kind: A2AAgent
+metadata: {name: planner}
+spec: {endpoints: [{host: 127.0.0.1, port: 1}]}
+---
+apiVersion: agentxds.dev/v1
+kind: MCPBackend
+metadata: {name: sneaky}
+spec: {route: /a2a/planner/.well-known/agent-card.json, endpoints: [{host: 127.0.0.1, port: 2}]}
+"""
+    with pytest.raises(PolicyError) as refused:
+        load_texts({"all.yaml": docs})
+    assert "route '/a2a/planner/.well-known/agent-card.json' on gateway 'gw' is already used by" in str(refused.value)

@@ -55,25 +55,9 @@ def build_routes(policy_set: PolicySet, build: routes.RouteBuild) -> list[RouteI
         ]
         grants, conditional = build.rule_parts(agent.metadata.name, tuple(p.doc for p in policies),
                                                lambda rules=rules: _rule_parts(rules, build))  # type: ignore[misc]  # fmt: skip
-        route = RouteIR(
-            name=agent.metadata.name,
-            path=agent.route_path,
-            upstream=routes.upstream(located, build, spec.path),
-            request_timeout_ms=spec.timeouts.request_ms,
-            idle_timeout_ms=spec.timeouts.idle_ms,
-            grants=grants,
-            protocol=A2aRouteIR(
-                card_path=spec.card_path,
-                card_route=agent.card_route,
-                pinned_skills=(
-                    None if spec.pinned_skills is None else tuple(sorted((p.id, p.sha256) for p in spec.pinned_skills))
-                ),
-            ),
-            conditional_rules=conditional,
-            policy_service=routes.policy_service(located),
-            auth=routes.auth(located, build),
-            credentials=routes.credentials(located),
-            annotations=routes.annotations_of(located),
-        )
+        pins = None if spec.pinned_skills is None else tuple(sorted((p.id, p.sha256) for p in spec.pinned_skills))
+        route = routes.route(located, build, grants=grants, conditional=conditional,
+                             protocol=A2aRouteIR(card_path=spec.card_path, card_route=agent.card_route,
+                                                 pinned_skills=pins))  # fmt: skip
         out.append(build.memo.same(("route", build.gateway, route.name), with_decisions(route)))
     return out

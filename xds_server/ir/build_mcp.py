@@ -95,25 +95,11 @@ def build_routes(policy_set: PolicySet, build: routes.RouteBuild) -> list[RouteI
         ]
         grants, conditional = build.rule_parts(backend.metadata.name, tuple(p.doc for p in policies),
                                                lambda rules=rules: _rule_parts(rules, build))  # type: ignore[misc]  # fmt: skip
-        route = RouteIR(
-            name=backend.metadata.name,
-            path=backend.route_path,
-            upstream=routes.upstream(located, build, spec.path),
-            request_timeout_ms=spec.timeouts.request_ms,
-            idle_timeout_ms=spec.timeouts.idle_ms,
-            grants=grants,
-            protocol=McpRouteIR(
-                list_filtering=spec.policy_service.list_filtering,
-                tool_guard=_tool_guard(backend, policy_set.lock_for(backend.metadata.name)),
-                refusals_as_tool_results=spec.denied_tool_calls == "toolResult",
-                tasks=spec.tasks.enabled,
-            ),
-            conditional_rules=conditional,
-            policy_service=routes.policy_service(located),
-            auth=routes.auth(located, build),
-            credentials=routes.credentials(located),
-            annotations=routes.annotations_of(located),
-            hosts=tuple(sorted(set(spec.hosts))),
-        )
+        route = routes.route(located, build, grants=grants, conditional=conditional, protocol=McpRouteIR(
+            list_filtering=spec.policy_service.list_filtering,
+            tool_guard=_tool_guard(backend, policy_set.lock_for(backend.metadata.name)),
+            refusals_as_tool_results=spec.denied_tool_calls == "toolResult",
+            tasks=spec.tasks.enabled,
+        ))  # fmt: skip
         out.append(build.memo.same(("route", build.gateway, route.name), with_decisions(route)))
     return out

@@ -38,6 +38,7 @@ from xds_server.ir.types import (
     PolicyServiceUse,
     QuotaIR,
     QuotaScope,
+    RouteIR,
     UpstreamIR,
     UpstreamTlsIR,
     UserMatchIR,
@@ -279,3 +280,25 @@ def conditional_rules(
             )
         )
     return tuple(out)
+
+
+def route(located: Located[Any], build: RouteBuild, *, grants: tuple[GrantIR, ...],
+          conditional: tuple[ConditionalRuleIR, ...], protocol: Any) -> RouteIR:  # fmt: skip
+    """The route of one routed document (any kind: its spec is a `RouteSpec` with `route`/`path`, the
+    document has `route_path`): the neutral parts from the document, `protocol` the protocol's part."""
+    doc, spec = located.doc, located.doc.spec
+    return RouteIR(
+        name=doc.metadata.name,
+        path=doc.route_path,
+        upstream=upstream(located, build, spec.path),
+        request_timeout_ms=spec.timeouts.request_ms,
+        idle_timeout_ms=spec.timeouts.idle_ms,
+        grants=grants,
+        protocol=protocol,
+        conditional_rules=conditional,
+        policy_service=policy_service(located),
+        auth=auth(located, build),
+        credentials=credentials(located),
+        annotations=annotations_of(located),
+        hosts=tuple(sorted(set(spec.hosts))),
+    )

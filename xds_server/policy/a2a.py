@@ -84,6 +84,11 @@ class A2AAgent(DocumentModel):
         """The gateway path of the agent's card."""
         return self.route_path.rstrip("/") + WELL_KNOWN_CARD
 
+    @property
+    def served_paths(self) -> tuple[str, ...]:
+        """Every gateway path the agent is served at: its endpoint and its card."""
+        return (self.route_path, self.card_route)
+
 
 class A2ARule(RuleBase):
     """Grants the listed agents some operations of the A2A agent, and shows them some of its skills.

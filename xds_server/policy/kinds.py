@@ -101,8 +101,7 @@ def _route_keys(doc: Any, gateways: Sequence[str]) -> list[tuple[Any, ...]] | No
     gateway = resolve_gateway(doc.spec.gateway, gateways)
     if gateway is None:
         return None
-    paths = [doc.route_path, *([doc.card_route] if hasattr(doc, "card_route") else [])]
-    return [(gateway, path, host) for path in paths for host in (doc.spec.hosts or ("*",))]
+    return [(gateway, path, host) for path in doc.served_paths for host in (doc.spec.hosts or ("*",))]
 
 
 _ROUTE_UNIQUE = UniqueKey(

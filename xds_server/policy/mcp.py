@@ -94,6 +94,11 @@ class MCPBackend(DocumentModel):
         """The gateway path for this backend, with the default applied."""
         return self.spec.route or f"/mcp/{self.metadata.name}"
 
+    @property
+    def served_paths(self) -> tuple[str, ...]:
+        """Every gateway path the backend is served at (no two routed documents may share one)."""
+        return (self.route_path,)
+
 
 # ---------------------------------------------------------------- MCPPolicy
 
