@@ -191,11 +191,11 @@ def test_unknown_kind_and_api_version() -> None:
     )
     assert errors({**BASE, "odd.yaml": odd}) == [
         "odd.yaml:1: Agent/x apiVersion: must be 'agentxds.dev/v1', got 'agentxds.dev/v2'",
-        "odd.yaml:7: kind: unknown kind 'Agnet' (expected one of: A2AAgent, A2APolicy, Agent, Gateway, MCPBackend, MCPPolicy, MCPToolLock)",
+        "odd.yaml:7: kind: unknown kind 'Agnet' (expected one of: A2AAgent, A2APolicy, Agent, Gateway, MCPBackend, MCPPolicy, MCPToolLock, VirtualMCPServer)",
     ]
     assert errors({**BASE, "odd.yaml": "kind: [Agent]\n---\nmetadata: {name: x}\n"}) == [
-        "odd.yaml:1: kind: unknown kind ['Agent'] (expected one of: A2AAgent, A2APolicy, Agent, Gateway, MCPBackend, MCPPolicy, MCPToolLock)",
-        "odd.yaml:3: kind: missing required field 'kind' (one of: A2AAgent, A2APolicy, Agent, Gateway, MCPBackend, MCPPolicy, MCPToolLock)",
+        "odd.yaml:1: kind: unknown kind ['Agent'] (expected one of: A2AAgent, A2APolicy, Agent, Gateway, MCPBackend, MCPPolicy, MCPToolLock, VirtualMCPServer)",
+        "odd.yaml:3: kind: missing required field 'kind' (one of: A2AAgent, A2APolicy, Agent, Gateway, MCPBackend, MCPPolicy, MCPToolLock, VirtualMCPServer)",
     ]
 
 

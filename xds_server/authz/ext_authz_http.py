@@ -39,6 +39,7 @@ import httptools
 
 from xds_server.authz import discovery
 from xds_server.authz.decide import CheckOutcome, check_call, check_request, failed_decision
+from xds_server.authz.vmcp.front import Reply
 from xds_server.core.wire import (
     AUTH_HEADERS_TO_REMOVE,
     CHECK_PREFIX,
@@ -46,6 +47,7 @@ from xds_server.core.wire import (
     REPLY_STATUS_HEADER,
     VERIFIED_JWT_HEADER_PREFIX,
     VERIFIED_PEER_HEADER,
+    VMCP_PREFIX,
 )
 
 if TYPE_CHECKING:
@@ -154,6 +156,24 @@ def decide(
                          peer_uri_san=peer)  # fmt: skip
 
 
+async def virtual_reply(service: PolicyService, method: str, path: str, headers: Mapping[str, str],
+                        body: bytes) -> Reply:  # fmt: skip
+    """The answer of `<VMCP_PREFIX><gateway>/<server>`: the virtual server's front (authz/vmcp/front.py)."""
+    gateway, _, server = path[len(VMCP_PREFIX) :].partition("/")
+    view = service.index.route(server)
+    if view is None or view.gateway.name != gateway or getattr(view.route.protocol, "virtual", None) is None:
+        return Reply(404, json.dumps({"error": f"no virtual server {server!r} on gateway {gateway!r} in the policy "
+                                      "service's current policies"}).encode(), {"content-type": "application/json"})  # fmt: skip
+    return await service.vmcp.handle(view, method, headers, body)
+
+
+def http_response(reply: Reply) -> bytes:
+    """The HTTP/1.1 response carrying `reply`."""
+    lines = [f"HTTP/1.1 {reply.status} {_reason(reply.status)}", f"content-length: {len(reply.body)}"]
+    lines += [f"{name}: {_header_value(value)}" for name, value in reply.headers.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + reply.body
+
+
 class _Request:
     __slots__ = ("url", "headers", "body", "size")
 
@@ -223,6 +243,12 @@ class ExtAuthzHttpProtocol(asyncio.Protocol):
         path = httptools.parse_url(request.url).path.decode("latin-1")
         body = b"".join(request.body).decode("utf-8", errors="replace")
         keep_alive = self._parser.should_keep_alive()
+        if path.startswith(VMCP_PREFIX):
+            # A virtual server's request (authz/vmcp/front.py): answered when its members have, in order.
+            raw = b"".join(request.body)
+            self._pending = asyncio.ensure_future(self._vmcp_later(self._pending, method, path, request.headers, raw,
+                                                                   keep_alive))  # fmt: skip
+            return
         if method == "GET" and path.startswith(DISCOVER_PREFIX) and self._pending is None:
             self._discover(path[len(DISCOVER_PREFIX) :], request.headers, keep_alive)
             return
@@ -268,6 +294,26 @@ class ExtAuthzHttpProtocol(asyncio.Protocol):
                 self._transport.close()
         # Logged after the answer is on its way: Envoy need not wait for the log line.
         self._service.log_decision(outcome.log)
+
+    async def _vmcp_later(self, before: asyncio.Future[None] | None, method: str, path: str,
+                          headers: Mapping[str, str], body: bytes, keep_alive: bool) -> None:  # fmt: skip
+        if before is not None:
+            with contextlib.suppress(Exception):
+                await before
+        try:
+            reply = await virtual_reply(self._service, method, path, headers, body)
+        except Exception:  # a bug: an error, never a half answer
+            log.exception("virtual MCP server: request failed")
+            reply = Reply(500, b'{"jsonrpc":"2.0","id":null,"error":{"code":-32603,"message":"Gateway error"}}',
+                          {"content-type": "application/json"})  # fmt: skip
+        try:
+            if self._transport is not None and not self._transport.is_closing():
+                self._transport.write(http_response(reply))
+                if not keep_alive:
+                    self._transport.close()
+        finally:
+            if self._pending is asyncio.current_task():
+                self._pending = None
 
     def _discover(self, gateway: str, headers: Mapping[str, str], keep_alive: bool) -> None:
         """A discovery request (authz/discovery.py), answered at once."""

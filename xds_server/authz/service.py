@@ -42,6 +42,7 @@ from xds_server.authz.quota import QuotaStore
 from xds_server.authz.sealing import Sealer, key_from_file
 from xds_server.authz.shared_state import SharedState
 from xds_server.authz.state import PolicyIndex, RouteView
+from xds_server.authz.vmcp.front import VirtualFront
 from xds_server.ir.types import IR
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,8 @@ class PolicyService:
         self.handlers: dict[str, ProtocolHandler] = {self.mcp.kind: self.mcp, a2a.kind: a2a}
         self._default_key = key_from_file(Path(sealing_key_file)) if sealing_key_file else secrets.token_bytes(32)
         self._sealers: dict[bytes, Sealer] = {}
+        #: The virtual MCP servers' front (authz/vmcp/), on the HTTP port.
+        self.vmcp = VirtualFront(self.sealer_for)
         self._decider: Decider | None = None
         self._grpc: grpc.aio.Server | None = None
         self._http: uvicorn.Server | None = None
@@ -198,6 +201,7 @@ class PolicyService:
             await self._grpc.stop(grace=1.0)
             self._grpc = None
         await self.credentials.aclose()
+        await self.vmcp.close()
         if isinstance(self.state, SharedState):
             await self.state.aclose()
         self.flush_decisions()

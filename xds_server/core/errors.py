@@ -190,6 +190,16 @@ SESSION_GONE = ErrorKind(
     "a legacy session's server is gone (stopped, removed or unhealthy): the client must initialize a new session "
     "(HTTP 404, as the MCP spec says for a session that ended)",
 )
+SESSION_UNKNOWN = ErrorKind(
+    -32600,
+    "session_unknown",
+    404,
+    "a virtual server's session id it did not issue (altered, made up, or another server's): initialize a new session",
+)
+UNKNOWN_NAME = ErrorKind(
+    -32602, "unknown_name", 200, "a virtual server has no tool, prompt or resource of that name (or it is curated out)"
+)
+METHOD_NOT_FOUND = ErrorKind(-32601, "method_not_found", 200, "a virtual server does not serve that method")
 BACKEND_UNAVAILABLE = ErrorKind(-32053, "backend_unavailable", 503, "the backend cannot be reached")
 BACKEND_TIMEOUT = ErrorKind(-32054, "backend_timeout", 504, "the backend did not answer in time")
 GATEWAY_ERROR = ErrorKind(-32603, "gateway_error", 500, "any other error raised by the gateway itself")
@@ -229,6 +239,9 @@ CATALOGUE: tuple[ErrorKind, ...] = (
     OVERLOADED,
     CREDENTIAL_UNAVAILABLE,
     SESSION_GONE,
+    SESSION_UNKNOWN,
+    UNKNOWN_NAME,
+    METHOD_NOT_FOUND,
     BACKEND_UNAVAILABLE,
     BACKEND_TIMEOUT,
     STATE_UNAVAILABLE,

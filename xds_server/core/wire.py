@@ -38,6 +38,8 @@ DISCOVER_PREFIX = "/discover/"
 ROUTE_CONTEXT_EXTENSION = "backend"
 #: ext_authz over HTTP: Envoy asks `POST <CHECK_PREFIX><route name><original path>`.
 CHECK_PREFIX = "/check/"
+#: Virtual MCP servers: Envoy passes what it does not route itself to `<VMCP_PREFIX><gateway>/<server>`.
+VMCP_PREFIX = "/vmcp/"
 #: ext_authz over HTTP: what Envoy verified travels in headers Envoy adds to the check request only
 #: (never a client's: a client's headers reach the check only when named in its allow-list, which
 #: never names these). A JWT provider's verified payload (JSON) in `<prefix><provider>`; the client

@@ -19,7 +19,7 @@ for tests of TLS from the gateway to a backend.
 
 CLI: python -m xds_server.demo.mcp_server --host 127.0.0.1 --port N
          [--path /mcp] [--request-log FILE] [--name NAME] [--json-response]
-         [--tls-cert FILE --tls-key FILE]
+         [--tls-cert FILE --tls-key FILE] [--only-revision 2026-07-28|2025-11-25]
 Prints `READY http://host:port/path` (`https://` with TLS) on stdout once it
 accepts requests (`--port 0` lets the kernel choose; the line carries the real port).
 """
@@ -207,6 +207,32 @@ class RequestLogMiddleware:
             fh.write(json.dumps(line, sort_keys=True) + "\n")
 
 
+class OneRevision:
+    """Serves one MCP revision only, like servers that predate 2026-07-28 (`2025-11-25`: a request
+    carrying `MCP-Protocol-Version: 2026-07-28` is refused) or that speak nothing older
+    (`2026-07-28`: any other request is refused; no sessions, no GET stream). For tests of a
+    gateway bridging revisions."""
+
+    def __init__(self, app: ASGIApp, revision: str) -> None:
+        self.app = app
+        self.revision = revision
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        modern = headers.get("mcp-protocol-version") == "2026-07-28"
+        if modern == (self.revision == "2026-07-28"):
+            await self.app(scope, receive, send)
+            return
+        body = json.dumps({"jsonrpc": "2.0", "id": None, "error": {
+            "code": -32600, "message": f"Unsupported protocol version: this server speaks {self.revision} only"}}).encode()  # fmt: skip
+        await send({"type": "http.response.start", "status": 400,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})  # fmt: skip
+        await send({"type": "http.response.body", "body": body})
+
+
 def _report(repo: Any) -> str:
     return f"report of {repo}: 2 open issues"
 
@@ -225,8 +251,10 @@ def build_app(
     poisoned: frozenset[str] = frozenset(),
     interactive: bool = False,
     resumable: bool = False,
+    only_revision: str | None = None,
 ) -> ASGIApp:
-    """Return the ASGI app: the demo server on `path`, optionally wrapped in the request log."""
+    """Return the ASGI app: the demo server on `path`, optionally wrapped in the request log (which sees
+    every request) and limited to one revision (`OneRevision`)."""
     from mcp.server.transport_security import TransportSecuritySettings
 
     event_store = None
@@ -243,6 +271,8 @@ def build_app(
         # behind the gateway (or as a docker-compose service) the Host is Envoy's.
         transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False),
     )
+    if only_revision is not None:
+        app = OneRevision(app, only_revision)
     return RequestLogMiddleware(app, request_log) if request_log is not None else app
 
 
@@ -259,6 +289,7 @@ async def serve(
     tls_key: Path | None = None,
     interactive: bool = False,
     resumable: bool = False,
+    only_revision: str | None = None,
 ) -> None:
     """Serve until SIGINT/SIGTERM; print `READY http(s)://host:port/path` once accepting requests.
 
@@ -267,7 +298,7 @@ async def serve(
     import uvicorn
 
     app = build_app(name=name, path=path, request_log=request_log, json_response=json_response, poisoned=poisoned,
-                    interactive=interactive, resumable=resumable)  # fmt: skip
+                    interactive=interactive, resumable=resumable, only_revision=only_revision)  # fmt: skip
     # Bind first so `--port 0` works and the READY line carries the real port.
     # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets whose proto
     # says TCP; without it every keep-alive response stalled ~40 ms (delayed ACK).
@@ -328,6 +359,8 @@ def main(argv: list[str] | None = None) -> int:
         help="PEM certificate chain: serve HTTPS (needs --tls-key)",
     )
     parser.add_argument("--tls-key", type=Path, default=None, metavar="FILE", help="PEM private key of --tls-cert")
+    parser.add_argument("--only-revision", choices=("2026-07-28", "2025-11-25"), default=None,
+                        help="speak this MCP revision only (default: both)")  # fmt: skip
     args = parser.parse_args(argv)
     if (args.tls_cert is None) != (args.tls_key is None):
         parser.error("--tls-cert and --tls-key go together")
@@ -345,6 +378,7 @@ def main(argv: list[str] | None = None) -> int:
                 poisoned=frozenset(args.poison),
                 tls_cert=args.tls_cert,
                 tls_key=args.tls_key,
+                only_revision=args.only_revision,
             )
         )
     except KeyboardInterrupt:

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from xds_server.ir import build_a2a, build_mcp, materials
+from xds_server.ir import build_a2a, build_mcp, build_virtual_mcp, materials
 from xds_server.ir.memo import BuildMemo
 from xds_server.ir.principals import SecretIR
 from xds_server.ir.routes import RouteBuild, near
@@ -67,6 +67,7 @@ class BuildRefused(PolicyError):
 ROUTE_BUILDERS: tuple[Callable[[PolicySet, RouteBuild], list[RouteIR]], ...] = (
     build_mcp.build_routes,
     build_a2a.build_routes,
+    build_virtual_mcp.build_routes,
 )
 
 # ---------------------------------------------------------------- agents

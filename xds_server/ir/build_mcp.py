@@ -61,22 +61,24 @@ def _allows(rules: list[tuple[str, Rule]]) -> McpAllowsIR:
     )
 
 
+def pins_of(lock: Located[MCPToolLock] | None) -> tuple[PinnedToolIR, ...] | None:
+    """The tools an MCPToolLock pins, sorted by name (None: no lock)."""
+    if lock is None:
+        return None
+    return tuple(sorted(PinnedToolIR(t.name, t.description_sha256, t.input_schema_sha256) for t in lock.doc.spec.tools))
+
+
 def _tool_guard(backend: MCPBackend, lock: Located[MCPToolLock] | None) -> ToolGuardIR | None:
     guard = backend.spec.tool_guard
     if lock is None and guard.screening == "off":
         return None
-    pins = None
-    if lock is not None:
-        pins = tuple(
-            sorted(PinnedToolIR(t.name, t.description_sha256, t.input_schema_sha256) for t in lock.doc.spec.tools)
-        )
     return ToolGuardIR(
-        pins=pins, unpinned=DriftAction(guard.unpinned), screening=ScreeningMode(guard.screening),
+        pins=pins_of(lock), unpinned=DriftAction(guard.unpinned), screening=ScreeningMode(guard.screening),
         refresh_ms=guard.refresh_ms,
     )  # fmt: skip
 
 
-def _rule_parts(
+def rule_parts(
     rules: list[tuple[str, Rule]], build: routes.RouteBuild
 ) -> tuple[tuple[GrantIR, ...], tuple[ConditionalRuleIR, ...]]:
     return (routes.grants(rules, build, _allows),
@@ -94,7 +96,7 @@ def build_routes(policy_set: PolicySet, build: routes.RouteBuild) -> list[RouteI
             (f"{p.doc.metadata.name}/rules[{i}]", rule) for p in policies for i, rule in enumerate(p.doc.spec.rules)
         ]
         grants, conditional = build.rule_parts(backend.metadata.name, tuple(p.doc for p in policies),
-                                               lambda rules=rules: _rule_parts(rules, build))  # type: ignore[misc]  # fmt: skip
+                                               lambda rules=rules: rule_parts(rules, build))  # type: ignore[misc]  # fmt: skip
         route = routes.route(located, build, grants=grants, conditional=conditional, protocol=McpRouteIR(
             list_filtering=spec.policy_service.list_filtering,
             tool_guard=_tool_guard(backend, policy_set.lock_for(backend.metadata.name)),

@@ -26,6 +26,7 @@ from typing import ClassVar
 
 from xds_server.ir.patterns import NamePattern, PatternKind
 from xds_server.ir.types import DecisionNeedsIR, RouteIR
+from xds_server.ir.virtual_mcp import VirtualServerIR
 
 # ---------------------------------------------------------------- what a grant allows
 
@@ -129,6 +130,7 @@ class McpRouteIR:
     tool_guard: ToolGuardIR | None = None
     refusals_as_tool_results: bool = False  # a refused tools/call is answered as a result with isError
     tasks: bool = False  # callers use the tasks they created (ids sealed per owner by the policy service)
+    virtual: VirtualServerIR | None = None  # a virtual server federating backends (ir/virtual_mcp.py)
 
 
 def mcp_part(route: RouteIR) -> McpRouteIR:

@@ -26,6 +26,7 @@ from .base import DocumentModel
 from .diagnostics import Path
 from .gateway import Gateway
 from .mcp import MCPBackend, MCPPolicy, MCPToolLock
+from .virtual_mcp import VirtualMCPServer
 
 #: A path into a raw document; "*" stands for every item of a list.
 Pattern = tuple[str, ...]
@@ -101,7 +102,8 @@ def _route_keys(doc: Any, gateways: Sequence[str]) -> list[tuple[Any, ...]] | No
     gateway = resolve_gateway(doc.spec.gateway, gateways)
     if gateway is None:
         return None
-    return [(gateway, path, host) for path in doc.served_paths for host in (doc.spec.hosts or ("*",))]
+    hosts = getattr(doc.spec, "hosts", ()) or ("*",)
+    return [(gateway, path, host) for path in doc.served_paths for host in hosts]
 
 
 _ROUTE_UNIQUE = UniqueKey(
@@ -144,6 +146,16 @@ KIND_SPECS: tuple[KindSpec, ...] = (
         MCPBackend,
         "backend",
         references=(_GATEWAY_REF, _BACKEND_PROVIDER),
+        unique=(_ROUTE_UNIQUE,),
+        routed=True,
+    ),
+    KindSpec(
+        "VirtualMCPServer",
+        VirtualMCPServer,
+        "virtual MCP server",
+        # To clients and policies it is an MCP backend: MCPPolicy and MCPToolLock name it as one.
+        provides=(("MCPBackend", ("metadata", "name")),),
+        references=(_GATEWAY_REF, RefSpec(("spec", "backends", "*", "backend"), "MCPBackend")),
         unique=(_ROUTE_UNIQUE,),
         routed=True,
     ),

@@ -33,6 +33,7 @@ from envoy.config.route.v3.scoped_route_pb2 import ScopedRouteConfiguration
 from envoy.extensions.transport_sockets.tls.v3.secret_pb2 import Secret
 
 from xds_server.ir.types import IR, GatewayIR, SecretIR
+from xds_server.translate import virtual_mcp
 from xds_server.translate.cluster import build_cluster, build_load_assignment
 from xds_server.translate.jwt import jwks_clusters
 from xds_server.translate.listener import build_listener
@@ -88,6 +89,9 @@ def translate_gateway(gateway: GatewayIR) -> GatewayResources:
     clusters += policy_clusters(gateway)
     clusters += jwks_clusters(gateway)  # where remote JWKS are fetched from
     endpoints = [cla for r in gateway.routes if (cla := build_load_assignment(r)) is not None]
+    members, member_endpoints = virtual_mcp.member_clusters(gateway)  # virtual servers' native members
+    clusters += members
+    endpoints += member_endpoints
     configs, scopes = build_route_configs(gateway)
     return GatewayResources(
         clusters=tuple(sorted(clusters, key=lambda c: c.name)),

@@ -68,6 +68,11 @@ def san_matcher(name: str) -> dict[str, Any]:
 
 
 def upstream_transport_socket(route: RouteIR) -> dict[str, Any] | None:
+    """The TLS transport socket of `route`'s upstream (see `transport_socket`)."""
+    return transport_socket(route.upstream)
+
+
+def transport_socket(upstream: UpstreamIR) -> dict[str, Any] | None:
     """The cluster's TLS transport socket, or None for plain HTTP.
 
     Server name: `sni` when given; otherwise the endpoints' DNS name (one
@@ -76,10 +81,10 @@ def upstream_transport_socket(route: RouteIR) -> dict[str, Any] | None:
     carry that name (DNS SAN), or the endpoint's IP (IP SAN) when there is
     no name.
     """
-    tls = route.upstream.tls
+    tls = upstream.tls
     if tls is None:
         return None
-    endpoints = route.upstream.endpoints
+    endpoints = upstream.endpoints
     validation: dict[str, Any] = (
         {"trusted_ca": {"inline_string": tls.ca_pem}}
         if tls.ca_pem is not None
@@ -114,10 +119,13 @@ def _duration(ms: int) -> str:
 
 
 def build_cluster(route: RouteIR) -> Cluster:
-    """The cluster for `route`'s upstream: HTTP/1.1 (over TLS with `tls`), round robin or least request,
+    """The cluster for `route`'s upstream (`upstream_cluster`)."""
+    return upstream_cluster(cluster_name(route), route.upstream)
+
+
+def upstream_cluster(name: str, upstream: UpstreamIR) -> Cluster:
+    """The cluster `name` for `upstream`: HTTP/1.1 (over TLS with `tls`), round robin or least request,
     EDS or STRICT_DNS, with active health checks when the policy asks for them."""
-    name = cluster_name(route)
-    upstream = route.upstream
     body: dict[str, Any] = {
         "name": name,
         "connect_timeout": _duration(upstream.connect_timeout_ms),
@@ -136,7 +144,7 @@ def build_cluster(route: RouteIR) -> Cluster:
         body["type"] = "STRICT_DNS"
         body["dns_lookup_family"] = "V4_PREFERRED"
         body["load_assignment"] = load_assignment(name, upstream.endpoints)
-    if (socket := upstream_transport_socket(route)) is not None:
+    if (socket := transport_socket(upstream)) is not None:
         body["transport_socket"] = socket
     if upstream.health_check is not None:
         body["health_checks"] = [_health_check(upstream.health_check)]
@@ -163,6 +171,11 @@ def _health_check(check: HealthCheckIR) -> dict[str, Any]:
 
 def build_load_assignment(route: RouteIR) -> ClusterLoadAssignment | None:
     """The EDS resource for `route`'s upstream, or None when its cluster carries endpoints inline."""
-    if not uses_eds(route.upstream):
+    return upstream_load_assignment(cluster_name(route), route.upstream)
+
+
+def upstream_load_assignment(name: str, upstream: UpstreamIR) -> ClusterLoadAssignment | None:
+    """The EDS resource of cluster `name`, or None when its cluster carries endpoints inline."""
+    if not uses_eds(upstream):
         return None
-    return to_message(ClusterLoadAssignment, load_assignment(cluster_name(route), route.upstream.endpoints))
+    return to_message(ClusterLoadAssignment, load_assignment(name, upstream.endpoints))

@@ -26,6 +26,9 @@ The order is the security design, so it is defined once, here, as slots:
     | DECISIONS | ext_authz fail-closed, fail-open (policy | decisions after RBAC, so Python only sees what  |
     |           | service)                                 | RBAC let through                                |
     | SESSION   | envoy.filters.http.stateful_session (mcp)| legacy sessions stick to their upstream host    |
+    | RESTORE   | agentxds.vmcp.restore_name (virtual MCP) | a virtual server's call routed to its member    |
+    |           |                                          | gets the member's name, after every check saw   |
+    |           |                                          | the name the client sent                        |
     | TERMINAL  | envoy.filters.http.router                | terminal                                        |
 
 Each filter says, once, what happens on an Envoy route that does not mention
@@ -67,7 +70,8 @@ class Slot(enum.IntEnum):
     RESPONSES = 5
     DECISIONS = 6
     SESSION = 7
-    TERMINAL = 8
+    RESTORE = 8
+    TERMINAL = 9
 
 
 class RouteDefault(enum.Enum):

@@ -19,7 +19,7 @@ from envoy.config.listener.v3.listener_pb2 import Listener
 
 from xds_server.core.wire import typed
 from xds_server.ir.types import GatewayIR, ListenerIR
-from xds_server.translate import identity, jwt, policy_service, rbac, request_id, tls
+from xds_server.translate import identity, jwt, policy_service, rbac, request_id, tls, virtual_mcp
 from xds_server.translate.cel import IDENTIFIED_AGENT_KEY, RBAC_NAMESPACE
 from xds_server.translate.filters import HttpFilter, Slot, ordered
 from xds_server.translate.local_reply import local_reply_config
@@ -46,6 +46,7 @@ def listener_filters(gateway: GatewayIR) -> list[HttpFilter]:
             rbac.covered_filter(),
             rbac.rbac_filter(),
             *policy_service.policy_filters(gateway),
+            *virtual_mcp.http_filters(gateway),
             ROUTER,
         ]
     )

@@ -49,7 +49,7 @@ from xds_server.core import errors
 from xds_server.core.wire import REPLY_STATUS_HEADER
 from xds_server.ir.principals import reply_matchers
 from xds_server.ir.types import GatewayIR, ListenerIR
-from xds_server.translate import identity, oauth
+from xds_server.translate import identity, oauth, virtual_mcp
 from xds_server.translate.cel import RBAC_NAMESPACE
 from xds_server.translate.names import CONDITION_RULE_KEY
 from xds_server.translate.protocols import protocols_of, translator_for
@@ -300,6 +300,7 @@ def local_reply_config(gateway: GatewayIR) -> dict[str, Any]:
         ),
         *protocols.each(lambda p: p.lost_sessions(p.request_id)),
         neutral(
+            *virtual_mcp.member_failures(gateway, request_id),
             *_upstream_failures(request_id),
             mapper(status_is(400, "GE"), errors.GATEWAY_ERROR, "Gateway error %RESPONSE_CODE%: %LOCAL_REPLY_BODY%",
                    request_id, keep_status=True),

@@ -46,6 +46,7 @@ _ANY_MODULES = (
     "envoy.extensions.filters.http.router.v3.router_pb2",
     "envoy.extensions.filters.http.stateful_session.v3.stateful_session_pb2",
     "envoy.extensions.http.stateful_session.envelope.v3.envelope_pb2",
+    "envoy.extensions.filters.http.lua.v3.lua_pb2",
     "envoy.extensions.retry.host.previous_hosts.v3.previous_hosts_pb2",
     "envoy.extensions.upstreams.http.v3.http_protocol_options_pb2",
     "envoy.extensions.access_loggers.stream.v3.stream_pb2",

@@ -37,7 +37,7 @@ from envoy.config.route.v3.scoped_route_pb2 import ScopedRouteConfiguration
 
 from xds_server.core.wire import DISCOVERY_PATH, PURPOSE_EXCHANGE, PURPOSE_SEAL, typed
 from xds_server.ir.types import GatewayIR, RouteIR
-from xds_server.translate import discovery, identity, jwt, oauth, policy_service, rbac
+from xds_server.translate import discovery, identity, jwt, oauth, policy_service, rbac, virtual_mcp
 from xds_server.translate.filters import FilterUses, HttpFilter, RouteFilters, Slot, Use
 from xds_server.translate.listener import listener_filters
 from xds_server.translate.names import (
@@ -164,9 +164,33 @@ def _route_entries(route: RouteIR, gateway: GatewayIR, filters: list[HttpFilter]
         }
         for match, route_action, uses, answer in [
             *documents,
+            *_native_member_entries(route, gateway),
             *((m, action, u, {}) for m, u in _variants(route, gateway)),
         ]
     ]
+
+
+def _native_member_entries(route: RouteIR, gateway: GatewayIR) -> list[tuple[dict[str, Any], dict[str, Any],
+                                                                             FilterUses, dict[str, Any]]]:  # fmt: skip
+    """A virtual server's calls Envoy routes to their member itself (translate/virtual_mcp.py), each with
+    the checks its route's other entries have: a call some rule needs a decision on asks for one first."""
+    virtual = virtual_mcp.virtual_part(route)
+    if virtual is None:
+        return []
+    protocol = translator_for(route)
+    calls = protocol.call_match(route)
+    authz = policy_service.ext_authz_use(route, gateway)
+    restore: FilterUses = {virtual_mcp.RESTORE_NAME_FILTER: Use.LISTENER_CONFIG}
+    out: list[tuple[dict[str, Any], dict[str, Any], FilterUses, dict[str, Any]]] = []
+    for member in virtual.native_members:
+        action = {**virtual_mcp.member_action(route, member), "retry_policy": connect_retry(None)}
+        metadata = {"metadata": virtual_mcp.member_metadata(virtual, member)}
+        for method in virtual_mcp.NATIVE_METHODS:
+            match = virtual_mcp.member_match(route, virtual, member, method)
+            if calls is not None and method == "tools/call":
+                out.append((_both(match, calls), action, {**authz, **restore}, metadata))
+            out.append((match, action, restore, metadata))
+    return out
 
 
 def _metadata_routes(gateway: GatewayIR, route: RouteIR, filters: list[HttpFilter]) -> list[dict[str, Any]]:

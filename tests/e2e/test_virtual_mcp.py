@@ -1,0 +1,225 @@
+"""Virtual MCP servers end to end: three real MCP SDK servers (both revisions, legacy-only,
+stateless-only) behind one virtual server, the SDK client in both revisions, through the real Envoy.
+
+What each test proves is in its docstring. The members are demo servers (`--name` is what `whoami`
+answers), all with the same tools, so every name is shared and the prefixes decide.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from tests.e2e.gateway import (
+    AGENTS_YAML,
+    IDENTITY_HEADER,
+    RunningGateway,
+    backend_yaml,
+    gateway_yaml,
+    launch,
+    stop_gateway,
+)
+from tests.e2e.harness import (
+    LEGACY_REVISION,
+    MODERN_META,
+    MODERN_REVISION,
+    McpBackend,
+    mcp_client,
+    raw_post,
+    start_mcp_backend,
+)
+from xds_server.runtime.ports import free_port
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+VIRTUAL = """\
+apiVersion: agentxds.dev/v1
+kind: VirtualMCPServer
+metadata: {name: tools}
+spec:
+  backends:
+    - {backend: alpha}
+    - {backend: beta, revisions: ["2025-11-25"]}
+    - {backend: gamma, prefix: gm, revisions: ["2026-07-28"]}
+  tools:
+    exclude: ["*delete_repo"]
+    rename: {gm__get_issue: find_issue}
+    descriptions: {alpha__whoami: "Which server alpha is."}
+  fanOut: {timeout: 1s, cache: 0s}
+---
+apiVersion: agentxds.dev/v1
+kind: MCPPolicy
+metadata: {name: tools}
+spec:
+  backend: tools
+  rules:
+    - agents: [triage]
+      tools: ["*"]
+    - agents: [executor]
+      tools: [alpha__whoami, beta__whoami]
+"""
+
+TOOLS = {"list_issues", "get_issue", "create_issue", "delete_repo", "whoami", "build_report"}
+EXPECTED = ({f"{p}__{t}" for p in ("alpha", "beta", "gm") for t in TOOLS if t != "delete_repo"}
+            - {"gm__get_issue"}) | {"find_issue"}  # fmt: skip
+
+
+@dataclass
+class Virtual:
+    gateway: RunningGateway
+    members: dict[str, McpBackend]
+    workdir: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.gateway.listen_port}/vmcp/tools"
+
+
+def _members(workdir: Path) -> dict[str, McpBackend]:
+    return {
+        "alpha": start_mcp_backend(workdir, name="alpha"),
+        "beta": start_mcp_backend(workdir, name="beta", extra_args=("--only-revision", "2025-11-25")),
+        "gamma": start_mcp_backend(workdir, name="gamma", extra_args=("--only-revision", "2026-07-28")),
+    }
+
+
+@pytest_asyncio.fixture(loop_scope="session", scope="module")
+async def virtual(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Virtual]:
+    workdir = tmp_path_factory.mktemp("vmcp")
+    members = _members(workdir)
+    listen_port, policy_port, authz_port = free_port(), free_port(), free_port()
+    policies = workdir / "policies"
+    policies.mkdir()
+    (policies / "gateway.yaml").write_text(gateway_yaml(listen_port, policy_port, authz_http_port=authz_port))
+    (policies / "agents.yaml").write_text(AGENTS_YAML)
+    (policies / "backends.yaml").write_text("---\n".join(backend_yaml(n, b) for n, b in members.items()))
+    (policies / "virtual.yaml").write_text(VIRTUAL)
+    try:
+        control, envoy = await launch(policies, workdir, listen_port, policy_port, authz_port)
+        gateway = RunningGateway(policies, control, envoy, listen_port, members)
+        yield Virtual(gateway, members, workdir)
+        await stop_gateway(gateway)
+    finally:
+        for member in members.values():
+            member.stop()
+
+
+def _text(result: Any) -> str:
+    return str(result.content[0].text)
+
+
+@pytest.mark.parametrize("mode", ["modern", "legacy"])
+async def test_merged_list_and_calls_reach_their_member(virtual: Virtual, mode: str) -> None:
+    """One URL, three members: the list is every member's tools under prefixed names (curated), and a call
+    reaches the member its prefix names with the member's own name, whatever revision each side speaks."""
+    async with mcp_client(virtual.url, {IDENTITY_HEADER: "triage"}, mode) as client:  # type: ignore[arg-type]
+        tools = {t.name: t for t in (await client.list_tools()).tools}
+        assert set(tools) == EXPECTED
+        assert tools["alpha__whoami"].description == "Which server alpha is."
+        for name, server in (("alpha__whoami", "alpha"), ("beta__whoami", "beta"), ("gm__whoami", "gamma")):
+            assert _text(await client.call_tool(name, {})) == f"server {server}"
+        before = virtual.members["gamma"].tool_calls("get_issue")
+        assert _text(await client.call_tool("find_issue", {"repo": "acme/web", "number": 7})) == "issue acme/web#7: bug"
+        assert virtual.members["gamma"].tool_calls("get_issue") == before + 1
+    for member in virtual.members.values():
+        assert member.tool_calls("whoami") >= 1
+        assert all(not json.loads(r["body"]).get("params", {}).get("name", "").startswith(("alpha__", "beta__", "gm__"))
+                   for r in member.requests() if r["body"])  # fmt: skip
+
+
+def _call(request_id: Any, tool: str, arguments: dict[str, Any] | None = None, modern: bool = True) -> str:
+    params: dict[str, Any] = {"name": tool, "arguments": arguments or {}}
+    if modern:
+        params["_meta"] = MODERN_META
+    return json.dumps({"jsonrpc": "2.0", "id": request_id, "method": "tools/call", "params": params})
+
+
+def _modern(agent: str, tool: str) -> dict[str, str]:
+    return {IDENTITY_HEADER: agent, "mcp-protocol-version": MODERN_REVISION, "mcp-method": "tools/call",
+            "mcp-name": tool}  # fmt: skip
+
+
+async def _initialize(url: str, agent: str = "triage") -> str:
+    body = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": {"protocolVersion": LEGACY_REVISION, "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}  # fmt: skip
+    answer = await raw_post(url, json.dumps(body), {IDENTITY_HEADER: agent})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["result"]["protocolVersion"] == LEGACY_REVISION
+    return answer.headers["mcp-session-id"]
+
+
+def _legacy(agent: str, session: str) -> dict[str, str]:
+    return {IDENTITY_HEADER: agent, "mcp-protocol-version": LEGACY_REVISION, "mcp-session-id": session}
+
+
+def _message(answer: httpx.Response) -> dict[str, Any]:
+    """The JSON-RPC response in an answer (JSON, or the last message of an SSE stream)."""
+    if answer.headers.get("content-type", "").startswith("text/event-stream"):
+        data = [line[5:].strip() for line in answer.text.splitlines() if line.startswith("data:")]
+        return dict(json.loads(data[-1]))
+    return dict(answer.json())
+
+
+async def test_native_calls_stay_in_envoy(virtual: Virtual) -> None:
+    """A 2026-07-28 call to a stateless member is routed by Envoy alone (the policy service sees nothing of
+    it); a call to the legacy-only member, or of a renamed tool, goes through the policy service."""
+    front = virtual.gateway.control.policy_service.vmcp  # type: ignore[union-attr]
+    passed_on = lambda: front.counters[("tools", "tools/call")]  # noqa: E731
+    before = passed_on()
+    for i, tool in enumerate(("alpha__whoami", "gm__whoami")):
+        answer = await raw_post(virtual.url, _call(i, tool), _modern("triage", tool))
+        assert _message(answer)["result"]["content"][0]["text"] == f"server {tool.split('__')[0].replace('gm', 'gamma')}"
+    assert passed_on() == before
+    answer = await raw_post(virtual.url, _call(7, "beta__whoami"), _modern("triage", "beta__whoami"))
+    assert _message(answer)["result"]["content"][0]["text"] == "server beta"
+    assert _message(answer)["result"]["resultType"] == "complete"  # the legacy member's answer, in 2026-07-28 terms
+    assert passed_on() == before + 1
+    # What reached alpha: its own name, in the body and in Mcp-Name (the SDK server checks they agree).
+    last = [r for r in virtual.members["alpha"].requests() if r["body"] and "whoami" in r["body"]][-1]
+    assert json.loads(last["body"])["params"]["name"] == "whoami" and last["headers"]["mcp-name"] == "whoami"
+
+
+@pytest.mark.parametrize("mode", ["modern", "legacy"])
+async def test_curation_and_callers(virtual: Virtual, mode: str) -> None:
+    """Curation hides and refuses (an excluded tool, a tool under its old name), even for an agent granted
+    every name; an agent granted two tools sees and calls only those (RBAC on the names clients see)."""
+    modern = mode == "modern"
+    session = None if modern else await _initialize(virtual.url)
+    for tool in ("alpha__delete_repo", "gm__get_issue", "nobody__whoami"):
+        headers = _modern("triage", tool) if modern else _legacy("triage", session)  # type: ignore[arg-type]
+        error = _message(await raw_post(virtual.url, _call("q-1", tool, modern=modern), headers))["error"]
+        assert error["code"] == -32602 and error["data"]["reason"] == "unknown_name", error
+        assert tool in error["message"]
+    assert virtual.members["alpha"].tool_calls("delete_repo") == 0
+    async with mcp_client(virtual.url, {IDENTITY_HEADER: "executor"}, mode) as client:  # type: ignore[arg-type]
+        assert {t.name for t in (await client.list_tools()).tools} == {"alpha__whoami", "beta__whoami"}
+        assert _text(await client.call_tool("beta__whoami", {})) == "server beta"
+    session = None if modern else await _initialize(virtual.url, "executor")
+    headers = _modern("executor", "gm__whoami") if modern else _legacy("executor", session)  # type: ignore[arg-type]
+    error = _message(await raw_post(virtual.url, _call(9, "gm__whoami", modern=modern), headers))["error"]
+    assert error["code"] == -32003 and error["data"]["reason"] == "tool_not_allowed"
+
+
+async def test_forged_sessions_are_refused(virtual: Virtual) -> None:
+    """A legacy session id the virtual server did not seal (made up, or altered by one character) is
+    refused with 404 and the request's id; the real one works."""
+    session = await _initialize(virtual.url)
+    answer = await raw_post(virtual.url, _call(3, "beta__whoami", modern=False), _legacy("triage", session))
+    assert _message(answer)["result"]["content"][0]["text"] == "server beta"
+    # Envoy's session envelope wraps the virtual server's id ("<upstream host>;UV:<base64 of the id>"):
+    # forge inside it, as an attacker who kept the envelope would.
+    host, _, wrapped = session.partition(";UV:")
+    sealed = base64.b64decode(wrapped).decode()
+    altered = sealed[:-1] + ("A" if sealed[-1] != "A" else "B")
+    made_up = "t1.e30.AAAAAAAAAAAAAAAAAAAAAA"
+    for forged in (made_up, *(f"{host};UV:{base64.b64encode(x.encode()).decode()}" for x in (made_up, altered))):
+        answer = await raw_post(virtual.url, _call("f", "beta__whoami", modern=False), _legacy("triage", forged))
+        assert answer.status_code == 404, answer.text
+        assert answer.json()["id"] == "f" and answer.json()["error"]["data"]["reason"] == "session_unknown"
