@@ -7,34 +7,46 @@ answers), all with the same tools, so every name is shared and the prefixes deci
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import pytest_asyncio
+from mcp.shared.exceptions import MCPError
 
 from tests.e2e.gateway import (
     AGENTS_YAML,
+    GATEWAY,
     IDENTITY_HEADER,
     RunningGateway,
     backend_yaml,
+    eventually,
     gateway_yaml,
     launch,
     stop_gateway,
+    wait_listening,
 )
 from tests.e2e.harness import (
     LEGACY_REVISION,
     MODERN_META,
     MODERN_REVISION,
+    REPO_ROOT,
     McpBackend,
     mcp_client,
+    python_env,
     raw_post,
     start_mcp_backend,
 )
+from xds_server.runtime.bootstrap import render_bootstrap
+from xds_server.runtime.envoy import EnvoyProcess
 from xds_server.runtime.ports import free_port
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -175,7 +187,9 @@ async def test_native_calls_stay_in_envoy(virtual: Virtual) -> None:
     before = passed_on()
     for i, tool in enumerate(("alpha__whoami", "gm__whoami")):
         answer = await raw_post(virtual.url, _call(i, tool), _modern("triage", tool))
-        assert _message(answer)["result"]["content"][0]["text"] == f"server {tool.split('__')[0].replace('gm', 'gamma')}"
+        assert (
+            _message(answer)["result"]["content"][0]["text"] == f"server {tool.split('__')[0].replace('gm', 'gamma')}"
+        )
     assert passed_on() == before
     answer = await raw_post(virtual.url, _call(7, "beta__whoami"), _modern("triage", "beta__whoami"))
     assert _message(answer)["result"]["content"][0]["text"] == "server beta"
@@ -223,3 +237,90 @@ async def test_forged_sessions_are_refused(virtual: Virtual) -> None:
         answer = await raw_post(virtual.url, _call("f", "beta__whoami", modern=False), _legacy("triage", forged))
         assert answer.status_code == 404, answer.text
         assert answer.json()["id"] == "f" and answer.json()["error"]["data"]["reason"] == "session_unknown"
+
+
+async def test_a_member_down_drops_out_and_comes_back(virtual: Virtual) -> None:
+    """A member stopped: its tools leave the list within the fan-out bound, its calls (native or passed on)
+    get an error naming it, the others keep working; started again, it is back without any change."""
+    alpha = virtual.members["alpha"]
+    alpha.stop()
+    try:
+        async with mcp_client(virtual.url, {IDENTITY_HEADER: "triage"}, "modern") as client:
+            names = {t.name for t in (await client.list_tools()).tools}
+            assert names == {n for n in EXPECTED if not n.startswith("alpha__")}
+            assert _text(await client.call_tool("beta__whoami", {})) == "server beta"
+            assert _text(await client.call_tool("gm__whoami", {})) == "server gamma"
+        answer = await raw_post(virtual.url, _call("down", "alpha__whoami"), _modern("triage", "alpha__whoami"))
+        error = _message(answer)["error"]
+        assert error["code"] == -32053 and error["data"]["backend"] == "alpha", error
+        assert "Backend 'alpha' of virtual server 'tools'" in error["message"] and answer.json()["id"] == "down"
+        session = await _initialize(virtual.url)
+        answer = await raw_post(virtual.url, _call("down2", "alpha__whoami", modern=False), _legacy("triage", session))
+        error = _message(answer)["error"]
+        assert error["code"] == -32053 and error["data"]["backend"] == "alpha", error
+    finally:
+        virtual.members["alpha"] = start_mcp_backend(virtual.workdir, name="alpha", port=alpha.port)
+    async with mcp_client(virtual.url, {IDENTITY_HEADER: "triage"}, "legacy") as client:
+        assert {t.name for t in (await client.list_tools()).tools} == EXPECTED
+        assert _text(await client.call_tool("alpha__whoami", {})) == "server alpha"
+
+
+async def test_a_session_continues_through_another_envoy(virtual: Virtual) -> None:
+    """A legacy client's session holds its members' sessions in its id alone: started through one Envoy,
+    it goes on through another Envoy of the same gateway."""
+    port = free_port()
+    bootstrap = render_bootstrap(node_id="vmcp-second", node_cluster=GATEWAY, xds_host="127.0.0.1",
+                                 xds_port=virtual.gateway.control.port, admin_port=0, listen_port=port)  # fmt: skip
+    second = EnvoyProcess(bootstrap, workdir=virtual.workdir / "envoy-2", log_level="warning").start()
+    try:
+        await second.wait_live_async(20)
+        await wait_listening(port)
+        sessions_before = {r["headers"].get("mcp-session-id") for r in virtual.members["beta"].requests()}
+        session = await _initialize(virtual.url)
+        elsewhere = f"http://127.0.0.1:{port}/vmcp/tools"
+        for i, (url, tool) in enumerate([(elsewhere, "beta__whoami"), (virtual.url, "beta__whoami"),
+                                         (elsewhere, "alpha__whoami")]):  # fmt: skip
+            answer = await raw_post(url, _call(i, tool, modern=False), _legacy("triage", session))
+            assert _message(answer)["result"]["content"][0]["text"] == f"server {tool.split('__')[0]}"
+        # Both calls to beta went in the one session opened for this client at initialize.
+        used = [r["headers"].get("mcp-session-id") for r in virtual.members["beta"].requests()
+                if r["body"] and '"whoami"' in r["body"]][-2:]  # fmt: skip
+        assert used[0] == used[1] and used[0] not in sessions_before
+    finally:
+        second.stop()
+
+
+async def test_a_pinned_tool_changed_on_a_member_is_hidden(virtual: Virtual) -> None:
+    """`agentxds pin` of the virtual server pins its tools as clients see them; when one member changes a
+    pinned tool, that tool is hidden and refused (the others stay), in both revisions."""
+    gateway = virtual.gateway
+    lock = gateway.policy_dir / "tools.lock.yaml"
+    reloads = gateway.control.reloads
+    pinned = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "xds_server.cli", "pin",
+                                     str(gateway.policy_dir), "--backend", "tools"], capture_output=True, text=True,
+                                     timeout=60, env=python_env(), cwd=REPO_ROOT)  # fmt: skip
+    assert pinned.returncode == 0, pinned.stderr
+    assert f"pinned {len(EXPECTED)} tool(s) of tools" in pinned.stdout
+    await gateway.wait_reloads(reloads + 1)
+    beta = virtual.members["beta"]
+    beta.stop()
+    virtual.members["beta"] = start_mcp_backend(virtual.workdir, name="beta", port=beta.port,
+                                                extra_args=("--only-revision", "2025-11-25", "--poison", "whoami"))  # fmt: skip
+    calls_before = virtual.members["beta"].tool_calls("whoami")
+    try:
+
+        async def hidden() -> bool:
+            async with mcp_client(virtual.url, {IDENTITY_HEADER: "triage"}, "modern") as client:
+                return "beta__whoami" not in {t.name for t in (await client.list_tools()).tools}
+
+        await eventually(hidden, timeout=20, what="the changed tool to be hidden")
+        for mode in ("modern", "legacy"):
+            async with mcp_client(virtual.url, {IDENTITY_HEADER: "triage"}, mode) as client:  # type: ignore[arg-type]
+                assert {t.name for t in (await client.list_tools()).tools} == EXPECTED - {"beta__whoami"}
+                assert _text(await client.call_tool("alpha__whoami", {})) == "server alpha"
+                with pytest.raises(MCPError) as refused:
+                    await client.call_tool("beta__whoami", {})
+                assert refused.value.error.data["reason"] == "tool_changed"
+        assert virtual.members["beta"].tool_calls("whoami") == calls_before
+    finally:
+        lock.unlink()

@@ -25,8 +25,16 @@ def test_schema_is_a_oneof_over_kinds() -> None:
     kinds = sorted(
         schema["$defs"][ref["$ref"].rsplit("/", 1)[1]]["properties"]["kind"]["const"] for ref in schema["oneOf"]
     )
-    assert kinds == ["A2AAgent", "A2APolicy", "Agent", "Gateway", "MCPBackend", "MCPPolicy", "MCPToolLock",
-                     "VirtualMCPServer"]
+    assert kinds == [
+        "A2AAgent",
+        "A2APolicy",
+        "Agent",
+        "Gateway",
+        "MCPBackend",
+        "MCPPolicy",
+        "MCPToolLock",
+        "VirtualMCPServer",
+    ]
 
 
 def test_every_field_has_a_description() -> None:

@@ -1,4 +1,4 @@
-"""`agentxds pin DIR --backend NAME`: write the backend's MCPToolLock into the policy directory."""
+"""`agentxds pin DIR --backend NAME`: write the backend's (or virtual server's) MCPToolLock into the policy directory."""
 
 from __future__ import annotations
 
@@ -13,8 +13,10 @@ from xds_server.cli.common import Subparsers, describe_error, policy_dir
 
 def run_pin(policy_dir: Path, backend_name: str, *, url: str | None, legacy: bool) -> int:
     from xds_server.authz.mcp.pin import fetch_tools, lock_document
+    from xds_server.core.wire import VMCP_PREFIX
     from xds_server.policy.diagnostics import PolicyError
     from xds_server.policy.load import load_directory
+    from xds_server.policy.virtual_mcp import VirtualMCPServer
 
     try:
         policy_set = load_directory(policy_dir)
@@ -22,11 +24,19 @@ def run_pin(policy_dir: Path, backend_name: str, *, url: str | None, legacy: boo
         print(f"agentxds pin: {policy_dir} has errors:\n{exc}", file=sys.stderr)
         return 1
     backend = next((b.doc for b in policy_set.backends if b.doc.metadata.name == backend_name), None)
-    if backend is None:
+    virtual = next((v for v in policy_set.of(VirtualMCPServer) if v.doc.metadata.name == backend_name), None)
+    if virtual is not None and url is None:
+        # Its tools as clients see them (renamed, curated, every member's), read from the policy service
+        # that serves them (the gateway filters them per caller; the lock pins them for every caller).
+        gateway = policy_set.gateway_of(virtual)
+        service = next(g for g in policy_set.gateways if g.name == gateway).doc.spec.policy_service
+        url = f"http://{service.host}:{service.ext_authz_http_port}{VMCP_PREFIX}{gateway}/{backend_name}"
+    elif backend is None and virtual is None:
         known = ", ".join(b.doc.metadata.name for b in policy_set.backends) or "none"
         print(f"agentxds pin: no MCPBackend named {backend_name!r} (known: {known})", file=sys.stderr)
         return 1
     if url is None:
+        assert backend is not None
         if not backend.spec.endpoints:
             print(f"agentxds pin: MCPBackend {backend_name!r} lists no endpoint (runtimeEndpoints): give --url",
                   file=sys.stderr)  # fmt: skip
@@ -64,7 +74,12 @@ def cmd_pin(args: argparse.Namespace) -> int:
 def register(sub: Subparsers) -> None:
     pin = sub.add_parser("pin", help="record a backend's tools in an MCPToolLock file (commit it)")
     pin.add_argument("dir", type=policy_dir, help="policy directory; the lock is written as DIR/<backend>.lock.yaml")
-    pin.add_argument("--backend", required=True, help="MCPBackend name")
+    pin.add_argument(
+        "--backend",
+        required=True,
+        help="MCPBackend or VirtualMCPServer name (a virtual server's "
+        "tools are read as its clients see them, from its policy service)",
+    )
     pin.add_argument("--url", help="MCP URL to read the tools from (default: the backend's first endpoint)")
     pin.add_argument("--legacy", action="store_true", help="speak 2025-11-25 to the backend")
     pin.set_defaults(func=cmd_pin)

@@ -315,6 +315,10 @@ class VirtualFront:
         given = message.get("params")
         catalog = await self.catalog(view, virtual)
         backend, params = _route(catalog, rpc, dict(given) if isinstance(given, dict) else {})
+        if backend is None and (down := _down_member(virtual, catalog, params)) is not None:
+            return _error(request_id, errors.BACKEND_UNAVAILABLE,
+                          f"Backend '{down}' of virtual server '{view.name}' is unavailable: it did not answer "
+                          "when its tools were read", backend=down, virtualServer=view.name)  # fmt: skip
         if backend is None:
             what = (
                 params.get("uri")
@@ -356,6 +360,15 @@ class VirtualFront:
             shared, _ = await self._held_session(view, member, timeout)
             answer = await self.members.send(member, message, timeout=timeout, session=shared)
         return answer
+
+
+def _down_member(virtual: VirtualServerIR, catalog: Catalog, params: Mapping[str, Any]) -> str | None:
+    """The member not answering now whose prefix the call's name carries (every name prefixed), if any."""
+    name = params.get("name")
+    if virtual.mode != "always" or not isinstance(name, str):
+        return None
+    return next((m.backend for m in virtual.members
+                 if m.backend in catalog.missing and name.startswith(m.prefix + virtual.separator)), None)  # fmt: skip
 
 
 def _noun(rpc: str) -> str:
