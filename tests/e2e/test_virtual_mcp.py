@@ -324,3 +324,34 @@ async def test_a_pinned_tool_changed_on_a_member_is_hidden(virtual: Virtual) -> 
         assert virtual.members["beta"].tool_calls("whoami") == calls_before
     finally:
         lock.unlink()
+
+
+async def test_native_name_restoring_reads_json_not_bytes(virtual: Virtual) -> None:
+    """Raw bodies against the native path: the member's name is restored in the JSON value of params.name
+    only (escaped spellings decoded, an argument or id spelling the same name untouched), and a lying
+    Mcp-Name or a repeated name is refused before any member sees it."""
+    gamma = virtual.members["gamma"]
+    meta = json.dumps(MODERN_META)
+
+    async def send(body: str, agent: str = "triage", header: str = "gm__whoami") -> dict[str, Any]:
+        return _message(await raw_post(virtual.url, body, _modern(agent, header)))
+
+    escaped = ('{"jsonrpc":"2.0","id":"x1","method":"tools/call","params":{"n\\u0061me":"gm\\u005f_whoami",'
+               f'"arguments":{{}},"_meta":{meta}}}}}')  # fmt: skip
+    assert (await send(escaped))["result"]["content"][0]["text"] == "server gamma"
+    tricky = ('{"jsonrpc":"2.0","id":"gm__list_issues","method":"tools/call","params":{"arguments":'
+              f'{{"repo":"gm__list_issues"}},"name":"gm__list_issues","_meta":{meta}}}}}')  # fmt: skip
+    answer = await send(tricky, header="gm__list_issues")
+    assert answer["id"] == "gm__list_issues" and "gm__list_issues" in answer["result"]["content"][0]["text"]
+    last = json.loads([r for r in gamma.requests() if r["body"] and "list_issues" in r["body"]][-1]["body"])
+    assert last["params"]["name"] == "list_issues" and last["params"]["arguments"] == {"repo": "gm__list_issues"}
+    assert last["id"] == "gm__list_issues"
+    # A lying Mcp-Name is refused by Envoy's MCP filter before anything else reads it.
+    calls = gamma.tool_calls("whoami")
+    for agent, header in (("triage", "gm__delete_repo"), ("executor", "alpha__whoami")):
+        lied = await send(_call(5, "gm__whoami"), agent=agent, header=header)
+        assert lied["id"] == 5 and lied["error"]["code"] == -32020, lied
+    assert gamma.tool_calls("whoami") == calls
+    twice = ('{"jsonrpc":"2.0","id":8,"method":"tools/call","params":{"name":"gm__whoami","name":"gm__delete_repo",'
+             f'"arguments":{{}},"_meta":{meta}}}}}')  # fmt: skip
+    assert (await send(twice))["error"]["data"]["reason"] == "duplicate_keys"
