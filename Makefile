@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
-.PHONY: up test lint validate bench bench-soak bench-scale bench-fleet bench-a2a clean
+.PHONY: up test lint validate bench bench-soak bench-scale bench-fleet bench-a2a bench-vmcp clean
 
 $(BIN)/agentxds: pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (or: make PYTHON=python3 ...)"; exit 1; }
@@ -47,6 +47,9 @@ bench-fleet: $(BIN)/agentxds     ## legacy sessions through 1 vs 2 Envoys; endpo
 
 bench-a2a: $(BIN)/agentxds       ## A2A SendMessage direct vs through the gateway; the exchange's sealed ids per call
 	$(BIN)/python bench/a2a.py
+
+bench-vmcp: $(BIN)/agentxds      ## a virtual MCP server's tools/call vs the plain route and direct; tools/list cold and cached
+	$(BIN)/python bench/vmcp.py
 
 clean:
 	rm -rf $(VENV) $(A2A03) build *.egg-info

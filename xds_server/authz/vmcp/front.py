@@ -184,8 +184,9 @@ class VirtualFront:
             sid, _ = await asyncio.wait_for(self.members.open_session(member, timeout), timeout)
             return sid
         except (MemberUnavailable, TimeoutError) as exc:
+            why = str(exc) if isinstance(exc, MemberUnavailable) else f"no answer within {timeout:g}s"
             log.warning("virtual server: no session with backend %s (%s); calls to it use the gateway's own",
-                        member.backend, exc or "timed out")  # fmt: skip
+                        member.backend, why)  # fmt: skip
             return None
 
     async def _close_sessions(self, virtual: VirtualServerIR, held: Mapping[str, str]) -> None:
@@ -249,8 +250,8 @@ class VirtualFront:
             lists = await asyncio.wait_for(asyncio.shield(reading), timeout)
         except (MemberUnavailable, TimeoutError) as exc:
             self._lists.pop(key, None)
-            log.warning("virtual server %s: backend %s left out of the lists (%s)", view.name, member.backend,
-                        exc or f"no answer within {timeout:g}s")  # fmt: skip
+            why = str(exc) if isinstance(exc, MemberUnavailable) else f"no answer within {timeout:g}s"
+            log.warning("virtual server %s: backend %s left out of the lists (%s)", view.name, member.backend, why)
             return None
         lists.expires = time.monotonic() + virtual.cache_ms / 1000
         self._lists[key] = lists
@@ -259,27 +260,33 @@ class VirtualFront:
     async def _fetch(self, view: RouteView, member: VirtualMemberIR, timeout: float) -> _MemberLists:
         if member.stateless:
             session = None
-            answer = await self.members.send(member, {"jsonrpc": "2.0", "id": 0, "method": "server/discover"},
+            request_id = self.members.next_id()
+            answer = await self.members.send(member, {"jsonrpc": "2.0", "id": request_id, "method": "server/discover"},
                                              timeout=timeout)  # fmt: skip
-            found = answer.response(0)
+            found = answer.response(request_id)
             capabilities = (found or {}).get("result", {}).get("capabilities", {}) if found else {}
         else:
             session, initialized = await self._held_session(view, member, timeout)
             capabilities = initialized.get("capabilities", {})
-        lists: dict[str, list[dict[str, Any]]] = {}
-        for method, key in LISTS.items():
-            lists[key] = await self._list(member, method, key, timeout, session)
+        # The four lists at once (a stateless member takes them in parallel; a legacy one in its session).
+        read = await asyncio.gather(
+            *(self._list(member, method, key, timeout, session) for method, key in LISTS.items())
+        )
+        lists = dict(zip(LISTS.values(), read, strict=True))
         return _MemberLists(0.0, lists, capabilities if isinstance(capabilities, dict) else {})
 
     async def _list(self, member: VirtualMemberIR, method: str, key: str, timeout: float,
                     session: str | None) -> list[dict[str, Any]]:  # fmt: skip
         items: list[dict[str, Any]] = []
         cursor = None
-        for page in range(_MAX_PAGES):
+        for _ in range(_MAX_PAGES):
             params: dict[str, Any] = {"cursor": cursor} if cursor else {}
-            answer = await self.members.send(member, {"jsonrpc": "2.0", "id": page, "method": method, "params": params},
-                                             timeout=timeout, session=session)  # fmt: skip
-            response = answer.response(page)
+            # Ids unique per request: the four lists share a legacy member's session, where a repeated id
+            # would leave the member unable to tell its answers apart.
+            request_id = self.members.next_id()
+            answer = await self.members.send(member, {"jsonrpc": "2.0", "id": request_id, "method": method,
+                                                      "params": params}, timeout=timeout, session=session)  # fmt: skip
+            response = answer.response(request_id)
             if response is None or "result" not in response:
                 return items  # the member does not offer this list (method not found), or failed it
             result = response["result"]

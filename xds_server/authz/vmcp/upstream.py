@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -89,8 +90,15 @@ class MemberClient:
 
     def __init__(self) -> None:
         self._http = httpx.AsyncClient(timeout=None, limits=httpx.Limits(max_keepalive_connections=64))
+        # httpx logs every request at INFO: a line per member request would drown the service's log.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
         self._turn = itertools.count()
+        self._ids = itertools.count(1)
         self._tls: dict[str, httpx.AsyncClient] = {}
+
+    def next_id(self) -> int:
+        """An id for a request the gateway itself sends (never reused while it runs)."""
+        return next(self._ids)
 
     def url(self, member: VirtualMemberIR) -> str:
         upstream = member.upstream
@@ -150,10 +158,11 @@ class MemberClient:
 
     async def open_session(self, member: VirtualMemberIR, timeout: float) -> tuple[str, dict[str, Any]]:
         """A new legacy session with `member`: (its id, the initialize result)."""
-        initialize = {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+        request_id = self.next_id()
+        initialize = {"jsonrpc": "2.0", "id": request_id, "method": "initialize", "params": {
             "protocolVersion": LEGACY_REVISION, "capabilities": {}, "clientInfo": CLIENT_INFO}}  # fmt: skip
         answer = await self.send(member, initialize, timeout=timeout, legacy=True)
-        response = answer.response(0)
+        response = answer.response(request_id)
         if answer.session is None or response is None or "result" not in response:
             raise MemberUnavailable(f"backend {member.backend!r} did not open a session (HTTP {answer.status})")
         await self.send(member, {"jsonrpc": "2.0", "method": "notifications/initialized"}, timeout=timeout,
