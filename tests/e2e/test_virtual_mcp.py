@@ -290,6 +290,31 @@ async def test_a_session_continues_through_another_envoy(virtual: Virtual) -> No
         second.stop()
 
 
+async def test_stateless_clients_share_the_gateways_session_safely(virtual: Virtual) -> None:
+    """2026-07-28 clients reach the legacy-only member through the one session the gateway holds with it:
+    many at once, all with the same JSON-RPC id, each gets its own answer under its id."""
+    answers = await asyncio.gather(*(raw_post(virtual.url, _call(1, "beta__whoami"), _modern("triage", "beta__whoami"))
+                                     for _ in range(12)))  # fmt: skip
+    for answer in answers:
+        message = _message(answer)
+        assert message["id"] == 1 and message["result"]["content"][0]["text"] == "server beta", message
+
+
+async def test_a_member_that_ended_the_session_asks_for_a_new_one(virtual: Virtual) -> None:
+    """A legacy client's session whose member session is gone (the member restarted) gets HTTP 404,
+    -32600 `session_gone`, with the request's id; a new session works."""
+    session = await _initialize(virtual.url)
+    beta = virtual.members["beta"]
+    beta.stop()
+    virtual.members["beta"] = start_mcp_backend(virtual.workdir, name="beta", port=beta.port,
+                                                extra_args=("--only-revision", "2025-11-25"))  # fmt: skip
+    answer = await raw_post(virtual.url, _call("gone", "beta__whoami", modern=False), _legacy("triage", session))
+    assert answer.status_code == 404, answer.text
+    assert answer.json()["id"] == "gone" and answer.json()["error"]["data"]["reason"] == "session_gone"
+    async with mcp_client(virtual.url, {IDENTITY_HEADER: "triage"}, "legacy") as client:
+        assert _text(await client.call_tool("beta__whoami", {})) == "server beta"
+
+
 async def test_a_pinned_tool_changed_on_a_member_is_hidden(virtual: Virtual) -> None:
     """`agentxds pin` of the virtual server pins its tools as clients see them; when one member changes a
     pinned tool, that tool is hidden and refused (the others stay), in both revisions."""

@@ -89,9 +89,9 @@ class FanOut(StrictModel):
         default="2s", description="How long a list waits for a member; a slower member is left out of that answer."
     )
     cache: Duration = Field(
-        default="30s",
-        description="How long a member's lists are reused (0s: read every time); a list_changed from the member "
-        "ends it early.",
+        default="5s",
+        description="How long a member's lists are reused (0s: read every time). A member that stops answering "
+        "stays listed at most this long (a call to it through the policy service ends it at once).",
     )
 
     @property

@@ -55,6 +55,10 @@ _CAPABILITIES = ("tools", "prompts", "resources", "completions", "logging")
 _RESULT_2026 = {"resultType": "complete"}
 
 
+class SessionEnded(Exception):
+    """A legacy member answered 404 in the client's own session with it: the client must start anew."""
+
+
 @dataclass
 class Reply:
     """What the front answers Envoy: status, headers, body."""
@@ -343,6 +347,10 @@ class VirtualFront:
         timeout = view.route.request_timeout_ms / 1000 or None
         try:
             answer = await self._send_call(view, member, forwarded, held, timeout or 3600.0)
+        except SessionEnded:
+            return _error(request_id, errors.SESSION_GONE,
+                          f"Session not found: backend '{backend}' of virtual server '{view.name}' ended this "
+                          "session's session with it; initialize a new session", backend=backend)  # fmt: skip
         except MemberUnavailable as exc:
             self._lists.pop((view.name, backend), None)  # read it again before listing its tools again
             return _error(request_id, errors.BACKEND_UNAVAILABLE,
@@ -356,16 +364,24 @@ class VirtualFront:
             return await self.members.send(member, message, timeout=timeout)
         sid = held.get(member.backend)
         if sid is not None:
-            return await self.members.send(member, message, timeout=timeout, session=sid)
-        # A stateless client (or a legacy one whose session has none with this member): the gateway's own.
+            answer = await self.members.send(member, message, timeout=timeout, session=sid)
+            if answer.status == 404:
+                raise SessionEnded(member.backend)
+            return answer
+        # A stateless client (or a legacy one whose session has none with this member): the gateway's own
+        # session, which every such client shares, so the request gets an id of the gateway's (two clients
+        # may both send id 1) and the answer the client's id back.
         key = (view.name, member.backend)
         shared = self._held.get(key)
         if shared is None:
             shared, _ = await self._held_session(view, member, timeout)
-        answer = await self.members.send(member, message, timeout=timeout, session=shared)
+        own_id = self.members.next_id()
+        answer = await self.members.send(member, {**message, "id": own_id}, timeout=timeout, session=shared)
         if answer.status == 404:  # the member ended that session: open another, once
             shared, _ = await self._held_session(view, member, timeout)
-            answer = await self.members.send(member, message, timeout=timeout, session=shared)
+            answer = await self.members.send(member, {**message, "id": own_id}, timeout=timeout, session=shared)
+        answer.messages = [{**m, "id": message.get("id")} if "method" not in m and m.get("id") == own_id else m
+                           for m in answer.messages]  # fmt: skip
         return answer
 
 
