@@ -76,6 +76,12 @@ spec:
       tools: ["*"]
     - agents: [executor]
       tools: [alpha__whoami, beta__whoami]
+    - agents: [auditor]
+      tools: [alpha__list_issues]
+      when: 'args.repo.startsWith("acme/")'
+    - agents: [auditor]
+      tools: [gm__list_issues]
+      quota: {calls: 2, per: 1h}
 """
 
 TOOLS = {"list_issues", "get_issue", "create_issue", "delete_repo", "whoami", "build_report"}
@@ -227,16 +233,33 @@ async def test_forged_sessions_are_refused(virtual: Virtual) -> None:
     session = await _initialize(virtual.url)
     answer = await raw_post(virtual.url, _call(3, "beta__whoami", modern=False), _legacy("triage", session))
     assert _message(answer)["result"]["content"][0]["text"] == "server beta"
-    # Envoy's session envelope wraps the virtual server's id ("<upstream host>;UV:<base64 of the id>"):
-    # forge inside it, as an attacker who kept the envelope would.
-    host, _, wrapped = session.partition(";UV:")
-    sealed = base64.b64decode(wrapped).decode()
-    altered = sealed[:-1] + ("A" if sealed[-1] != "A" else "B")
-    made_up = "t1.e30.AAAAAAAAAAAAAAAAAAAAAA"
-    for forged in (made_up, *(f"{host};UV:{base64.b64encode(x.encode()).decode()}" for x in (made_up, altered))):
+    # The id is the sealed one itself (Envoy's session envelope is off on virtual servers: any replica opens it).
+    assert session.startswith("t1.")
+    altered = session[:-1] + ("A" if session[-1] != "A" else "B")
+    for forged in ("t1.e30.AAAAAAAAAAAAAAAAAAAAAA", altered, base64.b64encode(session.encode()).decode()):
         answer = await raw_post(virtual.url, _call("f", "beta__whoami", modern=False), _legacy("triage", forged))
         assert answer.status_code == 404, answer.text
         assert answer.json()["id"] == "f" and answer.json()["error"]["data"]["reason"] == "session_unknown"
+
+
+async def test_passed_on_calls_are_read_strictly(virtual: Virtual) -> None:
+    """What the policy service passes on is what Envoy checked: a body repeating a key anywhere (a second
+    `params` naming another tool, say) is refused in both revisions, and reaches no member."""
+    session = await _initialize(virtual.url, "executor")
+    calls = virtual.members["beta"].tool_calls("create_issue")
+    meta = json.dumps(MODERN_META)
+    bodies = {
+        "legacy": '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"beta__whoami","arguments":{}},'
+                  '"params":{"name":"beta__create_issue","arguments":{"repo":"a/b","title":"t"}}}',
+        "modern": '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"beta__whoami","arguments":{},'
+                  f'"_meta":{meta}}},"params":{{"name":"beta__create_issue","arguments":{{"repo":"a/b","title":"t"}},'
+                  f'"_meta":{meta}}}}}',
+    }  # fmt: skip
+    for mode, body in bodies.items():
+        headers = _legacy("executor", session) if mode == "legacy" else _modern("executor", "beta__whoami")
+        error = _message(await raw_post(virtual.url, body, headers))["error"]
+        assert error["data"]["reason"] == "duplicate_keys", (mode, error)
+    assert virtual.members["beta"].tool_calls("create_issue") == calls
 
 
 async def test_a_member_down_drops_out_and_comes_back(virtual: Virtual) -> None:
@@ -288,6 +311,28 @@ async def test_a_session_continues_through_another_envoy(virtual: Virtual) -> No
         assert used[0] == used[1] and used[0] not in sessions_before
     finally:
         second.stop()
+
+
+async def test_conditions_and_quotas_on_the_names_clients_see(virtual: Virtual) -> None:
+    """Rules on a virtual server's names work as on a backend: a native condition is decided by Envoy alone
+    (no decision asked of the policy service), a quota by the policy service before Envoy routes the call
+    to its member natively."""
+    service = virtual.gateway.control.policy_service
+    assert service is not None
+    checks = service.checks["tools"]
+    async with mcp_client(virtual.url, {IDENTITY_HEADER: "auditor"}, "modern") as client:
+        assert {t.name for t in (await client.list_tools()).tools} == {"alpha__list_issues", "gm__list_issues"}
+        assert "acme/web" in _text(await client.call_tool("alpha__list_issues", {"repo": "acme/web"}))
+        with pytest.raises(MCPError) as refused:
+            await client.call_tool("alpha__list_issues", {"repo": "evil/web"})
+        assert refused.value.error.data["reason"] == "condition_not_met"
+        assert service.checks["tools"] == checks  # decided in Envoy
+        for _ in range(2):
+            assert "acme/api" in _text(await client.call_tool("gm__list_issues", {"repo": "acme/api"}))
+        with pytest.raises(MCPError) as refused:
+            await client.call_tool("gm__list_issues", {"repo": "acme/api"})
+        assert refused.value.error.data["reason"] == "quota_exceeded"
+    assert service.checks["tools"] == checks + 3
 
 
 async def test_stateless_clients_share_the_gateways_session_safely(virtual: Virtual) -> None:

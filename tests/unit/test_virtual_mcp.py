@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 
 from xds_server.authz.sealing import Sealer
-from xds_server.authz.vmcp.naming import catalog_of
+from xds_server.authz.vmcp.naming import catalog_of, origin_by_name
 from xds_server.authz.vmcp.sessions import open_session, scope_of, seal_session
+from xds_server.authz.vmcp.upstream import MemberSession, messages_of
 from xds_server.ir.build import build_ir
 from xds_server.ir.glob import compile_globs
 from xds_server.ir.types import UpstreamIR
@@ -92,9 +93,13 @@ def test_resources_route_by_uri_then_by_template() -> None:
 def test_sessions_open_only_where_sealed_and_unaltered() -> None:
     key = b"k" * 32
     scope = scope_of("main", "work")
-    sealed = seal_session(Sealer(key), scope, {"jira": "abc", "github": "def"})
+    held = {
+        "jira": MemberSession("http://10.0.0.2:80/mcp", "abc"),
+        "github": MemberSession("http://10.0.0.1:80/mcp", "def"),
+    }
+    sealed = seal_session(Sealer(key), scope, held)
     # Any replica with the key opens it: nothing is kept anywhere but in the id.
-    assert open_session(Sealer(key), scope, sealed) == {"github": "def", "jira": "abc"}
+    assert open_session(Sealer(key), scope, sealed) == held
     assert open_session(Sealer(key), scope_of("main", "other"), sealed) is None
     assert open_session(Sealer(b"x" * 32), scope, sealed) is None
     assert open_session(Sealer(key), scope, sealed[:-1] + ("A" if sealed[-1] != "A" else "B")) is None
@@ -134,6 +139,7 @@ def errors_of(tmp_path: Path, backends: str, extra: str = "") -> str:
     ("[{backend: github}, {backend: jira, prefix: github}]", "two backends have the same prefix"),
     ("[{backend: nope}]", "unknown backend 'nope'"),
     ("[{backend: work}]", "virtual servers do not nest"),
+    ("[{backend: github, prefix: a}, {backend: jira, prefix: a__b}]", "overlap"),
 ])  # fmt: skip
 def test_members_are_checked(tmp_path: Path, backends: str, message: str) -> None:
     assert message in errors_of(tmp_path, backends)
@@ -153,3 +159,29 @@ def test_a_member_with_user_tokens_is_refused(tmp_path: Path) -> None:
     (tmp_path / "all.yaml").write_text(text)
     with pytest.raises(PolicyError, match="does not pass on yet"):
         build_ir(load_directory(tmp_path))
+
+
+def test_always_names_say_where_they_come_from_as_the_lists_do() -> None:
+    server = virtual(exclude=("*create*",), renames=(("jira__whoami", "who_is_jira"),))
+    catalog = catalog_of(server, LISTS)
+    for name in (
+        "gh__whoami",
+        "gh__create_issue",
+        "jira__whoami",
+        "who_is_jira",
+        "jira__list_issues",
+        "gh__",
+        "nobody__whoami",
+        "whoami",
+    ):
+        assert origin_by_name(server, "tool", name) == catalog.tools.get(name), name
+
+
+def test_a_new_name_may_not_look_prefixed(tmp_path: Path) -> None:
+    text = "[{backend: github}]\n  tools: {rename: {github__a: github__b}}"
+    assert "starts like a backend's prefixed names" in errors_of(tmp_path, text)
+
+
+def test_sse_lines_end_only_at_cr_or_lf() -> None:
+    body = 'event: message\ndata: {"jsonrpc":"2.0","id":1,"result":{"d":"a\u2028b\x85c"}}\n\n'
+    assert messages_of("text/event-stream", body) == [{"jsonrpc": "2.0", "id": 1, "result": {"d": "a\u2028b\x85c"}}]

@@ -22,7 +22,8 @@ Why this transport: on a small machine a Python gRPC server costs more per
 call (HTTP/2 framing, the C core handing each call to the event loop) than
 the whole decision. This adapter parses with llhttp (httptools) on the event
 loop and answers in one write; see docs/performance.md. Anything unexpected
-refuses: fail closed.
+refuses: fail closed. The same port serves virtual MCP servers' requests
+(`/vmcp/...`, authz/vmcp/http.py) and discovery (`/discover/...`).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ import httptools
 from xds_server.authz import discovery
 from xds_server.authz.decide import CheckOutcome, check_call, check_request, failed_decision
 from xds_server.authz.vmcp.front import Reply
+from xds_server.authz.vmcp.http import http_response, virtual_reply
 from xds_server.core.wire import (
     AUTH_HEADERS_TO_REMOVE,
     CHECK_PREFIX,
@@ -154,24 +156,6 @@ def decide(
                           peer_uri_san=peer)  # fmt: skip
     return check_request(service.decider, route=backend, headers=client, body=body, jwt_payloads=payloads,
                          peer_uri_san=peer)  # fmt: skip
-
-
-async def virtual_reply(service: PolicyService, method: str, path: str, headers: Mapping[str, str],
-                        body: bytes) -> Reply:  # fmt: skip
-    """The answer of `<VMCP_PREFIX><gateway>/<server>`: the virtual server's front (authz/vmcp/front.py)."""
-    gateway, _, server = path[len(VMCP_PREFIX) :].partition("/")
-    view = service.index.route(server)
-    if view is None or view.gateway.name != gateway or getattr(view.route.protocol, "virtual", None) is None:
-        return Reply(404, json.dumps({"error": f"no virtual server {server!r} on gateway {gateway!r} in the policy "
-                                      "service's current policies"}).encode(), {"content-type": "application/json"})  # fmt: skip
-    return await service.vmcp.handle(view, method, headers, body)
-
-
-def http_response(reply: Reply) -> bytes:
-    """The HTTP/1.1 response carrying `reply`."""
-    lines = [f"HTTP/1.1 {reply.status} {_reason(reply.status)}", f"content-length: {len(reply.body)}"]
-    lines += [f"{name}: {_header_value(value)}" for name, value in reply.headers.items()]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + reply.body
 
 
 class _Request:

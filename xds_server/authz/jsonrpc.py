@@ -8,6 +8,7 @@ as doubles, which would turn id 7 into 7.0.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from xds_server.core.errors import ErrorKind
@@ -26,3 +27,31 @@ def error_body(request_id: Any, kind: ErrorKind, message: str, **data: Any) -> s
     """A JSON-RPC error response, compact, with `data.reason` first."""
     error = {"code": kind.code, "message": message, "data": {"reason": kind.reason, **data}}
     return json.dumps({"jsonrpc": "2.0", "id": request_id, "error": error}, separators=(",", ":"))
+
+
+class RepeatedKey(ValueError):
+    """A JSON object in the body repeats a key: parsers disagree on which value counts, so it is refused."""
+
+
+def _no_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [k for k, _ in pairs]
+    if len(keys) != len(set(keys)):
+        raise RepeatedKey(sorted({k for k in keys if keys.count(k) > 1}))
+    return dict(pairs)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"{text} is beyond what a double holds")
+    return value
+
+
+def strict_loads(body: str | bytes) -> Any:
+    """The body as JSON, refusing repeated keys anywhere (`RepeatedKey`), NaN/Infinity and numbers beyond
+    a double (ValueError): what the policy service reads is what Envoy read, or nothing."""
+    return json.loads(body, object_pairs_hook=_no_repeated_keys, parse_constant=_no_constant, parse_float=_finite)

@@ -40,6 +40,10 @@ def _members(located: Located[VirtualMCPServer], policy_set: PolicySet,
                          "are MCPBackends (virtual servers do not nest)")  # fmt: skip
             continue
         spec = backend.doc.spec
+        if spec.runtime_endpoints:
+            build.report(located, at, f"backend {member.backend!r} has runtimeEndpoints, which a virtual server "
+                         "does not follow yet: give it fixed endpoints, or serve it on its own route")  # fmt: skip
+            continue
         if spec.auth is not None or spec.credentials is not None:
             build.report(located, at, f"backend {member.backend!r} requires user tokens or delegated credentials, "
                          "which a virtual server does not pass on yet: serve it on its own route")  # fmt: skip

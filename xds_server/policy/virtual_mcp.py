@@ -133,6 +133,16 @@ class VirtualMCPServerSpec(StrictModel):
         prefixes = [m.prefix or m.backend for m in self.backends]
         if len(set(prefixes)) != len(prefixes):
             raise PydanticCustomError("prefix_twice", "two backends have the same prefix")
+        starts = sorted(p + self.naming.separator for p in prefixes)
+        # A name starting with both would belong to both: Envoy and the lists could disagree on whose it is.
+        for a, b in zip(starts, starts[1:], strict=False):
+            if b.startswith(a):
+                raise PydanticCustomError("prefix_overlap", "prefixes {a!r} and {b!r} overlap (with the separator): "
+                                          "a name could carry both", {"a": a, "b": b})  # fmt: skip
+        for new in self.tools.rename.values():
+            if any(new.startswith(start) for start in starts):
+                raise PydanticCustomError("rename_prefixed", "new name {name!r} starts like a backend's prefixed "
+                                          "names: give it a name of its own", {"name": new})  # fmt: skip
         return self
 
 

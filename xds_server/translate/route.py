@@ -138,6 +138,8 @@ def _route_entries(route: RouteIR, gateway: GatewayIR, filters: list[HttpFilter]
         action["prefix_rewrite"] = route.upstream.path
     covered = rbac.route_covered(route, gateway, protocol)
     common: FilterUses = {
+        # A virtual server's sessions are sealed ids any replica opens: no replica to stick to.
+        **({Slot.SESSION: Use.OFF} if virtual_mcp.virtual_part(route) is not None else {}),
         rbac.RBAC_FILTER: rbac.route_rbac(route, gateway, protocol),
         **({rbac.COVERED_FILTER: covered} if covered is not None else {}),
         **jwt.route_requirement(gateway, route),

@@ -24,6 +24,7 @@ go to the policy service.
 
 from __future__ import annotations
 
+import re
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -44,6 +45,8 @@ LUA_TYPE = "envoy.extensions.filters.http.lua.v3.Lua"
 LUA_PER_ROUTE = "envoy.extensions.filters.http.lua.v3.LuaPerRoute"
 PROTOCOL_HEADER = "mcp-protocol-version"
 NATIVE_METHODS = ("prompts/get", "tools/call")
+#: What a visible name is made of (policy/virtual_mcp.py VISIBLE_NAME_PATTERN), as an RE2 class.
+NAME_CHARACTERS = r"[A-Za-z0-9_.\-/]"
 
 
 def virtual_part(route: RouteIR) -> VirtualServerIR | None:
@@ -95,13 +98,18 @@ def member_match(route: RouteIR, virtual: VirtualServerIR, member: VirtualMember
     prefix = member.prefix + virtual.separator
     metadata = [
         {"filter": MCP_METADATA_NAMESPACE, "path": [{"key": "method"}], "value": {"string_match": {"exact": method}}},
-        _name_is({"string_match": {"prefix": prefix}}),
+        # The prefix, then only the characters a visible name may have (so that no glob below can be
+        # dodged by a name RE2's `.` does not match, such as one with a line break).
+        _name_is({"string_match": {"safe_regex": {"regex": f"^{re.escape(prefix)}{NAME_CHARACTERS}+$"}}}),
     ]
     if method == "tools/call":
-        # Curation is on tools: what is not shown is not routed (the policy service refuses it).
+        # Curation is on tools: what is not shown is not routed (the policy service refuses it), and a
+        # renamed tool's names, old and new, go to the policy service too (the new one may even carry
+        # another member's prefix-like text: only the lists say whose it is).
         if not any(p.kind is PatternKind.ANY for p in virtual.include):
             metadata.append(_name_is(_one_of(list(virtual.include))))
-        hidden = [*virtual.exclude, *(NamePattern(PatternKind.EXACT, old, old) for old, _ in virtual.renames)]
+        renamed = sorted({name for pair in virtual.renames for name in pair})
+        hidden = [*virtual.exclude, *(NamePattern(PatternKind.EXACT, name, name) for name in renamed)]
         if hidden:
             metadata.append(_name_is(_one_of(hidden), invert=True))
     return {"path": route.path, "headers": [{"name": PROTOCOL_HEADER, "string_match": {"exact": STATELESS_REVISION}}],

@@ -25,13 +25,12 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from xds_server.authz.a2a import cards
 from xds_server.authz.a2a.ids import request_slots, result_slots
-from xds_server.authz.jsonrpc import error_body, request_id_of
+from xds_server.authz.jsonrpc import RepeatedKey, error_body, request_id_of, strict_loads
 from xds_server.authz.mcp.screening import screen_description
 from xds_server.authz.messages import StreamRewriter, WholeJsonRewriter, is_sse
 from xds_server.authz.protocols import Exchange, Refused
@@ -57,34 +56,6 @@ from xds_server.ir.principals import JwtPayloads
 
 #: What created an A2A id (Sealed.origin): the agent's conversation; ownership does not depend on it.
 ORIGIN = "a2a"
-
-
-class _RepeatedKey(ValueError):
-    pass
-
-
-def _no_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    keys = [k for k, _ in pairs]
-    if len(keys) != len(set(keys)):
-        raise _RepeatedKey(sorted({k for k in keys if keys.count(k) > 1}))
-    return dict(pairs)
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _finite(text: str) -> float:
-    value = float(text)
-    if math.isinf(value):
-        raise ValueError(f"{text} is beyond what a double holds")
-    return value
-
-
-def strict_loads(body: bytes) -> Any:
-    """The body as JSON, refusing repeated keys (`_RepeatedKey`), NaN/Infinity and numbers beyond a
-    double (ValueError)."""
-    return json.loads(body, object_pairs_hook=_no_repeated_keys, parse_constant=_no_constant, parse_float=_finite)
 
 
 def not_found(request_id: Any) -> str:
@@ -118,7 +89,7 @@ class ExchangeRequest:
             request_id = _envoy_id(deframed.get("id"))
         try:
             message = strict_loads(body)
-        except _RepeatedKey:
+        except RepeatedKey:
             return _refused(request_id, errors.DUPLICATE_KEYS, "Invalid Request: a JSON object in the body "
                             "repeats a key")  # fmt: skip
         except (ValueError, RecursionError):

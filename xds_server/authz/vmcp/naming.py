@@ -128,3 +128,25 @@ def catalog_of(virtual: VirtualServerIR, lists: Mapping[str, Mapping[str, Sequen
                 templates.append(dict(item))
     catalog.items["resources"], catalog.items["resourceTemplates"] = resources, templates
     return catalog
+
+
+def origin_by_name(virtual: VirtualServerIR, kind: str, visible: str) -> Origin | None:
+    """With naming `always`, where a visible tool or prompt name comes from, read off the name itself (the
+    same answer as the lists give, without reading them): the rename undone, the curation applied, the
+    member whose prefix it carries. The policy model keeps prefixes from overlapping and new names from
+    looking prefixed, so no two members can claim a name."""
+    if virtual.mode != "always":
+        raise ValueError("only names that are always prefixed say where they come from")
+    name = visible
+    if kind == "tool":
+        renames = dict(virtual.renames)
+        if visible in renames:
+            return None  # renamed away: the old name is no name
+        name = next((old for old, new in virtual.renames if new == visible), visible)
+        if _curated(virtual, name) != visible:
+            return None
+    for member in virtual.members:
+        start = member.prefix + virtual.separator
+        if name.startswith(start) and len(name) > len(start):
+            return Origin(member.backend, name[len(start) :])
+    return None

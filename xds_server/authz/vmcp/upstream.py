@@ -2,18 +2,20 @@
 
 A stateless member (2026-07-28) gets each request with the protocol headers
 (`MCP-Protocol-Version`, `Mcp-Method`, `Mcp-Name`) and the `_meta` envelope
-the revision requires (a client's own is kept). A legacy member (2025-11-25)
-gets the request in a session: `open_session` initializes one (initialize,
-then notifications/initialized) and the caller carries its id. An answer is
-read whole, JSON or SSE: every message of it, in order (notifications a
-member sends during a call, then the response).
+the revision requires (a client's own is kept), on any of its endpoints. A
+legacy member (2025-11-25) gets the request in a session (`MemberSession`:
+the endpoint that opened it and its id; `open_session` sends initialize,
+then notifications/initialized), always on that endpoint. An answer is read
+whole within the request's deadline, JSON or SSE: every message of it, in
+order (notifications a member sends during a call, then the response).
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
-import logging
+import re
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -21,16 +23,29 @@ from typing import Any
 
 import httpx
 
+from xds_server.ir.types import UpstreamTlsIR
 from xds_server.ir.virtual_mcp import LEGACY_REVISION, STATELESS_REVISION, VirtualMemberIR
 
 META_KEYS = ("io.modelcontextprotocol/protocolVersion", "io.modelcontextprotocol/clientCapabilities",
              "io.modelcontextprotocol/clientInfo")  # fmt: skip
 CLIENT_INFO = {"name": "agentxds-virtual-server", "version": "1"}
 SESSION_HEADER = "mcp-session-id"
+#: Methods whose target travels in the `Mcp-Name` header (2026-07-28), and where it is in params.
+_NAMED = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
+_LINES = re.compile(r"\r\n|\r|\n")  # SSE's line ends only (str.splitlines also splits on U+2028 and more)
 
 
 class MemberUnavailable(Exception):
-    """The member could not be reached, or its answer was not MCP (the message says which)."""
+    """The member could not be reached in time, or its answer was not MCP (the message says which)."""
+
+
+@dataclass(frozen=True)
+class MemberSession:
+    """A legacy session with a member: the endpoint URL that holds it, and its id there."""
+
+    url: str
+    id: str
+    initialized: Mapping[str, Any] = field(default_factory=dict, compare=False)  # the initialize result
 
 
 @dataclass
@@ -67,16 +82,15 @@ def without_envelope(message: Mapping[str, Any]) -> dict[str, Any]:
     return {**message, "params": params}
 
 
-def _messages(response: httpx.Response) -> list[dict[str, Any]]:
-    kind = response.headers.get("content-type", "").split(";")[0].strip().lower()
-    text = response.text
+def messages_of(content_type: str, text: str) -> list[dict[str, Any]]:
+    """The JSON-RPC messages of a member's answer body (JSON, or SSE `data:` events). Raises ValueError."""
     if not text.strip():
         return []
-    if kind == "text/event-stream":
+    if content_type.split(";")[0].strip().lower() == "text/event-stream":
         out, data = [], []
-        for line in [*text.splitlines(), ""]:
+        for line in [*_LINES.split(text), ""]:
             if line.startswith("data:"):
-                data.append(line[5:].lstrip(" "))
+                data.append(line[5:].removeprefix(" "))
             elif not line and data:
                 out.append(json.loads("\n".join(data)))
                 data = []
@@ -85,22 +99,29 @@ def _messages(response: httpx.Response) -> list[dict[str, Any]]:
     return [value] if isinstance(value, dict) else []
 
 
+def _tls_context(tls: UpstreamTlsIR) -> ssl.SSLContext:
+    context = ssl.create_default_context(cadata=tls.ca_pem) if tls.ca_pem else ssl.create_default_context()
+    if tls.certificate_file and tls.private_key is not None and tls.private_key.file:
+        context.load_cert_chain(tls.certificate_file, tls.private_key.file)
+    return context
+
+
 class MemberClient:
-    """Requests to members (one HTTP connection pool for all; endpoints taken in turn)."""
+    """Requests to members (one HTTP connection pool for plain HTTP, one per TLS setting)."""
 
     def __init__(self) -> None:
-        self._http = httpx.AsyncClient(timeout=None, limits=httpx.Limits(max_keepalive_connections=64))
-        # httpx logs every request at INFO: a line per member request would drown the service's log.
-        logging.getLogger("httpx").setLevel(logging.WARNING)
+        self._http = httpx.AsyncClient(timeout=None, trust_env=False,
+                                       limits=httpx.Limits(max_keepalive_connections=64))  # fmt: skip
         self._turn = itertools.count()
         self._ids = itertools.count(1)
-        self._tls: dict[str, httpx.AsyncClient] = {}
+        self._tls: dict[UpstreamTlsIR, httpx.AsyncClient] = {}
 
     def next_id(self) -> int:
         """An id for a request the gateway itself sends (never reused while it runs)."""
         return next(self._ids)
 
     def url(self, member: VirtualMemberIR) -> str:
+        """One of the member's endpoints (in turn), as a URL of its MCP path."""
         upstream = member.upstream
         if not upstream.endpoints:
             raise MemberUnavailable(f"backend {member.backend!r} has no endpoint")
@@ -113,63 +134,71 @@ class MemberClient:
         tls = member.upstream.tls
         if tls is None:
             return self._http
-        client = self._tls.get(member.backend)
+        client = self._tls.get(tls)  # a changed CA or certificate is another setting: a new client
         if client is None:
-            context = ssl.create_default_context(cadata=tls.ca_pem) if tls.ca_pem else ssl.create_default_context()
-            if tls.certificate_file and tls.private_key is not None and tls.private_key.file:
-                context.load_cert_chain(tls.certificate_file, tls.private_key.file)
-            client = self._tls[member.backend] = httpx.AsyncClient(timeout=None, verify=context)
+            client = self._tls[tls] = httpx.AsyncClient(timeout=None, trust_env=False, verify=_tls_context(tls))
         return client
 
     async def send(self, member: VirtualMemberIR, message: Mapping[str, Any], *, timeout: float,
-                   session: str | None = None, method: str = "POST", legacy: bool = False) -> Answer:  # fmt: skip
-        """`message` to `member`: stateless when it speaks 2026-07-28 and neither `session` nor `legacy` is
-        given, else as a legacy request (in `session`, if given)."""
+                   session: MemberSession | None = None, method: str = "POST", legacy: bool = False,
+                   headers: Mapping[str, str] | None = None, at: str | None = None) -> Answer:  # fmt: skip
+        """`message` to `member`, answered within `timeout` seconds: stateless when it speaks 2026-07-28 and
+        neither `session` nor `legacy` is given, else as a legacy request (in `session`, on its endpoint).
+        `headers` go along (what Envoy told the gateway of the caller); `at`: this endpoint URL, not the next."""
         stateless = session is None and not legacy and member.stateless
-        headers = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
+        sent = {"accept": "application/json, text/event-stream", "content-type": "application/json", **(headers or {})}
         body: dict[str, Any] | None = None
         if method == "POST":
             body = with_envelope(message) if stateless else without_envelope(message)
             if stateless:
-                headers["mcp-protocol-version"] = STATELESS_REVISION
-                headers["mcp-method"] = str(message.get("method", ""))
-                params = body.get("params") or {}
-                name = params.get("name", params.get("uri"))
-                if isinstance(name, str) and message.get("method") in ("tools/call", "prompts/get", "resources/read"):
-                    headers["mcp-name"] = name
-        if not stateless:
-            headers["mcp-protocol-version"] = LEGACY_REVISION
+                sent["mcp-method"] = str(message.get("method", ""))
+                key = _NAMED.get(str(message.get("method")))
+                target = (body.get("params") or {}).get(key) if key else None
+                if isinstance(target, str):
+                    sent["mcp-name"] = target
+        sent["mcp-protocol-version"] = STATELESS_REVISION if stateless else LEGACY_REVISION
         if session is not None:
-            headers[SESSION_HEADER] = session
+            sent[SESSION_HEADER] = session.id
+        url = session.url if session is not None else at or self.url(member)
+        extensions = {"sni_hostname": member.upstream.tls.sni} if member.upstream.tls and member.upstream.tls.sni else {}
+        content = None if body is None else json.dumps(body, separators=(",", ":")).encode()
         try:
-            response = await self._client(member).request(
-                method, self.url(member), headers=headers, timeout=timeout,
-                content=None if body is None else json.dumps(body, separators=(",", ":")).encode())  # fmt: skip
-            messages = _messages(response) if method == "POST" else []
-        except (httpx.HTTPError, OSError) as exc:
-            raise MemberUnavailable(
-                f"backend {member.backend!r} cannot be reached ({type(exc).__name__}: {exc})"
-            ) from None
+            async with asyncio.timeout(timeout):
+                response = await self._client(member).request(method, url, headers=sent, content=content,
+                                                               extensions=extensions)  # fmt: skip
+                messages = messages_of(response.headers.get("content-type", ""), response.text) if method == "POST" else []
+        except TimeoutError:
+            raise MemberUnavailable(f"backend {member.backend!r} did not answer within {timeout:g}s") from None
+        except (httpx.HTTPError, OSError, ssl.SSLError) as exc:
+            raise MemberUnavailable(f"backend {member.backend!r} cannot be reached ({type(exc).__name__}: {exc})") from None
         except ValueError:
-            raise MemberUnavailable(
-                f"backend {member.backend!r} answered with something that is not JSON-RPC"
-            ) from None
+            raise MemberUnavailable(f"backend {member.backend!r} answered HTTP {response.status_code} with something "
+                                    "that is not JSON-RPC") from None  # fmt: skip
         return Answer(response.status_code, messages, response.headers.get(SESSION_HEADER))
 
-    async def open_session(self, member: VirtualMemberIR, timeout: float) -> tuple[str, dict[str, Any]]:
-        """A new legacy session with `member`: (its id, the initialize result)."""
+    async def open_session(self, member: VirtualMemberIR, timeout: float) -> MemberSession:
+        """A new legacy session with `member` (initialize, then notifications/initialized) on one endpoint."""
         request_id = self.next_id()
         initialize = {"jsonrpc": "2.0", "id": request_id, "method": "initialize", "params": {
             "protocolVersion": LEGACY_REVISION, "capabilities": {}, "clientInfo": CLIENT_INFO}}  # fmt: skip
-        answer = await self.send(member, initialize, timeout=timeout, legacy=True)
+        url = self.url(member)
+        answer = await self.send(member, initialize, timeout=timeout, legacy=True, at=url)
         response = answer.response(request_id)
-        if answer.session is None or response is None or "result" not in response:
+        if answer.session is None or response is None or not isinstance(response.get("result"), dict):
             raise MemberUnavailable(f"backend {member.backend!r} did not open a session (HTTP {answer.status})")
+        session = MemberSession(url, answer.session, response["result"])
         await self.send(member, {"jsonrpc": "2.0", "method": "notifications/initialized"}, timeout=timeout,
-                        session=answer.session)  # fmt: skip
-        return answer.session, response["result"]
+                        session=session)  # fmt: skip
+        return session
 
-    async def close(self) -> None:
+    async def close(self, member: VirtualMemberIR, session: MemberSession, timeout: float) -> None:
+        """End `session` (DELETE); a member already gone is no error."""
+        try:
+            await self.send(member, {}, timeout=timeout, session=session, method="DELETE")
+        except MemberUnavailable:
+            pass
+
+    async def aclose(self) -> None:
         await self._http.aclose()
         for client in self._tls.values():
             await client.aclose()
