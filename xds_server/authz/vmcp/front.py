@@ -59,6 +59,9 @@ LEGACY_REVISIONS = ("2025-11-25", "2025-06-18", "2025-03-26")
 PASSED_ON = ("tools/call", "prompts/get", "completion/complete", "resources/read")
 _CAPABILITIES = ("tools", "prompts", "resources", "completions", "logging")
 _LONGEST_CALL_S = 3600.0  # a route with no request timeout: still not forever
+_MARGIN_S = 0.5
+_COUNTED = frozenset({"initialize", "server/discover", "ping", "logging/setLevel", *PASSED_ON,
+                      "tools/list", "prompts/list", "resources/list", "resources/templates/list"})  # fmt: skip
 
 
 class SessionEnded(Exception):
@@ -123,12 +126,13 @@ class VirtualFront:
             message = strict_loads(body) if method == "POST" else {}
         except RepeatedKey:
             return _error(None, errors.DUPLICATE_KEYS, "Invalid Request: a JSON object in the body repeats a key")
-        except ValueError:
+        except (ValueError, RecursionError):
             return _error(None, errors.PARSE_ERROR, "Parse error: the body is not complete, valid JSON")
         if not isinstance(message, dict):
             return _error(None, errors.INVALID_REQUEST, "Invalid Request: one JSON-RPC request per HTTP request")
         rpc, request_id = message.get("method"), message.get("id")
-        self.counters[(view.name, str(rpc) if method == "POST" else method)] += 1
+        counted = rpc if rpc in _COUNTED else "other"
+        self.counters[(view.name, str(counted) if method == "POST" else method)] += 1
         held: dict[str, MemberSession] = {}
         if not modern and rpc != "initialize":
             sealed = headers.get(SESSION_HEADER)
@@ -225,16 +229,32 @@ class VirtualFront:
         routed = await self._route(view, virtual, rpc, params)
         if routed is None:
             what = _target(params)
+            missing = (await self.catalog(view, virtual)).missing
+            if missing:  # it may be theirs: say so, rather than that it does not exist
+                return _error(request_id, errors.BACKEND_UNAVAILABLE,
+                              f"Virtual server '{view.name}' cannot tell whose {_noun(rpc)} {what!r} is: backend(s) "
+                              f"{', '.join(missing)} did not answer when its lists were read",
+                              backend=", ".join(missing), virtualServer=view.name)  # fmt: skip
             return _error(request_id, errors.UNKNOWN_NAME,
                           f"Unknown name: virtual server '{view.name}' has no {_noun(rpc)} {what!r}",
                           virtualServer=view.name)  # fmt: skip
         backend, params = routed
         member = virtual.member(backend)
         assert member is not None
-        timeout = view.route.request_timeout_ms / 1000 or _LONGEST_CALL_S
+        # Within the route's timeout (a little less: the client hears which member was slow, not Envoy's 504).
+        timeout = (
+            max(1.0, view.route.request_timeout_ms / 1000 - _MARGIN_S)
+            if view.route.request_timeout_ms
+            else _LONGEST_CALL_S
+        )
         caller = _caller_headers(view, headers)
         try:
-            answer = await self._send_call(view, member, {**message, "params": params}, held, caller, timeout)
+            async with asyncio.timeout(timeout):
+                answer = await self._send_call(view, member, {**message, "params": params}, held, caller, timeout)
+        except TimeoutError:
+            return _error(request_id, errors.BACKEND_TIMEOUT,
+                          f"Backend '{backend}' of virtual server '{view.name}' did not answer within {timeout:g}s",
+                          backend=backend, virtualServer=view.name)  # fmt: skip
         except SessionEnded:
             return _error(request_id, errors.SESSION_GONE,
                           f"Session not found: backend '{backend}' of virtual server '{view.name}' ended its "
@@ -278,6 +298,8 @@ class VirtualFront:
         if member.stateless:
             return await self.client.send(member, message, timeout=timeout, headers=caller)
         own = held.get(member.backend)
+        if own is not None and own.url not in self.client.urls(member):
+            raise SessionEnded(member.backend)  # its endpoint is no longer the member's
         if own is not None:
             answer = await self.client.send(member, message, timeout=timeout, session=own, headers=caller)
             if answer.status == 404:
@@ -287,7 +309,7 @@ class VirtualFront:
         # session, which every such client shares, so the request gets an id of the gateway's (two clients
         # may both send id 1) and the answer the client's id back.
         own_id = self.client.next_id()
-        answer = await self.members.in_held_session(view.name, member, {**message, "id": own_id}, timeout)
+        answer = await self.members.in_held_session(view.name, member, {**message, "id": own_id}, timeout, caller)
         answer.messages = [{**m, "id": message.get("id")} if "method" not in m and m.get("id") == own_id else m
                            for m in answer.messages]  # fmt: skip
         return answer
@@ -307,7 +329,9 @@ def _target(params: Mapping[str, Any]) -> Any:
 
 
 def _noun(rpc: str) -> str:
-    return {"tools/call": "tool", "prompts/get": "prompt", "completion/complete": "prompt or resource"}.get(rpc, "resource")
+    return {"tools/call": "tool", "prompts/get": "prompt", "completion/complete": "prompt or resource"}.get(
+        rpc, "resource"
+    )
 
 
 def _answer(answer: Answer, request_id: Any, modern: bool, backend: str, server: str) -> Reply:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -33,12 +33,10 @@ log = logging.getLogger(__name__)
 MAX_PAGES = 20
 DOWN_FOR_S = 1.0
 METHOD_NOT_FOUND = -32601
+#: The capability a member declares for each list (naming.LISTS values).
+_CAPABILITY_OF = {"tools": "tools", "prompts": "prompts", "resources": "resources", "resourceTemplates": "resources"}
 T = TypeVar("T")
 Key = tuple[str, str]  # (virtual server, backend)
-
-
-class SessionEnded(Exception):
-    """The member answered 404 in a session: it no longer holds it."""
 
 
 @dataclass
@@ -68,8 +66,8 @@ class Members:
         """The session the gateway holds with `member` for `server`; a new one if `ended` is the one held."""
         key = (server, member.backend)
         held = self._held.get(key)
-        if held is not None and held != ended:
-            return held
+        if held is not None and held != ended and held.url in self.client.urls(member):
+            return held  # (one on an endpoint the policies no longer list is over)
         return await _once(self._opening, key, lambda: self._open(key, member, timeout))
 
     async def _open(self, key: Key, member: VirtualMemberIR, timeout: float) -> MemberSession:
@@ -78,13 +76,14 @@ class Members:
         return session
 
     async def in_held_session(self, server: str, member: VirtualMemberIR, message: dict[str, Any],
-                              timeout: float) -> Any:  # fmt: skip
-        """`message` sent in the held session (opened anew once if the member ended it): the Answer."""
+                              timeout: float, headers: Mapping[str, str] | None = None) -> Any:  # fmt: skip
+        """`message` (with `headers`) sent in the held session (opened anew once if the member ended it):
+        the Answer."""
         session = await self.held_session(server, member, timeout)
-        answer = await self.client.send(member, message, timeout=timeout, session=session)
+        answer = await self.client.send(member, message, timeout=timeout, session=session, headers=headers)
         if answer.status == 404:
             session = await self.held_session(server, member, timeout, ended=session)
-            answer = await self.client.send(member, message, timeout=timeout, session=session)
+            answer = await self.client.send(member, message, timeout=timeout, session=session, headers=headers)
         return answer
 
     # -- lists -------------------------------------------------------------------
@@ -112,8 +111,10 @@ class Members:
         try:
             lists = await asyncio.wait_for(asyncio.shield(_once(self._reading, key, lambda: asyncio.wait_for(
                 self._fetch(server, member, timeout), timeout))), timeout)  # fmt: skip
-        except (MemberUnavailable, TimeoutError, SessionEnded) as exc:
-            self._down(server, key, str(exc) if isinstance(exc, MemberUnavailable) else f"no answer within {timeout:g}s")
+        except (MemberUnavailable, TimeoutError) as exc:
+            self._down(
+                server, key, str(exc) if isinstance(exc, MemberUnavailable) else f"no answer within {timeout:g}s"
+            )
             return None
         except Exception:  # a bug, or a member's answer nobody foresaw: that member only is left out
             log.exception("virtual server %s: reading backend %s failed", server, member.backend)
@@ -145,9 +146,12 @@ class Members:
             async def send(message: dict[str, Any]) -> Any:
                 return await self.in_held_session(server, member, message, timeout)
 
-        read = await asyncio.gather(*(self._list(member, method, key, send) for method, key in LISTS.items()))
-        return MemberLists(dict(zip(LISTS.values(), read, strict=True)),
-                           capabilities if isinstance(capabilities, dict) else {})  # fmt: skip
+        # Only the lists the member offers (a server need not answer one it does not).
+        offered = capabilities if isinstance(capabilities, dict) else {}
+        wanted = {m: k for m, k in LISTS.items() if _CAPABILITY_OF[k] in offered}
+        read = await asyncio.gather(*(self._list(member, method, key, send) for method, key in wanted.items()))
+        found = dict(zip(wanted.values(), read, strict=True))
+        return MemberLists({k: found.get(k, []) for k in LISTS.values()}, offered)
 
     async def _list(self, member: VirtualMemberIR, method: str, key: str,
                     send: Callable[[dict[str, Any]], Awaitable[Any]]) -> list[dict[str, Any]]:  # fmt: skip

@@ -23,6 +23,7 @@ from typing import Any
 
 import httpx
 
+from xds_server.authz.mcp.tasks import header_value
 from xds_server.ir.types import UpstreamTlsIR
 from xds_server.ir.virtual_mcp import LEGACY_REVISION, STATELESS_REVISION, VirtualMemberIR
 
@@ -144,9 +145,14 @@ class MemberClient:
                    headers: Mapping[str, str] | None = None, at: str | None = None) -> Answer:  # fmt: skip
         """`message` to `member`, answered within `timeout` seconds: stateless when it speaks 2026-07-28 and
         neither `session` nor `legacy` is given, else as a legacy request (in `session`, on its endpoint).
-        `headers` go along (what Envoy told the gateway of the caller); `at`: this endpoint URL, not the next."""
+        `headers` go along (what Envoy told the gateway of the caller); `at`: this endpoint URL, not the next.
+        Without a session or `at` any endpoint will do: one refusing the connection (nothing was sent) is
+        passed over for the next, as Envoy's routes retry connect failures on another host."""
         stateless = session is None and not legacy and member.stateless
-        sent = {"accept": "application/json, text/event-stream", "content-type": "application/json", **(headers or {})}
+        sent: dict[str, str | bytes] = {"accept": "application/json, text/event-stream",
+                                        "content-type": "application/json"}  # fmt: skip
+        # Caller headers as Envoy wrote them (a user's name may be any UTF-8, which arrived as latin-1 text).
+        sent |= {name: value.encode("latin-1", errors="replace") for name, value in (headers or {}).items()}
         body: dict[str, Any] | None = None
         if method == "POST":
             body = with_envelope(message) if stateless else without_envelope(message)
@@ -155,26 +161,47 @@ class MemberClient:
                 key = _NAMED.get(str(message.get("method")))
                 target = (body.get("params") or {}).get(key) if key else None
                 if isinstance(target, str):
-                    sent["mcp-name"] = target
+                    sent["mcp-name"] = header_value(target)  # the transport's base64 form where it must be
         sent["mcp-protocol-version"] = STATELESS_REVISION if stateless else LEGACY_REVISION
         if session is not None:
             sent[SESSION_HEADER] = session.id
-        url = session.url if session is not None else at or self.url(member)
-        extensions = {"sni_hostname": member.upstream.tls.sni} if member.upstream.tls and member.upstream.tls.sni else {}
+        fixed = session.url if session is not None else at
+        tries = 1 if fixed is not None else max(1, len(member.upstream.endpoints))
+        tls = member.upstream.tls
+        extensions = {"sni_hostname": tls.sni} if tls is not None and tls.sni else {}
         content = None if body is None else json.dumps(body, separators=(",", ":")).encode()
+        wire = [(k.encode("ascii"), v if isinstance(v, bytes) else v.encode("latin-1", errors="replace"))
+                for k, v in sent.items()]  # fmt: skip
         try:
             async with asyncio.timeout(timeout):
-                response = await self._client(member).request(method, url, headers=sent, content=content,
-                                                               extensions=extensions)  # fmt: skip
-                messages = messages_of(response.headers.get("content-type", ""), response.text) if method == "POST" else []
+                for attempt in range(tries):
+                    try:
+                        response = await self._client(member).request(
+                            method, fixed or self.url(member), headers=wire, content=content, extensions=extensions
+                        )
+                        break
+                    except httpx.ConnectError:
+                        if attempt + 1 == tries:
+                            raise
+                text = response.text
         except TimeoutError:
             raise MemberUnavailable(f"backend {member.backend!r} did not answer within {timeout:g}s") from None
-        except (httpx.HTTPError, OSError, ssl.SSLError) as exc:
-            raise MemberUnavailable(f"backend {member.backend!r} cannot be reached ({type(exc).__name__}: {exc})") from None
-        except ValueError:
+        except (httpx.HTTPError, OSError, ssl.SSLError, UnicodeError) as exc:
+            raise MemberUnavailable(
+                f"backend {member.backend!r} cannot be reached ({type(exc).__name__}: {exc})"
+            ) from None
+        try:
+            messages = messages_of(response.headers.get("content-type", ""), text) if method == "POST" else []
+        except (ValueError, RecursionError):
             raise MemberUnavailable(f"backend {member.backend!r} answered HTTP {response.status_code} with something "
                                     "that is not JSON-RPC") from None  # fmt: skip
         return Answer(response.status_code, messages, response.headers.get(SESSION_HEADER))
+
+    def urls(self, member: VirtualMemberIR) -> frozenset[str]:
+        """Every endpoint URL of the member as the policies now say (a session held elsewhere is over)."""
+        scheme = "https" if member.upstream.tls is not None else "http"
+        return frozenset(f"{scheme}://{f'[{e.host}]' if ':' in e.host else e.host}:{e.port}{member.upstream.path}"
+                         for e in member.upstream.endpoints)  # fmt: skip
 
     async def open_session(self, member: VirtualMemberIR, timeout: float) -> MemberSession:
         """A new legacy session with `member` (initialize, then notifications/initialized) on one endpoint."""
