@@ -283,6 +283,12 @@ async def test_a_member_down_drops_out_and_comes_back(virtual: Virtual) -> None:
         assert error["code"] == -32053 and error["data"]["backend"] == "alpha", error
     finally:
         virtual.members["alpha"] = start_mcp_backend(virtual.workdir, name="alpha", port=alpha.port)
+
+    async def listed_again() -> bool:  # a member that failed is not asked again for a second
+        async with mcp_client(virtual.url, {IDENTITY_HEADER: "triage"}, "modern") as client:
+            return {t.name for t in (await client.list_tools()).tools} == EXPECTED
+
+    await eventually(listed_again, timeout=10, what="the member to be listed again")
     async with mcp_client(virtual.url, {IDENTITY_HEADER: "triage"}, "legacy") as client:
         assert {t.name for t in (await client.list_tools()).tools} == EXPECTED
         assert _text(await client.call_tool("alpha__whoami", {})) == "server alpha"
