@@ -85,8 +85,11 @@ spec:
 """
 
 TOOLS = {"list_issues", "get_issue", "create_issue", "delete_repo", "whoami", "build_report"}
+#: beta also talks back (--interactive): progress during a call, a list change outside one.
+INTERACTIVE = {"count", "announce_tools", "archive_repo", "ask_model"}
+BETA_ARGS = ("--only-revision", "2025-11-25", "--interactive")
 EXPECTED = ({f"{p}__{t}" for p in ("alpha", "beta", "gm") for t in TOOLS if t != "delete_repo"}
-            - {"gm__get_issue"}) | {"find_issue"}  # fmt: skip
+            - {"gm__get_issue"}) | {"find_issue"} | {f"beta__{t}" for t in INTERACTIVE}  # fmt: skip
 
 
 @dataclass
@@ -103,7 +106,7 @@ class Virtual:
 def _members(workdir: Path) -> dict[str, McpBackend]:
     return {
         "alpha": start_mcp_backend(workdir, name="alpha"),
-        "beta": start_mcp_backend(workdir, name="beta", extra_args=("--only-revision", "2025-11-25")),
+        "beta": start_mcp_backend(workdir, name="beta", extra_args=BETA_ARGS),
         "gamma": start_mcp_backend(workdir, name="gamma", extra_args=("--only-revision", "2026-07-28")),
     }
 
@@ -341,6 +344,31 @@ async def test_conditions_and_quotas_on_the_names_clients_see(virtual: Virtual) 
     assert service.checks["tools"] == checks + 3
 
 
+async def test_members_messages_reach_the_client(virtual: Virtual) -> None:
+    """What a member sends reaches the client: progress during a passed-on call (both revisions), and a
+    legacy member's list change outside any call, on the legacy client's stream (its GET, merged by the
+    virtual server from its members' streams)."""
+    for mode in ("modern", "legacy"):
+        seen: list[float] = []
+
+        async def progress(done: float, total: float | None, message: str | None, seen: list[float] = seen) -> None:
+            seen.append(done)
+
+        async with mcp_client(virtual.url, {IDENTITY_HEADER: "triage"}, mode) as client:  # type: ignore[arg-type]
+            result = await client.call_tool("beta__count", {"n": 3}, progress_callback=progress)
+            assert _text(result) == "counted to 3" and seen == [1, 2, 3], (mode, seen)
+    changed = asyncio.Event()
+
+    async def on_message(message: Any) -> None:
+        if type(message).__name__ == "ToolListChangedNotification" or "tools/list_changed" in repr(message):
+            changed.set()
+
+    async with mcp_client(virtual.url, {IDENTITY_HEADER: "triage"}, "legacy", message_handler=on_message) as client:
+        await asyncio.sleep(0.3)  # the client opens its stream after initialize
+        assert _text(await client.call_tool("beta__announce_tools", {})) == "announced"
+        await asyncio.wait_for(changed.wait(), timeout=10)
+
+
 async def test_stateless_clients_share_the_gateways_session_safely(virtual: Virtual) -> None:
     """2026-07-28 clients reach the legacy-only member through the one session the gateway holds with it:
     many at once, all with the same JSON-RPC id, each gets its own answer under its id."""
@@ -358,7 +386,7 @@ async def test_a_member_that_ended_the_session_asks_for_a_new_one(virtual: Virtu
     beta = virtual.members["beta"]
     beta.stop()
     virtual.members["beta"] = start_mcp_backend(virtual.workdir, name="beta", port=beta.port,
-                                                extra_args=("--only-revision", "2025-11-25"))  # fmt: skip
+                                                extra_args=BETA_ARGS)  # fmt: skip
     answer = await raw_post(virtual.url, _call("gone", "beta__whoami", modern=False), _legacy("triage", session))
     assert answer.status_code == 404, answer.text
     assert answer.json()["id"] == "gone" and answer.json()["error"]["data"]["reason"] == "session_gone"
@@ -381,7 +409,7 @@ async def test_a_pinned_tool_changed_on_a_member_is_hidden(virtual: Virtual) -> 
     beta = virtual.members["beta"]
     beta.stop()
     virtual.members["beta"] = start_mcp_backend(virtual.workdir, name="beta", port=beta.port,
-                                                extra_args=("--only-revision", "2025-11-25", "--poison", "whoami"))  # fmt: skip
+                                                extra_args=(*BETA_ARGS, "--poison", "whoami"))  # fmt: skip
     calls_before = virtual.members["beta"].tool_calls("whoami")
     try:
 

@@ -41,7 +41,7 @@ import httptools
 from xds_server.authz import discovery
 from xds_server.authz.decide import CheckOutcome, check_call, check_request, failed_decision
 from xds_server.authz.vmcp.front import Reply
-from xds_server.authz.vmcp.http import http_response, virtual_reply
+from xds_server.authz.vmcp.http import http_head, http_response, virtual_reply
 from xds_server.core.wire import (
     AUTH_HEADERS_TO_REMOVE,
     CHECK_PREFIX,
@@ -190,6 +190,8 @@ class ExtAuthzHttpProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._transport is not None:
             self._open.discard(self._transport)
+        if self._pending is not None:  # nobody to answer (a virtual server's stream must stop following its members)
+            self._pending.cancel()
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -291,13 +293,34 @@ class ExtAuthzHttpProtocol(asyncio.Protocol):
             reply = Reply(500, b'{"jsonrpc":"2.0","id":null,"error":{"code":-32603,"message":"Gateway error"}}',
                           {"content-type": "application/json"})  # fmt: skip
         try:
-            if self._transport is not None and not self._transport.is_closing():
+            if reply.stream is not None:
+                await self._stream(reply, keep_alive)
+            elif self._transport is not None and not self._transport.is_closing():
                 self._transport.write(http_response(reply))
                 if not keep_alive:
                     self._transport.close()
         finally:
             if self._pending is asyncio.current_task():
                 self._pending = None
+
+    async def _stream(self, reply: Reply, keep_alive: bool) -> None:
+        """A streamed reply (chunked), until it ends or the connection does (Envoy's client went away)."""
+        assert reply.stream is not None
+        stream = reply.stream
+        try:
+            if self._transport is None or self._transport.is_closing():
+                return
+            self._transport.write(http_head(reply, chunked=True))
+            async for chunk in stream:
+                if self._transport.is_closing():
+                    return
+                if chunk:
+                    self._transport.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            self._transport.write(b"0\r\n\r\n")
+            if not keep_alive:
+                self._transport.close()
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]  # an async generator: its members' streams end
 
     def _discover(self, gateway: str, headers: Mapping[str, str], keep_alive: bool) -> None:
         """A discovery request (authz/discovery.py), answered at once."""

@@ -30,7 +30,7 @@ def _model(question: str) -> Sample:
 
 
 def add_interactive_tools(server: Any) -> None:
-    """Add count, archive_repo and ask_model to an `MCPServer`."""
+    """Add count, announce_tools, archive_repo and ask_model to an `MCPServer`."""
 
     @server.tool(structured_output=False)
     async def count(n: int, ctx: Context) -> str:
@@ -38,6 +38,12 @@ def add_interactive_tools(server: Any) -> None:
         for i in range(1, n + 1):
             await ctx.report_progress(i, n, f"step {i} of {n}")
         return f"counted to {n}"
+
+    @server.tool(structured_output=False)
+    async def announce_tools(ctx: Context) -> str:
+        """Tell the client the tool list changed (a notification outside this call: a legacy client's GET stream)."""
+        await ctx.session.send_tool_list_changed()
+        return "announced"
 
     @server.tool(structured_output=False)
     def archive_repo(repo: str, answer: Annotated[Confirmation, Resolve(_confirm)]) -> str:

@@ -337,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--interactive",
         action="store_true",
-        help="also serve count, archive_repo and ask_model: progress, elicitation and sampling",
+        help="also serve count, announce_tools, archive_repo and ask_model: progress, a list change, elicitation and sampling",
     )
     parser.add_argument(
         "--resumable",

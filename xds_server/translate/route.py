@@ -166,33 +166,38 @@ def _route_entries(route: RouteIR, gateway: GatewayIR, filters: list[HttpFilter]
         }
         for match, route_action, uses, answer in [
             *documents,
-            *_native_member_entries(route, gateway),
+            *_native_member_entries(route, gateway, action),
             *((m, action, u, {}) for m, u in _variants(route, gateway)),
         ]
     ]
 
 
-def _native_member_entries(route: RouteIR, gateway: GatewayIR) -> list[tuple[dict[str, Any], dict[str, Any],
-                                                                             FilterUses, dict[str, Any]]]:  # fmt: skip
+def _native_member_entries(route: RouteIR, gateway: GatewayIR, action: dict[str, Any]) -> list[
+        tuple[dict[str, Any], dict[str, Any], FilterUses, dict[str, Any]]]:  # fmt: skip
     """A virtual server's calls Envoy routes to their member itself (translate/virtual_mcp.py), each with
-    the checks its route's other entries have: a call some rule needs a decision on asks for one first."""
+    the checks its route's other entries have: a call some rule needs a decision on asks for one first;
+    and its GET (a legacy client's stream, relayed by the policy service), without the calls' timeout."""
     virtual = virtual_mcp.virtual_part(route)
     if virtual is None:
         return []
+    stream = {"path": route.path, "headers": [{"name": ":method", "string_match": {"exact": "GET"}}]}
+    streams: list[tuple[dict[str, Any], dict[str, Any], FilterUses, dict[str, Any]]] = [
+        (stream, {**action, "timeout": "0s", "idle_timeout": virtual_mcp.STREAM_IDLE_TIMEOUT}, {}, {})
+    ]
     protocol = translator_for(route)
     calls = protocol.call_match(route)
     authz = policy_service.ext_authz_use(route, gateway)
     restore: FilterUses = {virtual_mcp.RESTORE_NAME_FILTER: Use.LISTENER_CONFIG}
     out: list[tuple[dict[str, Any], dict[str, Any], FilterUses, dict[str, Any]]] = []
     for member in virtual.native_members:
-        action = {**virtual_mcp.member_action(route, member), "retry_policy": connect_retry(None)}
+        to_member = {**virtual_mcp.member_action(route, member), "retry_policy": connect_retry(None)}
         metadata = {"metadata": virtual_mcp.member_metadata(virtual, member)}
         for method in virtual_mcp.NATIVE_METHODS:
             match = virtual_mcp.member_match(route, virtual, member, method)
             if calls is not None and method == "tools/call":
-                out.append((_both(match, calls), action, {**authz, **restore}, metadata))
-            out.append((match, action, restore, metadata))
-    return out
+                out.append((_both(match, calls), to_member, {**authz, **restore}, metadata))
+            out.append((match, to_member, restore, metadata))
+    return [*streams, *out]
 
 
 def _metadata_routes(gateway: GatewayIR, route: RouteIR, filters: list[HttpFilter]) -> list[dict[str, Any]]:

@@ -45,6 +45,8 @@ LUA_TYPE = "envoy.extensions.filters.http.lua.v3.Lua"
 LUA_PER_ROUTE = "envoy.extensions.filters.http.lua.v3.LuaPerRoute"
 PROTOCOL_HEADER = "mcp-protocol-version"
 NATIVE_METHODS = ("prompts/get", "tools/call")
+#: How long a legacy client's stream of server messages may stay silent (its client then opens another).
+STREAM_IDLE_TIMEOUT = "300s"
 #: What a visible name is made of (policy/virtual_mcp.py VISIBLE_NAME_PATTERN), as an RE2 class.
 NAME_CHARACTERS = r"[A-Za-z0-9_.\-/]"
 

@@ -23,8 +23,10 @@ must agree on what was checked).
   it sends the client (sampling, elicitation) are not, as the client could not
   answer them here.
 - `ping`, `logging/setLevel`, notifications: answered here. GET (a legacy
-  client's stream of server messages) is not served (405: the SDK client
-  carries on without); DELETE closes the members' sessions.
+  client's stream of server messages): its legacy members' streams merged
+  (a member's `list_changed` also ends the cache of its lists); 405 when its
+  session holds none (the SDK client carries on without). DELETE closes the
+  members' sessions.
 
 A name no member has (or that curation hides) is -32602 `unknown_name`; a
 member that cannot be reached or does not answer MCP is -32053 naming it; a
@@ -38,7 +40,7 @@ import asyncio
 import collections
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,6 +77,7 @@ class Reply:
     status: int
     body: bytes = b""
     headers: dict[str, str] = field(default_factory=dict)
+    stream: AsyncIterator[bytes] | None = None  # a body sent as it comes (chunked), instead of `body`
 
 
 def _json(status: int, value: Any) -> Reply:
@@ -121,7 +124,7 @@ class VirtualFront:
         sealer = self._sealer_for(view)
         scope = sessions.scope_of(view.gateway.name, view.name)
         if method == "GET":
-            return Reply(405, headers={"allow": "POST, DELETE"})
+            return self._stream(view, virtual, sealer, scope, headers, modern)
         try:
             message = strict_loads(body) if method == "POST" else {}
         except RepeatedKey:
@@ -164,6 +167,57 @@ class VirtualFront:
             return await self._pass_on(view, virtual, message, held, headers, modern)
         return _error(request_id, errors.METHOD_NOT_FOUND,
                       f"Method not found: virtual server '{view.name}' does not serve {rpc!r}")  # fmt: skip
+
+    # -- a legacy client's stream of server messages ------------------------------
+
+    def _stream(self, view: RouteView, virtual: VirtualServerIR, sealer: Sealer, scope: str,
+                headers: Mapping[str, str], modern: bool) -> Reply:  # fmt: skip
+        """A legacy client's GET: its legacy members' streams merged (405 when it has none to follow)."""
+        sealed = headers.get(SESSION_HEADER)
+        held = sessions.open_session(sealer, scope, sealed) if sealed and not modern else None
+        if held is None and not modern and sealed:
+            return _error(None, errors.SESSION_UNKNOWN,
+                          f"Session not found: virtual server '{view.name}' did not issue this session id")  # fmt: skip
+        streams = [(m, held[m.backend]) for m in virtual.members if held and m.backend in held]
+        if not streams:
+            return Reply(405, headers={"allow": "POST, DELETE"})
+        self.counters[(view.name, "GET")] += 1
+        return Reply(200, headers={"content-type": "text/event-stream", "cache-control": "no-cache"},
+                     stream=self._relay(view.name, streams))  # fmt: skip
+
+    async def _relay(self, server: str, streams: list[tuple[VirtualMemberIR, MemberSession]]) -> AsyncIterator[bytes]:
+        """The members' notifications, as one SSE stream, until every member's stream has ended (or the client
+        went away: the caller stops iterating). A member's `list_changed` also ends the cache of its lists.
+        Requests a member sends (sampling, elicitation) are not passed on: the client's answer would come
+        back to the gateway, which cannot hand it to the member."""
+        queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+
+        async def follow(member: VirtualMemberIR, session: MemberSession) -> None:
+            try:
+                async for message in self.client.events(member, session):
+                    if "method" in message and "id" not in message:
+                        if str(message["method"]).endswith("/list_changed"):
+                            self.members.forget(server, member.backend)
+                        await queue.put(message)
+            except MemberUnavailable as exc:
+                log.info("virtual server %s: %s", server, exc)
+            finally:
+                await queue.put(None)
+
+        tasks = [asyncio.ensure_future(follow(m, s)) for m, s in streams]
+        try:
+            yield b": agentxds virtual server stream\n\n"
+            open_streams = len(tasks)
+            while open_streams:
+                message = await queue.get()
+                if message is None:
+                    open_streams -= 1
+                    continue
+                text = json.dumps(message, separators=(",", ":"), ensure_ascii=False)
+                yield f"event: message\ndata: {text}\n\n".encode()
+        finally:
+            for task in tasks:
+                task.cancel()
 
     # -- lifecycle ------------------------------------------------------------
 

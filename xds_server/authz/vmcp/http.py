@@ -34,13 +34,19 @@ async def virtual_reply(service: PolicyService, method: str, path: str, headers:
     return await service.vmcp.handle(view, method, headers, body)
 
 
-def http_response(reply: Reply) -> bytes:
-    """The HTTP/1.1 response carrying `reply`."""
+def http_head(reply: Reply, *, chunked: bool = False) -> bytes:
+    """The status line and headers of `reply` (its length, or chunked for a stream)."""
     try:
         reason = HTTPStatus(reply.status).phrase
     except ValueError:
         reason = "Error"
-    lines = [f"HTTP/1.1 {reply.status} {reason}", f"content-length: {len(reply.body)}"]
+    size = "transfer-encoding: chunked" if chunked else f"content-length: {len(reply.body)}"
+    lines = [f"HTTP/1.1 {reply.status} {reason}", size]
     # Header values are ours or a member's session id (printable ASCII): never a line break.
     lines += [f"{name}: {value.replace(chr(13), ' ').replace(chr(10), ' ')}" for name, value in reply.headers.items()]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + reply.body
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def http_response(reply: Reply) -> bytes:
+    """The HTTP/1.1 response carrying `reply` (a whole body)."""
+    return http_head(reply) + reply.body

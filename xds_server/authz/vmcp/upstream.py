@@ -17,7 +17,7 @@ import itertools
 import json
 import re
 import ssl
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -202,6 +202,30 @@ class MemberClient:
         scheme = "https" if member.upstream.tls is not None else "http"
         return frozenset(f"{scheme}://{f'[{e.host}]' if ':' in e.host else e.host}:{e.port}{member.upstream.path}"
                          for e in member.upstream.endpoints)  # fmt: skip
+
+    async def events(self, member: VirtualMemberIR, session: MemberSession) -> AsyncIterator[dict[str, Any]]:
+        """The messages a legacy member sends in `session` outside any request (its GET stream), until it
+        ends the stream. Raises MemberUnavailable when it cannot be opened."""
+        headers = {"accept": "text/event-stream", "mcp-protocol-version": LEGACY_REVISION, SESSION_HEADER: session.id}
+        try:
+            async with self._client(member).stream("GET", session.url, headers=headers) as response:
+                if response.status_code != 200:
+                    raise MemberUnavailable(f"backend {member.backend!r} has no stream for this session "
+                                            f"(HTTP {response.status_code})")  # fmt: skip
+                data: list[str] = []
+                async for line in response.aiter_lines():
+                    if line.startswith("data:"):
+                        data.append(line[5:].removeprefix(" "))
+                    elif not line and data:
+                        try:
+                            message = json.loads("\n".join(data))
+                        except ValueError:
+                            message = None
+                        data = []
+                        if isinstance(message, dict):
+                            yield message
+        except (httpx.HTTPError, OSError, ssl.SSLError) as exc:
+            raise MemberUnavailable(f"backend {member.backend!r}: its stream failed ({type(exc).__name__})") from None
 
     async def open_session(self, member: VirtualMemberIR, timeout: float) -> MemberSession:
         """A new legacy session with `member` (initialize, then notifications/initialized) on one endpoint."""
