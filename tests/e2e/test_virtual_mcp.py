@@ -390,6 +390,13 @@ async def test_a_member_that_ended_the_session_asks_for_a_new_one(virtual: Virtu
     answer = await raw_post(virtual.url, _call("gone", "beta__whoami", modern=False), _legacy("triage", session))
     assert answer.status_code == 404, answer.text
     assert answer.json()["id"] == "gone" and answer.json()["error"]["data"]["reason"] == "session_gone"
+    # Its stream too: told to start anew at once, never a stream that ends and is opened again each second.
+    async with httpx.AsyncClient(timeout=10, trust_env=False) as http:
+        stream = await http.get(virtual.url, headers={**_legacy("triage", session), "accept": "text/event-stream"})
+        assert stream.status_code == 404 and stream.json()["error"]["data"]["reason"] == "session_gone"
+        modern = await http.get(virtual.url, headers={IDENTITY_HEADER: "triage", "accept": "text/event-stream",
+                                                      "mcp-protocol-version": MODERN_REVISION})  # fmt: skip
+        assert modern.status_code == 405
     async with mcp_client(virtual.url, {IDENTITY_HEADER: "triage"}, "legacy") as client:
         assert _text(await client.call_tool("beta__whoami", {})) == "server beta"
 

@@ -58,6 +58,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_REQUEST_BYTES = 16 * 1024 * 1024  # above any gateway's body limit (10 MiB) plus headers
+_MAX_STREAM_BUFFER = 1024 * 1024  # unsent bytes of a stream before its reader counts as gone
 _ALLOW = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"
 
 
@@ -182,6 +183,7 @@ class ExtAuthzHttpProtocol(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._request = _Request()
         self._pending: asyncio.Future[None] | None = None  # the answer still being decided, if any
+        self._streaming: asyncio.Task[None] | None = None  # the task writing a streamed reply, while it does
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
@@ -190,8 +192,8 @@ class ExtAuthzHttpProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._transport is not None:
             self._open.discard(self._transport)
-        if self._pending is not None:  # nobody to answer (a virtual server's stream must stop following its members)
-            self._pending.cancel()
+        if self._streaming is not None:  # nobody reads it: a virtual server's stream stops following its members
+            self._streaming.cancel()
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -294,7 +296,13 @@ class ExtAuthzHttpProtocol(asyncio.Protocol):
                           {"content-type": "application/json"})  # fmt: skip
         try:
             if reply.stream is not None:
-                await self._stream(reply, keep_alive)
+                # Only a stream is cancelled when its connection goes: a decision in flight still finishes
+                # (its quota bookkeeping, its log line).
+                self._streaming = asyncio.current_task()
+                try:
+                    await self._stream(reply, keep_alive)
+                finally:
+                    self._streaming = None
             elif self._transport is not None and not self._transport.is_closing():
                 self._transport.write(http_response(reply))
                 if not keep_alive:
@@ -307,18 +315,27 @@ class ExtAuthzHttpProtocol(asyncio.Protocol):
         """A streamed reply (chunked), until it ends or the connection does (Envoy's client went away)."""
         assert reply.stream is not None
         stream = reply.stream
+        transport = self._transport
         try:
-            if self._transport is None or self._transport.is_closing():
+            if transport is None or transport.is_closing():
                 return
-            self._transport.write(http_head(reply, chunked=True))
+            transport.write(http_head(reply, chunked=True))
             async for chunk in stream:
-                if self._transport.is_closing():
+                if transport.is_closing():
+                    return
+                if transport.get_write_buffer_size() > _MAX_STREAM_BUFFER:
+                    log.warning("virtual MCP server: a client reads its stream too slowly; closing it")
+                    transport.close()
                     return
                 if chunk:
-                    self._transport.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
-            self._transport.write(b"0\r\n\r\n")
+                    transport.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            transport.write(b"0\r\n\r\n")
             if not keep_alive:
-                self._transport.close()
+                transport.close()
+        except Exception:  # headers are out: the only honest end is closing the connection
+            log.exception("virtual MCP server: a stream failed; closing it")
+            if transport is not None:
+                transport.close()
         finally:
             await stream.aclose()  # type: ignore[attr-defined]  # an async generator: its members' streams end
 

@@ -44,6 +44,8 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
+
 from xds_server.authz.jsonrpc import RepeatedKey, error_body, strict_loads
 from xds_server.authz.sealing import Sealer
 from xds_server.authz.state import RouteView
@@ -62,6 +64,7 @@ PASSED_ON = ("tools/call", "prompts/get", "completion/complete", "resources/read
 _CAPABILITIES = ("tools", "prompts", "resources", "completions", "logging")
 _LONGEST_CALL_S = 3600.0  # a route with no request timeout: still not forever
 _MARGIN_S = 0.5
+_KEEPALIVE_S = 60.0  # a comment line on a quiet stream, well within Envoy's idle timeout for it
 _COUNTED = frozenset({"initialize", "server/discover", "ping", "logging/setLevel", *PASSED_ON,
                       "tools/list", "prompts/list", "resources/list", "resources/templates/list"})  # fmt: skip
 
@@ -124,7 +127,7 @@ class VirtualFront:
         sealer = self._sealer_for(view)
         scope = sessions.scope_of(view.gateway.name, view.name)
         if method == "GET":
-            return self._stream(view, virtual, sealer, scope, headers, modern)
+            return await self._stream(view, virtual, sealer, scope, headers, modern)
         try:
             message = strict_loads(body) if method == "POST" else {}
         except RepeatedKey:
@@ -170,31 +173,59 @@ class VirtualFront:
 
     # -- a legacy client's stream of server messages ------------------------------
 
-    def _stream(self, view: RouteView, virtual: VirtualServerIR, sealer: Sealer, scope: str,
-                headers: Mapping[str, str], modern: bool) -> Reply:  # fmt: skip
-        """A legacy client's GET: its legacy members' streams merged (405 when it has none to follow)."""
+    async def _stream(self, view: RouteView, virtual: VirtualServerIR, sealer: Sealer, scope: str,
+                      headers: Mapping[str, str], modern: bool) -> Reply:  # fmt: skip
+        """A legacy client's GET: its legacy members' streams merged. They are opened first: a member that
+        ended its session makes it 404 `session_gone` (the client starts anew), none to follow 405 (the
+        client carries on without), so a client never loops on a stream that ends at once."""
         sealed = headers.get(SESSION_HEADER)
-        held = sessions.open_session(sealer, scope, sealed) if sealed and not modern else None
-        if held is None and not modern and sealed:
+        if modern or not sealed:
+            return Reply(405, headers={"allow": "POST, DELETE"})
+        held = sessions.open_session(sealer, scope, sealed)
+        if held is None:
             return _error(None, errors.SESSION_UNKNOWN,
                           f"Session not found: virtual server '{view.name}' did not issue this session id")  # fmt: skip
-        streams = [(m, held[m.backend]) for m in virtual.members if held and m.backend in held]
+        wanted = [(m, held[m.backend]) for m in virtual.members
+                  if m.backend in held and held[m.backend].url in self.client.urls(m)]  # fmt: skip
+        caller = _caller_headers(view, headers)
+        timeout = virtual.fan_out_timeout_ms / 1000
+        opened = await asyncio.gather(*(self._open_stream(m, s, timeout, caller) for m, s in wanted))
+        streams = [(m, r) for (m, _), r in zip(wanted, opened, strict=True) if r is not None and r.status_code == 200]
+        ended = [m.backend for (m, _), r in zip(wanted, opened, strict=True) if r is not None and r.status_code == 404]
+        for (_, _), r in zip(wanted, opened, strict=True):
+            if r is not None and r.status_code != 200:
+                await r.aclose()
+        if ended:
+            for _, r in streams:
+                await r.aclose()
+            return _error(None, errors.SESSION_GONE,
+                          f"Session not found: backend(s) {', '.join(ended)} of virtual server '{view.name}' "
+                          "ended their sessions for this one; initialize a new session")  # fmt: skip
         if not streams:
             return Reply(405, headers={"allow": "POST, DELETE"})
         self.counters[(view.name, "GET")] += 1
         return Reply(200, headers={"content-type": "text/event-stream", "cache-control": "no-cache"},
                      stream=self._relay(view.name, streams))  # fmt: skip
 
-    async def _relay(self, server: str, streams: list[tuple[VirtualMemberIR, MemberSession]]) -> AsyncIterator[bytes]:
+    async def _open_stream(self, member: VirtualMemberIR, session: MemberSession, timeout: float,
+                           caller: Mapping[str, str]) -> httpx.Response | None:  # fmt: skip
+        try:
+            return await self.client.open_stream(member, session, timeout, caller)
+        except MemberUnavailable as exc:
+            log.info("virtual server: %s", exc)
+            return None
+
+    async def _relay(self, server: str, streams: list[tuple[VirtualMemberIR, httpx.Response]]) -> AsyncIterator[bytes]:
         """The members' notifications, as one SSE stream, until every member's stream has ended (or the client
-        went away: the caller stops iterating). A member's `list_changed` also ends the cache of its lists.
-        Requests a member sends (sampling, elicitation) are not passed on: the client's answer would come
-        back to the gateway, which cannot hand it to the member."""
+        went away: the caller stops iterating, which closes them), with a comment line when nothing came for
+        a while (so that a quiet stream is not an idle one). A member's `list_changed` also ends the cache of
+        its lists. Requests a member sends (sampling, elicitation) are not passed on: the client's answer
+        would come back to the gateway, which cannot hand it to the member."""
         queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
 
-        async def follow(member: VirtualMemberIR, session: MemberSession) -> None:
+        async def follow(member: VirtualMemberIR, response: httpx.Response) -> None:
             try:
-                async for message in self.client.events(member, session):
+                async for message in self.client.stream_messages(member, response):
                     if "method" in message and "id" not in message:
                         if str(message["method"]).endswith("/list_changed"):
                             self.members.forget(server, member.backend)
@@ -204,20 +235,26 @@ class VirtualFront:
             finally:
                 await queue.put(None)
 
-        tasks = [asyncio.ensure_future(follow(m, s)) for m, s in streams]
+        tasks = [asyncio.ensure_future(follow(m, r)) for m, r in streams]
         try:
             yield b": agentxds virtual server stream\n\n"
             open_streams = len(tasks)
             while open_streams:
-                message = await queue.get()
+                try:
+                    message = await asyncio.wait_for(queue.get(), _KEEPALIVE_S)
+                except TimeoutError:
+                    yield b": keepalive\n\n"
+                    continue
                 if message is None:
                     open_streams -= 1
                     continue
-                text = json.dumps(message, separators=(",", ":"), ensure_ascii=False)
-                yield f"event: message\ndata: {text}\n\n".encode()
+                # ASCII JSON: a member's lone surrogate cannot break the stream.
+                yield f"event: message\ndata: {json.dumps(message, separators=(',', ':'))}\n\n".encode()
         finally:
             for task in tasks:
                 task.cancel()
+            for _, response in streams:
+                await response.aclose()
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -229,7 +266,10 @@ class VirtualFront:
         legacy_only = [m for m in virtual.members if not m.stateless]
         opened = await asyncio.gather(*(self._open(m, virtual.fan_out_timeout_ms / 1000) for m in legacy_only))
         held = {m.backend: s for m, s in zip(legacy_only, opened, strict=True) if s is not None}
-        result = {"protocolVersion": version, "capabilities": await self._capabilities(view, virtual),
+        capabilities = await self._capabilities(view, virtual)
+        if legacy_only:  # their list changes reach this client on its stream (GET)
+            capabilities |= {k: {"listChanged": True} for k in ("tools", "prompts", "resources") if k in capabilities}
+        result = {"protocolVersion": version, "capabilities": capabilities,
                   "serverInfo": {"name": view.name, "version": "agentxds"}}  # fmt: skip
         reply = _result(message.get("id"), result, False)
         reply.headers[SESSION_HEADER] = sessions.seal_session(sealer, scope, held)
@@ -249,7 +289,8 @@ class VirtualFront:
                 "_meta": {"io.modelcontextprotocol/serverInfo": {"name": view.name, "version": "agentxds"}}}  # fmt: skip
 
     async def _capabilities(self, view: RouteView, virtual: VirtualServerIR) -> dict[str, Any]:
-        """What the members offer together (list changes and subscriptions are not passed on)."""
+        """What the members offer together (subscriptions are not passed on; list changes only to legacy
+        clients following legacy members, which `_initialize` says)."""
         read = await self.members.read_all(view.name, virtual)
         offered = {key for lists in read.values() for key in lists.capabilities if key in _CAPABILITIES}
         capabilities: dict[str, Any] = {key: {} for key in sorted(offered)}

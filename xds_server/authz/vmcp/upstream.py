@@ -33,6 +33,8 @@ CLIENT_INFO = {"name": "agentxds-virtual-server", "version": "1"}
 SESSION_HEADER = "mcp-session-id"
 #: Methods whose target travels in the `Mcp-Name` header (2026-07-28), and where it is in params.
 _NAMED = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
+#: No cap on connections (legacy clients' streams hold one each); keep-alive for the rest.
+_LIMITS = httpx.Limits(max_connections=None, max_keepalive_connections=64)
 _LINES = re.compile(r"\r\n|\r|\n")  # SSE's line ends only (str.splitlines also splits on U+2028 and more)
 
 
@@ -111,8 +113,7 @@ class MemberClient:
     """Requests to members (one HTTP connection pool for plain HTTP, one per TLS setting)."""
 
     def __init__(self) -> None:
-        self._http = httpx.AsyncClient(timeout=None, trust_env=False,
-                                       limits=httpx.Limits(max_keepalive_connections=64))  # fmt: skip
+        self._http = httpx.AsyncClient(timeout=None, trust_env=False, limits=_LIMITS)
         self._turn = itertools.count()
         self._ids = itertools.count(1)
         self._tls: dict[UpstreamTlsIR, httpx.AsyncClient] = {}
@@ -137,7 +138,9 @@ class MemberClient:
             return self._http
         client = self._tls.get(tls)  # a changed CA or certificate is another setting: a new client
         if client is None:
-            client = self._tls[tls] = httpx.AsyncClient(timeout=None, trust_env=False, verify=_tls_context(tls))
+            client = self._tls[tls] = httpx.AsyncClient(
+                timeout=None, trust_env=False, verify=_tls_context(tls), limits=_LIMITS
+            )
         return client
 
     async def send(self, member: VirtualMemberIR, message: Mapping[str, Any], *, timeout: float,
@@ -203,29 +206,46 @@ class MemberClient:
         return frozenset(f"{scheme}://{f'[{e.host}]' if ':' in e.host else e.host}:{e.port}{member.upstream.path}"
                          for e in member.upstream.endpoints)  # fmt: skip
 
-    async def events(self, member: VirtualMemberIR, session: MemberSession) -> AsyncIterator[dict[str, Any]]:
-        """The messages a legacy member sends in `session` outside any request (its GET stream), until it
-        ends the stream. Raises MemberUnavailable when it cannot be opened."""
-        headers = {"accept": "text/event-stream", "mcp-protocol-version": LEGACY_REVISION, SESSION_HEADER: session.id}
+    async def open_stream(self, member: VirtualMemberIR, session: MemberSession, timeout: float,
+                          headers: Mapping[str, str] | None = None) -> httpx.Response:  # fmt: skip
+        """The GET stream of `session` (what a legacy member sends outside any request), opened within
+        `timeout`: the response, its body not read yet (`stream_messages`; the caller closes it). Raises
+        MemberUnavailable when the member cannot be reached; any status is the caller's to judge."""
+        sent = {"accept": "text/event-stream", "mcp-protocol-version": LEGACY_REVISION, SESSION_HEADER: session.id,
+                **(headers or {})}  # fmt: skip
+        wire = [(k.encode("ascii"), v.encode("latin-1", errors="replace")) for k, v in sent.items()]
+        tls = member.upstream.tls
+        extensions = {"sni_hostname": tls.sni} if tls is not None and tls.sni else {}
+        client = self._client(member)
+        request = client.build_request("GET", session.url, headers=wire, extensions=extensions)
         try:
-            async with self._client(member).stream("GET", session.url, headers=headers) as response:
-                if response.status_code != 200:
-                    raise MemberUnavailable(f"backend {member.backend!r} has no stream for this session "
-                                            f"(HTTP {response.status_code})")  # fmt: skip
-                data: list[str] = []
-                async for line in response.aiter_lines():
-                    if line.startswith("data:"):
-                        data.append(line[5:].removeprefix(" "))
-                    elif not line and data:
-                        try:
-                            message = json.loads("\n".join(data))
-                        except ValueError:
-                            message = None
-                        data = []
-                        if isinstance(message, dict):
-                            yield message
+            async with asyncio.timeout(timeout):
+                return await client.send(request, stream=True)
+        except TimeoutError:
+            raise MemberUnavailable(f"backend {member.backend!r} did not open its stream within {timeout:g}s") from None
+        except (httpx.HTTPError, OSError, ssl.SSLError, UnicodeError) as exc:
+            raise MemberUnavailable(f"backend {member.backend!r}: its stream failed ({type(exc).__name__})") from None
+
+    @staticmethod
+    async def stream_messages(member: VirtualMemberIR, response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
+        """The JSON-RPC messages of an open stream, until the member ends it (then it is closed)."""
+        data: list[str] = []
+        try:
+            async for line in response.aiter_lines():
+                if line.startswith("data:"):
+                    data.append(line[5:].removeprefix(" "))
+                elif not line and data:
+                    try:
+                        message = json.loads("\n".join(data))
+                    except ValueError:
+                        message = None
+                    data = []
+                    if isinstance(message, dict):
+                        yield message
         except (httpx.HTTPError, OSError, ssl.SSLError) as exc:
             raise MemberUnavailable(f"backend {member.backend!r}: its stream failed ({type(exc).__name__})") from None
+        finally:
+            await response.aclose()
 
     async def open_session(self, member: VirtualMemberIR, timeout: float) -> MemberSession:
         """A new legacy session with `member` (initialize, then notifications/initialized) on one endpoint."""
