@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 
+from xds_server.ir.mcp import McpRouteIR
 from xds_server.ir.types import IR, GatewayIR, RouteIR
 
 _RULE_INDEX = re.compile(r"^(.*)/rules\[(\d+)\]$")
@@ -48,6 +49,13 @@ def _route_note(route: RouteIR) -> str | None:
     if route.kind == "a2a":
         return ("every request also goes through the policy service (ext_proc: read strictly, task ids sealed per "
                 "caller), after Envoy's checks; Envoy decides the operation")  # fmt: skip
+    virtual = route.protocol.virtual if isinstance(route.protocol, McpRouteIR) else None
+    if virtual is not None:
+        members = ", ".join(m.backend for m in virtual.members)
+        native = ", ".join(m.backend for m in virtual.native_members)
+        routed = (f"2026-07-28 clients' prefixed calls to {native} routed by Envoy, every other call passed on by "
+                  "the policy service" if native else "every call passed on by the policy service")  # fmt: skip
+        return f"virtual server over {members}: {routed}; lists read by the policy service"
     if route.decisions.every_request:
         return "every request goes to the policy service (delegated credentials), after Envoy's checks"
     if route.decisions.calls == ():
