@@ -347,7 +347,7 @@ async def test_conditions_and_quotas_on_the_names_clients_see(virtual: Virtual) 
 async def test_members_messages_reach_the_client(virtual: Virtual) -> None:
     """What a member sends reaches the client: progress during a passed-on call (both revisions), and a
     legacy member's list change outside any call, on the legacy client's stream (its GET, merged by the
-    virtual server from its members' streams)."""
+    virtual server from its members' streams) and to a 2026-07-28 client listening."""
     for mode in ("modern", "legacy"):
         seen: list[float] = []
 
@@ -367,6 +367,21 @@ async def test_members_messages_reach_the_client(virtual: Virtual) -> None:
         await asyncio.sleep(0.3)  # the client opens its stream after initialize
         assert _text(await client.call_tool("beta__announce_tools", {})) == "announced"
         await asyncio.wait_for(changed.wait(), timeout=10)
+    # A 2026-07-28 client listens (subscriptions/listen): the virtual server follows its members' changes.
+    async with mcp_client(virtual.url, {IDENTITY_HEADER: "triage"}, "modern") as client:
+        async with client.listen(tools_list_changed=True, resource_subscriptions=["docs://readme"]) as subscription:
+            assert subscription.honored.tools_list_changed is True
+            assert not subscription.honored.resource_subscriptions  # resource updates are not passed on
+            for _ in range(10):  # the gateway opens its stream to the member while the client waits
+                assert _text(await client.call_tool("beta__announce_tools", {})) == "announced"
+                try:
+                    event = await asyncio.wait_for(anext(aiter(subscription)), timeout=1)
+                except TimeoutError:
+                    continue
+                assert type(event).__name__ == "ToolsListChanged"
+                break
+            else:
+                raise AssertionError("no list change reached the listening client")
 
 
 async def test_stateless_clients_share_the_gateways_session_safely(virtual: Virtual) -> None:

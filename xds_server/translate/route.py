@@ -181,8 +181,11 @@ def _native_member_entries(route: RouteIR, gateway: GatewayIR, action: dict[str,
     if virtual is None:
         return []
     stream = {"path": route.path, "headers": [{"name": ":method", "string_match": {"exact": "GET"}}]}
+    listen = {"path": route.path, "dynamic_metadata": [virtual_mcp.method_matcher(virtual_mcp.LISTEN_METHOD)]}
+    unbounded = {**action, "timeout": "0s", "idle_timeout": virtual_mcp.STREAM_IDLE_TIMEOUT}
     streams: list[tuple[dict[str, Any], dict[str, Any], FilterUses, dict[str, Any]]] = [
-        (stream, {**action, "timeout": "0s", "idle_timeout": virtual_mcp.STREAM_IDLE_TIMEOUT}, {}, {})
+        (stream, unbounded, {}, {}),
+        (listen, unbounded, {}, {}),
     ]
     protocol = translator_for(route)
     calls = protocol.call_match(route)

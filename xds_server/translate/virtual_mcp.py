@@ -47,6 +47,8 @@ PROTOCOL_HEADER = "mcp-protocol-version"
 NATIVE_METHODS = ("prompts/get", "tools/call")
 #: How long a legacy client's stream of server messages may stay silent (its client then opens another).
 STREAM_IDLE_TIMEOUT = "300s"
+#: A 2026-07-28 client's stream of list changes (answered by the policy service, without a call's timeout).
+LISTEN_METHOD = "subscriptions/listen"
 #: What a visible name is made of (policy/virtual_mcp.py VISIBLE_NAME_PATTERN), as an RE2 class.
 NAME_CHARACTERS = r"[A-Za-z0-9_.\-/]"
 
@@ -83,6 +85,11 @@ def _string(pattern: NamePattern) -> dict[str, Any]:
     from xds_server.translate.protocols.mcp import string_matcher
 
     return string_matcher(pattern)
+
+
+def method_matcher(method: str) -> dict[str, Any]:
+    """A route's dynamic-metadata matcher: the MCP filter read this JSON-RPC method."""
+    return {"filter": MCP_METADATA_NAMESPACE, "path": [{"key": "method"}], "value": {"string_match": {"exact": method}}}
 
 
 def _name_is(value: dict[str, Any], invert: bool = False) -> dict[str, Any]:

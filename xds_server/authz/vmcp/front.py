@@ -50,6 +50,7 @@ from xds_server.authz.jsonrpc import RepeatedKey, error_body, strict_loads
 from xds_server.authz.sealing import Sealer
 from xds_server.authz.state import RouteView
 from xds_server.authz.vmcp import sessions
+from xds_server.authz.vmcp.changes import LIST_CHANGES, Changes
 from xds_server.authz.vmcp.members import Members
 from xds_server.authz.vmcp.naming import LISTS, Catalog, Origin, catalog_of, origin_by_name
 from xds_server.authz.vmcp.upstream import SESSION_HEADER, Answer, MemberClient, MemberSession, MemberUnavailable
@@ -64,6 +65,7 @@ PASSED_ON = ("tools/call", "prompts/get", "completion/complete", "resources/read
 _CAPABILITIES = ("tools", "prompts", "resources", "completions", "logging")
 _LONGEST_CALL_S = 3600.0  # a route with no request timeout: still not forever
 _MARGIN_S = 0.5
+SUBSCRIPTION_ID = "io.modelcontextprotocol/subscriptionId"
 _KEEPALIVE_S = 60.0  # a comment line on a quiet stream, well within Envoy's idle timeout for it
 _COUNTED = frozenset({"initialize", "server/discover", "ping", "logging/setLevel", *PASSED_ON,
                       "tools/list", "prompts/list", "resources/list", "resources/templates/list"})  # fmt: skip
@@ -111,6 +113,7 @@ class VirtualFront:
         self._sealer_for = sealer_for
         self.client = MemberClient()
         self.members = Members(self.client)
+        self.changes = Changes(self.members)
         self._reported: dict[str, list[str]] = {}  # what each server's lists last left out (logged once)
         #: Requests answered, by (server, method): what the fan-out and the passed-on calls cost.
         self.counters: collections.Counter[tuple[str, str]] = collections.Counter()
@@ -161,6 +164,8 @@ class VirtualFront:
             return await self._initialize(view, virtual, sealer, scope, message)
         if rpc == "server/discover":
             return _result(request_id, await self._discover(view, virtual), True)
+        if rpc == "subscriptions/listen" and modern:
+            return await self._listen(view, virtual, message)
         if rpc in ("ping", "logging/setLevel"):
             return _result(request_id, {}, modern)
         if rpc in LISTS:
@@ -248,13 +253,55 @@ class VirtualFront:
                 if message is None:
                     open_streams -= 1
                     continue
-                # ASCII JSON: a member's lone surrogate cannot break the stream.
-                yield f"event: message\ndata: {json.dumps(message, separators=(',', ':'))}\n\n".encode()
+                yield _event(message)
         finally:
             for task in tasks:
                 task.cancel()
             for _, response in streams:
                 await response.aclose()
+
+    # -- a 2026-07-28 client's list changes --------------------------------------
+
+    async def _listen(self, view: RouteView, virtual: VirtualServerIR, message: Mapping[str, Any]) -> Reply:
+        """`subscriptions/listen`: acknowledged with the list changes the members offer of those asked
+        (resource subscriptions are not honored), then those changes, stamped with the request's id, until
+        the client goes (changes.py follows the members)."""
+        params = message.get("params")
+        asked = params.get("notifications") if isinstance(params, dict) else None
+        if not isinstance(asked, dict):
+            return _error(message.get("id"), errors.INVALID_REQUEST, "Invalid Request: subscriptions/listen needs "
+                          "params.notifications")  # fmt: skip
+        offered = set((await self._capabilities(view, virtual)).keys())
+        honored = {key: True for key, method in LIST_CHANGES.items()
+                   if asked.get(key) is True and method.split("/")[1] in offered}  # fmt: skip
+        self.counters[(view.name, "subscriptions/listen")] += 1
+        return Reply(200, headers={"content-type": "text/event-stream", "cache-control": "no-cache"},
+                     stream=self._changes_stream(view.name, virtual, message.get("id"), honored))  # fmt: skip
+
+    async def _changes_stream(self, server: str, virtual: VirtualServerIR, request_id: Any,
+                              honored: Mapping[str, bool]) -> AsyncIterator[bytes]:  # fmt: skip
+        stamp = {SUBSCRIPTION_ID: request_id}
+        wanted = {LIST_CHANGES[key] for key in honored}
+        queue: asyncio.Queue[str] = asyncio.Queue()
+        timeout = virtual.fan_out_timeout_ms / 1000
+        members = list(virtual.members) if wanted else []
+        for member in members:
+            self.changes.listen(server, member, timeout, queue)
+        try:
+            ack = {"jsonrpc": "2.0", "method": "notifications/subscriptions/acknowledged",
+                   "params": {"notifications": dict(honored), "_meta": stamp}}  # fmt: skip
+            yield _event(ack)
+            while True:
+                try:
+                    method = await asyncio.wait_for(queue.get(), _KEEPALIVE_S)
+                except TimeoutError:
+                    yield b": keepalive\n\n"
+                    continue
+                if method in wanted:
+                    yield _event({"jsonrpc": "2.0", "method": method, "params": {"_meta": stamp}})
+        finally:
+            for member in members:
+                self.changes.stop(server, member, queue)
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -267,8 +314,8 @@ class VirtualFront:
         opened = await asyncio.gather(*(self._open(m, virtual.fan_out_timeout_ms / 1000) for m in legacy_only))
         held = {m.backend: s for m, s in zip(legacy_only, opened, strict=True) if s is not None}
         capabilities = await self._capabilities(view, virtual)
-        if legacy_only:  # their list changes reach this client on its stream (GET)
-            capabilities |= {k: {"listChanged": True} for k in ("tools", "prompts", "resources") if k in capabilities}
+        if not legacy_only:  # a legacy client hears of changes only on its stream, from its legacy members
+            capabilities |= {k: {"listChanged": False} for k in ("tools", "prompts", "resources") if k in capabilities}
         result = {"protocolVersion": version, "capabilities": capabilities,
                   "serverInfo": {"name": view.name, "version": "agentxds"}}  # fmt: skip
         reply = _result(message.get("id"), result, False)
@@ -289,15 +336,15 @@ class VirtualFront:
                 "_meta": {"io.modelcontextprotocol/serverInfo": {"name": view.name, "version": "agentxds"}}}  # fmt: skip
 
     async def _capabilities(self, view: RouteView, virtual: VirtualServerIR) -> dict[str, Any]:
-        """What the members offer together (subscriptions are not passed on; list changes only to legacy
-        clients following legacy members, which `_initialize` says)."""
+        """What the members offer together (resource subscriptions are not passed on; list changes are, to
+        listeners and to legacy clients' streams)."""
         read = await self.members.read_all(view.name, virtual)
         offered = {key for lists in read.values() for key in lists.capabilities if key in _CAPABILITIES}
         capabilities: dict[str, Any] = {key: {} for key in sorted(offered)}
         for key in ("tools", "prompts", "resources"):
             if key in capabilities:
-                capabilities[key] = {"listChanged": False}
-        return capabilities or {"tools": {"listChanged": False}}
+                capabilities[key] = {"listChanged": True}  # to listeners (2026) and legacy streams (GET)
+        return capabilities or {"tools": {"listChanged": True}}
 
     # -- lists ----------------------------------------------------------------
 
@@ -408,6 +455,11 @@ class VirtualFront:
         answer.messages = [{**m, "id": message.get("id")} if "method" not in m and m.get("id") == own_id else m
                            for m in answer.messages]  # fmt: skip
         return answer
+
+
+def _event(message: Mapping[str, Any]) -> bytes:
+    """One SSE event (ASCII JSON: a member's lone surrogate cannot break the stream)."""
+    return f"event: message\ndata: {json.dumps(message, separators=(',', ':'))}\n\n".encode()
 
 
 def _caller_headers(view: RouteView, headers: Mapping[str, str]) -> dict[str, str]:

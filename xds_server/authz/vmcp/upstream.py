@@ -226,6 +226,28 @@ class MemberClient:
         except (httpx.HTTPError, OSError, ssl.SSLError, UnicodeError) as exc:
             raise MemberUnavailable(f"backend {member.backend!r}: its stream failed ({type(exc).__name__})") from None
 
+    async def open_listen(self, member: VirtualMemberIR, kinds: list[str], timeout: float) -> httpx.Response:
+        """A `subscriptions/listen` stream of the gateway's own with a stateless member, for the list changes
+        `kinds` (filter keys), opened within `timeout`: the response, its body not read yet. Raises
+        MemberUnavailable when the member cannot be reached."""
+        message = with_envelope({"jsonrpc": "2.0", "id": f"agentxds-listen-{self.next_id()}",
+                                 "method": "subscriptions/listen",
+                                 "params": {"notifications": {kind: True for kind in kinds}}})  # fmt: skip
+        headers = [(b"accept", b"application/json, text/event-stream"), (b"content-type", b"application/json"),
+                   (b"mcp-protocol-version", STATELESS_REVISION.encode()), (b"mcp-method", b"subscriptions/listen")]  # fmt: skip
+        tls = member.upstream.tls
+        extensions = {"sni_hostname": tls.sni} if tls is not None and tls.sni else {}
+        client = self._client(member)
+        request = client.build_request("POST", self.url(member), headers=headers, extensions=extensions,
+                                       content=json.dumps(message, separators=(",", ":")).encode())  # fmt: skip
+        try:
+            async with asyncio.timeout(timeout):
+                return await client.send(request, stream=True)
+        except TimeoutError:
+            raise MemberUnavailable(f"backend {member.backend!r} did not open its stream within {timeout:g}s") from None
+        except (httpx.HTTPError, OSError, ssl.SSLError) as exc:
+            raise MemberUnavailable(f"backend {member.backend!r}: its stream failed ({type(exc).__name__})") from None
+
     @staticmethod
     async def stream_messages(member: VirtualMemberIR, response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
         """The JSON-RPC messages of an open stream, until the member ends it (then it is closed)."""

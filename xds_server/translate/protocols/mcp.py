@@ -84,6 +84,8 @@ TASK_RESULT_METHOD = "tasks/result"
 #: Where a 2026-07-28 client declares the tasks extension (SEP-2663), as a metadata path.
 TASKS_EXTENSION_PATH = ("params", "_meta", "io.modelcontextprotocol/clientCapabilities", "extensions",
                         "io.modelcontextprotocol/tasks")  # fmt: skip
+#: A 2026-07-28 client's stream of list changes (SEP-2575); served on virtual servers only.
+LISTEN_METHOD = "subscriptions/listen"
 LIST_METHODS = ("prompts/list", "resources/list", "resources/templates/list", "tools/list")
 
 REQUEST_ID = f"%DYNAMIC_METADATA({MCP_METADATA_NAMESPACE}:id)%"
@@ -258,6 +260,9 @@ class McpTranslator(ProtocolTranslator):
 
     def common_permissions(self, route: RouteIR) -> list[dict[str, Any]]:
         permissions = [toolless_permission()]
+        if mcp_part(route).virtual is not None:
+            # A virtual server answers it itself with its members' list changes only (authz/vmcp/changes.py).
+            permissions.append(_method_is(LISTEN_METHOD))
         if mcp_part(route).tasks:
             # Any task method; whose task it is, the policy service checks.
             permissions.append(_or([_method_is(m) for m in (*TASK_METHODS, TASK_RESULT_METHOD)]))
