@@ -382,6 +382,21 @@ async def test_members_messages_reach_the_client(virtual: Virtual) -> None:
                 break
             else:
                 raise AssertionError("no list change reached the listening client")
+            # A change of the virtual server's policies ends the stream gracefully: the client listens again.
+            path = virtual.gateway.policy_dir / "virtual.yaml"
+            original = path.read_text()
+            reloads = virtual.gateway.control.reloads
+            path.write_text(original.replace('descriptions: {alpha__whoami: "Which server alpha is."}',
+                                             'descriptions: {alpha__whoami: "Which server alpha is, now."}'))  # fmt: skip
+            try:
+                await virtual.gateway.wait_reloads(reloads + 1)
+                with pytest.raises(StopAsyncIteration):
+                    while True:
+                        await asyncio.wait_for(anext(aiter(subscription)), timeout=10)
+            finally:
+                reloads = virtual.gateway.control.reloads
+                path.write_text(original)
+                await virtual.gateway.wait_reloads(reloads + 1)
 
 
 async def test_stateless_clients_share_the_gateways_session_safely(virtual: Virtual) -> None:

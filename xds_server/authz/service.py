@@ -127,6 +127,7 @@ class PolicyService:
                               "need a decision are refused", gateway.name)  # fmt: skip
         for handler in self.handlers.values():
             handler.update(self.index, running=self._grpc is not None)
+        self.vmcp.policies_changed(self.index)  # a changed virtual server's open streams end (clients listen again)
 
     def sealer_for(self, view: RouteView) -> Sealer:
         """What seals ids on `view`'s gateway: its `sealingKey`, else this service's own key."""

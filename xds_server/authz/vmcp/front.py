@@ -22,6 +22,7 @@ must agree on what was checked).
   during the call (progress, logging) is passed on with its answer; requests
   it sends the client (sampling, elicitation) are not, as the client could not
   answer them here.
+- `subscriptions/listen` (2026-07-28): the members' list changes (changes.py).
 - `ping`, `logging/setLevel`, notifications: answered here. GET (a legacy
   client's stream of server messages): its legacy members' streams merged
   (a member's `list_changed` also ends the cache of its lists); 405 when its
@@ -38,8 +39,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,7 +51,7 @@ import httpx
 
 from xds_server.authz.jsonrpc import RepeatedKey, error_body, strict_loads
 from xds_server.authz.sealing import Sealer
-from xds_server.authz.state import RouteView
+from xds_server.authz.state import PolicyIndex, RouteView
 from xds_server.authz.vmcp import sessions
 from xds_server.authz.vmcp.changes import LIST_CHANGES, Changes
 from xds_server.authz.vmcp.members import Members
@@ -66,8 +69,11 @@ _CAPABILITIES = ("tools", "prompts", "resources", "completions", "logging")
 _LONGEST_CALL_S = 3600.0  # a route with no request timeout: still not forever
 _MARGIN_S = 0.5
 SUBSCRIPTION_ID = "io.modelcontextprotocol/subscriptionId"
-_KEEPALIVE_S = 60.0  # a comment line on a quiet stream, well within Envoy's idle timeout for it
-_COUNTED = frozenset({"initialize", "server/discover", "ping", "logging/setLevel", *PASSED_ON,
+_ENDED = object()  # a member's stream ended
+_LISTED = ("tools", "prompts", "resources")  # the capabilities with lists that may change
+_KEEPALIVE_S = 60.0
+_TICK_S = 1.0  # how often an idle stream looks whether its server's policies changed  # a comment line on a quiet stream, well within Envoy's idle timeout for it
+_COUNTED = frozenset({"initialize", "server/discover", "ping", "logging/setLevel", "subscriptions/listen", *PASSED_ON,
                       "tools/list", "prompts/list", "resources/list", "resources/templates/list"})  # fmt: skip
 
 
@@ -114,6 +120,8 @@ class VirtualFront:
         self.client = MemberClient()
         self.members = Members(self.client)
         self.changes = Changes(self.members)
+        self._streamed: dict[str, Any] = {}  # server -> its route, while streams of it may be open
+        self._epochs: dict[str, int] = {}  # server -> how often its policies changed under open streams
         self._reported: dict[str, list[str]] = {}  # what each server's lists last left out (logged once)
         #: Requests answered, by (server, method): what the fan-out and the passed-on calls cost.
         self.counters: collections.Counter[tuple[str, str]] = collections.Counter()
@@ -210,7 +218,7 @@ class VirtualFront:
             return Reply(405, headers={"allow": "POST, DELETE"})
         self.counters[(view.name, "GET")] += 1
         return Reply(200, headers={"content-type": "text/event-stream", "cache-control": "no-cache"},
-                     stream=self._relay(view.name, streams))  # fmt: skip
+                     stream=self._relay(view, streams))  # fmt: skip
 
     async def _open_stream(self, member: VirtualMemberIR, session: MemberSession, timeout: float,
                            caller: Mapping[str, str]) -> httpx.Response | None:  # fmt: skip
@@ -220,13 +228,16 @@ class VirtualFront:
             log.info("virtual server: %s", exc)
             return None
 
-    async def _relay(self, server: str, streams: list[tuple[VirtualMemberIR, httpx.Response]]) -> AsyncIterator[bytes]:
+    async def _relay(
+        self, view: RouteView, streams: list[tuple[VirtualMemberIR, httpx.Response]]
+    ) -> AsyncIterator[bytes]:
         """The members' notifications, as one SSE stream, until every member's stream has ended (or the client
         went away: the caller stops iterating, which closes them), with a comment line when nothing came for
         a while (so that a quiet stream is not an idle one). A member's `list_changed` also ends the cache of
         its lists. Requests a member sends (sampling, elicitation) are not passed on: the client's answer
         would come back to the gateway, which cannot hand it to the member."""
-        queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        server, epoch = view.name, self._watch(view)
 
         async def follow(member: VirtualMemberIR, response: httpx.Response) -> None:
             try:
@@ -238,22 +249,21 @@ class VirtualFront:
             except MemberUnavailable as exc:
                 log.info("virtual server %s: %s", server, exc)
             finally:
-                await queue.put(None)
+                await queue.put(_ENDED)
 
         tasks = [asyncio.ensure_future(follow(m, r)) for m, r in streams]
         try:
             yield b": agentxds virtual server stream\n\n"
             open_streams = len(tasks)
-            while open_streams:
-                try:
-                    message = await asyncio.wait_for(queue.get(), _KEEPALIVE_S)
-                except TimeoutError:
-                    yield b": keepalive\n\n"
-                    continue
+            async for message in self._until_changed(view.name, epoch, queue):
                 if message is None:
+                    yield b": keepalive\n\n"
+                elif message is _ENDED:
                     open_streams -= 1
-                    continue
-                yield _event(message)
+                    if not open_streams:
+                        return
+                else:
+                    yield _event(message)
         finally:
             for task in tasks:
                 task.cancel()
@@ -263,45 +273,81 @@ class VirtualFront:
     # -- a 2026-07-28 client's list changes --------------------------------------
 
     async def _listen(self, view: RouteView, virtual: VirtualServerIR, message: Mapping[str, Any]) -> Reply:
-        """`subscriptions/listen`: acknowledged with the list changes the members offer of those asked
-        (resource subscriptions are not honored), then those changes, stamped with the request's id, until
-        the client goes (changes.py follows the members)."""
+        """`subscriptions/listen`: acknowledged (once the members' streams are open, or the fan-out timeout
+        passed) with the list changes asked for that some member declares (resource subscriptions are not
+        honored), then those changes, stamped with the request's id, until the client goes; a change of
+        the virtual server's policies ends it gracefully (the stamped result), so the client listens again."""
         params = message.get("params")
         asked = params.get("notifications") if isinstance(params, dict) else None
         if not isinstance(asked, dict):
-            return _error(message.get("id"), errors.INVALID_REQUEST, "Invalid Request: subscriptions/listen needs "
-                          "params.notifications")  # fmt: skip
-        offered = set((await self._capabilities(view, virtual)).keys())
+            return _error(message.get("id"), errors.INVALID_REQUEST,
+                          "Invalid Request: subscriptions/listen needs params.notifications")  # fmt: skip
+        read = await self.members.read_all(view.name, virtual)
+        # A stateless member is followed when it declares list changes (else it may not serve listen at all);
+        # a legacy-only one whenever it has such lists: its GET stream is always there, and servers (the
+        # SDK's among them) announce changes there without declaring them.
+        declaring = {m.backend: {kind for kind, value in read[m.backend].capabilities.items()
+                                 if kind in _LISTED and isinstance(value, dict)
+                                 and (value.get("listChanged") is True or not m.stateless)}
+                     for m in virtual.members if m.backend in read}  # fmt: skip
         honored = {key: True for key, method in LIST_CHANGES.items()
-                   if asked.get(key) is True and method.split("/")[1] in offered}  # fmt: skip
-        self.counters[(view.name, "subscriptions/listen")] += 1
+                   if asked.get(key) is True and any(method.split("/")[1] in kinds for kinds in declaring.values())}  # fmt: skip
+        followed = [m for m in virtual.members if declaring.get(m.backend)] if honored else []
         return Reply(200, headers={"content-type": "text/event-stream", "cache-control": "no-cache"},
-                     stream=self._changes_stream(view.name, virtual, message.get("id"), honored))  # fmt: skip
+                     stream=self._changes_stream(view, virtual, message.get("id"), honored, followed))  # fmt: skip
 
-    async def _changes_stream(self, server: str, virtual: VirtualServerIR, request_id: Any,
-                              honored: Mapping[str, bool]) -> AsyncIterator[bytes]:  # fmt: skip
-        stamp = {SUBSCRIPTION_ID: request_id}
+    async def _changes_stream(self, view: RouteView, virtual: VirtualServerIR, request_id: Any,
+                              honored: Mapping[str, bool], followed: list[VirtualMemberIR]) -> AsyncIterator[bytes]:  # fmt: skip
+        server, stamp = view.name, {SUBSCRIPTION_ID: request_id}
         wanted = {LIST_CHANGES[key] for key in honored}
         queue: asyncio.Queue[str] = asyncio.Queue()
         timeout = virtual.fan_out_timeout_ms / 1000
-        members = list(virtual.members) if wanted else []
-        for member in members:
-            self.changes.listen(server, member, timeout, queue)
+        epoch = self._watch(view)
+        ready = [self.changes.listen(server, member, timeout, queue) for member in followed]
         try:
-            ack = {"jsonrpc": "2.0", "method": "notifications/subscriptions/acknowledged",
-                   "params": {"notifications": dict(honored), "_meta": stamp}}  # fmt: skip
-            yield _event(ack)
-            while True:
-                try:
-                    method = await asyncio.wait_for(queue.get(), _KEEPALIVE_S)
-                except TimeoutError:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.gather(*(event.wait() for event in ready)), timeout)
+            yield _event({"jsonrpc": "2.0", "method": "notifications/subscriptions/acknowledged",
+                          "params": {"notifications": dict(honored), "_meta": stamp}})  # fmt: skip
+            async for method in self._until_changed(server, epoch, queue):
+                if method is None:
                     yield b": keepalive\n\n"
-                    continue
-                if method in wanted:
+                elif method in wanted:
                     yield _event({"jsonrpc": "2.0", "method": method, "params": {"_meta": stamp}})
+            yield _event({"jsonrpc": "2.0", "id": request_id, "result": {"_meta": stamp}})  # the graceful end
         finally:
-            for member in members:
+            for member in followed:
                 self.changes.stop(server, member, queue)
+
+    def _watch(self, view: RouteView) -> int:
+        """Note that a stream of `view`'s server is open; its current policy epoch."""
+        self._streamed[view.name] = view.route
+        return self._epochs.get(view.name, 0)
+
+    async def _until_changed(self, server: str, epoch: int, queue: asyncio.Queue[Any]) -> AsyncIterator[Any]:
+        """What `queue` gets, with None every _KEEPALIVE_S of silence, until the server's policies change
+        (or nothing was wanted: at once)."""
+        quiet_since = time.monotonic()
+        while self._epochs.get(server, 0) == epoch:
+            try:
+                item = await asyncio.wait_for(queue.get(), _TICK_S)
+            except TimeoutError:
+                if time.monotonic() - quiet_since >= _KEEPALIVE_S:
+                    quiet_since = time.monotonic()
+                    yield None
+                continue
+            quiet_since = time.monotonic()
+            yield item
+
+    def policies_changed(self, index: PolicyIndex) -> None:
+        """The policies changed: streams of a virtual server whose route changed (or went) end, so their
+        clients listen again against the new one; its followers stop."""
+        for server, route in list(self._streamed.items()):
+            view = index.route(server)
+            if view is None or view.route != route:
+                self._epochs[server] = self._epochs.get(server, 0) + 1
+                self._streamed.pop(server, None)
+                self.changes.forget_server(server)
 
     # -- lifecycle ------------------------------------------------------------
 

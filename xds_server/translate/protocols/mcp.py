@@ -202,8 +202,10 @@ class McpTranslator(ProtocolTranslator):
             "max_request_body_size": gateway.listener.max_request_body_bytes,
             "reject_duplicate_keys": True,
         }
-        if gateway.needs_policy_service:
-            # Pick the route again once the body is parsed: policy routes match on method and tool.
+        if gateway.needs_policy_service or any(isinstance(r.protocol, McpRouteIR) and r.protocol.virtual
+                                               for r in gateway.routes):  # fmt: skip
+            # Pick the route again once the body is parsed: policy routes and a virtual server's member
+            # routes match on the method and the tool.
             config["clear_route_cache"] = True
         routes = [r for r in gateway.routes if r.kind == self.kind]
         arguments = sorted({m.name for r in routes for g in r.grants for ag in mcp_allows(g.allows).argument_grants
