@@ -89,7 +89,7 @@ TOOLS = {"list_issues", "get_issue", "create_issue", "delete_repo", "whoami", "b
 INTERACTIVE = {"count", "announce_tools", "archive_repo", "ask_model"}
 BETA_ARGS = ("--only-revision", "2025-11-25", "--interactive")
 EXPECTED = ({f"{p}__{t}" for p in ("alpha", "beta", "gm") for t in TOOLS if t != "delete_repo"}
-            - {"gm__get_issue"}) | {"find_issue"} | {f"beta__{t}" for t in INTERACTIVE}  # fmt: skip
+            - {"gm__get_issue"}) | {"find_issue"} | {f"{p}__{t}" for p in ("alpha", "beta") for t in INTERACTIVE}  # fmt: skip
 
 
 @dataclass
@@ -105,7 +105,7 @@ class Virtual:
 
 def _members(workdir: Path) -> dict[str, McpBackend]:
     return {
-        "alpha": start_mcp_backend(workdir, name="alpha"),
+        "alpha": start_mcp_backend(workdir, name="alpha", extra_args=("--interactive",)),
         "beta": start_mcp_backend(workdir, name="beta", extra_args=BETA_ARGS),
         "gamma": start_mcp_backend(workdir, name="gamma", extra_args=("--only-revision", "2026-07-28")),
     }
@@ -285,7 +285,8 @@ async def test_a_member_down_drops_out_and_comes_back(virtual: Virtual) -> None:
         error = _message(answer)["error"]
         assert error["code"] == -32053 and error["data"]["backend"] == "alpha", error
     finally:
-        virtual.members["alpha"] = start_mcp_backend(virtual.workdir, name="alpha", port=alpha.port)
+        virtual.members["alpha"] = start_mcp_backend(virtual.workdir, name="alpha", port=alpha.port,
+                                                     extra_args=("--interactive",))  # fmt: skip
 
     async def listed_again() -> bool:  # a member that failed is not asked again for a second
         async with mcp_client(virtual.url, {IDENTITY_HEADER: "triage"}, "modern") as client:
@@ -367,21 +368,17 @@ async def test_members_messages_reach_the_client(virtual: Virtual) -> None:
         await asyncio.sleep(0.3)  # the client opens its stream after initialize
         assert _text(await client.call_tool("beta__announce_tools", {})) == "announced"
         await asyncio.wait_for(changed.wait(), timeout=10)
+        # A stateless member's change too (it announces to its listeners: the gateway follows it).
+        changed.clear()
+        await _announce_until(client, "alpha__announce_tools", changed.wait)
     # A 2026-07-28 client listens (subscriptions/listen): the virtual server follows its members' changes.
     async with mcp_client(virtual.url, {IDENTITY_HEADER: "triage"}, "modern") as client:
         async with client.listen(tools_list_changed=True, resource_subscriptions=["docs://readme"]) as subscription:
             assert subscription.honored.tools_list_changed is True
             assert not subscription.honored.resource_subscriptions  # resource updates are not passed on
-            for _ in range(10):  # the gateway opens its stream to the member while the client waits
-                assert _text(await client.call_tool("beta__announce_tools", {})) == "announced"
-                try:
-                    event = await asyncio.wait_for(anext(aiter(subscription)), timeout=1)
-                except TimeoutError:
-                    continue
+            for tool in ("beta__announce_tools", "alpha__announce_tools"):  # legacy-only, then stateless (native)
+                event = await _announce_until(client, tool, lambda: anext(aiter(subscription)))
                 assert type(event).__name__ == "ToolsListChanged"
-                break
-            else:
-                raise AssertionError("no list change reached the listening client")
             # A change of the virtual server's policies ends the stream gracefully: the client listens again.
             path = virtual.gateway.policy_dir / "virtual.yaml"
             original = path.read_text()
@@ -397,6 +394,18 @@ async def test_members_messages_reach_the_client(virtual: Virtual) -> None:
                 reloads = virtual.gateway.control.reloads
                 path.write_text(original)
                 await virtual.gateway.wait_reloads(reloads + 1)
+
+
+async def _announce_until(client: Any, tool: str, heard: Any) -> Any:
+    """Call `tool` (a member announcing a list change) until `heard()` returns within a second: the gateway's
+    stream to the member may still be opening when the first announcement is made."""
+    for _ in range(10):
+        assert _text(await client.call_tool(tool, {})) == "announced"
+        try:
+            return await asyncio.wait_for(heard(), timeout=1)
+        except TimeoutError:
+            continue
+    raise AssertionError(f"no list change reached the client after {tool}")
 
 
 async def test_stateless_clients_share_the_gateways_session_safely(virtual: Virtual) -> None:

@@ -41,8 +41,10 @@ def add_interactive_tools(server: Any) -> None:
 
     @server.tool(structured_output=False)
     async def announce_tools(ctx: Context) -> str:
-        """Tell the client the tool list changed (a notification outside this call: a legacy client's GET stream)."""
-        await ctx.session.send_tool_list_changed()
+        """Tell clients the tool list changed, outside this call: to `subscriptions/listen` streams
+        (2026-07-28) and on the session's GET stream (2025-11-25)."""
+        await ctx.notify_tools_changed()
+        await ctx.session.send_tool_list_changed()  # best effort: dropped where the session has no such stream
         return "announced"
 
     @server.tool(structured_output=False)

@@ -214,11 +214,15 @@ class VirtualFront:
             return _error(None, errors.SESSION_GONE,
                           f"Session not found: backend(s) {', '.join(ended)} of virtual server '{view.name}' "
                           "ended their sessions for this one; initialize a new session")  # fmt: skip
-        if not streams:
+        # Stateless members' list changes reach this stream too (followed by changes.py, as for listeners).
+        changing = [
+            m for m in virtual.members if m.stateless and self._declares_changes(await self._read(view, virtual), m)
+        ]
+        if not streams and not changing:
             return Reply(405, headers={"allow": "POST, DELETE"})
         self.counters[(view.name, "GET")] += 1
         return Reply(200, headers={"content-type": "text/event-stream", "cache-control": "no-cache"},
-                     stream=self._relay(view, streams))  # fmt: skip
+                     stream=self._relay(view, virtual, streams, changing))  # fmt: skip
 
     async def _open_stream(self, member: VirtualMemberIR, session: MemberSession, timeout: float,
                            caller: Mapping[str, str]) -> httpx.Response | None:  # fmt: skip
@@ -228,9 +232,23 @@ class VirtualFront:
             log.info("virtual server: %s", exc)
             return None
 
-    async def _relay(
-        self, view: RouteView, streams: list[tuple[VirtualMemberIR, httpx.Response]]
-    ) -> AsyncIterator[bytes]:
+    async def _read(self, view: RouteView, virtual: VirtualServerIR) -> Mapping[str, Any]:
+        return await self.members.read_all(view.name, virtual)
+
+    @staticmethod
+    def _declares_changes(read: Mapping[str, Any], member: VirtualMemberIR) -> set[str]:
+        """The list kinds whose changes `member` may send: those a stateless member declares (`listChanged`:
+        else it may not serve listen at all); every list a legacy-only one has, as servers (the SDK's
+        among them) announce changes on their GET stream without declaring them."""
+        lists = read.get(member.backend)
+        if lists is None:
+            return set()
+        return {kind for kind, value in lists.capabilities.items() if kind in _LISTED and isinstance(value, dict)
+                and (value.get("listChanged") is True or not member.stateless)}  # fmt: skip
+
+    async def _relay(self, view: RouteView, virtual: VirtualServerIR,
+                     streams: list[tuple[VirtualMemberIR, httpx.Response]],
+                     changing: list[VirtualMemberIR]) -> AsyncIterator[bytes]:  # fmt: skip
         """The members' notifications, as one SSE stream, until every member's stream has ended (or the client
         went away: the caller stops iterating, which closes them), with a comment line when nothing came for
         a while (so that a quiet stream is not an idle one). A member's `list_changed` also ends the cache of
@@ -251,10 +269,19 @@ class VirtualFront:
             finally:
                 await queue.put(_ENDED)
 
+        changes: asyncio.Queue[str] = asyncio.Queue()
+
+        async def relay_changes() -> None:
+            while True:
+                await queue.put({"jsonrpc": "2.0", "method": await changes.get()})
+
+        for member in changing:
+            self.changes.listen(server, member, virtual.fan_out_timeout_ms / 1000, changes)
         tasks = [asyncio.ensure_future(follow(m, r)) for m, r in streams]
+        tasks += [asyncio.ensure_future(relay_changes())] if changing else []
         try:
             yield b": agentxds virtual server stream\n\n"
-            open_streams = len(tasks)
+            open_streams = len(streams) + (1 if changing else 0)  # the followed changes end only with the client
             async for message in self._until_changed(view.name, epoch, queue):
                 if message is None:
                     yield b": keepalive\n\n"
@@ -265,6 +292,8 @@ class VirtualFront:
                 else:
                     yield _event(message)
         finally:
+            for member in changing:
+                self.changes.stop(server, member, changes)
             for task in tasks:
                 task.cancel()
             for _, response in streams:
@@ -282,14 +311,8 @@ class VirtualFront:
         if not isinstance(asked, dict):
             return _error(message.get("id"), errors.INVALID_REQUEST,
                           "Invalid Request: subscriptions/listen needs params.notifications")  # fmt: skip
-        read = await self.members.read_all(view.name, virtual)
-        # A stateless member is followed when it declares list changes (else it may not serve listen at all);
-        # a legacy-only one whenever it has such lists: its GET stream is always there, and servers (the
-        # SDK's among them) announce changes there without declaring them.
-        declaring = {m.backend: {kind for kind, value in read[m.backend].capabilities.items()
-                                 if kind in _LISTED and isinstance(value, dict)
-                                 and (value.get("listChanged") is True or not m.stateless)}
-                     for m in virtual.members if m.backend in read}  # fmt: skip
+        read = await self._read(view, virtual)
+        declaring = {m.backend: self._declares_changes(read, m) for m in virtual.members}
         honored = {key: True for key, method in LIST_CHANGES.items()
                    if asked.get(key) is True and any(method.split("/")[1] in kinds for kinds in declaring.values())}  # fmt: skip
         followed = [m for m in virtual.members if declaring.get(m.backend)] if honored else []
