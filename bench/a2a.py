@@ -54,11 +54,11 @@ from typing import Any
 from run import (  # bench/run.py
     HOST,
     STARTUP_TIMEOUT_S,
-    WRK_GRACE_S,
     cpu_seconds,
     machine_info,
     ready_url,
     start_control_plane,
+    wrk_run,
 )
 
 from xds_server.authz.a2a.exchange import ExchangeRequest
@@ -200,15 +200,7 @@ def check(direct_url: str, gateway_url: str, envoy: EnvoyProcess) -> dict[str, A
 
 
 def run_wrk(wrk: str, url: str, *, connections: int, seconds: int, header: str = "") -> dict[str, Any]:
-    argv = [wrk, "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s", "--latency", "-s", str(LUA), url,
-            "--", TEXT, header]  # fmt: skip
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + WRK_GRACE_S)
-    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH_JSON ")), None)
-    if proc.returncode != 0 or line is None:
-        raise RuntimeError(f"wrk failed ({proc.returncode}): {proc.stderr.strip() or proc.stdout.strip()}")
-    data: dict[str, Any] = json.loads(line.removeprefix("BENCH_JSON "))
-    data["rps"] = data["requests"] / (data["duration_us"] / 1e6) if data["duration_us"] else 0.0
-    return data
+    return wrk_run(wrk, url, LUA, [TEXT, header], connections=connections, seconds=seconds)[0]
 
 
 def problems(path: str, r: dict[str, Any]) -> list[str]:

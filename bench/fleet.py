@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from run import HOST, STARTUP_TIMEOUT_S, machine_info, start_demo_server  # bench/run.py
+from run import HOST, STARTUP_TIMEOUT_S, bench_json, machine_info, start_demo_server  # bench/run.py
 
 from xds_server.runtime.bootstrap import render_bootstrap
 from xds_server.runtime.envoy import EnvoyProcess
@@ -144,11 +144,7 @@ def wrk_sessions(wrk: str, port: int, sessions: list[str], connections: int, dur
 
 def result_of(proc: subprocess.Popen[str], duration: int) -> dict[str, Any]:
     out, err = proc.communicate(timeout=duration + 30)
-    line = next((ln for ln in out.splitlines() if ln.startswith("BENCH_JSON ")), None)
-    if proc.returncode != 0 or line is None:
-        raise RuntimeError(f"wrk failed: {err or out}")
-    data: dict[str, Any] = json.loads(line.removeprefix("BENCH_JSON "))
-    data["rps"] = data["requests"] / (data["duration_us"] / 1e6)
+    data = bench_json(proc.returncode, out, err)
     data.update({f"{q}_us": data["latency_us"][q] for q in ("p50", "p90", "p99")})
     data["failed"] = data["requests"] - data["rpc_result"]
     data["first_error"] = err.strip().removeprefix("FIRST_ERROR ")

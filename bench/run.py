@@ -346,24 +346,36 @@ def counters(envoy: EnvoyProcess) -> dict[str, int]:
 # -- wrk -----------------------------------------------------------------------
 
 
+def bench_json(returncode: int | None, stdout: str, stderr: str) -> dict[str, Any]:
+    """The figures a wrk script's `BENCH_JSON` line gives (bench/wrk_common.lua), with `rps`; raises when
+    wrk failed or printed none."""
+    line = next((ln for ln in stdout.splitlines() if ln.startswith("BENCH_JSON ")), None)
+    if returncode != 0 or line is None:
+        raise RuntimeError(f"wrk failed ({returncode}): {stderr.strip() or stdout.strip()}")
+    data: dict[str, Any] = json.loads(line.removeprefix("BENCH_JSON "))
+    data["rps"] = data["requests"] / (data["duration_us"] / 1e6) if data["duration_us"] else 0.0
+    return data
+
+
+def wrk_run(wrk: str, url: str, script: Path, args: list[str], *, connections: int,
+            seconds: int) -> tuple[dict[str, Any], str]:  # fmt: skip
+    """One wrk run (1 thread, `connections`, `seconds`, latency) of `script` with `args`: (its figures, its text)."""
+    argv = [wrk, "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s", "--latency", "-s", str(script),
+            url, "--", *args]  # fmt: skip
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + WRK_GRACE_S)
+    return bench_json(proc.returncode, proc.stdout, proc.stderr), proc.stdout
+
+
 def run_wrk(wrk: str, url: str, call: tuple[str, dict[str, Any], str | None], tokens: Tokens, *, connections: int,
             duration: int) -> dict[str, Any]:  # fmt: skip
     tool, arguments, agent = call
     header = f"{TOKEN_HEADER}: {tokens.tokens[agent]}" if agent is not None else ""
-    argv = [wrk, "-t1", f"-c{connections}", f"-d{duration}s", "--timeout", "5s", "--latency",
-            "-s", str(LUA_SCRIPT), url, "--", tool, "-", json.dumps(arguments, separators=(",", ":")), header]  # fmt: skip
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=duration + WRK_GRACE_S)
-    if proc.returncode != 0:
-        raise RuntimeError(f"wrk failed ({proc.returncode}): {proc.stderr.strip() or proc.stdout.strip()}")
-    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH_JSON ")), None)
-    if line is None:
-        raise RuntimeError(f"wrk printed no BENCH_JSON line:\n{proc.stdout}")
-    data: dict[str, Any] = json.loads(line.removeprefix("BENCH_JSON "))
-    data["rps"] = data["requests"] / (data["duration_us"] / 1e6) if data["duration_us"] else 0.0
+    data, output = wrk_run(wrk, url, LUA_SCRIPT, [tool, "-", json.dumps(arguments, separators=(",", ":")), header],
+                           connections=connections, seconds=duration)  # fmt: skip
     # Cross-check against wrk's own text output.
-    m = re.search(r"Requests/sec:\s+([\d.]+)", proc.stdout)
+    m = re.search(r"Requests/sec:\s+([\d.]+)", output)
     data["rps_wrk"] = float(m.group(1)) if m else None
-    data["wrk_output"] = proc.stdout
+    data["wrk_output"] = output
     return data
 
 

@@ -38,7 +38,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from run import HOST, STARTUP_TIMEOUT_S, WRK_GRACE_S, cpu_seconds, machine_info, ready_url, start_control_plane
+from run import (  # bench/run.py
+    HOST,
+    STARTUP_TIMEOUT_S,
+    cpu_seconds,
+    machine_info,
+    ready_url,
+    start_control_plane,
+    wrk_run,
+)
 
 from xds_server.runtime.bootstrap import render_bootstrap
 from xds_server.runtime.envoy import EnvoyProcess
@@ -165,14 +173,7 @@ def lists(listen_port: int, path: str, count: int) -> dict[str, Any]:
 
 
 def run_wrk(wrk: str, url: str, tool: str, *, connections: int, seconds: int) -> dict[str, Any]:
-    argv = [wrk, "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s", "--latency", "-s", str(LUA), url,
-            "--", tool, CALLER]  # fmt: skip
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + WRK_GRACE_S)
-    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH_JSON ")), None)
-    if proc.returncode != 0 or line is None:
-        raise RuntimeError(f"wrk failed ({proc.returncode}): {proc.stderr.strip() or proc.stdout.strip()}")
-    data: dict[str, Any] = json.loads(line.removeprefix("BENCH_JSON "))
-    data["rps"] = data["requests"] / (data["duration_us"] / 1e6) if data["duration_us"] else 0.0
+    data = wrk_run(wrk, url, LUA, [tool, CALLER], connections=connections, seconds=seconds)[0]
     n = data["requests"]
     data["problems"] = [] if n and data["status_2xx"] == data["rpc_result"] == n else [
         f"expected {n} x 200 + result, got 2xx={data['status_2xx']} result={data['rpc_result']} error={data['rpc_error']}"]  # fmt: skip
