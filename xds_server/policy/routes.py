@@ -97,6 +97,13 @@ class HealthCheck(StrictModel):
         return self
 
 
+def refuse_reserved(route: str | None) -> None:
+    """Refuse a route the gateway serves itself (discovery), for any routed kind's `route`."""
+    if route == DISCOVERY_PATH:
+        raise PydanticCustomError("route_reserved", "route {route} is the gateway's own (discovery)",
+                                  {"route": DISCOVERY_PATH})  # fmt: skip
+
+
 class RouteSpec(StrictModel):
     """The settings every routed kind has. Subclasses add `route`, their upstream path and protocol fields."""
 
@@ -147,9 +154,7 @@ class RouteSpec(StrictModel):
 
     @model_validator(mode="after")
     def _not_reserved(self) -> RouteSpec:
-        if getattr(self, "route", None) == DISCOVERY_PATH:
-            raise PydanticCustomError("route_reserved", "route {route} is the gateway's own (discovery)",
-                                      {"route": DISCOVERY_PATH})  # fmt: skip
+        refuse_reserved(getattr(self, "route", None))
         return self
 
     @model_validator(mode="after")

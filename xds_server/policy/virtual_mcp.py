@@ -19,10 +19,8 @@ from typing import Annotated, Literal
 from pydantic import Field, model_validator
 from pydantic_core import PydanticCustomError
 
-from xds_server.core.wire import DISCOVERY_PATH
-
 from .base import DocumentModel, Duration, Glob, HttpPath, Name, StrictModel, duration_ms
-from .routes import RoutePolicyService
+from .routes import RoutePolicyService, refuse_reserved
 
 #: MCP protocol revisions a member may speak.
 Revision = Literal["2026-07-28", "2025-11-25"]
@@ -124,9 +122,7 @@ class VirtualMCPServerSpec(StrictModel):
 
     @model_validator(mode="after")
     def _members_distinct(self) -> VirtualMCPServerSpec:
-        if self.route == DISCOVERY_PATH:
-            raise PydanticCustomError("route_reserved", "route {route} is the gateway's own (discovery)",
-                                      {"route": DISCOVERY_PATH})  # fmt: skip
+        refuse_reserved(self.route)
         names = [m.backend for m in self.backends]
         if len(set(names)) != len(names):
             raise PydanticCustomError("member_twice", "a backend is listed twice")

@@ -49,6 +49,7 @@ from xds_server.translate.names import (
 )
 from xds_server.translate.proto import to_message
 from xds_server.translate.protocols import translator_for
+from xds_server.translate.protocols.mcp import LISTEN_METHOD, route_method_matcher
 
 
 def _both(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
@@ -181,7 +182,7 @@ def _native_member_entries(route: RouteIR, gateway: GatewayIR, action: dict[str,
     if virtual is None:
         return []
     stream = {"path": route.path, "headers": [{"name": ":method", "string_match": {"exact": "GET"}}]}
-    listen = {"path": route.path, "dynamic_metadata": [virtual_mcp.method_matcher(virtual_mcp.LISTEN_METHOD)]}
+    listen = {"path": route.path, "dynamic_metadata": [route_method_matcher(LISTEN_METHOD)]}
     unbounded = {**action, "timeout": "0s", "idle_timeout": virtual_mcp.STREAM_IDLE_TIMEOUT}
     streams: list[tuple[dict[str, Any], dict[str, Any], FilterUses, dict[str, Any]]] = [
         (stream, unbounded, {}, {}),

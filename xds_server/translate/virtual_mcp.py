@@ -38,7 +38,10 @@ from xds_server.ir.mcp import McpRouteIR
 from xds_server.ir.patterns import NamePattern, PatternKind
 from xds_server.ir.types import GatewayIR, RouteIR
 from xds_server.ir.virtual_mcp import STATELESS_REVISION, VirtualMemberIR, VirtualServerIR
+from xds_server.translate.cluster import upstream_cluster, upstream_load_assignment
 from xds_server.translate.filters import HttpFilter, RouteDefault, Slot, disabled
+from xds_server.translate.protocols.mcp import route_method_matcher, string_matcher
+from xds_server.translate.replies import all_of, cel_filter, mapper, status_is
 
 RESTORE_NAME_FILTER = "agentxds.vmcp.restore_name"
 LUA_TYPE = "envoy.extensions.filters.http.lua.v3.Lua"
@@ -47,8 +50,6 @@ PROTOCOL_HEADER = "mcp-protocol-version"
 NATIVE_METHODS = ("prompts/get", "tools/call")
 #: How long a legacy client's stream of server messages may stay silent (its client then opens another).
 STREAM_IDLE_TIMEOUT = "300s"
-#: A 2026-07-28 client's stream of list changes (answered by the policy service, without a call's timeout).
-LISTEN_METHOD = "subscriptions/listen"
 #: What a visible name is made of (policy/virtual_mcp.py VISIBLE_NAME_PATTERN), as an RE2 class.
 NAME_CHARACTERS = r"[A-Za-z0-9_.\-/]"
 
@@ -81,24 +82,13 @@ def member_cluster_name(member: VirtualMemberIR) -> str:
     return f"mcp/{member.backend}"
 
 
-def _string(pattern: NamePattern) -> dict[str, Any]:
-    from xds_server.translate.protocols.mcp import string_matcher
-
-    return string_matcher(pattern)
-
-
-def method_matcher(method: str) -> dict[str, Any]:
-    """A route's dynamic-metadata matcher: the MCP filter read this JSON-RPC method."""
-    return {"filter": MCP_METADATA_NAMESPACE, "path": [{"key": "method"}], "value": {"string_match": {"exact": method}}}
-
-
 def _name_is(value: dict[str, Any], invert: bool = False) -> dict[str, Any]:
     matcher = {"filter": MCP_METADATA_NAMESPACE, "path": [{"key": "params"}, {"key": "name"}], "value": value}
     return {**matcher, "invert": True} if invert else matcher
 
 
 def _one_of(patterns: list[NamePattern]) -> dict[str, Any]:
-    matchers = [_string(p) for p in patterns]
+    matchers = [string_matcher(p) for p in patterns]
     return matchers[0] if len(matchers) == 1 else {"or_match": {"value_matchers": matchers}}
 
 
@@ -106,7 +96,7 @@ def member_match(route: RouteIR, virtual: VirtualServerIR, member: VirtualMember
     """A route match for `method` calls of a 2026-07-28 client naming one of `member`'s visible names."""
     prefix = member.prefix + virtual.separator
     metadata = [
-        {"filter": MCP_METADATA_NAMESPACE, "path": [{"key": "method"}], "value": {"string_match": {"exact": method}}},
+        route_method_matcher(method),
         # The prefix, then only the characters a visible name may have (so that no glob below can be
         # dodged by a name RE2's `.` does not match, such as one with a line break).
         _name_is({"string_match": {"safe_regex": {"regex": f"^{re.escape(prefix)}{NAME_CHARACTERS}+$"}}}),
@@ -152,8 +142,6 @@ def member_upstreams(gateway: GatewayIR) -> list[tuple[str, Any]]:
 
 
 def member_clusters(gateway: GatewayIR) -> tuple[list[Cluster], list[ClusterLoadAssignment]]:
-    from xds_server.translate.cluster import upstream_cluster, upstream_load_assignment
-
     clusters, assignments = [], []
     for name, upstream in member_upstreams(gateway):
         clusters.append(upstream_cluster(name, upstream))
@@ -165,8 +153,6 @@ def member_clusters(gateway: GatewayIR) -> tuple[list[Cluster], list[ClusterLoad
 def member_failures(gateway: GatewayIR, request_id: str) -> list[dict[str, Any]]:
     """Local replies naming the member a native call could not reach (before the generic ones, which
     would name the virtual server)."""
-    from xds_server.translate.replies import all_of, cel_filter, mapper, status_is
-
     out = []
     for route, virtual in native_routes(gateway):
         for member in virtual.native_members:

@@ -13,6 +13,7 @@ order (notifications a member sends during a call, then the response).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import re
@@ -85,21 +86,50 @@ def without_envelope(message: Mapping[str, Any]) -> dict[str, Any]:
     return {**message, "params": params}
 
 
+class _SseEvents:
+    """SSE `data:` lines gathered into events: `feed` each line; it returns an event's data once a blank
+    line ends it."""
+
+    def __init__(self) -> None:
+        self._data: list[str] = []
+
+    def feed(self, line: str) -> str | None:
+        if line.startswith("data:"):
+            self._data.append(line[5:].removeprefix(" "))
+        elif not line and self._data:
+            event, self._data = "\n".join(self._data), []
+            return event
+        return None
+
+
 def messages_of(content_type: str, text: str) -> list[dict[str, Any]]:
     """The JSON-RPC messages of a member's answer body (JSON, or SSE `data:` events). Raises ValueError."""
     if not text.strip():
         return []
     if content_type.split(";")[0].strip().lower() == "text/event-stream":
-        out, data = [], []
-        for line in [*_LINES.split(text), ""]:
-            if line.startswith("data:"):
-                data.append(line[5:].removeprefix(" "))
-            elif not line and data:
-                out.append(json.loads("\n".join(data)))
-                data = []
-        return [m for m in out if isinstance(m, dict)]
+        events = _SseEvents()
+        found = [json.loads(data) for line in [*_LINES.split(text), ""] if (data := events.feed(line)) is not None]
+        return [m for m in found if isinstance(m, dict)]
     value = json.loads(text)
     return [value] if isinstance(value, dict) else []
+
+
+def _wire(headers: Mapping[str, str | bytes]) -> list[tuple[bytes, bytes]]:
+    """Headers as bytes: our names are ASCII; values as Envoy wrote them (latin-1 text) or already bytes."""
+    return [(k.encode("ascii"), v if isinstance(v, bytes) else v.encode("latin-1", errors="replace"))
+            for k, v in headers.items()]  # fmt: skip
+
+
+@contextlib.asynccontextmanager
+async def _reaching(member: VirtualMemberIR, timeout: float) -> AsyncIterator[None]:
+    """Within `timeout`; the member's failure to answer, whatever form it takes, as MemberUnavailable."""
+    try:
+        async with asyncio.timeout(timeout):
+            yield
+    except TimeoutError:
+        raise MemberUnavailable(f"backend {member.backend!r} did not answer within {timeout:g}s") from None
+    except (httpx.HTTPError, OSError, ssl.SSLError, UnicodeError) as exc:
+        raise MemberUnavailable(f"backend {member.backend!r} cannot be reached ({type(exc).__name__}: {exc})") from None
 
 
 def _tls_context(tls: UpstreamTlsIR) -> ssl.SSLContext:
@@ -152,10 +182,8 @@ class MemberClient:
         Without a session or `at` any endpoint will do: one refusing the connection (nothing was sent) is
         passed over for the next, as Envoy's routes retry connect failures on another host."""
         stateless = session is None and not legacy and member.stateless
-        sent: dict[str, str | bytes] = {"accept": "application/json, text/event-stream",
-                                        "content-type": "application/json"}  # fmt: skip
-        # Caller headers as Envoy wrote them (a user's name may be any UTF-8, which arrived as latin-1 text).
-        sent |= {name: value.encode("latin-1", errors="replace") for name, value in (headers or {}).items()}
+        # The caller headers as Envoy wrote them (a user's name may be any UTF-8, which arrived as latin-1 text).
+        sent = {"accept": "application/json, text/event-stream", "content-type": "application/json", **(headers or {})}
         body: dict[str, Any] | None = None
         if method == "POST":
             body = with_envelope(message) if stateless else without_envelope(message)
@@ -170,29 +198,16 @@ class MemberClient:
             sent[SESSION_HEADER] = session.id
         fixed = session.url if session is not None else at
         tries = 1 if fixed is not None else max(1, len(member.upstream.endpoints))
-        tls = member.upstream.tls
-        extensions = {"sni_hostname": tls.sni} if tls is not None and tls.sni else {}
         content = None if body is None else json.dumps(body, separators=(",", ":")).encode()
-        wire = [(k.encode("ascii"), v if isinstance(v, bytes) else v.encode("latin-1", errors="replace"))
-                for k, v in sent.items()]  # fmt: skip
-        try:
-            async with asyncio.timeout(timeout):
-                for attempt in range(tries):
-                    try:
-                        response = await self._client(member).request(
-                            method, fixed or self.url(member), headers=wire, content=content, extensions=extensions
-                        )
-                        break
-                    except httpx.ConnectError:
-                        if attempt + 1 == tries:
-                            raise
-                text = response.text
-        except TimeoutError:
-            raise MemberUnavailable(f"backend {member.backend!r} did not answer within {timeout:g}s") from None
-        except (httpx.HTTPError, OSError, ssl.SSLError, UnicodeError) as exc:
-            raise MemberUnavailable(
-                f"backend {member.backend!r} cannot be reached ({type(exc).__name__}: {exc})"
-            ) from None
+        async with _reaching(member, timeout):
+            for attempt in range(tries):
+                try:
+                    response = await self._send(member, method, fixed or self.url(member), sent, content)
+                    break
+                except httpx.ConnectError:
+                    if attempt + 1 == tries:
+                        raise
+            text = response.text
         try:
             messages = messages_of(response.headers.get("content-type", ""), text) if method == "POST" else []
         except (ValueError, RecursionError):
@@ -213,18 +228,8 @@ class MemberClient:
         MemberUnavailable when the member cannot be reached; any status is the caller's to judge."""
         sent = {"accept": "text/event-stream", "mcp-protocol-version": LEGACY_REVISION, SESSION_HEADER: session.id,
                 **(headers or {})}  # fmt: skip
-        wire = [(k.encode("ascii"), v.encode("latin-1", errors="replace")) for k, v in sent.items()]
-        tls = member.upstream.tls
-        extensions = {"sni_hostname": tls.sni} if tls is not None and tls.sni else {}
-        client = self._client(member)
-        request = client.build_request("GET", session.url, headers=wire, extensions=extensions)
-        try:
-            async with asyncio.timeout(timeout):
-                return await client.send(request, stream=True)
-        except TimeoutError:
-            raise MemberUnavailable(f"backend {member.backend!r} did not open its stream within {timeout:g}s") from None
-        except (httpx.HTTPError, OSError, ssl.SSLError, UnicodeError) as exc:
-            raise MemberUnavailable(f"backend {member.backend!r}: its stream failed ({type(exc).__name__})") from None
+        async with _reaching(member, timeout):
+            return await self._send(member, "GET", session.url, sent, None, stream=True)
 
     async def open_listen(self, member: VirtualMemberIR, kinds: list[str], timeout: float) -> httpx.Response:
         """A `subscriptions/listen` stream of the gateway's own with a stateless member, for the list changes
@@ -233,37 +238,35 @@ class MemberClient:
         message = with_envelope({"jsonrpc": "2.0", "id": f"agentxds-listen-{self.next_id()}",
                                  "method": "subscriptions/listen",
                                  "params": {"notifications": {kind: True for kind in kinds}}})  # fmt: skip
-        headers = [(b"accept", b"application/json, text/event-stream"), (b"content-type", b"application/json"),
-                   (b"mcp-protocol-version", STATELESS_REVISION.encode()), (b"mcp-method", b"subscriptions/listen")]  # fmt: skip
+        headers = {"accept": "application/json, text/event-stream", "content-type": "application/json",
+                   "mcp-protocol-version": STATELESS_REVISION, "mcp-method": "subscriptions/listen"}  # fmt: skip
+        content = json.dumps(message, separators=(",", ":")).encode()
+        async with _reaching(member, timeout):
+            return await self._send(member, "POST", self.url(member), headers, content, stream=True)
+
+    async def _send(self, member: VirtualMemberIR, method: str, url: str, headers: Mapping[str, str | bytes],
+                    content: bytes | None, stream: bool = False) -> httpx.Response:  # fmt: skip
+        """One HTTP request to the member (its TLS client, with its SNI); `stream`: the body left unread."""
         tls = member.upstream.tls
-        extensions = {"sni_hostname": tls.sni} if tls is not None and tls.sni else {}
         client = self._client(member)
-        request = client.build_request("POST", self.url(member), headers=headers, extensions=extensions,
-                                       content=json.dumps(message, separators=(",", ":")).encode())  # fmt: skip
-        try:
-            async with asyncio.timeout(timeout):
-                return await client.send(request, stream=True)
-        except TimeoutError:
-            raise MemberUnavailable(f"backend {member.backend!r} did not open its stream within {timeout:g}s") from None
-        except (httpx.HTTPError, OSError, ssl.SSLError) as exc:
-            raise MemberUnavailable(f"backend {member.backend!r}: its stream failed ({type(exc).__name__})") from None
+        request = client.build_request(method, url, headers=_wire(headers), content=content,
+                                       extensions={"sni_hostname": tls.sni} if tls is not None and tls.sni else {})  # fmt: skip
+        return await client.send(request, stream=stream)
 
     @staticmethod
     async def stream_messages(member: VirtualMemberIR, response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
         """The JSON-RPC messages of an open stream, until the member ends it (then it is closed)."""
-        data: list[str] = []
+        events = _SseEvents()
         try:
             async for line in response.aiter_lines():
-                if line.startswith("data:"):
-                    data.append(line[5:].removeprefix(" "))
-                elif not line and data:
-                    try:
-                        message = json.loads("\n".join(data))
-                    except ValueError:
-                        message = None
-                    data = []
-                    if isinstance(message, dict):
-                        yield message
+                if (data := events.feed(line)) is None:
+                    continue
+                try:
+                    message = json.loads(data)
+                except ValueError:
+                    continue  # one bad event does not end the stream
+                if isinstance(message, dict):
+                    yield message
         except (httpx.HTTPError, OSError, ssl.SSLError) as exc:
             raise MemberUnavailable(f"backend {member.backend!r}: its stream failed ({type(exc).__name__})") from None
         finally:

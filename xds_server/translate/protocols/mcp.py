@@ -169,7 +169,8 @@ def toolless_permission() -> dict[str, Any]:
     return _or(rules)
 
 
-def _route_method_matcher(*methods: str) -> dict[str, Any]:
+def route_method_matcher(*methods: str) -> dict[str, Any]:
+    """A route's dynamic-metadata matcher: the MCP filter read one of these JSON-RPC methods."""
     values = [{"string_match": {"exact": m}} for m in methods]
     value = values[0] if len(values) == 1 else {"or_match": {"value_matchers": values}}
     return {"filter": MCP_METADATA_NAMESPACE, "path": [{"key": "method"}], "value": value}
@@ -228,7 +229,7 @@ class McpTranslator(ProtocolTranslator):
         tools = route.decisions.calls
         if tools is None:
             return None
-        metadata = [_route_method_matcher("tools/call")]
+        metadata = [route_method_matcher("tools/call")]
         if tools:
             metadata.append(_route_tool_matcher(tools))
         return {"path": route.path, "dynamic_metadata": metadata}
@@ -237,19 +238,19 @@ class McpTranslator(ProtocolTranslator):
         """The list methods, whose answers are filtered per caller."""
         if not route.decisions.responses:
             return None
-        return {"path": route.path, "dynamic_metadata": [_route_method_matcher(*LIST_METHODS)]}
+        return {"path": route.path, "dynamic_metadata": [route_method_matcher(*LIST_METHODS)]}
 
     def sealing_matches(self, route: RouteIR) -> list[tuple[dict[str, Any], str]]:
         if not mcp_part(route).tasks:
             return []
-        call = _route_method_matcher("tools/call")
+        call = route_method_matcher("tools/call")
 
         def present(*path: str) -> dict[str, Any]:
             return {"filter": MCP_METADATA_NAMESPACE, "path": [{"key": k} for k in path],
                     "value": {"present_match": True}}  # fmt: skip
 
         return [
-            ({"path": route.path, "dynamic_metadata": [_route_method_matcher(*TASK_METHODS, TASK_RESULT_METHOD)]},
+            ({"path": route.path, "dynamic_metadata": [route_method_matcher(*TASK_METHODS, TASK_RESULT_METHOD)]},
              PURPOSE_UNSEAL),
             # A call that may create a task: a legacy client asks with params.task; a 2026-07-28
             # server may answer any call with a task once the client declares the extension.
