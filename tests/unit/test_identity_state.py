@@ -127,3 +127,59 @@ def test_the_anonymous_principal_matches_only_a_caller_with_no_credential_at_all
     assert not anonymous.matches(Caller({}, jwt={"corp": {"sub": "alice"}}))
     assert not anonymous.matches(Caller({}, peer_uri_san="spiffe://example.org/agent/x"))
     assert AnonymousPrincipal(("x-api-key",), certificates=False).matches(Caller({}, peer_uri_san="spiffe://x/y"))
+
+
+def test_looking_agents_up_agrees_with_trying_every_principal() -> None:
+    """AgentFinder (a lookup by the values a caller presents) against the principals' own checks in
+    agent order, over random agents sharing values and random callers, claims of every JSON type
+    included."""
+    import random
+
+    from xds_server.authz.state import AgentFinder
+    from xds_server.ir.principals import AnonymousPrincipal, Caller
+
+    rnd = random.Random(10)
+    values = ["a", "b", "c", "1", ""]
+
+    def principal() -> Any:
+        kind = rnd.choice(["header", "jwt", "spiffe", "apikey"])
+        if kind == "header":
+            return HeaderPrincipal(rnd.choice(["x-agent-id", "x-other"]), rnd.choice(values))
+        if kind == "jwt":
+            return JwtPrincipal(rnd.choice(["agents", "corp"]), rnd.choice(["azp", "sub"]), rnd.choice(values))
+        if kind == "spiffe":
+            return SpiffePrincipal(f"spiffe://x/{rnd.choice(values)}")
+        return ApiKeyPrincipal("x-api-key", SecretIR("K", None, rnd.choice(values)))
+
+    def claim() -> Any:
+        return rnd.choice([*values, 1, True, None, ["a"], {"a": "a"}])
+
+    for _ in range(200):
+        agents = tuple(AgentIR(f"agent{i}", tuple(principal() for _ in range(rnd.randint(1, 3))))
+                       for i in range(rnd.randint(1, 8)))  # fmt: skip
+        if rnd.random() < 0.3:
+            agents += (AgentIR("anonymous", (AnonymousPrincipal(("x-agent-id", "x-api-key"), certificates=True),)),)
+        finder = AgentFinder(agents)
+        for _ in range(30):
+            headers = {h: rnd.choice(values) for h in ("x-agent-id", "x-other", "x-api-key") if rnd.random() < 0.4}
+            jwt = {p: {c: claim() for c in ("azp", "sub") if rnd.random() < 0.6}
+                   for p in ("agents", "corp") if rnd.random() < 0.4}  # fmt: skip
+            if rnd.random() < 0.1:
+                jwt["agents"] = "not an object"  # type: ignore[assignment]
+            peer = f"spiffe://x/{rnd.choice(values)}" if rnd.random() < 0.3 else None
+            caller = Caller(headers, jwt, peer)
+            expected = tuple(a.name for a in agents if any(p.matches(caller) for p in a.principals))
+            assert finder.agents_of(caller) == expected, (agents, caller)
+
+
+def test_a_decision_reads_only_the_rules_naming_its_agent() -> None:
+    from xds_server.ir.types import ConditionalRuleIR
+
+    rules = tuple(ConditionalRuleIR(f"r{i}", agents, ("*",), "true", None, False, 0)
+                  for i, agents in enumerate([("a", "b"), ("b",), ("a", "a"), ("c",)]))  # fmt: skip
+    route = ir_kit.route("github", grants=(), conditional_rules=rules)
+    view = PolicyIndex.from_ir(IR((ir_kit.gateway(agents=(), routes=(route,)),))).route("github")
+    assert view is not None
+    assert [r.id for r in view.conditional_rules_for("a")] == ["r0", "r2"]  # in policy order, once each
+    assert [r.id for r in view.conditional_rules_for("b")] == ["r0", "r1"]
+    assert view.conditional_rules_for("nobody") == ()

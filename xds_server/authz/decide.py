@@ -155,7 +155,7 @@ def check_call(
     decision = decider.engine.decide(
         CallContext(backend=route, agent=agent, user=view.user_claims(jwt_payloads), target=call.target,
                     arguments=call.arguments, now=now or datetime.now(UTC), jwt=jwt_payloads, noun=handler.noun),
-        view.route.conditional_rules,
+        view.conditional_rules_for(agent),
         unconditional=handler.unconditionally_allowed(view, agent, call, jwt_payloads),
     )  # fmt: skip
     if isinstance(decision, Decision):

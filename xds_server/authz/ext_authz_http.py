@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 from collections.abc import Awaitable, Mapping
@@ -107,6 +108,19 @@ class UnreadableIdentity(ValueError):
     """A verified-identity header that is not what Envoy writes: the check is refused."""
 
 
+@functools.lru_cache(maxsize=4096)
+def _verified_payload(name: str, value: str) -> dict[str, Any]:
+    """The JWT payload Envoy wrote in header `name`. Cached by the header's text (an agent sends the
+    same token until it expires): the dict is shared between calls, and nothing changes it."""
+    try:
+        payload = json.loads(value.encode("latin-1").decode("utf-8"))
+    except (UnicodeError, ValueError):
+        raise UnreadableIdentity(f"{name} is not a JSON payload") from None
+    if not isinstance(payload, dict):
+        raise UnreadableIdentity(f"{name} is not a JSON object")
+    return payload
+
+
 def verified_identity(headers: Mapping[str, str]) -> tuple[dict[str, str], dict[str, Any], str | None]:
     """Split the check request's headers into (the client's headers, the JWT payloads Envoy verified by
     provider, the client certificate's first URI SAN).
@@ -119,13 +133,7 @@ def verified_identity(headers: Mapping[str, str]) -> tuple[dict[str, str], dict[
     peer: str | None = None
     for name, value in headers.items():
         if name.startswith(VERIFIED_JWT_HEADER_PREFIX):
-            try:
-                payload = json.loads(value.encode("latin-1").decode("utf-8"))
-            except (UnicodeError, ValueError):
-                raise UnreadableIdentity(f"{name} is not a JSON payload") from None
-            if not isinstance(payload, dict):
-                raise UnreadableIdentity(f"{name} is not a JSON object")
-            payloads[name[len(VERIFIED_JWT_HEADER_PREFIX) :]] = payload
+            payloads[name[len(VERIFIED_JWT_HEADER_PREFIX) :]] = _verified_payload(name, value)
         elif name == VERIFIED_PEER_HEADER:
             # Envoy lists every URI SAN, joined with ','. An X.509-SVID carries exactly one; with
             # several (or a SAN holding a ',') the list cannot be read back unambiguously.

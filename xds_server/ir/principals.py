@@ -155,6 +155,37 @@ class PrincipalSource(Protocol):
         """The policy service's check: does `caller` prove this principal?"""
         ...
 
+    def lookup(self) -> tuple[Source, str] | None:
+        """Where a caller's proof of it is read (`caller_value`) and the value that proves it, so that
+        agents are found by looking a caller's values up (authz/state.py `AgentFinder`); None for a
+        principal only `matches` can check. Where it is not None, `matches` is exactly
+        `caller_value(source, caller) == value`."""
+        ...
+
+
+#: Where a caller presents a proof: ("header", name), ("jwt", provider, claim) or ("spiffe",).
+Source = tuple[str, ...]
+
+
+def caller_value(source: Source, caller: Caller) -> Any:
+    """What `caller` presents at `source` (None when nothing): a string, or any JSON value of a claim."""
+    kind = source[0]
+    if kind == "header":
+        return caller.headers.get(source[1])
+    if kind == "jwt":
+        payload = caller.jwt.get(source[1])
+        return payload.get(source[2]) if isinstance(payload, Mapping) else None
+    if kind == "spiffe":
+        return caller.peer_uri_san
+    raise ValueError(f"unknown principal source {source!r}")
+
+
+def _proves(principal: PrincipalSource, caller: Caller) -> bool:
+    found = principal.lookup()
+    assert found is not None
+    source, value = found
+    return caller_value(source, caller) == value
+
 
 @dataclass(frozen=True, order=True)
 class HeaderPrincipal:
@@ -185,7 +216,10 @@ class HeaderPrincipal:
         return self.reply_matcher((self.header,), [self.value]).when
 
     def matches(self, caller: Caller) -> bool:
-        return caller.headers.get(self.header) == self.value
+        return _proves(self, caller)
+
+    def lookup(self) -> tuple[Source, str] | None:
+        return ("header", self.header), self.value
 
 
 @dataclass(frozen=True, order=True)
@@ -216,7 +250,10 @@ class SpiffePrincipal:
         return self.reply_matcher((), [self.spiffe_id]).when
 
     def matches(self, caller: Caller) -> bool:
-        return caller.peer_uri_san == self.spiffe_id
+        return _proves(self, caller)
+
+    def lookup(self) -> tuple[Source, str] | None:
+        return ("spiffe",), self.spiffe_id
 
 
 @dataclass(frozen=True, order=True)
@@ -251,8 +288,10 @@ class JwtPrincipal:
         return _jwt_claim_filter(self.provider, self.claim, [self.value])
 
     def matches(self, caller: Caller) -> bool:
-        payload = caller.jwt.get(self.provider)
-        return isinstance(payload, Mapping) and payload.get(self.claim) == self.value
+        return _proves(self, caller)
+
+    def lookup(self) -> tuple[Source, str] | None:
+        return ("jwt", self.provider, self.claim), self.value
 
 
 @dataclass(frozen=True, order=True)
@@ -278,7 +317,10 @@ class ApiKeyPrincipal:
         return _header_filter(self.header, {"exact": self.key.value})
 
     def matches(self, caller: Caller) -> bool:
-        return caller.headers.get(self.header) == self.key.value
+        return _proves(self, caller)
+
+    def lookup(self) -> tuple[Source, str] | None:
+        return ("header", self.header), self.key.value
 
 
 @dataclass(frozen=True, order=True)
@@ -320,6 +362,9 @@ class AnonymousPrincipal:
         if any(h in caller.headers for h in self.headers) or caller.jwt:
             return False
         return not (self.certificates and caller.peer_uri_san is not None)
+
+    def lookup(self) -> tuple[Source, str] | None:
+        return None  # proven by absences: checked with `matches`
 
 
 Principal = HeaderPrincipal | SpiffePrincipal | JwtPrincipal | ApiKeyPrincipal | AnonymousPrincipal
