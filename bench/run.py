@@ -36,7 +36,15 @@ the Envoy log file): one with ext_authz over HTTP (every path but
 python-grpc), one over gRPC (python-grpc). Each process is stopped by its PID
 on exit.
 
-Results: a Markdown table on stdout and bench/results/latest.json. Ratios are
+Then the targets' comparisons again, in alternation (`ALTERNATED`, `--rounds`
+short points of `--round-duration` seconds, the order turning each round):
+allowed, native-when and python-http at one connection, allowed and
+python-http at sixteen. The targets are read from the medians of these
+rounds, each path against the same round's `allowed`: on a small shared VM
+the machine's speed drifts by a fifth within seconds, more than the
+differences measured, and sequential 10 s points compare two speeds.
+
+Results: Markdown tables on stdout and bench/results/latest.json. Ratios are
 gateway / direct for throughput and gateway minus direct for latency, from
 the same run, plus each conditional path against `allowed` (what the
 condition adds to a native decision), and the CPU time each process spent
@@ -58,6 +66,7 @@ import os
 import platform
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -134,6 +143,10 @@ TARGETS = {  # at one connection, p50 added over `allowed`; and python-http's th
     "python-http_added_p50_ms": 1.0,
     "python-http_throughput_ratio_c16": 0.75,
 }
+#: The targets are read from paths measured in alternation (connections -> the paths, `allowed` first):
+#: short points, the order turning each round, so that the machine's drift between two sequential
+#: points (this 2-vCPU VM's speed moves by 20 % within seconds) does not decide a comparison.
+ALTERNATED = {1: ("allowed", "native-when", "python-http"), 16: ("allowed", "python-http")}
 STARTUP_TIMEOUT_S = 30.0
 WRK_GRACE_S = 20.0  # beyond -d, before a wrk run is killed
 
@@ -450,17 +463,35 @@ def summarize(points: dict[int, dict[str, dict[str, Any]]]) -> dict[str, Any]:
     return ratios
 
 
-def verdict(ratios: dict[str, Any]) -> dict[str, Any]:
-    """The targets, and whether each is met (None: not measured in this run)."""
+def alternated_summary(rounds: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
+    """Each path of alternated rounds against the same round's `allowed`: the median over rounds, and
+    the lowest and highest round."""
     out: dict[str, Any] = {}
-    one, sixteen = ratios.get("1"), ratios.get("16")
+    for path in rounds[0]:
+        if path == "allowed":
+            continue
+        ratios = [r[path]["rps"] / r["allowed"]["rps"] for r in rounds if r["allowed"]["rps"]]
+        added_p50 = [(r[path]["latency_us"]["p50"] - r["allowed"]["latency_us"]["p50"]) / 1000 for r in rounds]
+        out[path] = {
+            "throughput_ratio": statistics.median(ratios) if ratios else None,
+            "throughput_ratio_range": [min(ratios), max(ratios)] if ratios else None,
+            "added_p50_ms": statistics.median(added_p50),
+            "added_p50_ms_range": [min(added_p50), max(added_p50)],
+        }
+    return out
+
+
+def verdict(alternated: dict[str, Any]) -> dict[str, Any]:
+    """The targets, read from the alternated rounds' medians, and whether each is met (None: not measured)."""
+    out: dict[str, Any] = {}
+    one, sixteen = alternated.get("1", {}).get("vs_allowed"), alternated.get("16", {}).get("vs_allowed")
     for path in ("native-when", "python-http"):
         target = TARGETS[f"{path}_added_p50_ms"]
-        value = one[f"{path}_vs_allowed"]["added_p50_ms"] if one else None
+        value = one[path]["added_p50_ms"] if one else None
         out[f"{path}_added_p50_ms"] = {"target": target, "value": value,
                                        "met": None if value is None else value <= target}  # fmt: skip
     target = TARGETS["python-http_throughput_ratio_c16"]
-    value = sixteen["python-http_vs_allowed"]["throughput_ratio"] if sixteen else None
+    value = sixteen["python-http"]["throughput_ratio"] if sixteen else None
     out["python-http_throughput_ratio_c16"] = {"target": target, "value": value,
                                                "met": None if value is None else value >= target}  # fmt: skip
     return out
@@ -496,6 +527,18 @@ def markdown(points: dict[int, dict[str, dict[str, Any]]], ratios: dict[str, Any
     return "\n".join(lines)
 
 
+def alternated_markdown(alternated: dict[str, Any]) -> str:
+    lines = ["| conns | vs | rounds | req/s ratio: median (lowest-highest) | +p50 ms: median (lowest-highest) |",
+             "|---:|---|---:|---|---|"]  # fmt: skip
+    for c, data in alternated.items():
+        for path, a in data["vs_allowed"].items():
+            low, high = a["throughput_ratio_range"]
+            p_low, p_high = a["added_p50_ms_range"]
+            lines.append(f"| {c} | {path} / allowed | {len(data['rounds'])} | {a['throughput_ratio']:.2f} "
+                         f"({low:.2f}-{high:.2f}) | {a['added_p50_ms']:+.2f} ({p_low:+.2f} to {p_high:+.2f}) |")  # fmt: skip
+    return "\n".join(lines)
+
+
 # -- main ----------------------------------------------------------------------
 
 
@@ -507,6 +550,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--out", type=Path, default=DEFAULT_OUT, help=f"JSON results (default {DEFAULT_OUT.relative_to(ROOT)})"
     )
+    p.add_argument("--rounds", type=int, default=8,
+                   help="alternated rounds the targets are read from (default 8; 0: none)")  # fmt: skip
+    p.add_argument("--round-duration", type=int, default=3, help="seconds per path per round (default 3)")
     p.add_argument("--check", action="store_true", help="only start everything and verify the six paths")
     p.add_argument("--keep-workdir", action="store_true", help="keep the temp dir with the logs")
     return p.parse_args(argv)
@@ -516,6 +562,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     levels = [int(c) for c in args.connections.split(",") if c.strip()]
     budget = len(levels) * len(PATHS) * (args.duration + 1) + len(PATHS) * (args.warmup + 1)
+    budget += args.rounds * sum(len(paths) for paths in ALTERNATED.values()) * (args.round_duration + 1)
     if budget > 600:
         raise SystemExit(f"this run would take about {budget}s; keep it under 600s")
     wrk = shutil.which("wrk")
@@ -571,36 +618,50 @@ def main(argv: list[str] | None = None) -> int:
             run_wrk(wrk, urls[path], CALLS[path], tokens, connections=max(levels), duration=args.warmup)
         print(f"warm-up done ({time.monotonic() - started:.0f}s)", flush=True)
 
+        def measure(path: str, c: int, seconds: int, label: str) -> dict[str, Any]:
+            nonlocal failed
+            pids = {"server": server.pid}
+            if path != "direct":
+                pids |= {"envoy": envoys[path].pid, "policy_service": controls[stack(path)].pid}
+            before, cpu_before = counters(envoys[path]), {k: cpu_seconds(v) for k, v in pids.items()}
+            r = run_wrk(wrk, urls[path], CALLS[path], tokens, connections=c, duration=seconds)
+            r["counters"] = {k: v - before[k] for k, v in counters(envoys[path]).items()}
+            r["cpu_us_per_call"] = {k: (cpu_seconds(v) - cpu_before[k]) * 1e6 / max(1, r["requests"])
+                                    for k, v in pids.items()}  # fmt: skip
+            r["problems"] = problems(path, r)
+            failed = failed or bool(r["problems"])
+            lat = r["latency_us"]
+            cpu = r["cpu_us_per_call"]
+            print(f"{label}c={c:<3} {path:<12} {r['rps']:8.0f} req/s  p50 {ms(lat['p50'])} ms  p99 {ms(lat['p99'])} ms  "
+                  f"cpu/call envoy {cpu.get('envoy', 0):.0f} us, policy service {cpu.get('policy_service', 0):.0f} us"
+                  + (f"  PROBLEMS: {'; '.join(r['problems'])}" if r["problems"] else ""), flush=True)  # fmt: skip
+            return r
+
         points: dict[int, dict[str, dict[str, Any]]] = {}
         for c in levels:
-            points[c] = {}
-            for path in PATHS:
-                pids = {"server": server.pid}
-                if path != "direct":
-                    pids |= {"envoy": envoys[path].pid, "policy_service": controls[stack(path)].pid}
-                before, cpu_before = counters(envoys[path]), {k: cpu_seconds(v) for k, v in pids.items()}
-                r = run_wrk(wrk, urls[path], CALLS[path], tokens, connections=c, duration=args.duration)
-                r["counters"] = {k: v - before[k] for k, v in counters(envoys[path]).items()}
-                r["cpu_us_per_call"] = {k: (cpu_seconds(v) - cpu_before[k]) * 1e6 / max(1, r["requests"])
-                                        for k, v in pids.items()}  # fmt: skip
-                r["problems"] = problems(path, r)
-                failed = failed or bool(r["problems"])
-                points[c][path] = r
-                lat = r["latency_us"]
-                cpu = r["cpu_us_per_call"]
-                print(f"c={c:<3} {path:<12} {r['rps']:8.0f} req/s  p50 {ms(lat['p50'])} ms  p99 {ms(lat['p99'])} ms  "
-                      f"cpu/call envoy {cpu.get('envoy', 0):.0f} us, policy service {cpu.get('policy_service', 0):.0f} us"
-                      + (f"  PROBLEMS: {'; '.join(r['problems'])}" if r["problems"] else ""), flush=True)  # fmt: skip
+            points[c] = {path: measure(path, c, args.duration, "") for path in PATHS}
+        alternated: dict[str, Any] = {}
+        for c, compared in ALTERNATED.items() if args.rounds > 0 else ():
+            rounds = []
+            for i in range(args.rounds):
+                order = compared[i % len(compared) :] + compared[: i % len(compared)]
+                measured = {path: measure(path, c, args.round_duration, f"round {i + 1}: ") for path in order}
+                rounds.append({path: {"rps": m["rps"], "latency_us": m["latency_us"],
+                                      "cpu_us_per_call": m["cpu_us_per_call"]} for path, m in measured.items()})  # fmt: skip
+            alternated[str(c)] = {"rounds": rounds, "vs_allowed": alternated_summary(rounds)}
         elapsed = time.monotonic() - started
 
         ratios = summarize(points)
-        target = verdict(ratios)
+        target = verdict(alternated)
         envoy_log_bytes = sum(e.log_path.stat().st_size for e in stacks.values() if e.log_path.exists())
         result = {
             "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "machine": info,
             "settings": {
                 "duration_s": args.duration,
+                "rounds": args.rounds,
+                "round_duration_s": args.round_duration,
+                "alternated": {str(c): list(paths) for c, paths in ALTERNATED.items()},
                 "warmup_s": args.warmup,
                 "connections": levels,
                 "wrk_threads": 1,
@@ -621,6 +682,7 @@ def main(argv: list[str] | None = None) -> int:
             "checks": checks,
             "points": {str(c): by_path for c, by_path in points.items()},
             "ratios": ratios,
+            "alternated": alternated,
             "target": target,
             "envoy_log_bytes": envoy_log_bytes,
             # 1/5/15-minute load averages: anything else running skews the numbers.
@@ -633,7 +695,10 @@ def main(argv: list[str] | None = None) -> int:
         args.out.write_text(json.dumps(result, indent=2) + "\n")
         print()
         print(markdown(points, ratios))
+        print()
+        print(alternated_markdown(alternated))
         print(f"\nratios: path / base (req/s), path - base (latency); results in {args.out}")
+        print("targets: the medians of the alternated rounds (the second table)")
         for name, t in target.items():
             met = "not measured" if t["met"] is None else ("met" if t["met"] else "NOT met")
             value = "-" if t["value"] is None else f"{t['value']:.3f}"
