@@ -155,10 +155,11 @@ def test_looking_agents_up_agrees_with_trying_every_principal() -> None:
         return rnd.choice([*values, 1, True, None, ["a"], {"a": "a"}])
 
     for _ in range(200):
-        agents = tuple(AgentIR(f"agent{i}", tuple(principal() for _ in range(rnd.randint(1, 3))))
+        anonymous = AnonymousPrincipal(("x-agent-id", "x-api-key"), certificates=rnd.random() < 0.5)
+        agents = tuple(AgentIR(f"agent{rnd.randint(0, 5)}",  # names repeat sometimes
+                               tuple(principal() for _ in range(rnd.randint(0, 3)))
+                               + ((anonymous,) if rnd.random() < 0.15 else ()))
                        for i in range(rnd.randint(1, 8)))  # fmt: skip
-        if rnd.random() < 0.3:
-            agents += (AgentIR("anonymous", (AnonymousPrincipal(("x-agent-id", "x-api-key"), certificates=True),)),)
         finder = AgentFinder(agents)
         for _ in range(30):
             headers = {h: rnd.choice(values) for h in ("x-agent-id", "x-other", "x-api-key") if rnd.random() < 0.4}
@@ -170,6 +171,13 @@ def test_looking_agents_up_agrees_with_trying_every_principal() -> None:
             caller = Caller(headers, jwt, peer)
             expected = tuple(a.name for a in agents if any(p.matches(caller) for p in a.principals))
             assert finder.agents_of(caller) == expected, (agents, caller)
+
+
+def test_a_principal_value_that_is_not_a_string_is_refused_when_the_index_is_built() -> None:
+    from xds_server.authz.state import AgentFinder
+
+    with pytest.raises(TypeError, match="must be a string"):
+        AgentFinder((AgentIR("bot", (JwtPrincipal("agents", "azp", 1),)),))  # type: ignore[arg-type]
 
 
 def test_a_decision_reads_only_the_rules_naming_its_agent() -> None:

@@ -127,7 +127,8 @@ class Engine:
     def decide(
         self, ctx: CallContext, rules: Sequence[ConditionalRuleIR], *, unconditional: bool
     ) -> Decision | Awaitable[Decision]:
-        """Allow or refuse `ctx` under `rules` (the backend's conditional rules, in policy order):
+        """Allow or refuse `ctx` under `rules` (the backend's conditional rules naming the agent, or all of
+        them, in policy order: a rule not naming `ctx.agent` is skipped):
         the decision, or a coroutine giving it when the state needs a round trip (effects.run).
 
         `unconditional` says the agent also has a plain grant for this target:

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
 import logging
 from collections.abc import Awaitable, Mapping
@@ -108,10 +107,9 @@ class UnreadableIdentity(ValueError):
     """A verified-identity header that is not what Envoy writes: the check is refused."""
 
 
-@functools.lru_cache(maxsize=4096)
 def _verified_payload(name: str, value: str) -> dict[str, Any]:
-    """The JWT payload Envoy wrote in header `name`. Cached by the header's text (an agent sends the
-    same token until it expires): the dict is shared between calls, and nothing changes it."""
+    """The JWT payload Envoy wrote in header `name` (parsed on every call: a dict shared between calls
+    could be changed by one of them)."""
     try:
         payload = json.loads(value.encode("latin-1").decode("utf-8"))
     except (UnicodeError, ValueError):

@@ -44,6 +44,8 @@ class AgentFinder:
                     self._checked.append((position, principal))
                     continue
                 source, value = found
+                if not isinstance(value, str):  # a claim or header equal to a number would be missed by the lookup
+                    raise TypeError(f"agent {agent.name!r}: a principal's value must be a string, not {value!r}")
                 self._by_value.setdefault(source, {}).setdefault(value, []).append(position)
 
     def agents_of(self, caller: Caller) -> tuple[str, ...]:
@@ -108,7 +110,7 @@ class RouteView:
     def agent_of(
         self, headers: Mapping[str, str], jwt_payloads: JwtPayloads | None = None, peer_uri_san: str | None = None
     ) -> str | None:
-        """The agent a request comes from (the first, by name, if it proves several), or None."""
+        """The agent a request comes from (the first in the gateway's order if it proves several), or None."""
         agents = self.agents_of(headers, jwt_payloads, peer_uri_san)
         return agents[0] if agents else None
 

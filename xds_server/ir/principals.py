@@ -24,7 +24,8 @@ The user an agent acts for (`UserMatchIR`, a rule's `users`) is checked the
 same way: one RBAC principal, one Python check, both here.
 
 A new identity source is one dataclass satisfying `PrincipalSource` (its
-`KIND`, `ORDER` and methods), its entry in `Principal`, and the line of
+`KIND`, `ORDER` and methods; a `lookup()` reading a new place of the
+request needs its branch in `caller_value`), its entry in `Principal`, and the line of
 ir/build.py that gives agents that principal on a gateway that can check it;
 the translators and the policy service pick it up from here.
 """
@@ -182,7 +183,8 @@ def caller_value(source: Source, caller: Caller) -> Any:
 
 def _proves(principal: PrincipalSource, caller: Caller) -> bool:
     found = principal.lookup()
-    assert found is not None
+    if found is None:
+        raise TypeError(f"{type(principal).__name__} has no lookup: it checks callers itself")
     source, value = found
     return caller_value(source, caller) == value
 

@@ -139,9 +139,9 @@ class ConditionalRuleIR:
     RBAC lets these calls through for these agents, then the policy service
     decides; a `native` rule (a `when` Envoy evaluates itself, see
     core/cel_native.py, and no quota or approval) is decided by RBAC alone.
-    The policy service still reads every rule: when some other rule sends a
-    call to it, it decides over all of them, natives included, with the same
-    answer.
+    The policy service still reads every rule naming the caller's agent: when
+    some other rule sends a call to it, it decides over all of them, natives
+    included, with the same answer.
     """
 
     id: str
