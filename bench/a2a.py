@@ -53,11 +53,11 @@ from typing import Any
 
 from run import (  # bench/run.py
     HOST,
-    STARTUP_TIMEOUT_S,
     cpu_seconds,
     machine_info,
-    ready_url,
     start_control_plane,
+    start_envoy,
+    start_server,
     wrk_run,
 )
 
@@ -68,9 +68,8 @@ from xds_server.authz.state import PolicyIndex
 from xds_server.core.a2a import A2A_METADATA_NAMESPACE
 from xds_server.ir.build import build_ir
 from xds_server.policy.load import load_directory
-from xds_server.runtime.bootstrap import render_bootstrap
 from xds_server.runtime.envoy import EnvoyProcess
-from xds_server.runtime.ports import free_port, wait_for_port
+from xds_server.runtime.ports import free_port
 from xds_server.runtime.processes import stop_process
 
 BENCH = Path(__file__).resolve().parent
@@ -89,12 +88,8 @@ A2A_HEADERS = {"content-type": "application/json", "a2a-version": "1.0"}
 
 def start_agent(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
     """The demo A2A agent (1.0) on a kernel-chosen port; return it and its URL (from the READY line)."""
-    err = (workdir / "agent.err").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "xds_server.demo.a2a_agent", "--host", HOST, "--port", "0", "--name", AGENT],
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, start_new_session=True,
-    )  # fmt: skip
-    return proc, ready_url(proc, workdir / "agent.err", "demo A2A agent")
+    return start_server([sys.executable, "-m", "xds_server.demo.a2a_agent", "--host", HOST, "--port", "0",
+                         "--name", AGENT], workdir, "agent", "demo A2A agent")  # fmt: skip
 
 
 def write_policies(dest: Path, *, listen_port: int, policy_port: int, http_port: int, agent_port: int) -> None:
@@ -327,11 +322,8 @@ def main(argv: list[str] | None = None) -> int:
                        agent_port=agent_port)  # fmt: skip
         serve, xds_port = start_control_plane(policy_dir, workdir, policy_port=policy_port,
                                               authz_http_port=http_port, name="serve")  # fmt: skip
-        bootstrap = render_bootstrap(node_id="a2a-bench", node_cluster=GATEWAY, xds_host=HOST, xds_port=xds_port,
-                                     admin_port=0)  # fmt: skip
-        envoy = EnvoyProcess(bootstrap, workdir=workdir / "envoy", log_level="error", concurrency=1).start()
-        envoy.wait_live(timeout=STARTUP_TIMEOUT_S)
-        wait_for_port(HOST, listen_port, timeout=STARTUP_TIMEOUT_S)
+        envoy = start_envoy(workdir / "envoy", node_id="a2a-bench", gateway=GATEWAY, xds_port=xds_port,
+                            listen_port=listen_port)  # fmt: skip
         gateway_url = f"http://{HOST}:{listen_port}/a2a/{AGENT}"
         print(f"direct  {direct_url}\ngateway {gateway_url} (as {CALLER}: {IDENTITY_HEADER})\nlogs    {workdir}",
               flush=True)  # fmt: skip

@@ -177,18 +177,34 @@ SERVER_COMMAND = [sys.executable, "-m", "xds_server.demo.mcp_server", "--host", 
                   "--path", "/mcp", "--json-response"]  # fmt: skip
 
 
-def start_demo_server(workdir: Path, name: str | None = None) -> tuple[subprocess.Popen[bytes], str]:
-    """Start the demo MCP server on a kernel-chosen port (`whoami` says `name`, if given); return it
-    and its URL (from the READY line)."""
-    err = (workdir / "demo-mcp.err").open("wb")
-    proc = subprocess.Popen(
-        SERVER_COMMAND + (["--name", name] if name else []),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=err,
-        start_new_session=True,
-    )
-    return proc, ready_url(proc, workdir / "demo-mcp.err", "demo MCP server")
+def start_server(argv: list[str], workdir: Path, name: str, what: str) -> tuple[subprocess.Popen[bytes], str]:
+    """Start a server that prints `READY <url>` (its stderr in `workdir/<name>.err`); return it and the URL."""
+    err = workdir / f"{name}.err"
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err.open("wb"),
+                            start_new_session=True)  # fmt: skip
+    return proc, ready_url(proc, err, what)
+
+
+def start_demo_server(workdir: Path, name: str | None = None,
+                      extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen[bytes], str]:  # fmt: skip
+    """Start the demo MCP server on a kernel-chosen port (`whoami` says `name`, if given; `extra`
+    arguments after the shipped ones); return it and its URL (from the READY line)."""
+    argv = SERVER_COMMAND + (["--name", name] if name else []) + list(extra)
+    return start_server(argv, workdir, f"demo-mcp-{name}" if name else "demo-mcp", f"demo MCP server {name or ''}")
+
+
+def start_envoy(workdir: Path, *, node_id: str, gateway: str, xds_port: int, listen_port: int) -> EnvoyProcess:
+    """One Envoy (1 worker, log level error) for `gateway` from the control plane on `xds_port`, live and
+    accepting on `listen_port`; stopped again if it does not get there."""
+    bootstrap = render_bootstrap(node_id=node_id, node_cluster=gateway, xds_host=HOST, xds_port=xds_port, admin_port=0)
+    envoy = EnvoyProcess(bootstrap, workdir=workdir, log_level="error", concurrency=1).start()
+    try:
+        envoy.wait_live(timeout=STARTUP_TIMEOUT_S)
+        wait_for_port(HOST, listen_port, timeout=STARTUP_TIMEOUT_S)
+    except BaseException:
+        envoy.stop()
+        raise
+    return envoy
 
 
 def ready_url(proc: subprocess.Popen[bytes], err: Path, what: str) -> str:
@@ -217,10 +233,11 @@ def ready_url(proc: subprocess.Popen[bytes], err: Path, what: str) -> str:
 
 
 def write_policies(dest: Path, *, listen_port: int, backend_port: int, policy_port: int, authz_http_port: int,
-                   ext_authz: str, tokens: Tokens) -> None:  # fmt: skip
+                   ext_authz: str, tokens: Tokens | None) -> None:  # fmt: skip
     """Copy policies/demo into `dest`: listener, backend endpoint and policy service moved to the given
-    ports (ext_authz over `ext_authz`), the agents planner, triage and scribe identified by JWT, and
-    the three rules added to the backend's MCPPolicy."""
+    ports (ext_authz over `ext_authz`) and, with `tokens`, the agents planner, triage and scribe
+    identified by JWT and the three rules added to the backend's MCPPolicy (without: the demo's
+    agents and rules as shipped)."""
     dest.mkdir(parents=True, exist_ok=True)
     added = False
     for src in sorted(POLICY_SRC.glob("*.yaml")):
@@ -231,22 +248,25 @@ def write_policies(dest: Path, *, listen_port: int, backend_port: int, policy_po
                 spec["listen"] = {"address": HOST, "port": listen_port}
                 spec["policyService"] = {"host": HOST, "port": policy_port, "extAuthz": ext_authz,
                                          "extAuthzHttpPort": authz_http_port}  # fmt: skip
+            elif doc.get("kind") == "MCPBackend":
+                spec["endpoints"] = [{"host": HOST, "port": backend_port}]
+            if tokens is None:
+                continue
+            if doc.get("kind") == "Gateway":
                 identity = spec.setdefault("identity", {})
                 identity["jwtProviders"] = [{"name": "agents", "issuer": ISSUER, "audiences": [AUDIENCE],
                                              "tokenHeader": TOKEN_HEADER, "jwks": {"inline": tokens.jwks()}}]  # fmt: skip
             elif doc.get("kind") == "Agent" and doc["metadata"]["name"] in BENCH_AGENTS:
                 spec["identity"] = {"jwt": {"provider": "agents", "claim": "azp", "value": doc["metadata"]["name"]}}
-            elif doc.get("kind") == "MCPBackend":
-                spec["endpoints"] = [{"host": HOST, "port": backend_port}]
             elif doc.get("kind") == "MCPPolicy" and spec.get("backend") == BACKEND:
                 spec.setdefault("rules", []).extend([dict(PLAIN_RULE), dict(NATIVE_RULE), dict(PYTHON_RULE)])
                 added = True
-        if src.name == "agents.yaml":
+        if src.name == "agents.yaml" and tokens is not None:
             docs += [{"apiVersion": "agentxds.dev/v1", "kind": "Agent", "metadata": {"name": name},
                       "spec": {"identity": {"jwt": {"provider": "agents", "claim": "azp", "value": name}}}}
                      for name in (PLAIN_AGENT, PYTHON_AGENT)]  # fmt: skip
         (dest / src.name).write_text(yaml.safe_dump_all(docs, sort_keys=False))
-    if not added:
+    if tokens is not None and not added:
         raise RuntimeError(f"no MCPPolicy for backend {BACKEND!r} in {POLICY_SRC} to add the bench rules to")
 
 
@@ -588,13 +608,8 @@ def main(argv: list[str] | None = None) -> int:
             control, xds_port = start_control_plane(policy_dir, workdir, policy_port=policy_port,
                                                     authz_http_port=authz_http_port, name=f"control-plane-{transport}")  # fmt: skip
             controls[transport] = control
-            bootstrap = render_bootstrap(node_id=f"bench-envoy-{transport}", node_cluster=GATEWAY, xds_host=HOST,
-                                         xds_port=xds_port, admin_port=0)  # fmt: skip
-            envoy = EnvoyProcess(bootstrap, workdir=workdir / f"envoy-{transport}", log_level="error",
-                                 concurrency=1).start()  # fmt: skip
-            stacks[transport] = envoy
-            envoy.wait_live(timeout=STARTUP_TIMEOUT_S)
-            wait_for_port(HOST, listen_port, timeout=STARTUP_TIMEOUT_S)
+            stacks[transport] = start_envoy(workdir / f"envoy-{transport}", node_id=f"bench-envoy-{transport}",
+                                            gateway=GATEWAY, xds_port=xds_port, listen_port=listen_port)  # fmt: skip
             gateway_urls[transport] = f"http://{HOST}:{listen_port}/mcp/{BACKEND}"
 
         def stack(path: str) -> str:

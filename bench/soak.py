@@ -41,28 +41,38 @@ from run import (  # bench/run.py: the same processes and wrk invocation as the 
     BACKEND,
     GATEWAY,
     HOST,
+    LUA_SCRIPT,
     ROOT,
-    STARTUP_TIMEOUT_S,
     machine_info,
     ms,
     problems,
-    run_wrk,
     start_control_plane,
     start_demo_server,
+    start_envoy,
     write_policies,
+    wrk_run,
 )
 
 sys.path.insert(0, str(ROOT))
 from tests.e2e.abusers import Tally, start_abusers, unexpected  # noqa: E402
-from xds_server.runtime.bootstrap import render_bootstrap  # noqa: E402
 from xds_server.runtime.envoy import EnvoyProcess  # noqa: E402
-from xds_server.runtime.ports import free_port, wait_for_port  # noqa: E402
+from xds_server.runtime.ports import free_port  # noqa: E402
 from xds_server.runtime.processes import stop_process  # noqa: E402
 
 DEFAULT_OUT = ROOT / "bench" / "results" / "soak.json"
 CALL = ("whoami", {})
 AGENT_HEADER = "x-agent-id"
 AGENT = "triage"
+
+
+def allowed_calls(wrk: str, url: str, *, connections: int, duration: int) -> dict[str, Any]:
+    """wrk's allowed calls (`CALL` as `AGENT`, identified by the demo's trusted header), as bench/run.py
+    measures a path."""
+    tool, arguments = CALL
+    data, output = wrk_run(wrk, url, LUA_SCRIPT, [tool, "-", json.dumps(arguments), f"{AGENT_HEADER}: {AGENT}"],
+                           connections=connections, seconds=duration)  # fmt: skip
+    data["wrk_output"] = output
+    return data
 
 
 def rss_mib(pid: int) -> float:
@@ -124,7 +134,7 @@ async def _abused(wrk: str, url: str, port: int, *, connections: int, duration: 
     tasks = start_abusers(port, stop, tally, agent_header=AGENT_HEADER, agent=AGENT)
     await asyncio.sleep(2)  # the abusers are all at it before the measurement starts
     try:
-        result = await asyncio.to_thread(run_wrk, wrk, url, CALL, connections=connections, duration=duration)
+        result = await asyncio.to_thread(allowed_calls, wrk, url, connections=connections, duration=duration)
     finally:
         stop.set()
         await asyncio.gather(*tasks)
@@ -171,24 +181,21 @@ def main(argv: list[str] | None = None) -> int:
         listen_port, policy_port, authz_http_port = free_port(HOST), free_port(HOST), free_port(HOST)
         policy_dir = workdir / "policies"
         write_policies(policy_dir, listen_port=listen_port, backend_port=backend_port, policy_port=policy_port,
-                       authz_http_port=authz_http_port)  # fmt: skip
+                       authz_http_port=authz_http_port, ext_authz="http", tokens=None)  # fmt: skip
         control, xds_port = start_control_plane(policy_dir, workdir, policy_port=policy_port,
                                                 authz_http_port=authz_http_port, name="control-plane")  # fmt: skip
-        bootstrap = render_bootstrap(node_id="soak-envoy", node_cluster=GATEWAY, xds_host=HOST, xds_port=xds_port,
-                                     admin_port=0)  # fmt: skip
-        envoy = EnvoyProcess(bootstrap, workdir=workdir / "envoy", log_level="error", concurrency=1).start()
-        envoy.wait_live(timeout=STARTUP_TIMEOUT_S)
-        wait_for_port(HOST, listen_port, timeout=STARTUP_TIMEOUT_S)
+        envoy = start_envoy(workdir / "envoy", node_id="soak-envoy", gateway=GATEWAY, xds_port=xds_port,
+                            listen_port=listen_port)  # fmt: skip
         url = f"http://{HOST}:{listen_port}/mcp/{BACKEND}"
         print(f"gateway {url}; logs in {workdir}", flush=True)
-        run_wrk(wrk, url, CALL, connections=args.connections, duration=2)  # warm-up
+        allowed_calls(wrk, url, connections=args.connections, duration=2)  # warm-up
 
         sampler = MemorySampler({"envoy": envoy.pid, "control_plane": control.pid}, envoy)
         sampler.start()
         time.sleep(args.idle)
         points: dict[str, dict[str, Any]] = {}
         sampler.phase = "polite"
-        points["polite"] = run_wrk(wrk, url, CALL, connections=args.connections, duration=args.duration)
+        points["polite"] = allowed_calls(wrk, url, connections=args.connections, duration=args.duration)
         sampler.phase = "abused"
         points["abused"], tally = asyncio.run(
             _abused(wrk, url, listen_port, connections=args.connections, duration=args.duration)

@@ -43,12 +43,12 @@ from run import (  # bench/run.py
     STARTUP_TIMEOUT_S,
     cpu_seconds,
     machine_info,
-    ready_url,
     start_control_plane,
+    start_demo_server,
+    start_envoy,
     wrk_run,
 )
 
-from xds_server.runtime.bootstrap import render_bootstrap
 from xds_server.runtime.envoy import EnvoyProcess
 from xds_server.runtime.ports import free_port, wait_for_port
 from xds_server.runtime.processes import stop_process
@@ -67,13 +67,8 @@ MODERN_META = {
 
 
 def start_member(workdir: Path, name: str, extra: tuple[str, ...]) -> tuple[subprocess.Popen[bytes], str]:
-    err = (workdir / f"{name}.err").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "xds_server.demo.mcp_server", "--host", HOST, "--port", "0", "--path", "/mcp",
-         "--json-response", "--name", name, "--request-log", str(workdir / f"{name}.jsonl"), *extra],
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, start_new_session=True,
-    )  # fmt: skip
-    return proc, ready_url(proc, workdir / f"{name}.err", f"demo MCP server {name}")
+    """A member: the demo server named `name`, its requests logged to `<name>.jsonl`."""
+    return start_demo_server(workdir, name, ("--request-log", str(workdir / f"{name}.jsonl"), *extra))
 
 
 def write_policies(dest: Path, *, listen_port: int, policy_port: int, http_port: int, ports: dict[str, int]) -> None:
@@ -206,11 +201,8 @@ def main(argv: list[str] | None = None) -> int:
         write_policies(policy_dir, listen_port=listen_port, policy_port=policy_port, http_port=http_port, ports=ports)
         serve, xds_port = start_control_plane(policy_dir, workdir, policy_port=policy_port, authz_http_port=http_port,
                                               name="serve")  # fmt: skip
-        bootstrap = render_bootstrap(node_id="vmcp-bench", node_cluster=GATEWAY, xds_host=HOST, xds_port=xds_port,
-                                     admin_port=0)  # fmt: skip
-        envoy = EnvoyProcess(bootstrap, workdir=workdir / "envoy", log_level="error", concurrency=1).start()
-        envoy.wait_live(timeout=STARTUP_TIMEOUT_S)
-        wait_for_port(HOST, listen_port, timeout=STARTUP_TIMEOUT_S)
+        envoy = start_envoy(workdir / "envoy", node_id="vmcp-bench", gateway=GATEWAY, xds_port=xds_port,
+                            listen_port=listen_port)  # fmt: skip
         wait_for_port(HOST, http_port, timeout=STARTUP_TIMEOUT_S)
         check(listen_port, ports["alpha"])
         info = machine_info(wrk)
