@@ -29,6 +29,7 @@ MARKER = "abuse"
 PATH = "/mcp/github"
 MODERN = "2026-07-28"
 META = {"io.modelcontextprotocol/protocolVersion": MODERN, "io.modelcontextprotocol/clientCapabilities": {}}
+_MAX_ANSWER_BYTES = 1 << 16  # a refusal is a short JSON-RPC error object
 PAUSE_S = 0.05  # between two attempts of one abuser: abusive, not a benchmark of the test's own CPU
 
 
@@ -69,8 +70,12 @@ def _head(tool: str, length: int, headers: list[tuple[str, str]], *, path: str =
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
-async def _exchange(port: int, data: bytes, *, timeout: float = 10.0) -> str:
-    """Send `data` on a new connection; the status of the answer, "closed" or "reset"."""
+async def _exchange(port: int, data: bytes, *, timeout: float = 10.0, rpc_error: bool = False) -> str:
+    """Send `data` on a new connection; the status of the answer, "closed" or "reset".
+
+    With `rpc_error`, the whole answer is read (the request says `connection: close`) and the
+    outcome is the status and the JSON-RPC error code of its body ("200 -32003", or "200 no error"):
+    a policy refusal is an HTTP 200, as an allowed call is."""
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
     except OSError:
@@ -78,7 +83,8 @@ async def _exchange(port: int, data: bytes, *, timeout: float = 10.0) -> str:
     try:
         writer.write(data)
         await writer.drain()
-        answer = await asyncio.wait_for(reader.read(64), timeout)
+        read = reader.read(_MAX_ANSWER_BYTES) if rpc_error else reader.read(64)
+        answer = await asyncio.wait_for(read, timeout)
     except (OSError, TimeoutError):
         return "reset"
     finally:
@@ -88,7 +94,22 @@ async def _exchange(port: int, data: bytes, *, timeout: float = 10.0) -> str:
     if not answer:
         return "closed"
     parts = answer.split(b" ", 2)
-    return parts[1].decode() if len(parts) > 1 and answer.startswith(b"HTTP/") else "garbled"
+    if len(parts) < 2 or not answer.startswith(b"HTTP/"):
+        return "garbled"
+    status = parts[1].decode()
+    return f"{status} {_rpc_error_code(answer)}" if rpc_error else status
+
+
+def _rpc_error_code(answer: bytes) -> str:
+    """The JSON-RPC error code of an answer's body, or "no error" (an SSE body's first event counts)."""
+    body = answer.partition(b"\r\n\r\n")[2]
+    if body.startswith(b"event:") or body.startswith(b"data:"):
+        body = next((line[5:] for line in body.splitlines() if line.startswith(b"data:")), b"")
+    try:
+        error = json.loads(body).get("error")
+    except (ValueError, AttributeError):
+        return "unreadable body"
+    return str(error.get("code")) if isinstance(error, dict) else "no error"
 
 
 Abuser = Callable[[int, list[tuple[str, str]]], Awaitable[str]]
@@ -140,12 +161,13 @@ async def ambiguous_identity(port: int, identity: list[tuple[str, str]]) -> str:
 
 async def unknown_agent(port: int, identity: list[tuple[str, str]]) -> str:
     body = _call("list_issues")
-    return await _exchange(port, _head("list_issues", len(body), [(identity[0][0], "mallory")]) + body)
+    return await _exchange(port, _head("list_issues", len(body), [(identity[0][0], "mallory")]) + body,
+                           rpc_error=True)  # fmt: skip
 
 
 async def denied_tool(port: int, identity: list[tuple[str, str]]) -> str:
     body = _call("delete_repo")
-    return await _exchange(port, _head("delete_repo", len(body), identity) + body)
+    return await _exchange(port, _head("delete_repo", len(body), identity) + body, rpc_error=True)
 
 
 async def malformed_http(port: int, identity: list[tuple[str, str]]) -> str:
@@ -191,8 +213,8 @@ ABUSERS: dict[str, tuple[Abuser, int, frozenset[str]]] = {
     "trickled_body": (trickled_body, 2, frozenset({"408", "closed", "reset"})),
     "header_flood": (header_flood, 1, frozenset({"431"})),
     "ambiguous_identity": (ambiguous_identity, 1, frozenset({"400"})),
-    "unknown_agent": (unknown_agent, 1, frozenset({"200"})),  # a JSON-RPC -32001, HTTP 200 (a policy refusal)
-    "denied_tool": (denied_tool, 1, frozenset({"200"})),  # a JSON-RPC -32003, HTTP 200
+    "unknown_agent": (unknown_agent, 1, frozenset({"200 -32001"})),  # a policy refusal: HTTP 200, a JSON-RPC error
+    "denied_tool": (denied_tool, 1, frozenset({"200 -32003"})),
     "malformed_http": (malformed_http, 1, frozenset({"400"})),
     "deep_json": (deep_json, 1, frozenset({"400"})),
     "oversized_body": (oversized_body, 1, frozenset({"413", "closed", "reset"})),
