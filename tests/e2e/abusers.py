@@ -83,9 +83,8 @@ async def _exchange(port: int, data: bytes, *, timeout: float = 10.0, rpc_error:
     try:
         writer.write(data)
         await writer.drain()
-        read = reader.read(_MAX_ANSWER_BYTES) if rpc_error else reader.read(64)
-        answer = await asyncio.wait_for(read, timeout)
-    except (OSError, TimeoutError):
+        answer = await asyncio.wait_for(_read_answer(reader) if rpc_error else reader.read(64), timeout)
+    except (OSError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
         return "reset"
     finally:
         writer.close()
@@ -98,6 +97,17 @@ async def _exchange(port: int, data: bytes, *, timeout: float = 10.0, rpc_error:
         return "garbled"
     status = parts[1].decode()
     return f"{status} {_rpc_error_code(answer)}" if rpc_error else status
+
+
+async def _read_answer(reader: asyncio.StreamReader) -> bytes:
+    """One whole answer: its head, then as many bytes as its content-length says (else until the
+    gateway closes, which Envoy delays by a second after a `connection: close` answer)."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                   if line.lower().startswith(b"content-length:")), None)  # fmt: skip
+    if length is None:
+        return head + await reader.read(_MAX_ANSWER_BYTES)
+    return head + await reader.readexactly(min(length, _MAX_ANSWER_BYTES))
 
 
 def _rpc_error_code(answer: bytes) -> str:
