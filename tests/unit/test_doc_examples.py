@@ -4,7 +4,8 @@ Each example block is marked in the Markdown with `<!-- example: NAME ... -->`
 just before its indented block. Here each NAME reproduces the example (the
 same edit on a copy of the shipped policies, the same command) and the block
 must be consecutive lines of the real output (where the block elides lines
-with `...`, each piece between them is, in order). A marker without a test, or a test whose
+with `...`, each piece between them is, in order), from its first line to
+its last unless the block begins or ends with `...`. A marker without a test, or a test whose
 marker is gone, fails too, so examples cannot drift silently.
 """
 
@@ -134,6 +135,14 @@ def test_the_example_is_what_the_command_prints(
             "but the command prints:\n" + "\n".join(real)
         )
         at = found + len(lines)
+    # A block that shows less than the whole output says so with "..." where it leaves lines out.
+    assert shown.startswith("...\n") or real[:1] == shown.splitlines()[:1], (
+        f"{doc.name}: example {name} does not start where the output does; begin it with '...'"
+    )
+    assert shown.endswith("\n...") or at == len(real), (
+        f"{doc.name}: example {name} stops before the output ends; end it with '...' or show the rest:\n"
+        + "\n".join(real[at:])
+    )
 
 
 def test_the_compose_docs_describe_every_rule_of_the_compose_policy() -> None:

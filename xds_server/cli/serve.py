@@ -137,9 +137,10 @@ def register(sub: Subparsers) -> None:
         "--state-store",
         default=os.environ.get("AGENTXDS_STATE_STORE", ""),
         metavar="URL",
-        help="Valkey/Redis server keeping the quotas, shared by every policy-service replica given the same URL "
-        "(redis://[:PASSWORD@]HOST:PORT/DB, rediss://, valkey://, unix://; default $AGENTXDS_STATE_STORE, else "
-        "in this process). Calls under a quota are refused while it cannot be reached",
+        help="Valkey/Redis server keeping the quotas and approvals, shared by every policy-service replica given "
+        "the same URL (redis://[:PASSWORD@]HOST:PORT/DB, rediss://, valkey://, unix://; default "
+        "$AGENTXDS_STATE_STORE, else in this process). Calls under a quota or needing an approval are refused "
+        "while it cannot be reached",
     )
     serve.add_argument("--endpoints-file", type=Path, default=None, metavar="FILE",
                        help="follow FILE (YAML: endpoints: {BACKEND: [{host: IP, port: N}]}) for the endpoints of "
