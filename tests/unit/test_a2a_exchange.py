@@ -411,6 +411,14 @@ def test_only_rules_that_send_widen_the_skills(views: dict[str, RouteView]) -> N
 def test_a_skill_named_under_another_spelling_is_refused(views: dict[str, RouteView], key: str) -> None:
     refused = _post(views["planner"], "SendMessage", {"message": {"messageId": "m", "metadata": {key: "echo"}}})
     assert isinstance(refused, Refused) and refused.reason == "skill_not_allowed"
+    error = json.loads(refused.body)["error"]
+    assert f"names a skill under '{key}'" in error["message"] and "'skillId'" in error["message"]
+
+
+def test_a_skill_id_that_is_not_a_string_is_refused_saying_so(views: dict[str, RouteView]) -> None:
+    refused = _post(views["planner"], "SendMessage", {"message": {"messageId": "m", "metadata": {"skillId": 7}}})
+    assert isinstance(refused, Refused) and refused.reason == "skill_not_allowed"
+    assert "'skillId' must be a string, not int" in json.loads(refused.body)["error"]["message"]
 
 
 def test_skills_with_injections_anywhere_or_repeated_ids_are_left_out(views: dict[str, RouteView]) -> None:

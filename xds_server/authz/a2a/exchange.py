@@ -135,26 +135,33 @@ class ExchangeRequest:
         """A message naming a skill (`metadata.skillId`) the caller was not granted (in a rule granting send or
         stream), or one not pinned, is refused, as is a skill named under another spelling of that key; a
         message naming none is the agent's to route (A2A messages need not name one)."""
-        named = []
+        named: list[tuple[str, Any]] = []  # (the metadata key, the skill it names)
         for holder in (params, params.get("message") if isinstance(params, dict) else None):
             metadata = holder.get("metadata") if isinstance(holder, dict) else None
             if not isinstance(metadata, dict):
                 continue
             for key, value in metadata.items():
                 if key == SKILL_METADATA_KEY:
-                    named.append(value)
+                    named.append((key, value))
                 elif isinstance(key, str) and key.lower().replace("_", "").replace("-", "") == "skillid":
-                    named.append(None)  # skill_id, SkillId, ...: an agent may read it; only skillId is checked
-        for skill in named:
+                    named.append((key, None))  # skill_id, SkillId, ...: an agent may read it; only skillId is checked
+        who = self.agents[0] if self.agents else "-"
+        for key, skill in named:
             granted = [p for agent in self.agents for g in self.view.grants_for(agent, self.jwt)
                        if isinstance(g.allows, A2aAllowsIR) for p in g.allows.skills]  # fmt: skip
             pins = dict(self.part.pinned_skills) if self.part.pinned_skills is not None else None
-            if (not isinstance(skill, str) or not any(glob_matches(p, skill) for p in granted)
-                    or (pins is not None and skill not in pins)):  # fmt: skip
-                who = self.agents[0] if self.agents else "-"
+            refused = f"Skill refused on A2A agent '{self.view.name}' for agent '{who}'"
+            if key != SKILL_METADATA_KEY:
+                message = (f"{refused}: the message names a skill under '{key}', which the gateway does not "
+                           "check; name it under 'skillId'")  # fmt: skip
+            elif not isinstance(skill, str):
+                message = f"{refused}: 'skillId' must be a string, not {type(skill).__name__}"
+            elif not any(glob_matches(p, skill) for p in granted) or (pins is not None and skill not in pins):
                 message = f"Skill {skill!r} of A2A agent '{self.view.name}' is not allowed for agent '{who}'"
-                return Refused(errors.SKILL_DENIED.http_status, error_body(
-                    request_id, errors.SKILL_DENIED, message, skill=skill, backend=self.view.name), "skill_not_allowed")  # fmt: skip
+            else:
+                continue
+            return Refused(errors.SKILL_DENIED.http_status, error_body(
+                request_id, errors.SKILL_DENIED, message, skill=skill, backend=self.view.name), "skill_not_allowed")  # fmt: skip
         return None
 
     def _raw(self, sealed: str, owner: Owner) -> str | None:
