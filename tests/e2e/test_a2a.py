@@ -531,8 +531,10 @@ async def test_raw_attacks_are_refused_and_never_forwarded(a2a: A2aGateway) -> N
     nested = f'{{"jsonrpc":"2.0","id":8,"method":"SendMessage","params":{{"message":{message},"message":{{}}}}}}'
     assert_error(await rpc(a2a, "/a2a/planner", "triage", None, raw=nested.encode()), 8, -32600)
     batch = f'[{{"jsonrpc":"2.0","id":9,"method":"SendMessage","params":{{"message":{message}}}}}]'
-    # A batch carries no metadata for RBAC to allow: refused as no grant allows it.
-    assert_error(await rpc(a2a, "/a2a/planner", "triage", None, raw=batch.encode()), None, errors.METHOD_DENIED.code)
+    # A batch carries no metadata for RBAC to allow: refused, and said to be a batch.
+    answer = await rpc(a2a, "/a2a/planner", "triage", None, raw=batch.encode())
+    assert answer.status_code == errors.NOT_A2A.http_status
+    assert "a batch" in assert_error(answer, None, -32600, errors.NOT_A2A.reason)["message"]
     plain = f'{{"jsonrpc":"2.0","id":10,"method":"SendMessage","params":{{"message":{message}}}}}'
     answer = await rpc(a2a, "/a2a/planner", "triage", None, raw=plain.encode(), content_type="text/plain")
     assert_error(answer, 10, -32600, errors.NOT_A2A.reason)

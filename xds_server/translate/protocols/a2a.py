@@ -28,6 +28,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any, ClassVar
 
 from xds_server.core import errors
@@ -65,6 +66,11 @@ def _method_in(methods: list[str]) -> dict[str, Any]:
 
 def _details(*details: str) -> dict[str, Any]:
     return cel_filter(" || ".join(f"response.code_details == '{d}'" for d in details))
+
+
+#: CEL: the A2A filter recorded no method for the request (none of its metadata, or no `method` in it).
+_NO_METHOD = (f"(!({json.dumps(A2A_METADATA_NAMESPACE)} in metadata.filter_metadata) || "
+              f"!('method' in metadata.filter_metadata[{json.dumps(A2A_METADATA_NAMESPACE)}]))")  # fmt: skip
 
 
 class A2aTranslator(ProtocolTranslator):
@@ -144,6 +150,11 @@ class A2aTranslator(ProtocolTranslator):
             mapper(all_of(known, cel_filter("request.method == 'GET'")), errors.METHOD_DENIED,
                    f"The card of A2A agent '{AGENT}' is not shown to agent '{name}': it has no grant there",
                    REQUEST_ID, method="GET", backend=AGENT),
+            # The A2A filter lets a batch (a JSON array) through with no method (verified on 1.40), which
+            # RBAC then refuses as no grant allows it: say what it is, not "method '-' is not allowed".
+            mapper(all_of(known, cel_filter(f"request.method == 'POST' && {_NO_METHOD}")), errors.NOT_A2A,
+                   "Invalid Request: the body is not one JSON-RPC 2.0 request object (a batch, an array, is "
+                   "not accepted: send one request per POST)", REQUEST_ID),
             mapper(known, errors.METHOD_DENIED,
                    f"Method '{METHOD}' is not allowed for agent '{name}' on A2A agent '{AGENT}': no rule grants "
                    "its operation (tasks/list and ListTasks are never allowed: they list every caller's tasks)",
