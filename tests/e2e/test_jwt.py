@@ -276,7 +276,7 @@ async def test_other_users_are_denied_the_users_rule(gateway: RunningGateway, gi
     assert listed == {"list_issues", "get_issue"}
     assert denied.value.code == errors.TOOL_DENIED.code == -32003
     assert denied.value.data == {"reason": "tool_not_allowed", "tool": "create_issue", "backend": "github"}
-    assert "triage" in denied.value.message  # the agent named by its verified claim
+    assert "for agent 'triage'" in denied.value.message  # the agent Envoy recognised by its verified claim
     assert tool_calls(github) == ["list_issues"]
 
 

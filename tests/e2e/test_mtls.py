@@ -170,9 +170,11 @@ async def test_each_agent_gets_exactly_its_tools(tls: tuple[TlsGateway, Pki], ba
             await client.call_tool("list_issues", {"repo": "acme/web"})
     assert listed.content[0].text == "issues of acme/web: #1 bug, #2 feature"
     assert not globbed.is_error and not created.is_error and not everyone.is_error
-    for refused, tool in ((not_mine.value, "create_issue"), (denied.value, "list_issues")):
+    for refused, tool, agent in ((not_mine.value, "create_issue", "triage"), (denied.value, "list_issues", "executor")):
         assert refused.code == errors.TOOL_DENIED.code, refused
         assert refused.data["reason"] == "tool_not_allowed" and refused.data["tool"] == tool
+        # Named as the agent Envoy recognised, not by the SPIFFE ID that proved it.
+        assert f"for agent '{agent}'" in refused.message, refused
     assert tool_calls(backend) == ["list_issues", "get_issue", "create_issue", "whoami"]
 
 

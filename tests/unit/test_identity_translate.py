@@ -37,7 +37,7 @@ from xds_server.ir.types import (
 from xds_server.policy.diagnostics import PolicyError
 from xds_server.policy.load import load_texts
 from xds_server.runtime.envoy import find_envoy_binary
-from xds_server.translate import jwt, oauth, rbac, request_id, translate_gateway
+from xds_server.translate import cel, jwt, oauth, rbac, request_id, translate_gateway
 from xds_server.translate.local_reply import local_reply_config
 from xds_server.translate.proto import to_dict
 from xds_server.translate.protocols.mcp import McpTranslator
@@ -281,16 +281,22 @@ def test_every_user_condition_must_hold() -> None:
 # ---------------------------------------------------------------- local replies and oauth
 
 
-def test_caller_sources_cover_every_principal_kind_and_never_show_a_key() -> None:
-    sources = reply_matchers(gateway().agents)
-    names = [s.name for s in sources]
-    assert names == ["%REQ(x-agent-id)%", "%DYNAMIC_METADATA(envoy.filters.http.jwt_authn:agents:azp)%",
-                     "%DOWNSTREAM_PEER_URI_SAN%", "keyed", "odd"]  # fmt: skip
+def test_caller_sources_cover_every_principal_kind_and_replies_name_the_agent_never_a_key() -> None:
+    gw = gateway()
+    sources = reply_matchers(gw.agents)
+    # Shared per kind: the header agents, the JWT claim, the SPIFFE IDs; then the API key and the anonymous agent.
+    assert len(sources) == 5
     assert "^(dev|triage)$" in json.dumps(sources[0].when)
     assert 'connection.uri_san_peer_certificate in [\\"spiffe://example.org/agent/spiffed\\"]' in json.dumps(
         sources[2].when
     )
-    assert all("k-123" not in s.name for s in sources)
+    # A denial names the agent as Envoy recognised it, whatever proved it: never the credential's value.
+    # (Mappers for ids too long to echo elide the values: "for agent '…'".)
+    replies = [json.dumps(m.get("body_format_override")) for m in local_reply_config(gw)["mappers"]]
+    denials = [r for r in replies if "is not allowed for agent" in r]
+    named = [d for d in denials if f"for agent '{cel.IDENTIFIED_AGENT}'" in d]
+    assert named and all(d in named or "for agent '\\u2026'" in d for d in denials)
+    assert all("k-123" not in r for r in replies)
 
 
 def _base_mappers(gw: GatewayIR) -> list[dict[str, Any]]:

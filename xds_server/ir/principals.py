@@ -39,7 +39,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
-from xds_server.core.wire import JWT_METADATA_NAMESPACE, literal, typed
+from xds_server.core.wire import JWT_METADATA_NAMESPACE, typed
 
 JwtPayloads = Mapping[str, Any]  # provider name → verified token payload (jwt_authn's metadata)
 
@@ -55,11 +55,10 @@ class Caller:
 
 @dataclass(frozen=True)
 class ReplyMatcher:
-    """An access-log filter true when a request proves one of some agents, and how a local
-    reply names the caller then (an Envoy format string)."""
+    """An access-log filter true when a request proves one of some agents (a local reply names
+    the agent as Envoy's identify filter recorded it, not by the value that proved it)."""
 
     when: dict[str, Any]
-    name: str
 
 
 @dataclass(frozen=True)
@@ -209,7 +208,7 @@ class HeaderPrincipal:
     def reply_matcher(group: tuple[str, ...], values: list[str]) -> ReplyMatcher:
         (header,) = group
         regex = "^(" + "|".join(re.escape(v) for v in values) + ")$"
-        return ReplyMatcher(_header_filter(header, {"safe_regex": {"regex": regex}}), f"%REQ({header})%")
+        return ReplyMatcher(_header_filter(header, {"safe_regex": {"regex": regex}}))
 
     def group_value(self) -> str:
         return self.value
@@ -243,7 +242,7 @@ class SpiffePrincipal:
     @staticmethod
     def reply_matcher(group: tuple[str, ...], values: list[str]) -> ReplyMatcher:
         ids = ", ".join(json.dumps(i) for i in values)
-        return ReplyMatcher(cel_filter(f"connection.uri_san_peer_certificate in [{ids}]"), "%DOWNSTREAM_PEER_URI_SAN%")
+        return ReplyMatcher(cel_filter(f"connection.uri_san_peer_certificate in [{ids}]"))
 
     def group_value(self) -> str:
         return self.spiffe_id
@@ -280,8 +279,7 @@ class JwtPrincipal:
     @staticmethod
     def reply_matcher(group: tuple[str, ...], values: list[str]) -> ReplyMatcher:
         provider, claim = group
-        name = f"%DYNAMIC_METADATA({JWT_METADATA_NAMESPACE}:{provider}:{claim})%"
-        return ReplyMatcher(_jwt_claim_filter(provider, claim, values), name)
+        return ReplyMatcher(_jwt_claim_filter(provider, claim, values))
 
     def group_value(self) -> str:
         return self.value
@@ -392,7 +390,7 @@ def reply_matchers(agents: tuple[Any, ...]) -> list[ReplyMatcher]:
         for p in agent.principals:
             group = p.reply_group()
             if group is None:
-                single.append(ReplyMatcher(p.reply_filter(), literal(agent.name)))
+                single.append(ReplyMatcher(p.reply_filter()))
                 continue
             key = (p.ORDER, type(p).__name__, group)
             groups[key].append(p.group_value())

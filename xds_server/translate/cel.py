@@ -33,6 +33,8 @@ RBAC_NAMESPACE = "envoy.filters.http.rbac"
 #: The identify filter's (translate/identity.py) metadata key prefix, and where it records the agent's name.
 IDENTIFY_PREFIX = "agentxds_identify_"
 IDENTIFIED_AGENT_KEY = f"{IDENTIFY_PREFIX}shadow_effective_policy_id"
+#: The agent's name as the identify filter recorded it, as an Envoy format string ("-" when none).
+IDENTIFIED_AGENT = f"%DYNAMIC_METADATA({RBAC_NAMESPACE}:{IDENTIFIED_AGENT_KEY})%"
 
 
 def metadata(namespace: str) -> Expr:

@@ -43,7 +43,7 @@ from typing import Any
 from xds_server.core import errors
 from xds_server.core.wire import JWT_METADATA_NAMESPACE, typed
 from xds_server.ir.types import AgentIR, GatewayIR, RouteIR
-from xds_server.translate.cel import IDENTIFIED_AGENT_KEY, IDENTIFY_PREFIX, RBAC_NAMESPACE
+from xds_server.translate.cel import IDENTIFIED_AGENT, IDENTIFY_PREFIX
 from xds_server.translate.filters import HttpFilter, Slot
 from xds_server.translate.rbac import RBAC_PER_ROUTE_TYPE, RBAC_TYPE
 from xds_server.translate.replies import cel_filter, mapper
@@ -52,7 +52,6 @@ UNAMBIGUOUS_FILTER = "agentxds.identity.unambiguous"
 IDENTIFY_FILTER = "agentxds.identity.identify"
 AMBIGUOUS_POLICY = "agentxds-ambiguous-identity"
 #: The key prefix of the identify filter's shadow metadata (and of its stats).
-_AGENT_METADATA = f"%DYNAMIC_METADATA({RBAC_NAMESPACE}:{IDENTIFIED_AGENT_KEY})%"
 _RBAC_ACTION_TYPE = "envoy.config.rbac.v3.Action"
 _HEADER_INPUT_TYPE = "envoy.type.matcher.v3.HttpRequestHeaderMatchInput"
 
@@ -127,7 +126,7 @@ def backend_headers(gateway: GatewayIR, route: RouteIR) -> dict[str, Any]:
     if identity.agent_header is not None:
         remove.add(identity.agent_header)
         if any(a.principals for a in gateway.agents):  # else there is no identify filter to name anyone
-            add.append({"header": {"key": identity.agent_header, "value": _AGENT_METADATA},
+            add.append({"header": {"key": identity.agent_header, "value": IDENTIFIED_AGENT},
                         "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"})  # fmt: skip
     if identity.user_header is not None:
         remove.add(identity.user_header)

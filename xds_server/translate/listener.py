@@ -20,7 +20,7 @@ from envoy.config.listener.v3.listener_pb2 import Listener
 from xds_server.core.wire import typed
 from xds_server.ir.types import GatewayIR, ListenerIR
 from xds_server.translate import identity, jwt, policy_service, rbac, request_id, tls, virtual_mcp
-from xds_server.translate.cel import IDENTIFIED_AGENT_KEY, RBAC_NAMESPACE
+from xds_server.translate.cel import IDENTIFIED_AGENT
 from xds_server.translate.filters import HttpFilter, Slot, ordered
 from xds_server.translate.local_reply import local_reply_config
 from xds_server.translate.names import listener_name, scoped_routes_name
@@ -55,7 +55,7 @@ def listener_filters(gateway: GatewayIR) -> list[HttpFilter]:
 def _access_log(gateway: GatewayIR) -> list[dict[str, Any]]:
     # The agent Envoy recognised (the identify filter's verdict, whatever proved it: header, key, JWT,
     # certificate), not a header the client sent; "-" when the request proves none.
-    caller = f"%DYNAMIC_METADATA({RBAC_NAMESPACE}:{IDENTIFIED_AGENT_KEY})%"
+    caller = IDENTIFIED_AGENT
     # The client certificate's SPIFFE ID, as verified by the handshake.
     peer = " peer=%DOWNSTREAM_PEER_URI_SAN%" if gateway.listener.tls is not None else ""
     fields = " ".join(p.access_log_field for p in protocols_of(gateway))

@@ -125,9 +125,7 @@ def _denials(gateway: GatewayIR, protocol: ProtocolTranslator) -> list[dict[str,
                                    "match_if_key_not_found": False}}  # fmt: skip
     mappers = protocol.condition_denials(gateway, all_of(denied, covered))
     mappers += [
-        m
-        for caller in reply_matchers(gateway.agents)
-        for m in protocol.denials(gateway, caller, all_of(denied, caller.when))
+        m for caller in reply_matchers(gateway.agents) for m in protocol.denials(gateway, all_of(denied, caller.when))
     ]
     return mappers
 

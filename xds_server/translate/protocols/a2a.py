@@ -37,7 +37,6 @@ from xds_server.core.cel_syntax import Expr, Select
 from xds_server.core.wire import PURPOSE_EXCHANGE, typed, typed_struct
 from xds_server.ir.a2a import A2aAllowsIR, A2aRouteIR
 from xds_server.ir.patterns import NamePattern, PatternKind
-from xds_server.ir.principals import ReplyMatcher
 from xds_server.ir.types import GatewayIR, RouteIR
 from xds_server.translate import cel
 from xds_server.translate.filters import HttpFilter, Slot
@@ -144,8 +143,8 @@ class A2aTranslator(ProtocolTranslator):
                    "Content-Type: application/json; no batches)", REQUEST_ID, detail="%LOCAL_REPLY_BODY%"),
         ]  # fmt: skip
 
-    def denials(self, gateway: GatewayIR, caller: ReplyMatcher, known: dict[str, Any]) -> list[dict[str, Any]]:
-        name = caller.name
+    def denials(self, gateway: GatewayIR, known: dict[str, Any]) -> list[dict[str, Any]]:
+        name = cel.IDENTIFIED_AGENT
         return [
             mapper(all_of(known, cel_filter("request.method == 'GET'")), errors.METHOD_DENIED,
                    f"The card of A2A agent '{AGENT}' is not shown to agent '{name}': it has no grant there",

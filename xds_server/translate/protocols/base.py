@@ -38,7 +38,6 @@ from typing import Any, ClassVar
 
 from xds_server.core.cel_syntax import Expr
 from xds_server.ir.patterns import NamePattern
-from xds_server.ir.principals import ReplyMatcher
 from xds_server.ir.types import GatewayIR, RouteIR
 from xds_server.translate.filters import HttpFilter
 
@@ -108,8 +107,9 @@ class ProtocolTranslator(abc.ABC):
         """Local-reply mappers for the protocol filter's own refusals (parse errors, limits, ...)."""
 
     @abc.abstractmethod
-    def denials(self, gateway: GatewayIR, caller: ReplyMatcher, known: dict[str, Any]) -> list[dict[str, Any]]:
-        """Local-reply mappers for what a known caller (`known`: its RBAC denial) was refused."""
+    def denials(self, gateway: GatewayIR, known: dict[str, Any]) -> list[dict[str, Any]]:
+        """Local-reply mappers for what a known caller (`known`: its RBAC denial) was refused; they name
+        the caller as Envoy recognised it (`translate.cel.IDENTIFIED_AGENT`)."""
 
     @abc.abstractmethod
     def condition_denials(self, gateway: GatewayIR, when: dict[str, Any]) -> list[dict[str, Any]]:

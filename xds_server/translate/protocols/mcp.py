@@ -50,7 +50,6 @@ from xds_server.core.wire import (
 )
 from xds_server.ir.mcp import ArgumentMatchIR, McpAllowsIR, McpRouteIR, mcp_allows, mcp_part
 from xds_server.ir.patterns import NamePattern, PatternKind
-from xds_server.ir.principals import ReplyMatcher
 from xds_server.ir.types import GatewayIR, RouteIR
 from xds_server.translate import cel
 from xds_server.translate.filters import HttpFilter, Slot, disabled
@@ -365,8 +364,8 @@ class McpTranslator(ProtocolTranslator):
         return [*results, mapper(when, errors.CONDITION_NOT_MET, message, REQUEST_ID, tool=TOOL, backend=BACKEND,
                                  rule=CONDITION_RULE)]  # fmt: skip
 
-    def denials(self, gateway: GatewayIR, caller: ReplyMatcher, known: dict[str, Any]) -> list[dict[str, Any]]:
-        name = caller.name
+    def denials(self, gateway: GatewayIR, known: dict[str, Any]) -> list[dict[str, Any]]:
+        name = cel.IDENTIFIED_AGENT
         method = _method
         tool_denied = f"Tool '{TOOL}' is not allowed for agent '{name}' on backend '{BACKEND}'"
         as_results = self.refusals_as_results(gateway)
