@@ -283,8 +283,8 @@ async def test_the_card_names_the_gateway_and_the_callers_skills(a2a: A2aGateway
         assert triage["capabilities"]["extendedAgentCard"] is True
         # auditor has no grant on planner: no card at all.
         refused = await get(a2a, card_path, "auditor")
-        assert_error(refused, None, errors.METHOD_DENIED.code, errors.METHOD_DENIED.reason)
-        assert "skills" not in refused.text
+        error = assert_error(refused, None, errors.METHOD_DENIED.code, errors.METHOD_DENIED.reason)
+        assert "skills" not in refused.text and "not shown to agent 'auditor'" in error["message"], error
 
 
 async def test_the_extended_card_is_filtered_too(a2a: A2aGateway) -> None:
