@@ -535,6 +535,9 @@ async def test_raw_attacks_are_refused_and_never_forwarded(a2a: A2aGateway) -> N
     answer = await rpc(a2a, "/a2a/planner", "triage", None, raw=batch.encode())
     assert answer.status_code == errors.NOT_A2A.http_status
     assert "a batch" in assert_error(answer, None, -32600, errors.NOT_A2A.reason)["message"]
+    # A stranger's batch is refused for being a stranger first.
+    stranger = await rpc(a2a, "/a2a/planner", "mallory", None, raw=batch.encode())
+    assert_error(stranger, None, errors.UNKNOWN_AGENT.code, errors.UNKNOWN_AGENT.reason)
     plain = f'{{"jsonrpc":"2.0","id":10,"method":"SendMessage","params":{{"message":{message}}}}}'
     answer = await rpc(a2a, "/a2a/planner", "triage", None, raw=plain.encode(), content_type="text/plain")
     assert_error(answer, 10, -32600, errors.NOT_A2A.reason)

@@ -415,10 +415,13 @@ def test_a_skill_named_under_another_spelling_is_refused(views: dict[str, RouteV
     assert f"names a skill under '{key}'" in error["message"] and "'skillId'" in error["message"]
 
 
-def test_a_skill_id_that_is_not_a_string_is_refused_saying_so(views: dict[str, RouteView]) -> None:
-    refused = _post(views["planner"], "SendMessage", {"message": {"messageId": "m", "metadata": {"skillId": 7}}})
+@pytest.mark.parametrize(("value", "named"), [(7, "a number"), (None, "null"), (True, "a boolean"),
+                                              (["echo"], "an array"), ({"id": "echo"}, "an object")])  # fmt: skip
+def test_a_skill_id_that_is_not_a_string_is_refused_saying_so(views: dict[str, RouteView], value: Any,
+                                                              named: str) -> None:  # fmt: skip
+    refused = _post(views["planner"], "SendMessage", {"message": {"messageId": "m", "metadata": {"skillId": value}}})
     assert isinstance(refused, Refused) and refused.reason == "skill_not_allowed"
-    assert "'skillId' must be a string, not int" in json.loads(refused.body)["error"]["message"]
+    assert f"'skillId' must be a string, not {named}" in json.loads(refused.body)["error"]["message"]
 
 
 def test_skills_with_injections_anywhere_or_repeated_ids_are_left_out(views: dict[str, RouteView]) -> None:

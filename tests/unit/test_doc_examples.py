@@ -123,23 +123,30 @@ def test_the_example_is_what_the_command_prints(
 ) -> None:
     doc, shown = examples()[name]
     real = RUNS[name](tmp_path, monkeypatch, capsys).splitlines()
-    # The block's lines, cut at "..." into pieces: each piece is consecutive lines of the real
-    # output, the pieces in order.
+    # The block's lines, cut at "..." lines into pieces: each piece is consecutive lines of the real
+    # output, the pieces in order; the first starts the output and the last ends it unless the block
+    # begins or ends with "..." (a block that shows less than the whole output says so).
+    lines = shown.splitlines()
+    assert any(line != "..." for line in lines), f"example {name} shows nothing"
+    open_start, open_end = lines[0] == "...", lines[-1] == "..."
+    pieces: list[list[str]] = [[]]
+    for line in lines:
+        if line == "...":
+            pieces.append([])
+        else:
+            pieces[-1].append(line)
     at = 0
-    assert shown.strip(), f"example {name} shows nothing"
-    for piece in "\n".join(shown.splitlines()).split("\n...\n"):
-        lines = piece.removesuffix("\n...").splitlines()
-        found = next((i for i in range(at, len(real) - len(lines) + 1) if real[i : i + len(lines)] == lines), None)
+    for n, piece in enumerate(p for p in pieces if p):
+        found = next((i for i in range(at, len(real) - len(piece) + 1) if real[i : i + len(piece)] == piece), None)
         assert found is not None, (
-            f"{doc.name}: example {name} is not what the command prints; it shows\n{piece}\n"
-            "but the command prints:\n" + "\n".join(real)
+            f"{doc.name}: example {name} is not what the command prints; it shows\n" + "\n".join(piece)
+            + "\nbut the command prints:\n" + "\n".join(real)
+        )  # fmt: skip
+        assert n > 0 or open_start or found == 0, (
+            f"{doc.name}: example {name} does not start where the output does; begin it with '...'"
         )
-        at = found + len(lines)
-    # A block that shows less than the whole output says so with "..." where it leaves lines out.
-    assert shown.startswith("...\n") or real[:1] == shown.splitlines()[:1], (
-        f"{doc.name}: example {name} does not start where the output does; begin it with '...'"
-    )
-    assert shown.endswith("\n...") or at == len(real), (
+        at = found + len(piece)
+    assert open_end or at == len(real), (
         f"{doc.name}: example {name} stops before the output ends; end it with '...' or show the rest:\n"
         + "\n".join(real[at:])
     )

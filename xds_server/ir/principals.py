@@ -3,28 +3,25 @@
 A principal is one way of proving an agent's identity. Each source has one
 class here that says, in one place, what it means everywhere it is checked:
 
-    | source   | RBAC principal (Envoy, native)   | local-reply filter (Envoy)   | Python check (policy service) |
-    |----------|----------------------------------|------------------------------|-------------------------------|
-    | header   | request header equals the value  | header is one of the values  | header equals the value       |
-    | spiffe   | verified URI SAN of the client   | CEL on the peer's URI SAN    | the URI SAN Envoy forwarded   |
-    |          | certificate (mTLS)               |                              |                               |
-    | jwt      | jwt_authn metadata claim         | metadata claim               | verified payload's claim      |
-    | apiKey   | key header equals the key        | key header equals the key    | key header equals the key     |
-    | anonymous| no credential header, no client  | CEL: no such header, no      | no such header, no token, no  |
-    |          | certificate                      | peer certificate             | certificate                   |
+    | source   | RBAC principal (Envoy, native)          | Python check (policy service)          |
+    |----------|-----------------------------------------|----------------------------------------|
+    | header   | request header equals the value         | header equals the value                |
+    | spiffe   | verified URI SAN of the client          | the URI SAN Envoy forwarded            |
+    |          | certificate (mTLS)                      |                                        |
+    | jwt      | jwt_authn metadata claim                | verified payload's claim               |
+    | apiKey   | key header equals the key               | key header equals the key              |
+    | anonymous| no credential header, no client         | no such header, no token, no           |
+    |          | certificate                             | certificate                            |
 
-RBAC denials do not say which agent was recognised, so the local replies
-check the principals again to tell "unknown agent" from "a known agent that
-may not do this" (`reply_matchers`). Principals of one source share one
-filter where they can and name the caller by the identity's value; an API
-key (never shown) or a claim that cannot appear in a format string names the
-agent instead.
+Envoy names the agent a request proves once, from these RBAC principals (the
+identify filter, translate/identity.py): the backend's agent header, native
+conditions, the access log and the local replies all read that name.
 
 The user an agent acts for (`UserMatchIR`, a rule's `users`) is checked the
 same way: one RBAC principal, one Python check, both here.
 
 A new identity source is one dataclass satisfying `PrincipalSource` (its
-`KIND`, `ORDER` and methods; a `lookup()` reading a new place of the
+`KIND` and methods; a `lookup()` reading a new place of the
 request needs its branch in `caller_value`), its entry in `Principal`, and the line of
 ir/build.py that gives agents that principal on a gateway that can check it;
 the translators and the policy service pick it up from here.
@@ -32,14 +29,11 @@ the translators and the policy service pick it up from here.
 
 from __future__ import annotations
 
-import json
-import re
-from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
-from xds_server.core.wire import JWT_METADATA_NAMESPACE, typed
+from xds_server.core.wire import JWT_METADATA_NAMESPACE
 
 JwtPayloads = Mapping[str, Any]  # provider name → verified token payload (jwt_authn's metadata)
 
@@ -51,14 +45,6 @@ class Caller:
     headers: Mapping[str, str] = field(default_factory=dict)  # lower-case names
     jwt: JwtPayloads = field(default_factory=dict)
     peer_uri_san: str | None = None  # the client certificate's URI SAN (SPIFFE ID), if Envoy sent it
-
-
-@dataclass(frozen=True)
-class ReplyMatcher:
-    """An access-log filter true when a request proves one of some agents (a local reply names
-    the agent as Envoy's identify filter recorded it, not by the value that proved it)."""
-
-    when: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -92,40 +78,6 @@ def jwt_claim_principal(provider: str, claim: str | None, value: dict[str, Any])
     return {"sourced_metadata": {"metadata_matcher": {"filter": JWT_METADATA_NAMESPACE, "path": path, "value": value}}}
 
 
-def cel_filter(expression: str) -> dict[str, Any]:
-    """An access-log filter evaluating a CEL expression (natively, in Envoy)."""
-    return {
-        "extension_filter": {
-            "name": "envoy.access_loggers.extension_filters.cel",
-            "typed_config": typed(
-                "envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter", {"expression": expression}
-            ),
-        }
-    }
-
-
-def _header_filter(header: str, match: dict[str, Any]) -> dict[str, Any]:
-    return {"header_filter": {"header": {"name": header, "string_match": match}}}
-
-
-def _jwt_claim_filter(provider: str, claim: str, values: list[str]) -> dict[str, Any]:
-    return {
-        "metadata_filter": {
-            "matcher": {
-                "filter": JWT_METADATA_NAMESPACE,
-                "path": [{"key": provider}, {"key": claim}],
-                "value": _one_of(values),
-            },
-            "match_if_key_not_found": False,
-        }
-    }
-
-
-def _formattable(key: str) -> bool:
-    """Whether `key` can be a step of a %DYNAMIC_METADATA(ns:a:b)% path."""
-    return not any(c in key for c in ":%()")
-
-
 # ---------------------------------------------------------------- the sources
 
 
@@ -133,22 +85,13 @@ class PrincipalSource(Protocol):
     """What every identity source defines (checked by mypy wherever a `Principal` is used)."""
 
     KIND: ClassVar[str]  # its `kind` in the rendered IR
-    ORDER: ClassVar[int]  # where its shared reply filter goes among the sources
 
     def rbac(self) -> dict[str, Any]:
         """Its RBAC principal."""
         ...
 
-    def reply_group(self) -> tuple[str, ...] | None:
-        """The key of the reply filter it shares with principals of its source (None: a filter of its own)."""
-        ...
-
     def group_value(self) -> str:
-        """The value it adds to its group's shared filter."""
-        ...
-
-    def reply_filter(self) -> dict[str, Any]:
-        """Its own reply filter (used when it shares none)."""
+        """Its value (agents list their principals sorted by kind, then by it)."""
         ...
 
     def matches(self, caller: Caller) -> bool:
@@ -193,7 +136,6 @@ class HeaderPrincipal:
     """Identity asserted by a request header the gateway trusts (development only)."""
 
     KIND: ClassVar[str] = "header"
-    ORDER: ClassVar[int] = 0  # where its shared reply filter goes among the sources
 
     header: str  # lower-case header name
     value: str
@@ -201,20 +143,8 @@ class HeaderPrincipal:
     def rbac(self) -> dict[str, Any]:
         return {"header": {"name": self.header, "string_match": {"exact": self.value}}}
 
-    def reply_group(self) -> tuple[str, ...] | None:
-        return (self.header,)
-
-    @staticmethod
-    def reply_matcher(group: tuple[str, ...], values: list[str]) -> ReplyMatcher:
-        (header,) = group
-        regex = "^(" + "|".join(re.escape(v) for v in values) + ")$"
-        return ReplyMatcher(_header_filter(header, {"safe_regex": {"regex": regex}}))
-
     def group_value(self) -> str:
         return self.value
-
-    def reply_filter(self) -> dict[str, Any]:
-        return self.reply_matcher((self.header,), [self.value]).when
 
     def matches(self, caller: Caller) -> bool:
         return _proves(self, caller)
@@ -228,7 +158,6 @@ class SpiffePrincipal:
     """Identity proven by an mTLS client certificate whose URI SAN is `spiffe_id`."""
 
     KIND: ClassVar[str] = "spiffe"
-    ORDER: ClassVar[int] = 2
 
     spiffe_id: str
 
@@ -236,19 +165,8 @@ class SpiffePrincipal:
         # The URI SAN of a client certificate the TLS handshake already verified.
         return {"authenticated": {"principal_name": {"exact": self.spiffe_id}}}
 
-    def reply_group(self) -> tuple[str, ...] | None:
-        return ()
-
-    @staticmethod
-    def reply_matcher(group: tuple[str, ...], values: list[str]) -> ReplyMatcher:
-        ids = ", ".join(json.dumps(i) for i in values)
-        return ReplyMatcher(cel_filter(f"connection.uri_san_peer_certificate in [{ids}]"))
-
     def group_value(self) -> str:
         return self.spiffe_id
-
-    def reply_filter(self) -> dict[str, Any]:
-        return self.reply_matcher((), [self.spiffe_id]).when
 
     def matches(self, caller: Caller) -> bool:
         return _proves(self, caller)
@@ -262,7 +180,6 @@ class JwtPrincipal:
     """Identity proven by a valid JWT from `provider` whose `claim` equals `value`."""
 
     KIND: ClassVar[str] = "jwt"
-    ORDER: ClassVar[int] = 1
 
     provider: str
     claim: str
@@ -272,20 +189,8 @@ class JwtPrincipal:
         # jwt_authn puts a verified token's payload in metadata under the provider's name.
         return jwt_claim_principal(self.provider, self.claim, {"string_match": {"exact": self.value}})
 
-    def reply_group(self) -> tuple[str, ...] | None:
-        # A claim that cannot be put in a format string gets a filter of its own, naming the agent.
-        return (self.provider, self.claim) if _formattable(self.claim) else None
-
-    @staticmethod
-    def reply_matcher(group: tuple[str, ...], values: list[str]) -> ReplyMatcher:
-        provider, claim = group
-        return ReplyMatcher(_jwt_claim_filter(provider, claim, values))
-
     def group_value(self) -> str:
         return self.value
-
-    def reply_filter(self) -> dict[str, Any]:
-        return _jwt_claim_filter(self.provider, self.claim, [self.value])
 
     def matches(self, caller: Caller) -> bool:
         return _proves(self, caller)
@@ -299,7 +204,6 @@ class ApiKeyPrincipal:
     """Identity proven by an API key in `header`. The key was read when the IR was built."""
 
     KIND: ClassVar[str] = "apiKey"
-    ORDER: ClassVar[int] = 3
 
     header: str
     key: SecretIR
@@ -307,14 +211,8 @@ class ApiKeyPrincipal:
     def rbac(self) -> dict[str, Any]:
         return {"header": {"name": self.header, "string_match": {"exact": self.key.value}}}
 
-    def reply_group(self) -> tuple[str, ...] | None:
-        return None  # the key is never shown: the reply names the agent
-
     def group_value(self) -> str:
         return self.key.value
-
-    def reply_filter(self) -> dict[str, Any]:
-        return _header_filter(self.header, {"exact": self.key.value})
 
     def matches(self, caller: Caller) -> bool:
         return _proves(self, caller)
@@ -334,7 +232,6 @@ class AnonymousPrincipal:
     """
 
     KIND: ClassVar[str] = "anonymous"
-    ORDER: ClassVar[int] = 4
 
     headers: tuple[str, ...]  # lower-case, sorted
     certificates: bool  # client certificates are asked for on this gateway
@@ -346,17 +243,8 @@ class AnonymousPrincipal:
             absent.append({"not_id": {"authenticated": {"principal_name": {"safe_regex": {"regex": ".+"}}}}})
         return {"and_ids": {"ids": absent}}
 
-    def reply_group(self) -> tuple[str, ...] | None:
-        return None  # one anonymous agent per gateway: the reply names it
-
     def group_value(self) -> str:
         return ",".join(self.headers)
-
-    def reply_filter(self) -> dict[str, Any]:
-        absent = [f"!({json.dumps(h)} in request.headers)" for h in self.headers]
-        if self.certificates:
-            absent.append("!connection.mtls")
-        return cel_filter(" && ".join(absent))
 
     def matches(self, caller: Caller) -> bool:
         if any(h in caller.headers for h in self.headers) or caller.jwt:
@@ -377,26 +265,6 @@ _SOURCES: tuple[type[PrincipalSource], ...] = (
 def principal_sort_key(principal: Principal) -> tuple[str, str]:
     """Principals of different kinds do not compare: sort them by kind (class name), then value."""
     return type(principal).__name__, principal.group_value()
-
-
-def reply_matchers(agents: tuple[Any, ...]) -> list[ReplyMatcher]:
-    """Every way a request can prove a known agent, exactly as the RBAC principals check it:
-    shared filters per source and group (in source order, then group), then the filters of
-    principals that cannot share one (in agent order)."""
-    groups: dict[tuple[int, str, tuple[str, ...]], list[str]] = defaultdict(list)
-    makers: dict[tuple[int, str, tuple[str, ...]], Any] = {}
-    single: list[ReplyMatcher] = []
-    for agent in agents:
-        for p in agent.principals:
-            group = p.reply_group()
-            if group is None:
-                single.append(ReplyMatcher(p.reply_filter()))
-                continue
-            key = (p.ORDER, type(p).__name__, group)
-            groups[key].append(p.group_value())
-            makers[key] = type(p).reply_matcher
-    shared = [makers[key](key[2], sorted(set(values))) for key, values in sorted(groups.items())]
-    return shared + single
 
 
 # ---------------------------------------------------------------- users behind agents

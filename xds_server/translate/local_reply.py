@@ -47,14 +47,13 @@ from typing import Any
 
 from xds_server.core import errors
 from xds_server.core.wire import REPLY_STATUS_HEADER
-from xds_server.ir.principals import reply_matchers
 from xds_server.ir.types import GatewayIR, ListenerIR
 from xds_server.translate import identity, oauth, virtual_mcp
-from xds_server.translate.cel import RBAC_NAMESPACE
+from xds_server.translate.cel import IDENTIFIED_AGENT_KEY, RBAC_NAMESPACE
 from xds_server.translate.names import CONDITION_RULE_KEY
 from xds_server.translate.protocols import protocols_of, translator_for
 from xds_server.translate.protocols.base import ProtocolTranslator
-from xds_server.translate.replies import all_of, cel_filter, mapper, route_is, status_is
+from xds_server.translate.replies import all_of, cel_filter, mapper, metadata_present, route_is, status_is
 from xds_server.translate.request_id import exact_ids
 
 BACKEND = "%ROUTE_NAME%"
@@ -116,18 +115,15 @@ def _token_refusals(gateway: GatewayIR, request_id: str) -> list[dict[str, Any]]
 
 
 def _denials(gateway: GatewayIR, protocol: ProtocolTranslator) -> list[dict[str, Any]]:
-    """403 mappers of one protocol: a native rule's failed condition, and per way of recognising a known
-    agent, what it was refused."""
+    """403 mappers of one protocol: a native rule's failed condition, and what a known agent was refused."""
     denied = status_is(403)
     # RBAC refused a call that a native rule covers (its shadow twin matched): that rule's condition failed.
-    covered = {"metadata_filter": {"matcher": {"filter": RBAC_NAMESPACE, "path": [{"key": CONDITION_RULE_KEY}],
-                                               "value": {"present_match": True}},
-                                   "match_if_key_not_found": False}}  # fmt: skip
-    mappers = protocol.condition_denials(gateway, all_of(denied, covered))
-    mappers += [
-        m for caller in reply_matchers(gateway.agents) for m in protocol.denials(gateway, all_of(denied, caller.when))
-    ]
-    return mappers
+    covered = metadata_present(RBAC_NAMESPACE, CONDITION_RULE_KEY)
+    # The identify filter named an agent (translate/identity.py): a known caller RBAC refused. The same
+    # principals as RBAC's, so "known" here is exactly what RBAC recognised; anything else is unknown.
+    known = metadata_present(RBAC_NAMESPACE, IDENTIFIED_AGENT_KEY)
+    return [*protocol.condition_denials(gateway, all_of(denied, covered)),
+            *protocol.denials(gateway, all_of(denied, known))]  # fmt: skip
 
 
 # Why Envoy could not get an answer from the backend, by its response code details, in

@@ -13,9 +13,21 @@ import json
 from typing import Any
 
 from xds_server.core.errors import ErrorKind
-from xds_server.ir.principals import cel_filter
+from xds_server.core.wire import typed
 
-__all__ = ["all_of", "cel_filter", "mapper", "metadata_is", "route_is", "status_is"]
+__all__ = ["all_of", "cel_filter", "mapper", "metadata_is", "metadata_present", "route_is", "status_is"]
+
+
+def cel_filter(expression: str) -> dict[str, Any]:
+    """An access-log filter evaluating a CEL expression (natively, in Envoy)."""
+    return {
+        "extension_filter": {
+            "name": "envoy.access_loggers.extension_filters.cel",
+            "typed_config": typed(
+                "envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter", {"expression": expression}
+            ),
+        }
+    }
 
 
 def status_is(code: int, op: str = "EQ") -> dict[str, Any]:
@@ -33,6 +45,16 @@ def metadata_is(namespace: str, key: str, *values: str) -> dict[str, Any]:
     return {
         "metadata_filter": {
             "matcher": {"filter": namespace, "path": [{"key": key}], "value": value},
+            "match_if_key_not_found": False,
+        }
+    }
+
+
+def metadata_present(namespace: str, key: str) -> dict[str, Any]:
+    """True when metadata `namespace:key` is set (to anything)."""
+    return {
+        "metadata_filter": {
+            "matcher": {"filter": namespace, "path": [{"key": key}], "value": {"present_match": True}},
             "match_if_key_not_found": False,
         }
     }

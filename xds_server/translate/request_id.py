@@ -38,6 +38,7 @@ from typing import Any
 
 from xds_server.core.wire import typed
 from xds_server.ir.types import GatewayIR
+from xds_server.translate.cel import IDENTIFIED_AGENT
 from xds_server.translate.filters import HttpFilter, Slot
 from xds_server.translate.replies import all_of
 
@@ -46,9 +47,10 @@ NAMESPACE = "agentxds.jsonrpc"
 ID = f"%DYNAMIC_METADATA({NAMESPACE}:id)%"
 ID_TEXT = f"%DYNAMIC_METADATA({NAMESPACE}:id_text)%"
 _J2M = "envoy.extensions.filters.http.json_to_metadata.v3.JsonToMetadata"
-#: Format commands whose value is ours (route names) or cannot hold a quote or backslash (a status
-#: code, an upstream's ip:port). Nothing the request carries, however checked it may seem.
-_SAFE_COMMANDS = frozenset({"%ROUTE_NAME%", "%RESPONSE_CODE%", "%UPSTREAM_HOST%"})
+#: Format commands whose value is ours (route names, the name of the agent Envoy recognised: names
+#: are DNS labels, policy/base.py) or cannot hold a quote or backslash (a status code, an upstream's
+#: ip:port). Nothing the request carries, however checked it may seem.
+_SAFE_COMMANDS = frozenset({"%ROUTE_NAME%", "%RESPONSE_CODE%", "%UPSTREAM_HOST%", IDENTIFIED_AGENT})
 _COMMAND = re.compile(r"%[A-Z_]+(?:\([^)]*\))?(?::[0-9]+)?%")
 _LEFT_OUT = "…"
 

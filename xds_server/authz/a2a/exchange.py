@@ -155,7 +155,7 @@ class ExchangeRequest:
                 message = (f"{refused}: the message names a skill under '{key}', which the gateway does not "
                            "check; name it under 'skillId'")  # fmt: skip
             elif not isinstance(skill, str):
-                message = f"{refused}: 'skillId' must be a string, not {type(skill).__name__}"
+                message = f"{refused}: 'skillId' must be a string, not {_json_type(skill)}"
             elif not any(glob_matches(p, skill) for p in granted) or (pins is not None and skill not in pins):
                 message = f"Skill {skill!r} of A2A agent '{self.view.name}' is not allowed for agent '{who}'"
             else:
@@ -271,3 +271,14 @@ def _envoy_id(value: Any) -> Any:
 
 def _is_id(value: Any) -> bool:
     return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
+
+
+def _json_type(value: Any) -> str:
+    """The JSON name of a parsed JSON value's type (what the client sent, not Python's name for it)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    return "an array" if isinstance(value, list) else "an object"
