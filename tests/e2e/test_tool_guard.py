@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 import pytest_asyncio
 from mcp.shared.exceptions import MCPError
 
@@ -99,7 +100,7 @@ async def test_a_changed_pinned_tool_is_hidden_and_refused_until_pinned_again(
 
 
 async def test_screening_blocks_or_flags_a_poisoned_description(
-    gateway: RunningGateway, mcp_backend_factory: Any
+    gateway: RunningGateway, mcp_backend_factory: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     poisoned = replace_backend(gateway, mcp_backend_factory, "--poison", "create_issue")
     backends = gateway.policy_dir / "backends.yaml"
@@ -121,6 +122,13 @@ async def test_screening_blocks_or_flags_a_poisoned_description(
     )
     await eventually(lambda: _shown(gateway, "create_issue"), timeout=15, what="a flagged tool to stay usable")
     assert await create_issue(gateway) == "created issue in acme/web: t"
+
+    # Flagging logs what screening found (each refresh).
+    async def logged() -> bool:
+        return any("flagged by the tool guard" in r.getMessage() and "create_issue (suspicious description"
+                   in r.getMessage() for r in caplog.records)  # fmt: skip
+
+    await eventually(logged, timeout=15, what="the flag to be logged")
 
 
 async def _reloaded_with_lock(gateway: RunningGateway) -> bool:

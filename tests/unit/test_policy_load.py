@@ -101,6 +101,22 @@ def test_explicit_values_override_defaults() -> None:
 
 
 @pytest.mark.parametrize(
+    ("written", "loaded"), [("off", "off"), ('"off"', "off"), ("flag", "flag"), ("block", "block")]
+)
+def test_screening_off_unquoted_is_off_not_a_yaml_boolean(written: str, loaded: str) -> None:
+    backend = BACKEND + f"  toolGuard: {{screening: {written}, unpinned: hide, refresh: 30s}}\n"
+    spec = load_texts({**BASE, "backends/github.yaml": backend}).backends[0].doc.spec
+    assert spec.tool_guard is not None and spec.tool_guard.screening == loaded
+
+
+def test_screening_on_is_refused_with_its_line() -> None:
+    backend = BACKEND + "  toolGuard: {screening: on}\n"
+    assert errors({**BASE, "backends/github.yaml": backend}) == [
+        "backends/github.yaml:7: MCPBackend/github spec.toolGuard.screening: must be 'off', 'flag' or 'block', got true"
+    ]
+
+
+@pytest.mark.parametrize(
     ("text", "ms"), [("0s", 0), ("250ms", 250), ("5s", 5000), ("1.5m", 90_000), ("2h", 7_200_000), ("0.25s", 250)]
 )
 def test_duration_ms(text: str, ms: int) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field, model_validator
+from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 from pydantic_core import PydanticCustomError
 
 from .base import DocumentModel, Duration, Glob, HttpPath, Name, StrictModel, duration_ms
@@ -28,10 +28,15 @@ class BackendPolicyService(RoutePolicyService):
     )
 
 
+def _yaml_off(value: object) -> object:
+    # YAML 1.1 (PyYAML) reads a bare `off` as false: `screening: off` means "off", as written.
+    return "off" if value is False else value
+
+
 class ToolGuard(StrictModel):
     """Rug-pull defences. Active when the backend has an MCPToolLock or screening is not off."""
 
-    screening: Literal["off", "flag", "block"] = Field(
+    screening: Annotated[Literal["off", "flag", "block"], BeforeValidator(_yaml_off)] = Field(
         default="off",
         description="Screen tool descriptions for prompt injection (hidden instructions, invisible Unicode, "
         "instruction-like tags): flag logs it, block hides and refuses the tool.",

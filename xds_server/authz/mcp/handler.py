@@ -194,6 +194,11 @@ class McpHandler(ProtocolHandler):
                 withheld = sorted(n for n, v in verdicts.items() if not v.usable)
                 if withheld:
                     log.warning("backend %s: tools withheld by the tool guard: %s", route.name, ", ".join(withheld))
+                # screening: flag (and unpinned: allow) let a tool through, and say why here.
+                flagged = [f"{n} ({'; '.join(v.flags)})" for n, v in sorted(verdicts.items()) if v.usable and v.flags]
+                if flagged:
+                    log.warning("backend %s: tools flagged by the tool guard, still usable: %s", route.name,
+                                ", ".join(flagged))  # fmt: skip
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the backend may be down; the next round tries again
