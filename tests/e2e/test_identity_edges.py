@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+from mcp.shared.exceptions import MCPError
 
 from tests.e2e.gateway import IDENTITY_HEADER, RunningGateway, launch, stop_gateway, write_policies
 from tests.e2e.harness import LEGACY_REVISION, McpBackend, mcp_client, send_raw, tools_call_request
@@ -162,3 +163,22 @@ async def test_the_backend_learns_the_verified_agent_and_none_of_its_credentials
     assert {"list_issues", "create_issue", "whoami"} <= set().union(*by_agent.values())
     assert "list_issues" in by_agent["triage"] and "create_issue" in by_agent["executor"]
     assert "whoami" in by_agent["runner"] and "admin" not in by_agent
+
+
+@pytest.mark.parametrize("mode", ["modern", "legacy"])
+async def test_a_request_proving_two_agents_speaks_for_the_first_alone(
+    gateway: RunningGateway, backend: McpBackend, mode: str
+) -> None:
+    """runner's key and triage's header at once: the request is runner's (the first by name, as Envoy's
+    identify filter names it), so it gets runner's grants only, never triage's grant with runner's name
+    upstream."""
+    both = {IDENTITY_HEADER: "triage", "x-api-key": API_KEY}
+    async with mcp_client(gateway.url(), both, mode) as client:
+        who = await client.call_tool("whoami", {})
+        with pytest.raises(MCPError) as refused:
+            await client.call_tool("list_issues", {"repo": "acme/web"})  # triage's tool, not runner's
+    assert not who.is_error
+    assert refused.value.code == errors.TOOL_DENIED.code and "for agent 'runner'" in refused.value.message
+    calls = [(r["headers"][AGENT_HEADER], json.loads(r["body"])["params"]["name"]) for r in backend.requests()
+             if r["body"] and json.loads(r["body"]).get("method") == "tools/call"]  # fmt: skip
+    assert calls == [("runner", "whoami")]

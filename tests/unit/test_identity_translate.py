@@ -243,10 +243,11 @@ def test_a_users_grant_is_the_agent_and_the_user() -> None:
     (plain,) = [p["principals"] for k, p in policies.items() if k == "agent/triage"]
     # What every grant allows (lists, lifecycle) is one policy with every grant's principals.
     assert policies[rbac.COMMON_POLICY]["principals"] == plain + policies["agent/triage/users[1]"]["principals"]
-    assert len(plain) == 2  # either of the agent's sources, whoever the user is
+    # The agent as the identify filter named it (whichever of its sources proved it), whoever the user is.
+    assert plain == [rbac.identified_as("triage")]
     (limited,) = policies["agent/triage/users[1]"]["principals"]
     agent_part, user_part = limited["and_ids"]["ids"]
-    assert agent_part == {"or_ids": {"ids": plain}}
+    assert [agent_part] == plain
     matcher = user_part["sourced_metadata"]["metadata_matcher"]
     assert matcher["filter"] == "envoy.filters.http.jwt_authn"
     assert matcher["path"] == [{"key": "corp"}, {"key": "roles"}]  # the provider's groups claim

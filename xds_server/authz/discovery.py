@@ -29,7 +29,8 @@ def listing(index: PolicyIndex, gateway: str, headers: Mapping[str, str], jwt: J
     views = [v for v in index.routes.values() if v.gateway.name == gateway]
     if not views:
         return 404, {"error": f"no gateway {gateway!r} in the policy service's current policies"}
-    agents = views[0].agents_of(headers, jwt, peer)
+    agent = views[0].agent_of(headers, jwt, peer)  # the one it speaks for, as Envoy names it
+    agents = (agent,) if agent is not None else ()
     if not agents:
         return 403, {"error": "unknown agent: the request carries no identity of an agent known to this gateway"}
     base = f"{headers.get('x-forwarded-proto', 'http')}://{headers.get('host', '')}"

@@ -153,7 +153,9 @@ class _Stream:
             self.metadata = json_format.MessageToDict(request.metadata_context).get("filterMetadata", {})
             self.headers = header_map(request.request_headers.headers)
             if self.view is not None:
-                self.agents = self.view.agents_of(self.headers, self.jwt, peer_uri_san(request))
+                # The one agent the request speaks for, as Envoy's identify filter names it (and RBAC allowed).
+                agent = self.view.agent_of(self.headers, self.jwt, peer_uri_san(request))
+                self.agents = (agent,) if agent is not None else ()
             return _continue(phase), False
         if phase == "request_body":
             if self.purpose == PURPOSE_EXCHANGE:

@@ -87,7 +87,8 @@ class RouteView:
     def agents_of(
         self, headers: Mapping[str, str], jwt_payloads: JwtPayloads | None = None, peer_uri_san: str | None = None
     ) -> tuple[str, ...]:
-        """Every agent the request proves (RBAC lets a request through if any of them may)."""
+        """Every agent the request proves, in the gateway's order. Only the first counts (`agent_of`): Envoy
+        names it (the identify filter) and RBAC grants that one's rules, never another's."""
         return self._finder.agents_of(Caller(headers, jwt_payloads or {}, peer_uri_san))
 
     @functools.cached_property
@@ -110,7 +111,8 @@ class RouteView:
     def agent_of(
         self, headers: Mapping[str, str], jwt_payloads: JwtPayloads | None = None, peer_uri_san: str | None = None
     ) -> str | None:
-        """The agent a request comes from (the first in the gateway's order if it proves several), or None."""
+        """The agent a request speaks for (the first in the gateway's order if it proves several, as Envoy's
+        identify filter picks it), or None."""
         agents = self.agents_of(headers, jwt_payloads, peer_uri_san)
         return agents[0] if agents else None
 

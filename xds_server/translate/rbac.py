@@ -1,7 +1,8 @@
 """Grants → RBAC allow-lists (the native hot path): one `RBACPerRoute` per Envoy route.
 
-A route's RBAC has one policy per grant: its principals are the agent's
-(any of them proves it, see ir/principals.py) and, for a grant limited to
+A route's RBAC has one policy per grant: its principal is the agent as the
+identify filter named it (translate/identity.py: the first agent the request
+proves, by the principals of ir/principals.py) and, for a grant limited to
 some users, the user's verified JWT claims as well (AND); its permissions
 are what the grant allows, in the protocol's terms (the protocol
 translator's `permissions`). What every grant allows alike (the protocol's
@@ -57,12 +58,22 @@ def _or_ids(ids: list[dict[str, Any]]) -> dict[str, Any]:
     return ids[0] if len(ids) == 1 else {"or_ids": {"ids": ids}}
 
 
+def identified_as(agent: str) -> dict[str, Any]:
+    """The principal "the identify filter named `agent`" (translate/identity.py): the one agent a request
+    speaks for, the first it proves by name, as the backend's agent header, native conditions, the access
+    log and the policy service also take it. A request carrying proofs of several agents gets the grants
+    of that one only, never a mix (one agent's grant with another's name upstream)."""
+    return {"sourced_metadata": {"metadata_matcher": {
+        "filter": cel.RBAC_NAMESPACE, "path": [{"key": cel.IDENTIFIED_AGENT_KEY}],
+        "value": {"string_match": {"exact": agent}}}}}  # fmt: skip
+
+
 def grant_principals(grant: GrantIR, agent: AgentIR) -> list[dict[str, Any]]:
     """The principals of one grant's policy (OR-ed by Envoy): the agent, and the user when the grant has one."""
-    agent_ids = [p.rbac() for p in agent.principals]
-    if grant.user is None or not agent_ids:  # grants name only agents the gateway can recognise
-        return agent_ids
-    return [{"and_ids": {"ids": [_or_ids(agent_ids), grant.user.rbac()]}}]
+    if not agent.principals:  # grants name only agents the gateway can recognise
+        return []
+    named = identified_as(agent.name)
+    return [named] if grant.user is None else [{"and_ids": {"ids": [named, grant.user.rbac()]}}]
 
 
 #: The policy of what every grant on a route allows (not an agent's name: those are `agent/<name>`).
@@ -94,10 +105,8 @@ def _native_rules(route: RouteIR, gateway: GatewayIR, protocol: ProtocolTranslat
         # Whose rule it is, the condition checks exactly (the agent the identify filter named).
         policies[f"{NATIVE_PREFIX}{rule.id}"] = {"permissions": permissions, "principals": user or [{"any": True}],
                                                   "condition": cel.to_expr(condition)}  # fmt: skip
-        # Naming the rule in a refusal needs no CEL: the agents' own principals (any of the rule's
-        # agents the request proves) are close enough, and cheaper on every refused call.
-        proven = [{"any": True}] if every_agent else [p.rbac() for n in rule.agents if n in by_name
-                                                        for p in by_name[n].principals]  # fmt: skip
+        # Naming the rule in a refusal needs no CEL: the agent the identify filter named is one of the rule's.
+        proven = [{"any": True}] if every_agent else [identified_as(n) for n in rule.agents if n in by_name]
         if not proven:  # none of its agents can be recognised: the refusal names no rule
             continue
         if user:
