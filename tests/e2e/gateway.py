@@ -219,11 +219,12 @@ def policy_service_yaml(policy_port: int, ext_authz: str = "http") -> str:
 async def launch(policy_dir: Path, workdir: Path, listen_port: int, policy_port: int,
                  authz_http_port: int | None = None, overload_manager: dict[str, Any] | None = None,
                  state_store: str | None = None, runtime: RuntimeEndpoints | None = None,
-                 registry: RegistryStore | None = None) -> tuple[ControlPlane, EnvoyProcess]:  # fmt: skip
+                 registry: RegistryStore | None = None, drain_time_s: int = 1) -> tuple[ControlPlane, EnvoyProcess]:  # fmt: skip
     """The control plane (with the policy service, its quotas in `state_store` if given, endpoints
     set at run time from `runtime` if given, with the runtime `registry` if given) on `policy_dir` and an
     Envoy it configures (with
-    `overload_manager` as its bootstrap's, if given).
+    `overload_manager` as its bootstrap's, if given; a replaced listener's connections drained for
+    `drain_time_s`).
 
     Returns once the policies are published and Envoy's listener accepts connections.
     """
@@ -241,7 +242,7 @@ async def launch(policy_dir: Path, workdir: Path, listen_port: int, policy_port:
     )
     if overload_manager is not None:
         bootstrap["overload_manager"] = overload_manager
-    envoy = EnvoyProcess(bootstrap, workdir=workdir / "envoy", log_level="warning").start()
+    envoy = EnvoyProcess(bootstrap, workdir=workdir / "envoy", log_level="warning", drain_time_s=drain_time_s).start()
     try:
         await envoy.wait_live_async(20)
         await wait_listening(listen_port)

@@ -243,8 +243,12 @@ def test_a_users_grant_is_the_agent_and_the_user() -> None:
     (plain,) = [p["principals"] for k, p in policies.items() if k == "agent/triage"]
     # What every grant allows (lists, lifecycle) is one policy with every grant's principals.
     assert policies[rbac.COMMON_POLICY]["principals"] == plain + policies["agent/triage/users[1]"]["principals"]
-    # The agent as the identify filter named it (whichever of its sources proved it), whoever the user is.
-    assert plain == [rbac.identified_as("triage")]
+    # The agent as the identify filter named it, with its credentials checked again here (the route follows a
+    # rotation at once, the listener's identify filter only on new connections); whoever the user is.
+    triage = next(a for a in gw.agents if a.name == "triage")
+    assert plain == [rbac.proven(triage)]
+    named, credentials = plain[0]["and_ids"]["ids"]
+    assert named == rbac.identified_as("triage") and len(credentials["or_ids"]["ids"]) == 2  # its two sources
     (limited,) = policies["agent/triage/users[1]"]["principals"]
     agent_part, user_part = limited["and_ids"]["ids"]
     assert [agent_part] == plain

@@ -110,8 +110,11 @@ class EnvoyProcess:
         base_id: int | None = None,
         binary: str | None = None,
         extra_args: tuple[str, ...] = (),
+        drain_time_s: int = 1,
     ) -> None:
         self.bootstrap = bootstrap
+        #: How long a replaced listener's connections keep its old configuration (Envoy's own default: 600).
+        self.drain_time_s = drain_time_s
         self.workdir = Path(workdir)
         self.log_level = log_level
         self.concurrency = concurrency
@@ -134,8 +137,8 @@ class EnvoyProcess:
             "-c", str(self.bootstrap_path),
             "--concurrency", str(self.concurrency),
             "--log-level", self.log_level,
-            "--drain-time-s", "1",
-            "--parent-shutdown-time-s", "2",
+            "--drain-time-s", str(self.drain_time_s),
+            "--parent-shutdown-time-s", str(self.drain_time_s + 1),
             "--admin-address-path", str(self.admin_address_path),
         ]  # fmt: skip
         if self.base_id is None:

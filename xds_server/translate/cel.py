@@ -14,8 +14,9 @@ place of each variable, where Envoy holds the same value:
     now         request.time
 
 A rule's condition also checks that the agent the identify filter named is
-one of the rule's: RBAC's principals let in a request proving any agent,
-while the policy service applies a rule to the first agent only.
+one of the rule's, as the policy service applies a rule to that agent only
+(the rule's RBAC principals, translate/rbac.py `proven`, let in a request
+speaking for any of the rule's agents).
 """
 
 from __future__ import annotations

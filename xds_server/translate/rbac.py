@@ -61,18 +61,29 @@ def _or_ids(ids: list[dict[str, Any]]) -> dict[str, Any]:
 def identified_as(agent: str) -> dict[str, Any]:
     """The principal "the identify filter named `agent`" (translate/identity.py): the one agent a request
     speaks for, the first it proves by name, as the backend's agent header, native conditions, the access
-    log and the policy service also take it. A request carrying proofs of several agents gets the grants
-    of that one only, never a mix (one agent's grant with another's name upstream)."""
+    log and the policy service also take it."""
     return {"sourced_metadata": {"metadata_matcher": {
         "filter": cel.RBAC_NAMESPACE, "path": [{"key": cel.IDENTIFIED_AGENT_KEY}],
         "value": {"string_match": {"exact": agent}}}}}  # fmt: skip
 
 
+def proven(agent: AgentIR) -> dict[str, Any] | None:
+    """The principal of a request speaking for `agent` (None: the gateway cannot recognise it): the identify
+    filter named it, so a request carrying proofs of several agents gets that one's grants only, never one
+    agent's grant under another's name; and its credentials, checked here again, because this route
+    configuration follows a credential's rotation at once on open connections, while the identify filter
+    (the listener's) changes only for new ones."""
+    credentials = [p.rbac() for p in agent.principals]
+    if not credentials:
+        return None
+    return {"and_ids": {"ids": [identified_as(agent.name), _or_ids(credentials)]}}
+
+
 def grant_principals(grant: GrantIR, agent: AgentIR) -> list[dict[str, Any]]:
     """The principals of one grant's policy (OR-ed by Envoy): the agent, and the user when the grant has one."""
-    if not agent.principals:  # grants name only agents the gateway can recognise
+    named = proven(agent)
+    if named is None:  # grants name only agents the gateway can recognise
         return []
-    named = identified_as(agent.name)
     return [named] if grant.user is None else [{"and_ids": {"ids": [named, grant.user.rbac()]}}]
 
 
@@ -102,16 +113,18 @@ def _native_rules(route: RouteIR, gateway: GatewayIR, protocol: ProtocolTranslat
         user = [rule.user.rbac()] if rule.user is not None else []
         permissions = [protocol.target_permission(rule.targets)]
         condition = cel.rule_condition(native_condition(rule.when), bindings, agents)
-        # Whose rule it is, the condition checks exactly (the agent the identify filter named).
-        policies[f"{NATIVE_PREFIX}{rule.id}"] = {"permissions": permissions, "principals": user or [{"any": True}],
-                                                  "condition": cel.to_expr(condition)}  # fmt: skip
-        # Naming the rule in a refusal needs no CEL: the agent the identify filter named is one of the rule's.
-        proven = [{"any": True}] if every_agent else [identified_as(n) for n in rule.agents if n in by_name]
-        if not proven:  # none of its agents can be recognised: the refusal names no rule
+        # Whose rule it is, the condition checks exactly (the agent the identify filter named); the
+        # principals, that the request still proves one of its agents (credentials as of this version).
+        speaking = [p for n in (by_name if every_agent else rule.agents) if n in by_name
+                    if (p := proven(by_name[n])) is not None]  # fmt: skip
+        if not speaking:  # none of its agents can be recognised: nobody can call under it
             continue
-        if user:
-            proven = [{"and_ids": {"ids": [_or_ids(proven), *user]}}]
-        shadows[rule.id] = {"permissions": permissions, "principals": proven}
+        principals = [{"and_ids": {"ids": [_or_ids(speaking), *user]}}] if user else speaking
+        policies[f"{NATIVE_PREFIX}{rule.id}"] = {"permissions": permissions, "principals": principals,
+                                                  "condition": cel.to_expr(condition)}  # fmt: skip
+        # Naming the rule in a refusal needs no CEL: the request speaks for one of the rule's agents (a
+        # stranger, or a credential rotated away, is refused as such, not under the rule).
+        shadows[rule.id] = {"permissions": permissions, "principals": principals}
     return policies, shadows
 
 
