@@ -21,6 +21,7 @@ import pytest_asyncio
 
 from tests.e2e.gateway import RunningGateway, eventually, launch, stop_gateway, write_policies
 from tests.e2e.harness import tools_call_request
+from tests.e2e.test_identity_edges import RUNNER  # runner, by the API key in runner.key
 from xds_server.core import errors
 from xds_server.runtime.ports import free_port
 
@@ -40,13 +41,6 @@ spec:
     - agents: ["*"]
       tools: [get_issue]
       when: 'args.repo.startsWith("acme/")'
-"""
-RUNNER = """\
----
-apiVersion: agentxds.dev/v1
-kind: Agent
-metadata: {name: runner}
-spec: {identity: {apiKey: {key: {file: runner.key}}}}
 """
 CALLS = {"whoami": {}, "list_issues": {"repo": "acme/web"}}
 PROBE = {"get_issue": {"repo": "evil/web", "number": 1}}  # under a native rule of every agent's
