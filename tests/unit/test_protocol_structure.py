@@ -6,6 +6,7 @@ filter's own declaration)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
@@ -14,11 +15,15 @@ from tests import ir_kit
 from xds_server.core.wire import typed
 from xds_server.translate import translate_gateway
 from xds_server.translate.filters import FilterError, HttpFilter, RouteDefault, RouteFilters, Slot, Use, disabled
+from xds_server.translate.identity import IDENTIFY_FILTER
 from xds_server.translate.listener import listener_filters
 from xds_server.translate.protocols import UnknownProtocol, translator_for
 from xds_server.translate.protocols.base import ProtocolTranslator
 from xds_server.translate.protocols.mcp import McpTranslator
+from xds_server.translate.rbac import RBAC_FILTER
 from xds_server.translate.route import build_route_configs
+
+GOLDEN = Path(__file__).resolve().parents[1] / "golden"
 
 
 @dataclass(frozen=True)
@@ -125,3 +130,36 @@ def test_the_real_listener_filters_declare_what_routes_need() -> None:
                  "envoy.filters.http.ext_authz/fail-open"):  # fmt: skip
         assert filters[name].route_default is RouteDefault.OFF  # on only where a route turns it on
     assert filters["envoy.filters.http.rbac"].route_default is RouteDefault.LISTENER  # which allows nothing
+
+
+def _walk(node: Any) -> Any:
+    """Every dict and list inside `node` (depth first)."""
+    yield node
+    children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+    for child in children:
+        yield from _walk(child)
+
+
+@pytest.mark.parametrize("case", sorted(p.name for p in (GOLDEN / "cases").iterdir() if (p / "xds.yaml").exists()))
+def test_the_identify_filter_runs_before_the_grants_and_on_every_route(case: str) -> None:
+    """Grants' RBAC principals are the agent the identify filter named (translate/rbac.py `proven`): it must
+    come before the grants' RBAC in every listener, and no route may switch it off (every call would be
+    refused there, for no visible reason). Checked on every golden case's xDS."""
+    import yaml
+
+    resources = yaml.safe_load((GOLDEN / "cases" / case / "xds.yaml").read_text())
+    for gateway in resources.values():
+        for listener in gateway.get("type.googleapis.com/envoy.config.listener.v3.Listener", []):
+            for chain_filters in (
+                n["http_filters"] for n in _walk(listener) if isinstance(n, dict) and "http_filters" in n
+            ):
+                names = [f["name"] for f in chain_filters]
+                # Every golden case has agents it can recognise, hence the filter.
+                assert IDENTIFY_FILTER in names and names.index(IDENTIFY_FILTER) < names.index(RBAC_FILTER), (
+                    case,
+                    names,
+                )
+        for config in gateway.get("type.googleapis.com/envoy.config.route.v3.RouteConfiguration", []):
+            for per_filter in (n["typed_per_filter_config"] for n in _walk(config)
+                               if isinstance(n, dict) and "typed_per_filter_config" in n):  # fmt: skip
+                assert IDENTIFY_FILTER not in per_filter, (case, config.get("name"))
