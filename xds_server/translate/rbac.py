@@ -2,7 +2,8 @@
 
 A route's RBAC has one policy per grant: its principal is the agent as the
 identify filter named it (translate/identity.py: the first agent the request
-proves, by the principals of ir/principals.py) and, for a grant limited to
+proves, by the principals of ir/principals.py) together with that agent's
+credentials (`proven`: checked again here, see why there) and, for a grant limited to
 some users, the user's verified JWT claims as well (AND); its permissions
 are what the grant allows, in the protocol's terms (the protocol
 translator's `permissions`). What every grant allows alike (the protocol's
