@@ -460,6 +460,13 @@ async def test_a_message_naming_a_skill_not_granted_is_refused(a2a: A2aGateway) 
         refused = await rpc(a2a, "/a2a/planner", "executor", send(request_id, skill))
         error = assert_error(refused, request_id, errors.SKILL_DENIED.code, errors.SKILL_DENIED.reason)
         assert error["data"]["skill"] == skill
+        if not isinstance(skill, str):  # the message says why, in the client's JSON terms
+            assert "'skillId' must be a string, not a number" in error["message"], error
+    # A skill named under another key than skillId is refused, naming the key to use.
+    other = send(5, "echo")
+    other["params"]["message"]["metadata"] = {"skill_id": "echo"}
+    error = assert_error(await rpc(a2a, "/a2a/planner", "executor", other), 5, errors.SKILL_DENIED.code)
+    assert "under 'skill_id'" in error["message"] and "'skillId'" in error["message"], error
     allowed = (await rpc(a2a, "/a2a/planner", "executor", send(4, "echo"))).json()
     assert allowed["id"] == 4 and allowed["result"]["task"]["status"]["state"] == "TASK_STATE_COMPLETED", allowed
     assert [c["method"] for c in a2a.planner.calls()] == ["SendMessage"]

@@ -29,7 +29,7 @@ the translators and the policy service pick it up from here.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
@@ -72,10 +72,15 @@ def _one_of(values: tuple[str, ...] | list[str]) -> dict[str, Any]:
     return matchers[0] if len(matchers) == 1 else {"or_match": {"value_matchers": matchers}}
 
 
+def metadata_principal(namespace: str, path: Sequence[str], value: dict[str, Any]) -> dict[str, Any]:
+    """An RBAC principal on the request's dynamic metadata: `namespace`'s value at `path` matches `value`."""
+    keys = [{"key": k} for k in path]
+    return {"sourced_metadata": {"metadata_matcher": {"filter": namespace, "path": keys, "value": value}}}
+
+
 def jwt_claim_principal(provider: str, claim: str | None, value: dict[str, Any]) -> dict[str, Any]:
     """An RBAC principal on a verified token's payload (`claim` None: the payload itself)."""
-    path = [{"key": provider}] + ([{"key": claim}] if claim is not None else [])
-    return {"sourced_metadata": {"metadata_matcher": {"filter": JWT_METADATA_NAMESPACE, "path": path, "value": value}}}
+    return metadata_principal(JWT_METADATA_NAMESPACE, [provider] + ([claim] if claim is not None else []), value)
 
 
 # ---------------------------------------------------------------- the sources

@@ -24,6 +24,7 @@ from envoy.extensions.filters.http.rbac.v3.rbac_pb2 import RBACPerRoute
 
 from xds_server.core.cel_native import native_condition
 from xds_server.core.wire import typed
+from xds_server.ir.principals import metadata_principal
 from xds_server.ir.types import AgentIR, GatewayIR, GrantIR, RouteIR
 from xds_server.translate import cel
 from xds_server.translate.filters import HttpFilter, RouteDefault, Slot
@@ -63,9 +64,7 @@ def identified_as(agent: str) -> dict[str, Any]:
     """The principal "the identify filter named `agent`" (translate/identity.py): the one agent a request
     speaks for, the first it proves by name, as the backend's agent header, native conditions, the access
     log and the policy service also take it."""
-    return {"sourced_metadata": {"metadata_matcher": {
-        "filter": cel.RBAC_NAMESPACE, "path": [{"key": cel.IDENTIFIED_AGENT_KEY}],
-        "value": {"string_match": {"exact": agent}}}}}  # fmt: skip
+    return metadata_principal(cel.RBAC_NAMESPACE, [cel.IDENTIFIED_AGENT_KEY], {"string_match": {"exact": agent}})
 
 
 def proven(agent: AgentIR) -> dict[str, Any] | None:

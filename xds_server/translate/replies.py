@@ -15,7 +15,16 @@ from typing import Any
 from xds_server.core.errors import ErrorKind
 from xds_server.core.wire import typed
 
-__all__ = ["all_of", "cel_filter", "mapper", "metadata_is", "metadata_present", "route_is", "status_is"]
+__all__ = [
+    "all_of",
+    "cel_filter",
+    "mapper",
+    "metadata_filter",
+    "metadata_is",
+    "metadata_present",
+    "route_is",
+    "status_is",
+]
 
 
 def cel_filter(expression: str) -> dict[str, Any]:
@@ -38,10 +47,8 @@ def status_is(code: int, op: str = "EQ") -> dict[str, Any]:
     }
 
 
-def metadata_is(namespace: str, key: str, *values: str) -> dict[str, Any]:
-    """True when metadata `namespace:key` is one of `values` (false when it is not set)."""
-    matchers = [{"string_match": {"exact": v}} for v in values]
-    value = matchers[0] if len(matchers) == 1 else {"or_match": {"value_matchers": matchers}}
+def metadata_filter(namespace: str, key: str, value: dict[str, Any]) -> dict[str, Any]:
+    """True when metadata `namespace:key` matches `value` (false when it is not set)."""
     return {
         "metadata_filter": {
             "matcher": {"filter": namespace, "path": [{"key": key}], "value": value},
@@ -50,14 +57,17 @@ def metadata_is(namespace: str, key: str, *values: str) -> dict[str, Any]:
     }
 
 
+def metadata_is(namespace: str, key: str, *values: str) -> dict[str, Any]:
+    """True when metadata `namespace:key` is one of `values` (false when it is not set)."""
+    matchers = [{"string_match": {"exact": v}} for v in values]
+    return metadata_filter(
+        namespace, key, matchers[0] if len(matchers) == 1 else {"or_match": {"value_matchers": matchers}}
+    )
+
+
 def metadata_present(namespace: str, key: str) -> dict[str, Any]:
     """True when metadata `namespace:key` is set (to anything)."""
-    return {
-        "metadata_filter": {
-            "matcher": {"filter": namespace, "path": [{"key": key}], "value": {"present_match": True}},
-            "match_if_key_not_found": False,
-        }
-    }
+    return metadata_filter(namespace, key, {"present_match": True})
 
 
 def route_is(name: str) -> str:

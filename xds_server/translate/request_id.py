@@ -40,7 +40,7 @@ from xds_server.core.wire import typed
 from xds_server.ir.types import GatewayIR
 from xds_server.translate.cel import IDENTIFIED_AGENT
 from xds_server.translate.filters import HttpFilter, Slot
-from xds_server.translate.replies import all_of
+from xds_server.translate.replies import all_of, metadata_filter
 
 ID_FILTER = "agentxds.jsonrpc.id"
 NAMESPACE = "agentxds.jsonrpc"
@@ -107,12 +107,7 @@ def id_filter(gateway: GatewayIR) -> HttpFilter:
 
 
 def _metadata(key: str, value: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "metadata_filter": {
-            "matcher": {"filter": NAMESPACE, "path": [{"key": key}], "value": value},
-            "match_if_key_not_found": False,
-        }
-    }
+    return metadata_filter(NAMESPACE, key, value)
 
 
 _HAS_ID = _metadata("id", {"present_match": True})

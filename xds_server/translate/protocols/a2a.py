@@ -37,6 +37,7 @@ from xds_server.core.cel_syntax import Expr, Select
 from xds_server.core.wire import PURPOSE_EXCHANGE, typed, typed_struct
 from xds_server.ir.a2a import A2aAllowsIR, A2aRouteIR
 from xds_server.ir.patterns import NamePattern, PatternKind
+from xds_server.ir.principals import metadata_principal
 from xds_server.ir.types import GatewayIR, RouteIR
 from xds_server.translate import cel
 from xds_server.translate.filters import HttpFilter, Slot
@@ -59,8 +60,7 @@ def _methods(operations: tuple[str, ...] | list[str]) -> list[str]:
 def _method_in(methods: list[str]) -> dict[str, Any]:
     values = [{"string_match": {"exact": m}} for m in methods]
     value = values[0] if len(values) == 1 else {"or_match": {"value_matchers": values}}
-    return {"sourced_metadata": {"metadata_matcher": {
-        "filter": A2A_METADATA_NAMESPACE, "path": [{"key": "method"}], "value": value}}}  # fmt: skip
+    return metadata_principal(A2A_METADATA_NAMESPACE, ["method"], value)
 
 
 def _details(*details: str) -> dict[str, Any]:

@@ -50,6 +50,7 @@ from xds_server.core.wire import (
 )
 from xds_server.ir.mcp import ArgumentMatchIR, McpAllowsIR, McpRouteIR, mcp_allows, mcp_part
 from xds_server.ir.patterns import NamePattern, PatternKind
+from xds_server.ir.principals import metadata_principal
 from xds_server.ir.types import GatewayIR, RouteIR
 from xds_server.translate import cel
 from xds_server.translate.filters import HttpFilter, Slot, disabled
@@ -125,15 +126,7 @@ def argument_matcher(match: ArgumentMatchIR) -> dict[str, Any]:
 
 
 def _metadata(path: tuple[str, ...], value: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "sourced_metadata": {
-            "metadata_matcher": {
-                "filter": MCP_METADATA_NAMESPACE,
-                "path": [{"key": k} for k in path],
-                "value": value,
-            }
-        }
-    }
+    return metadata_principal(MCP_METADATA_NAMESPACE, path, value)
 
 
 def _method_is(method: str) -> dict[str, Any]:
