@@ -3,7 +3,9 @@
 Validate mode checks a bootstrap without contacting a control plane, so the
 dynamic parts are made static: each listener gets its route configuration
 inline (`route_config` instead of `rds`), or its scopes with their route
-configurations inline (instead of SRDS and RDS), each EDS cluster becomes a
+configurations inline (instead of SRDS and RDS), each discovered HTTP filter
+gets its extension configuration inline (`typed_config` instead of
+`config_discovery`, ECDS), each EDS cluster becomes a
 STATIC cluster with its ClusterLoadAssignment inline, and SDS secrets become
 static secrets (`static_resources.secrets`, referred to by name without an
 `sds_config`). Everything else is the translator's output unchanged, so Envoy
@@ -23,12 +25,16 @@ HCM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.http_connection
 
 
 def _inline_routes(listener: dict[str, Any], routes: dict[str, dict[str, Any]],
-                   scopes: list[dict[str, Any]]) -> dict[str, Any]:  # fmt: skip
+                   scopes: list[dict[str, Any]], extensions: dict[str, dict[str, Any]]) -> dict[str, Any]:  # fmt: skip
     for chain in listener.get("filter_chains", []):
         for network_filter in chain.get("filters", []):
             hcm = network_filter.get("typed_config", {})
             if hcm.get("@type") != HCM_TYPE:
                 continue
+            for http_filter in hcm.get("http_filters", []):
+                if "config_discovery" in http_filter:
+                    http_filter.pop("config_discovery")
+                    http_filter["typed_config"] = extensions[http_filter["name"]]  # KeyError: a translator bug
             if "rds" in hcm:
                 name = hcm.pop("rds")["route_config_name"]
                 hcm["route_config"] = routes[name]  # KeyError = dangling RDS name, a translator bug
@@ -67,9 +73,10 @@ def static_bootstrap(resources: GatewayResources) -> dict[str, Any]:
     routes = {r.name: to_dict(r) for r in resources.routes}
     assignments = {e.cluster_name: to_dict(e) for e in resources.endpoints}
     secrets = {s.name for s in resources.secrets}
+    extensions = {e.name: to_dict(e)["typed_config"] for e in resources.extension_configs}
     static: dict[str, Any] = {
         "listeners": [
-            _inline_routes(to_dict(listener), routes, [to_dict(sc) for sc in resources.scopes])
+            _inline_routes(to_dict(listener), routes, [to_dict(sc) for sc in resources.scopes], extensions)
             for listener in resources.listeners
         ],  # fmt: skip
         "clusters": [_static_cluster(c, assignments) for c in resources.clusters],

@@ -134,3 +134,15 @@ def test_version_changes_with_the_policy(tmp_path: Path) -> None:
     # Only the route configuration (where RBAC lives) changed: nothing else is re-sent.
     changed = {t for t in xds.ORDER if after.type_version(t) != before.type_version(t)}
     assert changed == {xds.ROUTE}
+
+
+def test_a_rotated_credential_changes_only_the_identify_filter(tmp_path: Path) -> None:
+    """An agent's credentials live in the identify filter's configuration alone, which is discovered (ECDS):
+    rotating an API key sends that one resource, no listener (Envoy would keep the old one for the
+    connections it has until they drain) and no route configuration."""
+    policies = shutil.copytree(CASES_DIR / "credentials" / "policies", tmp_path / "policies")
+    before = versions(policies)["gw"]
+    (policies / "bot.key").write_text("k-rotated-0123456789abcdef\n")
+    after = versions(policies)["gw"]
+    changed = {t for t in xds.ORDER if after.type_version(t) != before.type_version(t)}
+    assert changed == {xds.EXTENSION_CONFIG}

@@ -1,5 +1,6 @@
 """Twenty ADS streams on one control plane, each driven like Envoy drives ADS: wildcard CDS, LDS and SRDS;
-EDS for the EDS clusters; RDS for the route configurations the scopes name; every response ACKed.
+EDS for the EDS clusters; ECDS for the filter configurations the listener names; RDS for the route
+configurations the scopes name; every response ACKed.
 
 After one policy file is edited, every stream is sent the one route configuration that changed (and
 nothing of the types that did not), and all twenty ACK the same version of every type.
@@ -14,7 +15,9 @@ from typing import Any
 
 import grpc
 from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2, scoped_route_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 from tests.policy_gen import PolicySetShape, edit_rule, write_policy_set
@@ -55,6 +58,19 @@ class EnvoyLikeClient:
                                           names=self.names.get(resp.type_url, ())))  # fmt: skip
             await self._follow(resp)
 
+    @staticmethod
+    def _http_filters(resp: discovery_pb2.DiscoveryResponse) -> list[Any]:
+        found = []
+        for any_ in resp.resources:
+            listener = listener_pb2.Listener()
+            any_.Unpack(listener)
+            for chain in listener.filter_chains:
+                for network_filter in chain.filters:
+                    hcm = hcm_pb2.HttpConnectionManager()
+                    if network_filter.typed_config.Unpack(hcm):
+                        found += hcm.http_filters
+        return found
+
     def _name(self, type_url: str, any_: Any) -> str:
         kinds = {xds.CLUSTER: cluster_pb2.Cluster, xds.ROUTE: route_pb2.RouteConfiguration,
                  xds.SCOPED_ROUTE: scoped_route_pb2.ScopedRouteConfiguration}  # fmt: skip
@@ -69,6 +85,11 @@ class EnvoyLikeClient:
         if resp.type_url == xds.LISTENER and xds.SCOPED_ROUTE not in self.names:
             self.names[xds.SCOPED_ROUTE] = ()
             await self.call.write(request(xds.SCOPED_ROUTE))
+        if resp.type_url == xds.LISTENER:
+            discovered = sorted(f.name for f in self._http_filters(resp) if f.HasField("config_discovery"))
+            if tuple(discovered) != self.names.get(xds.EXTENSION_CONFIG, ()):
+                self.names[xds.EXTENSION_CONFIG] = tuple(discovered)
+                await self.call.write(request(xds.EXTENSION_CONFIG, names=self.names[xds.EXTENSION_CONFIG]))
         if resp.type_url == xds.CLUSTER:
             eds = []
             for any_ in resp.resources:

@@ -33,11 +33,12 @@ _SHORT_NAMES = {
     _PREFIX + "envoy.config.cluster.v3.Cluster": "CDS",
     _PREFIX + "envoy.config.endpoint.v3.ClusterLoadAssignment": "EDS",
     _PREFIX + "envoy.extensions.transport_sockets.tls.v3.Secret": "SDS",
+    _PREFIX + "envoy.config.core.v3.TypedExtensionConfig": "ECDS",
     _PREFIX + "envoy.config.listener.v3.Listener": "LDS",
     _PREFIX + "envoy.config.route.v3.ScopedRouteConfiguration": "SRDS",
     _PREFIX + "envoy.config.route.v3.RouteConfiguration": "RDS",
 }
-_TYPE_ORDER = {name: i for i, name in enumerate(("CDS", "EDS", "SDS", "LDS", "SRDS", "RDS"))}
+_TYPE_ORDER = {name: i for i, name in enumerate(("CDS", "EDS", "SDS", "ECDS", "LDS", "SRDS", "RDS"))}
 
 
 class StatusUnavailable(ConnectionError):

@@ -78,6 +78,7 @@ def by_type_url(resources: GatewayResources) -> dict[str, tuple[Message, ...]]:
         xds.CLUSTER: resources.clusters,
         xds.ENDPOINT: resources.endpoints,
         xds.SECRET: resources.secrets,
+        xds.EXTENSION_CONFIG: resources.extension_configs,
         xds.LISTENER: resources.listeners,
         xds.SCOPED_ROUTE: resources.scopes,
         xds.ROUTE: resources.routes,

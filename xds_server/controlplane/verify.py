@@ -2,7 +2,8 @@
 
 Envoy resolves names across resources (listener → route configuration, or
 listener → scopes → route configurations; route → cluster, EDS cluster →
-load assignment, TLS context → SDS secret).
+load assignment, TLS context → SDS secret, HTTP filter → extension
+configuration).
 A dangling name would make Envoy warm forever or NACK, so a set with one is
 never published; the last good snapshot keeps serving and the problem is
 reported like a policy error.
@@ -39,6 +40,7 @@ def check_consistent(gateway: str, resources: GatewayResources) -> list[str]:
         ("scope key", [sc.key.SerializeToString(deterministic=True).hex() for sc in resources.scopes]),
         ("load assignment", [e.cluster_name for e in resources.endpoints]),
         ("secret", [s.name for s in resources.secrets]),
+        ("extension configuration", [e.name for e in resources.extension_configs]),
     ):
         problems += [f"gateway {gateway}: duplicate {kind} '{n}'" for n in sorted(_duplicates(names))]
 
@@ -59,6 +61,8 @@ def check_consistent(gateway: str, resources: GatewayResources) -> list[str]:
                         f"gateway {gateway}: route '{route.name}' points at unknown cluster '{route.route.cluster}'"
                     )
 
+    configs = {e.name: e for e in resources.extension_configs}
+    extension_names = set(configs)
     for listener in resources.listeners:
         for chain in listener.filter_chains:
             for network_filter in chain.filters:
@@ -72,6 +76,13 @@ def check_consistent(gateway: str, resources: GatewayResources) -> list[str]:
                     )
                 if hcm.HasField("scoped_routes") and not resources.scopes:
                     problems.append(f"gateway {gateway}: listener '{listener.name}' has scoped routes but no scope")
+                discovered = [f for f in hcm.http_filters if f.HasField("config_discovery")]
+                problems += [f"gateway {gateway}: listener '{listener.name}' asks for unknown extension configuration "
+                             f"'{f.name}'" for f in discovered if f.name not in extension_names]  # fmt: skip
+                problems += [f"gateway {gateway}: extension configuration '{f.name}' is a "
+                             f"{configs[f.name].typed_config.type_url}, not one of {list(f.config_discovery.type_urls)}"
+                             for f in discovered if f.name in configs
+                             and configs[f.name].typed_config.type_url not in f.config_discovery.type_urls]  # fmt: skip
     for sc in resources.scopes:
         if sc.route_configuration_name not in route_names:
             problems.append(

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from envoy.config.cluster.v3.cluster_pb2 import Cluster
+from envoy.config.core.v3.extension_pb2 import TypedExtensionConfig
 from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
 from envoy.config.listener.v3.listener_pb2 import Listener
 from envoy.config.route.v3.route_pb2 import RouteConfiguration
@@ -36,7 +37,7 @@ from xds_server.ir.types import IR, GatewayIR, SecretIR
 from xds_server.translate import virtual_mcp
 from xds_server.translate.cluster import build_cluster, build_load_assignment
 from xds_server.translate.jwt import jwks_clusters
-from xds_server.translate.listener import build_listener
+from xds_server.translate.listener import build_listener, extension_configs
 from xds_server.translate.memo import TranslateMemo, memoised
 from xds_server.translate.policy_service import policy_clusters
 from xds_server.translate.route import build_route_configs
@@ -53,6 +54,7 @@ class GatewayResources:
     routes: tuple[RouteConfiguration, ...]
     secrets: tuple[Secret, ...] = ()  # SDS: certificates and trust bundles
     scopes: tuple[ScopedRouteConfiguration, ...] = ()  # SRDS: which route configuration serves which path
+    extension_configs: tuple[TypedExtensionConfig, ...] = ()  # ECDS: HTTP filters' configs the listener names
     # Secret values some resources carry in clear (API keys, private keys), for `render` to redact.
     redact: frozenset[str] = field(default=frozenset(), repr=False)
 
@@ -100,6 +102,7 @@ def translate_gateway(gateway: GatewayIR) -> GatewayResources:
         routes=tuple(sorted(configs, key=lambda c: c.name)),
         scopes=tuple(sorted(scopes, key=lambda c: c.name)),
         secrets=tuple(sorted(gateway_secrets(gateway), key=lambda s: s.name)),
+        extension_configs=extension_configs(gateway),
         redact=_values_to_redact(gateway),
     )
 

@@ -91,7 +91,11 @@ class HttpFilter:
 
     `owner` is the protocol kind that contributed it (None: a neutral one);
     `off` the per-route configuration that switches it off (None: it cannot
-    be switched off per route).
+    be switched off per route). A `discovered` filter's configuration is not
+    in the listener: the listener names it and ADS serves it as an extension
+    configuration (ECDS) of the filter's name (`extension_config`), which
+    Envoy applies to the next request on every connection, where a listener
+    change reaches only connections opened after it.
     """
 
     name: str
@@ -100,8 +104,18 @@ class HttpFilter:
     route_default: RouteDefault = RouteDefault.LISTENER
     off: dict[str, Any] | None = None
     owner: str | None = None
+    discovered: bool = False
 
     def as_config(self) -> dict[str, Any]:
+        if not self.discovered:
+            return {"name": self.name, "typed_config": self.config}
+        # No default configuration: the listener waits for this one (warming), and a request finding none
+        # is refused by Envoy (500), never let through without it.
+        source = {"ads": {}, "resource_api_version": "V3"}
+        return {"name": self.name, "config_discovery": {"config_source": source, "type_urls": [self.config["@type"]]}}
+
+    def extension_config(self) -> dict[str, Any]:
+        """The ECDS resource of a `discovered` filter (its name is the filter's: Envoy asks for it so)."""
         return {"name": self.name, "typed_config": self.config}
 
 

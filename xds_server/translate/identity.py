@@ -22,8 +22,14 @@ none of the caller's identity material (`backend_headers`):
   a second RBAC filter with only *shadow* rules, one policy per agent named
   after the agent, records the first agent (by name, as the policy service
   picks it) the request proves in `envoy.filters.http.rbac` metadata
-  (`identify_filter`, ahead of the grants' RBAC, whose native conditions
-  read it too); the route sets the header from that metadata;
+  (`identify_filter`, ahead of the grants' RBAC, whose principals and
+  native conditions read it too); the route sets the header from that
+  metadata. Its configuration, which holds every agent's credentials, is
+  discovered (ECDS) rather than the listener's: Envoy applies a new version
+  to the next request on every connection, so a credential rotated in or
+  out counts at once, not only on connections opened after the edit (a
+  listener's filters stay as they were for the connections it already has,
+  until they drain);
 - the user's `sub` goes in `identity.user_header`, from a provider that
   names users on this gateway (`GatewayIR.user_providers`: the route's
   `auth` provider first, then those a backend's `auth` or a rule's `users`
@@ -104,7 +110,10 @@ def identify_filter(gateway: GatewayIR) -> HttpFilter | None:
         a.name: {"permissions": [{"any": True}], "principals": [p.rbac() for p in a.principals]} for a in agents
     }
     config = {"shadow_rules": {"action": "ALLOW", "policies": policies}, "shadow_rules_stat_prefix": IDENTIFY_PREFIX}
-    return HttpFilter(IDENTIFY_FILTER, Slot.AUTHZ, typed(RBAC_TYPE, config), off=typed(RBAC_PER_ROUTE_TYPE))
+    # Discovered (ECDS), not the listener's: an edit of an agent's credentials reaches the next request on
+    # every open connection, where a listener's filters change only for connections opened after it.
+    return HttpFilter(IDENTIFY_FILTER, Slot.AUTHZ, typed(RBAC_TYPE, config), off=typed(RBAC_PER_ROUTE_TYPE),
+                      discovered=True)  # fmt: skip
 
 
 def _user_sub(provider: str) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from envoy.config.core.v3.extension_pb2 import TypedExtensionConfig
 from envoy.config.listener.v3.listener_pb2 import Listener
 
 from xds_server.core.wire import typed
@@ -146,3 +147,9 @@ def build_listener(gateway: GatewayIR) -> Listener:
         "filter_chains": [_filter_chain(gateway, hcm)],
     }
     return to_message(Listener, body)
+
+
+def extension_configs(gateway: GatewayIR) -> tuple[TypedExtensionConfig, ...]:
+    """The configurations of the listener's discovered filters (ECDS), by name."""
+    found = [to_message(TypedExtensionConfig, f.extension_config()) for f in listener_filters(gateway) if f.discovered]
+    return tuple(sorted(found, key=lambda c: c.name))

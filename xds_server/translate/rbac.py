@@ -1,9 +1,9 @@
 """Grants → RBAC allow-lists (the native hot path): one `RBACPerRoute` per Envoy route.
 
 A route's RBAC has one policy per grant: its principal is the agent as the
-identify filter named it (translate/identity.py: the first agent the request
-proves, by the principals of ir/principals.py) together with that agent's
-credentials (`proven`: checked again here, see why there) and, for a grant limited to
+identify filter named it (`proven`; translate/identity.py: the first agent the
+request proves, by the principals of ir/principals.py, checked on every
+request with the credentials of the current version) and, for a grant limited to
 some users, the user's verified JWT claims as well (AND); its permissions
 are what the grant allows, in the protocol's terms (the protocol
 translator's `permissions`). What every grant allows alike (the protocol's
@@ -70,13 +70,10 @@ def identified_as(agent: str) -> dict[str, Any]:
 def proven(agent: AgentIR) -> dict[str, Any] | None:
     """The principal of a request speaking for `agent` (None: the gateway cannot recognise it): the identify
     filter named it, so a request carrying proofs of several agents gets that one's grants only, never one
-    agent's grant under another's name; and its credentials, checked here again, because this route
-    configuration follows a credential's rotation at once on open connections, while the identify filter
-    (the listener's) changes only for new ones."""
-    credentials = [p.rbac() for p in agent.principals]
-    if not credentials:
-        return None
-    return {"and_ids": {"ids": [identified_as(agent.name), _or_ids(credentials)]}}
+    agent's grant under another's name. Its credentials need no second check here: the identify filter's
+    configuration is discovered (ECDS), so a rotated credential reaches the next request on every open
+    connection there as it does here."""
+    return identified_as(agent.name) if agent.principals else None
 
 
 def grant_principals(grant: GrantIR, agent: AgentIR) -> list[dict[str, Any]]:
@@ -114,7 +111,7 @@ def _native_rules(route: RouteIR, gateway: GatewayIR, protocol: ProtocolTranslat
         permissions = [protocol.target_permission(rule.targets)]
         condition = cel.rule_condition(native_condition(rule.when), bindings, agents)
         # Whose rule it is, the condition checks exactly (the agent the identify filter named); the
-        # principals, that the request still proves one of its agents (credentials as of this version).
+        # principals say the same in RBAC's terms, so that the shadow twin needs no CEL.
         speaking = [p for n in (by_name if every_agent else rule.agents) if n in by_name
                     if (p := proven(by_name[n])) is not None]  # fmt: skip
         if not speaking:  # none of its agents can be recognised: nobody can call under it

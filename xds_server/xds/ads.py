@@ -21,8 +21,8 @@ Rules (after go-control-plane and Istio):
   changes the names it asks for) until the snapshot's version of that type
   changes. This is what stops a resend loop.
 * SotW: Cluster, Listener and ScopedRoute responses carry every resource of
-  the type, and so do Secret responses (a secret a response leaves out is
-  missing to Envoy's newer SotW code). EDS and RDS responses carry only the
+  the type, and Secret and extension-config (ECDS) responses every named one
+  (a secret a response leaves out is missing to Envoy's newer SotW code). EDS and RDS responses carry only the
   named resources the client has not ACKed in their current form
   (per-resource versions), so an edit of one route configuration sends that
   one alone (Envoy keeps the named resources a response leaves out). A
@@ -32,8 +32,8 @@ Rules (after go-control-plane and Istio):
   version changes, even with no resource in it, so that every type's version
   is acknowledged.
 * When several types are due, they go out in `snapshot.ORDER` (CDS, EDS, SDS,
-  LDS, SRDS, RDS) so that Envoy can warm clusters and secrets before listeners
-  refer to them.
+  ECDS, LDS, SRDS, RDS) so that Envoy can warm clusters, secrets and filter
+  configurations before listeners refer to them.
 * The node is taken from the first request that carries one
   (`set_node_on_first_message_only: true`); its group is `node.cluster`.
   An Envoy whose node metadata names a listen port gets its listeners on

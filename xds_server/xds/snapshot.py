@@ -33,6 +33,7 @@ LISTENER = _PREFIX + "envoy.config.listener.v3.Listener"
 SCOPED_ROUTE = _PREFIX + "envoy.config.route.v3.ScopedRouteConfiguration"
 ROUTE = _PREFIX + "envoy.config.route.v3.RouteConfiguration"
 SECRET = _PREFIX + "envoy.extensions.transport_sockets.tls.v3.Secret"
+EXTENSION_CONFIG = _PREFIX + "envoy.config.core.v3.TypedExtensionConfig"
 
 #: The order in which types are hashed and sent: a cluster exists before its
 #: endpoints, a listener before the route configuration it names. Envoy warms
@@ -41,13 +42,16 @@ SECRET = _PREFIX + "envoy.extensions.transport_sockets.tls.v3.Secret"
 #: clusters: when a secret and a listener change together, the secret goes
 #: first, so the new listener warms with the new secret at once. Envoy asks
 #: for secrets by name only once a listener or cluster names them, so the
-#: very first secret response follows LDS anyway. A listener's scopes (SRDS: which
-#: route configuration serves which path) come before the route configurations.
-ORDER: tuple[str, ...] = (CLUSTER, ENDPOINT, SECRET, LISTENER, SCOPED_ROUTE, ROUTE)
+#: very first secret response follows LDS anyway. Extension configurations (ECDS:
+#: an HTTP filter's configuration the listener names) likewise: requested once a
+#: listener names them, and sent ahead of a listener changed with them. A
+#: listener's scopes (SRDS: which route configuration serves which path) come
+#: before the route configurations.
+ORDER: tuple[str, ...] = (CLUSTER, ENDPOINT, SECRET, EXTENSION_CONFIG, LISTENER, SCOPED_ROUTE, ROUTE)
 
 #: Types Envoy subscribes to as a whole ("wildcard"); every other type is
 #: requested by resource name (EDS by cluster name, RDS by route config name,
-#: SDS by secret name). State of the world: a response of a wildcard type
+#: SDS by secret name, ECDS by filter name). State of the world: a response of a wildcard type
 #: carries every resource; of another type, any of the named ones (Envoy
 #: keeps the others), so only those that changed are sent.
 WILDCARD_TYPES: frozenset[str] = frozenset({CLUSTER, LISTENER, SCOPED_ROUTE})
