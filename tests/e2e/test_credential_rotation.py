@@ -23,6 +23,7 @@ import pytest_asyncio
 from tests.e2e.gateway import GATEWAY, RunningGateway, eventually, launch, stop_gateway, write_policies
 from tests.e2e.harness import tools_call_request
 from tests.e2e.test_identity_edges import RUNNER  # runner, by the API key in runner.key
+from tests.e2e.test_jwt import AUDIENCE, Issuer
 from xds_server.core import errors
 from xds_server.runtime.ports import free_port
 
@@ -43,6 +44,17 @@ spec:
       tools: [get_issue]
       when: 'args.repo.startsWith("acme/")'
 """
+BOTS = "https://bots.test"
+SIGNER = """\
+---
+apiVersion: agentxds.dev/v1
+kind: Agent
+metadata: {name: signer}
+spec: {identity: {jwt: {provider: bots, value: bot-1}}}
+"""
+BOTS_PROVIDER = (f"jwtProviders: [{{name: bots, issuer: '{BOTS}', audiences: [{AUDIENCE}], tokenHeader: x-bot-token, "
+                 "jwks: {file: bots-jwks.json}}]")  # fmt: skip
+FIRST_KEY, SECOND_KEY = Issuer(BOTS, "bots-1"), Issuer(BOTS, "bots-2")
 CALLS = {"whoami": {}, "list_issues": {"repo": "acme/web"}}
 PROBE = {"get_issue": {"repo": "evil/web", "number": 1}}  # under a native rule of every agent's
 
@@ -54,17 +66,21 @@ async def gateway(mcp_backend_factory: Any, tmp_path: Any) -> AsyncIterator[Runn
     policy_dir = tmp_path / "policies"
     write_policies(policy_dir, listen_port, backends, policy_port=policy_port, policy_yaml=POLICY)
     with (policy_dir / "agents.yaml").open("a") as agents:
-        agents.write(RUNNER)
+        agents.write(RUNNER + SIGNER)
     (policy_dir / "runner.key").write_text(OLD_KEY + "\n")
+    gateway_file = policy_dir / "gateway.yaml"
+    gateway_file.write_text(gateway_file.read_text().replace("identity: {", "identity: {" + BOTS_PROVIDER + ", "))
+    (policy_dir / "bots-jwks.json").write_text(FIRST_KEY.jwks())
     control, envoy = await launch(policy_dir, tmp_path, listen_port, policy_port, drain_time_s=600)
     gw = RunningGateway(policy_dir, control, envoy, listen_port, backends)
     yield gw
     await stop_gateway(gw)
 
 
-async def _call(client: httpx.AsyncClient, gateway: RunningGateway, tool: str, key: str) -> dict[str, Any]:
+async def _call(client: httpx.AsyncClient, gateway: RunningGateway, tool: str, key: str,
+                header: str = "x-api-key") -> dict[str, Any]:  # fmt: skip
     _, headers, body = tools_call_request("modern", tool, {**CALLS, **PROBE}[tool])
-    answer = await client.post(gateway.url(), headers=[*headers, ("x-api-key", key)], content=body)
+    answer = await client.post(gateway.url(), headers=[*headers, (header, key)], content=body)
     return dict(answer.json())
 
 
@@ -106,6 +122,33 @@ async def test_a_rotated_key_counts_at_once_on_a_connection_opened_before(gatewa
     tools = [json.loads(r["body"])["params"]["name"] for r in backend.requests()
              if r["body"] and json.loads(r["body"]).get("method") == "tools/call"]  # fmt: skip
     assert tools == list(CALLS)
+
+
+async def test_a_withdrawn_signing_key_is_refused_on_a_connection_opened_before(gateway: RunningGateway) -> None:
+    """The JWT providers' keys are not the listener's either: a key withdrawn from a JWKS file no longer
+    verifies on a connection opened before (jwt_authn's configuration is discovered, like the identify
+    filter's), and a key added verifies there at once."""
+    backend = gateway.backends["github"]
+    old_token, new_token = FIRST_KEY.token(sub="bot-1"), SECOND_KEY.token(sub="bot-1")
+    one_connection = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+    async with httpx.AsyncClient(limits=one_connection, timeout=10) as kept:
+        assert "result" in await _call(kept, gateway, "whoami", old_token, "x-bot-token")
+        listener_before = _listener_stats(gateway)
+
+        (gateway.policy_dir / "bots-jwks.json").write_text(SECOND_KEY.jwks())
+
+        async def rotated() -> bool:  # a new connection proves Envoy has the new version
+            async with httpx.AsyncClient(timeout=10) as fresh:
+                return "result" in await _call(fresh, gateway, "whoami", new_token, "x-bot-token")
+
+        await eventually(rotated, timeout=15, what="the new signing key to be accepted")
+        backend.clear_requests()
+        refused = await _call(kept, gateway, "whoami", old_token, "x-bot-token")
+        assert refused["error"]["code"] == errors.INVALID_CREDENTIALS.code, refused
+        assert refused["error"]["data"]["reason"] == "invalid_credentials", refused
+        assert backend.requests() == []  # the withdrawn key reached nothing
+        assert "result" in await _call(kept, gateway, "whoami", new_token, "x-bot-token")
+        assert _listener_stats(gateway) == listener_before  # no listener change, nothing drained
 
 
 async def test_a_stranger_is_unknown_even_under_a_rule_of_every_agent(gateway: RunningGateway) -> None:

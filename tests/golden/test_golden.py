@@ -146,3 +146,29 @@ def test_a_rotated_credential_changes_only_the_identify_filter(tmp_path: Path) -
     after = versions(policies)["gw"]
     changed = {t for t in xds.ORDER if after.type_version(t) != before.type_version(t)}
     assert changed == {xds.EXTENSION_CONFIG}
+
+
+def test_an_added_agent_changes_no_listener(tmp_path: Path) -> None:
+    """An agent added (here granted by a rule of every agent) changes the identify filter's configuration and
+    the route configurations, never the listener: no connection is drained for it."""
+    policies = shutil.copytree(CASES_DIR / "identity" / "policies", tmp_path / "policies")
+    before = versions(policies)["gw"]
+    agents = policies / "agents.yaml"
+    agents.write_text(agents.read_text() + "---\napiVersion: agentxds.dev/v1\nkind: Agent\n"
+                      "metadata: {name: newcomer}\nspec:\n  identity: {header: newcomer}\n")  # fmt: skip
+    after = versions(policies)["gw"]
+    changed = {t for t in xds.ORDER if after.type_version(t) != before.type_version(t)}
+    assert changed == {xds.EXTENSION_CONFIG, xds.ROUTE}
+
+
+def test_a_rotated_jwks_changes_only_the_jwt_filter(tmp_path: Path) -> None:
+    """jwt_authn's configuration is discovered (ECDS) too: a JWKS file replaced reaches open connections, and
+    no listener is replaced for it."""
+    policies = shutil.copytree(CASES_DIR / "identity" / "policies", tmp_path / "policies")
+    gateway = policies / "gateway.yaml"
+    assert gateway.read_text().count('"kid": "') == 2  # two inline JWKS
+    before = versions(policies)["gw"]
+    gateway.write_text(gateway.read_text().replace('"kid": "', '"kid": "rotated-', 1))
+    after = versions(policies)["gw"]
+    changed = {t for t in xds.ORDER if after.type_version(t) != before.type_version(t)}
+    assert changed == {xds.EXTENSION_CONFIG}

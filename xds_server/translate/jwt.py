@@ -150,9 +150,11 @@ def jwt_authn_filter(gateway: GatewayIR) -> HttpFilter | None:
         # Every route names its requirement; this is the safety net for one that would not.
         "rules": [{"match": {"prefix": "/"}, "requirement_name": OPTIONAL_REQUIREMENT}],
     }
-    return HttpFilter(
-        JWT_FILTER, Slot.AUTHN, typed(JWT_TYPE, config), off=typed(JWT_PER_ROUTE_TYPE, {"disabled": True})
-    )
+    # Discovered (ECDS), not the listener's: a key withdrawn from a JWKS file or inline set (or any other
+    # provider edit) reaches the next request on every open connection; as the listener's, it would reach
+    # only connections opened after the edit, and a withdrawn key would verify on the others until they drain.
+    return HttpFilter(JWT_FILTER, Slot.AUTHN, typed(JWT_TYPE, config), off=typed(JWT_PER_ROUTE_TYPE, {"disabled": True}),
+                      discovered=True)  # fmt: skip
 
 
 def route_requirement(gateway: GatewayIR, route: RouteIR) -> FilterUses:
