@@ -5,10 +5,14 @@ has until they drain (600 s by default, as docker compose and Kubernetes run
 it). The agents' credentials are not the listener's: they live in the identify
 filter's configuration, discovered (ECDS), which Envoy applies to the next
 request on every connection, and the grants' RBAC (in the routes) reads the
-name that filter gives. Here Envoy drains for 600 s and an API key is rotated
-while a client holds a connection open: on that connection the new key is
-accepted and the old one refused as unknown (for the grant and for a native rule
-alike, reaching nothing), and the listener was neither replaced nor drained.
+name that filter gives; jwt_authn's configuration (providers, JWKS) is
+discovered too. Here Envoy drains for 600 s and, while a client holds a
+connection open, an API key is rotated (on that connection the new key is
+accepted and the old one refused as unknown, for the grant and for a native
+rule alike, reaching nothing) or a JWKS file's key replaced (the old key's
+token is refused as invalid there), with no listener replaced or drained; and
+when the last JWT provider goes, which does replace the listener, the kept
+connection goes on being answered.
 """
 
 from __future__ import annotations
@@ -159,3 +163,32 @@ async def test_a_stranger_is_unknown_even_under_a_rule_of_every_agent(gateway: R
     assert stranger["error"]["code"] == errors.UNKNOWN_AGENT.code
     assert stranger["error"]["data"]["reason"] == "unknown_agent", stranger
     assert agent["error"]["data"]["reason"] == "condition_not_met", agent  # runner's evil/web: the rule's condition
+
+
+async def test_connections_kept_across_the_last_provider_and_agent_going_away(gateway: RunningGateway) -> None:
+    """When the gateway stops having JWT providers, the new listener has no jwt_authn, but connections opened
+    before keep the old listener, whose filter names a configuration ADS no longer serves. Envoy keeps the
+    last one it had for them (a state-of-the-world response without it removes nothing), so such a connection
+    goes on getting answers, never Envoy's 500 for a filter without configuration; and the agent the token
+    named is unknown there too (the identify filter's configuration is the new one)."""
+    one_connection = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+    async with httpx.AsyncClient(limits=one_connection, timeout=10) as kept:
+        assert "result" in await _call(kept, gateway, "whoami", OLD_KEY)
+        modified = int(gateway.envoy.stats()["listener_manager.listener_modified"])
+        gateway_file = gateway.policy_dir / "gateway.yaml"
+        gateway_file.write_text(gateway_file.read_text().replace(BOTS_PROVIDER + ", ", ""))
+        agents = gateway.policy_dir / "agents.yaml"
+        agents.write_text(agents.read_text().replace(SIGNER, ""))
+
+        async def reloaded() -> bool:  # a new connection sees the signer gone
+            async with httpx.AsyncClient(timeout=10) as fresh:
+                answer = await _call(fresh, gateway, "whoami", FIRST_KEY.token(sub="bot-1"), "x-bot-token")
+                return answer.get("error", {}).get("data", {}).get("reason") == "unknown_agent"
+
+        await eventually(reloaded, timeout=15, what="the provider to be gone")
+        assert "result" in await _call(kept, gateway, "whoami", OLD_KEY)
+        refused = await _call(kept, gateway, "whoami", FIRST_KEY.token(sub="bot-1"), "x-bot-token")
+        assert refused["error"]["data"]["reason"] == "unknown_agent", refused
+    stats = gateway.envoy.stats()
+    assert int(stats["listener_manager.listener_modified"]) > modified  # the kept connection is the old listener's
+    assert int(stats[f"listener.127.0.0.1_{gateway.listen_port}.extension_config_missing"]) == 0
