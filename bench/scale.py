@@ -116,7 +116,7 @@ async def edit_to_ack(directory: Path, envoys: int, edits: int, workdir: Path) -
             if snap is None or snap.version != version:
                 return False
             nodes = [n for n in control.recorder.view().nodes if n.group == "scale" and n.connected]
-            want = {t: snap.type_version(t) for t in (xds.CLUSTER, xds.LISTENER, xds.ROUTE)}
+            want = {t: snap.type_version(t) for t in (xds.CLUSTER, xds.EXTENSION_CONFIG, xds.LISTENER, xds.ROUTE)}
             return len(nodes) == envoys and all(
                 {t.type_url: t.acked_version for t in n.types if t.type_url in want} == want for n in nodes
             )

@@ -142,7 +142,8 @@ class RunningGateway:
             await asyncio.sleep(0.02)
 
     async def wait_acked(self, version: str, timeout: float = 10.0) -> None:
-        """Wait until Envoy has ACKed the listener and routes of snapshot `version`."""
+        """Wait until Envoy has ACKed the clusters, filter configurations, listener and routes of snapshot
+        `version`."""
         snapshot = self.control.cache.get(GATEWAY)
         assert snapshot is not None and snapshot.version == version
 
@@ -153,7 +154,8 @@ class RunningGateway:
                 if node.group != GATEWAY or not node.connected:
                     continue
                 acked = {t.type_url: t.acked_version for t in node.types}
-                if all(acked.get(t) == snapshot.type_version(t) for t in (xds.CLUSTER, xds.LISTENER, xds.ROUTE)):
+                types = (xds.CLUSTER, xds.EXTENSION_CONFIG, xds.LISTENER, xds.ROUTE)
+                if all(acked.get(t) == snapshot.type_version(t) for t in types):
                     return True
             return False
 

@@ -10,9 +10,12 @@ discovered too. Here Envoy drains for 600 s and, while a client holds a
 connection open, an API key is rotated (on that connection the new key is
 accepted and the old one refused as unknown, for the grant and for a native
 rule alike, reaching nothing) or a JWKS file's key replaced (the old key's
-token is refused as invalid there), with no listener replaced or drained; and
-when the last JWT provider goes, which does replace the listener, the kept
-connection goes on being answered.
+token is refused as invalid there), with no listener replaced or drained. Two
+edits do replace the listener, and the kept connection keeps the old one: the
+last JWT provider going away (its jwt_authn then gets the idle configuration,
+verifying nothing) and the trusted header renamed (the filter refusing a
+repeated credential header is discovered too, so the new name is checked
+there).
 """
 
 from __future__ import annotations
@@ -24,12 +27,21 @@ from typing import Any
 import httpx
 import pytest_asyncio
 
-from tests.e2e.gateway import GATEWAY, RunningGateway, eventually, launch, stop_gateway, write_policies
+from tests.e2e.gateway import (
+    GATEWAY,
+    IDENTITY_HEADER,
+    RunningGateway,
+    eventually,
+    launch,
+    stop_gateway,
+    write_policies,
+)
 from tests.e2e.harness import tools_call_request
 from tests.e2e.test_identity_edges import RUNNER  # runner, by the API key in runner.key
 from tests.e2e.test_jwt import AUDIENCE, Issuer
 from xds_server.core import errors
 from xds_server.runtime.ports import free_port
+from xds_server.xds import snapshot as xds
 
 OLD_KEY, NEW_KEY = "k-old-0123456789abcdef", "k-new-0123456789abcdef"
 POLICY = """\
@@ -47,6 +59,8 @@ spec:
     - agents: ["*"]
       tools: [get_issue]
       when: 'args.repo.startsWith("acme/")'
+    - agents: [executor]
+      tools: [create_issue]
 """
 BOTS = "https://bots.test"
 SIGNER = """\
@@ -59,7 +73,7 @@ spec: {identity: {jwt: {provider: bots, value: bot-1}}}
 BOTS_PROVIDER = (f"jwtProviders: [{{name: bots, issuer: '{BOTS}', audiences: [{AUDIENCE}], tokenHeader: x-bot-token, "
                  "jwks: {file: bots-jwks.json}}]")  # fmt: skip
 FIRST_KEY, SECOND_KEY = Issuer(BOTS, "bots-1"), Issuer(BOTS, "bots-2")
-CALLS = {"whoami": {}, "list_issues": {"repo": "acme/web"}}
+CALLS = {"whoami": {}, "list_issues": {"repo": "acme/web"}, "create_issue": {"repo": "acme/web", "title": "t"}}
 PROBE = {"get_issue": {"repo": "evil/web", "number": 1}}  # under a native rule of every agent's
 
 
@@ -97,11 +111,15 @@ def _listener_stats(gateway: RunningGateway) -> dict[str, int]:
     return {name: int(stats[name]) for name in names}
 
 
+RUNNER_CALLS = ("whoami", "list_issues")
+ECDS_STATS = "extension_config_discovery.http_filter"
+
+
 async def test_a_rotated_key_counts_at_once_on_a_connection_opened_before(gateway: RunningGateway) -> None:
     backend = gateway.backends["github"]
     one_connection = httpx.Limits(max_connections=1, max_keepalive_connections=1)
     async with httpx.AsyncClient(limits=one_connection, timeout=10) as kept:
-        for tool in CALLS:
+        for tool in RUNNER_CALLS:
             assert "result" in await _call(kept, gateway, tool, OLD_KEY)
         listener_before = _listener_stats(gateway)
         backend.clear_requests()
@@ -114,18 +132,18 @@ async def test_a_rotated_key_counts_at_once_on_a_connection_opened_before(gatewa
 
         await eventually(rotated, timeout=15, what="the new key to be accepted")
         backend.clear_requests()
-        for tool in CALLS:
+        for tool in RUNNER_CALLS:
             refused = await _call(kept, gateway, tool, OLD_KEY)
             # Not "not allowed for agent 'runner'": on this old connection too, the old key names no agent.
             assert refused["error"]["code"] == errors.UNKNOWN_AGENT.code, refused
             assert refused["error"]["data"]["reason"] == "unknown_agent", refused
         assert backend.requests() == []  # the old key reached nothing
-        for tool in CALLS:  # the new key, on the same connection: the grant and the native rule
+        for tool in RUNNER_CALLS:  # the new key, on the same connection: the grant and the native rule
             assert "result" in await _call(kept, gateway, tool, NEW_KEY)
         assert _listener_stats(gateway) == listener_before  # no listener change, nothing drained
     tools = [json.loads(r["body"])["params"]["name"] for r in backend.requests()
              if r["body"] and json.loads(r["body"]).get("method") == "tools/call"]  # fmt: skip
-    assert tools == list(CALLS)
+    assert tools == list(RUNNER_CALLS)
 
 
 async def test_a_withdrawn_signing_key_is_refused_on_a_connection_opened_before(gateway: RunningGateway) -> None:
@@ -167,10 +185,11 @@ async def test_a_stranger_is_unknown_even_under_a_rule_of_every_agent(gateway: R
 
 async def test_connections_kept_across_the_last_provider_and_agent_going_away(gateway: RunningGateway) -> None:
     """When the gateway stops having JWT providers, the new listener has no jwt_authn, but connections opened
-    before keep the old listener, whose filter names a configuration ADS no longer serves. Envoy keeps the
-    last one it had for them (a state-of-the-world response without it removes nothing), so such a connection
-    goes on getting answers, never Envoy's 500 for a filter without configuration; and the agent the token
-    named is unknown there too (the identify filter's configuration is the new one)."""
+    before keep the old listener, whose filter names its configuration. Envoy would keep the last one it
+    had (a state-of-the-world response without it removes nothing), verifying tokens with the old keys on
+    those connections until they drain: the control plane serves the filter's idle configuration instead
+    (no providers), which Envoy takes; the kept connection goes on being answered, and a token proves
+    nothing there."""
     one_connection = httpx.Limits(max_connections=1, max_keepalive_connections=1)
     async with httpx.AsyncClient(limits=one_connection, timeout=10) as kept:
         assert "result" in await _call(kept, gateway, "whoami", OLD_KEY)
@@ -191,4 +210,35 @@ async def test_connections_kept_across_the_last_provider_and_agent_going_away(ga
         assert refused["error"]["data"]["reason"] == "unknown_agent", refused
     stats = gateway.envoy.stats()
     assert int(stats["listener_manager.listener_modified"]) > modified  # the kept connection is the old listener's
-    assert int(stats[f"listener.127.0.0.1_{gateway.listen_port}.extension_config_missing"]) == 0
+    served = gateway.control.cache.get(GATEWAY)
+    assert served is not None
+    # The old listener's jwt_authn took the version without the provider (the idle configuration).
+    assert stats[f"{ECDS_STATS}.envoy.filters.http.jwt_authn.version_text"] == served.type_version(xds.EXTENSION_CONFIG)
+
+
+async def test_a_renamed_credential_header_is_checked_for_ambiguity_on_a_connection_opened_before(
+    gateway: RunningGateway,
+) -> None:
+    """Renaming the trusted header replaces the listener; the filter refusing a repeated credential header is
+    discovered like the identify filter, so on a kept connection the new name is checked too: two values of
+    it are refused as ambiguous, never taken as whichever proves an agent (here, executor's grant)."""
+    backend = gateway.backends["github"]
+    one_connection = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+    async with httpx.AsyncClient(limits=one_connection, timeout=10) as kept:
+        assert "result" in await _call(kept, gateway, "whoami", "triage", IDENTITY_HEADER)
+        gateway_file = gateway.policy_dir / "gateway.yaml"
+        text = gateway_file.read_text()
+        assert f"trustedHeader: {IDENTITY_HEADER}" in text
+        gateway_file.write_text(text.replace(f"trustedHeader: {IDENTITY_HEADER}", "trustedHeader: x-caller"))
+
+        async def renamed() -> bool:
+            async with httpx.AsyncClient(timeout=10) as fresh:
+                return "result" in await _call(fresh, gateway, "whoami", "triage", "x-caller")
+
+        await eventually(renamed, timeout=15, what="the header to be renamed")
+        backend.clear_requests()
+        _, headers, body = tools_call_request("modern", "create_issue", CALLS["create_issue"])
+        both = [("x-caller", "triage"), ("x-caller", "executor")]
+        refused = (await kept.post(gateway.url(), headers=[*headers, *both], content=body)).json()
+        assert refused["error"]["data"]["reason"] == errors.AMBIGUOUS_IDENTITY.reason, refused
+        assert backend.requests() == []

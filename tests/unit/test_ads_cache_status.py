@@ -103,3 +103,23 @@ def test_status_proto_merges_cache_and_pipeline_groups():
     assert node.types[0].last_nack.error_message == "bad"
     assert not node.types[0].HasField("acked_time")
     assert [n.version for n in node.recent_nacks] == ["v9"]
+
+
+def test_status_shows_a_nacked_filter_configuration_as_ecds_in_order():
+    from xds_server.cli.status import format_status, status_exit_code
+    from xds_server.xds.snapshot import EXTENSION_CONFIG
+
+    rec = StatusRecorder(clock=lambda: 10.0)
+    rec.node_connected("gw-1", "mcp-gateway")
+    for type_url, version in ((LISTENER, "l1"), (EXTENSION_CONFIG, "e1"), (CLUSTER, "c1")):
+        rec.on_sent("gw-1", type_url, version, version)
+        rec.on_ack("gw-1", type_url, version)
+    rec.on_sent("gw-1", EXTENSION_CONFIG, "e2", "n2")
+    rec.on_nack("gw-1", EXTENSION_CONFIG, "e2", "Error adding/updating filter config agentxds.identity.identify")
+    status = to_proto(rec.view(), {"mcp-gateway": S1.version})
+    lines = format_status(status, now=10.0).splitlines()
+    rows = [line.split()[0] for line in lines
+            if line.strip().startswith(("CDS ", "ECDS ", "LDS ")) and "last NACK" not in line]  # fmt: skip
+    assert rows == ["CDS", "ECDS", "LDS"]  # the order ADS sends them in
+    assert any(line.strip().startswith("ECDS") and line.rstrip().endswith("NACKED") for line in lines)
+    assert any("ECDS last NACK" in line for line in lines) and status_exit_code(status) == 1

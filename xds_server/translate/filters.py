@@ -109,8 +109,9 @@ class HttpFilter:
     def as_config(self) -> dict[str, Any]:
         if not self.discovered:
             return {"name": self.name, "typed_config": self.config}
-        # No default configuration: the listener waits for this one (warming), and a request finding none
-        # is refused by Envoy (500), never let through without it.
+        # No default configuration: the listener waits for this one (warming; Envoy gives up after its
+        # 15 s initial fetch timeout), and a request finding none is refused by Envoy with a 500 (our
+        # replies word it as the backend being unavailable: Envoy gives no detail), never let through.
         source = {"ads": {}, "resource_api_version": "V3"}
         return {"name": self.name, "config_discovery": {"config_source": source, "type_urls": [self.config["@type"]]}}
 

@@ -90,7 +90,21 @@ def unambiguous_filter(gateway: GatewayIR) -> HttpFilter | None:
             "on_no_match": _action("agentxds-unambiguous", "ALLOW"),
         }
     }
-    return HttpFilter(UNAMBIGUOUS_FILTER, Slot.IDENTITY, typed(RBAC_TYPE, config), off=typed(RBAC_PER_ROUTE_TYPE))
+    # Discovered (ECDS) like the identify filter, and for the same reason: the header names it checks must be
+    # those the identify filter reads on every connection (a renamed header checked only on new connections
+    # would let a repeated one through on the others, named by whichever value proves an agent).
+    return HttpFilter(UNAMBIGUOUS_FILTER, Slot.IDENTITY, typed(RBAC_TYPE, config), off=typed(RBAC_PER_ROUTE_TYPE),
+                      discovered=True)  # fmt: skip
+
+
+def idle_filters() -> list[HttpFilter]:
+    """The identity filters as configured on a gateway that has no use for them (no credential headers, no
+    agent to recognise): served for an older listener that still names them (translate/listener.py)."""
+    nobody = {"shadow_rules": {"action": "ALLOW", "policies": {}}, "shadow_rules_stat_prefix": IDENTIFY_PREFIX}
+    return [
+        HttpFilter(UNAMBIGUOUS_FILTER, Slot.IDENTITY, typed(RBAC_TYPE), discovered=True),  # no rules: refuses nothing
+        HttpFilter(IDENTIFY_FILTER, Slot.AUTHZ, typed(RBAC_TYPE, nobody), discovered=True),  # names no one
+    ]
 
 
 def _recognisable_agents(gateway: GatewayIR) -> list[AgentIR]:

@@ -157,6 +157,12 @@ def jwt_authn_filter(gateway: GatewayIR) -> HttpFilter | None:
                       discovered=True)  # fmt: skip
 
 
+def idle_filter() -> HttpFilter:
+    """jwt_authn as configured on a gateway with no JWT providers: verifies nothing, so no token proves
+    anything. Served for an older listener that still names the filter (translate/listener.py)."""
+    return HttpFilter(JWT_FILTER, Slot.AUTHN, typed(JWT_TYPE), discovered=True)
+
+
 def route_requirement(gateway: GatewayIR, route: RouteIR) -> FilterUses:
     """The route's jwt_authn requirement ({} when the gateway checks no JWTs)."""
     if not gateway.identity.jwt_providers:

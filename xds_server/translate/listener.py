@@ -150,6 +150,16 @@ def build_listener(gateway: GatewayIR) -> Listener:
 
 
 def extension_configs(gateway: GatewayIR) -> tuple[TypedExtensionConfig, ...]:
-    """The configurations of the listener's discovered filters (ECDS), by name."""
-    found = [to_message(TypedExtensionConfig, f.extension_config()) for f in listener_filters(gateway) if f.discovered]
+    """The configurations of the listener's discovered filters (ECDS), by name; and, for each filter
+    that can be discovered but is not in this listener, its idle configuration.
+
+    Why the idle ones: a listener that loses a filter (the last JWT provider or recognisable agent
+    gone) is replaced, but connections opened before keep the old listener, whose filter still
+    names its configuration. Envoy keeps the last configuration it had for a name no response
+    carries any more (verified with Envoy 1.40), so without these those connections would go on
+    verifying tokens with withdrawn keys, or naming removed agents, until they drain."""
+    present = {f.name: f for f in listener_filters(gateway) if f.discovered}
+    for idle in (*identity.idle_filters(), jwt.idle_filter()):
+        present.setdefault(idle.name, idle)
+    found = [to_message(TypedExtensionConfig, f.extension_config()) for f in present.values()]
     return tuple(sorted(found, key=lambda c: c.name))

@@ -3,7 +3,8 @@
 A route's RBAC has one policy per grant: its principal is the agent as the
 identify filter named it (`proven`; translate/identity.py: the first agent the
 request proves, by the principals of ir/principals.py, checked on every
-request with the credentials of the current version) and, for a grant limited to
+request with the credentials of the version Envoy last accepted of that
+filter's discovered configuration; a NACK of it shows in `agentxds status`) and, for a grant limited to
 some users, the user's verified JWT claims as well (AND); its permissions
 are what the grant allows, in the protocol's terms (the protocol
 translator's `permissions`). What every grant allows alike (the protocol's
@@ -72,7 +73,7 @@ def proven(agent: AgentIR) -> dict[str, Any] | None:
     filter named it, so a request carrying proofs of several agents gets that one's grants only, never one
     agent's grant under another's name. Its credentials need no second check here: the identify filter's
     configuration is discovered (ECDS), so a rotated credential reaches the next request on every open
-    connection there as it does here."""
+    connection there as it does here (provided Envoy accepts that configuration, as it must this one)."""
     return identified_as(agent.name) if agent.principals else None
 
 

@@ -44,7 +44,9 @@ EXTENSION_CONFIG = _PREFIX + "envoy.config.core.v3.TypedExtensionConfig"
 #: for secrets by name only once a listener or cluster names them, so the
 #: very first secret response follows LDS anyway. Extension configurations (ECDS:
 #: an HTTP filter's configuration the listener names) likewise: requested once a
-#: listener names them, and sent ahead of a listener changed with them. A
+#: listener names them, and sent ahead of a listener changed with them when
+#: Envoy already asks for them (a name a new listener brings is asked for, and
+#: answered, while that listener warms). A
 #: listener's scopes (SRDS: which route configuration serves which path) come
 #: before the route configurations.
 ORDER: tuple[str, ...] = (CLUSTER, ENDPOINT, SECRET, EXTENSION_CONFIG, LISTENER, SCOPED_ROUTE, ROUTE)
