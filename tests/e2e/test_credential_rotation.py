@@ -242,3 +242,31 @@ async def test_a_renamed_credential_header_is_checked_for_ambiguity_on_a_connect
         refused = (await kept.post(gateway.url(), headers=[*headers, *both], content=body)).json()
         assert refused["error"]["data"]["reason"] == errors.AMBIGUOUS_IDENTITY.reason, refused
         assert backend.requests() == []
+
+
+async def test_a_filter_configuration_that_never_arrives_refuses_every_call(
+    mcp_backend_factory: Any, tmp_path: Any, monkeypatch: Any
+) -> None:
+    """Fail closed: a control plane that serves the listener but not the discovered filters' configurations
+    (injected here: the pipeline publishes none) leaves Envoy's listener warming until its initial fetch
+    timeout (15 s), then every call, of a known agent or not, is refused as the gateway not being ready, and
+    nothing reaches the backend."""
+    from xds_server.controlplane import pipeline
+
+    publish = pipeline.by_type_url
+    monkeypatch.setattr(pipeline, "by_type_url", lambda r: {**publish(r), xds.EXTENSION_CONFIG: ()})
+    backends = {"github": mcp_backend_factory(name="github")}
+    listen_port, policy_port = free_port(), free_port()
+    policy_dir = tmp_path / "policies"
+    write_policies(policy_dir, listen_port, backends, policy_port=policy_port)  # agents by the trusted header
+    control, envoy = await launch(policy_dir, tmp_path, listen_port, policy_port)
+    gateway = RunningGateway(policy_dir, control, envoy, listen_port, backends)
+    try:
+        async with httpx.AsyncClient(timeout=10) as client:
+            for who in ("triage", "nobody"):
+                refused = await _call(client, gateway, "whoami", who, IDENTITY_HEADER)
+                assert refused["error"]["code"] == errors.GATEWAY_ERROR.code, refused
+                assert "Gateway not ready" in refused["error"]["message"], refused
+        assert backends["github"].requests() == []
+    finally:
+        await stop_gateway(gateway)

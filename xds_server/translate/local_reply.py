@@ -294,6 +294,12 @@ def local_reply_config(gateway: GatewayIR) -> dict[str, Any]:
         ),
         *protocols.each(lambda p: p.lost_sessions(p.request_id)),
         neutral(
+            # A discovered filter (translate/filters.py) whose configuration never arrived or was refused:
+            # Envoy refuses the request itself (500, flag NFCF: no filter config found) and says no more.
+            mapper({"response_flag_filter": {"flags": ["NFCF"]}}, errors.GATEWAY_ERROR,
+                   "Gateway not ready: a filter's configuration has not arrived from the control plane (or Envoy "
+                   "refused it; see `agentxds status`), so the gateway refuses every call", request_id,
+                   keep_status=True),
             *virtual_mcp.member_failures(gateway, request_id),
             *_upstream_failures(request_id),
             mapper(status_is(400, "GE"), errors.GATEWAY_ERROR, "Gateway error %RESPONSE_CODE%: %LOCAL_REPLY_BODY%",
