@@ -8,15 +8,30 @@ teardown, so pytest shows them with a failing test's captured output.
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.e2e.gateway import POLICY_SECRET, POLICY_SECRET_ENV
 from tests.e2e.harness import McpBackend, start_mcp_backend
 from xds_server.runtime.envoy import EnvoyProcess, render_bootstrap
 
 _node_ids = itertools.count(1)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def policy_service_secret() -> Iterator[str]:
+    """The e2e gateways' policy-service secret (tests/e2e/gateway.py `POLICY_SECRET_ENV`), in the environment
+    of the test process and of every process it starts, for the whole session."""
+    previous = os.environ.get(POLICY_SECRET_ENV)
+    os.environ[POLICY_SECRET_ENV] = POLICY_SECRET
+    yield POLICY_SECRET
+    if previous is None:
+        del os.environ[POLICY_SECRET_ENV]
+    else:
+        os.environ[POLICY_SECRET_ENV] = previous
 
 
 class McpBackendFactory:

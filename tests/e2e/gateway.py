@@ -27,6 +27,12 @@ from xds_server.sources.registry import RegistryStore
 
 GATEWAY = "e2e"
 IDENTITY_HEADER = "x-agent-id"
+#: The e2e gateways' `policyService.secret` is read from this environment variable, which tests/conftest.py
+#: sets for the whole session (and so for every process a test starts): Envoy's every request to the policy
+#: service carries it, on every path (ext_authz over gRPC and HTTP, ext_proc, virtual servers, discovery).
+POLICY_SECRET_ENV = "AGENTXDS_E2E_POLICY_SERVICE_SECRET"
+POLICY_SECRET = "e2e-policy-service-secret-0123456789abcdef"
+POLICY_SECRET_YAML = f"secret: {{env: {POLICY_SECRET_ENV}}}"
 
 
 def gateway_yaml(listen_port: int, policy_port: int, *, max_body: int = 8192, buffer: int = 65536,
@@ -45,7 +51,7 @@ spec:
   listen: {{address: 127.0.0.1, port: {listen_port}}}
   identity: {{trustedHeader: {IDENTITY_HEADER}}}
   limits: {{maxRequestBodyBytes: {max_body}, connectionBufferBytes: {buffer}{more}}}
-  policyService: {{host: 127.0.0.1, port: {policy_port}{http}}}
+  policyService: {{host: 127.0.0.1, port: {policy_port}{http}, {POLICY_SECRET_YAML}}}
 """
 
 
@@ -215,7 +221,7 @@ def policy_service_yaml(policy_port: int, ext_authz: str = "http") -> str:
     """A Gateway's `policyService` (flow style): the policy service on `policy_port`, ext_authz over
     `ext_authz` (http: on a free port of its own)."""
     http = f", extAuthzHttpPort: {free_port()}" if ext_authz == "http" else ""
-    return f"{{host: 127.0.0.1, port: {policy_port}, extAuthz: {ext_authz}{http}}}"
+    return f"{{host: 127.0.0.1, port: {policy_port}, extAuthz: {ext_authz}{http}, {POLICY_SECRET_YAML}}}"
 
 
 async def launch(policy_dir: Path, workdir: Path, listen_port: int, policy_port: int,

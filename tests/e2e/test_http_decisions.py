@@ -16,16 +16,37 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import grpc
+import httpx
 import pytest
 import pytest_asyncio
+from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
+from envoy.service.ext_proc.v3 import external_processor_pb2, external_processor_pb2_grpc
 from mcp.shared.exceptions import MCPError
 
-from tests.e2e.gateway import RunningGateway, TlsGateway, backend_yaml, start_tls_gateway, stop_gateway
+from tests.e2e.gateway import (
+    GATEWAY,
+    POLICY_SECRET,
+    RunningGateway,
+    TlsGateway,
+    backend_yaml,
+    start_tls_gateway,
+    stop_gateway,
+)
 from tests.e2e.harness import McpBackend, mcp_client, raw_post
 from tests.e2e.test_jwt import AGENT_ISSUER, AGENTS_YAML, CORP, as_agent, gateway_yaml, start_gateway_with
 from tests.e2e.test_mcp_gateway import MODERN, MODERN_META
 from tests.e2e.test_mtls import Pki, make_pki
 from xds_server.core import errors
+from xds_server.core.wire import (
+    CHECK_PREFIX,
+    DISCOVER_PREFIX,
+    JWT_METADATA_NAMESPACE,
+    POLICY_SERVICE_SECRET_HEADER,
+    ROUTE_CONTEXT_EXTENSION,
+    ROUTE_METADATA_KEY,
+    VMCP_PREFIX,
+)
 
 MODES = ["modern", "legacy"]
 HTTP_CLUSTER = "cluster.agentxds/policy-service-http.upstream_rq_completed"
@@ -205,6 +226,64 @@ async def test_a_forged_payload_without_a_token_is_an_unknown_agent(gateway: Run
     headers = {**_headers("whoami"), "x-agentxds-verified-jwt-agents": FORGED_AGENT}
     reply = (await raw_post(gateway.url(), _call_body("whoami"), headers)).json()
     assert reply["error"]["code"] == errors.UNKNOWN_AGENT.code, reply
+
+
+# ---------------------------------------------------------------- only Envoy may ask
+
+
+def _service_urls(gateway: RunningGateway) -> tuple[str, str]:
+    service = gateway.control.policy_service
+    assert service is not None and service.authz_http_port is not None
+    return f"http://127.0.0.1:{service.authz_http_port}", f"127.0.0.1:{service.port}"
+
+
+async def test_a_request_straight_to_the_policy_service_needs_the_gateways_secret(gateway: RunningGateway) -> None:
+    """Someone who reaches the policy service's ports (not through Envoy) and forges what Envoy would have
+    verified (here, executor's token) gets nothing without the gateway's policyService.secret: no decision,
+    no discovery, no virtual server. With the secret the same forged check is allowed, which is what the
+    secret is there to stop."""
+    http_url, _ = _service_urls(gateway)
+    forged = {**_headers("whoami"), "x-agentxds-verified-jwt-agents": FORGED_AGENT, "host": "agentxds-policy-service"}
+    check = f"{http_url}{CHECK_PREFIX}github/mcp/github"
+    refused = await raw_post(check, _call_body("whoami"), forged)
+    reply = refused.json()
+    assert refused.status_code != 200 and reply["id"] == 9, reply
+    assert reply["error"]["code"] == errors.POLICY_SERVICE_UNAVAILABLE.code and "secret" in reply["error"]["message"]
+    wrong = await raw_post(check, _call_body("whoami"), {**forged, POLICY_SERVICE_SECRET_HEADER: "x" * 40})
+    assert wrong.status_code != 200, wrong.text
+    allowed = await raw_post(check, _call_body("whoami"), {**forged, POLICY_SERVICE_SECRET_HEADER: POLICY_SECRET})
+    assert allowed.status_code == 200, allowed.text  # the forged header is believed: only the secret stands between
+    async with httpx.AsyncClient(timeout=10, trust_env=False) as client:
+        listing = await client.get(f"{http_url}{DISCOVER_PREFIX}{GATEWAY}", headers=forged)
+        assert listing.status_code == 403 and "secret" in listing.text, listing.text
+        virtual = await client.post(f"{http_url}{VMCP_PREFIX}{GATEWAY}/github", content=_call_body("whoami"),
+                                    headers=forged)  # fmt: skip
+        assert virtual.status_code == 403 and "secret" in virtual.text, virtual.text
+
+
+async def test_a_grpc_check_or_stream_straight_to_the_policy_service_needs_the_secret(gateway: RunningGateway) -> None:
+    _, grpc_target = _service_urls(gateway)
+    request = external_auth_pb2.CheckRequest()
+    request.attributes.context_extensions[ROUTE_CONTEXT_EXTENSION] = "github"
+    http = request.attributes.request.http
+    http.method, http.path, http.body = "POST", "/mcp/github", _call_body("whoami")
+    http.headers.update(_headers("whoami"))
+    request.attributes.metadata_context.filter_metadata[JWT_METADATA_NAMESPACE].update(
+        {"agents": json.loads(FORGED_AGENT)}
+    )
+    async with grpc.aio.insecure_channel(grpc_target) as channel:
+        check = external_auth_pb2_grpc.AuthorizationStub(channel).Check
+        refused = await check(request)
+        assert refused.status.code != 0 and b"secret" in refused.denied_response.body.encode()
+        allowed = await check(request, metadata=[(POLICY_SERVICE_SECRET_HEADER, POLICY_SECRET)])
+        assert allowed.status.code == 0  # the forged metadata is believed: only the secret stands between
+        stream = external_processor_pb2_grpc.ExternalProcessorStub(channel).Process(
+            iter([external_processor_pb2.ProcessingRequest()]), metadata=[(ROUTE_METADATA_KEY, "github")]
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as aborted:
+            async for _ in stream:
+                pass
+        assert aborted.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
 # ---------------------------------------------------------------- mTLS agents

@@ -11,8 +11,8 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from google.protobuf import json_format
 
-from xds_server.authz.decide import CheckOutcome, check_request, failed_decision
-from xds_server.core.wire import JWT_METADATA_NAMESPACE, ROUTE_CONTEXT_EXTENSION
+from xds_server.authz.decide import CheckOutcome, check_request, failed_decision, unproven_caller
+from xds_server.core.wire import JWT_METADATA_NAMESPACE, POLICY_SERVICE_SECRET_HEADER, ROUTE_CONTEXT_EXTENSION
 
 if TYPE_CHECKING:
     from xds_server.authz.service import PolicyService
@@ -75,6 +75,13 @@ class ExtAuthzServicer(external_auth_pb2_grpc.AuthorizationServicer):
         extensions: Mapping[str, str] = request.attributes.context_extensions
         self._service.checks[extensions.get(ROUTE_CONTEXT_EXTENSION, "")] += 1
         body = request_body(request)
+        gateway = self._service.index.gateway_of(extensions.get(ROUTE_CONTEXT_EXTENSION, ""))
+        index = self._service.index
+        if gateway in index.secrets and not index.admits(gateway, call_metadata(context, POLICY_SERVICE_SECRET_HEADER)):
+            log.warning("ext_authz: refusing a check without gateway %r's policy-service secret", gateway)
+            outcome = unproven_caller(body, gateway)
+            self._service.log_decision(outcome.log)
+            return to_check_response(outcome)
         try:
             outcome = await check_request(
                 self._service.decider,
@@ -89,3 +96,9 @@ class ExtAuthzServicer(external_auth_pb2_grpc.AuthorizationServicer):
             outcome = failed_decision(body)
         self._service.log_decision(outcome.log)
         return to_check_response(outcome)
+
+
+def call_metadata(context: grpc.aio.ServicerContext, key: str) -> str | None:
+    """The call's metadata `key` (None: absent); several values are joined, so that they match nothing."""
+    values = [str(v) for k, v in (context.invocation_metadata() or ()) if k == key]
+    return ",".join(values) if values else None

@@ -8,7 +8,10 @@ A gateway with `policyService.extAuthz: http` (the default) makes Envoy ask
     x-agentxds-verified-peer: spiffe://...     (the client certificate's URI SANs)
     <the request body>
 
-(the method is the original request's). The verified headers are Envoy's
+(the method is the original request's; with the gateway's
+`policyService.secret`, also `x-agentxds-policy-service-secret`, without
+which a request about that gateway, a check, a virtual server's or a
+discovery request, is refused). The verified headers are Envoy's
 own: it adds them to the check request (`authorization_request.headers_to_add`)
 and never forwards a client's header of those names, which its allow-list
 does not name (translate/policy_service.py). The answer is the decision
@@ -39,13 +42,14 @@ from typing import TYPE_CHECKING, Any
 import httptools
 
 from xds_server.authz import discovery
-from xds_server.authz.decide import CheckOutcome, check_call, check_request, failed_decision
+from xds_server.authz.decide import CheckOutcome, check_call, check_request, failed_decision, unproven_caller
 from xds_server.authz.vmcp.front import Reply
 from xds_server.authz.vmcp.http import http_head, http_response, virtual_reply
 from xds_server.core.wire import (
     AUTH_HEADERS_TO_REMOVE,
     CHECK_PREFIX,
     DISCOVER_PREFIX,
+    POLICY_SERVICE_SECRET_HEADER,
     REPLY_STATUS_HEADER,
     VERIFIED_JWT_HEADER_PREFIX,
     VERIFIED_PEER_HEADER,
@@ -237,20 +241,33 @@ class ExtAuthzHttpProtocol(asyncio.Protocol):
         path = httptools.parse_url(request.url).path.decode("latin-1")
         body = b"".join(request.body).decode("utf-8", errors="replace")
         keep_alive = self._parser.should_keep_alive()
-        if path.startswith(VMCP_PREFIX):
+        gateway = self._gateway_of(path)
+        decided: CheckOutcome | Awaitable[CheckOutcome]
+        if not self._service.index.admits(gateway, request.headers.pop(POLICY_SERVICE_SECRET_HEADER, None)):
+            # Not Envoy's (or an Envoy a control plane with another secret configured): nothing is served.
+            log.warning("refusing a request for %s without gateway %r's policy-service secret", path, gateway)
+            if not path.startswith(CHECK_PREFIX):  # no decision to answer in order: the connection ends
+                refusal = {"error": "the request does not carry its gateway's policy-service secret"}
+                self._fail(
+                    http_response(Reply(403, json.dumps(refusal).encode(), {"content-type": "application/json"}))
+                )
+                return
+            decided = unproven_caller(body, gateway)
+        elif path.startswith(VMCP_PREFIX):
             # A virtual server's request (authz/vmcp/front.py): answered when its members have, in order.
             raw = b"".join(request.body)
             self._pending = asyncio.ensure_future(self._vmcp_later(self._pending, method, path, request.headers, raw,
                                                                    keep_alive))  # fmt: skip
             return
-        if method == "GET" and path.startswith(DISCOVER_PREFIX) and self._pending is None:
+        elif method == "GET" and path.startswith(DISCOVER_PREFIX) and self._pending is None:
             self._discover(path[len(DISCOVER_PREFIX) :], request.headers, keep_alive)
             return
-        try:
-            decided = decide(self._service, method, path, request.headers, body)
-        except Exception:  # a bug must refuse the call, not let it through
-            log.exception("ext_authz (HTTP): decision failed; refusing")
-            decided = failed_decision(body)
+        else:
+            try:
+                decided = decide(self._service, method, path, request.headers, body)
+            except Exception:  # a bug must refuse the call, not let it through
+                log.exception("ext_authz (HTTP): decision failed; refusing")
+                decided = failed_decision(body)
         if isinstance(decided, CheckOutcome) and self._pending is None:
             self._send(decided, body, keep_alive)
             return
@@ -361,6 +378,15 @@ class ExtAuthzHttpProtocol(asyncio.Protocol):
                 self._transport.close()
 
     # -- helpers -------------------------------------------------------------
+
+    def _gateway_of(self, path: str) -> str | None:
+        """The gateway a request to this port is about (its secret must come with it), from its path."""
+        if path.startswith(CHECK_PREFIX):
+            return self._service.index.gateway_of(backend_of(path)[0])
+        for prefix in (VMCP_PREFIX, DISCOVER_PREFIX):
+            if path.startswith(prefix):
+                return path[len(prefix) :].partition("/")[0]
+        return None
 
     def _grow(self, n: int) -> None:
         self._request.size += n

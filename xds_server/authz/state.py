@@ -15,6 +15,7 @@ the verified token of the user's provider matches it.
 from __future__ import annotations
 
 import functools
+import hmac
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -143,14 +144,29 @@ class RouteView:
 
 @dataclass(frozen=True)
 class PolicyIndex:
-    """Routes by name (names are unique across routed kinds)."""
+    """Routes by name (names are unique across routed kinds), and each gateway's policy-service secret."""
 
     routes: Mapping[str, RouteView] = field(default_factory=dict)
     version: str = ""
+    secrets: Mapping[str, str] = field(default_factory=dict)  # gateway → its `policyService.secret`, if it has one
+
+    def admits(self, gateway: str | None, presented: str | None) -> bool:
+        """Whether a request about `gateway` may be served: it shows the gateway's secret, or the gateway has
+        none (None: a request naming no gateway this service knows, which is refused on its own grounds)."""
+        expected = self.secrets.get(gateway) if gateway is not None else None
+        if expected is None:
+            return True
+        return presented is not None and hmac.compare_digest(presented.encode(), expected.encode())
+
+    def gateway_of(self, route: str) -> str | None:
+        """The gateway serving `route` (None: no such route)."""
+        view = self.routes.get(route)
+        return view.gateway.name if view is not None else None
 
     @classmethod
     def from_ir(cls, ir: IR, version: str = "") -> PolicyIndex:
         views = {}
+        secrets = {g.name: g.policy_service_secret.value for g in ir.gateways if g.policy_service_secret is not None}
         for gateway in ir.gateways:
             finder = AgentFinder(gateway.agents)
             for route in gateway.routes:
@@ -158,7 +174,7 @@ class PolicyIndex:
                 for grant in route.grants:
                     grants[grant.agent].append(grant)
                 views[route.name] = RouteView(route, gateway, {a: tuple(g) for a, g in grants.items()}, finder)
-        return cls(views, version)
+        return cls(views, version, secrets)
 
     def route(self, name: str) -> RouteView | None:
         return self.routes.get(name)

@@ -46,6 +46,10 @@ VMCP_PREFIX = "/vmcp/"
 #: certificate's URI SANs (comma-separated) in the peer header.
 VERIFIED_JWT_HEADER_PREFIX = "x-agentxds-verified-jwt-"
 VERIFIED_PEER_HEADER = "x-agentxds-verified-peer"  # (the policy model reserves x-agentxds-verified-*)
+#: The gateway's `policyService.secret`, which Envoy sends with every request to the policy service
+#: (ext_authz over HTTP: a header it adds to the check; over gRPC and ext_proc: call metadata; virtual
+#: servers' and discovery requests: a header their route sets, overwriting any client copy).
+POLICY_SERVICE_SECRET_HEADER = "x-agentxds-policy-service-secret"
 #: ext_authz over HTTP: the answer's list of request headers Envoy removes before the upstream.
 AUTH_HEADERS_TO_REMOVE = "x-envoy-auth-headers-to-remove"
 #: ext_authz over HTTP: Envoy takes a 5xx answer for a failure of the service, not a refusal, so

@@ -244,7 +244,18 @@ def _gateway_ir(
         ),  # fmt: skip
         denial_status=spec.denials.http_status,
         sealing_key=_sealing_key(located, build),
+        policy_service_secret=_policy_service_secret(located, build),
     )
+
+
+def _policy_service_secret(located: Located[Gateway], build: RouteBuild) -> SecretIR | None:
+    ref = located.doc.spec.policy_service.secret
+    if ref is None:
+        return None
+    file = near(located, ref.file)
+    at = ("spec", "policyService", "secret", "env" if ref.env is not None else "file")
+    found = build.material(located, at, lambda: materials.policy_service_secret(ref.env, file))
+    return found if found is not None else SecretIR(ref.env, file, "")  # a refused build still names the file
 
 
 def _sealing_key(located: Located[Gateway], build: RouteBuild) -> SecretIR | None:

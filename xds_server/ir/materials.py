@@ -51,6 +51,23 @@ def sealing_key(env: str | None, file: str | None) -> SecretIR:
     return key
 
 
+MIN_POLICY_SERVICE_SECRET_CHARS = 32
+#: Safe in a header value and in Envoy's header formatters (no `%`), and not a mistake (no whitespace).
+_POLICY_SERVICE_SECRET = re.compile(r"[A-Za-z0-9._~+/=-]+")
+
+
+def policy_service_secret(env: str | None, file: str | None) -> SecretIR:
+    """The secret Envoy shows the policy service: at least 32 characters of a header-safe alphabet."""
+    found = secret(env, file, f"policy service secret ({env or file})")
+    if not _POLICY_SERVICE_SECRET.fullmatch(found.value):
+        raise MaterialError(f"the policy service secret ({found.source}) may hold only letters, digits and -._~+/= "
+                            "(e.g. `openssl rand -hex 32`)")  # fmt: skip
+    if len(found.value) < MIN_POLICY_SERVICE_SECRET_CHARS:
+        raise MaterialError(f"the policy service secret ({found.source}) has {len(found.value)} characters; it "
+                            f"needs at least {MIN_POLICY_SERVICE_SECRET_CHARS} (e.g. `openssl rand -hex 32`)")  # fmt: skip
+    return found
+
+
 def api_key(env: str | None, file: str | None, what: str) -> SecretIR:
     """An agent's API key: a secret that can be sent as one header value."""
     key = secret(env, file, what)

@@ -374,6 +374,8 @@ class GatewayIR:
     ext_authz_http: EndpointIR | None = None  # ext_authz over HTTP/1.1 here; None: over gRPC at policy_service
     denial_status: int = 200  # HTTP status of a policy refusal (an error kind whose own status is 403)
     sealing_key: SecretIR | None = None  # seals task ids; None: the policy service's own key
+    # Envoy sends it with every request to the policy service, which refuses this gateway's without it.
+    policy_service_secret: SecretIR | None = None
 
     @property
     def routes(self) -> tuple[RouteIR, ...]:

@@ -237,6 +237,14 @@ class PolicyServiceAddress(StrictModel):
         description="Its HTTP ext_authz port (`agentxds serve --authz-http-port`, default 18003); "
         "used when extAuthz is http (the default).",
     )
+    secret: SecretRef | None = Field(
+        default=None,
+        description="A secret (at least 32 characters, letters, digits and `-._~+/=`; e.g. from "
+        "`openssl rand -hex 32`) Envoy sends with every request to the policy service, which refuses this "
+        "gateway's requests without it: only Envoy can ask for decisions, delegated credentials or virtual "
+        "servers' calls, whoever else reaches the policy service's ports. Give every control-plane and "
+        "policy-service replica the same one. Default: none (keep the ports reachable from Envoy only).",
+    )
 
 
 class Denials(StrictModel):

@@ -55,6 +55,7 @@ from xds_server.core.wire import (
     CHECK_PREFIX,
     JWT_METADATA_NAMESPACE,
     PEER_URI_SAN_ATTRIBUTE,
+    POLICY_SERVICE_SECRET_HEADER,
     PURPOSE_EXCHANGE,
     PURPOSE_METADATA_KEY,
     PURPOSE_RESPONSES,
@@ -124,8 +125,28 @@ def _cluster(name: str, endpoint: EndpointIR, *, http2: bool) -> Cluster:
     return to_message(Cluster, body)
 
 
-def _grpc_service(timeout_ms: int) -> dict[str, Any]:
-    return {"envoy_grpc": {"cluster_name": POLICY_CLUSTER}, "timeout": f"{timeout_ms / 1000:.3f}s"}
+def _grpc_service(gateway: GatewayIR, timeout_ms: int) -> dict[str, Any]:
+    service: dict[str, Any] = {"envoy_grpc": {"cluster_name": POLICY_CLUSTER}, "timeout": f"{timeout_ms / 1000:.3f}s"}
+    if (secret := secret_header(gateway)) is not None:
+        service["initial_metadata"] = [secret]  # merged with the per-route ext_proc metadata (route, purpose)
+    return service
+
+
+def secret_header(gateway: GatewayIR) -> dict[str, str] | None:
+    """The gateway's `policyService.secret` as the header (or gRPC metadata) Envoy sends with every request
+    to the policy service, which refuses the gateway's requests without it (None: the gateway has none).
+    Its alphabet has no `%` (ir/materials.py), so it is the same in Envoy's header formatters."""
+    secret = gateway.policy_service_secret
+    return {"key": POLICY_SERVICE_SECRET_HEADER, "value": secret.value} if secret is not None else None
+
+
+def secret_route_headers(gateway: GatewayIR) -> dict[str, Any]:
+    """The header edits of a route whose upstream is the policy service (virtual servers, discovery): its
+    secret set, over any client copy ({} when the gateway has none)."""
+    secret = secret_header(gateway)
+    if secret is None:
+        return {}
+    return {"request_headers_to_add": [{"header": secret, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}]}
 
 
 def _authz_timeout(gateway: GatewayIR) -> int:
@@ -167,8 +188,12 @@ def _http_service(gateway: GatewayIR, route: str) -> dict[str, Any]:
         "path_prefix": f"{CHECK_PREFIX}{route}",
         "authorization_response": response,
     }
-    if verified := verified_identity_headers(gateway):
-        service["authorization_request"] = {"headers_to_add": verified}
+    # What Envoy verified, and the secret that shows the service the check is Envoy's.
+    added = verified_identity_headers(gateway)
+    if (secret := secret_header(gateway)) is not None:
+        added.append(secret)
+    if added:
+        service["authorization_request"] = {"headers_to_add": added}
     return service
 
 
@@ -210,7 +235,7 @@ def _ext_authz(gateway: GatewayIR, name: str, *, fail_open: bool) -> HttpFilter:
         config["http_service"] = _http_service(gateway, "-")
         config["allowed_headers"] = {"patterns": [{"exact": h} for h in _identity_headers(gateway)]}
     else:
-        config["grpc_service"] = _grpc_service(_authz_timeout(gateway))
+        config["grpc_service"] = _grpc_service(gateway, _authz_timeout(gateway))
         # The request as the protocol filter deframed it (method, tool) and the verified JWT claims (the user).
         namespaces = [p.metadata_namespace for p in protocols_of(gateway)]
         config["metadata_context_namespaces"] = [*namespaces, JWT_METADATA_NAMESPACE]
@@ -245,7 +270,7 @@ _MODES = {
 
 def _ext_proc(gateway: GatewayIR) -> HttpFilter:
     config = {
-        "grpc_service": _grpc_service(_authz_timeout(gateway)),
+        "grpc_service": _grpc_service(gateway, _authz_timeout(gateway)),
         "failure_mode_allow": False,
         # Inert at the listener level: a reply Envoy makes before any route is chosen (a
         # malformed HTTP/1 request) must not wait on the policy service, which dropped it

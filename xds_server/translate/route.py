@@ -156,12 +156,14 @@ def _route_entries(route: RouteIR, gateway: GatewayIR, filters: list[HttpFilter]
     upstream = identity.backend_headers(gateway, route)
     upstream["request_headers_to_remove"] = sorted({*upstream["request_headers_to_remove"],
                                                     *protocol.upstream_headers_removed})  # fmt: skip
+    front = _to_front(route, gateway, upstream)
     return [
         {
             "name": route_name(route),
             "match": match,
             "route": route_action,
-            **upstream,
+            # To the route's own upstream (for a virtual server, its front) or to a native member's.
+            **(front if route_action["cluster"] == action["cluster"] else upstream),
             **answer,
             "typed_per_filter_config": RouteFilters(route.kind, {**common, **uses}).config(filters),
         }
@@ -171,6 +173,17 @@ def _route_entries(route: RouteIR, gateway: GatewayIR, filters: list[HttpFilter]
             *((m, action, u, {}) for m, u in _variants(route, gateway)),
         ]
     ]
+
+
+def _to_front(route: RouteIR, gateway: GatewayIR, upstream: dict[str, Any]) -> dict[str, Any]:
+    """`upstream`'s header edits on a route to `route`'s upstream: for a virtual server, whose upstream is
+    its front (the policy service's HTTP port), with the gateway's policy-service secret too; a
+    backend's (and a virtual server's native members') never carry it."""
+    secret = policy_service.secret_route_headers(gateway) if virtual_mcp.virtual_part(route) is not None else {}
+    if not secret:
+        return upstream
+    return {**upstream, "request_headers_to_add": [*upstream.get("request_headers_to_add", []),
+                                                   *secret["request_headers_to_add"]]}  # fmt: skip
 
 
 def _native_member_entries(route: RouteIR, gateway: GatewayIR, action: dict[str, Any]) -> list[

@@ -4,7 +4,8 @@ The HTTP ext_authz server (authz/ext_authz_http.py) hands these requests
 here whole and writes the reply; Envoy sends them on a virtual server's
 route with the caller headers it set (translate/virtual_mcp.py). Like every
 port of the policy service, it trusts what reaches it: keep it where only
-Envoy does.
+Envoy does; a gateway with a `policyService.secret` has its requests refused
+without it first (authz/ext_authz_http.py).
 """
 
 from __future__ import annotations
