@@ -30,6 +30,7 @@ import pytest_asyncio
 from tests.e2e.gateway import (
     GATEWAY,
     IDENTITY_HEADER,
+    POLICY_SECRET_YAML,
     RunningGateway,
     eventually,
     launch,
@@ -61,6 +62,9 @@ spec:
       when: 'args.repo.startsWith("acme/")'
     - agents: [executor]
       tools: [create_issue]
+    - agents: [runner]
+      tools: [summarize]
+      when: 'args.text.size() < 100'
 """
 BOTS = "https://bots.test"
 SIGNER = """\
@@ -73,7 +77,8 @@ spec: {identity: {jwt: {provider: bots, value: bot-1}}}
 BOTS_PROVIDER = (f"jwtProviders: [{{name: bots, issuer: '{BOTS}', audiences: [{AUDIENCE}], tokenHeader: x-bot-token, "
                  "jwks: {file: bots-jwks.json}}]")  # fmt: skip
 FIRST_KEY, SECOND_KEY = Issuer(BOTS, "bots-1"), Issuer(BOTS, "bots-2")
-CALLS = {"whoami": {}, "list_issues": {"repo": "acme/web"}, "create_issue": {"repo": "acme/web", "title": "t"}}
+CALLS = {"whoami": {}, "list_issues": {"repo": "acme/web"}, "create_issue": {"repo": "acme/web", "title": "t"},
+         "summarize": {"text": "short"}}  # fmt: skip
 PROBE = {"get_issue": {"repo": "evil/web", "number": 1}}  # under a native rule of every agent's
 
 
@@ -270,3 +275,39 @@ async def test_a_filter_configuration_that_never_arrives_refuses_every_call(
         assert backends["github"].requests() == []
     finally:
         await stop_gateway(gateway)
+
+
+async def test_the_policy_service_secret_is_replaced_without_refusing_kept_connections(
+    gateway: RunningGateway,
+) -> None:
+    """Changing `policyService.secret` replaces the listener (ext_authz over gRPC and ext_proc send it as call
+    metadata configured there): connections opened before keep sending the old one until they drain. With
+    the old one as `previousSecret`, their calls that need the policy service go on being decided; once it
+    is removed, they are refused (fail closed), while new connections work throughout."""
+    one_connection = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+    gateway_file = gateway.policy_dir / "gateway.yaml"
+    text = gateway_file.read_text()
+    assert POLICY_SECRET_YAML in text
+    (gateway.policy_dir / "new.secret").write_text("rotated-policy-service-secret-0123456789abcdef\n")
+
+    async def fresh_call() -> bool:
+        async with httpx.AsyncClient(timeout=10) as fresh:
+            return "result" in await _call(fresh, gateway, "summarize", OLD_KEY)
+
+    async with httpx.AsyncClient(limits=one_connection, timeout=10) as kept:
+        assert "result" in await _call(kept, gateway, "summarize", OLD_KEY)  # decided by the policy service
+        modified = int(gateway.envoy.stats()["listener_manager.listener_modified"])
+        rotating = "secret: {file: new.secret}, previous" + POLICY_SECRET_YAML[0].upper() + POLICY_SECRET_YAML[1:]
+        gateway_file.write_text(text.replace(POLICY_SECRET_YAML, rotating))
+
+        async def replaced() -> bool:
+            return int(gateway.envoy.stats()["listener_manager.listener_modified"]) > modified and await fresh_call()
+
+        await eventually(replaced, timeout=15, what="the new secret to be in use")
+        assert "result" in await _call(kept, gateway, "summarize", OLD_KEY)  # the old secret, still accepted
+        reloads = gateway.control.reloads
+        gateway_file.write_text(text.replace(POLICY_SECRET_YAML, "secret: {file: new.secret}"))
+        await gateway.wait_reloads(reloads + 1)
+        refused = await _call(kept, gateway, "summarize", OLD_KEY)
+        assert refused["error"]["code"] == errors.POLICY_SERVICE_UNAVAILABLE.code, refused
+        assert await fresh_call()

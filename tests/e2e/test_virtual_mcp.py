@@ -458,12 +458,17 @@ async def test_a_pinned_tool_changed_on_a_member_is_hidden(virtual: Virtual) -> 
                                                 extra_args=(*BETA_ARGS, "--poison", "whoami"))  # fmt: skip
     calls_before = virtual.members["beta"].tool_calls("whoami")
     try:
+        service = gateway.control.policy_service
+        assert service is not None
+        guard = service.handlers["mcp"].guard  # type: ignore[attr-defined]
 
-        async def hidden() -> bool:
-            async with mcp_client(virtual.url, {IDENTITY_HEADER: "triage"}, "modern") as client:
-                return "beta__whoami" not in {t.name for t in (await client.list_tools()).tools}
+        async def seen() -> bool:  # by the policy service's own refresh (no client lists the tools here)
+            verdict = guard.verdict("tools", "beta__whoami")
+            return verdict is not None and not verdict.usable
 
-        await eventually(hidden, timeout=20, what="the changed tool to be hidden")
+        # The refresh reads the virtual server's tools from its front, the policy service's HTTP port, which
+        # serves this gateway's requests with its policy-service secret only (every e2e gateway has one).
+        await eventually(seen, timeout=20, what="the tool guard's refresh to see the changed tool")
         for mode in ("modern", "legacy"):
             async with mcp_client(virtual.url, {IDENTITY_HEADER: "triage"}, mode) as client:  # type: ignore[arg-type]
                 assert {t.name for t in (await client.list_tools()).tools} == EXPECTED - {"beta__whoami"}

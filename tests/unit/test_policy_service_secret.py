@@ -44,7 +44,7 @@ def test_the_secret_is_in_the_ir_and_never_rendered(tmp_path: Path) -> None:
     secret = (policies / SECRET_FILE).read_text().strip()
     assert gateway.policy_service_secret is not None and gateway.policy_service_secret.value == secret
     assert secret not in json.dumps(ir_document(ir), default=str)
-    assert PolicyIndex.from_ir(ir).secrets == {gateway.name: secret}
+    assert PolicyIndex.from_ir(ir).secrets == {gateway.name: (secret,)}
 
 
 @pytest.mark.parametrize(
@@ -93,8 +93,34 @@ def test_envoy_sends_it_to_the_policy_service_only(tmp_path: Path) -> None:
     assert to_front and to_other
 
 
+def test_while_it_is_replaced_the_previous_secret_is_accepted_but_never_sent(tmp_path: Path) -> None:
+    policies = _policies(tmp_path)
+    old = (policies / SECRET_FILE).read_text().strip()
+    (policies / "new.secret").write_text("n" * 40 + "\n")
+    text = (policies / "all.yaml").read_text()
+    rotating = "policyService: {secret: {file: new.secret}, previousSecret: {file: policy-service.secret}}"
+    (policies / "all.yaml").write_text(text.replace("policyService: {secret: {file: policy-service.secret}}", rotating))
+    ir, resources = compile_policies(policies)
+    index = PolicyIndex.from_ir(ir)
+    assert index.admits("main", "n" * 40) and index.admits("main", old) and not index.admits("main", None)
+    (res,) = resources.values()
+    sent = json.dumps([to_dict(m) for m in (*res.listeners, *res.routes)])
+    assert "n" * 40 in sent and old not in sent
+
+
+def test_a_previous_secret_needs_a_current_one(tmp_path: Path) -> None:
+    policies = _policies(tmp_path)
+    text = (policies / "all.yaml").read_text()
+    (policies / "all.yaml").write_text(text.replace("policyService: {secret: {file: policy-service.secret}}",
+                                                    "policyService: {previousSecret: {file: policy-service.secret}}"))  # fmt: skip
+    result = Pipeline(policies, SnapshotCache(), StatusRecorder()).reload()
+    assert not result.ok
+    (error,) = result.errors
+    assert "all.yaml:" in error and "previousSecret needs a secret" in error, error
+
+
 def test_the_index_admits_the_secret_alone() -> None:
-    index = PolicyIndex(secrets={"main": "s" * 40})
+    index = PolicyIndex(secrets={"main": ("s" * 40,)})
     assert index.admits("main", "s" * 40)
     assert not index.admits("main", None) and not index.admits("main", "s" * 39) and not index.admits("main", "")
     assert not index.admits("main", ",".join(["s" * 40] * 2))  # a repeated header is joined: no match

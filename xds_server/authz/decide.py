@@ -74,14 +74,14 @@ def failed_decision(body: str) -> CheckOutcome:
         log={"allowed": False, "reason": kind.reason})  # fmt: skip
 
 
-def unproven_caller(body: str, gateway: str | None) -> CheckOutcome:
+def unproven_caller(body: str) -> CheckOutcome:
     """The refusal of a request that lacks its gateway's `policyService.secret`: not Envoy's (or an Envoy
-    configured by a control plane with another secret than this service's)."""
+    configured by a control plane with another secret than this service's). Names nothing of the policies."""
     kind = errors.POLICY_SERVICE_UNAVAILABLE
     return CheckOutcome(False, kind.http_status, error_body(
-        request_id_of(body), kind, "The policy service refused the request: it does not carry gateway "
-        f"'{gateway}''s policy-service secret (the control plane and the policy service must share it)"),
-        log={"allowed": False, "reason": "unproven_caller", "gateway": gateway})  # fmt: skip
+        request_id_of(body), kind, "The policy service refused the request: it does not carry its gateway's "
+        "policy-service secret (the control plane and the policy service must share it)"),
+        log={"allowed": False, "reason": "unproven_caller"})  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -79,7 +79,7 @@ class ExtAuthzServicer(external_auth_pb2_grpc.AuthorizationServicer):
         index = self._service.index
         if gateway in index.secrets and not index.admits(gateway, call_metadata(context, POLICY_SERVICE_SECRET_HEADER)):
             log.warning("ext_authz: refusing a check without gateway %r's policy-service secret", gateway)
-            outcome = unproven_caller(body, gateway)
+            outcome = unproven_caller(body)
             self._service.log_decision(outcome.log)
             return to_check_response(outcome)
         try:

@@ -169,6 +169,11 @@ def decide(
                          peer_uri_san=peer)  # fmt: skip
 
 
+#: The answer to a virtual server's or discovery request without its gateway's policy-service secret.
+_UNPROVEN = Reply(403, json.dumps({"error": "the request does not carry its gateway's policy-service secret"}).encode(),
+                  {"content-type": "application/json"})  # fmt: skip
+
+
 class _Request:
     __slots__ = ("url", "headers", "body", "size")
 
@@ -242,22 +247,20 @@ class ExtAuthzHttpProtocol(asyncio.Protocol):
         body = b"".join(request.body).decode("utf-8", errors="replace")
         keep_alive = self._parser.should_keep_alive()
         gateway = self._gateway_of(path)
+        presented = request.headers.pop(POLICY_SERVICE_SECRET_HEADER, None)
         decided: CheckOutcome | Awaitable[CheckOutcome]
-        if not self._service.index.admits(gateway, request.headers.pop(POLICY_SERVICE_SECRET_HEADER, None)):
+        if not self._service.index.admits(gateway, presented):
             # Not Envoy's (or an Envoy a control plane with another secret configured): nothing is served.
-            log.warning("refusing a request for %s without gateway %r's policy-service secret", path, gateway)
+            log.warning("refusing a request for %.200s without its gateway's policy-service secret", path)
             if not path.startswith(CHECK_PREFIX):  # no decision to answer in order: the connection ends
-                refusal = {"error": "the request does not carry its gateway's policy-service secret"}
-                self._fail(
-                    http_response(Reply(403, json.dumps(refusal).encode(), {"content-type": "application/json"}))
-                )
+                self._fail(http_response(_UNPROVEN))
                 return
-            decided = unproven_caller(body, gateway)
+            decided = unproven_caller(body)
         elif path.startswith(VMCP_PREFIX):
             # A virtual server's request (authz/vmcp/front.py): answered when its members have, in order.
             raw = b"".join(request.body)
             self._pending = asyncio.ensure_future(self._vmcp_later(self._pending, method, path, request.headers, raw,
-                                                                   keep_alive))  # fmt: skip
+                                                                   keep_alive, (gateway, presented)))  # fmt: skip
             return
         elif method == "GET" and path.startswith(DISCOVER_PREFIX) and self._pending is None:
             self._discover(path[len(DISCOVER_PREFIX) :], request.headers, keep_alive)
@@ -307,12 +310,15 @@ class ExtAuthzHttpProtocol(asyncio.Protocol):
         self._service.log_decision(outcome.log)
 
     async def _vmcp_later(self, before: asyncio.Future[None] | None, method: str, path: str,
-                          headers: Mapping[str, str], body: bytes, keep_alive: bool) -> None:  # fmt: skip
+                          headers: Mapping[str, str], body: bytes, keep_alive: bool,
+                          shown: tuple[str | None, str | None]) -> None:  # fmt: skip
         if before is not None:
             with contextlib.suppress(Exception):
                 await before
         try:
-            reply = await virtual_reply(self._service, method, path, headers, body)
+            # Checked again: the policies (and the gateway's secret) may have changed while it waited its turn.
+            admitted = self._service.index.admits(*shown)
+            reply = await virtual_reply(self._service, method, path, headers, body) if admitted else _UNPROVEN
         except Exception:  # a bug: an error, never a half answer
             log.exception("virtual MCP server: request failed")
             reply = Reply(500, b'{"jsonrpc":"2.0","id":null,"error":{"code":-32603,"message":"Gateway error"}}',

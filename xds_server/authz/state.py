@@ -148,15 +148,20 @@ class PolicyIndex:
 
     routes: Mapping[str, RouteView] = field(default_factory=dict)
     version: str = ""
-    secrets: Mapping[str, str] = field(default_factory=dict)  # gateway → its `policyService.secret`, if it has one
+    # gateway → the policy-service secrets it accepts: `secret`, and `previousSecret` while it is replaced
+    # (only gateways that have one; never shown: not in repr)
+    secrets: Mapping[str, tuple[str, ...]] = field(default_factory=dict, repr=False)
 
     def admits(self, gateway: str | None, presented: str | None) -> bool:
-        """Whether a request about `gateway` may be served: it shows the gateway's secret, or the gateway has
-        none (None: a request naming no gateway this service knows, which is refused on its own grounds)."""
-        expected = self.secrets.get(gateway) if gateway is not None else None
-        if expected is None:
+        """Whether a request about `gateway` may be served: it shows one of the gateway's secrets, or the
+        gateway has none (None: a request naming no gateway this service knows, refused on its own grounds)."""
+        accepted = self.secrets.get(gateway) if gateway is not None else None
+        if accepted is None:
             return True
-        return presented is not None and hmac.compare_digest(presented.encode(), expected.encode())
+        shown = presented.encode() if presented is not None else None
+        # Every one compared (no early exit): the time taken says nothing of which came close.
+        matches = [shown is not None and hmac.compare_digest(shown, s.encode()) for s in accepted]
+        return any(matches)
 
     def gateway_of(self, route: str) -> str | None:
         """The gateway serving `route` (None: no such route)."""
@@ -166,7 +171,11 @@ class PolicyIndex:
     @classmethod
     def from_ir(cls, ir: IR, version: str = "") -> PolicyIndex:
         views = {}
-        secrets = {g.name: g.policy_service_secret.value for g in ir.gateways if g.policy_service_secret is not None}
+        secrets = {
+            g.name: tuple(s.value for s in (g.policy_service_secret, g.policy_service_previous_secret) if s is not None)
+            for g in ir.gateways
+            if g.policy_service_secret is not None
+        }
         for gateway in ir.gateways:
             finder = AgentFinder(gateway.agents)
             for route in gateway.routes:

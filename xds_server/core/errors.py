@@ -167,7 +167,8 @@ POLICY_SERVICE_UNAVAILABLE = ErrorKind(
     -32050,
     "policy_service_unavailable",
     503,
-    "the call needs the policy service, which did not answer (fail closed; see policyService.failOpen)",
+    "the call needs the policy service, which did not answer (fail closed; see policyService.failOpen), or "
+    "refused Envoy's request for want of the gateway's `policyService.secret` (failOpen does not apply)",
 )
 OVERLOADED = ErrorKind(
     -32051,

@@ -244,16 +244,18 @@ def _gateway_ir(
         ),  # fmt: skip
         denial_status=spec.denials.http_status,
         sealing_key=_sealing_key(located, build),
-        policy_service_secret=_policy_service_secret(located, build),
+        policy_service_secret=_policy_service_secret(located, build, "secret"),
+        policy_service_previous_secret=_policy_service_secret(located, build, "previousSecret"),
     )
 
 
-def _policy_service_secret(located: Located[Gateway], build: RouteBuild) -> SecretIR | None:
-    ref = located.doc.spec.policy_service.secret
+def _policy_service_secret(located: Located[Gateway], build: RouteBuild, key: str) -> SecretIR | None:
+    service = located.doc.spec.policy_service
+    ref = service.secret if key == "secret" else service.previous_secret
     if ref is None:
         return None
     file = near(located, ref.file)
-    at = ("spec", "policyService", "secret", "env" if ref.env is not None else "file")
+    at = ("spec", "policyService", key, "env" if ref.env is not None else "file")
     found = build.material(located, at, lambda: materials.policy_service_secret(ref.env, file))
     return found if found is not None else SecretIR(ref.env, file, "")  # a refused build still names the file
 

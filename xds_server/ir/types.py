@@ -376,6 +376,7 @@ class GatewayIR:
     sealing_key: SecretIR | None = None  # seals task ids; None: the policy service's own key
     # Envoy sends it with every request to the policy service, which refuses this gateway's without it.
     policy_service_secret: SecretIR | None = None
+    policy_service_previous_secret: SecretIR | None = None  # still accepted (never sent) while it is replaced
 
     @property
     def routes(self) -> tuple[RouteIR, ...]:

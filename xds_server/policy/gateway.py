@@ -242,9 +242,25 @@ class PolicyServiceAddress(StrictModel):
         description="A secret (at least 32 characters, letters, digits and `-._~+/=`; e.g. from "
         "`openssl rand -hex 32`) Envoy sends with every request to the policy service, which refuses this "
         "gateway's requests without it: only Envoy can ask for decisions, delegated credentials or virtual "
-        "servers' calls, whoever else reaches the policy service's ports. Give every control-plane and "
+        "servers' calls, whoever else reaches its decision ports (not the approvals port; the hop is plain "
+        "HTTP/gRPC: whoever reads that traffic reads the secret). Give every control-plane and "
         "policy-service replica the same one. Default: none (keep the ports reachable from Envoy only).",
     )
+    previous_secret: SecretRef | None = Field(
+        default=None,
+        description="While `secret` is being changed: the one before, still accepted by the policy service "
+        "(Envoy sends only `secret`). Envoys not yet updated, and connections opened before the change "
+        "(their ext_proc and gRPC ext_authz keep the listener they started on until it drains: Envoy's drain "
+        "time, 600 s in docker compose and Kubernetes), still send it. Remove it once that has passed, or at "
+        "once if the old secret leaked (calls needing the policy service on such connections are then refused "
+        "until they reconnect).",
+    )
+
+    @model_validator(mode="after")
+    def _previous_needs_current(self) -> PolicyServiceAddress:
+        if self.previous_secret is not None and self.secret is None:
+            raise PydanticCustomError("previous_secret", "previousSecret needs a secret (the one now in use)")
+        return self
 
 
 class Denials(StrictModel):

@@ -42,6 +42,7 @@ from xds_server.authz.state import PolicyIndex, RouteView
 from xds_server.core import errors
 from xds_server.core.errors import ErrorKind
 from xds_server.core.tool_results import refused_call_result
+from xds_server.core.wire import POLICY_SERVICE_SECRET_HEADER
 from xds_server.ir.mcp import McpRouteIR, mcp_part
 from xds_server.ir.principals import JwtPayloads
 from xds_server.ir.types import RouteIR
@@ -158,7 +159,7 @@ class McpHandler(ProtocolHandler):
     def update(self, index: PolicyIndex, running: bool) -> None:
         """Forget backends no longer guarded; (re)start the tool refresh of the guarded ones."""
         guarded = {
-            name: view.route
+            name: view
             for name, view in index.routes.items()
             if isinstance(view.route.protocol, McpRouteIR) and view.route.protocol.tool_guard is not None
         }
@@ -168,14 +169,21 @@ class McpHandler(ProtocolHandler):
                 self.guard.forget(name)
         if not running:
             return
-        for name, route in guarded.items():
+        for name, view in guarded.items():
             # Refresh now, with the new guard settings.
             old = self._refreshers.pop(name, None)
             if old is not None:
                 old.cancel()
-            self._refreshers[name] = asyncio.create_task(self._refresh_loop(route), name=f"refresh-{name}")
+            # A virtual server's tools are read from its front, this service's own HTTP port, which serves
+            # the gateway's requests with its policy-service secret only.
+            secret = view.gateway.policy_service_secret
+            front = mcp_part(view.route).virtual is not None and secret is not None
+            headers = {POLICY_SERVICE_SECRET_HEADER: secret.value} if front and secret is not None else {}
+            self._refreshers[name] = asyncio.create_task(
+                self._refresh_loop(view.route, headers), name=f"refresh-{name}"
+            )
 
-    async def _refresh_loop(self, route: RouteIR) -> None:
+    async def _refresh_loop(self, route: RouteIR, headers: Mapping[str, str]) -> None:
         from xds_server.authz.mcp.pin import fetch_tools
 
         guard = mcp_part(route).tool_guard
@@ -189,7 +197,7 @@ class McpHandler(ProtocolHandler):
         url = f"{scheme}://{host}:{endpoint.port}{route.upstream.path}"
         while True:
             try:
-                tools = await fetch_tools(url, timeout=10)
+                tools = await fetch_tools(url, headers=headers, timeout=10)
                 verdicts = self.guard.observe(route.name, tools, guard)
                 withheld = sorted(n for n, v in verdicts.items() if not v.usable)
                 if withheld:
