@@ -168,7 +168,7 @@ POLICY_SERVICE_UNAVAILABLE = ErrorKind(
     "policy_service_unavailable",
     503,
     "the call needs the policy service, which did not answer (fail closed; see policyService.failOpen), or "
-    "refused Envoy's request for want of the gateway's `policyService.secret` (failOpen does not apply)",
+    "refused Envoy's check for want of the gateway's `policyService.secret` (failOpen does not apply to that)",
 )
 OVERLOADED = ErrorKind(
     -32051,
