@@ -68,8 +68,10 @@ def test_envoy_sends_it_to_the_policy_service_only(tmp_path: Path) -> None:
     secret = (policies / SECRET_FILE).read_text().strip()
     (res,) = resources.values()
     shown = {"key": POLICY_SERVICE_SECRET_HEADER, "value": secret}
-    # ext_authz over HTTP: a header Envoy adds to the check; ext_proc: call metadata.
-    listener = to_dict(res.listeners[0])
+    # ext_authz over HTTP: a header Envoy adds to the check; ext_proc: call metadata (the filters' configurations
+    # are discovered, ECDS, so that a new secret reaches open connections at once; none is in the listener).
+    assert POLICY_SERVICE_SECRET_HEADER not in json.dumps(to_dict(res.listeners[0]))
+    listener = [to_dict(c) for c in res.extension_configs]
     checks = [n["authorization_request"]["headers_to_add"] for n in _walk(listener)
               if isinstance(n, dict) and "authorization_request" in n]  # fmt: skip
     assert checks and all(shown in added for added in checks)

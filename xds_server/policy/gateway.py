@@ -248,14 +248,10 @@ class PolicyServiceAddress(StrictModel):
     )
     previous_secret: SecretRef | None = Field(
         default=None,
-        description="While `secret` is being changed: another secret the policy service accepts (Envoy sends "
-        "only `secret`). Change in three edits: the new one here first (every replica learns it), then swap "
-        "the two, then remove this after Envoy's drain time. Envoys not yet updated, and connections opened "
-        "before the change "
-        "(their ext_proc and gRPC ext_authz keep the listener they started on until it drains: Envoy's drain "
-        "time, 600 s in docker compose and Kubernetes), still send it. Remove it once that has passed, or at "
-        "once if the old secret leaked (calls needing the policy service on such connections are then refused "
-        "until they reconnect).",
+        description="While `secret` is being changed across several control-plane and policy-service "
+        "replicas (which reload at different moments): another secret the policy service accepts (Envoy sends "
+        "only `secret`). Change in three edits: the new one here first (every replica learns it), then swap the "
+        "two, then remove this. With one control plane, or if the old secret leaked, change `secret` alone.",
     )
 
     @model_validator(mode="after")

@@ -239,8 +239,9 @@ def _ext_authz(gateway: GatewayIR, name: str, *, fail_open: bool) -> HttpFilter:
         # The request as the protocol filter deframed it (method, tool) and the verified JWT claims (the user).
         namespaces = [p.metadata_namespace for p in protocols_of(gateway)]
         config["metadata_context_namespaces"] = [*namespaces, JWT_METADATA_NAMESPACE]
+    # Discovered (ECDS): a changed secret, timeout or identity header reaches open connections at once.
     return HttpFilter(name, Slot.DECISIONS, typed(EXT_AUTHZ_TYPE, config), RouteDefault.OFF,
-                      disabled(EXT_AUTHZ_PER_ROUTE))  # fmt: skip
+                      disabled(EXT_AUTHZ_PER_ROUTE), discovered=True)  # fmt: skip
 
 
 _INERT_MODE = {
@@ -292,7 +293,7 @@ def _ext_proc(gateway: GatewayIR) -> HttpFilter:
         # Agents proven by a client certificate: the policy service needs its SPIFFE ID.
         config["request_attributes"] = [PEER_URI_SAN_ATTRIBUTE]
     return HttpFilter(EXT_PROC, Slot.RESPONSES, typed(EXT_PROC_TYPE, config), RouteDefault.OFF,
-                      disabled(EXT_PROC_PER_ROUTE))  # fmt: skip
+                      disabled(EXT_PROC_PER_ROUTE), discovered=True)  # fmt: skip
 
 
 def policy_filters(gateway: GatewayIR) -> list[HttpFilter]:
