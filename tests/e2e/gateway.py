@@ -227,14 +227,16 @@ def policy_service_yaml(policy_port: int, ext_authz: str = "http") -> str:
 async def launch(policy_dir: Path, workdir: Path, listen_port: int, policy_port: int,
                  authz_http_port: int | None = None, overload_manager: dict[str, Any] | None = None,
                  state_store: str | None = None, runtime: RuntimeEndpoints | None = None,
-                 registry: RegistryStore | None = None, drain_time_s: int = 1) -> tuple[ControlPlane, EnvoyProcess]:  # fmt: skip
+                 registry: RegistryStore | None = None, drain_time_s: int = 1,
+                 startup_timeout_s: float | None = None) -> tuple[ControlPlane, EnvoyProcess]:  # fmt: skip
     """The control plane (with the policy service, its quotas in `state_store` if given, endpoints
     set at run time from `runtime` if given, with the runtime `registry` if given) on `policy_dir` and an
     Envoy it configures (with
     `overload_manager` as its bootstrap's, if given; a replaced listener's connections drained for
     `drain_time_s`).
 
-    Returns once the policies are published and Envoy's listener accepts connections.
+    Returns once the policies are published and Envoy's listener accepts connections (waiting up to
+    `startup_timeout_s` for Envoy to be live and for its listener, if given; else 20 s and 15 s).
     """
     if authz_http_port is None:
         authz_http_port = authz_http_port_of(policy_dir)
@@ -252,8 +254,8 @@ async def launch(policy_dir: Path, workdir: Path, listen_port: int, policy_port:
         bootstrap["overload_manager"] = overload_manager
     envoy = EnvoyProcess(bootstrap, workdir=workdir / "envoy", log_level="warning", drain_time_s=drain_time_s).start()
     try:
-        await envoy.wait_live_async(20)
-        await wait_listening(listen_port)
+        await envoy.wait_live_async(startup_timeout_s or 20)
+        await wait_listening(listen_port, startup_timeout_s or 15)
     except BaseException:
         envoy.stop()
         await control.stop()

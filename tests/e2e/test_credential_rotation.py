@@ -266,7 +266,8 @@ async def test_a_filter_configuration_that_never_arrives_refuses_every_call(
     listen_port, policy_port = free_port(), free_port()
     policy_dir = tmp_path / "policies"
     write_policies(policy_dir, listen_port, backends, policy_port=policy_port)  # agents by the trusted header
-    control, envoy = await launch(policy_dir, tmp_path, listen_port, policy_port)
+    # The listener waits for Envoy's initial fetch timeout (15 s) before it accepts connections.
+    control, envoy = await launch(policy_dir, tmp_path, listen_port, policy_port, startup_timeout_s=60)
     gateway = RunningGateway(policy_dir, control, envoy, listen_port, backends)
     try:
         async with httpx.AsyncClient(timeout=10) as client:
