@@ -23,7 +23,7 @@ from xds_server.xds.snapshot import (
     type_url_of,
 )
 
-from .xds_fixtures import ack, cla, cluster, drain, listener, request, route
+from .xds_fixtures import ack, drain, gateway_snapshot, request, resource_names
 
 IDENTIFY, UNAMBIGUOUS = "agentxds.identity.identify", "agentxds.identity.unambiguous"
 
@@ -38,24 +38,11 @@ def config(name: str, agent: str = "triage") -> TypedExtensionConfig:
 
 
 def snap(agent: str = "triage", port: int = 10000) -> Snapshot:
-    return Snapshot.build(
-        {
-            CLUSTER: [cluster("a")],
-            ENDPOINT: [cla("a")],
-            EXTENSION_CONFIG: [config(IDENTIFY, agent), config(UNAMBIGUOUS)],
-            LISTENER: [listener("gateway/gw", port)],
-            ROUTE: [route("gateway/gw/routes")],
-        }
-    )
+    return gateway_snapshot(EXTENSION_CONFIG, [config(IDENTIFY, agent), config(UNAMBIGUOUS)], port)
 
 
 def names_in(resp) -> list[str]:
-    out = []
-    for any_msg in resp.resources:
-        msg = TypedExtensionConfig()
-        assert any_msg.Unpack(msg)
-        out.append(msg.name)
-    return out
+    return resource_names(resp, TypedExtensionConfig)
 
 
 def test_type_and_names() -> None:

@@ -17,7 +17,7 @@ from xds_server.xds.snapshot import (
     type_url_of,
 )
 
-from .xds_fixtures import ack, cla, cluster, drain, listener, request, route
+from .xds_fixtures import ack, drain, gateway_snapshot, request, resource_names
 
 
 def secret(name: str, pem: bytes = b"cert-1") -> Secret:
@@ -37,24 +37,11 @@ CERT, BUNDLE = "gateway/gw/cert", "gateway/gw/trust"
 
 
 def snap(cert: bytes = b"cert-1", ca: bytes = b"ca-1", port: int = 10000) -> Snapshot:
-    return Snapshot.build(
-        {
-            CLUSTER: [cluster("a")],
-            ENDPOINT: [cla("a")],
-            SECRET: [secret(CERT, cert), trust(BUNDLE, ca)],
-            LISTENER: [listener("gateway/gw", port)],
-            ROUTE: [route("gateway/gw/routes")],
-        }
-    )
+    return gateway_snapshot(SECRET, [secret(CERT, cert), trust(BUNDLE, ca)], port)
 
 
 def names_in(resp) -> list[str]:
-    out = []
-    for any_msg in resp.resources:
-        msg = Secret()
-        assert any_msg.Unpack(msg)
-        out.append(msg.name)
-    return out
+    return resource_names(resp, Secret)
 
 
 def test_secret_type_and_names():

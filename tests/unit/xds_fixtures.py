@@ -8,6 +8,7 @@ from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
 from envoy.service.discovery.v3 import discovery_pb2
+from google.protobuf.message import Message
 from google.rpc import status_pb2 as rpc_status_pb2
 
 from xds_server.xds.ads import EventKind, StreamState, next_response, on_request
@@ -100,3 +101,27 @@ def ack(state: StreamState, resp, names: tuple[str, ...] = ()) -> StreamState:
     state, event = on_request(state, request(resp.type_url, resp.version_info, resp.nonce, names))
     assert event.kind is EventKind.ACK
     return state
+
+
+def gateway_snapshot(type_url: str, resources: list[Message], port: int = 10000) -> Snapshot:
+    """One gateway's snapshot: a cluster and its endpoints, `resources` of a named type (secrets, filter
+    configurations) that its listener (on `port`) would name, and one route configuration."""
+    return Snapshot.build(
+        {
+            CLUSTER: [cluster("a")],
+            ENDPOINT: [cla("a")],
+            type_url: resources,
+            LISTENER: [listener("gateway/gw", port)],
+            ROUTE: [route("gateway/gw/routes")],
+        }
+    )
+
+
+def resource_names(resp: discovery_pb2.DiscoveryResponse, message_type: type[Message]) -> list[str]:
+    """The names of the resources `resp` carries, unpacked as `message_type`, in order."""
+    out = []
+    for any_msg in resp.resources:
+        msg = message_type()
+        assert any_msg.Unpack(msg)
+        out.append(msg.name)
+    return out

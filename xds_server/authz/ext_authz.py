@@ -16,6 +16,7 @@ from xds_server.core.wire import JWT_METADATA_NAMESPACE, POLICY_SERVICE_SECRET_H
 
 if TYPE_CHECKING:
     from xds_server.authz.service import PolicyService
+    from xds_server.authz.state import PolicyIndex
 
 log = logging.getLogger(__name__)
 _OK, _PERMISSION_DENIED = 0, 7  # google.rpc.Code
@@ -75,10 +76,8 @@ class ExtAuthzServicer(external_auth_pb2_grpc.AuthorizationServicer):
         extensions: Mapping[str, str] = request.attributes.context_extensions
         self._service.checks[extensions.get(ROUTE_CONTEXT_EXTENSION, "")] += 1
         body = request_body(request)
-        gateway = self._service.index.gateway_of(extensions.get(ROUTE_CONTEXT_EXTENSION, ""))
-        index = self._service.index
-        if gateway in index.secrets and not index.admits(gateway, call_metadata(context, POLICY_SERVICE_SECRET_HEADER)):
-            log.warning("ext_authz: refusing a check without gateway %r's policy-service secret", gateway)
+        if not envoys_call(self._service.index, extensions.get(ROUTE_CONTEXT_EXTENSION, ""), context):
+            log.warning("ext_authz: refusing a check without its gateway's policy-service secret")
             outcome = unproven_caller(body)
             self._service.log_decision(outcome.log)
             return to_check_response(outcome)
@@ -98,7 +97,12 @@ class ExtAuthzServicer(external_auth_pb2_grpc.AuthorizationServicer):
         return to_check_response(outcome)
 
 
-def call_metadata(context: grpc.aio.ServicerContext, key: str) -> str | None:
-    """The call's metadata `key` (None: absent); several values are joined, so that they match nothing."""
-    values = [str(v) for k, v in (context.invocation_metadata() or ()) if k == key]
-    return ",".join(values) if values else None
+def envoys_call(index: PolicyIndex, route: str, context: grpc.aio.ServicerContext) -> bool:
+    """Whether a gRPC call (ext_authz, ext_proc) about `route` may be served: its metadata carries the
+    route's gateway's policy-service secret, or that gateway has none (metadata is read only then)."""
+    gateway = index.gateway_of(route)
+    if gateway not in index.secrets:
+        return True
+    # Several values are joined, so that they match nothing.
+    values = [str(v) for k, v in (context.invocation_metadata() or ()) if k == POLICY_SERVICE_SECRET_HEADER]
+    return index.admits(gateway, ",".join(values) if values else None)

@@ -35,7 +35,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc
 from google.protobuf import json_format
 
-from xds_server.authz.ext_authz import call_metadata
+from xds_server.authz.ext_authz import envoys_call
 from xds_server.authz.jsonrpc import error_body, request_id_of
 from xds_server.authz.messages import BodyRewriter, is_json, is_sse
 from xds_server.authz.protocols import Exchange, Refused
@@ -44,7 +44,6 @@ from xds_server.core import errors
 from xds_server.core.wire import (
     JWT_METADATA_NAMESPACE,
     PEER_URI_SAN_ATTRIBUTE,
-    POLICY_SERVICE_SECRET_HEADER,
     PURPOSE_EXCHANGE,
     PURPOSE_METADATA_KEY,
     PURPOSE_RESPONSES,
@@ -116,10 +115,8 @@ class ExtProcServicer(external_processor_pb2_grpc.ExternalProcessorServicer):
     ) -> AsyncIterator[pb.ProcessingResponse]:
         metadata = dict(context.invocation_metadata() or ())
         route = str(metadata.get(ROUTE_METADATA_KEY, ""))
-        gateway = self._service.index.gateway_of(route)
-        index = self._service.index
-        if gateway in index.secrets and not index.admits(gateway, call_metadata(context, POLICY_SERVICE_SECRET_HEADER)):
-            log.warning("ext_proc: refusing a stream without gateway %r's policy-service secret", gateway)
+        if not envoys_call(self._service.index, route, context):
+            log.warning("ext_proc: refusing a stream without its gateway's policy-service secret")
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, "the stream does not carry its gateway's "
                                 "policy-service secret")  # fmt: skip
         view = self._service.index.route(route)

@@ -13,8 +13,8 @@ from xds_server.cli.common import Subparsers, describe_error, policy_dir
 
 def run_pin(policy_dir: Path, backend_name: str, *, url: str | None, legacy: bool) -> int:
     from xds_server.authz.mcp.pin import fetch_tools, lock_document
-    from xds_server.core.secrets import SecretUnavailable, read_secret
     from xds_server.core.wire import POLICY_SERVICE_SECRET_HEADER, VMCP_PREFIX
+    from xds_server.ir.materials import MaterialError, policy_service_secret
     from xds_server.ir.routes import near
     from xds_server.policy.diagnostics import PolicyError
     from xds_server.policy.load import load_directory
@@ -36,14 +36,12 @@ def run_pin(policy_dir: Path, backend_name: str, *, url: str | None, legacy: boo
         service = located.doc.spec.policy_service
         url = f"http://{service.host}:{service.ext_authz_http_port}{VMCP_PREFIX}{gateway}/{backend_name}"
         if service.secret is not None:  # the policy service serves the gateway's requests with it only
-            try:
-                secret = read_secret(
-                    service.secret.env, near(located, service.secret.file), what="policyService.secret"
-                )
-            except SecretUnavailable as exc:
+            try:  # read as the control plane reads it
+                secret = policy_service_secret(service.secret.env, near(located, service.secret.file))
+            except MaterialError as exc:
                 print(f"agentxds pin: {exc}", file=sys.stderr)
                 return 1
-            headers[POLICY_SERVICE_SECRET_HEADER] = secret
+            headers[POLICY_SERVICE_SECRET_HEADER] = secret.value
     elif backend is None and virtual is None:
         known = ", ".join(b.doc.metadata.name for b in policy_set.backends) or "none"
         print(f"agentxds pin: no MCPBackend named {backend_name!r} (known: {known})", file=sys.stderr)

@@ -19,7 +19,7 @@ from xds_server.core.wire import DISCOVER_PREFIX, DISCOVERY_PATH, VERIFIED_PEER_
 from xds_server.ir.types import GatewayIR
 from xds_server.translate import jwt, rbac
 from xds_server.translate.filters import HttpFilter, RouteFilters, Slot, Use
-from xds_server.translate.policy_service import POLICY_HTTP_CLUSTER, secret_header, verified_identity_headers
+from xds_server.translate.policy_service import POLICY_HTTP_CLUSTER, secret_route_headers, verified_identity_headers
 from xds_server.translate.proto import to_message
 
 ROUTE_NAME = "agentxds/discovery"
@@ -34,8 +34,6 @@ def route_config(gateway: GatewayIR, filters: list[HttpFilter]) -> RouteConfigur
     if not served(gateway):
         return None
     verified = verified_identity_headers(gateway)
-    secret = secret_header(gateway)  # shows the service the request is Envoy's
-    added = [*verified, *([secret] if secret is not None else [])]
     uses = {Slot.DEFRAME: Use.OFF, Slot.SESSION: Use.OFF, rbac.RBAC_FILTER: Use.OFF, **jwt.optional(gateway)}
     route = {
         "name": ROUTE_NAME,
@@ -45,7 +43,9 @@ def route_config(gateway: GatewayIR, filters: list[HttpFilter]) -> RouteConfigur
         # A client's copies never reach the service (the peer header always: a gateway without client
         # certificates adds none, and the service must not read one).
         "request_headers_to_remove": sorted({h["key"] for h in verified} | {VERIFIED_PEER_HEADER}),
-        "request_headers_to_add": [{"header": h, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"} for h in added],
+        # What Envoy verified, and the secret that shows the service the request is Envoy's.
+        "request_headers_to_add": [*({"header": h, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"} for h in verified),
+                                   *secret_route_headers(gateway).get("request_headers_to_add", [])],
         "typed_per_filter_config": RouteFilters(None, uses).config(filters),
     }  # fmt: skip
     return to_message(RouteConfiguration, {

@@ -110,8 +110,8 @@ class HttpFilter:
         if not self.discovered:
             return {"name": self.name, "typed_config": self.config}
         # No default configuration: the listener waits for this one (warming; Envoy gives up after its
-        # 15 s initial fetch timeout), and a request finding none is refused by Envoy with a 500 (our
-        # replies word it as the backend being unavailable: Envoy gives no detail), never let through.
+        # 15 s initial fetch timeout), and a request finding none is refused by Envoy with a 500 (flag
+        # NFCF, answered "Gateway not ready", translate/local_reply.py), never let through.
         source = {"ads": {}, "resource_api_version": "V3"}
         return {"name": self.name, "config_discovery": {"config_source": source, "type_urls": [self.config["@type"]]}}
 

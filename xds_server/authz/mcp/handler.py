@@ -177,7 +177,7 @@ class McpHandler(ProtocolHandler):
             # A virtual server's tools are read from its front, this service's own HTTP port, which serves
             # the gateway's requests with its policy-service secret only.
             secret = view.gateway.policy_service_secret
-            front = mcp_part(view.route).virtual is not None and secret is not None
+            front = mcp_part(view.route).virtual is not None
             headers = {POLICY_SERVICE_SECRET_HEADER: secret.value} if front and secret is not None else {}
             self._refreshers[name] = asyncio.create_task(
                 self._refresh_loop(view.route, headers), name=f"refresh-{name}"
