@@ -261,6 +261,33 @@ async def test_a_request_straight_to_the_policy_service_needs_the_gateways_secre
         assert virtual.status_code == 403 and "secret" in virtual.text, virtual.text
 
 
+async def test_without_the_secret_an_unknown_route_is_refused_like_a_known_one(gateway: RunningGateway) -> None:
+    """A caller without the secret learns nothing of which routes exist: a check about a route no gateway has
+    gets the same refusal as one about a real route, over HTTP and gRPC; with the secret it is the unknown route."""
+    http_url, grpc_target = _service_urls(gateway)
+    headers = {**_headers("whoami"), "host": "agentxds-policy-service"}
+    answers = {}
+    for route in ("github", "no-such-route"):
+        refused = await raw_post(f"{http_url}{CHECK_PREFIX}{route}/mcp/{route}", _call_body("whoami"), headers)
+        answers[route] = (refused.status_code, refused.json())
+    assert answers["github"] == answers["no-such-route"], answers
+    assert answers["github"][1]["error"]["code"] == errors.POLICY_SERVICE_UNAVAILABLE.code
+    unknown = await raw_post(f"{http_url}{CHECK_PREFIX}no-such-route/mcp/x", _call_body("whoami"),
+                             {**headers, POLICY_SERVICE_SECRET_HEADER: POLICY_SECRET})  # fmt: skip
+    reply = unknown.json()
+    assert reply["id"] == 9 and reply["error"]["code"] == errors.METHOD_DENIED.code, reply
+    assert "no-such-route" in reply["error"]["message"]
+    request = external_auth_pb2.CheckRequest()
+    request.attributes.context_extensions[ROUTE_CONTEXT_EXTENSION] = "no-such-route"
+    request.attributes.request.http.body = _call_body("whoami")
+    async with grpc.aio.insecure_channel(grpc_target) as channel:
+        check = external_auth_pb2_grpc.AuthorizationStub(channel).Check
+        refused_grpc = await check(request)
+        assert refused_grpc.status.code != 0 and b"secret" in refused_grpc.denied_response.body.encode()
+        known = await check(request, metadata=[(POLICY_SERVICE_SECRET_HEADER, POLICY_SECRET)])
+        assert b"no-such-route" in known.denied_response.body.encode()
+
+
 async def test_a_grpc_check_or_stream_straight_to_the_policy_service_needs_the_secret(gateway: RunningGateway) -> None:
     _, grpc_target = _service_urls(gateway)
     request = external_auth_pb2.CheckRequest()

@@ -122,9 +122,21 @@ def test_a_previous_secret_needs_a_current_one(tmp_path: Path) -> None:
 
 
 def test_the_index_admits_the_secret_alone() -> None:
-    index = PolicyIndex(secrets={"main": ("s" * 40,)})
+    index = PolicyIndex(
+        secrets={"main": ("s" * 40,), "edge": ("e" * 40,)}, gateways=frozenset({"main", "edge", "open"})
+    )
     assert index.admits("main", "s" * 40)
     assert not index.admits("main", None) and not index.admits("main", "s" * 39) and not index.admits("main", "")
+    assert not index.admits("main", "e" * 40)  # another gateway's
     assert not index.admits("main", ",".join(["s" * 40] * 2))  # a repeated header is joined: no match
-    assert index.admits("other", None)  # a gateway without a secret
-    assert index.admits(None, None)  # no gateway: refused on its own grounds (unknown route)
+    assert index.admits("open", None)  # a gateway without a secret
+    # No gateway this service knows (an unknown route, a removed gateway): some gateway's secret, then refused
+    # on its own grounds; without one it cannot learn which routes exist.
+    for unknown in (None, "gone"):
+        assert not index.admits(unknown, None) and not index.admits(unknown, "x" * 40)
+        assert index.admits(unknown, "s" * 40) and index.admits(unknown, "e" * 40)
+
+
+def test_without_any_secret_every_request_is_served_on_its_own_grounds() -> None:
+    index = PolicyIndex(gateways=frozenset({"open"}))
+    assert index.admits("open", None) and index.admits(None, None) and index.admits("gone", None)

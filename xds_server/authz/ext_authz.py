@@ -99,10 +99,11 @@ class ExtAuthzServicer(external_auth_pb2_grpc.AuthorizationServicer):
 
 def envoys_call(index: PolicyIndex, route: str, context: grpc.aio.ServicerContext) -> bool:
     """Whether a gRPC call (ext_authz, ext_proc) about `route` may be served: its metadata carries the
-    route's gateway's policy-service secret, or that gateway has none (metadata is read only then)."""
-    gateway = index.gateway_of(route)
-    if gateway not in index.secrets:
+    route's gateway's policy-service secret, or that gateway has none (`PolicyIndex.admits`; metadata is
+    read only where some gateway has one)."""
+    if not index.secrets:  # no gateway has one: nothing to read
         return True
+    gateway = index.gateway_of(route)
     # Several values are joined, so that they match nothing.
     values = [str(v) for k, v in (context.invocation_metadata() or ()) if k == POLICY_SERVICE_SECRET_HEADER]
     return index.admits(gateway, ",".join(values) if values else None)

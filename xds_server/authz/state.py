@@ -144,19 +144,28 @@ class RouteView:
 
 @dataclass(frozen=True)
 class PolicyIndex:
-    """Routes by name (names are unique across routed kinds), and each gateway's policy-service secret."""
+    """Routes by name (names are unique across routed kinds), the gateways, and each gateway's policy-service
+    secret."""
 
     routes: Mapping[str, RouteView] = field(default_factory=dict)
     version: str = ""
     # gateway → the policy-service secrets it accepts: `secret`, and `previousSecret` while it is replaced
     # (only gateways that have one; never shown: not in repr)
     secrets: Mapping[str, tuple[str, ...]] = field(default_factory=dict, repr=False)
+    gateways: frozenset[str] = frozenset()  # every gateway's name, with a secret or not
 
     def admits(self, gateway: str | None, presented: str | None) -> bool:
         """Whether a request about `gateway` may be served: it shows one of the gateway's secrets, or the
-        gateway has none (None: a request naming no gateway this service knows, refused on its own grounds)."""
-        accepted = self.secrets.get(gateway) if gateway is not None else None
-        if accepted is None:
+        gateway has none.
+
+        A request about no gateway this service knows (None: an unknown route; or a name no gateway has)
+        must show the secret of some gateway when any has one, and is then refused on its own grounds
+        (unknown route): without a secret, a caller cannot tell the routes that exist from those that do not."""
+        if gateway is not None and gateway in self.gateways:
+            accepted = self.secrets.get(gateway, ())
+        else:
+            accepted = tuple(s for of_gateway in self.secrets.values() for s in of_gateway)
+        if not accepted:
             return True
         shown = presented.encode() if presented is not None else None
         # Every one compared (no early exit): the time taken says nothing of which came close.
@@ -183,7 +192,7 @@ class PolicyIndex:
                 for grant in route.grants:
                     grants[grant.agent].append(grant)
                 views[route.name] = RouteView(route, gateway, {a: tuple(g) for a, g in grants.items()}, finder)
-        return cls(views, version, secrets)
+        return cls(views, version, secrets, frozenset(g.name for g in ir.gateways))
 
     def route(self, name: str) -> RouteView | None:
         return self.routes.get(name)
