@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.e2e.harness import McpBackend
+from xds_server.authz.server_tls import ServerTls
 from xds_server.controlplane.runtime_endpoints import RuntimeEndpoints
 from xds_server.controlplane.service import ControlPlane
 from xds_server.policy.load import load_directory
@@ -228,9 +229,11 @@ async def launch(policy_dir: Path, workdir: Path, listen_port: int, policy_port:
                  authz_http_port: int | None = None, overload_manager: dict[str, Any] | None = None,
                  state_store: str | None = None, runtime: RuntimeEndpoints | None = None,
                  registry: RegistryStore | None = None, drain_time_s: int = 1,
-                 startup_timeout_s: float | None = None) -> tuple[ControlPlane, EnvoyProcess]:  # fmt: skip
+                 startup_timeout_s: float | None = None,
+                 policy_tls: ServerTls | None = None) -> tuple[ControlPlane, EnvoyProcess]:  # fmt: skip
     """The control plane (with the policy service, its quotas in `state_store` if given, endpoints
-    set at run time from `runtime` if given, with the runtime `registry` if given) on `policy_dir` and an
+    set at run time from `runtime` if given, with the runtime `registry` if given, its decision ports over
+    `policy_tls` if given) on `policy_dir` and an
     Envoy it configures (with
     `overload_manager` as its bootstrap's, if given; a replaced listener's connections drained for
     `drain_time_s`).
@@ -242,7 +245,7 @@ async def launch(policy_dir: Path, workdir: Path, listen_port: int, policy_port:
         authz_http_port = authz_http_port_of(policy_dir)
     control = ControlPlane(policy_dir, port=0, debounce_ms=50, policy_port=policy_port, approvals_port=0,
                            authz_http_port=authz_http_port, state_store=state_store, runtime=runtime,
-                           registry=registry)  # fmt: skip
+                           registry=registry, policy_tls=policy_tls)  # fmt: skip
     await control.start()
     if control.last_reload is None or not control.last_reload.ok:
         await control.stop()  # a control plane left running would keep the test session from ending

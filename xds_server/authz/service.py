@@ -40,6 +40,7 @@ from xds_server.authz.mcp.handler import McpHandler
 from xds_server.authz.protocols import ProtocolHandler
 from xds_server.authz.quota import QuotaStore
 from xds_server.authz.sealing import Sealer, key_from_file
+from xds_server.authz.server_tls import ServedTls, ServerTls
 from xds_server.authz.shared_state import SharedState
 from xds_server.authz.state import PolicyIndex, RouteView
 from xds_server.authz.vmcp.front import VirtualFront
@@ -70,14 +71,17 @@ class PolicyService:
     key of this process only (ids it sealed do not open after a restart). `state_store` is
     the URL of a Valkey/Redis server that keeps the quotas and approvals, shared by every
     replica given the same URL; None keeps them here (quotas in memory, approvals in SQLite).
+    `tls`: the decision ports (gRPC and HTTP, not approvals) are served over TLS with it
+    (server_tls.py; a file that cannot be used makes `start()` raise ServerTlsError).
     """
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 18001, authz_http_port: int | None = None,
                  approvals_host: str = "127.0.0.1", approvals_port: int = 18002,
                  approvals_db: str | os.PathLike[str] | None = None,
                  sealing_key_file: str | os.PathLike[str] | None = None,
-                 state_store: str | None = None) -> None:  # fmt: skip
+                 state_store: str | None = None, tls: ServerTls | None = None) -> None:  # fmt: skip
         self.host, self.port = host, port
+        self.tls = tls
         self.authz_http_port = authz_http_port
         self.approvals_host, self.approvals_port = approvals_host, approvals_port
         self.index = PolicyIndex()
@@ -149,10 +153,14 @@ class PolicyService:
     # -- lifecycle ---------------------------------------------------------
 
     async def start(self) -> PolicyService:
+        served = ServedTls(self.tls) if self.tls is not None else None  # a file that cannot be used: raises
         server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         external_auth_pb2_grpc.add_AuthorizationServicer_to_server(ExtAuthzServicer(self), server)
         external_processor_pb2_grpc.add_ExternalProcessorServicer_to_server(ExtProcServicer(self), server)
-        bound = server.add_insecure_port(f"{self.host}:{self.port}")
+        address = f"{self.host}:{self.port}"
+        bound = (
+            server.add_secure_port(address, served.grpc_credentials()) if served else server.add_insecure_port(address)
+        )
         if bound == 0:
             raise OSError(f"policy service: cannot listen on {self.host}:{self.port}")
         self.port = bound
@@ -163,7 +171,9 @@ class PolicyService:
             authz_sock = _listen_socket(self.host, self.authz_http_port)
             self.authz_http_port = authz_sock.getsockname()[1]
             self._authz_http = await asyncio.get_running_loop().create_server(
-                lambda: ExtAuthzHttpProtocol(self, self._authz_http_transports), sock=authz_sock
+                lambda: ExtAuthzHttpProtocol(self, self._authz_http_transports),
+                sock=authz_sock,
+                ssl=served.ssl_context() if served else None,
             )
 
         sock = _listen_socket(self.approvals_host, self.approvals_port)
@@ -180,9 +190,10 @@ class PolicyService:
             except StateUnavailable as exc:  # not fatal: calls that need it are refused until it answers
                 log.warning("shared decision state unreachable (calls under quotas or approvals are refused): %s", exc)
         log.info("decision state: %s", self.state.describe())
-        log.info("policy service on %s:%d (gRPC)%s, approvals on http://%s:%d", self.host, self.port,
+        log.info("policy service on %s:%d (gRPC)%s%s, approvals on http://%s:%d", self.host, self.port,
                  f", ext_authz over HTTP on port {self.authz_http_port}" if self._authz_http else "",
-                 self.approvals_host, self.approvals_port)  # fmt: skip
+                 (" over TLS" + (" (client certificates required)" if self.tls.client_ca_file else ""))
+                 if self.tls else "", self.approvals_host, self.approvals_port)  # fmt: skip
         return self
 
     async def stop(self) -> None:

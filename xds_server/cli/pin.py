@@ -13,9 +13,9 @@ from xds_server.cli.common import Subparsers, describe_error, policy_dir
 
 def run_pin(policy_dir: Path, backend_name: str, *, url: str | None, legacy: bool) -> int:
     from xds_server.authz.mcp.pin import fetch_tools, lock_document
-    from xds_server.core.wire import POLICY_SERVICE_SECRET_HEADER, VMCP_PREFIX
-    from xds_server.ir.materials import MaterialError, policy_service_secret
-    from xds_server.ir.routes import near
+    from xds_server.core.wire import POLICY_SERVICE_SECRET_HEADER
+    from xds_server.ir.build import build_ir
+    from xds_server.ir.types import UpstreamTlsIR
     from xds_server.policy.diagnostics import PolicyError
     from xds_server.policy.load import load_directory
     from xds_server.policy.virtual_mcp import VirtualMCPServer
@@ -27,21 +27,24 @@ def run_pin(policy_dir: Path, backend_name: str, *, url: str | None, legacy: boo
         return 1
     backend = next((b.doc for b in policy_set.backends if b.doc.metadata.name == backend_name), None)
     headers: dict[str, str] = {}
+    tls: UpstreamTlsIR | None = None
     virtual = next((v for v in policy_set.of(VirtualMCPServer) if v.doc.metadata.name == backend_name), None)
     if virtual is not None and url is None:
         # Its tools as clients see them (renamed, curated, every member's), read from the policy service
         # that serves them (the gateway filters them per caller; the lock pins them for every caller).
-        gateway = policy_set.gateway_of(virtual)
-        located = next(g for g in policy_set.gateways if g.name == gateway)
-        service = located.doc.spec.policy_service
-        url = f"http://{service.host}:{service.ext_authz_http_port}{VMCP_PREFIX}{gateway}/{backend_name}"
-        if service.secret is not None:  # the policy service serves the gateway's requests with it only
-            try:  # read as the control plane reads it
-                secret = policy_service_secret(service.secret.env, near(located, service.secret.file))
-            except MaterialError as exc:
-                print(f"agentxds pin: {exc}", file=sys.stderr)
-                return 1
-            headers[POLICY_SERVICE_SECRET_HEADER] = secret.value
+        try:  # the front and its secret as the control plane builds them
+            ir = build_ir(policy_set)
+        except PolicyError as exc:
+            print(f"agentxds pin: {policy_dir} has errors:\n{exc}", file=sys.stderr)
+            return 1
+        gateway = next(g for g in ir.gateways if g.name == policy_set.gateway_of(virtual))
+        front = next(r.upstream for r in gateway.routes if r.name == backend_name)
+        first = front.endpoints[0]
+        host = f"[{first.host}]" if ":" in first.host else first.host
+        url = f"{'https' if front.tls is not None else 'http'}://{host}:{first.port}{front.path}"
+        tls = front.tls
+        if gateway.policy_service_secret is not None:  # the policy service serves the gateway's requests with it only
+            headers[POLICY_SERVICE_SECRET_HEADER] = gateway.policy_service_secret.value
     elif backend is None and virtual is None:
         known = ", ".join(b.doc.metadata.name for b in policy_set.backends) or "none"
         print(f"agentxds pin: no MCPBackend named {backend_name!r} (known: {known})", file=sys.stderr)
@@ -55,7 +58,7 @@ def run_pin(policy_dir: Path, backend_name: str, *, url: str | None, legacy: boo
         endpoint = backend.spec.endpoints[0]
         url = f"http://{endpoint.host}:{endpoint.port}{backend.spec.path}"
     try:
-        tools = asyncio.run(fetch_tools(url, mode="legacy" if legacy else "auto", headers=headers))
+        tools = asyncio.run(fetch_tools(url, mode="legacy" if legacy else "auto", headers=headers, tls=tls))
     except Exception as exc:  # the SDK raises many kinds; the message is what matters here
         where = urllib.parse.urlsplit(url).netloc
         print(f"agentxds pin: cannot list the tools at {url}: {describe_error(exc, where)}", file=sys.stderr)

@@ -12,16 +12,19 @@ from typing import TYPE_CHECKING, Any
 from xds_server.cli.common import DEFAULT_XDS_PORT, Subparsers, add_allow_emptying, add_state_dir, policy_dir
 
 if TYPE_CHECKING:
+    from xds_server.authz.server_tls import ServerTls
     from xds_server.controlplane.service import ControlPlane
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from xds_server.authz.server_tls import ServerTlsError
     from xds_server.controlplane.runtime_endpoints import ApiEndpoints, RuntimeEndpoints
     from xds_server.controlplane.service import ControlPlane
     from xds_server.runtime.state_dir import StateDir
     from xds_server.sources.registry import Registry, RegistryStore
     from xds_server.sources.shared_registry import SharedRegistryStore
 
+    tls = _server_tls(args)
     state = StateDir.at(args.state_dir).ensure()
     serve_ads = args.role in ("all", "xds")
     with_policy_service = args.role in ("all", "policy")
@@ -53,8 +56,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if with_policy_service:
             control.add_policy_service(args.host, args.policy_port, args.approvals_port,
                                        args.authz_http_port if args.authz_http_port >= 0 else None,
-                                       state_store=args.state_store or None)  # fmt: skip
-        await control.start()
+                                       state_store=args.state_store or None, tls=tls)  # fmt: skip
+        try:
+            await control.start()
+        except ServerTlsError as exc:
+            raise SystemExit(f"agentxds serve: policy service TLS: {exc}") from None
         if args.endpoints_port >= 0:
             await control.serve_endpoints_api(args.endpoints_host, args.endpoints_port, token)
         if args.registry_port >= 0:
@@ -70,6 +76,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 0
 
     return asyncio.run(serve())
+
+
+def _env_path(variable: str) -> Path | None:
+    value = os.environ.get(variable, "").strip()
+    return Path(value) if value else None
+
+
+def _server_tls(args: argparse.Namespace) -> ServerTls | None:
+    """The policy service's TLS from --policy-tls-*, or None (exits when they do not go together)."""
+    from xds_server.authz.server_tls import ServerTls
+
+    cert, key, client_ca = args.policy_tls_cert, args.policy_tls_key, args.policy_tls_client_ca
+    if cert is None and key is None and client_ca is None:
+        return None
+    if cert is None or key is None:
+        raise SystemExit("agentxds serve: --policy-tls-cert and --policy-tls-key go together "
+                         "(--policy-tls-client-ca needs both)")  # fmt: skip
+    return ServerTls(cert.resolve(), key.resolve(), client_ca.resolve() if client_ca is not None else None)
 
 
 def _networks(text: str) -> list[Any]:
@@ -101,6 +125,8 @@ def _banner(args: argparse.Namespace, control: ControlPlane, approvals_db: Path)
     service = control.policy_service
     if service is not None:
         http = f" (ext_authz over HTTP on {service.authz_http_port})" if service.authz_http_port is not None else ""
+        if service.tls is not None:
+            http += " over TLS" + (" (client certificates required)" if service.tls.client_ca_file else "")
         parts.append(f"policy service on {args.host}:{service.port}{http}, approvals on "
                      f"http://{args.host}:{service.approvals_port} (kept in {approvals_db}), decision state "
                      f"{service.state.describe()}")  # fmt: skip
@@ -142,6 +168,15 @@ def register(sub: Subparsers) -> None:
         "$AGENTXDS_STATE_STORE, else in this process). Calls under a quota or needing an approval are refused "
         "while it cannot be reached",
     )
+    serve.add_argument("--policy-tls-cert", type=Path, default=_env_path("AGENTXDS_POLICY_TLS_CERT"), metavar="FILE",
+                       help="serve the policy service's decision ports (gRPC and HTTP; not approvals) over TLS with "
+                       "this PEM certificate (default $AGENTXDS_POLICY_TLS_CERT); Envoy's side: the Gateway's "
+                       "policyService.tls")  # fmt: skip
+    serve.add_argument("--policy-tls-key", type=Path, default=_env_path("AGENTXDS_POLICY_TLS_KEY"), metavar="FILE",
+                       help="its private key (default $AGENTXDS_POLICY_TLS_KEY)")  # fmt: skip
+    serve.add_argument("--policy-tls-client-ca", type=Path, default=_env_path("AGENTXDS_POLICY_TLS_CLIENT_CA"),
+                       metavar="FILE", help="require a client certificate signed by these PEM CAs (mTLS: Envoy "
+                       "presents policyService.tls.certificateFile; default $AGENTXDS_POLICY_TLS_CLIENT_CA)")  # fmt: skip
     serve.add_argument("--endpoints-file", type=Path, default=None, metavar="FILE",
                        help="follow FILE (YAML: endpoints: {BACKEND: [{host: IP, port: N}]}) for the endpoints of "
                        "backends with runtimeEndpoints: true")  # fmt: skip

@@ -22,6 +22,7 @@ from typing import Any
 
 import uvicorn
 
+from xds_server.authz.server_tls import ServerTls
 from xds_server.authz.service import PolicyService
 from xds_server.authz.shared_state import SharedState
 from xds_server.controlplane import endpoints_api, registry, registry_api
@@ -64,7 +65,8 @@ class ControlPlane:
     file and API, controlplane/runtime_endpoints.py); `serve_endpoints_api`
     serves the API. `registry`: the runtime registry of A2A agents and MCP
     servers served beside the directory (sources/registry.py);
-    `serve_registry_api` serves its API.
+    `serve_registry_api` serves its API. `policy_tls`: the policy service's decision ports over TLS
+    (authz/server_tls.py).
     """
 
     def __init__(
@@ -88,6 +90,7 @@ class ControlPlane:
         state_store: str | None = None,
         runtime: RuntimeEndpoints | None = None,
         registry: Registry | None = None,
+        policy_tls: ServerTls | None = None,
     ) -> None:
         if registry is not None:
             # The runtime registry beside the policy directory (Git wins, sources/registry.py).
@@ -116,19 +119,20 @@ class ControlPlane:
         self.registry_port: int | None = None  # the registry API's, once started (serve_registry_api)
         self._apis: list[tuple[uvicorn.Server, asyncio.Task[None]]] = []
         if policy_port is not None:
-            self.add_policy_service(policy_host, policy_port, approvals_port, authz_http_port, state_store)
+            self.add_policy_service(policy_host, policy_port, approvals_port, authz_http_port, state_store, policy_tls)
 
     def add_policy_service(
         self, host: str, port: int, approvals_port: int = 0, authz_http_port: int | None = None,
-        state_store: str | None = None,
+        state_store: str | None = None, tls: ServerTls | None = None,
     ) -> PolicyService:  # fmt: skip
         """Run the policy service too (before `start()`), fed with the current and every later IR.
-        `state_store`: the Valkey/Redis URL its quotas are kept in (shared by replicas), or None."""
+        `state_store`: the Valkey/Redis URL its quotas are kept in (shared by replicas), or None;
+        `tls`: its decision ports over TLS (authz/server_tls.py), or None."""
         self.policy_service = PolicyService(host=host, port=port, authz_http_port=authz_http_port,
                                             approvals_host=host, approvals_port=approvals_port,
                                             approvals_db=self.approvals_db,
                                             sealing_key_file=self.sealing_key_file,
-                                            state_store=state_store)  # fmt: skip
+                                            state_store=state_store, tls=tls)  # fmt: skip
         if self.pipeline.ir is not None and self.last_reload is not None:
             self.policy_service.update(self.pipeline.ir, _versions(self.last_reload))
         return self.policy_service

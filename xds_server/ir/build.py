@@ -21,7 +21,7 @@ from typing import Any
 from xds_server.ir import build_a2a, build_mcp, build_virtual_mcp, materials
 from xds_server.ir.memo import BuildMemo
 from xds_server.ir.principals import SecretIR
-from xds_server.ir.routes import RouteBuild, near
+from xds_server.ir.routes import RouteBuild, near, upstream_tls
 from xds_server.ir.types import (
     IR,
     AgentIR,
@@ -216,7 +216,8 @@ def _gateway_ir(
     agents = tuple(sorted((memo.same(("agent", gateway.metadata.name, a.name), _agent_ir(a, identity, tls, keys))
                            for a in policy_set.agents), key=lambda a: a.name))  # fmt: skip
     agents = memo.same(("agents", gateway.metadata.name), agents)
-    build = RouteBuild(gateway.metadata.name, identity, agents, diagnostics, memo)
+    service_tls = upstream_tls(located, build, spec.policy_service.tls, ("spec", "policyService", "tls"))
+    build = RouteBuild(gateway.metadata.name, identity, agents, diagnostics, memo, service_tls)
     routes = [route for builder in ROUTE_BUILDERS for route in builder(policy_set, build)]
     return GatewayIR(
         name=gateway.metadata.name,
@@ -246,6 +247,7 @@ def _gateway_ir(
         sealing_key=_sealing_key(located, build),
         policy_service_secret=_policy_service_secret(located, build, "secret"),
         policy_service_previous_secret=_policy_service_secret(located, build, "previousSecret"),
+        policy_service_tls=service_tls,
     )
 
 

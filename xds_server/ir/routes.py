@@ -71,6 +71,8 @@ class RouteBuild:
     agents: tuple[AgentIR, ...]
     diagnostics: list[Diagnostic] = field(default_factory=list)
     memo: BuildMemo = field(default_factory=BuildMemo)
+    #: TLS to the gateway's policy service (`policyService.tls`), also a virtual server's front's upstream.
+    policy_service_tls: UpstreamTlsIR | None = None
 
     def report(self, located: Located[Any], at: FieldPath, message: str) -> None:
         self.diagnostics.append(located.diagnostic(at, message))
@@ -103,10 +105,14 @@ class RouteBuild:
 
 
 def _upstream_tls(located: Located[Any], build: RouteBuild) -> UpstreamTlsIR | None:
-    tls = located.doc.spec.tls
+    return upstream_tls(located, build, located.doc.spec.tls, ("spec", "tls"))
+
+
+def upstream_tls(located: Located[Any], build: RouteBuild, tls: Any, at: FieldPath) -> UpstreamTlsIR | None:
+    """TLS to an upstream as the document says at `at` (`tls`: its caFile, sni, certificateFile and
+    privateKeyFile), the files read now; a file that cannot be used is a diagnostic on its field."""
     if tls is None:
         return None
-    at = ("spec", "tls")
     ca_file = near(located, tls.ca_file)
     cert_file = near(located, tls.certificate_file)
     key_file = near(located, tls.private_key_file)

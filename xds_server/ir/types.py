@@ -377,6 +377,7 @@ class GatewayIR:
     # Envoy sends it with every request to the policy service, which refuses this gateway's without it.
     policy_service_secret: SecretIR | None = None
     policy_service_previous_secret: SecretIR | None = None  # still accepted (never sent) while it is replaced
+    policy_service_tls: UpstreamTlsIR | None = None  # TLS to both policy-service clusters; None: plain
 
     @property
     def routes(self) -> tuple[RouteIR, ...]:

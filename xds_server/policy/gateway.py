@@ -23,7 +23,7 @@ from .base import (
     _check_ip,
     duration_ms,
 )
-from .identity import GatewayTls, JwtProvider, SecretRef
+from .identity import FilePath, GatewayTls, JwtProvider, SecretRef
 
 
 class Listen(StrictModel):
@@ -218,6 +218,29 @@ class Limits(StrictModel):
         return self
 
 
+class PolicyServiceTls(StrictModel):
+    """TLS from Envoy to the policy service's decision ports (gRPC and HTTP; not the approvals port). The
+    policy service serves them with `agentxds serve --policy-tls-cert/--policy-tls-key`, and asks for Envoy's
+    client certificate with `--policy-tls-client-ca` (mTLS)."""
+
+    ca_file: FilePath = Field(description="PEM CAs that sign the policy service's certificate.")
+    sni: str | None = Field(
+        default=None,
+        description="Server name to send and verify: the certificate must carry it (DNS SAN, or IP SAN for an "
+        "address). Default: `host`.",
+    )
+    certificate_file: FilePath | None = Field(
+        default=None, description="Envoy's client certificate, for a policy service that asks for one (mTLS)."
+    )
+    private_key_file: FilePath | None = Field(default=None, description="Its private key.")
+
+    @model_validator(mode="after")
+    def _pair(self) -> PolicyServiceTls:
+        if (self.certificate_file is None) != (self.private_key_file is None):
+            raise PydanticCustomError("tls_pair", "give both certificateFile and privateKeyFile, or neither")
+        return self
+
+
 class PolicyServiceAddress(StrictModel):
     """Where this gateway's Envoys reach the agentxds policy service (ext_proc over gRPC; ext_authz
     over gRPC or HTTP)."""
@@ -242,9 +265,15 @@ class PolicyServiceAddress(StrictModel):
         description="A secret (at least 32 characters, letters, digits and `-._~+/=`; e.g. from "
         "`openssl rand -hex 32`) Envoy sends with every request to the policy service, which refuses this "
         "gateway's requests without it: only Envoy can ask for decisions, delegated credentials or virtual "
-        "servers' calls, whoever else reaches its decision ports (not the approvals port; the hop is plain "
-        "HTTP/gRPC: whoever reads that traffic reads the secret). Give every control-plane and "
+        "servers' calls, whoever else reaches its decision ports (not the approvals port; without `tls` the hop "
+        "is plain HTTP/gRPC: whoever reads that traffic reads the secret). Give every control-plane and "
         "policy-service replica the same one. Default: none (keep the ports reachable from Envoy only).",
+    )
+    tls: PolicyServiceTls | None = Field(
+        default=None,
+        description="TLS to the policy service (its certificate verified; Envoy's client certificate with "
+        "mTLS), so that the decisions, the identities Envoy sends and the secret cannot be read or changed on "
+        "the way. Default: plain HTTP/gRPC (keep the hop on loopback or a private network).",
     )
     previous_secret: SecretRef | None = Field(
         default=None,

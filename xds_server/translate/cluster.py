@@ -14,13 +14,14 @@ effect on the next build.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Sequence
 from typing import Any
 
 from envoy.config.cluster.v3.cluster_pb2 import Cluster
 from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
 
 from xds_server.core.wire import typed
-from xds_server.ir.types import EndpointIR, HealthCheckIR, RouteIR, UpstreamIR
+from xds_server.ir.types import EndpointIR, HealthCheckIR, RouteIR, UpstreamIR, UpstreamTlsIR
 from xds_server.translate.names import cluster_name
 from xds_server.translate.proto import to_message
 
@@ -73,7 +74,14 @@ def upstream_transport_socket(route: RouteIR) -> dict[str, Any] | None:
 
 
 def transport_socket(upstream: UpstreamIR) -> dict[str, Any] | None:
-    """The cluster's TLS transport socket, or None for plain HTTP.
+    """The cluster's TLS transport socket, or None for plain HTTP (`tls_transport_socket`)."""
+    return tls_transport_socket(upstream.tls, upstream.endpoints) if upstream.tls is not None else None
+
+
+def tls_transport_socket(
+    tls: UpstreamTlsIR, endpoints: Sequence[EndpointIR], alpn: Sequence[str] = ()
+) -> dict[str, Any]:
+    """A TLS transport socket to `endpoints`, offering `alpn` (none: Envoy's default).
 
     Server name: `sni` when given; otherwise the endpoints' DNS name (one
     distinct name: sent as SNI; several: each connection sends its host's
@@ -81,10 +89,6 @@ def transport_socket(upstream: UpstreamIR) -> dict[str, Any] | None:
     carry that name (DNS SAN), or the endpoint's IP (IP SAN) when there is
     no name.
     """
-    tls = upstream.tls
-    if tls is None:
-        return None
-    endpoints = upstream.endpoints
     validation: dict[str, Any] = (
         {"trusted_ca": {"inline_string": tls.ca_pem}}
         if tls.ca_pem is not None
@@ -105,6 +109,8 @@ def transport_socket(upstream: UpstreamIR) -> dict[str, Any] | None:
             context["auto_sni_san_validation"] = True
     validation["match_typed_subject_alt_names"] = [san_matcher(n) for n in names]
     common: dict[str, Any] = {"validation_context": validation}
+    if alpn:
+        common["alpn_protocols"] = list(alpn)
     if tls.certificate_pem is not None and tls.private_key is not None:
         common["tls_certificates"] = [{
             "certificate_chain": {"inline_string": tls.certificate_pem},

@@ -69,9 +69,9 @@ from xds_server.core.wire import (
     typed,
 )
 from xds_server.ir.principals import AnonymousPrincipal
-from xds_server.ir.types import EndpointIR, GatewayIR, RouteIR
+from xds_server.ir.types import EndpointIR, GatewayIR, RouteIR, UpstreamTlsIR
 from xds_server.translate.cel import RBAC_NAMESPACE
-from xds_server.translate.cluster import is_ip, load_assignment
+from xds_server.translate.cluster import is_ip, load_assignment, tls_transport_socket
 from xds_server.translate.filters import FilterUses, HttpFilter, RouteDefault, Slot, disabled
 from xds_server.translate.names import DECIDED_PREFIX, EFFECTIVE_POLICY_KEY
 from xds_server.translate.proto import to_message
@@ -88,33 +88,38 @@ EXT_PROC_TYPE = "envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor"
 EXT_PROC_PER_ROUTE = "envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute"
 
 
-def policy_cluster(endpoint: EndpointIR) -> Cluster:
+def policy_cluster(endpoint: EndpointIR, tls: UpstreamTlsIR | None = None) -> Cluster:
     """The gRPC (HTTP/2) cluster of the policy service."""
-    return _cluster(POLICY_CLUSTER, endpoint, http2=True)
+    return _cluster(POLICY_CLUSTER, endpoint, http2=True, tls=tls)
 
 
-def policy_http_cluster(endpoint: EndpointIR) -> Cluster:
+def policy_http_cluster(endpoint: EndpointIR, tls: UpstreamTlsIR | None = None) -> Cluster:
     """The HTTP/1.1 cluster of the policy service's ext_authz (extAuthz: http)."""
-    return _cluster(POLICY_HTTP_CLUSTER, endpoint, http2=False)
+    return _cluster(POLICY_HTTP_CLUSTER, endpoint, http2=False, tls=tls)
 
 
 def policy_clusters(gateway: GatewayIR) -> list[Cluster]:
-    """The policy service's clusters, when some route of `gateway` needs it."""
+    """The policy service's clusters, when some route of `gateway` needs it (over TLS with
+    `policyService.tls`)."""
     if not gateway.needs_policy_service or gateway.policy_service is None:
         return []
-    clusters = [policy_cluster(gateway.policy_service)]
+    tls = gateway.policy_service_tls
+    clusters = [policy_cluster(gateway.policy_service, tls)]
     if gateway.ext_authz_http is not None:
-        clusters.append(policy_http_cluster(gateway.ext_authz_http))
+        clusters.append(policy_http_cluster(gateway.ext_authz_http, tls))
     return clusters
 
 
-def _cluster(name: str, endpoint: EndpointIR, *, http2: bool) -> Cluster:
+def _cluster(name: str, endpoint: EndpointIR, *, http2: bool, tls: UpstreamTlsIR | None) -> Cluster:
     body: dict[str, Any] = {
         "name": name,
         "type": "STATIC" if is_ip(endpoint.host) else "STRICT_DNS",
         "connect_timeout": "1s",
         "load_assignment": load_assignment(name, (endpoint,)),
     }
+    if tls is not None:
+        # gRPC servers refuse a TLS client that does not negotiate h2 (ALPN).
+        body["transport_socket"] = tls_transport_socket(tls, (endpoint,), ("h2",) if http2 else ("http/1.1",))
     if http2:
         body["typed_extension_protocol_options"] = {
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": typed(

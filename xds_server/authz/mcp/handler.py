@@ -197,7 +197,7 @@ class McpHandler(ProtocolHandler):
         url = f"{scheme}://{host}:{endpoint.port}{route.upstream.path}"
         while True:
             try:
-                tools = await fetch_tools(url, headers=headers, timeout=10)
+                tools = await fetch_tools(url, headers=headers, timeout=10, tls=route.upstream.tls)
                 verdicts = self.guard.observe(route.name, tools, guard)
                 withheld = sorted(n for n, v in verdicts.items() if not v.usable)
                 if withheld:

@@ -25,6 +25,7 @@ from typing import Any
 import httpx
 
 from xds_server.authz.mcp.tasks import header_value
+from xds_server.authz.upstream_tls import client_context, sni_extensions
 from xds_server.ir.types import UpstreamTlsIR
 from xds_server.ir.virtual_mcp import LEGACY_REVISION, STATELESS_REVISION, VirtualMemberIR
 
@@ -132,13 +133,6 @@ async def _reaching(member: VirtualMemberIR, timeout: float) -> AsyncIterator[No
         raise MemberUnavailable(f"backend {member.backend!r} cannot be reached ({type(exc).__name__}: {exc})") from None
 
 
-def _tls_context(tls: UpstreamTlsIR) -> ssl.SSLContext:
-    context = ssl.create_default_context(cadata=tls.ca_pem) if tls.ca_pem else ssl.create_default_context()
-    if tls.certificate_file and tls.private_key is not None and tls.private_key.file:
-        context.load_cert_chain(tls.certificate_file, tls.private_key.file)
-    return context
-
-
 class MemberClient:
     """Requests to members (one HTTP connection pool for plain HTTP, one per TLS setting)."""
 
@@ -169,7 +163,7 @@ class MemberClient:
         client = self._tls.get(tls)  # a changed CA or certificate is another setting: a new client
         if client is None:
             client = self._tls[tls] = httpx.AsyncClient(
-                timeout=None, trust_env=False, verify=_tls_context(tls), limits=_LIMITS
+                timeout=None, trust_env=False, verify=client_context(tls), limits=_LIMITS
             )
         return client
 
@@ -250,7 +244,7 @@ class MemberClient:
         tls = member.upstream.tls
         client = self._client(member)
         request = client.build_request(method, url, headers=_wire(headers), content=content,
-                                       extensions={"sni_hostname": tls.sni} if tls is not None and tls.sni else {})  # fmt: skip
+                                       extensions=sni_extensions(tls))  # fmt: skip
         return await client.send(request, stream=stream)
 
     @staticmethod

@@ -1,0 +1,207 @@
+"""`policyService.tls`: the policy, what Envoy gets (both policy-service clusters and a virtual server's
+front over TLS), and the policy service's own side (`ServedTls`: files checked, renewals followed)."""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+
+import pytest
+from envoy.extensions.transport_sockets.tls.v3.tls_pb2 import UpstreamTlsContext
+
+from xds_server.authz import server_tls
+from xds_server.authz.server_tls import ServedTls, ServerTls, ServerTlsError
+from xds_server.cli import pki
+from xds_server.controlplane.pipeline import compile_policies, referenced_files
+from xds_server.controlplane.render import dump_yaml, xds_document
+from xds_server.core.secrets import redacted
+from xds_server.policy.diagnostics import PolicyError
+from xds_server.translate.policy_service import POLICY_CLUSTER, POLICY_HTTP_CLUSTER
+
+POLICIES = """\
+apiVersion: agentxds.dev/v1
+kind: Gateway
+metadata: {{name: gw}}
+spec:
+  listen: {{address: 127.0.0.1, port: 10000}}
+  identity: {{trustedHeader: x-agent-id}}
+  policyService:
+    host: 127.0.0.1
+{tls}---
+apiVersion: agentxds.dev/v1
+kind: MCPBackend
+metadata: {{name: github}}
+spec:
+  endpoints: [{{host: 127.0.0.1, port: 18081}}]
+---
+apiVersion: agentxds.dev/v1
+kind: VirtualMCPServer
+metadata: {{name: tools}}
+spec:
+  backends: [{{backend: github}}]
+---
+apiVersion: agentxds.dev/v1
+kind: Agent
+metadata: {{name: triage}}
+spec: {{identity: {{header: triage}}}}
+---
+apiVersion: agentxds.dev/v1
+kind: MCPPolicy
+metadata: {{name: github}}
+spec:
+  backend: github
+  rules: [{{agents: [triage], tools: [create_issue], quota: {{calls: 5, per: 1m}}}}]
+---
+apiVersion: agentxds.dev/v1
+kind: MCPPolicy
+metadata: {{name: tools}}
+spec:
+  backend: tools
+  rules: [{{agents: [triage], tools: ["*"]}}]
+"""
+
+
+def _pki(root: Path) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    ca = pki.mint_ca("policy service CA")
+    pki.write_key_pair(ca, root / "ca.crt", root / "ca.key")
+    pki.write_key_pair(
+        pki.mint_server_cert(ca, ip_addresses=("127.0.0.1",)), root / "service.crt", root / "service.key"
+    )
+    pki.write_key_pair(pki.mint_spiffe_cert(ca, "spiffe://example.org/envoy"), root / "envoy.crt", root / "envoy.key")
+    return root
+
+
+def _write(root: Path, tls: str) -> Path:
+    policies = root / "policies"
+    policies.mkdir(parents=True, exist_ok=True)
+    (policies / "all.yaml").write_text(POLICIES.format(tls=tls))
+    return policies
+
+
+def _context(cluster: object) -> UpstreamTlsContext:
+    socket = cluster.transport_socket  # type: ignore[attr-defined]
+    assert socket.name == "envoy.transport_sockets.tls"
+    context = UpstreamTlsContext()
+    assert socket.typed_config.Unpack(context)
+    return context
+
+
+def test_both_clusters_and_the_virtual_front_go_over_tls(tmp_path: Path) -> None:
+    certs = _pki(tmp_path / "pki")
+    tls = (f"    tls: {{caFile: {certs / 'ca.crt'}, certificateFile: {certs / 'envoy.crt'}, "
+           f"privateKeyFile: {certs / 'envoy.key'}}}\n")  # fmt: skip
+    ir, resources = compile_policies(_write(tmp_path, tls))
+    clusters = {c.name: c for c in resources["gw"].clusters}
+    grpc_tls, http_tls = _context(clusters[POLICY_CLUSTER]), _context(clusters[POLICY_HTTP_CLUSTER])
+    assert list(grpc_tls.common_tls_context.alpn_protocols) == ["h2"]  # gRPC servers want h2 negotiated
+    assert list(http_tls.common_tls_context.alpn_protocols) == ["http/1.1"]
+    for context in (grpc_tls, http_tls):
+        common = context.common_tls_context
+        assert common.validation_context.trusted_ca.inline_string == (certs / "ca.crt").read_text()
+        [san] = common.validation_context.match_typed_subject_alt_names
+        assert san.san_type == san.IP_ADDRESS and san.matcher.exact == "127.0.0.1"
+        [client] = common.tls_certificates
+        assert client.certificate_chain.inline_string == (certs / "envoy.crt").read_text()
+    front = next(c for name, c in clusters.items() if "tools" in name and c.HasField("transport_socket"))
+    assert (
+        _context(front).common_tls_context.validation_context.trusted_ca.inline_string == (certs / "ca.crt").read_text()
+    )
+    # The files are followed: a renewed client certificate or CA is published like a policy edit.
+    assert {certs / "ca.crt", certs / "envoy.crt", certs / "envoy.key"} <= referenced_files(ir)
+    # Envoy's private key is in its configuration (inline, as for backends' client certificates); never shown.
+    text = dump_yaml(xds_document(resources), sort_keys=True)
+    key = (certs / "envoy.key").read_bytes()
+    assert b"PRIVATE KEY" not in text.encode() and redacted(key) in text
+
+
+def test_without_tls_the_clusters_are_plain(tmp_path: Path) -> None:
+    _, resources = compile_policies(_write(tmp_path, ""))
+    for cluster in resources["gw"].clusters:
+        assert not cluster.HasField("transport_socket"), cluster.name
+
+
+def test_a_named_host_is_sent_and_verified(tmp_path: Path) -> None:
+    certs = _pki(tmp_path / "pki")
+    _, resources = compile_policies(
+        _write(tmp_path, f"    tls: {{caFile: {certs / 'ca.crt'}, sni: policy.internal}}\n")
+    )
+    context = _context(next(c for c in resources["gw"].clusters if c.name == POLICY_CLUSTER))
+    assert context.sni == "policy.internal"
+    [san] = context.common_tls_context.validation_context.match_typed_subject_alt_names
+    assert san.san_type == san.DNS and san.matcher.exact == "policy.internal"
+
+
+@pytest.mark.parametrize(
+    ("tls", "field", "why"),
+    [
+        ("    tls: {sni: x}\n", "caFile", "missing required field"),
+        ("    tls: {caFile: missing.crt}\n", "caFile", "missing.crt"),
+        (
+            "    tls: {caFile: ca.crt, certificateFile: envoy.crt}\n",
+            "tls",
+            "give both certificateFile and privateKeyFile",
+        ),
+    ],
+)
+def test_an_unusable_tls_setting_names_file_line_and_field(tmp_path: Path, tls: str, field: str, why: str) -> None:
+    certs = _pki(tmp_path / "pki")
+    policies = _write(tmp_path, tls)
+    for name in ("ca.crt", "envoy.crt"):
+        (policies / name).write_bytes((certs / name).read_bytes())
+    with pytest.raises(PolicyError) as refused:
+        compile_policies(policies)
+    text = str(refused.value)
+    assert "all.yaml:" in text and "policyService" in text and field in text and why in text, text
+
+
+# ---------------------------------------------------------------- the policy service's side
+
+
+def test_served_tls_refuses_unusable_files(tmp_path: Path) -> None:
+    certs = _pki(tmp_path / "pki")
+    with pytest.raises(ServerTlsError, match="not PEM"):
+        (tmp_path / "junk").write_text("junk")
+        ServedTls(ServerTls(tmp_path / "junk", certs / "service.key"))
+    with pytest.raises(ServerTlsError, match="cannot be used together"):
+        ServedTls(ServerTls(certs / "service.crt", certs / "envoy.key"))  # another certificate's key
+    with pytest.raises(ServerTlsError, match="No such file"):
+        ServedTls(ServerTls(certs / "service.crt", certs / "service.key", tmp_path / "absent.crt"))
+
+
+def test_served_tls_asks_for_client_certificates_only_with_a_client_ca(tmp_path: Path) -> None:
+    certs = _pki(tmp_path / "pki")
+    assert ServedTls(ServerTls(certs / "service.crt", certs / "service.key")).ssl_context().verify_mode == ssl.CERT_NONE
+    mutual = ServedTls(ServerTls(certs / "service.crt", certs / "service.key", certs / "ca.crt"))
+    assert mutual.ssl_context().verify_mode == ssl.CERT_REQUIRED
+
+
+def test_a_half_written_renewal_keeps_the_last_good_certificate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
+    monkeypatch.setattr(server_tls, "_LOOK_EVERY_S", 0.0)
+    certs = _pki(tmp_path / "pki")
+    served = ServedTls(ServerTls(certs / "service.crt", certs / "service.key"))
+    first = served._material
+    ca = pki.load_key_pair(certs / "ca.crt", certs / "ca.key")
+    renewed = pki.mint_server_cert(ca, ip_addresses=("127.0.0.1",))
+    pki.write_pem(certs / "service.crt", renewed.cert_pem)  # the key not yet written
+    served._follow()
+    assert served._material is first and "still serving the last good certificate" in caplog.text
+    pki.write_pem(certs / "service.key", renewed.key_pem, private=True)
+    served._follow()
+    assert served._material.certificate == renewed.cert_pem
+
+
+def test_serve_wants_the_certificate_and_its_key_together(tmp_path: Path) -> None:
+    from argparse import Namespace
+
+    from xds_server.cli.serve import _server_tls
+
+    assert _server_tls(Namespace(policy_tls_cert=None, policy_tls_key=None, policy_tls_client_ca=None)) is None
+    for cert, key, ca in ((tmp_path, None, None), (None, tmp_path, None), (None, None, tmp_path)):
+        with pytest.raises(SystemExit, match="--policy-tls-cert and --policy-tls-key go together"):
+            _server_tls(Namespace(policy_tls_cert=cert, policy_tls_key=key, policy_tls_client_ca=ca))
+    tls = _server_tls(
+        Namespace(policy_tls_cert=tmp_path / "c", policy_tls_key=tmp_path / "k", policy_tls_client_ca=None)
+    )
+    assert tls == ServerTls(tmp_path / "c", tmp_path / "k", None)
