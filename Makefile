@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
-.PHONY: up test lint validate bench bench-soak bench-scale bench-fleet bench-a2a bench-vmcp clean
+.PHONY: up test lint validate bench bench-soak bench-scale bench-fleet bench-a2a bench-vmcp bench-policy-tls clean
 
 $(BIN)/agentxds: pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (or: make PYTHON=python3 ...)"; exit 1; }
@@ -50,6 +50,9 @@ bench-a2a: $(BIN)/agentxds       ## A2A SendMessage direct vs through the gatewa
 
 bench-vmcp: $(BIN)/agentxds      ## a virtual MCP server's tools/call vs the plain route and direct; tools/list cold and cached
 	$(BIN)/python bench/vmcp.py
+
+bench-policy-tls: $(BIN)/agentxds  ## a decision over the policy-service hop in plain HTTP vs mTLS (wrk, alternated rounds)
+	$(BIN)/python bench/policy_tls.py
 
 clean:
 	rm -rf $(VENV) $(A2A03) build *.egg-info

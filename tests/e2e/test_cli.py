@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from tests.e2e.harness import REPO_ROOT, python_env
+from xds_server.cli import pki
 from xds_server.runtime.ports import free_port
 
 DEMO = REPO_ROOT / "policies" / "demo"
@@ -403,3 +404,19 @@ def test_up_says_which_ports_are_taken_before_starting_anything(tmp_path: Path) 
         result = agentxds("up", "--demo", str(policy_dir), "--approvals-port", str(free_port()))
     assert result.returncode == 1
     assert f"127.0.0.1:{gateway_port}  gateway listener (spec.listen of Gateway demo)" in result.stdout
+
+
+def test_up_refuses_a_gateway_whose_policy_service_is_reached_over_tls(tmp_path: Path) -> None:
+    """`up` runs the policy service itself, on this machine, without TLS: a Gateway that asks Envoy for TLS to it
+    would have every decided call refused, so up says so and starts nothing."""
+    policy_dir, _, _ = demo_copy(tmp_path)
+    ca = pki.mint_ca("policy service CA")
+    pki.write_pem(policy_dir / "service-ca.crt", ca.cert_pem)
+    gateway = (policy_dir / "gateway.yaml").read_text()
+    marker = "extAuthzHttpPort: "
+    assert marker in gateway
+    gateway = gateway.replace(marker, "tls: {caFile: service-ca.crt}, " + marker, 1)
+    (policy_dir / "gateway.yaml").write_text(gateway)
+    result = agentxds("up", "--demo", str(policy_dir), "--approvals-port", str(free_port()))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "has policyService.tls, but up runs the policy service itself" in result.stdout

@@ -218,6 +218,11 @@ async def test_without_tls_or_the_right_client_certificate_nothing_is_answered(w
     assert await _handshake(port, _context(world.certs, "rogue"), request) == b""  # another CA's
     answer = await _handshake(port, _context(world.certs, "envoy"), request)
     assert answer.startswith(b"HTTP/1.1 200"), answer  # Envoy's certificate and the secret: a decision
+    # The certificate alone is not enough: the secret is still asked for.
+    unproven = request.replace(f"{POLICY_SERVICE_SECRET_HEADER}: {POLICY_SECRET}\r\n".encode(), b"")
+    answer = await _handshake(port, _context(world.certs, "envoy"), unproven)
+    reply = json.loads(answer.partition(b"\r\n\r\n")[2])
+    assert reply["id"] == 5 and reply["error"]["code"] == errors.POLICY_SERVICE_UNAVAILABLE.code, reply
     # A client that does not trust the service's CA does not talk to it either (it is the service it claims).
     assert await _handshake(port, _context(world.certs, "envoy", ca="rogue-ca.crt"), request) == b""
 

@@ -3,6 +3,9 @@ front over TLS), and the policy service's own side (`ServedTls`: files checked, 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import shutil
 import ssl
 from pathlib import Path
 
@@ -187,9 +190,120 @@ def test_a_half_written_renewal_keeps_the_last_good_certificate(tmp_path: Path, 
     pki.write_pem(certs / "service.crt", renewed.cert_pem)  # the key not yet written
     served._follow()
     assert served._material is first and "still serving the last good certificate" in caplog.text
+    caplog.clear()
+    served._follow()  # tried again, logged once
+    assert served._material is first and "still serving" not in caplog.text
     pki.write_pem(certs / "service.key", renewed.key_pem, private=True)
     served._follow()
     assert served._material.certificate == renewed.cert_pem
+
+
+def test_a_kubernetes_secret_volume_renewal_is_followed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kubelet's layout: tls.crt -> ..data/tls.crt, ..data -> ..<timestamp>; a renewal writes a new
+    timestamped directory, swaps ..data and removes the old directory."""
+    monkeypatch.setattr(server_tls, "_LOOK_EVERY_S", 0.0)
+    certs = _pki(tmp_path / "pki")
+    volume = tmp_path / "volume"
+    (volume / "..2026_01").mkdir(parents=True)
+    for name in ("service.crt", "service.key"):
+        (volume / "..2026_01" / name).write_bytes((certs / name).read_bytes())
+        (volume / name).symlink_to(Path("..data") / name)
+    (volume / "..data").symlink_to("..2026_01")
+    served = ServedTls(ServerTls((volume / "service.crt").absolute(), (volume / "service.key").absolute()))
+    ca = pki.load_key_pair(certs / "ca.crt", certs / "ca.key")
+    renewed = pki.mint_server_cert(ca, ip_addresses=("127.0.0.1",))
+    (volume / "..2026_02").mkdir()
+    pki.write_key_pair(renewed, volume / "..2026_02" / "service.crt", volume / "..2026_02" / "service.key")
+    (volume / "..data_tmp").symlink_to("..2026_02")
+    (volume / "..data_tmp").replace(volume / "..data")
+    shutil.rmtree(volume / "..2026_01")
+    served._follow()
+    assert served._material.certificate == renewed.cert_pem
+
+
+def test_grpc_is_handed_a_new_configuration_only_when_the_files_changed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(server_tls, "_LOOK_EVERY_S", 0.0)
+    handed: list[object] = []
+    monkeypatch.setattr(server_tls.grpc, "dynamic_ssl_server_credentials",
+                        lambda initial, fetch, require_client_authentication: handed.append(fetch) or "creds")  # fmt: skip
+    certs = _pki(tmp_path / "pki")
+    served = ServedTls(ServerTls(certs / "service.crt", certs / "service.key", certs / "ca.crt"))
+    assert served.grpc_credentials() == "creds"
+    [fetch] = handed
+    assert fetch() is None  # unchanged: gRPC keeps its configuration
+    (certs / "service.key").write_text("not a key")  # a half-written renewal
+    assert fetch() is None
+    ca = pki.load_key_pair(certs / "ca.crt", certs / "ca.key")
+    pki.write_key_pair(pki.mint_server_cert(ca, ip_addresses=("127.0.0.1",)), certs / "service.crt",
+                       certs / "service.key")  # fmt: skip
+    assert fetch() is not None  # the renewed pair
+    assert fetch() is None
+
+
+async def _handshake(port: int, client: ssl.SSLContext) -> bool:
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client, server_hostname="127.0.0.1")
+    except (ssl.SSLError, ConnectionError):
+        return False
+    try:
+        writer.write(b"ping")
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(4), timeout=5) == b"pong"  # TLS 1.3: a refusal shows here
+    except (ssl.SSLError, ConnectionError):
+        return False
+    finally:
+        writer.close()
+
+
+async def test_a_changed_client_ca_file_is_enforced_from_the_next_handshake(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The client CA file replaced by another CA's: a client of the old CA is refused from the next handshake
+    (no session resumed), one of the new CA accepted; the verify mode holds after the context is swapped."""
+    monkeypatch.setattr(server_tls, "_LOOK_EVERY_S", 0.0)
+    certs = _pki(tmp_path / "pki")
+    other = pki.mint_ca("another client CA")
+    pki.write_key_pair(pki.mint_spiffe_cert(other, "spiffe://example.org/envoy"), certs / "other.crt",
+                       certs / "other.key")  # fmt: skip
+    served = ServedTls(ServerTls(certs / "service.crt", certs / "service.key", certs / "ca.crt"))
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ssl.SSLError, ConnectionError):
+            if await reader.read(4) == b"ping":
+                writer.write(b"pong")
+                await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0, ssl=served.ssl_context())
+    port = server.sockets[0].getsockname()[1]
+
+    service_ca = (certs / "ca.crt").read_text()  # what clients verify the service with, whatever happens next
+
+    def client(name: str | None) -> ssl.SSLContext:
+        context = ssl.create_default_context(cadata=service_ca)
+        if name is not None:
+            context.load_cert_chain(certs / f"{name}.crt", certs / f"{name}.key")
+        return context
+
+    try:
+        envoy = client("envoy")
+        assert await _handshake(port, envoy)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=envoy, server_hostname="127.0.0.1")
+        writer.write(b"ping")
+        assert await reader.read(4) == b"pong"  # TLS 1.3 tickets would have come by now
+        tls = writer.get_extra_info("ssl_object")
+        assert tls.version() == "TLSv1.3" and (tls.session is None or not tls.session.has_ticket)  # nothing to resume
+        writer.close()
+        assert not await _handshake(port, client(None)) and not await _handshake(port, client("other"))
+        pki.write_pem(certs / "ca.crt", other.cert_pem)
+        assert not await _handshake(port, envoy)  # the old CA's client
+        assert await _handshake(port, client("other"))  # the new CA's
+        assert not await _handshake(port, client(None))  # still required after the swap
+    finally:
+        server.close()
+        await server.wait_closed()
 
 
 def test_serve_wants_the_certificate_and_its_key_together(tmp_path: Path) -> None:
@@ -197,11 +311,16 @@ def test_serve_wants_the_certificate_and_its_key_together(tmp_path: Path) -> Non
 
     from xds_server.cli.serve import _server_tls
 
-    assert _server_tls(Namespace(policy_tls_cert=None, policy_tls_key=None, policy_tls_client_ca=None)) is None
+    def args(cert: Path | None, key: Path | None, ca: Path | None, role: str = "all") -> Namespace:
+        return Namespace(policy_tls_cert=cert, policy_tls_key=key, policy_tls_client_ca=ca, role=role)
+
+    assert _server_tls(args(None, None, None)) is None
     for cert, key, ca in ((tmp_path, None, None), (None, tmp_path, None), (None, None, tmp_path)):
         with pytest.raises(SystemExit, match="--policy-tls-cert and --policy-tls-key go together"):
-            _server_tls(Namespace(policy_tls_cert=cert, policy_tls_key=key, policy_tls_client_ca=ca))
-    tls = _server_tls(
-        Namespace(policy_tls_cert=tmp_path / "c", policy_tls_key=tmp_path / "k", policy_tls_client_ca=None)
-    )
-    assert tls == ServerTls(tmp_path / "c", tmp_path / "k", None)
+            _server_tls(args(cert, key, ca))
+    with pytest.raises(SystemExit, match="are for the policy service"):
+        _server_tls(args(tmp_path / "c", tmp_path / "k", None, role="xds"))
+    # Kept as given (absolute, symlinks not followed): a Secret volume's renewal swaps the link.
+    link = tmp_path / "link.crt"
+    link.symlink_to(tmp_path / "c")
+    assert _server_tls(args(link, tmp_path / "k", None)) == ServerTls(link, tmp_path / "k", None)

@@ -192,8 +192,7 @@ class PolicyService:
         log.info("decision state: %s", self.state.describe())
         log.info("policy service on %s:%d (gRPC)%s%s, approvals on http://%s:%d", self.host, self.port,
                  f", ext_authz over HTTP on port {self.authz_http_port}" if self._authz_http else "",
-                 (" over TLS" + (" (client certificates required)" if self.tls.client_ca_file else ""))
-                 if self.tls else "", self.approvals_host, self.approvals_port)  # fmt: skip
+                 f" over {self.tls.describe()}" if self.tls else "", self.approvals_host, self.approvals_port)  # fmt: skip
         return self
 
     async def stop(self) -> None:

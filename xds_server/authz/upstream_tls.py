@@ -12,7 +12,14 @@ import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from xds_server.ir.types import UpstreamTlsIR
+from xds_server.ir.types import UpstreamIR, UpstreamTlsIR
+
+
+def upstream_url(upstream: UpstreamIR) -> str:
+    """The URL of `upstream`'s protocol endpoint on its first endpoint (https with TLS)."""
+    endpoint = upstream.endpoints[0]
+    host = f"[{endpoint.host}]" if ":" in endpoint.host else endpoint.host
+    return f"{'https' if upstream.tls is not None else 'http'}://{host}:{endpoint.port}{upstream.path}"
 
 
 def client_context(tls: UpstreamTlsIR) -> ssl.SSLContext:

@@ -326,6 +326,11 @@ async def _run(
               f"gateway's, and {', '.join(map(str, clashing))} is not free for it (another port of this gateway, "
               "or above 65535): move the Gateway's listener", file=out)  # fmt: skip
         return 1
+    if gateway.policy_service_tls is not None:
+        print(f"agentxds up: Gateway {gateway.name} has policyService.tls, but up runs the policy service itself, "
+              "without TLS (on this machine): remove it for up, or run `agentxds serve --policy-tls-cert ...` "
+              "and Envoy apart", file=out)  # fmt: skip
+        return 1
     taken = _ports_in_use(gateway, policy, approvals_port, demo, replica_ports)
     if taken:
         print("agentxds up: these ports are already in use (another agentxds up, or another program?):", file=out)

@@ -13,6 +13,7 @@ from xds_server.cli.common import Subparsers, describe_error, policy_dir
 
 def run_pin(policy_dir: Path, backend_name: str, *, url: str | None, legacy: bool) -> int:
     from xds_server.authz.mcp.pin import fetch_tools, lock_document
+    from xds_server.authz.upstream_tls import upstream_url
     from xds_server.core.wire import POLICY_SERVICE_SECRET_HEADER
     from xds_server.ir.build import build_ir
     from xds_server.ir.types import UpstreamTlsIR
@@ -39,10 +40,7 @@ def run_pin(policy_dir: Path, backend_name: str, *, url: str | None, legacy: boo
             return 1
         gateway = next(g for g in ir.gateways if g.name == policy_set.gateway_of(virtual))
         front = next(r.upstream for r in gateway.routes if r.name == backend_name)
-        first = front.endpoints[0]
-        host = f"[{first.host}]" if ":" in first.host else first.host
-        url = f"{'https' if front.tls is not None else 'http'}://{host}:{first.port}{front.path}"
-        tls = front.tls
+        url, tls = upstream_url(front), front.tls
         if gateway.policy_service_secret is not None:  # the policy service serves the gateway's requests with it only
             headers[POLICY_SERVICE_SECRET_HEADER] = gateway.policy_service_secret.value
     elif backend is None and virtual is None:

@@ -93,7 +93,10 @@ def _server_tls(args: argparse.Namespace) -> ServerTls | None:
     if cert is None or key is None:
         raise SystemExit("agentxds serve: --policy-tls-cert and --policy-tls-key go together "
                          "(--policy-tls-client-ca needs both)")  # fmt: skip
-    return ServerTls(cert.resolve(), key.resolve(), client_ca.resolve() if client_ca is not None else None)
+    if args.role == "xds":
+        raise SystemExit("agentxds serve: --policy-tls-* are for the policy service (--role all or policy)")
+    # Absolute, not resolved: a Kubernetes Secret volume swaps a symlink to a new directory on renewal.
+    return ServerTls(cert.absolute(), key.absolute(), client_ca.absolute() if client_ca is not None else None)
 
 
 def _networks(text: str) -> list[Any]:
@@ -126,7 +129,7 @@ def _banner(args: argparse.Namespace, control: ControlPlane, approvals_db: Path)
     if service is not None:
         http = f" (ext_authz over HTTP on {service.authz_http_port})" if service.authz_http_port is not None else ""
         if service.tls is not None:
-            http += " over TLS" + (" (client certificates required)" if service.tls.client_ca_file else "")
+            http += f" over {service.tls.describe()}"
         parts.append(f"policy service on {args.host}:{service.port}{http}, approvals on "
                      f"http://{args.host}:{service.approvals_port} (kept in {approvals_db}), decision state "
                      f"{service.state.describe()}")  # fmt: skip

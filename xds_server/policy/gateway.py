@@ -23,7 +23,7 @@ from .base import (
     _check_ip,
     duration_ms,
 )
-from .identity import FilePath, GatewayTls, JwtProvider, SecretRef
+from .identity import FilePath, GatewayTls, JwtProvider, SecretRef, UpstreamTls
 
 
 class Listen(StrictModel):
@@ -218,7 +218,7 @@ class Limits(StrictModel):
         return self
 
 
-class PolicyServiceTls(StrictModel):
+class PolicyServiceTls(UpstreamTls):
     """TLS from Envoy to the policy service's decision ports (gRPC and HTTP; not the approvals port). The
     policy service serves them with `agentxds serve --policy-tls-cert/--policy-tls-key`, and asks for Envoy's
     client certificate with `--policy-tls-client-ca` (mTLS)."""
@@ -232,13 +232,6 @@ class PolicyServiceTls(StrictModel):
     certificate_file: FilePath | None = Field(
         default=None, description="Envoy's client certificate, for a policy service that asks for one (mTLS)."
     )
-    private_key_file: FilePath | None = Field(default=None, description="Its private key.")
-
-    @model_validator(mode="after")
-    def _pair(self) -> PolicyServiceTls:
-        if (self.certificate_file is None) != (self.private_key_file is None):
-            raise PydanticCustomError("tls_pair", "give both certificateFile and privateKeyFile, or neither")
-        return self
 
 
 class PolicyServiceAddress(StrictModel):

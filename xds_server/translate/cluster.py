@@ -108,7 +108,11 @@ def tls_transport_socket(
             context["auto_host_sni"] = True
             context["auto_sni_san_validation"] = True
     validation["match_typed_subject_alt_names"] = [san_matcher(n) for n in names]
-    common: dict[str, Any] = {"validation_context": validation}
+    # Envoy offers TLS 1.2 at most as a client unless told: the policy service's HTTP port speaks 1.3 only.
+    common: dict[str, Any] = {
+        "validation_context": validation,
+        "tls_params": {"tls_maximum_protocol_version": "TLSv1_3"},
+    }
     if alpn:
         common["alpn_protocols"] = list(alpn)
     if tls.certificate_pem is not None and tls.private_key is not None:

@@ -185,16 +185,14 @@ class McpHandler(ProtocolHandler):
 
     async def _refresh_loop(self, route: RouteIR, headers: Mapping[str, str]) -> None:
         from xds_server.authz.mcp.pin import fetch_tools
+        from xds_server.authz.upstream_tls import upstream_url
 
         guard = mcp_part(route).tool_guard
         assert guard is not None
         if not route.upstream.endpoints:  # runtimeEndpoints not set yet: the next update starts the refresh
             log.warning("tool guard of %s: the backend has no endpoint yet; its tools are not read", route.name)
             return
-        endpoint = route.upstream.endpoints[0]
-        scheme = "https" if route.upstream.tls is not None else "http"
-        host = f"[{endpoint.host}]" if ":" in endpoint.host else endpoint.host
-        url = f"{scheme}://{host}:{endpoint.port}{route.upstream.path}"
+        url = upstream_url(route.upstream)
         while True:
             try:
                 tools = await fetch_tools(url, headers=headers, timeout=10, tls=route.upstream.tls)
