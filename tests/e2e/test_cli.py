@@ -386,6 +386,7 @@ def test_missing_policy_directory_is_a_clear_error(args: tuple[str, ...]) -> Non
         (("--state-store", "memcached://cache:11211"), "must specify one of the following schemes"),
         (("--endpoints-port", "0"), "needs a token of at least 16 characters"),
         (("--registry-port", "0"), "--registry-port needs a token of at least 16 characters"),
+        (("--approvals-host", "0.0.0.0"), "the approvals API on 0.0.0.0 (--approvals-host) needs a token"),
     ],
 )  # fmt: skip
 def test_serve_refuses_a_bad_store_url_or_an_endpoints_api_without_a_token(args: tuple[str, ...], says: str) -> None:
@@ -420,3 +421,32 @@ def test_up_refuses_a_gateway_whose_policy_service_is_reached_over_tls(tmp_path:
     result = agentxds("up", "--demo", str(policy_dir), "--approvals-port", str(free_port()))
     assert result.returncode == 1, result.stdout + result.stderr
     assert "has policyService.tls, but up runs the policy service itself" in result.stdout
+
+
+def test_an_approvals_api_with_a_token_answers_only_requests_that_carry_it(tmp_path: Path) -> None:
+    """`serve` with $AGENTXDS_APPROVALS_TOKEN: `agentxds approvals` without the token is refused (401, said so),
+    with `--token-file` it lists; the banner says a token is required."""
+    policy_dir, _, _ = demo_copy(tmp_path)
+    approvals_port, token = free_port(), "approvals-token-0123456789"
+    (tmp_path / "token").write_text(token + "\n")
+    argv = [sys.executable, "-m", "xds_server.cli", "serve", str(policy_dir), "--port", str(free_port()),
+            "--policy-port", str(free_port()), "--authz-http-port", str(free_port()), "--approvals-port",
+            str(approvals_port), "--state-dir", str(tmp_path / "state")]  # fmt: skip
+    serve = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO_ROOT,
+                             env={**python_env(), "AGENTXDS_APPROVALS_TOKEN": token})  # fmt: skip
+    try:
+        assert serve.stdout is not None
+        banner = ""
+        for line in serve.stdout:  # log lines, then the banner
+            if line.startswith("agentxds control plane"):
+                banner = line
+                break
+        assert f"approvals on http://127.0.0.1:{approvals_port} (token required)" in banner, banner
+        url = f"http://127.0.0.1:{approvals_port}"
+        refused = agentxds("approvals", "list", "--url", url)
+        assert refused.returncode == 1 and "a valid bearer token is required" in refused.stderr, refused.stderr
+        listed = agentxds("approvals", "list", "--url", url, "--token-file", str(tmp_path / "token"))
+        assert listed.returncode == 0 and "no approvals waiting" in listed.stdout, listed.stdout + listed.stderr
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        serve.wait(timeout=30)

@@ -304,13 +304,19 @@ async def test_a_grpc_check_or_stream_straight_to_the_policy_service_needs_the_s
         assert refused.status.code != 0 and b"secret" in refused.denied_response.body.encode()
         allowed = await check(request, metadata=[(POLICY_SERVICE_SECRET_HEADER, POLICY_SECRET)])
         assert allowed.status.code == 0  # the forged metadata is believed: only the secret stands between
-        stream = external_processor_pb2_grpc.ExternalProcessorStub(channel).Process(
-            iter([external_processor_pb2.ProcessingRequest()]), metadata=[(ROUTE_METADATA_KEY, "github")]
-        )
-        with pytest.raises(grpc.aio.AioRpcError) as aborted:
-            async for _ in stream:
-                pass
-        assert aborted.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        # A stream is answered with a refusal (not aborted: on a failOpen route Envoy would let an aborted
+        # stream's answer through unfiltered), the same for a known and an unknown route.
+        replies = []
+        for route in ("github", "no-such-route"):
+            first = external_processor_pb2.ProcessingRequest()
+            first.response_headers.headers.headers.add(key=":status", raw_value=b"200")
+            stream = external_processor_pb2_grpc.ExternalProcessorStub(channel).Process(
+                iter([first]), metadata=[(ROUTE_METADATA_KEY, route)]
+            )
+            [reply] = [r async for r in stream]
+            assert reply.immediate_response.status.code == 502
+            replies.append(json.loads(reply.immediate_response.body))
+        assert replies[0] == replies[1] and replies[0]["error"]["code"] == errors.POLICY_SERVICE_UNAVAILABLE.code
 
 
 # ---------------------------------------------------------------- mTLS agents

@@ -166,3 +166,38 @@ def test_pin_with_the_backend_down_says_what_failed_and_where(
         f"agentxds pin: cannot list the tools at {url}: cannot connect to {where} "
         "(nothing listens there, or it is unreachable)\n"
     )
+
+
+def test_pin_reads_the_backend_where_the_control_plane_would_and_minds_only_its_own_material(
+    tmp_path: Any, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without --url: the backend's first endpoint as built (over TLS when it has `tls`). An unusable file or
+    variable elsewhere in the directory (one this machine lacks) does not stop pin; one of the backend's
+    own TLS files does, with file, line and field."""
+    import shutil
+    from pathlib import Path
+
+    from xds_server.cli.pin import run_pin
+    from xds_server.runtime.ports import free_port
+
+    policies = Path(shutil.copytree(Path(__file__).resolve().parents[2] / "policies" / "demo", tmp_path / "p"))
+    port = free_port()  # nothing listens: pin gets as far as trying the URL
+    backends = policies / "gateway.yaml"  # the demo's Gateway and MCPBackend
+    text = backends.read_text()
+    assert "port: 18081" in text
+    backends.write_text(text.replace("port: 18081", f"port: {port}"))
+    (policies / "broken-agent.yaml").write_text(
+        "apiVersion: agentxds.dev/v1\nkind: Agent\nmetadata: {name: elsewhere}\n"
+        "spec: {identity: {apiKey: {key: {env: AGENTXDS_TEST_UNSET_KEY}}}}\n"
+    )
+    monkeypatch.delenv("AGENTXDS_TEST_UNSET_KEY", raising=False)
+    assert run_pin(policies, "github", url=None, legacy=False) == 1
+    err = capsys.readouterr().err
+    assert f"cannot list the tools at http://127.0.0.1:{port}/" in err, err  # tried, despite the unset key
+
+    backends.write_text(
+        backends.read_text().replace("  endpoints:", "  tls: {caFile: missing-ca.crt}\n  endpoints:", 1)
+    )
+    assert run_pin(policies, "github", url=None, legacy=False) == 1
+    err = capsys.readouterr().err
+    assert "has errors" in err and "gateway.yaml:" in err and "MCPBackend/github spec.tls.caFile" in err, err

@@ -324,3 +324,18 @@ def test_serve_wants_the_certificate_and_its_key_together(tmp_path: Path) -> Non
     link = tmp_path / "link.crt"
     link.symlink_to(tmp_path / "c")
     assert _server_tls(args(link, tmp_path / "k", None)) == ServerTls(link, tmp_path / "k", None)
+
+
+def test_a_policy_service_without_tls_says_so_for_a_gateway_that_asks_for_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from xds_server.authz.service import PolicyService
+
+    certs = _pki(tmp_path / "pki")
+    ir, _ = compile_policies(_write(tmp_path, f"    tls: {{caFile: {certs / 'ca.crt'}}}\n"))
+    PolicyService().update(ir)
+    assert "gateway 'gw' reaches its policy service over TLS (policyService.tls), but this policy service serves " \
+           "plain HTTP/gRPC" in caplog.text  # fmt: skip
+    caplog.clear()
+    PolicyService(tls=ServerTls(certs / "service.crt", certs / "service.key")).update(ir)
+    assert "reaches its policy service" not in caplog.text

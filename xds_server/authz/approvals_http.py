@@ -7,8 +7,11 @@
     POST /approvals/{id}/deny       body (optional): {"by": "alice"}
     GET  /healthz                   "ok"
 
-It binds to loopback by default and has no authentication of its own: keep
-it on a network only operators reach. It serves the approvals of this
+It binds to loopback by default (`agentxds serve --approvals-host`); with a
+token (`--approvals-token-file` or `$AGENTXDS_APPROVALS_TOKEN`, required
+off loopback) every request but `/healthz` must carry `Authorization:
+Bearer <token>` (core/bearer.py): whoever can approve lets a held call
+through. It serves the approvals of this
 service's store: SQLite, or the shared store (Valkey) every replica using it
 sees, so an operator may approve through any replica. A shared store that
 cannot be reached answers 503.
@@ -27,6 +30,7 @@ from starlette.routing import Route
 
 from xds_server.authz.approvals import Approval, ApprovalError, ApprovalStore
 from xds_server.authz.effects import StateUnavailable
+from xds_server.core.bearer import BearerToken
 
 
 class Approvals(Protocol):
@@ -60,20 +64,28 @@ class LocalApprovals:
         return self._store.deny(approval_id, by)
 
 
-def build_app(approvals: ApprovalStore | Approvals) -> Starlette:
+def build_app(approvals: ApprovalStore | Approvals, token: str | None = None) -> Starlette:
+    """The API over `approvals`; with `token`, only for requests that carry it (not /healthz)."""
     store: Approvals = LocalApprovals(approvals) if isinstance(approvals, ApprovalStore) else approvals
+    bearer = BearerToken(token, "agentxds-approvals") if token is not None else None
 
     async def list_approvals(request: Request) -> JSONResponse:
+        if bearer is not None and not bearer.allows(request):
+            return bearer.refusal()
         include_done = request.query_params.get("all") in ("1", "true")
         return JSONResponse({"approvals": [a.to_json() for a in await store.list(include_done=include_done)]})
 
     async def get_approval(request: Request) -> JSONResponse:
+        if bearer is not None and not bearer.allows(request):
+            return bearer.refusal()
         approval = await store.status(request.path_params["id"])
         if approval is None:
             return JSONResponse({"error": f"no approval {request.path_params['id']!r}"}, status_code=404)
         return JSONResponse(approval.to_json())
 
     async def decide(request: Request) -> JSONResponse:
+        if bearer is not None and not bearer.allows(request):
+            return bearer.refusal()
         approval_id, action = request.path_params["id"], request.path_params["action"]
         by = await _by(request)
         try:

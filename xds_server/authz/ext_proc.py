@@ -106,6 +106,11 @@ def _refuse(status: int, body: str) -> pb.ProcessingResponse:
     return response
 
 
+#: The reply to a stream without its gateway's policy-service secret (the request's id is not known yet).
+_UNPROVEN = error_body(None, errors.POLICY_SERVICE_UNAVAILABLE, "The policy service refused the request: it does not "
+                       "carry its gateway's policy-service secret")  # fmt: skip
+
+
 class ExtProcServicer(external_processor_pb2_grpc.ExternalProcessorServicer):
     def __init__(self, service: PolicyService) -> None:
         self._service = service
@@ -116,9 +121,14 @@ class ExtProcServicer(external_processor_pb2_grpc.ExternalProcessorServicer):
         metadata = dict(context.invocation_metadata() or ())
         route = str(metadata.get(ROUTE_METADATA_KEY, ""))
         if not envoys_call(self._service.index, route, context):
-            log.warning("ext_proc: refusing a stream without its gateway's policy-service secret")
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "the stream does not carry its gateway's "
-                                "policy-service secret")  # fmt: skip
+            # Answered, not aborted: an aborted stream on a failOpen route would let the answer through
+            # unfiltered. The same reply for known and unknown routes (nothing to learn from it).
+            log.warning("ext_proc: refusing a stream for route %.100r: no policy-service secret of its gateway "
+                        "(or, for a route this service does not know, of any gateway)", route)  # fmt: skip
+            async for _ in request_iterator:
+                yield _refuse(502, _UNPROVEN)
+                return
+            return
         view = self._service.index.route(route)
         stream = _Stream(self._service, view, str(metadata.get(PURPOSE_METADATA_KEY, PURPOSE_RESPONSES)))
         async for request in request_iterator:

@@ -14,9 +14,9 @@ match, a file that does not parse, files changing while read) is logged once and
 stay in use until the files are whole. The paths are kept as given (not resolved): a Kubernetes Secret
 volume swaps a symlink to a new directory and removes the old one.
 
-No TLS session is resumed (TLS 1.3 only on the HTTP port, no tickets; the gRPC port's contexts are new
-for every change of files): a resumed session skips the client certificate's check, which would let a
-client of a CA since removed from the client CA file back in.
+No TLS session is resumed across a change of files (the HTTP port: TLS 1.3 only, no tickets, so none at
+all; the gRPC port: a new TLS context, with new ticket keys, for every change): a resumed session skips the
+client certificate's check, which would let a client of a CA since removed from the client CA file back in.
 """
 
 from __future__ import annotations

@@ -73,15 +73,18 @@ class PolicyService:
     replica given the same URL; None keeps them here (quotas in memory, approvals in SQLite).
     `tls`: the decision ports (gRPC and HTTP, not approvals) are served over TLS with it
     (server_tls.py; a file that cannot be used makes `start()` raise ServerTlsError).
+    `approvals_token`: the approvals API answers only requests with it (approvals_http.py).
     """
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 18001, authz_http_port: int | None = None,
                  approvals_host: str = "127.0.0.1", approvals_port: int = 18002,
                  approvals_db: str | os.PathLike[str] | None = None,
                  sealing_key_file: str | os.PathLike[str] | None = None,
-                 state_store: str | None = None, tls: ServerTls | None = None) -> None:  # fmt: skip
+                 state_store: str | None = None, tls: ServerTls | None = None,
+                 approvals_token: str | None = None) -> None:  # fmt: skip
         self.host, self.port = host, port
         self.tls = tls
+        self.approvals_token = approvals_token
         self.authz_http_port = authz_http_port
         self.approvals_host, self.approvals_port = approvals_host, approvals_port
         self.index = PolicyIndex()
@@ -129,6 +132,14 @@ class PolicyService:
                     log.error("gateway %r asks for ext_authz over HTTP (policyService.extAuthz: http, the default) "
                               "but this policy service serves no HTTP port (--authz-http-port): its calls that "
                               "need a decision are refused", gateway.name)  # fmt: skip
+        for gateway in ir.gateways:
+            if gateway.needs_policy_service and (gateway.policy_service_tls is None) != (self.tls is None):
+                # One side speaks TLS, the other does not: every hop fails (or passes undecided on failOpen).
+                log.error("gateway %r reaches its policy service %s, but this policy service serves %s "
+                          "(--policy-tls-cert/--policy-tls-key): if it is this one, its calls that need a decision "
+                          "fail", gateway.name,
+                          "over TLS (policyService.tls)" if gateway.policy_service_tls else "in plain HTTP/gRPC",
+                          "TLS" if self.tls else "plain HTTP/gRPC")  # fmt: skip
         for handler in self.handlers.values():
             handler.update(self.index, running=self._grpc is not None)
         self.vmcp.policies_changed(self.index)  # a changed virtual server's open streams end (clients listen again)
@@ -179,7 +190,7 @@ class PolicyService:
         sock = _listen_socket(self.approvals_host, self.approvals_port)
         self.approvals_port = sock.getsockname()[1]
         approvals = self.state.approvals if isinstance(self.state, SharedState) else self.approvals
-        config = uvicorn.Config(build_app(approvals), log_level="warning", lifespan="off")
+        config = uvicorn.Config(build_app(approvals, self.approvals_token), log_level="warning", lifespan="off")
         self._http = uvicorn.Server(config)
         self._http_task = asyncio.create_task(self._http.serve(sockets=[sock]), name="approvals-http")
         for handler in self.handlers.values():

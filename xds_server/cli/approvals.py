@@ -5,20 +5,27 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import os
 import sys
 import urllib.error
 import urllib.request
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from xds_server.cli.common import Subparsers, add_state_dir
 
 DEFAULT_URL = "http://127.0.0.1:18002"
+TOKEN_ENV = "AGENTXDS_APPROVALS_TOKEN"  # as `agentxds serve` reads it
 
 
-def _request(url: str, method: str = "GET", body: dict[str, Any] | None = None) -> tuple[int, Any]:
+def _request(url: str, method: str = "GET", body: dict[str, Any] | None = None,
+             token: str | None = None) -> tuple[int, Any]:  # fmt: skip
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method, headers={"content-type": "application/json"})
+    headers = {"content-type": "application/json"}
+    if token:
+        headers["authorization"] = f"Bearer {token}"
+    req = urllib.request.Request(url, data=data, method=method, headers=headers)
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback never goes through a proxy
     try:
         with opener.open(req, timeout=10) as resp:
@@ -56,12 +63,20 @@ def _history(a: dict[str, Any]) -> str:
 
 
 def run_approvals(
-    base_url: str, action: str, approval_id: str | None, *, by: str | None, include_done: bool, source: str = ""
+    base_url: str,
+    action: str,
+    approval_id: str | None,
+    *,
+    by: str | None,
+    include_done: bool,
+    source: str = "",
+    token: str | None = None,
 ) -> int:
+    """Do `action` against the approvals API at `base_url` (with its bearer `token`, if it has one)."""
     base = base_url.rstrip("/")
     try:
         if action == "list":
-            status, body = _request(f"{base}/approvals" + ("?all=1" if include_done else ""))
+            status, body = _request(f"{base}/approvals" + ("?all=1" if include_done else ""), token=token)
             if status != 200:  # say why, not "none waiting": the store may be unreachable
                 print(f"agentxds approvals list: {body.get('error') if isinstance(body, dict) else body}",
                       file=sys.stderr)  # fmt: skip
@@ -76,9 +91,10 @@ def run_approvals(
             print(f"agentxds approvals {action}: give the approval id", file=sys.stderr)
             return 2
         if action == "show":
-            status, body = _request(f"{base}/approvals/{approval_id}")
+            status, body = _request(f"{base}/approvals/{approval_id}", token=token)
         else:
-            status, body = _request(f"{base}/approvals/{approval_id}/{action}", "POST", {"by": by or getpass.getuser()})
+            status, body = _request(f"{base}/approvals/{approval_id}/{action}", "POST", {"by": by or getpass.getuser()},
+                                    token)  # fmt: skip
     except (urllib.error.URLError, OSError) as exc:
         where = f" ({source})" if source else ""
         print(f"agentxds approvals: cannot reach {base}{where}: {getattr(exc, 'reason', exc)}", file=sys.stderr)
@@ -94,7 +110,9 @@ def cmd_approvals(args: argparse.Namespace) -> int:
     from xds_server.cli.up_record import locate
 
     url, source = locate(args.state_dir, args.url, "approvals_url", DEFAULT_URL)
-    return run_approvals(url, args.action, args.id, by=args.by, include_done=args.all, source=source)
+    token = args.token_file.read_text(encoding="utf-8").strip() if args.token_file else os.environ.get(TOKEN_ENV)
+    return run_approvals(url, args.action, args.id, by=args.by, include_done=args.all, source=source,
+                         token=(token or "").strip() or None)  # fmt: skip
 
 
 def register(sub: Subparsers) -> None:
@@ -106,6 +124,8 @@ def register(sub: Subparsers) -> None:
         default=None,
         help=f"the policy service's approvals API (default: the running `agentxds up`'s, else {DEFAULT_URL})",
     )
+    approvals.add_argument("--token-file", type=Path, default=None, metavar="FILE",
+                           help=f"the approvals API's bearer token, where it has one (default: ${TOKEN_ENV})")  # fmt: skip
     add_state_dir(approvals)
     approvals.add_argument("--by", default=None, help="who decides (default: $USER)")
     approvals.add_argument("--all", action="store_true", help="list: include decided and used approvals")

@@ -7,15 +7,20 @@ import asyncio
 import sys
 import urllib.parse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from xds_server.cli.common import Subparsers, describe_error, policy_dir
+
+if TYPE_CHECKING:
+    from xds_server.ir.types import UpstreamIR
+    from xds_server.policy.diagnostics import PolicyError
+    from xds_server.policy.load import PolicySet
 
 
 def run_pin(policy_dir: Path, backend_name: str, *, url: str | None, legacy: bool) -> int:
     from xds_server.authz.mcp.pin import fetch_tools, lock_document
     from xds_server.authz.upstream_tls import upstream_url
     from xds_server.core.wire import POLICY_SERVICE_SECRET_HEADER
-    from xds_server.ir.build import build_ir
     from xds_server.ir.types import UpstreamTlsIR
     from xds_server.policy.diagnostics import PolicyError
     from xds_server.policy.load import load_directory
@@ -26,35 +31,37 @@ def run_pin(policy_dir: Path, backend_name: str, *, url: str | None, legacy: boo
     except PolicyError as exc:
         print(f"agentxds pin: {policy_dir} has errors:\n{exc}", file=sys.stderr)
         return 1
-    backend = next((b.doc for b in policy_set.backends if b.doc.metadata.name == backend_name), None)
-    headers: dict[str, str] = {}
-    tls: UpstreamTlsIR | None = None
+    backend = next((b for b in policy_set.backends if b.doc.metadata.name == backend_name), None)
     virtual = next((v for v in policy_set.of(VirtualMCPServer) if v.doc.metadata.name == backend_name), None)
-    if virtual is not None and url is None:
-        # Its tools as clients see them (renamed, curated, every member's), read from the policy service
-        # that serves them (the gateway filters them per caller; the lock pins them for every caller).
-        try:  # the front and its secret as the control plane builds them
-            ir = build_ir(policy_set)
-        except PolicyError as exc:
-            print(f"agentxds pin: {policy_dir} has errors:\n{exc}", file=sys.stderr)
-            return 1
-        gateway = next(g for g in ir.gateways if g.name == policy_set.gateway_of(virtual))
-        front = next(r.upstream for r in gateway.routes if r.name == backend_name)
-        url, tls = upstream_url(front), front.tls
-        if gateway.policy_service_secret is not None:  # the policy service serves the gateway's requests with it only
-            headers[POLICY_SERVICE_SECRET_HEADER] = gateway.policy_service_secret.value
-    elif backend is None and virtual is None:
+    if backend is None and virtual is None:
         known = ", ".join(b.doc.metadata.name for b in policy_set.backends) or "none"
         print(f"agentxds pin: no MCPBackend named {backend_name!r} (known: {known})", file=sys.stderr)
         return 1
+    headers: dict[str, str] = {}
+    tls: UpstreamTlsIR | None = None
     if url is None:
-        assert backend is not None
-        if not backend.spec.endpoints:
+        # Where the control plane sends the backend's requests, as it builds them: a virtual server's front
+        # (its tools as clients see them: renamed, curated, every member's; the gateway filters them per
+        # caller, the lock pins them for every caller) with its gateway's secret, or the backend's first
+        # endpoint, each with its TLS.
+        located = virtual if virtual is not None else backend
+        assert located is not None
+        gateway_name = policy_set.gateway_of(located)
+        needs: tuple[str, ...] = (f"{located.doc.kind}/{backend_name} spec.tls",)
+        if virtual is not None:
+            needs += (f"Gateway/{gateway_name} spec.policyService",)
+        found = _built_route(policy_set, gateway_name, backend_name, needs)
+        if isinstance(found, PolicyError):
+            print(f"agentxds pin: {policy_dir} has errors:\n{found}", file=sys.stderr)
+            return 1
+        upstream, secret = found
+        if not upstream.endpoints:
             print(f"agentxds pin: MCPBackend {backend_name!r} lists no endpoint (runtimeEndpoints): give --url",
                   file=sys.stderr)  # fmt: skip
             return 2
-        endpoint = backend.spec.endpoints[0]
-        url = f"http://{endpoint.host}:{endpoint.port}{backend.spec.path}"
+        url, tls = upstream_url(upstream), upstream.tls
+        if virtual is not None and secret is not None:  # the front serves the gateway's requests with it only
+            headers[POLICY_SERVICE_SECRET_HEADER] = secret
     try:
         tools = asyncio.run(fetch_tools(url, mode="legacy" if legacy else "auto", headers=headers, tls=tls))
     except Exception as exc:  # the SDK raises many kinds; the message is what matters here
@@ -71,6 +78,29 @@ def run_pin(policy_dir: Path, backend_name: str, *, url: str | None, legacy: boo
     target.write_text(lock_document(backend_name, tools))
     print(f"pinned {len(tools)} tool(s) of {backend_name} from {url} in {target}")
     return 0
+
+
+def _built_route(
+    policy_set: PolicySet, gateway: str, route: str, needs: tuple[str, ...]
+) -> tuple[UpstreamIR, str | None] | PolicyError:
+    """(`route`'s upstream on `gateway`, the gateway's policy-service secret or None) as the control plane
+    builds them, or the PolicyError to show. Material elsewhere that cannot be read (another gateway's
+    keys, an unset API key variable on this machine) does not matter here: only diagnostics on the fields
+    in `needs` (prefixes of "Kind/name field.path") refuse."""
+    from xds_server.ir.build import BuildRefused, build_ir
+    from xds_server.policy.diagnostics import PolicyError
+
+    try:
+        ir = build_ir(policy_set)
+    except BuildRefused as exc:
+        relevant = [d for d in exc.diagnostics if d.field.startswith(needs)]
+        if relevant:
+            return PolicyError(relevant)
+        ir = exc.ir
+    built = next(g for g in ir.gateways if g.name == gateway)
+    upstream = next(r.upstream for r in built.routes if r.name == route)
+    secret = built.policy_service_secret
+    return upstream, (secret.value if secret is not None and secret.value else None)
 
 
 def _documents_in(path: Path) -> int:

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 from xds_server.cli.common import DEFAULT_XDS_PORT, Subparsers, add_allow_emptying, add_state_dir, policy_dir
 
+APPROVALS_TOKEN_ENV = "AGENTXDS_APPROVALS_TOKEN"
+
 if TYPE_CHECKING:
     from xds_server.authz.server_tls import ServerTls
     from xds_server.controlplane.service import ControlPlane
@@ -28,6 +30,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     state = StateDir.at(args.state_dir).ensure()
     serve_ads = args.role in ("all", "xds")
     with_policy_service = args.role in ("all", "policy")
+    approvals_token = _approvals_token(args) if with_policy_service else None
 
     token = _token(args.endpoints_port, args.endpoints_token_file, "AGENTXDS_ENDPOINTS_TOKEN", "--endpoints")
     registry_token = _token(args.registry_port, args.registry_token_file, "AGENTXDS_REGISTRY_TOKEN", "--registry")
@@ -56,7 +59,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if with_policy_service:
             control.add_policy_service(args.host, args.policy_port, args.approvals_port,
                                        args.authz_http_port if args.authz_http_port >= 0 else None,
-                                       state_store=args.state_store or None, tls=tls)  # fmt: skip
+                                       state_store=args.state_store or None, tls=tls,
+                                       approvals_host=args.approvals_host, approvals_token=approvals_token)  # fmt: skip
         try:
             await control.start()
         except ServerTlsError as exc:
@@ -94,9 +98,33 @@ def _server_tls(args: argparse.Namespace) -> ServerTls | None:
         raise SystemExit("agentxds serve: --policy-tls-cert and --policy-tls-key go together "
                          "(--policy-tls-client-ca needs both)")  # fmt: skip
     if args.role == "xds":
-        raise SystemExit("agentxds serve: --policy-tls-* are for the policy service (--role all or policy)")
+        raise SystemExit("agentxds serve: --policy-tls-* (or $AGENTXDS_POLICY_TLS_*) are for the policy service "
+                         "(--role all or policy); unset them for --role xds")  # fmt: skip
     # Absolute, not resolved: a Kubernetes Secret volume swaps a symlink to a new directory on renewal.
     return ServerTls(cert.absolute(), key.absolute(), client_ca.absolute() if client_ca is not None else None)
+
+
+def _approvals_token(args: argparse.Namespace) -> str | None:
+    """The approvals API's bearer token (--approvals-token-file, else $AGENTXDS_APPROVALS_TOKEN), or None;
+    exits when it is too short, or missing while the API listens beyond loopback."""
+    import ipaddress
+
+    file: Path | None = args.approvals_token_file
+    token = (file.read_text(encoding="utf-8") if file is not None else os.environ.get(APPROVALS_TOKEN_ENV, "")).strip()
+    try:
+        loopback = args.approvals_host == "localhost" or ipaddress.ip_address(args.approvals_host).is_loopback
+    except ValueError:
+        loopback = False
+    if not token:
+        if loopback:
+            return None
+        raise SystemExit(f"agentxds serve: the approvals API on {args.approvals_host} (--approvals-host) needs a "
+                         f"token: whoever can approve lets a held call through (--approvals-token-file FILE or "
+                         f"${APPROVALS_TOKEN_ENV}, at least 16 characters)")  # fmt: skip
+    if len(token) < 16:
+        raise SystemExit(f"agentxds serve: the approvals token needs at least 16 characters "
+                         f"(--approvals-token-file FILE or ${APPROVALS_TOKEN_ENV})")  # fmt: skip
+    return token
 
 
 def _networks(text: str) -> list[Any]:
@@ -131,7 +159,8 @@ def _banner(args: argparse.Namespace, control: ControlPlane, approvals_db: Path)
         if service.tls is not None:
             http += f" over {service.tls.describe()}"
         parts.append(f"policy service on {args.host}:{service.port}{http}, approvals on "
-                     f"http://{args.host}:{service.approvals_port} (kept in {approvals_db}), decision state "
+                     f"http://{args.approvals_host}:{service.approvals_port}"
+                     f"{' (token required)' if service.approvals_token else ''} (kept in {approvals_db}), decision state "
                      f"{service.state.describe()}")  # fmt: skip
     if control.endpoints_port is not None:
         parts.append(f"endpoints API on http://{args.endpoints_host}:{control.endpoints_port}")
@@ -156,6 +185,12 @@ def register(sub: Subparsers) -> None:
     serve.add_argument("--port", type=int, default=DEFAULT_XDS_PORT, help="ADS and status API port (default 18000)")
     serve.add_argument("--policy-port", type=int, default=18001, help="policy service gRPC port (default 18001)")
     serve.add_argument("--approvals-port", type=int, default=18002, help="approvals HTTP API port (default 18002)")
+    serve.add_argument("--approvals-host", default="127.0.0.1",
+                       help="address of the approvals API (default 127.0.0.1, whatever --host is: whoever can "
+                       "approve lets a held call through; elsewhere it needs a token)")  # fmt: skip
+    serve.add_argument("--approvals-token-file", type=Path, default=None, metavar="FILE",
+                       help=f"the approvals API's bearer token (default: ${APPROVALS_TOKEN_ENV}; required when "
+                       "--approvals-host is not loopback)")  # fmt: skip
     serve.add_argument(
         "--authz-http-port",
         type=int,

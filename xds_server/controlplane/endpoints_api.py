@@ -17,7 +17,6 @@ is kept in the state directory and survives a restart.
 
 from __future__ import annotations
 
-import hmac
 import json
 from collections.abc import Callable
 from typing import Any
@@ -29,21 +28,15 @@ from starlette.routing import Route
 
 from xds_server.controlplane.pipeline import Pipeline, ReloadResult
 from xds_server.controlplane.runtime_endpoints import EndpointsError, RuntimeEndpoints, parse_endpoints, refusal
+from xds_server.core.bearer import BearerToken
 
 
 def build_app(
     pipeline: Pipeline, runtime: RuntimeEndpoints, token: str, reload: Callable[[], ReloadResult]
 ) -> Starlette:
     """The API over `runtime`; `reload` publishes a change (the control plane's reload)."""
-    expected = f"Bearer {token}".encode()
-
-    def authorized(request: Request) -> bool:
-        given = request.headers.get("authorization", "").encode()
-        return hmac.compare_digest(given, expected)
-
-    def refused() -> JSONResponse:
-        return JSONResponse({"error": "a valid bearer token is required"}, status_code=401,
-                            headers={"www-authenticate": 'Bearer realm="agentxds-endpoints"'})  # fmt: skip
+    bearer = BearerToken(token, "agentxds-endpoints")
+    authorized, refused = bearer.allows, bearer.refusal
 
     def routes() -> dict[str, Any]:
         ir = pipeline.ir

@@ -19,7 +19,6 @@ restart.
 
 from __future__ import annotations
 
-import hmac
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -33,6 +32,7 @@ from starlette.routing import Route
 from xds_server.authz.effects import StateUnavailable
 from xds_server.controlplane import registry
 from xds_server.controlplane.pipeline import ReloadResult
+from xds_server.core.bearer import BearerToken
 from xds_server.sources.registry import RegisteredSource
 
 _STATUS = {"created": 201, "updated": 200, "unchanged": 200, "held": 202}
@@ -45,7 +45,8 @@ def build_app(source: RegisteredSource, token: str, reload: Callable[[], ReloadR
     """The API over `source`'s registry; `reload` publishes (the control plane's reload), `approvals`
     gives the policy service's approvals store (None: no policy service), `applied` waits until the
     connected Envoys acknowledged a reload (started at a unix time); registrations must be in `networks`."""
-    expected = f"Bearer {token}".encode()
+    bearer = BearerToken(token, "agentxds-registry")
+    authorized, refused = bearer.allows, bearer.refusal
 
     class Reloads:
         """One request's reloads (each request its own: two at once never mix their answers)."""
@@ -60,13 +61,6 @@ def build_app(source: RegisteredSource, token: str, reload: Callable[[], ReloadR
 
         async def settled(self) -> bool:
             return await applied(self.last, self.since) if self.last is not None else True
-
-    def authorized(request: Request) -> bool:
-        return hmac.compare_digest(request.headers.get("authorization", "").encode(), expected)
-
-    def refused() -> JSONResponse:
-        return JSONResponse({"error": "a valid bearer token is required"}, status_code=401,
-                            headers={"www-authenticate": 'Bearer realm="agentxds-registry"'})  # fmt: skip
 
     async def list_all(request: Request) -> Response:
         if not authorized(request):

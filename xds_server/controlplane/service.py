@@ -123,16 +123,19 @@ class ControlPlane:
 
     def add_policy_service(
         self, host: str, port: int, approvals_port: int = 0, authz_http_port: int | None = None,
-        state_store: str | None = None, tls: ServerTls | None = None,
+        state_store: str | None = None, tls: ServerTls | None = None, approvals_host: str = "127.0.0.1",
+        approvals_token: str | None = None,
     ) -> PolicyService:  # fmt: skip
         """Run the policy service too (before `start()`), fed with the current and every later IR.
         `state_store`: the Valkey/Redis URL its quotas are kept in (shared by replicas), or None;
-        `tls`: its decision ports over TLS (authz/server_tls.py), or None."""
+        `tls`: its decision ports over TLS (authz/server_tls.py), or None; its approvals API on
+        `approvals_host` (loopback by default, whatever `host` is), with `approvals_token` if given."""
         self.policy_service = PolicyService(host=host, port=port, authz_http_port=authz_http_port,
-                                            approvals_host=host, approvals_port=approvals_port,
+                                            approvals_host=approvals_host, approvals_port=approvals_port,
                                             approvals_db=self.approvals_db,
                                             sealing_key_file=self.sealing_key_file,
-                                            state_store=state_store, tls=tls)  # fmt: skip
+                                            state_store=state_store, tls=tls,
+                                            approvals_token=approvals_token)  # fmt: skip
         if self.pipeline.ir is not None and self.last_reload is not None:
             self.policy_service.update(self.pipeline.ir, _versions(self.last_reload))
         return self.policy_service
