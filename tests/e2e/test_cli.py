@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -424,14 +425,16 @@ def test_up_refuses_a_gateway_whose_policy_service_is_reached_over_tls(tmp_path:
 
 
 def test_an_approvals_api_with_a_token_answers_only_requests_that_carry_it(tmp_path: Path) -> None:
-    """`serve` with $AGENTXDS_APPROVALS_TOKEN: `agentxds approvals` without the token is refused (401, said so),
-    with `--token-file` it lists; the banner says a token is required."""
+    """`serve --host 0.0.0.0` keeps the approvals API on loopback (the decision ports on every address); with
+    $AGENTXDS_APPROVALS_TOKEN, `agentxds approvals` without the token is refused (401, said so), with
+    `--token-file` it lists; the banner says where and that a token is required."""
     policy_dir, _, _ = demo_copy(tmp_path)
     approvals_port, token = free_port(), "approvals-token-0123456789"
     (tmp_path / "token").write_text(token + "\n")
-    argv = [sys.executable, "-m", "xds_server.cli", "serve", str(policy_dir), "--port", str(free_port()),
-            "--policy-port", str(free_port()), "--authz-http-port", str(free_port()), "--approvals-port",
-            str(approvals_port), "--state-dir", str(tmp_path / "state")]  # fmt: skip
+    policy_port = free_port()
+    argv = [sys.executable, "-m", "xds_server.cli", "serve", str(policy_dir), "--host", "0.0.0.0", "--port",
+            str(free_port()), "--policy-port", str(policy_port), "--authz-http-port", str(free_port()),
+            "--approvals-port", str(approvals_port), "--state-dir", str(tmp_path / "state")]  # fmt: skip
     serve = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO_ROOT,
                              env={**python_env(), "AGENTXDS_APPROVALS_TOKEN": token})  # fmt: skip
     try:
@@ -442,6 +445,9 @@ def test_an_approvals_api_with_a_token_answers_only_requests_that_carry_it(tmp_p
                 banner = line
                 break
         assert f"approvals on http://127.0.0.1:{approvals_port} (token required)" in banner, banner
+        listening = _listening_addresses(serve.pid)
+        assert listening.get(approvals_port) == {"127.0.0.1"}, listening  # loopback only, whatever --host is
+        assert listening.get(policy_port, set()) & {"0.0.0.0", "::"}, listening  # the decision ports: every address
         url = f"http://127.0.0.1:{approvals_port}"
         refused = agentxds("approvals", "list", "--url", url)
         assert refused.returncode == 1 and "a valid bearer token is required" in refused.stderr, refused.stderr
@@ -450,3 +456,28 @@ def test_an_approvals_api_with_a_token_answers_only_requests_that_carry_it(tmp_p
     finally:
         serve.send_signal(signal.SIGTERM)
         serve.wait(timeout=30)
+
+
+def _listening_addresses(pid: int) -> dict[int, set[str]]:
+    """The addresses each TCP port of process `pid` listens on, IPv4 and IPv6 (from /proc: what is bound,
+    not what the process says)."""
+    import ipaddress
+
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    found: dict[int, set[str]] = {}
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            if state != "0A" or inode not in inodes:  # LISTEN
+                continue
+            hex_ip, hex_port = local.split(":")
+            # /proc prints each 32-bit word of the address in host (little-endian) order.
+            raw = b"".join(bytes.fromhex(hex_ip[i : i + 8])[::-1] for i in range(0, len(hex_ip), 8))
+            found.setdefault(int(hex_port, 16), set()).add(str(ipaddress.ip_address(raw)))
+    return found

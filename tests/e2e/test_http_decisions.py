@@ -314,7 +314,7 @@ async def test_a_grpc_check_or_stream_straight_to_the_policy_service_needs_the_s
                 iter([first]), metadata=[(ROUTE_METADATA_KEY, route)]
             )
             [reply] = [r async for r in stream]
-            assert reply.immediate_response.status.code == 502
+            assert reply.immediate_response.status.code == errors.POLICY_SERVICE_UNAVAILABLE.http_status
             replies.append(json.loads(reply.immediate_response.body))
         assert replies[0] == replies[1] and replies[0]["error"]["code"] == errors.POLICY_SERVICE_UNAVAILABLE.code
 

@@ -37,6 +37,14 @@ def test_without_a_token_the_api_is_open_as_before() -> None:
     assert TestClient(build_app(ApprovalStore())).get("/approvals").status_code == 200
 
 
+def test_only_approve_and_deny_decide() -> None:
+    store = ApprovalStore()
+    approval = store.request(ApprovalCall("github", "r1", "triage", None, "delete_repo", {}), ttl_s=60)
+    answer = TestClient(build_app(store)).post(f"/approvals/{approval.id}/approved")
+    assert answer.status_code == 404 and "approve or deny" in answer.json()["error"]
+    assert store.status(approval.id).state.value == "pending"  # not denied by a typo
+
+
 def _args(host: str, file: Path | None = None) -> Namespace:
     return Namespace(approvals_host=host, approvals_token_file=file)
 

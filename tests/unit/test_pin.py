@@ -195,9 +195,29 @@ def test_pin_reads_the_backend_where_the_control_plane_would_and_minds_only_its_
     err = capsys.readouterr().err
     assert f"cannot list the tools at http://127.0.0.1:{port}/" in err, err  # tried, despite the unset key
 
-    backends.write_text(
-        backends.read_text().replace("  endpoints:", "  tls: {caFile: missing-ca.crt}\n  endpoints:", 1)
-    )
+    # With `tls`, over https with its CA, as Envoy and the tool guard read it (it was plain http before).
+    from xds_server.cli import pki
+
+    pki.write_pem(policies / "ca.crt", pki.mint_ca("backend CA").cert_pem)
+    with_tls = backends.read_text().replace("  endpoints:", "  tls: {caFile: ca.crt}\n  endpoints:", 1)
+    backends.write_text(with_tls)
+    assert run_pin(policies, "github", url=None, legacy=False) == 1
+    err = capsys.readouterr().err
+    assert f"cannot list the tools at https://127.0.0.1:{port}/" in err, err
+
+    backends.write_text(with_tls.replace("caFile: ca.crt", "caFile: missing-ca.crt"))
     assert run_pin(policies, "github", url=None, legacy=False) == 1
     err = capsys.readouterr().err
     assert "has errors" in err and "gateway.yaml:" in err and "MCPBackend/github spec.tls.caFile" in err, err
+
+    # A virtual server's front, despite the unset key: the gateway's policy service, with its secret.
+    front = free_port()  # nothing listens there either
+    assert "extAuthzHttpPort: 18003" in text
+    backends.write_text(text.replace("port: 18081", f"port: {port}").replace("HttpPort: 18003", f"HttpPort: {front}"))
+    (policies / "virtual.yaml").write_text(
+        "apiVersion: agentxds.dev/v1\nkind: VirtualMCPServer\nmetadata: {name: tools}\n"
+        "spec: {backends: [{backend: github}]}\n"
+    )
+    assert run_pin(policies, "tools", url=None, legacy=False) == 1
+    err = capsys.readouterr().err
+    assert f"cannot list the tools at http://127.0.0.1:{front}/vmcp/demo/tools" in err, err

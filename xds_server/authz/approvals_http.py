@@ -87,6 +87,8 @@ def build_app(approvals: ApprovalStore | Approvals, token: str | None = None) ->
         if bearer is not None and not bearer.allows(request):
             return bearer.refusal()
         approval_id, action = request.path_params["id"], request.path_params["action"]
+        if action not in ("approve", "deny"):  # never "anything else denies"
+            return JSONResponse({"error": f"no action {action!r}: approve or deny"}, status_code=404)
         by = await _by(request)
         try:
             approval = await (store.approve(approval_id, by) if action == "approve" else store.deny(approval_id, by))
@@ -105,7 +107,7 @@ def build_app(approvals: ApprovalStore | Approvals, token: str | None = None) ->
         routes=[
             Route("/approvals", list_approvals, methods=["GET"]),
             Route("/approvals/{id}", get_approval, methods=["GET"]),
-            Route("/approvals/{id}/{action:str}", decide, methods=["POST"]),
+            Route("/approvals/{id}/{action:str}", decide, methods=["POST"]),  # approve | deny (else 404)
             Route("/healthz", healthz, methods=["GET"]),
         ],
     )

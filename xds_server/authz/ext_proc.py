@@ -26,6 +26,7 @@ unfiltered could show what should stay hidden.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
@@ -106,6 +107,7 @@ def _refuse(status: int, body: str) -> pb.ProcessingResponse:
     return response
 
 
+_FIRST_MESSAGE_S = 5.0  # how long a stream without the secret may take to send its first message
 #: The reply to a stream without its gateway's policy-service secret (the request's id is not known yet).
 _UNPROVEN = error_body(None, errors.POLICY_SERVICE_UNAVAILABLE, "The policy service refused the request: it does not "
                        "carry its gateway's policy-service secret")  # fmt: skip
@@ -125,9 +127,12 @@ class ExtProcServicer(external_processor_pb2_grpc.ExternalProcessorServicer):
             # unfiltered. The same reply for known and unknown routes (nothing to learn from it).
             log.warning("ext_proc: refusing a stream for route %.100r: no policy-service secret of its gateway "
                         "(or, for a route this service does not know, of any gateway)", route)  # fmt: skip
-            async for _ in request_iterator:
-                yield _refuse(502, _UNPROVEN)
-                return
+            try:
+                async with asyncio.timeout(_FIRST_MESSAGE_S):  # Envoy sends one at once; others need not wait
+                    await anext(aiter(request_iterator))
+            except (TimeoutError, StopAsyncIteration):
+                return  # nothing asked, nothing answered
+            yield _refuse(errors.POLICY_SERVICE_UNAVAILABLE.http_status, _UNPROVEN)
             return
         view = self._service.index.route(route)
         stream = _Stream(self._service, view, str(metadata.get(PURPOSE_METADATA_KEY, PURPOSE_RESPONSES)))

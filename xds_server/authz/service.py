@@ -207,6 +207,9 @@ class PolicyService:
         return self
 
     async def stop(self) -> None:
+        # First: a policy update arriving while this stops must not start anything again (a tool guard's
+        # refresh loop restarted here would outlive the service).
+        server, self._grpc = self._grpc, None
         for handler in self.handlers.values():
             await handler.stop()
         if self._http is not None:
@@ -219,9 +222,8 @@ class PolicyService:
             for transport in list(self._authz_http_transports):
                 transport.close()  # Envoy's kept-alive connections: no more decisions from this instance
             self._authz_http = None
-        if self._grpc is not None:
-            await self._grpc.stop(grace=1.0)
-            self._grpc = None
+        if server is not None:
+            await server.stop(grace=1.0)
         await self.credentials.aclose()
         await self.vmcp.close()
         if isinstance(self.state, SharedState):

@@ -43,7 +43,7 @@ def run_pin(policy_dir: Path, backend_name: str, *, url: str | None, legacy: boo
         # Where the control plane sends the backend's requests, as it builds them: a virtual server's front
         # (its tools as clients see them: renamed, curated, every member's; the gateway filters them per
         # caller, the lock pins them for every caller) with its gateway's secret, or the backend's first
-        # endpoint, each with its TLS.
+        # endpoint in sorted order (as the IR holds them), each with its TLS.
         located = virtual if virtual is not None else backend
         assert located is not None
         gateway_name = policy_set.gateway_of(located)
@@ -122,6 +122,9 @@ def register(sub: Subparsers) -> None:
         help="MCPBackend or VirtualMCPServer name (a virtual server's "
         "tools are read as its clients see them, from its policy service)",
     )
-    pin.add_argument("--url", help="MCP URL to read the tools from (default: the backend's first endpoint)")
+    pin.add_argument(
+        "--url",
+        help="MCP URL to read the tools from (default: where the gateway sends its requests: the first endpoint in sorted order, or a virtual server's front)",
+    )
     pin.add_argument("--legacy", action="store_true", help="speak 2025-11-25 to the backend")
     pin.set_defaults(func=cmd_pin)

@@ -110,7 +110,10 @@ def _approvals_token(args: argparse.Namespace) -> str | None:
     import ipaddress
 
     file: Path | None = args.approvals_token_file
-    token = (file.read_text(encoding="utf-8") if file is not None else os.environ.get(APPROVALS_TOKEN_ENV, "")).strip()
+    try:
+        token = (file.read_text(encoding="utf-8") if file else os.environ.get(APPROVALS_TOKEN_ENV, "")).strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SystemExit(f"agentxds serve: --approvals-token-file {file}: {exc}") from None
     try:
         loopback = args.approvals_host == "localhost" or ipaddress.ip_address(args.approvals_host).is_loopback
     except ValueError:
@@ -125,6 +128,10 @@ def _approvals_token(args: argparse.Namespace) -> str | None:
         raise SystemExit(f"agentxds serve: the approvals token needs at least 16 characters "
                          f"(--approvals-token-file FILE or ${APPROVALS_TOKEN_ENV})")  # fmt: skip
     return token
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 def _networks(text: str) -> list[Any]:
@@ -159,7 +166,7 @@ def _banner(args: argparse.Namespace, control: ControlPlane, approvals_db: Path)
         if service.tls is not None:
             http += f" over {service.tls.describe()}"
         parts.append(f"policy service on {args.host}:{service.port}{http}, approvals on "
-                     f"http://{args.approvals_host}:{service.approvals_port}"
+                     f"http://{_url_host(args.approvals_host)}:{service.approvals_port}"
                      f"{' (token required)' if service.approvals_token else ''} (kept in {approvals_db}), decision state "
                      f"{service.state.describe()}")  # fmt: skip
     if control.endpoints_port is not None:
