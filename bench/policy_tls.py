@@ -39,14 +39,11 @@ PATH = "python-http"
 
 
 def _mint(directory: Path) -> dict[str, Path]:
-    directory.mkdir()
-    ca = pki.mint_ca("policy service CA")
-    pki.write_key_pair(ca, directory / "ca.crt", directory / "ca.key")
-    pki.write_key_pair(pki.mint_server_cert(ca, ip_addresses=(bench.HOST,)), directory / "service.crt",
-                       directory / "service.key")  # fmt: skip
-    pki.write_key_pair(pki.mint_spiffe_cert(ca, "spiffe://bench.example/envoy"), directory / "envoy.crt",
-                       directory / "envoy.key")  # fmt: skip
-    return {p.stem + p.suffix: p for p in directory.iterdir()}
+    """`agentxds certs`'s development PKI: the CA, the service's certificate (127.0.0.1), Envoy's."""
+    made = pki.write_dev_pki(directory, trust_domain="bench.example", agents=["envoy"])
+    _, envoy_cert, envoy_key = made.agents["envoy"]
+    return {"ca.crt": made.ca_cert, "service.crt": made.gateway_cert, "service.key": made.gateway_key,
+            "envoy.crt": envoy_cert, "envoy.key": envoy_key}  # fmt: skip
 
 
 def _with_tls(policy_dir: Path, certs: dict[str, Path]) -> None:

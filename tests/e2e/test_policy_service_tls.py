@@ -78,29 +78,26 @@ spec:
 """
 
 
+#: The names the tests use → where `agentxds certs`'s development PKI (pki.write_dev_pki) writes them: the
+#: service's CA and certificate (gateway.crt: localhost, 127.0.0.1, agentxds-policy), Envoy's client
+#: certificate, and another CA with a client certificate of its own.
+_FILES = {"ca.crt": "service/ca.crt", "ca.key": "service/ca.key", "service.crt": "service/gateway.crt",
+          "service.key": "service/gateway.key", "envoy.crt": "service/agents/envoy.crt",
+          "envoy.key": "service/agents/envoy.key", "rogue-ca.crt": "rogue/ca.crt",
+          "rogue.crt": "rogue/agents/envoy.crt", "rogue.key": "rogue/agents/envoy.key"}  # fmt: skip
+
+
 @dataclass
 class Pki:
     dir: Path
 
     def path(self, name: str) -> Path:
-        return self.dir / name
+        return self.dir / _FILES[name]
 
 
 def _make_pki(root: Path) -> Pki:
-    """The policy service's CA and certificate (127.0.0.1), Envoy's client certificate, and a rogue CA's."""
-    root.mkdir(parents=True, exist_ok=True)
-    ca = pki.mint_ca("policy service CA")
-    pki.write_key_pair(ca, root / "ca.crt", root / "ca.key")
-    pki.write_key_pair(pki.mint_server_cert(ca, dns_names=("agentxds-policy",), ip_addresses=("127.0.0.1",)),
-                       root / "service.crt", root / "service.key")  # fmt: skip
-    pki.write_key_pair(pki.mint_spiffe_cert(ca, "spiffe://example.org/envoy"), root / "envoy.crt", root / "envoy.key")
-    rogue = pki.mint_ca("rogue CA")
-    pki.write_pem(root / "rogue-ca.crt", rogue.cert_pem)
-    pki.write_key_pair(
-        pki.mint_spiffe_cert(rogue, "spiffe://example.org/envoy"), root / "rogue.crt", root / "rogue.key"
-    )
-    pki.write_key_pair(pki.mint_server_cert(rogue, ip_addresses=("127.0.0.1",)), root / "rogue-service.crt",
-                       root / "rogue-service.key")  # fmt: skip
+    for name in ("service", "rogue"):
+        pki.write_dev_pki(root / name, trust_domain="example.org", agents=["envoy"], gateway_hosts=["agentxds-policy"])
     return Pki(root)
 
 

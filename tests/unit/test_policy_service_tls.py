@@ -65,14 +65,9 @@ spec:
 
 
 def _pki(root: Path) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    ca = pki.mint_ca("policy service CA")
-    pki.write_key_pair(ca, root / "ca.crt", root / "ca.key")
-    pki.write_key_pair(
-        pki.mint_server_cert(ca, ip_addresses=("127.0.0.1",)), root / "service.crt", root / "service.key"
-    )
-    pki.write_key_pair(pki.mint_spiffe_cert(ca, "spiffe://example.org/envoy"), root / "envoy.crt", root / "envoy.key")
-    return root
+    """`agentxds certs`'s development PKI: the CA, the service's certificate (gateway.crt: localhost,
+    127.0.0.1) and Envoy's client certificate (agents/envoy.crt)."""
+    return pki.write_dev_pki(root, trust_domain="example.org", agents=["envoy"]).directory
 
 
 def _write(root: Path, tls: str) -> Path:
@@ -92,8 +87,8 @@ def _context(cluster: object) -> UpstreamTlsContext:
 
 def test_both_clusters_and_the_virtual_front_go_over_tls(tmp_path: Path) -> None:
     certs = _pki(tmp_path / "pki")
-    tls = (f"    tls: {{caFile: {certs / 'ca.crt'}, certificateFile: {certs / 'envoy.crt'}, "
-           f"privateKeyFile: {certs / 'envoy.key'}}}\n")  # fmt: skip
+    tls = (f"    tls: {{caFile: {certs / 'ca.crt'}, certificateFile: {certs / 'agents' / 'envoy.crt'}, "
+           f"privateKeyFile: {certs / 'agents' / 'envoy.key'}}}\n")  # fmt: skip
     ir, resources = compile_policies(_write(tmp_path, tls))
     clusters = {c.name: c for c in resources["gw"].clusters}
     grpc_tls, http_tls = _context(clusters[POLICY_CLUSTER]), _context(clusters[POLICY_HTTP_CLUSTER])
@@ -105,16 +100,16 @@ def test_both_clusters_and_the_virtual_front_go_over_tls(tmp_path: Path) -> None
         [san] = common.validation_context.match_typed_subject_alt_names
         assert san.san_type == san.IP_ADDRESS and san.matcher.exact == "127.0.0.1"
         [client] = common.tls_certificates
-        assert client.certificate_chain.inline_string == (certs / "envoy.crt").read_text()
+        assert client.certificate_chain.inline_string == (certs / "agents" / "envoy.crt").read_text()
     front = next(c for name, c in clusters.items() if "tools" in name and c.HasField("transport_socket"))
     assert (
         _context(front).common_tls_context.validation_context.trusted_ca.inline_string == (certs / "ca.crt").read_text()
     )
     # The files are followed: a renewed client certificate or CA is published like a policy edit.
-    assert {certs / "ca.crt", certs / "envoy.crt", certs / "envoy.key"} <= referenced_files(ir)
+    assert {certs / "ca.crt", certs / "agents" / "envoy.crt", certs / "agents" / "envoy.key"} <= referenced_files(ir)
     # Envoy's private key is in its configuration (inline, as for backends' client certificates); never shown.
     text = dump_yaml(xds_document(resources), sort_keys=True)
-    key = (certs / "envoy.key").read_bytes()
+    key = (certs / "agents" / "envoy.key").read_bytes()
     assert b"PRIVATE KEY" not in text.encode() and redacted(key) in text
 
 
@@ -150,8 +145,8 @@ def test_a_named_host_is_sent_and_verified(tmp_path: Path) -> None:
 def test_an_unusable_tls_setting_names_file_line_and_field(tmp_path: Path, tls: str, field: str, why: str) -> None:
     certs = _pki(tmp_path / "pki")
     policies = _write(tmp_path, tls)
-    for name in ("ca.crt", "envoy.crt"):
-        (policies / name).write_bytes((certs / name).read_bytes())
+    for name, source in (("ca.crt", certs / "ca.crt"), ("envoy.crt", certs / "agents" / "envoy.crt")):
+        (policies / name).write_bytes(source.read_bytes())
     with pytest.raises(PolicyError) as refused:
         compile_policies(policies)
     text = str(refused.value)
@@ -165,17 +160,17 @@ def test_served_tls_refuses_unusable_files(tmp_path: Path) -> None:
     certs = _pki(tmp_path / "pki")
     with pytest.raises(ServerTlsError, match="not PEM"):
         (tmp_path / "junk").write_text("junk")
-        ServedTls(ServerTls(tmp_path / "junk", certs / "service.key"))
+        ServedTls(ServerTls(tmp_path / "junk", certs / "gateway.key"))
     with pytest.raises(ServerTlsError, match="cannot be used together"):
-        ServedTls(ServerTls(certs / "service.crt", certs / "envoy.key"))  # another certificate's key
+        ServedTls(ServerTls(certs / "gateway.crt", certs / "agents" / "envoy.key"))  # another certificate's key
     with pytest.raises(ServerTlsError, match="No such file"):
-        ServedTls(ServerTls(certs / "service.crt", certs / "service.key", tmp_path / "absent.crt"))
+        ServedTls(ServerTls(certs / "gateway.crt", certs / "gateway.key", tmp_path / "absent.crt"))
 
 
 def test_served_tls_asks_for_client_certificates_only_with_a_client_ca(tmp_path: Path) -> None:
     certs = _pki(tmp_path / "pki")
-    assert ServedTls(ServerTls(certs / "service.crt", certs / "service.key")).ssl_context().verify_mode == ssl.CERT_NONE
-    mutual = ServedTls(ServerTls(certs / "service.crt", certs / "service.key", certs / "ca.crt"))
+    assert ServedTls(ServerTls(certs / "gateway.crt", certs / "gateway.key")).ssl_context().verify_mode == ssl.CERT_NONE
+    mutual = ServedTls(ServerTls(certs / "gateway.crt", certs / "gateway.key", certs / "ca.crt"))
     assert mutual.ssl_context().verify_mode == ssl.CERT_REQUIRED
 
 
@@ -183,17 +178,17 @@ def test_a_half_written_renewal_keeps_the_last_good_certificate(tmp_path: Path, 
                                                                 caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
     monkeypatch.setattr(server_tls, "_LOOK_EVERY_S", 0.0)
     certs = _pki(tmp_path / "pki")
-    served = ServedTls(ServerTls(certs / "service.crt", certs / "service.key"))
+    served = ServedTls(ServerTls(certs / "gateway.crt", certs / "gateway.key"))
     first = served._material
     ca = pki.load_key_pair(certs / "ca.crt", certs / "ca.key")
     renewed = pki.mint_server_cert(ca, ip_addresses=("127.0.0.1",))
-    pki.write_pem(certs / "service.crt", renewed.cert_pem)  # the key not yet written
+    pki.write_pem(certs / "gateway.crt", renewed.cert_pem)  # the key not yet written
     served._follow()
     assert served._material is first and "still serving the last good certificate" in caplog.text
     caplog.clear()
     served._follow()  # tried again, logged once
     assert served._material is first and "still serving" not in caplog.text
-    pki.write_pem(certs / "service.key", renewed.key_pem, private=True)
+    pki.write_pem(certs / "gateway.key", renewed.key_pem, private=True)
     served._follow()
     assert served._material.certificate == renewed.cert_pem
 
@@ -205,8 +200,8 @@ def test_a_kubernetes_secret_volume_renewal_is_followed(tmp_path: Path, monkeypa
     certs = _pki(tmp_path / "pki")
     volume = tmp_path / "volume"
     (volume / "..2026_01").mkdir(parents=True)
-    for name in ("service.crt", "service.key"):
-        (volume / "..2026_01" / name).write_bytes((certs / name).read_bytes())
+    for name, source in (("service.crt", "gateway.crt"), ("service.key", "gateway.key")):
+        (volume / "..2026_01" / name).write_bytes((certs / source).read_bytes())
         (volume / name).symlink_to(Path("..data") / name)
     (volume / "..data").symlink_to("..2026_01")
     served = ServedTls(ServerTls((volume / "service.crt").absolute(), (volume / "service.key").absolute()))
@@ -229,15 +224,15 @@ def test_grpc_is_handed_a_new_configuration_only_when_the_files_changed(
     monkeypatch.setattr(server_tls.grpc, "dynamic_ssl_server_credentials",
                         lambda initial, fetch, require_client_authentication: handed.append(fetch) or "creds")  # fmt: skip
     certs = _pki(tmp_path / "pki")
-    served = ServedTls(ServerTls(certs / "service.crt", certs / "service.key", certs / "ca.crt"))
+    served = ServedTls(ServerTls(certs / "gateway.crt", certs / "gateway.key", certs / "ca.crt"))
     assert served.grpc_credentials() == "creds"
     [fetch] = handed
     assert fetch() is None  # unchanged: gRPC keeps its configuration
-    (certs / "service.key").write_text("not a key")  # a half-written renewal
+    (certs / "gateway.key").write_text("not a key")  # a half-written renewal
     assert fetch() is None
     ca = pki.load_key_pair(certs / "ca.crt", certs / "ca.key")
-    pki.write_key_pair(pki.mint_server_cert(ca, ip_addresses=("127.0.0.1",)), certs / "service.crt",
-                       certs / "service.key")  # fmt: skip
+    pki.write_key_pair(pki.mint_server_cert(ca, ip_addresses=("127.0.0.1",)), certs / "gateway.crt",
+                       certs / "gateway.key")  # fmt: skip
     assert fetch() is not None  # the renewed pair
     assert fetch() is None
 
@@ -265,9 +260,9 @@ async def test_a_changed_client_ca_file_is_enforced_from_the_next_handshake(
     monkeypatch.setattr(server_tls, "_LOOK_EVERY_S", 0.0)
     certs = _pki(tmp_path / "pki")
     other = pki.mint_ca("another client CA")
-    pki.write_key_pair(pki.mint_spiffe_cert(other, "spiffe://example.org/envoy"), certs / "other.crt",
-                       certs / "other.key")  # fmt: skip
-    served = ServedTls(ServerTls(certs / "service.crt", certs / "service.key", certs / "ca.crt"))
+    pki.write_key_pair(pki.mint_spiffe_cert(other, "spiffe://example.org/envoy"), certs / "agents" / "other.crt",
+                       certs / "agents" / "other.key")  # fmt: skip
+    served = ServedTls(ServerTls(certs / "gateway.crt", certs / "gateway.key", certs / "ca.crt"))
 
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(ssl.SSLError, ConnectionError):
@@ -284,7 +279,7 @@ async def test_a_changed_client_ca_file_is_enforced_from_the_next_handshake(
     def client(name: str | None) -> ssl.SSLContext:
         context = ssl.create_default_context(cadata=service_ca)
         if name is not None:
-            context.load_cert_chain(certs / f"{name}.crt", certs / f"{name}.key")
+            context.load_cert_chain(certs / "agents" / f"{name}.crt", certs / "agents" / f"{name}.key")
         return context
 
     try:
@@ -337,5 +332,5 @@ def test_a_policy_service_without_tls_says_so_for_a_gateway_that_asks_for_it(
     assert "gateway 'gw' reaches its policy service over TLS (policyService.tls), but this policy service serves " \
            "plain HTTP/gRPC" in caplog.text  # fmt: skip
     caplog.clear()
-    PolicyService(tls=ServerTls(certs / "service.crt", certs / "service.key")).update(ir)
+    PolicyService(tls=ServerTls(certs / "gateway.crt", certs / "gateway.key")).update(ir)
     assert "reaches its policy service" not in caplog.text

@@ -110,7 +110,11 @@ def cmd_approvals(args: argparse.Namespace) -> int:
     from xds_server.cli.up_record import locate
 
     url, source = locate(args.state_dir, args.url, "approvals_url", DEFAULT_URL)
-    token = args.token_file.read_text(encoding="utf-8").strip() if args.token_file else os.environ.get(TOKEN_ENV)
+    try:
+        token = args.token_file.read_text(encoding="utf-8") if args.token_file else os.environ.get(TOKEN_ENV)
+    except (OSError, UnicodeDecodeError) as exc:
+        print(f"agentxds approvals: --token-file {args.token_file}: {exc}", file=sys.stderr)
+        return 2
     return run_approvals(url, args.action, args.id, by=args.by, include_done=args.all, source=source,
                          token=(token or "").strip() or None)  # fmt: skip
 

@@ -109,11 +109,7 @@ def _approvals_token(args: argparse.Namespace) -> str | None:
     exits when it is too short, or missing while the API listens beyond loopback."""
     import ipaddress
 
-    file: Path | None = args.approvals_token_file
-    try:
-        token = (file.read_text(encoding="utf-8") if file else os.environ.get(APPROVALS_TOKEN_ENV, "")).strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SystemExit(f"agentxds serve: --approvals-token-file {file}: {exc}") from None
+    token = _read_token(args.approvals_token_file, APPROVALS_TOKEN_ENV, "--approvals-token-file")
     try:
         loopback = args.approvals_host == "localhost" or ipaddress.ip_address(args.approvals_host).is_loopback
     except ValueError:
@@ -149,11 +145,19 @@ def _token(port: int, file: Path | None, variable: str, flag: str) -> str:
     for (`port` >= 0) without one."""
     if port < 0:
         return ""
-    token = file.read_text(encoding="utf-8").strip() if file is not None else os.environ.get(variable, "").strip()
+    token = _read_token(file, variable, f"{flag}-token-file")
     if len(token) < 16:
         raise SystemExit(f"agentxds serve: {flag}-port needs a token of at least 16 characters "
                          f"({flag}-token-file FILE or ${variable})")  # fmt: skip
     return token
+
+
+def _read_token(file: Path | None, variable: str, option: str) -> str:
+    """A bearer token from `file`, else $`variable` ("" if neither); exits when the file cannot be read."""
+    try:
+        return (file.read_text(encoding="utf-8") if file is not None else os.environ.get(variable, "")).strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SystemExit(f"agentxds serve: {option} {file}: {exc}") from None
 
 
 def _banner(args: argparse.Namespace, control: ControlPlane, approvals_db: Path) -> str:
