@@ -220,7 +220,7 @@ class Pipeline:
             with self.translate_memo.active():
                 self.files = referenced_files(ir, self.translate_memo)
                 if self.runtime is not None and self.runtime.file is not None:
-                    self.files |= {self.runtime.file.resolve()}
+                    self.files |= {Path(os.path.abspath(self.runtime.file))}
                 resources = translate_checked(ir)
             coverage = emptying.Coverage.of(policy_set, ir)
             lost = emptying.losses(self.coverage, coverage) if self.coverage else []

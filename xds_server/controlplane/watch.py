@@ -18,7 +18,11 @@ What triggers a rebuild (`is_relevant`):
   file the policies name. Those directories are watched too, but not
   recursively, and any event there counts: an atomic rename (`mv new.crt
   gateway.crt`) or a Kubernetes-style symlink swap of a mounted secret
-  (`..data`) changes the directory, not always the file's own path.
+  (`..data`) changes the directory, not always the file's own path. Files
+  are named as the policies name them, symlinks kept (`ir/routes.near`);
+  a file named through a symlink also has its target's directory watched,
+  and the directory of each symlink on its path, so both a link swap
+  (`ln -sfn v2 current`) and a write to the target in place are seen.
 
 The set of outside directories follows the policies: after a rebuild that
 changed it, the watchers are re-armed with the new set. A directory that does
@@ -55,10 +59,20 @@ def _under(path: Path, directory: Path) -> bool:
 
 
 def outside_directories(policy_dir: Path, files: Iterable[Path]) -> tuple[Path, ...]:
-    """Existing directories outside `policy_dir` that hold a referenced file, sorted."""
+    """Existing directories outside `policy_dir` that hold a referenced file, sorted.
+
+    For a file named through a symlink, also the directory holding its target (written in
+    place) and each directory holding a symlink on its path (where a link is swapped).
+    """
     root = Path(policy_dir).resolve()
-    dirs = {Path(f).parent for f in files}
+    dirs = {d for f in files for d in _directories_to_watch(Path(f))}
     return tuple(sorted(d for d in dirs if not _under(d.resolve(), root) and d.is_dir()))
+
+
+def _directories_to_watch(file: Path) -> set[Path]:
+    dirs = {file.parent, file.resolve().parent}
+    dirs |= {ancestor.parent for ancestor in file.parents if ancestor.is_symlink()}
+    return dirs
 
 
 def is_relevant(path: str, policy_dir: Path, files: frozenset[Path], outside: Iterable[Path] = ()) -> bool:

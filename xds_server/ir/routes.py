@@ -15,6 +15,7 @@ together once every gateway is built.
 from __future__ import annotations
 
 import functools
+import os
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -55,10 +56,15 @@ R = TypeVar("R", bound=RuleBase)
 
 
 def near(located: Located[Any], path: str | None) -> str | None:
-    """`path` as an absolute path, a relative one taken from the file that names it."""
+    """`path` as an absolute path, a relative one taken from the file that names it.
+
+    Symlinks are kept, not resolved: a rotation that swaps a link (a Kubernetes Secret
+    volume's `..data`, `ln -sfn v2 current`) must be read through the link on the next build
+    and by the policy service, and seen by the watcher in the directory that holds the link.
+    """
     if path is None:
         return None
-    return str((Path(located.source.file).parent / path).resolve())
+    return os.path.abspath(Path(located.source.file).parent / path)
 
 
 @dataclass
