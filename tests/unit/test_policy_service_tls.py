@@ -328,9 +328,17 @@ def test_a_policy_service_without_tls_says_so_for_a_gateway_that_asks_for_it(
 
     certs = _pki(tmp_path / "pki")
     ir, _ = compile_policies(_write(tmp_path, f"    tls: {{caFile: {certs / 'ca.crt'}}}\n"))
-    PolicyService().update(ir)
+    service = PolicyService()
+    service.update(ir)
     assert "gateway 'gw' reaches its policy service over TLS (policyService.tls), but this policy service serves " \
            "plain HTTP/gRPC" in caplog.text  # fmt: skip
+    caplog.clear()
+    service.update(ir)  # said once, not on every reload
+    assert "reaches its policy service" not in caplog.text
+    plain, _ = compile_policies(_write(tmp_path / "plain", ""))
+    service.update(plain)
+    service.update(ir)  # gone, then back: said again
+    assert caplog.text.count("reaches its policy service") == 1
     caplog.clear()
     PolicyService(tls=ServerTls(certs / "gateway.crt", certs / "gateway.key")).update(ir)
     assert "reaches its policy service" not in caplog.text

@@ -111,6 +111,8 @@ class PolicyService:
         self._authz_http: asyncio.Server | None = None
         self._authz_http_transports: set[asyncio.BaseTransport] = set()
         self._http_task: asyncio.Task[None] | None = None
+        #: What `update` logged about settings that disagree: logged again only once gone and back.
+        self._logged_problems: set[str] = set()
 
     # -- policies ----------------------------------------------------------
 
@@ -126,23 +128,30 @@ class PolicyService:
         """Swap in a newly published policy set, read its client secrets, and let each protocol follow it."""
         self.index = PolicyIndex.from_ir(ir, version)
         self.credentials.update(ir)
-        if self.authz_http_port is None:
-            for gateway in ir.gateways:
-                if gateway.ext_authz_http is not None:  # every decision it asks for would fail
-                    log.error("gateway %r asks for ext_authz over HTTP (policyService.extAuthz: http, the default) "
-                              "but this policy service serves no HTTP port (--authz-http-port): its calls that "
-                              "need a decision are refused", gateway.name)  # fmt: skip
-        for gateway in ir.gateways:
-            if gateway.needs_policy_service and (gateway.policy_service_tls is None) != (self.tls is None):
-                # One side speaks TLS, the other does not: every hop fails (or passes undecided on failOpen).
-                log.error("gateway %r reaches its policy service %s, but this policy service serves %s "
-                          "(--policy-tls-cert/--policy-tls-key): if it is this one, its calls that need a decision "
-                          "fail", gateway.name,
-                          "over TLS (policyService.tls)" if gateway.policy_service_tls else "in plain HTTP/gRPC",
-                          "TLS" if self.tls else "plain HTTP/gRPC")  # fmt: skip
+        problems = self._settings_problems(ir)
+        for problem in sorted(problems - self._logged_problems):
+            log.error("%s", problem)
+        self._logged_problems = problems
         for handler in self.handlers.values():
             handler.update(self.index, running=self._grpc is not None)
         self.vmcp.policies_changed(self.index)  # a changed virtual server's open streams end (clients listen again)
+
+    def _settings_problems(self, ir: IR) -> set[str]:
+        """Where a gateway and this service's own settings disagree (each logged once, when it appears)."""
+        problems: set[str] = set()
+        for gateway in ir.gateways:
+            if self.authz_http_port is None and gateway.ext_authz_http is not None:  # every decision would fail
+                problems.add(f"gateway {gateway.name!r} asks for ext_authz over HTTP (policyService.extAuthz: http, "
+                             "the default) but this policy service serves no HTTP port (--authz-http-port): its "
+                             "calls that need a decision are refused")  # fmt: skip
+            if gateway.needs_policy_service and (gateway.policy_service_tls is None) != (self.tls is None):
+                # One side speaks TLS, the other does not: every hop fails (or passes undecided on failOpen).
+                hop = "over TLS (policyService.tls)" if gateway.policy_service_tls else "in plain HTTP/gRPC"
+                served = "TLS" if self.tls else "plain HTTP/gRPC"
+                problems.add(f"gateway {gateway.name!r} reaches its policy service {hop}, but this policy service "
+                             f"serves {served} (--policy-tls-cert/--policy-tls-key): if it is this one, its calls "
+                             "that need a decision fail")  # fmt: skip
+        return problems
 
     def sealer_for(self, view: RouteView) -> Sealer:
         """What seals ids on `view`'s gateway: its `sealingKey`, else this service's own key."""
