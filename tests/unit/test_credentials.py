@@ -329,6 +329,20 @@ def test_secrets_file_is_read_again_when_it_changes(tmp_path: Path) -> None:
     assert files.lookup(str(path), "bob") is None
 
 
+def test_a_secrets_file_named_through_a_link_is_read_through_it(tmp_path: Path) -> None:
+    # The IR names the file as the policy does (ir/routes.near keeps links): a swapped link is read at once.
+    (tmp_path / "v1").mkdir()
+    (tmp_path / "v1" / "secrets.yaml").write_text("alice: a1\n")
+    (tmp_path / "current").symlink_to("v1")
+    files, named = SecretsFiles(), str(tmp_path / "current" / "secrets.yaml")
+    assert files.lookup(named, "alice") == "a1"
+    (tmp_path / "v2").mkdir()
+    (tmp_path / "v2" / "secrets.yaml").write_text("alice: a2\n")
+    (tmp_path / "next").symlink_to("v2")
+    os.replace(tmp_path / "next", tmp_path / "current")  # ln -sfn v2 current; v1 stays
+    assert files.lookup(named, "alice") == "a2"
+
+
 @pytest.mark.parametrize("text", ["- alice\n- bob\n", "alice: [unclosed\n", "just a string\n"])
 def test_an_unusable_secrets_file_refuses(tmp_path: Path, text: str, caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "secrets.yaml"

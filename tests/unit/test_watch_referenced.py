@@ -8,11 +8,12 @@ import os
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 from tests.unit.test_tls_translate import write_policies
 from xds_server.cli import pki as certs
 from xds_server.controlplane.pipeline import Pipeline, ReloadResult
-from xds_server.controlplane.watch import watch_policies
+from xds_server.controlplane.watch import links_to, outside_directories, watch_policies
 from xds_server.xds.cache import SnapshotCache
 from xds_server.xds.status import StatusRecorder
 
@@ -117,12 +118,147 @@ async def test_a_swapped_directory_link_is_followed_while_the_old_target_stays(t
 
 
 async def test_a_target_written_in_place_through_a_file_link_is_followed(tmp_path: Path) -> None:
-    store, named = tmp_path / "store", tmp_path / "named"
+    store, named, fresh = tmp_path / "store", tmp_path / "named", tmp_path / "fresh"
     certs.write_dev_pki(store, trust_domain="example.org", agents=["triage"])
+    certs.write_dev_pki(fresh, trust_domain="example.org", agents=["triage"])
     named.mkdir()
     for name in ("ca.crt", "gateway.crt", "gateway.key"):
         (named / name).symlink_to(store / name)
     policies = write_policies(tmp_path, pki=named)
-    await rotation_is_published(
-        policies, lambda: certs.write_dev_pki(store, trust_domain="example.org"), store / "gateway.crt"
+
+    def overwrite() -> None:  # same inodes: only the target's directory sees it
+        for name in ("gateway.key", "gateway.crt"):
+            (store / name).write_bytes((fresh / name).read_bytes())
+
+    await rotation_is_published(policies, overwrite, fresh / "gateway.crt")
+
+
+async def test_a_swapped_link_further_along_the_chain_is_followed(tmp_path: Path) -> None:
+    """named/gateway.crt -> store/current/gateway.crt, store/current -> v1: swapping `current` counts."""
+    store, named = tmp_path / "store", tmp_path / "named"
+    certs.write_dev_pki(store / "v1", trust_domain="example.org", agents=["triage"])
+    (store / "current").symlink_to("v1")
+    named.mkdir()
+    for name in ("ca.crt", "gateway.crt", "gateway.key"):
+        (named / name).symlink_to(store / "current" / name)
+    policies = write_policies(tmp_path, pki=named)
+    assert links_to(named / "gateway.crt") == [named / "gateway.crt", store / "current"]
+    assert {named, store, store / "v1"} <= set(outside_directories(policies, [named / "gateway.crt"]))
+
+    def swap() -> None:
+        certs.write_dev_pki(store / "v2", trust_domain="example.org", agents=["triage"])
+        (store / "next").symlink_to("v2")
+        os.replace(store / "next", store / "current")
+
+    await rotation_is_published(policies, swap, store / "v2" / "gateway.crt")
+
+
+async def test_a_named_file_in_a_policy_directory_given_through_a_link_is_followed(tmp_path: Path) -> None:
+    real = write_policies(tmp_path / "real")
+    text = (real / "all.yaml").read_text()
+    (real / "all.yaml").write_text(
+        text.replace("  tls:\n", "  policyService: {secret: {file: ps.secret}}\n  tls:\n", 1)
     )
+    (real / "ps.secret").write_text("a" * 32)
+    (tmp_path / "linked").symlink_to(real)  # e.g. /etc/agentxds/policies -> a checkout
+    pipeline = Pipeline(tmp_path / "linked", SnapshotCache(), StatusRecorder())
+    assert pipeline.reload().ok
+    results: list[ReloadResult] = []
+    stop = asyncio.Event()
+    watcher = asyncio.create_task(watch_policies(pipeline, debounce_ms=20, stop=stop, on_reload=results.append))
+    try:
+        await asyncio.sleep(0.3)
+        (real / "ps.secret").write_text("short")  # not a policy or key file: followed only as a named one
+        await wait_for(lambda: results and not results[-1].ok, "the unusable secret to be refused")
+        assert "ps.secret" in results[-1].errors[0] and "at least 32" in results[-1].errors[0]
+    finally:
+        stop.set()
+        await asyncio.wait_for(watcher, timeout=5)
+
+
+def test_dot_dot_from_a_policy_directory_given_through_a_link_means_what_the_os_makes_of_it(tmp_path: Path) -> None:
+    app = tmp_path / "srv" / "app"
+    certs.write_dev_pki(app / "pki", trust_domain="example.org", agents=["triage"])
+    write_policies(app, pki=app / "pki")
+    text = (app / "policies" / "all.yaml").read_text().replace(str(app / "pki"), "../pki")
+    (app / "policies" / "all.yaml").write_text(text)
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "policies").symlink_to(app / "policies")
+    pipeline = Pipeline(tmp_path / "etc" / "policies", SnapshotCache(), StatusRecorder())
+    assert pipeline.reload().ok  # ../pki next to the real directory, not next to the link
+    assert app / "pki" / "gateway.crt" in pipeline.files
+
+
+async def test_a_link_loop_is_refused_and_the_watcher_lives_on(tmp_path: Path) -> None:
+    policies = write_policies(tmp_path)
+    good = (policies / "all.yaml").read_text()
+    (tmp_path / "loop").mkdir()
+    (tmp_path / "loop" / "a.crt").symlink_to("b.crt")
+    (tmp_path / "loop" / "b.crt").symlink_to("a.crt")
+    cache = SnapshotCache()
+    pipeline = Pipeline(policies, cache, StatusRecorder())
+    assert pipeline.reload().ok
+    results: list[ReloadResult] = []
+    stop = asyncio.Event()
+    watcher = asyncio.create_task(watch_policies(pipeline, debounce_ms=20, stop=stop, on_reload=results.append))
+    try:
+        await asyncio.sleep(0.3)
+        (policies / "all.yaml").write_text(
+            good.replace(str(tmp_path / "pki" / "gateway.crt"), str(tmp_path / "loop" / "a.crt"))
+        )
+        await wait_for(lambda: results and not results[-1].ok, "the looping file to be refused")
+        assert any("a.crt" in line for line in results[-1].errors)
+        version = cache.get("gw").version
+        certs.write_dev_pki(tmp_path / "pki", trust_domain="example.org")
+        (policies / "all.yaml").write_text(good)
+        await wait_for(
+            lambda: results[-1].ok and cache.get("gw").version != version, "the fixed policy to be published"
+        )
+        assert not watcher.done()
+    finally:
+        stop.set()
+        await asyncio.wait_for(watcher, timeout=5)
+
+
+async def test_a_change_while_the_watchers_are_re_armed_is_read(tmp_path: Path) -> None:
+    policies = write_policies(tmp_path)
+    cache = SnapshotCache()
+    pipeline = Pipeline(policies, cache, StatusRecorder())
+    assert pipeline.reload().ok
+    certs.write_dev_pki(tmp_path / "pki2", trust_domain="example.org", agents=["triage"])
+    rotated: list[bytes] = []
+
+    def rotate_before_the_new_watcher_runs(result: ReloadResult) -> None:
+        # Called after the rebuild that names pki2, before pki2 is watched: no watcher sees this.
+        if not rotated and tmp_path / "pki2" / "gateway.crt" in pipeline.files:
+            certs.write_dev_pki(tmp_path / "pki2", trust_domain="example.org")
+            rotated.append((tmp_path / "pki2" / "gateway.crt").read_bytes())
+
+    stop = asyncio.Event()
+    watcher = asyncio.create_task(
+        watch_policies(pipeline, debounce_ms=20, stop=stop, on_reload=rotate_before_the_new_watcher_runs)
+    )
+    try:
+        await asyncio.sleep(0.3)
+        write_policies(tmp_path, pki=tmp_path / "pki2")
+        await wait_for(lambda: rotated and published_certificate(cache) == rotated[0], "the catch-up rebuild")
+    finally:
+        stop.set()
+        await asyncio.wait_for(watcher, timeout=5)
+
+
+def test_near_keeps_links_and_takes_dot_dot_as_the_os_does(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from xds_server.ir.routes import near
+
+    (tmp_path / "real" / "policies").mkdir(parents=True)
+    (tmp_path / "linked").symlink_to(tmp_path / "real" / "policies")
+    (tmp_path / "real" / "volume").mkdir()
+    (tmp_path / "real" / "volume" / "..data").symlink_to(".")
+    located: Any = SimpleNamespace(source=SimpleNamespace(file=str(tmp_path / "linked" / "gw.yaml")))
+    base = tmp_path / "real"
+    assert near(located, None) is None
+    assert near(located, "certs/./ca.crt") == str(base / "policies" / "certs" / "ca.crt")
+    assert near(located, "../volume/..data/ca.crt") == str(base / "volume" / "..data" / "ca.crt")
+    assert near(located, "/etc/x/../pki/ca.crt") == "/etc/pki/ca.crt"

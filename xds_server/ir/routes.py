@@ -56,15 +56,20 @@ R = TypeVar("R", bound=RuleBase)
 
 
 def near(located: Located[Any], path: str | None) -> str | None:
-    """`path` as an absolute path, a relative one taken from the file that names it.
+    """`path` as an absolute path, a relative one taken from the (real) directory of the file naming it.
 
-    Symlinks are kept, not resolved: a rotation that swaps a link (a Kubernetes Secret
-    volume's `..data`, `ln -sfn v2 current`) must be read through the link on the next build
-    and by the policy service, and seen by the watcher in the directory that holds the link.
+    Symlinks after the path's last `..` are kept, not resolved: a rotation that swaps a link
+    (a Kubernetes Secret volume's `..data`, `ln -sfn v2 current`) must be read through the link
+    on the next build and by the policy service, and seen by the watcher in the directory that
+    holds the link. Up to its last `..`, the path is resolved, so `..` means what the OS makes of it.
     """
     if path is None:
         return None
-    return os.path.abspath(Path(located.source.file).parent / path)
+    parts = (Path(located.source.file).parent.resolve() / path).parts
+    if ".." not in parts:
+        return os.path.normpath(Path(*parts))  # drops `.` and doubled slashes only
+    last = len(parts) - parts[::-1].index("..")
+    return str(Path(*parts[:last]).resolve().joinpath(*parts[last:]))
 
 
 @dataclass
