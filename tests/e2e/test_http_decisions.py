@@ -11,6 +11,7 @@ never forwards them to the policy service, which sees only Envoy's.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -259,6 +260,25 @@ async def test_a_request_straight_to_the_policy_service_needs_the_gateways_secre
         virtual = await client.post(f"{http_url}{VMCP_PREFIX}{GATEWAY}/github", content=_call_body("whoami"),
                                     headers=forged)  # fmt: skip
         assert virtual.status_code == 403 and "secret" in virtual.text, virtual.text
+
+
+async def test_a_connection_without_the_secret_is_answered_once_then_closed(gateway: RunningGateway) -> None:
+    """Raw socket, two checks pipelined: the first without the secret is refused and the connection ends, so
+    the second (with it) is never decided on it: a peer that is not Envoy gets one answer per connection."""
+    service = gateway.control.policy_service
+    assert service is not None and service.authz_http_port is not None
+    body = _call_body("whoami").encode()
+    head = (f"POST {CHECK_PREFIX}github/mcp/github HTTP/1.1\r\nhost: agentxds-policy-service\r\n"
+            f"content-length: {len(body)}\r\nx-agentxds-verified-jwt-agents: {FORGED_AGENT}\r\n")  # fmt: skip
+    with_secret = f"{POLICY_SERVICE_SECRET_HEADER}: {POLICY_SECRET}\r\n"
+    reader, writer = await asyncio.open_connection("127.0.0.1", service.authz_http_port)
+    try:
+        writer.write(head.encode() + b"\r\n" + body + (head + with_secret).encode() + b"\r\n" + body)
+        everything = await asyncio.wait_for(reader.read(), 10)  # until the service closes the connection
+    finally:
+        writer.close()
+    assert everything.count(b"HTTP/1.1 ") == 1 and b"secret" in everything, everything
+    assert not everything.startswith(b"HTTP/1.1 200"), everything
 
 
 async def test_without_the_secret_an_unknown_route_is_refused_like_a_known_one(gateway: RunningGateway) -> None:

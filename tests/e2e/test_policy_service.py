@@ -122,6 +122,20 @@ async def test_refusal_echoes_the_request_id(gateway: RunningGateway) -> None:
     assert response.json()["error"]["code"] == errors.CONDITION_NOT_MET.code
 
 
+@pytest.mark.parametrize("backend", ["github", "wiki"])  # wiki's policyService says failOpen: true
+async def test_a_body_that_is_not_utf8_never_reaches_the_backend(gateway: RunningGateway, backend: str) -> None:
+    """Not UTF-8, not JSON: Envoy's MCP parser refuses it with the exact id before any decision, also
+    where the policy service fails open (the service refuses such a body too: unit tests)."""
+    body = (b'{"jsonrpc":"2.0","id":"utf-1","method":"tools/call","params":{"name":"create_issue",'
+            b'"arguments":{"repo":"acme/\xff\xfe","title":"t"}}}')  # fmt: skip
+    as_agent = agent("executor" if backend == "github" else "triage")
+    before = gateway.backends[backend].tool_calls("create_issue")
+    response = await raw_post(gateway.url(backend), body, as_agent)
+    assert response.status_code == 400
+    assert response.json()["id"] == "utf-1" and response.json()["error"]["code"] == errors.PARSE_ERROR.code
+    assert gateway.backends[backend].tool_calls("create_issue") == before
+
+
 # ---------------------------------------------------------------- quotas
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from xds_server.authz import ext_authz_http
 from xds_server.authz.decide import CheckOutcome
 from xds_server.authz.decision_log import DecisionLog
 from xds_server.authz.ext_authz_http import UnreadableIdentity, answer, backend_of, verified_identity
@@ -256,3 +257,87 @@ def test_a_refusal_with_a_5xx_status_goes_as_403_with_its_status_in_a_header() -
     response = answer(CheckOutcome(False, 502, '{"error": {}}'))
     head = response.split(b"\r\n\r\n")[0].decode()
     assert head.startswith("HTTP/1.1 403 ") and "x-agentxds-reply-status: 502" in head
+
+
+def test_a_refusal_with_status_200_goes_as_403() -> None:
+    # Envoy takes a 200 for "allowed": a refusal the protocol answers as a result never goes out so.
+    response = answer(CheckOutcome(False, 200, '{"error": {}}'))
+    assert response.startswith(b"HTTP/1.1 403 ")
+
+
+# ---------------------------------------------------------------- a peer that is not Envoy
+
+
+async def test_repeated_headers_are_joined_as_envoy_joins_them(service: PolicyService) -> None:
+    twice = check(tool_call("create_issue", repo="acme/web")).replace(
+        b"x-agent-id: executor\r\n", b"x-agent-id: executor\r\nx-agent-id: executor\r\n"
+    )
+    [(status, _, body)] = await exchange(service, twice)
+    assert status == 403 and json.loads(body)["error"]["data"]["reason"] == errors.UNKNOWN_AGENT.reason
+
+
+async def test_more_headers_than_any_gateway_allows_get_400_and_the_connection_closes(
+    service: PolicyService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ext_authz_http, "MAX_HEADERS", 50)
+    many = check(tool_call("create_issue", repo="acme/web")).replace(
+        b"\r\n\r\n", b"\r\n" + b"a: b\r\n" * 50 + b"\r\n", 1
+    )
+    assert service.authz_http_port is not None
+    reader, writer = await asyncio.open_connection("127.0.0.1", service.authz_http_port)
+    writer.write(many)
+    status, headers, _ = await read_response(reader)
+    assert status == 400 and headers["connection"] == "close"
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    writer.close()
+
+
+async def test_a_request_not_complete_in_time_ends_its_connection(
+    service: PolicyService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ext_authz_http, "REQUEST_DEADLINE_S", 0.3)
+    monkeypatch.setattr(ext_authz_http, "_SWEEP_EVERY_S", 0.1)
+    assert service.authz_http_port is not None
+    silent = await asyncio.open_connection("127.0.0.1", service.authz_http_port)  # sends nothing
+    trickled = await asyncio.open_connection("127.0.0.1", service.authz_http_port)
+    trickled[1].write(check(tool_call("create_issue", repo="acme/web"))[:40])  # half a request
+    kept = await asyncio.open_connection("127.0.0.1", service.authz_http_port)
+    kept[1].write(check(tool_call("create_issue", repo="acme/web")))
+    assert (await read_response(kept[0]))[0] == 200
+    await asyncio.sleep(2.0)  # the first sweep comes within a second, then every 0.1 s
+    assert await asyncio.wait_for(silent[0].read(), 5) == b""
+    assert await asyncio.wait_for(trickled[0].read(), 5) == b""
+    # Envoy's kept-alive connection between requests is not a request in progress: it is served on.
+    kept[1].write(check(tool_call("create_issue", repo="acme/web")))
+    assert (await read_response(kept[0]))[0] == 200
+    for _, writer in (silent, trickled, kept):
+        writer.close()
+
+
+async def test_a_trailer_is_not_read(service: PolicyService) -> None:
+    body = tool_call("create_issue", repo="acme/web")
+    request = (b"POST /check/github/mcp/github HTTP/1.1\r\nhost: gw\r\ntransfer-encoding: chunked\r\n\r\n"
+               + b"%x\r\n%s\r\n0\r\nx-agent-id: executor\r\n\r\n" % (len(body), body))  # fmt: skip
+    [(status, _, answer_body)] = await exchange(service, request)
+    assert status == 403 and json.loads(answer_body)["error"]["data"]["reason"] == errors.UNKNOWN_AGENT.reason
+
+
+async def test_a_body_that_is_not_utf8_is_refused_unread(service: PolicyService) -> None:
+    body = b'{"jsonrpc":"2.0","id":"u","method":"tools/call","params":{"name":"create_issue","arguments":{"repo":"acme/\xff"}}}'
+    [(status, _, answer_body)] = await exchange(service, check(body))
+    refusal = json.loads(answer_body)
+    assert status == errors.PARSE_ERROR.http_status and refusal["error"]["code"] == errors.PARSE_ERROR.code
+    assert refusal["id"] is None  # nothing is read from it
+
+
+async def test_json_nested_past_the_interpreters_depth_is_refused_not_crashed_on(service: PolicyService) -> None:
+    deep = b"[" * 100_000 + b"]" * 100_000
+    body = (
+        b'{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"create_issue","arguments":{"repo":%s}}}'
+        % deep
+    )
+    answers = await exchange(service, check(body), check(tool_call("create_issue", repo="acme/web")))
+    (status, _, answer_body), (after, _, _) = answers
+    assert status == errors.INVALID_REQUEST.http_status
+    assert json.loads(answer_body)["error"]["code"] == errors.INVALID_REQUEST.code
+    assert after == 200  # the connection still answers in order

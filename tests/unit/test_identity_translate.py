@@ -215,6 +215,47 @@ def test_a_backend_naming_a_provider_its_gateway_lacks_refuses_the_build() -> No
         build_ir(load_texts(policies))
 
 
+@pytest.mark.parametrize("kind", ["MCPPolicy", "A2APolicy"])
+def test_a_rule_naming_users_of_a_provider_its_gateway_lacks_refuses_the_build(kind: str) -> None:
+    # Its grant could never match: Envoy verifies no token of that provider on this gateway, and a
+    # header claiming one could only be forged.
+    backend = (
+        ""
+        if kind == "MCPPolicy"
+        else """---
+apiVersion: agentxds.dev/v1
+kind: A2AAgent
+metadata: {name: helper}
+spec:
+  gateway: gw
+  endpoints: [{host: 127.0.0.1, port: 9}]
+"""
+    )
+    rule = "tools: [list_issues]" if kind == "MCPPolicy" else "operations: [send]"
+    policy = f"""---
+apiVersion: agentxds.dev/v1
+kind: Agent
+metadata: {{name: executor}}
+spec: {{identity: {{jwt: {{provider: corp, claim: azp, value: executor}}}}}}
+---
+apiVersion: agentxds.dev/v1
+kind: {kind}
+metadata: {{name: p}}
+spec:
+  {"backend: wiki" if kind == "MCPPolicy" else "a2aAgent: helper"}
+  rules:
+    - agents: [executor]
+      {rule}
+      users: {{provider: elsewhere, subjects: [alice]}}
+"""
+    policies = {"all.yaml": policies_with_jwks({"inline": JWKS}, second_gateway=True) + backend + policy}
+    with pytest.raises(PolicyError) as refused:
+        build_ir(load_texts(policies))
+    (diagnostic,) = refused.value.diagnostics
+    assert diagnostic.field == f"{kind}/p spec.rules[0].users.provider", diagnostic
+    assert "'elsewhere' is not a jwtProvider of gateway gw (known: corp)" in str(diagnostic)
+
+
 def test_a_jwks_url_gets_a_cluster_of_its_own() -> None:
     remote = provider("idp", jwks=None, jwks_url="https://login.example.com/keys", jwks_cache_ms=300_000)
     local = provider("local", jwks=None, jwks_url="http://127.0.0.1:8081/jwks.json")

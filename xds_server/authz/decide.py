@@ -74,6 +74,14 @@ def failed_decision(body: str) -> CheckOutcome:
         log={"allowed": False, "reason": kind.reason})  # fmt: skip
 
 
+def unreadable_body() -> CheckOutcome:
+    """The refusal of a body that is not UTF-8 (so not JSON): Envoy's parsers refuse one before it gets
+    here, so this is a peer that is not Envoy or a disagreement; nothing is read from it, not even its id."""
+    kind = errors.PARSE_ERROR
+    return CheckOutcome(False, kind.http_status, error_body(None, kind, "Parse error: the body is not UTF-8"),
+                        log={"allowed": False, "reason": kind.reason})  # fmt: skip
+
+
 def unproven_caller(body: str) -> CheckOutcome:
     """The refusal of a request that lacks its gateway's `policyService.secret`: not Envoy's (or an Envoy
     configured by a control plane with another secret than this service's). Names nothing of the policies."""
@@ -292,7 +300,7 @@ def _method_of(body: str, headers: Mapping[str, str]) -> str:
     """The JSON-RPC method for the decision log, else the HTTP method (GET stream, DELETE)."""
     try:
         message = json.loads(body) if body else None
-    except ValueError:
+    except (ValueError, RecursionError):
         message = None
     method = message.get("method") if isinstance(message, dict) else None
     return method if isinstance(method, str) else headers.get(":method", "")

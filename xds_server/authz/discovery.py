@@ -29,6 +29,10 @@ def listing(index: PolicyIndex, gateway: str, headers: Mapping[str, str], jwt: J
     views = [v for v in index.routes.values() if v.gateway.name == gateway]
     if not views:
         return 404, {"error": f"no gateway {gateway!r} in the policy service's current policies"}
+    # Only the gateway's own providers' payloads are Envoy's: the route strips a client's copies of
+    # those headers alone (translate/discovery.py), so any other provider's could be forged.
+    providers = {p.name for p in views[0].gateway.identity.jwt_providers}
+    jwt = {provider: payload for provider, payload in jwt.items() if provider in providers}
     agent = views[0].agent_of(headers, jwt, peer)  # the one it speaks for, as Envoy names it
     agents = (agent,) if agent is not None else ()
     if not agents:

@@ -25,7 +25,12 @@ Why this transport: on a small machine a Python gRPC server costs more per
 call (HTTP/2 framing, the C core handing each call to the event loop) than
 the whole decision. This adapter parses with llhttp (httptools) on the event
 loop and answers in one write; see docs/performance.md. Anything unexpected
-refuses: fail closed. The same port serves virtual MCP servers' requests
+refuses: fail closed. A peer that is not Envoy gets little: a request without
+its gateway's secret is answered and its connection closed, a request not
+complete REQUEST_DEADLINE_S after its first byte ends its connection, and
+headers are counted as sent (at most MAX_HEADERS, repeated ones joined once
+complete); a trailer is never read, and a body that is not UTF-8 is refused
+unread. The same port serves virtual MCP servers' requests
 (`/vmcp/...`, authz/vmcp/http.py) and discovery (`/discover/...`).
 """
 
@@ -35,6 +40,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import Awaitable, Mapping
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
@@ -42,7 +48,14 @@ from typing import TYPE_CHECKING, Any
 import httptools
 
 from xds_server.authz import discovery
-from xds_server.authz.decide import CheckOutcome, check_call, check_request, failed_decision, unproven_caller
+from xds_server.authz.decide import (
+    CheckOutcome,
+    check_call,
+    check_request,
+    failed_decision,
+    unproven_caller,
+    unreadable_body,
+)
 from xds_server.authz.vmcp.front import Reply
 from xds_server.authz.vmcp.http import http_head, http_response, virtual_reply
 from xds_server.core.wire import (
@@ -61,9 +74,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MAX_REQUEST_BYTES = 16 * 1024 * 1024  # above any gateway's body limit (10 MiB) plus headers
+MAX_REQUEST_BYTES = 16 * 1024 * 1024  # above any gateway's body limit (10 MiB) plus headers, as sent
+MAX_HEADERS = 10_100  # above any gateway's maxHeaders (10,000) plus the headers Envoy adds
+#: A request must be complete this long after its first byte (the first one: after the connection
+#: opened). Envoy sends a check at once; only a peer that is not Envoy trickles one.
+REQUEST_DEADLINE_S = 10.0
+_SWEEP_EVERY_S = 1.0
 _MAX_STREAM_BUFFER = 1024 * 1024  # unsent bytes of a stream before its reader counts as gone
 _ALLOW = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"
+#: What a check whose answer could not be written gets (a fixed refusal: Envoy refuses the call).
+_FAILED = b"HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
 
 
 def backend_of(path: str) -> tuple[str, str]:
@@ -90,6 +110,8 @@ def answer(outcome: CheckOutcome) -> bytes:
     status, headers = outcome.http_status, dict(outcome.headers)
     if status >= 500:  # Envoy would take it for the service failing (core/wire.py)
         status, headers[REPLY_STATUS_HEADER] = 403, str(status)
+    elif status == 200:  # Envoy would take it for "allowed": a refusal never goes out so
+        status = 403
     lines = [f"HTTP/1.1 {status} {_reason(status)}", "content-type: application/json", f"content-length: {len(body)}"]
     lines += [f"{name}: {_header_value(value)}" for name, value in headers.items()]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
@@ -175,25 +197,69 @@ _UNPROVEN = Reply(403, json.dumps({"error": "the request does not carry its gate
 
 
 class _Request:
-    __slots__ = ("url", "headers", "body", "size")
+    __slots__ = ("url", "headers", "repeated", "count", "headers_done", "body", "size")
 
     def __init__(self) -> None:
         self.url = b""
         self.headers: dict[str, str] = {}
+        self.repeated: dict[str, list[str]] | None = None  # every value of a header sent more than once
+        self.count = 0
+        self.headers_done = False
         self.body: list[bytes] = []
         self.size = 0
+
+
+class OpenConnections:
+    """The HTTP port's open connections: closed together when the service stops, and each closed
+    once a request of it is not complete REQUEST_DEADLINE_S after it began (checked every second,
+    so a request pays for a timestamp, not a timer)."""
+
+    def __init__(self) -> None:
+        self._open: set[ExtAuthzHttpProtocol] = set()
+        self._sweeper: asyncio.Task[None] | None = None
+
+    def add(self, connection: ExtAuthzHttpProtocol) -> None:
+        self._open.add(connection)
+        if self._sweeper is None:
+            self._sweeper = asyncio.ensure_future(self._sweep())
+
+    def discard(self, connection: ExtAuthzHttpProtocol) -> None:
+        self._open.discard(connection)
+
+    def close_all(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        for connection in list(self._open):
+            connection.close()
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(_SWEEP_EVERY_S)
+            too_old = time.monotonic() - REQUEST_DEADLINE_S
+            for connection in [c for c in self._open if c.started is not None and c.started < too_old]:
+                log.warning("ext_authz (HTTP): closing a connection from %s: its request is not complete after "
+                            "%.0f s", connection.peer(), REQUEST_DEADLINE_S)  # fmt: skip
+                connection.close()
 
 
 class ExtAuthzHttpProtocol(asyncio.Protocol):
     """One connection from Envoy. Requests are answered in order, each as soon as it is complete.
 
-    The connection's transport is in `open_transports` while it is open, so that
-    stopping the service can close it (closing the server only stops accepting).
+    The connection is in `connections` while it is open, so that stopping the service can close
+    it (closing the server only stops accepting) and a request that does not complete in time
+    ends it. A request without its gateway's secret is answered, then the connection is closed.
     """
 
-    def __init__(self, service: PolicyService, open_transports: set[asyncio.BaseTransport]) -> None:
+    def __init__(self, service: PolicyService, connections: OpenConnections) -> None:
         self._service = service
-        self._open = open_transports
+        self._connections = connections
+        #: When the request being received began (monotonic), None between requests.
+        self.started: float | None = time.monotonic()
+        self._closing = False  # nothing more is read: later requests on the connection are not answered
         self._parser = httptools.HttpRequestParser(self)
         self._transport: asyncio.Transport | None = None
         self._request = _Request()
@@ -202,63 +268,100 @@ class ExtAuthzHttpProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
-        self._open.add(transport)
+        self.started = time.monotonic()
+        self._connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._transport is not None:
-            self._open.discard(self._transport)
+        self._closing = True
+        self._connections.discard(self)
         if self._streaming is not None:  # nobody reads it: a virtual server's stream stops following its members
             self._streaming.cancel()
 
+    def close(self) -> None:
+        """Close the connection; what it still sends is not read."""
+        self._closing = True
+        if self._transport is not None:
+            self._transport.close()
+
     def data_received(self, data: bytes) -> None:
+        if self._closing:
+            return
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._fail(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
         except httptools.HttpParserError as exc:
-            log.warning("ext_authz (HTTP): unparseable request from %s: %s", self._peer(), exc)
+            log.warning("ext_authz (HTTP): unparseable request from %s: %s", self.peer(), exc)
             self._fail(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
 
     # -- httptools callbacks -------------------------------------------------
 
     def on_message_begin(self) -> None:
         self._request = _Request()
+        self.started = time.monotonic()
 
     def on_url(self, url: bytes) -> None:
         self._request.url += url
         self._grow(len(url))
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._grow(len(name) + len(value))
+        request = self._request
+        self._grow(len(name) + len(value) + 4)  # as sent: ": " and CRLF count too
+        if request.headers_done:  # a trailer: Envoy sends none, and nothing in one is read
+            return
+        request.count += 1
+        if request.count > MAX_HEADERS:
+            raise httptools.HttpParserError("too many headers")
         key = name.decode("latin-1").lower()
         text = value.decode("latin-1")
-        headers = self._request.headers
-        # Repeated headers are joined, as Envoy joins them for the gRPC CheckRequest.
-        headers[key] = f"{headers[key]},{text}" if key in headers else text
+        headers = request.headers
+        if key in headers:  # joined once complete (joining here would cost the square of their number)
+            if request.repeated is None:
+                request.repeated = {}
+            request.repeated.setdefault(key, [headers[key]]).append(text)
+        else:
+            headers[key] = text
+
+    def on_headers_complete(self) -> None:
+        request = self._request
+        request.headers_done = True
+        if request.repeated:
+            # Repeated headers are joined, as Envoy joins them for the gRPC CheckRequest.
+            request.headers.update((key, ",".join(values)) for key, values in request.repeated.items())
 
     def on_body(self, body: bytes) -> None:
         self._grow(len(body))
         self._request.body.append(body)
 
     def on_message_complete(self) -> None:
+        self.started = None
+        if self._closing:
+            return
         request = self._request
         method = self._parser.get_method().decode("latin-1")
         path = httptools.parse_url(request.url).path.decode("latin-1")
-        body = b"".join(request.body).decode("utf-8", errors="replace")
+        raw = b"".join(request.body)
+        try:
+            body = raw.decode("utf-8")
+        except UnicodeDecodeError:  # not what Envoy's parsers pass on: read nothing into it
+            body = ""
         keep_alive = self._parser.should_keep_alive()
         gateway = self._gateway_of(path)
         presented = request.headers.pop(POLICY_SERVICE_SECRET_HEADER, None)
         decided: CheckOutcome | Awaitable[CheckOutcome]
         if not self._service.index.admits(gateway, presented):
-            # Not Envoy's (or an Envoy a control plane with another secret configured): nothing is served.
+            # Not Envoy's (or an Envoy a control plane with another secret configured): nothing is served,
+            # and the connection ends once answered (a peer that is not Envoy gets nothing more from it).
             log.warning("refusing a request for %.200s without its gateway's policy-service secret", path)
             if not path.startswith(CHECK_PREFIX):  # no decision to answer in order: the connection ends
                 self._fail(http_response(_UNPROVEN))
                 return
-            decided = unproven_caller(body)
+            self._closing = True
+            decided, keep_alive = unproven_caller(body), False
+        elif raw and not body:
+            decided = unreadable_body()
         elif path.startswith(VMCP_PREFIX):
             # A virtual server's request (authz/vmcp/front.py): answered when its members have, in order.
-            raw = b"".join(request.body)
             self._pending = asyncio.ensure_future(self._vmcp_later(self._pending, method, path, request.headers, raw,
                                                                    keep_alive, (gateway, presented)))  # fmt: skip
             return
@@ -291,6 +394,9 @@ class ExtAuthzHttpProtocol(asyncio.Protocol):
             outcome = failed_decision(body)
         try:
             self._send(outcome, body, keep_alive)
+        except Exception:  # a bug: this answer cannot be written, so no later one may take its place
+            log.exception("ext_authz (HTTP): answering failed; closing the connection")
+            self._fail(_FAILED)
         finally:
             if self._pending is asyncio.current_task():
                 self._pending = None
@@ -400,10 +506,22 @@ class ExtAuthzHttpProtocol(asyncio.Protocol):
             raise httptools.HttpParserError("request too large")
 
     def _fail(self, response: bytes) -> None:
-        if self._transport is not None:
-            self._transport.write(response)
-            self._transport.close()
+        """Answer `response` after what is already being decided on this connection, then close it."""
+        self._closing = True
+        pending = self._pending
+        if pending is None or pending.done():
+            if self._transport is not None and not self._transport.is_closing():
+                self._transport.write(response)
+            self.close()
+            return
 
-    def _peer(self) -> str:
+        def then_fail(_: object) -> None:
+            if self._transport is not None and not self._transport.is_closing():
+                self._transport.write(response)
+            self.close()
+
+        pending.add_done_callback(then_fail)
+
+    def peer(self) -> str:
         peer = self._transport.get_extra_info("peername") if self._transport is not None else None
         return str(peer)

@@ -15,10 +15,10 @@ from xds_server.core.errors import ErrorKind
 
 
 def request_id_of(body: str | bytes) -> Any:
-    """The request's id if the body is a JSON object with one, else None."""
+    """The request's id if the body is a JSON object with one, else None (never raises: refusals use it)."""
     try:
         message = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than the interpreter recurses
         return None
     return message.get("id") if isinstance(message, dict) else None
 

@@ -34,7 +34,7 @@ from xds_server.authz.decision_log import DecisionLog
 from xds_server.authz.effects import LocalState, StateUnavailable
 from xds_server.authz.engine import Engine
 from xds_server.authz.ext_authz import ExtAuthzServicer
-from xds_server.authz.ext_authz_http import ExtAuthzHttpProtocol
+from xds_server.authz.ext_authz_http import ExtAuthzHttpProtocol, OpenConnections
 from xds_server.authz.ext_proc import ExtProcServicer
 from xds_server.authz.mcp.handler import McpHandler
 from xds_server.authz.protocols import ProtocolHandler
@@ -109,7 +109,7 @@ class PolicyService:
         self._grpc: grpc.aio.Server | None = None
         self._http: uvicorn.Server | None = None
         self._authz_http: asyncio.Server | None = None
-        self._authz_http_transports: set[asyncio.BaseTransport] = set()
+        self._authz_http_connections = OpenConnections()
         self._http_task: asyncio.Task[None] | None = None
         #: What `update` logged about settings that disagree: logged again only once gone and back.
         self._logged_problems: set[str] = set()
@@ -191,7 +191,7 @@ class PolicyService:
             authz_sock = _listen_socket(self.host, self.authz_http_port)
             self.authz_http_port = authz_sock.getsockname()[1]
             self._authz_http = await asyncio.get_running_loop().create_server(
-                lambda: ExtAuthzHttpProtocol(self, self._authz_http_transports),
+                lambda: ExtAuthzHttpProtocol(self, self._authz_http_connections),
                 sock=authz_sock,
                 ssl=served.ssl_context() if served else None,
             )
@@ -228,8 +228,7 @@ class PolicyService:
                 await asyncio.wait_for(self._http_task, timeout=5)
         if self._authz_http is not None:
             self._authz_http.close()
-            for transport in list(self._authz_http_transports):
-                transport.close()  # Envoy's kept-alive connections: no more decisions from this instance
+            self._authz_http_connections.close_all()  # Envoy's kept-alive ones: no more decisions from here
             self._authz_http = None
         if server is not None:
             await server.stop(grace=1.0)

@@ -53,6 +53,7 @@ def build_routes(policy_set: PolicySet, build: routes.RouteBuild) -> list[RouteI
         rules = [
             (f"{p.doc.metadata.name}/rules[{i}]", rule) for p in policies for i, rule in enumerate(p.doc.spec.rules)
         ]
+        routes.check_user_providers(policies, build)
         grants, conditional = build.rule_parts(agent.metadata.name, tuple(p.doc for p in policies),
                                                lambda rules=rules: _rule_parts(rules, build))  # type: ignore[misc]  # fmt: skip
         pins = None if spec.pinned_skills is None else tuple(sorted((p.id, p.sha256) for p in spec.pinned_skills))

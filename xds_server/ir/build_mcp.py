@@ -95,6 +95,7 @@ def build_routes(policy_set: PolicySet, build: routes.RouteBuild) -> list[RouteI
         rules = [
             (f"{p.doc.metadata.name}/rules[{i}]", rule) for p in policies for i, rule in enumerate(p.doc.spec.rules)
         ]
+        routes.check_user_providers(policies, build)
         grants, conditional = build.rule_parts(backend.metadata.name, tuple(p.doc for p in policies),
                                                lambda rules=rules: rule_parts(rules, build))  # type: ignore[misc]  # fmt: skip
         route = routes.route(located, build, grants=grants, conditional=conditional, protocol=McpRouteIR(

@@ -80,6 +80,7 @@ def build_routes(policy_set: PolicySet, build: routes.RouteBuild) -> list[RouteI
         rules = [
             (f"{p.doc.metadata.name}/rules[{i}]", rule) for p in policies for i, rule in enumerate(p.doc.spec.rules)
         ]
+        routes.check_user_providers(policies, build)
         grants, conditional = build.rule_parts(name, tuple(p.doc for p in policies),
                                                lambda rules=rules: build_mcp.rule_parts(rules, build))  # type: ignore[misc]  # fmt: skip
         lock = policy_set.lock_for(name)

@@ -209,6 +209,18 @@ def annotations_of(located: Located[Any]) -> tuple[tuple[str, str], ...]:
 # ---------------------------------------------------------------- rules
 
 
+def check_user_providers(policies: Sequence[Located[Any]], build: RouteBuild) -> None:
+    """Report each rule whose `users.provider` is not a JWT provider of the route's gateway: its grant
+    could never match (Envoy verifies no token of it there), and nothing but Envoy may vouch for one."""
+    known = {p.name for p in build.identity.jwt_providers}
+    for policy in policies:
+        for i, rule in enumerate(policy.doc.spec.rules):
+            if rule.users is not None and rule.users.provider not in known:
+                build.report(policy, ("spec", "rules", i, "users", "provider"),
+                             f"users.provider {rule.users.provider!r} is not a jwtProvider of gateway "
+                             f"{build.gateway} (known: {', '.join(sorted(known)) or 'none'})")  # fmt: skip
+
+
 def user_match(rule: RuleBase, identity: IdentityIR) -> UserMatchIR | None:
     users = rule.users
     if users is None:

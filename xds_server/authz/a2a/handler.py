@@ -48,8 +48,8 @@ class A2aHandler(ProtocolHandler):
     def parse_call(self, body: str | bytes) -> Call:
         try:
             message = json.loads(body)
-        except ValueError:
-            raise NotACall("the body is not JSON") from None
+        except (ValueError, RecursionError):
+            raise NotACall("the body is not JSON (or nested too deeply)") from None
         if not isinstance(message, dict) or not isinstance(message.get("method"), str):
             raise NotACall("not a JSON-RPC request")
         operation = METHOD_OPERATION.get(message["method"])

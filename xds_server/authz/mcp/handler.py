@@ -60,6 +60,8 @@ def parse_tool_call(body: str | bytes) -> Call:
         message = json.loads(body)
     except ValueError as exc:
         raise NotACall(f"body is not JSON: {exc}") from None
+    except RecursionError:
+        raise NotACall("body is nested too deeply") from None
     if not isinstance(message, dict) or message.get("method") != "tools/call":
         raise NotACall("not a tools/call request")
     params = message.get("params")
