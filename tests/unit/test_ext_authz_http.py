@@ -25,6 +25,7 @@ from xds_server.authz.ext_authz_http import UnreadableIdentity, answer, backend_
 from xds_server.authz.service import PolicyService
 from xds_server.controlplane.pipeline import compile_policies
 from xds_server.core import errors
+from xds_server.core.wire import POLICY_SERVICE_SECRET_HEADER
 
 POLICIES = """\
 apiVersion: agentxds.dev/v1
@@ -296,21 +297,28 @@ async def test_a_request_not_complete_in_time_ends_its_connection(
     service: PolicyService, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(ext_authz_http, "REQUEST_DEADLINE_S", 0.3)
+    monkeypatch.setattr(ext_authz_http, "FIRST_REQUEST_DEADLINE_S", 0.6)
     monkeypatch.setattr(ext_authz_http, "_SWEEP_EVERY_S", 0.1)
     assert service.authz_http_port is not None
+    request = check(tool_call("create_issue", repo="acme/web"))
+    head, body = request.split(b"\r\n\r\n", 1)
     silent = await asyncio.open_connection("127.0.0.1", service.authz_http_port)  # sends nothing
     trickled = await asyncio.open_connection("127.0.0.1", service.authz_http_port)
-    trickled[1].write(check(tool_call("create_issue", repo="acme/web"))[:40])  # half a request
+    trickled[1].write(request[:40])  # half its headers
     kept = await asyncio.open_connection("127.0.0.1", service.authz_http_port)
-    kept[1].write(check(tool_call("create_issue", repo="acme/web")))
+    kept[1].write(request)
     assert (await read_response(kept[0]))[0] == 200
+    slow_body = await asyncio.open_connection("127.0.0.1", service.authz_http_port)
+    slow_body[1].write(head + b"\r\n\r\n" + body[:10])  # headers whole: the body may come at its pace
     await asyncio.sleep(2.0)  # the first sweep comes within a second, then every 0.1 s
     assert await asyncio.wait_for(silent[0].read(), 5) == b""
     assert await asyncio.wait_for(trickled[0].read(), 5) == b""
     # Envoy's kept-alive connection between requests is not a request in progress: it is served on.
-    kept[1].write(check(tool_call("create_issue", repo="acme/web")))
+    kept[1].write(request)
     assert (await read_response(kept[0]))[0] == 200
-    for _, writer in (silent, trickled, kept):
+    slow_body[1].write(body[10:])  # a gateway without a secret: its requests are Envoy's by definition
+    assert (await read_response(slow_body[0]))[0] == 200
+    for _, writer in (silent, trickled, kept, slow_body):
         writer.close()
 
 
@@ -341,3 +349,82 @@ async def test_json_nested_past_the_interpreters_depth_is_refused_not_crashed_on
     assert status == errors.INVALID_REQUEST.http_status
     assert json.loads(answer_body)["error"]["code"] == errors.INVALID_REQUEST.code
     assert after == 200  # the connection still answers in order
+
+
+SECRET = "s" * 40
+
+
+@pytest_asyncio.fixture
+async def secret_service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[PolicyService]:
+    """The service, for a gateway with a policyService.secret."""
+    monkeypatch.setenv("TEST_POLICY_SERVICE_SECRET", SECRET)
+    text = POLICIES.replace("policyService: {extAuthz: http}",
+                            "policyService: {extAuthz: http, secret: {env: TEST_POLICY_SERVICE_SECRET}}")  # fmt: skip
+    (tmp_path / "policies.yaml").write_text(text)
+    ir, _ = compile_policies(tmp_path)
+    svc = PolicyService(port=0, authz_http_port=0, approvals_port=0)
+    await svc.start()
+    svc.update(ir)
+    yield svc
+    await svc.stop()
+
+
+def with_secret(request: bytes) -> bytes:
+    return request.replace(b"\r\n", f"\r\n{POLICY_SERVICE_SECRET_HEADER}: {SECRET}\r\n".encode(), 1)
+
+
+async def test_a_request_without_the_secret_is_answered_with_connection_close_then_closed(
+    secret_service: PolicyService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert secret_service.authz_http_port is not None
+    reader, writer = await asyncio.open_connection("127.0.0.1", secret_service.authz_http_port)
+    request = check(tool_call("create_issue", repo="acme/web"))
+    writer.write(request + with_secret(request))  # the second is never read
+    status, headers, body = await read_response(reader)
+    assert status == 403 and headers["connection"] == "close"  # Envoy sends nothing more on it
+    assert json.loads(body)["error"]["code"] == errors.POLICY_SERVICE_UNAVAILABLE.code
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    writer.close()
+    # With the secret, on a connection of its own: allowed; and its body may come at its pace.
+    monkeypatch.setattr(ext_authz_http, "REQUEST_DEADLINE_S", 0.3)
+    monkeypatch.setattr(ext_authz_http, "_SWEEP_EVERY_S", 0.1)
+    head, rest = with_secret(request).split(b"\r\n\r\n", 1)
+    unproven_head, unproven_rest = request.split(b"\r\n\r\n", 1)
+    proven = await asyncio.open_connection("127.0.0.1", secret_service.authz_http_port)
+    unproven = await asyncio.open_connection("127.0.0.1", secret_service.authz_http_port)
+    proven[1].write(head + b"\r\n\r\n" + rest[:10])
+    unproven[1].write(unproven_head + b"\r\n\r\n" + unproven_rest[:10])
+    await asyncio.sleep(2.0)
+    assert await asyncio.wait_for(unproven[0].read(), 5) == b""  # without the secret: within the deadline
+    proven[1].write(rest[10:])
+    assert (await read_response(proven[0]))[0] == 200
+    for _, w in (proven, unproven):
+        w.close()
+
+
+async def test_an_answer_that_cannot_be_written_is_not_replaced_by_the_next_one(
+    service: PolicyService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_decide, real_answer = ext_authz_http.decide, ext_authz_http.answer
+
+    async def later(outcome: CheckOutcome) -> CheckOutcome:
+        await asyncio.sleep(0.05)
+        return outcome
+
+    def decide(service: PolicyService, method: str, path: str, headers: Any, body: str) -> Any:
+        outcome = real_decide(service, method, path, headers, body)
+        return later(outcome) if "evil/" in body else outcome  # the first: a decision that takes a while
+
+    def answer(outcome: CheckOutcome) -> bytes:
+        if not outcome.allowed:  # neither the refusal nor the fallback refusal can be written
+            raise RuntimeError("a bug writing this answer")
+        return real_answer(outcome)
+
+    monkeypatch.setattr(ext_authz_http, "decide", decide)
+    monkeypatch.setattr(ext_authz_http, "answer", answer)
+    assert service.authz_http_port is not None
+    reader, writer = await asyncio.open_connection("127.0.0.1", service.authz_http_port)
+    writer.write(check(tool_call("create_issue", repo="evil/web")) + check(tool_call("create_issue", repo="acme/web")))
+    everything = await asyncio.wait_for(reader.read(), 5)  # until closed
+    writer.close()
+    assert everything.startswith(b"HTTP/1.1 403 ") and everything.count(b"HTTP/1.1 ") == 1, everything

@@ -26,11 +26,14 @@ call (HTTP/2 framing, the C core handing each call to the event loop) than
 the whole decision. This adapter parses with llhttp (httptools) on the event
 loop and answers in one write; see docs/performance.md. Anything unexpected
 refuses: fail closed. A peer that is not Envoy gets little: a request without
-its gateway's secret is answered and its connection closed, a request not
-complete REQUEST_DEADLINE_S after its first byte ends its connection, and
-headers are counted as sent (at most MAX_HEADERS, repeated ones joined once
-complete); a trailer is never read, and a body that is not UTF-8 is refused
-unread. The same port serves virtual MCP servers' requests
+its gateway's secret is answered (`connection: close`) and its connection
+closed; a request's headers must be complete REQUEST_DEADLINE_S after its
+first byte, and so must the whole of a request without the secret; a new
+connection must begin its first request within FIRST_REQUEST_DEADLINE_S
+(twice the idle time after which Envoy closes its own connections here, so
+Envoy never reuses one being closed); headers are counted as sent (at most
+MAX_HEADERS, repeated ones joined once complete); a trailer is never read;
+a body that is not UTF-8 is refused unread. The same port serves virtual MCP servers' requests
 (`/vmcp/...`, authz/vmcp/http.py) and discovery (`/discover/...`).
 """
 
@@ -62,6 +65,7 @@ from xds_server.core.wire import (
     AUTH_HEADERS_TO_REMOVE,
     CHECK_PREFIX,
     DISCOVER_PREFIX,
+    POLICY_HTTP_IDLE_TIMEOUT_S,
     POLICY_SERVICE_SECRET_HEADER,
     REPLY_STATUS_HEADER,
     VERIFIED_JWT_HEADER_PREFIX,
@@ -74,11 +78,17 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MAX_REQUEST_BYTES = 16 * 1024 * 1024  # above any gateway's body limit (10 MiB) plus headers, as sent
+#: As sent: above any gateway's body limit (10 MiB) plus its header limit (8 MiB), which a virtual
+#: server's request, forwarded whole, may reach.
+MAX_REQUEST_BYTES = 20 * 1024 * 1024
 MAX_HEADERS = 10_100  # above any gateway's maxHeaders (10,000) plus the headers Envoy adds
-#: A request must be complete this long after its first byte (the first one: after the connection
-#: opened). Envoy sends a check at once; only a peer that is not Envoy trickles one.
+#: A request's headers must be complete this long after its first byte, and a request without its
+#: gateway's secret must be complete. Envoy sends headers at once; only a peer that is not Envoy
+#: trickles them. (Envoy's own body comes at its client's pace, bounded by the gateway's limits.)
 REQUEST_DEADLINE_S = 10.0
+#: A new connection's first request must begin this long after it opened: above the idle time after
+#: which Envoy closes its connections to this port itself (translate/policy_service.py).
+FIRST_REQUEST_DEADLINE_S = 2.0 * POLICY_HTTP_IDLE_TIMEOUT_S
 _SWEEP_EVERY_S = 1.0
 _MAX_STREAM_BUFFER = 1024 * 1024  # unsent bytes of a stream before its reader counts as gone
 _ALLOW = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"
@@ -193,11 +203,12 @@ def decide(
 
 #: The answer to a virtual server's or discovery request without its gateway's policy-service secret.
 _UNPROVEN = Reply(403, json.dumps({"error": "the request does not carry its gateway's policy-service secret"}).encode(),
-                  {"content-type": "application/json"})  # fmt: skip
+                  {"content-type": "application/json", "connection": "close"})  # fmt: skip
 
 
 class _Request:
-    __slots__ = ("url", "headers", "repeated", "count", "headers_done", "body", "size")
+    __slots__ = ("url", "headers", "repeated", "count", "headers_done", "body", "size", "path", "gateway",
+                 "presented", "admitted")  # fmt: skip
 
     def __init__(self) -> None:
         self.url = b""
@@ -207,12 +218,17 @@ class _Request:
         self.headers_done = False
         self.body: list[bytes] = []
         self.size = 0
+        # Read when the headers are complete:
+        self.path = ""
+        self.gateway: str | None = None  # the gateway it is about, whose secret it must carry
+        self.presented: str | None = None  # the secret it carries
+        self.admitted = False
 
 
 class OpenConnections:
-    """The HTTP port's open connections: closed together when the service stops, and each closed
-    once a request of it is not complete REQUEST_DEADLINE_S after it began (checked every second,
-    so a request pays for a timestamp, not a timer)."""
+    """The HTTP port's open connections: closed together when the service stops, and each aborted
+    once it misses its deadline (`ExtAuthzHttpProtocol.deadline`; checked every second, so a request
+    pays for a timestamp, not a timer)."""
 
     def __init__(self) -> None:
         self._open: set[ExtAuthzHttpProtocol] = set()
@@ -239,11 +255,11 @@ class OpenConnections:
     async def _sweep(self) -> None:
         while True:
             await asyncio.sleep(_SWEEP_EVERY_S)
-            too_old = time.monotonic() - REQUEST_DEADLINE_S
-            for connection in [c for c in self._open if c.started is not None and c.started < too_old]:
-                log.warning("ext_authz (HTTP): closing a connection from %s: its request is not complete after "
-                            "%.0f s", connection.peer(), REQUEST_DEADLINE_S)  # fmt: skip
-                connection.close()
+            now = time.monotonic()
+            for connection in [c for c in self._open if c.deadline is not None and c.deadline < now]:
+                log.warning("ext_authz (HTTP): closing a connection from %s: it sent no request or not the "
+                            "whole of one in time", connection.peer())  # fmt: skip
+                connection.close(abort=True)  # a peer that does not read would keep a plain close pending
 
 
 class ExtAuthzHttpProtocol(asyncio.Protocol):
@@ -257,8 +273,9 @@ class ExtAuthzHttpProtocol(asyncio.Protocol):
     def __init__(self, service: PolicyService, connections: OpenConnections) -> None:
         self._service = service
         self._connections = connections
-        #: When the request being received began (monotonic), None between requests.
-        self.started: float | None = time.monotonic()
+        #: When (monotonic) what is being received must be complete; None: no deadline (between
+        #: requests, or the body of a request that carries its gateway's secret).
+        self.deadline: float | None = time.monotonic() + FIRST_REQUEST_DEADLINE_S
         self._closing = False  # nothing more is read: later requests on the connection are not answered
         self._parser = httptools.HttpRequestParser(self)
         self._transport: asyncio.Transport | None = None
@@ -268,7 +285,7 @@ class ExtAuthzHttpProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
-        self.started = time.monotonic()
+        self.deadline = time.monotonic() + FIRST_REQUEST_DEADLINE_S
         self._connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -277,11 +294,25 @@ class ExtAuthzHttpProtocol(asyncio.Protocol):
         if self._streaming is not None:  # nobody reads it: a virtual server's stream stops following its members
             self._streaming.cancel()
 
-    def close(self) -> None:
-        """Close the connection; what it still sends is not read."""
+    def close(self, *, abort: bool = False) -> None:
+        """Close the connection (`abort`: at once, dropping what is not written yet); what it still
+        sends is not read."""
         self._closing = True
+        self.deadline = None
         if self._transport is not None:
-            self._transport.close()
+            if abort:
+                self._transport.abort()
+            else:
+                self._transport.close()
+
+    # A peer that does not read its answers is not read from either: its unsent answers stay bounded.
+    def pause_writing(self) -> None:
+        if self._transport is not None:
+            self._transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self._transport is not None and not self._closing:
+            self._transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
         if self._closing:
@@ -298,7 +329,7 @@ class ExtAuthzHttpProtocol(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self._request = _Request()
-        self.started = time.monotonic()
+        self.deadline = time.monotonic() + REQUEST_DEADLINE_S
 
     def on_url(self, url: bytes) -> None:
         self._request.url += url
@@ -328,28 +359,32 @@ class ExtAuthzHttpProtocol(asyncio.Protocol):
         if request.repeated:
             # Repeated headers are joined, as Envoy joins them for the gRPC CheckRequest.
             request.headers.update((key, ",".join(values)) for key, values in request.repeated.items())
+        request.path = httptools.parse_url(request.url).path.decode("latin-1")
+        request.gateway = self._gateway_of(request.path)
+        request.presented = request.headers.pop(POLICY_SERVICE_SECRET_HEADER, None)
+        request.admitted = self._service.index.admits(request.gateway, request.presented)
+        if request.admitted:
+            self.deadline = None  # Envoy's: its body comes at its client's pace, within the gateway's limits
 
     def on_body(self, body: bytes) -> None:
         self._grow(len(body))
         self._request.body.append(body)
 
     def on_message_complete(self) -> None:
-        self.started = None
+        self.deadline = None
         if self._closing:
             return
         request = self._request
         method = self._parser.get_method().decode("latin-1")
-        path = httptools.parse_url(request.url).path.decode("latin-1")
+        path, gateway, presented = request.path, request.gateway, request.presented
         raw = b"".join(request.body)
         try:
             body = raw.decode("utf-8")
         except UnicodeDecodeError:  # not what Envoy's parsers pass on: read nothing into it
             body = ""
         keep_alive = self._parser.should_keep_alive()
-        gateway = self._gateway_of(path)
-        presented = request.headers.pop(POLICY_SERVICE_SECRET_HEADER, None)
         decided: CheckOutcome | Awaitable[CheckOutcome]
-        if not self._service.index.admits(gateway, presented):
+        if not request.admitted:
             # Not Envoy's (or an Envoy a control plane with another secret configured): nothing is served,
             # and the connection ends once answered (a peer that is not Envoy gets nothing more from it).
             log.warning("refusing a request for %.200s without its gateway's policy-service secret", path)
@@ -396,7 +431,9 @@ class ExtAuthzHttpProtocol(asyncio.Protocol):
             self._send(outcome, body, keep_alive)
         except Exception:  # a bug: this answer cannot be written, so no later one may take its place
             log.exception("ext_authz (HTTP): answering failed; closing the connection")
-            self._fail(_FAILED)
+            if self._transport is not None and not self._transport.is_closing():
+                self._transport.write(_FAILED)
+            self.close()  # answers queued behind this one see the connection closing and write nothing
         finally:
             if self._pending is asyncio.current_task():
                 self._pending = None
@@ -409,11 +446,15 @@ class ExtAuthzHttpProtocol(asyncio.Protocol):
             outcome = failed_decision(body)
             response = answer(outcome)
         if self._transport is not None and not self._transport.is_closing():
+            if not keep_alive:  # said, so that Envoy does not send another check on it while it closes
+                response = response.replace(b"\r\n", b"\r\nconnection: close\r\n", 1)
             self._transport.write(response)
             if not keep_alive:
                 self._transport.close()
-        # Logged after the answer is on its way: Envoy need not wait for the log line.
-        self._service.log_decision(outcome.log)
+        try:  # after the answer is on its way: Envoy need not wait for the log line
+            self._service.log_decision(outcome.log)
+        except Exception:
+            log.exception("ext_authz (HTTP): the decision could not be logged")
 
     async def _vmcp_later(self, before: asyncio.Future[None] | None, method: str, path: str,
                           headers: Mapping[str, str], body: bytes, keep_alive: bool,
@@ -424,6 +465,9 @@ class ExtAuthzHttpProtocol(asyncio.Protocol):
         try:
             # Checked again: the policies (and the gateway's secret) may have changed while it waited its turn.
             admitted = self._service.index.admits(*shown)
+            if not admitted:
+                keep_alive = False  # as for any request without the secret: answered, then the connection ends
+                self._closing = True
             reply = await virtual_reply(self._service, method, path, headers, body) if admitted else _UNPROVEN
         except Exception:  # a bug: an error, never a half answer
             log.exception("virtual MCP server: request failed")

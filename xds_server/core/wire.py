@@ -56,6 +56,10 @@ AUTH_HEADERS_TO_REMOVE = "x-envoy-auth-headers-to-remove"
 #: a refusal with a 5xx status (a credential that could not be had) is sent as 403 with its status
 #: in this header; a local reply gives it back its status (translate/local_reply.py).
 REPLY_STATUS_HEADER = "x-agentxds-reply-status"
+#: Envoy closes its idle connections to the policy service's HTTP port after this many seconds; the
+#: service closes a connection that sent nothing for twice as long (authz/ext_authz_http.py), so it
+#: never closes one Envoy might be reusing.
+POLICY_HTTP_IDLE_TIMEOUT_S = 30
 #: The attribute ext_proc sends with the client certificate's URI SAN (the SPIFFE ID).
 PEER_URI_SAN_ATTRIBUTE = "connection.uri_san_peer_certificate"
 

@@ -55,6 +55,7 @@ from xds_server.core.wire import (
     CHECK_PREFIX,
     JWT_METADATA_NAMESPACE,
     PEER_URI_SAN_ATTRIBUTE,
+    POLICY_HTTP_IDLE_TIMEOUT_S,
     POLICY_SERVICE_SECRET_HEADER,
     PURPOSE_EXCHANGE,
     PURPOSE_METADATA_KEY,
@@ -121,12 +122,16 @@ def _cluster(name: str, endpoint: EndpointIR, *, http2: bool, tls: UpstreamTlsIR
         # gRPC servers refuse a TLS client that does not negotiate h2 (ALPN).
         body["transport_socket"] = tls_transport_socket(tls, (endpoint,), ("h2",) if http2 else ("http/1.1",))
     if http2:
-        body["typed_extension_protocol_options"] = {
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": typed(
-                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                {"explicit_http_config": {"http2_protocol_options": {}}},
-            )
-        }
+        options: dict[str, Any] = {"explicit_http_config": {"http2_protocol_options": {}}}
+    else:
+        # Envoy closes an idle connection before the service would (core/wire.py): never one in reuse.
+        options = {"explicit_http_config": {"http_protocol_options": {}},
+                   "common_http_protocol_options": {"idle_timeout": f"{POLICY_HTTP_IDLE_TIMEOUT_S}s"}}  # fmt: skip
+    body["typed_extension_protocol_options"] = {
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": typed(
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions", options
+        )
+    }
     return to_message(Cluster, body)
 
 
