@@ -8,6 +8,7 @@ Envoy itself drives this adapter in tests/e2e/test_policy_service.py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -62,15 +63,24 @@ spec:
 """
 
 
-@pytest_asyncio.fixture
-async def service(tmp_path: Path) -> AsyncIterator[PolicyService]:
-    (tmp_path / "policies.yaml").write_text(POLICIES)
+@contextlib.asynccontextmanager
+async def serving(tmp_path: Path, policies: str) -> AsyncIterator[PolicyService]:
+    """A policy service on ephemeral ports with `policies` published."""
+    (tmp_path / "policies.yaml").write_text(policies)
     ir, _ = compile_policies(tmp_path)
     svc = PolicyService(port=0, authz_http_port=0, approvals_port=0)
     await svc.start()
     svc.update(ir)
-    yield svc
-    await svc.stop()
+    try:
+        yield svc
+    finally:
+        await svc.stop()
+
+
+@pytest_asyncio.fixture
+async def service(tmp_path: Path) -> AsyncIterator[PolicyService]:
+    async with serving(tmp_path, POLICIES) as svc:
+        yield svc
 
 
 def tool_call(tool: str, request_id: Any = 1, **arguments: Any) -> bytes:
@@ -360,13 +370,8 @@ async def secret_service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Asy
     monkeypatch.setenv("TEST_POLICY_SERVICE_SECRET", SECRET)
     text = POLICIES.replace("policyService: {extAuthz: http}",
                             "policyService: {extAuthz: http, secret: {env: TEST_POLICY_SERVICE_SECRET}}")  # fmt: skip
-    (tmp_path / "policies.yaml").write_text(text)
-    ir, _ = compile_policies(tmp_path)
-    svc = PolicyService(port=0, authz_http_port=0, approvals_port=0)
-    await svc.start()
-    svc.update(ir)
-    yield svc
-    await svc.stop()
+    async with serving(tmp_path, text) as svc:
+        yield svc
 
 
 def with_secret(request: bytes) -> bytes:

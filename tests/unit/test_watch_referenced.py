@@ -4,9 +4,12 @@ re-arms when the policies start naming files somewhere else."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,31 +29,56 @@ async def wait_for(predicate, what: str, timeout: float = 10.0) -> None:
         await asyncio.sleep(0.02)
 
 
-async def test_rotation_outside_the_policy_dir_and_rearming(tmp_path: Path) -> None:
-    policies = write_policies(tmp_path)  # certificates in tmp_path/pki, outside the policy dir
+@dataclass
+class Watched:
+    """A pipeline on a policy directory, published once, with its watcher running."""
+
+    pipeline: Pipeline
+    cache: SnapshotCache
+    results: list[ReloadResult] = field(default_factory=list)
+    task: asyncio.Task[None] | None = None
+
+
+@contextlib.asynccontextmanager
+async def watched(
+    policies: Path, after_reload: Callable[[Watched, ReloadResult], None] | None = None
+) -> AsyncIterator[Watched]:
+    """Publish `policies`, watch them (debounce 20 ms), and stop the watcher on exit. Every reload's
+    result is in `results`; `after_reload` runs right after one, before any re-arming."""
     cache = SnapshotCache()
-    pipeline = Pipeline(policies, cache, StatusRecorder())
-    assert pipeline.reload().ok
-    results: list[ReloadResult] = []
+    state = Watched(Pipeline(policies, cache, StatusRecorder()), cache)
+    assert state.pipeline.reload().ok
+
+    def on_reload(result: ReloadResult) -> None:
+        state.results.append(result)
+        if after_reload is not None:
+            after_reload(state, result)
+
     stop = asyncio.Event()
-    watcher = asyncio.create_task(watch_policies(pipeline, debounce_ms=20, stop=stop, on_reload=results.append))
+    state.task = asyncio.create_task(watch_policies(state.pipeline, debounce_ms=20, stop=stop, on_reload=on_reload))
     try:
         await asyncio.sleep(0.3)  # let the watchers start
-        version = cache.get("gw").version
+        yield state
+    finally:
+        stop.set()
+        await asyncio.wait_for(state.task, timeout=5)
+
+
+async def test_rotation_outside_the_policy_dir_and_rearming(tmp_path: Path) -> None:
+    policies = write_policies(tmp_path)  # certificates in tmp_path/pki, outside the policy dir
+    async with watched(policies) as w:
+        version = w.cache.get("gw").version
         certs.write_dev_pki(tmp_path / "pki", trust_domain="example.org")  # rotate the gateway certificate
-        await wait_for(lambda: cache.get("gw").version != version, "the rotated certificate to be published")
-        assert results and results[-1].ok
+        await wait_for(lambda: w.cache.get("gw").version != version, "the rotated certificate to be published")
+        assert w.results and w.results[-1].ok
 
         # The policies now name files in another directory: the watcher follows them there.
         write_policies(tmp_path, pki=tmp_path / "pki2")
-        await wait_for(lambda: tmp_path / "pki2" / "gateway.crt" in pipeline.files, "the new files to be named")
+        await wait_for(lambda: tmp_path / "pki2" / "gateway.crt" in w.pipeline.files, "the new files to be named")
         await asyncio.sleep(0.3)  # re-armed watchers start
-        version = cache.get("gw").version
+        version = w.cache.get("gw").version
         certs.write_dev_pki(tmp_path / "pki2", trust_domain="example.org")
-        await wait_for(lambda: cache.get("gw").version != version, "a rotation in the new directory")
-    finally:
-        stop.set()
-        await asyncio.wait_for(watcher, timeout=5)
+        await wait_for(lambda: w.cache.get("gw").version != version, "a rotation in the new directory")
 
 
 SECRET_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
@@ -61,21 +89,12 @@ def published_certificate(cache: SnapshotCache) -> bytes:
     return bytes(secret.tls_certificate.certificate_chain.inline_bytes)
 
 
-async def rotation_is_published(policies: Path, rotate, new_certificate: Path) -> None:
-    """Start a watched pipeline on `policies`, call `rotate()`, and wait for `new_certificate`'s bytes."""
-    cache = SnapshotCache()
-    pipeline = Pipeline(policies, cache, StatusRecorder())
-    assert pipeline.reload().ok
-    stop = asyncio.Event()
-    watcher = asyncio.create_task(watch_policies(pipeline, debounce_ms=20, stop=stop))
-    try:
-        await asyncio.sleep(0.3)  # let the watchers start
+async def rotation_is_published(policies: Path, rotate: Callable[[], None], new_certificate: Path) -> None:
+    """Watch `policies`, call `rotate()`, and wait for `new_certificate`'s bytes to be published."""
+    async with watched(policies) as w:
         rotate()
         expected = new_certificate.read_bytes()
-        await wait_for(lambda: published_certificate(cache) == expected, "the rotated certificate to be published")
-    finally:
-        stop.set()
-        await asyncio.wait_for(watcher, timeout=5)
+        await wait_for(lambda: published_certificate(w.cache) == expected, "the rotated certificate to be published")
 
 
 def kubelet_volume(root: Path) -> Path:
@@ -161,19 +180,10 @@ async def test_a_named_file_in_a_policy_directory_given_through_a_link_is_follow
     )
     (real / "ps.secret").write_text("a" * 32)
     (tmp_path / "linked").symlink_to(real)  # e.g. /etc/agentxds/policies -> a checkout
-    pipeline = Pipeline(tmp_path / "linked", SnapshotCache(), StatusRecorder())
-    assert pipeline.reload().ok
-    results: list[ReloadResult] = []
-    stop = asyncio.Event()
-    watcher = asyncio.create_task(watch_policies(pipeline, debounce_ms=20, stop=stop, on_reload=results.append))
-    try:
-        await asyncio.sleep(0.3)
+    async with watched(tmp_path / "linked") as w:
         (real / "ps.secret").write_text("short")  # not a policy or key file: followed only as a named one
-        await wait_for(lambda: results and not results[-1].ok, "the unusable secret to be refused")
-        assert "ps.secret" in results[-1].errors[0] and "at least 32" in results[-1].errors[0]
-    finally:
-        stop.set()
-        await asyncio.wait_for(watcher, timeout=5)
+        await wait_for(lambda: w.results and not w.results[-1].ok, "the unusable secret to be refused")
+        assert "ps.secret" in w.results[-1].errors[0] and "at least 32" in w.results[-1].errors[0]
 
 
 def test_dot_dot_from_a_policy_directory_given_through_a_link_means_what_the_os_makes_of_it(tmp_path: Path) -> None:
@@ -195,56 +205,32 @@ async def test_a_link_loop_is_refused_and_the_watcher_lives_on(tmp_path: Path) -
     (tmp_path / "loop").mkdir()
     (tmp_path / "loop" / "a.crt").symlink_to("b.crt")
     (tmp_path / "loop" / "b.crt").symlink_to("a.crt")
-    cache = SnapshotCache()
-    pipeline = Pipeline(policies, cache, StatusRecorder())
-    assert pipeline.reload().ok
-    results: list[ReloadResult] = []
-    stop = asyncio.Event()
-    watcher = asyncio.create_task(watch_policies(pipeline, debounce_ms=20, stop=stop, on_reload=results.append))
-    try:
-        await asyncio.sleep(0.3)
-        (policies / "all.yaml").write_text(
-            good.replace(str(tmp_path / "pki" / "gateway.crt"), str(tmp_path / "loop" / "a.crt"))
-        )
-        await wait_for(lambda: results and not results[-1].ok, "the looping file to be refused")
-        assert any("a.crt" in line for line in results[-1].errors)
-        version = cache.get("gw").version
+    async with watched(policies) as w:
+        looping = good.replace(str(tmp_path / "pki" / "gateway.crt"), str(tmp_path / "loop" / "a.crt"))
+        (policies / "all.yaml").write_text(looping)
+        await wait_for(lambda: w.results and not w.results[-1].ok, "the looping file to be refused")
+        assert any("a.crt" in line for line in w.results[-1].errors)
+        version = w.cache.get("gw").version
         certs.write_dev_pki(tmp_path / "pki", trust_domain="example.org")
         (policies / "all.yaml").write_text(good)
-        await wait_for(
-            lambda: results[-1].ok and cache.get("gw").version != version, "the fixed policy to be published"
-        )
-        assert not watcher.done()
-    finally:
-        stop.set()
-        await asyncio.wait_for(watcher, timeout=5)
+        await wait_for(lambda: w.results[-1].ok and w.cache.get("gw").version != version, "the fixed policy")
+        assert w.task is not None and not w.task.done()
 
 
 async def test_a_change_while_the_watchers_are_re_armed_is_read(tmp_path: Path) -> None:
     policies = write_policies(tmp_path)
-    cache = SnapshotCache()
-    pipeline = Pipeline(policies, cache, StatusRecorder())
-    assert pipeline.reload().ok
     certs.write_dev_pki(tmp_path / "pki2", trust_domain="example.org", agents=["triage"])
     rotated: list[bytes] = []
 
-    def rotate_before_the_new_watcher_runs(result: ReloadResult) -> None:
+    def rotate_before_the_new_watcher_runs(w: Watched, _: ReloadResult) -> None:
         # Called after the rebuild that names pki2, before pki2 is watched: no watcher sees this.
-        if not rotated and tmp_path / "pki2" / "gateway.crt" in pipeline.files:
+        if not rotated and tmp_path / "pki2" / "gateway.crt" in w.pipeline.files:
             certs.write_dev_pki(tmp_path / "pki2", trust_domain="example.org")
             rotated.append((tmp_path / "pki2" / "gateway.crt").read_bytes())
 
-    stop = asyncio.Event()
-    watcher = asyncio.create_task(
-        watch_policies(pipeline, debounce_ms=20, stop=stop, on_reload=rotate_before_the_new_watcher_runs)
-    )
-    try:
-        await asyncio.sleep(0.3)
+    async with watched(policies, rotate_before_the_new_watcher_runs) as w:
         write_policies(tmp_path, pki=tmp_path / "pki2")
-        await wait_for(lambda: rotated and published_certificate(cache) == rotated[0], "the catch-up rebuild")
-    finally:
-        stop.set()
-        await asyncio.wait_for(watcher, timeout=5)
+        await wait_for(lambda: rotated and published_certificate(w.cache) == rotated[0], "the catch-up rebuild")
 
 
 def test_near_keeps_links_and_takes_dot_dot_as_the_os_does(tmp_path: Path) -> None:
