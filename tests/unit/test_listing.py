@@ -284,7 +284,6 @@ def test_batch_json_body() -> None:
         {"jsonrpc": "2.0", "id": 1, "result": {"content": [{"type": "text", "text": "tools"}]}},  # tools/call
         {"jsonrpc": "2.0", "id": 1, "error": {"code": -32601, "message": "Method not found"}},
         {"jsonrpc": "2.0", "method": "notifications/tools/list_changed"},
-        {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "result": {"tools": [{"name": "a"}]}},  # has a method
         {"jsonrpc": "2.0", "id": 1, "result": None},
     ],
 )
@@ -292,6 +291,15 @@ def test_other_messages_untouched(message: dict[str, Any]) -> None:
     raw = json.dumps(message).encode()
     assert rewrite_list_response(raw, JSON, deny("a")) == ListRewrite(None, (), False)
     assert rewrite_list_response(b"data: " + raw + b"\n\n", SSE, deny("a")) == ListRewrite(None, (), False)
+
+
+@pytest.mark.parametrize("method", [None, "tools/list", ""])
+def test_a_response_that_also_has_a_method_is_not_passed_on_unfiltered(method: Any) -> None:
+    # The MCP SDK reads {"method": null, "result": ...} as a response: it is not a request to let through.
+    for extra in ({"result": {"tools": [{"name": "a"}]}}, {"error": {"code": 1, "message": "x"}}):
+        raw = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, **extra}).encode()
+        assert rewrite_list_response(raw, JSON, deny("a")).parse_failed
+        assert rewrite_list_response(b"data: " + raw + b"\n\n", SSE, deny("a")).parse_failed
 
 
 def test_non_object_items_removed_without_asking() -> None:

@@ -193,3 +193,21 @@ def test_long_matches_are_shortened() -> None:
 @pytest.mark.parametrize("junk", ["\ud800 lone surrogate", "\x00\x01", "<" * 10_000, "<!--" * 5_000, None, 42])
 def test_total_on_odd_input(junk: object) -> None:
     assert isinstance(screen_description(junk), list)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "<system" + " " * 200_000,
+        "</ " + " " * 200_000,
+        "[" + " " * 200_000,
+        "<<" + " " * 200_000,
+        "<" * 200_000,
+        "<important " * 20_000,
+    ],
+)
+def test_a_long_untrusted_description_is_screened_in_one_pass(text: str) -> None:
+    # Whitespace is matched one way only: these took time quadratic in their length (minutes, on the
+    # loop every decision runs on) before; a slip back would make this test hang, not fail.
+    assert screen_description(text) == []
+    assert screen_description(text + "<system>")  # and what follows is still found

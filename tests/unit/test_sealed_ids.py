@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from xds_server.authz.mcp import tasks
-from xds_server.authz.messages import StreamRewriter, rewrite_body
+from xds_server.authz.messages import StreamRewriter, rewrite_body, why_unreadable
 from xds_server.authz.sealing import Owner, Sealed, Sealer, WeakKey, key_from_file
 
 KEY = b"k" * 32
@@ -136,3 +136,45 @@ def test_a_streamed_sse_event_that_cannot_be_read_is_withheld() -> None:
     assert b"not json" not in out and b"sealed-id" in out and stream.failed
     held = StreamRewriter("application/json", _replace, unreadable=b'{"error":1}')
     assert held.feed(b'{"id": 1, "result": {"taskId": "raw"', True) == b'{"error":1}'
+
+
+def test_an_sse_event_that_never_ends_is_not_held_for_ever(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(StreamRewriter, "MAX_HELD_BYTES", 1000)
+    stream = StreamRewriter("text/event-stream", _replace, unreadable=b'{"error":1}')
+    assert stream.feed(_sse({"id": 1, "result": {"taskId": "raw"}}), False).count(b"sealed-id") == 1
+    endless = b'data: {"id": 2, "result": {"taskId": "raw", "pad": "' + b"x" * 600
+    assert stream.feed(endless, False) == b""
+    assert stream.feed(b"x" * 600, False) == b""  # past the limit: the answer is no longer read
+    assert stream.feed(b'"}}\n\n' + _sse({"id": 3, "result": {"taskId": "raw"}}), False) == b""
+    assert stream.feed(b"", True) == b'event: message\ndata: {"error":1}\n\n' and stream.failed
+
+
+def test_an_sse_body_is_searched_once_for_the_end_of_its_events() -> None:
+    # Chunks of one long event, then its blank line split across two chunks: one event, rewritten whole.
+    event = _sse({"id": 1, "result": {"taskId": "raw", "pad": "y" * 5000}})
+    stream = StreamRewriter("text/event-stream", _replace)
+    pieces = [event[i : i + 7] for i in range(0, len(event), 7)]
+    out = b"".join(stream.feed(piece, False) for piece in pieces) + stream.feed(b"", True)
+    assert out == rewrite_body(event, "text/event-stream", _replace).body
+
+
+@pytest.mark.parametrize(
+    ("content_types", "encoding", "why"),
+    [
+        (["application/json"], "", None),
+        (["text/event-stream"], "identity", None),
+        (["application/json; charset=utf-8"], "", None),
+        (['text/event-stream; charset="UTF-8"'], "", None),
+        ([], "", "has no content type"),
+        (["application/json", "application/json"], "", "has several content types"),
+        (["application/json, text/plain"], "", "has content type 'application/json, text/plain', not JSON or SSE"),
+        (["application/jsonx"], "", "has content type 'application/jsonx', not JSON or SSE"),
+        (["application/problem+json"], "", "has content type 'application/problem+json', not JSON or SSE"),
+        (["text/event-stream; charset=utf-16-le"], "", "is not UTF-8 (utf-16-le)"),
+        (["application/json"], "gzip", "is compressed (gzip)"),
+    ],
+)
+def test_an_answer_the_gateway_rewrites_must_be_one_it_reads_as_every_client_does(
+    content_types: list[str], encoding: str, why: str | None
+) -> None:
+    assert why_unreadable(content_types, encoding) == why

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from xds_server.authz.mcp.handler import McpHandler
 from xds_server.authz.mcp.tool_guard import (
     DESCRIPTION_CHANGED,
     NO_NAME,
@@ -21,6 +22,10 @@ from xds_server.authz.mcp.tool_guard import (
     fingerprint,
     judge_tool,
 )
+from xds_server.authz.protocols import Call
+from xds_server.authz.state import PolicyIndex
+from xds_server.controlplane.pipeline import compile_policies
+from xds_server.core import errors
 from xds_server.ir.mcp import DriftAction, PinnedToolIR, ScreeningMode, ToolGuardIR
 
 DATA = Path(__file__).parent / "data"
@@ -236,3 +241,47 @@ def test_guard_state_drifted_sorted_by_name() -> None:
     state = GuardState()
     state.observe("b", [{"name": n} for n in ("zeta", "alpha", "mid")], guard())
     assert list(state.drifted("b")) == ["alpha", "mid", "zeta"]
+
+
+GUARDED = """\
+apiVersion: agentxds.dev/v1
+kind: Gateway
+metadata: {name: gw}
+spec:
+  listen: {address: 127.0.0.1, port: 10600}
+  identity: {trustedHeader: x-agent-id}
+---
+apiVersion: agentxds.dev/v1
+kind: MCPBackend
+metadata: {name: github}
+spec:
+  endpoints: [{host: 127.0.0.1, port: 9}]
+  toolGuard: {unpinned: %s}
+---
+apiVersion: agentxds.dev/v1
+kind: MCPToolLock
+metadata: {name: github}
+spec:
+  backend: github
+  tools:
+    - name: list_issues
+      descriptionSha256: %s
+      inputSchemaSha256: %s
+"""
+
+
+@pytest.mark.parametrize("unpinned", ["hide", "allow"])
+def test_a_call_to_a_tool_the_backend_never_listed_follows_unpinned(tmp_path: Path, unpinned: str) -> None:
+    """A backend could leave a tool out of its lists and still serve it: with `unpinned: hide` a tool
+    the lock does not name is refused all the same; a pinned one goes on until it is seen changed."""
+    (tmp_path / "all.yaml").write_text(GUARDED % (unpinned, "ab" * 32, "cd" * 32))
+    ir, _ = compile_policies(tmp_path)
+    view = PolicyIndex.from_ir(ir).route("github")
+    assert view is not None
+    handler = McpHandler(lambda record: None)
+    unlisted = handler.withheld(view, Call(1, "delete_repo", {}))
+    if unpinned == "hide":
+        assert unlisted is not None and unlisted.kind is errors.TOOL_DRIFTED and NOT_PINNED in unlisted.message
+    else:
+        assert unlisted is None
+    assert handler.withheld(view, Call(2, "list_issues", {})) is None  # pinned, not seen changed

@@ -37,12 +37,13 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc
 from google.protobuf import json_format
 
 from xds_server.authz.ext_authz import envoys_call
-from xds_server.authz.jsonrpc import error_body, request_id_of
-from xds_server.authz.messages import BodyRewriter, is_json, is_sse
+from xds_server.authz.jsonrpc import error_body, id_from_metadata, request_id_of
+from xds_server.authz.messages import BodyRewriter, is_json, is_sse, why_unreadable
 from xds_server.authz.protocols import Exchange, Refused
 from xds_server.authz.sealed_ids import NotFound, open_request, owner_of, reseal_stream, seal_stream
 from xds_server.core import errors
 from xds_server.core.wire import (
+    JSONRPC_METADATA_NAMESPACE,
     JWT_METADATA_NAMESPACE,
     PEER_URI_SAN_ATTRIBUTE,
     PURPOSE_EXCHANGE,
@@ -61,7 +62,14 @@ log = logging.getLogger(__name__)
 
 def header_map(headers: Any) -> dict[str, str]:
     """ext_proc HeaderMap → dict with lower-case names (Envoy fills `raw_value`, older ones `value`)."""
-    return {h.key.lower(): h.raw_value.decode("utf-8", "replace") if h.raw_value else h.value for h in headers.headers}
+    return dict(_header_pairs(headers))
+
+
+def _header_pairs(headers: Any) -> list[tuple[str, str]]:
+    """ext_proc HeaderMap → (lower-case name, value) pairs, repeated names kept."""
+    return [
+        (h.key.lower(), h.raw_value.decode("utf-8", "replace") if h.raw_value else h.value) for h in headers.headers
+    ]
 
 
 def jwt_payloads(request: pb.ProcessingRequest) -> dict[str, Any]:
@@ -173,6 +181,8 @@ class _Stream:
             self.jwt = jwt_payloads(request)
             self.metadata = json_format.MessageToDict(request.metadata_context).get("filterMetadata", {})
             self.headers = header_map(request.request_headers.headers)
+            # Exact where the body is never seen here (a list's answer); a body seen later says it again.
+            self.request_id = id_from_metadata(self.metadata.get(JSONRPC_METADATA_NAMESPACE))
             if self.view is not None:
                 # The one agent the request speaks for, as Envoy's identify filter names it (and RBAC allowed).
                 agent = self.view.agent_of(self.headers, self.jwt, peer_uri_san(request))
@@ -186,12 +196,21 @@ class _Stream:
             answer_headers = header_map(request.response_headers.headers)
             self.content_type = answer_headers.get("content-type", "")
             self.encoding = answer_headers.get("content-encoding", "").strip().lower()
-            if self.purpose == PURPOSE_EXCHANGE and self.request_seen:
-                return self._answer_exchange()
-            if self.purpose == PURPOSE_RESPONSES or not self.request_seen:
+            if not self.request_seen:
                 # Without the request, this is Envoy's own reply to a request an earlier filter refused
                 # (RBAC): no request reaches a backend without passing here first, so it holds nothing
                 # of a backend's to rewrite or seal.
+                return _continue(phase), False
+            if not request.response_headers.end_of_stream:  # a body to read: one the gateway can read
+                content_types = [v for k, v in _header_pairs(request.response_headers.headers)
+                                 if k == "content-type"]  # fmt: skip
+                why = why_unreadable(content_types, self.encoding)
+                if why is not None:
+                    log.warning("route %s: an answer that %s withheld", self.view and self.view.name, why)
+                    return _refuse(502, self._withheld(why)), True
+            if self.purpose == PURPOSE_EXCHANGE:
+                return self._answer_exchange()
+            if self.purpose == PURPOSE_RESPONSES:
                 return _continue(phase), False
             return self._start_sealing()
         if phase == "response_body":
@@ -233,11 +252,6 @@ class _Stream:
             response, last = self._exchange(None, "response_headers")
             if last or self.exchanged is None:
                 return response, True
-        if self.encoding not in ("", "identity"):
-            # A compressed answer cannot be read, so it cannot be rewritten: withheld (the routes ask for none).
-            log.warning("route %s: an answer with content-encoding %r withheld", self.view and self.view.name,
-                        self.encoding)  # fmt: skip
-            return _refuse(502, self._withheld(f"is compressed ({self.encoding})")), True
         self.streamed = self.exchanged.answer(self.content_type)
         response = _without_content_length()
         if self.exchanged.answer_content_type is not None:  # read whole and written anew: say what it is now
@@ -294,7 +308,7 @@ class _Stream:
         rewrite = handler.rewrite_response(view, self.agents, self.jwt, body, self.content_type)
         if not rewrite.readable and _is_rpc_content(self.content_type):
             log.warning("list response from backend %s could not be read; refused", view.name)
-            return _refuse(502, error_body(None, errors.GATEWAY_ERROR,
+            return _refuse(502, error_body(self.request_id, errors.GATEWAY_ERROR,
                                            "The backend's list response could not be filtered, so it is withheld")), True  # fmt: skip
         return (_replace_body(rewrite.body) if rewrite.body is not None else _continue("response_body")), False
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+from collections.abc import Mapping
 from typing import Any
 
 from xds_server.core.errors import ErrorKind
@@ -21,6 +23,23 @@ def request_id_of(body: str | bytes) -> Any:
     except (ValueError, RecursionError):  # RecursionError: nested deeper than the interpreter recurses
         return None
     return message.get("id") if isinstance(message, dict) else None
+
+
+_INTEGER = re.compile(r"-?[0-9]+")
+
+
+def id_from_metadata(found: Any) -> Any:
+    """The request's id as Envoy's json_to_metadata read it (core/wire.py JSONRPC_METADATA_NAMESPACE):
+    a string, or an integer from its exact digits; None for anything else (a non-integer number
+    would come back altered, and a guess is not the request's id)."""
+    if not isinstance(found, Mapping):
+        return None
+    value, text = found.get("id"), found.get("id_text")
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and isinstance(text, str):
+        return int(text) if _INTEGER.fullmatch(text) else None
+    return None
 
 
 def error_body(request_id: Any, kind: ErrorKind, message: str, **data: Any) -> str:

@@ -89,6 +89,31 @@ def is_sse(content_type: str) -> bool:
     return media_type(content_type) == "text/event-stream"
 
 
+#: What a backend's answer that the gateway rewrites may be: what it can read, as every client reads it.
+READABLE_ANSWER_TYPES = ("application/json", "text/event-stream")
+
+
+def why_unreadable(content_types: list[str], content_encoding: str) -> str | None:
+    """Why a backend's answer (with a body) that the gateway must read and rewrite cannot be, or None.
+
+    Only one content type, exactly JSON or SSE, in UTF-8, uncompressed: a client reads anything that
+    merely starts with `application/json` as JSON, joins repeated headers, and decodes by the charset,
+    so whatever else the gateway passed on unread could carry what it exists to withhold."""
+    if len(content_types) != 1:
+        return "has no content type" if not content_types else "has several content types"
+    media = media_type(content_types[0])
+    if media not in READABLE_ANSWER_TYPES:
+        return f"has content type {media[:60]!r}, not JSON or SSE"
+    for parameter in content_types[0].split(";")[1:]:
+        name, _, value = parameter.partition("=")
+        if name.strip().lower() == "charset" and value.strip().strip('"').lower() not in ("utf-8", "utf8"):
+            return f"is not UTF-8 ({value.strip()[:30]})"
+    encoding = content_encoding.strip().lower()
+    if encoding not in ("", "identity"):
+        return f"is compressed ({encoding[:30]})"
+    return None
+
+
 def rewrite_body(body: bytes, content_type: str, rewrite: Rewrite) -> BodyRewrite:
     """Apply `rewrite` to each message of a whole body (unknown content types: failed, unchanged)."""
     walk = _Walk(rewrite)
@@ -119,8 +144,10 @@ class StreamRewriter:
     SSE: each complete event is rewritten and passed on at once; the rest waits
     for the next chunk (an event is complete at its blank line; a trailing CR
     waits, it may be half of a CRLF). JSON: held until the end (at most
-    MAX_HELD_BYTES), then rewritten whole. Other content types pass through
-    unchanged (they carry no JSON-RPC message).
+    MAX_HELD_BYTES), then rewritten whole; an SSE event held longer than
+    MAX_HELD_BYTES ends what is read of the answer. Other content types pass
+    through unchanged (they carry no JSON-RPC message; the routes that rewrite
+    answers refuse them first: `why_unreadable`).
 
     Fail closed: with `unreadable` given, an SSE event whose data is not JSON
     is withheld, and a JSON body that cannot be read (or held) is replaced by
@@ -136,6 +163,7 @@ class StreamRewriter:
         self._json = is_json(content_type)
         self._decoder = codecs.getincrementaldecoder("utf-8")()
         self._pending = ""
+        self._overflowed = False  # an SSE event outgrew MAX_HELD_BYTES: the rest is withheld
         self._held = b""
 
     @property
@@ -147,16 +175,29 @@ class StreamRewriter:
             return self._feed_json(chunk, end)
         if not self._sse:
             return chunk
+        if self._overflowed:
+            return self._withheld_end() if end else b""
+        scanned = max(0, len(self._pending) - 3)  # what held text had no blank line in (3: half a CRLF CRLF)
         try:
             self._pending += self._decoder.decode(chunk, final=end)
         except UnicodeDecodeError:
             self._walk.failed = True
             self._pending, self._decoder = "", codecs.getincrementaldecoder("utf-8")()
             return b"" if self._unreadable is not None else chunk
-        complete, self._pending = _complete_events(self._pending, end)
+        if len(self._pending) > self.MAX_HELD_BYTES:
+            # An event that never ends: nothing more of this answer is read or passed on.
+            self._walk.failed, self._overflowed, self._pending = True, True, ""
+            return self._withheld_end() if end else b""
+        complete, self._pending = _complete_events(self._pending, end, scanned)
         if not complete:
             return b""
         return self._walk.sse_events(complete).encode("utf-8")
+
+    def _withheld_end(self) -> bytes:
+        """The end of an SSE answer the gateway stopped reading: its error, as one event."""
+        if self._unreadable is None:
+            return b""
+        return b"event: message\ndata: " + self._unreadable + b"\n\n"
 
     def _feed_json(self, chunk: bytes, end: bool) -> bytes:
         if len(self._held) + len(chunk) > self.MAX_HELD_BYTES:
@@ -174,12 +215,13 @@ class StreamRewriter:
         return new if new is not None else self._held
 
 
-def _complete_events(text: str, end: bool) -> tuple[str, str]:
-    """(the complete events at the start of `text`, the rest)."""
+def _complete_events(text: str, end: bool, scanned: int = 0) -> tuple[str, str]:
+    """(the complete events at the start of `text`, the rest); `text[:scanned]` is known to hold no
+    blank line, so only what follows is searched (each chunk costs its own length, not the event's)."""
     if end:
         return text, ""
     cut = 0
-    for m in _BLANK_LINE.finditer(text):
+    for m in _BLANK_LINE.finditer(text, scanned):
         if m.group().endswith("\r") and m.end() == len(text):
             break  # maybe half of a CRLF
         cut = m.end()

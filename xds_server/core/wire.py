@@ -13,6 +13,9 @@ from typing import Any
 
 #: Where Envoy's MCP filter puts what it read from the JSON-RPC body (method, id, params.name, ...).
 MCP_METADATA_NAMESPACE = "envoy.filters.http.mcp"
+#: Where json_to_metadata puts the request's top-level JSON-RPC id, before any protocol filter:
+#: `id` (its JSON type; numbers as doubles) and `id_text` (an integer's exact digits).
+JSONRPC_METADATA_NAMESPACE = "agentxds.jsonrpc"
 #: Where jwt_authn puts each verified token's payload, under the provider's name.
 JWT_METADATA_NAMESPACE = "envoy.filters.http.jwt_authn"
 #: gRPC metadata naming the route (its name) on ext_proc streams.

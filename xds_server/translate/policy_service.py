@@ -53,6 +53,7 @@ from envoy.config.cluster.v3.cluster_pb2 import Cluster
 
 from xds_server.core.wire import (
     CHECK_PREFIX,
+    JSONRPC_METADATA_NAMESPACE,
     JWT_METADATA_NAMESPACE,
     PEER_URI_SAN_ATTRIBUTE,
     POLICY_HTTP_IDLE_TIMEOUT_S,
@@ -289,7 +290,9 @@ def _ext_proc(gateway: GatewayIR) -> HttpFilter:
         "processing_mode": _INERT_MODE,
         "message_timeout": f"{_authz_timeout(gateway) / 1000:.3f}s",
     }
-    forwarded = []
+    # The request's id as read before any protocol filter: a stream that never sees the request's body
+    # (a list's) still answers with its exact id.
+    forwarded = [JSONRPC_METADATA_NAMESPACE]
     if any(r.decisions.tasks for r in gateway.routes):
         # What the protocol filter deframed: the tool a task is created by.
         forwarded += [p.metadata_namespace for p in protocols_of(gateway)]

@@ -36,14 +36,14 @@ import json
 import re
 from typing import Any
 
-from xds_server.core.wire import typed
+from xds_server.core.wire import JSONRPC_METADATA_NAMESPACE, typed
 from xds_server.ir.types import GatewayIR
 from xds_server.translate.cel import IDENTIFIED_AGENT
 from xds_server.translate.filters import HttpFilter, Slot
 from xds_server.translate.replies import all_of, metadata_filter
 
 ID_FILTER = "agentxds.jsonrpc.id"
-NAMESPACE = "agentxds.jsonrpc"
+NAMESPACE = JSONRPC_METADATA_NAMESPACE
 ID = f"%DYNAMIC_METADATA({NAMESPACE}:id)%"
 ID_TEXT = f"%DYNAMIC_METADATA({NAMESPACE}:id_text)%"
 _J2M = "envoy.extensions.filters.http.json_to_metadata.v3.JsonToMetadata"

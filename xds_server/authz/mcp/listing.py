@@ -84,7 +84,13 @@ def _rewrite_message(message: Any, keep: Keep, removed: list[str], malformed: li
         for element in message:
             changed = _rewrite_message(element, keep, removed, malformed) or changed
         return changed
-    if not isinstance(message, dict) or "method" in message:
+    if not isinstance(message, dict):
+        return False
+    if "method" in message:
+        if "result" in message or "error" in message:
+            # Both a request and a response: a client may read it as the response (the MCP SDK does), so
+            # it is not passed on as a request would be.
+            malformed.append("method")
         return False  # requests and notifications have no result to filter
     result = message.get("result")
     if not isinstance(result, dict):

@@ -61,11 +61,14 @@ _INVISIBLE_RE = re.compile("[" + "".join(f"{chr(lo)}-{chr(hi)}" for lo, hi in _I
 _ZWJ = "\u200d"
 
 _TAG_NAMES = r"important|system|system[_ -]?prompt|sys|instructions?|hidden|secret|assistant|admin"
+# Each run of whitespace can be matched one way only (no `\s*` next to another `\s*` or `\s`): a
+# backend's description is untrusted input, and an ambiguous pattern backtracks in time quadratic
+# in its length ("<system" and 16,000 spaces took 1.4 s, on the loop every decision runs on).
 _INSTRUCTION_TAG_RE = re.compile(
-    r"<\s*/?\s*(?:" + _TAG_NAMES + r")\s*(?:\s[^<>]*)?>"  # <IMPORTANT>, </system>, <instructions id=1>
-    r"|\[\s*/?\s*inst\s*\]"  # [INST] [/INST]
+    r"<\s*(?:/\s*)?(?:" + _TAG_NAMES + r")(?:\s[^<>]*)?>"  # <IMPORTANT>, </system>, <instructions id=1>
+    r"|\[\s*(?:/\s*)?inst(?:\s+)?\]"  # [INST] [/INST]
     r"|<\|[a-z_]{2,20}\|>"  # <|im_start|>, <|system|>, <|eot_id|>
-    r"|<<\s*/?\s*sys\s*>>",  # <<SYS>>
+    r"|<<\s*(?:/\s*)?sys(?:\s+)?>>",  # <<SYS>>
     re.IGNORECASE,
 )
 

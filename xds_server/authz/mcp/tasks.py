@@ -46,7 +46,7 @@ def created_task_ids(message: Any) -> list[str]:
     task handle's `result.taskId` (resultType "task")."""
     found: list[str] = []
     for m in _each(message):
-        result = m.get("result") if "method" not in m else None
+        result = m.get("result")  # even beside a "method": a client may read it as a response
         if not isinstance(result, dict):
             continue
         task = result.get("task")
