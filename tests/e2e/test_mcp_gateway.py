@@ -210,6 +210,8 @@ async def test_lists_resources_and_prompts_follow_the_policy(
     assert ("resources/read", "docs://secret") not in asked
     assert ("prompts/get", "exfiltrate") not in asked
     assert ("resources/read", "docs://readme") in asked
+    # The SDK client asks for gzip; the backend is never asked to compress what the gateway reads.
+    assert all("accept-encoding" not in r["headers"] for r in backend.requests())
 
 
 # ------------------------------------------------------------ ids and bodies

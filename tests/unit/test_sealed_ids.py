@@ -178,3 +178,17 @@ def test_an_answer_the_gateway_rewrites_must_be_one_it_reads_as_every_client_doe
     content_types: list[str], encoding: str, why: str | None
 ) -> None:
     assert why_unreadable(content_types, encoding) == why
+
+
+@settings(max_examples=100, derandomize=True)
+@given(cuts=st.lists(st.integers(min_value=0, max_value=300), max_size=8))
+def test_crlf_events_of_several_lines_come_out_whole_wherever_cut(cuts: list[int]) -> None:
+    event = json.dumps({"id": 2, "result": {"taskId": "raw"}})
+    body = f"event: message\r\ndata: {event[:20]}\r\ndata: {event[20:]}\r\n\r\n".encode()
+    whole = rewrite_body(body, "text/event-stream", _replace)
+    assert whole.body is not None and b"sealed-id" in whole.body and not whole.failed
+    points = sorted({c % (len(body) + 1) for c in cuts})
+    chunks = [body[a:b] for a, b in zip([0, *points], [*points, len(body)], strict=True)]
+    stream = StreamRewriter("text/event-stream", _replace, unreadable=b"{}")
+    out = b"".join(stream.feed(chunk, i == len(chunks) - 1) for i, chunk in enumerate(chunks))
+    assert out == whole.body and not stream.failed

@@ -148,7 +148,12 @@ class ExtProcServicer(external_processor_pb2_grpc.ExternalProcessorServicer):
             phase = request.WhichOneof("request")
             if phase is None:
                 continue
-            response, last = stream.on(phase, request)
+            try:
+                response, last = stream.on(phase, request)
+            except Exception:  # a bug: refused, never an aborted stream (which a failOpen route lets pass)
+                log.exception("ext_proc: a %s message could not be handled; refusing", phase)
+                failed = "The gateway could not handle this exchange, so it is refused"
+                response, last = _refuse(502, error_body(stream.request_id, errors.GATEWAY_ERROR, failed)), True
             yield response
             if last:
                 return
@@ -207,7 +212,7 @@ class _Stream:
                 why = why_unreadable(content_types, self.encoding)
                 if why is not None:
                     log.warning("route %s: an answer that %s withheld", self.view and self.view.name, why)
-                    return _refuse(502, self._withheld(why)), True
+                    return _refuse(502, self.withheld(why)), True
             if self.purpose == PURPOSE_EXCHANGE:
                 return self._answer_exchange()
             if self.purpose == PURPOSE_RESPONSES:
@@ -282,8 +287,8 @@ class _Stream:
         view, sealing = self.view, self.sealing
         if view is None or sealing is None:
             log.warning("response of a route the policy service does not know; withheld")
-            return _refuse(502, self._withheld("could not be checked")), True
-        unreadable = self._withheld("could not be read").encode()
+            return _refuse(502, self.withheld("could not be checked")), True
+        unreadable = self.withheld("could not be read").encode()
         if self.purpose == PURPOSE_UNSEAL:
             self.streamed = reseal_stream(sealing, self.shown, self.content_type, unreadable)
             return _without_content_length(), False
@@ -292,19 +297,19 @@ class _Stream:
         owner, origin = owner_of(view, self.agents, self.jwt), sealing.origin(self.metadata)
         if owner is None or origin is None:
             log.warning("backend %s: a response to seal ids in came for no known caller or origin", view.name)
-            return _refuse(502, self._withheld("could not be checked")), True
+            return _refuse(502, self.withheld("could not be checked")), True
         sealer = self.service.sealer_for(view)
         self.streamed = seal_stream(sealing, sealer, view, owner, origin, self.content_type, unreadable)
         return _without_content_length(), False
 
-    def _withheld(self, why: str) -> str:
+    def withheld(self, why: str) -> str:
         return error_body(self.request_id, errors.GATEWAY_ERROR, f"The backend's response {why}, so it is withheld")
 
     def _rewritten_response(self, body: bytes) -> tuple[pb.ProcessingResponse, bool]:
         view, handler = self.view, self.handler
         if view is None or handler is None:
             log.warning("response of a route the policy service does not know; withheld")
-            return _refuse(502, self._withheld("could not be filtered")), True
+            return _refuse(502, self.withheld("could not be filtered")), True
         rewrite = handler.rewrite_response(view, self.agents, self.jwt, body, self.content_type)
         if not rewrite.readable and _is_rpc_content(self.content_type):
             log.warning("list response from backend %s could not be read; refused", view.name)

@@ -228,7 +228,8 @@ def _complete_events(text: str, end: bool, scanned: int = 0) -> tuple[str, str]:
     return text[:cut], text[cut:]
 
 
-_BLANK_LINE = re.compile(r"(?:\r\n|\r|\n)(?:\r\n|\r|\n)")
+# Two line ends in a row; a CR followed by LF is one line end (CRLF), never two.
+_BLANK_LINE = re.compile(r"(?:\r\n|\r(?!\n)|\n)(?:\r\n|\r(?!\n)|\n)")
 
 
 # ---------------------------------------------------------------- walking bodies

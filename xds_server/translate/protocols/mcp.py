@@ -179,6 +179,9 @@ class McpTranslator(ProtocolTranslator):
     kind: ClassVar[str] = McpRouteIR.KIND
     part: ClassVar[type] = McpRouteIR
     noun: ClassVar[str] = "MCP backend"
+    # Lists and task ids are read and rewritten by the policy service, which withholds a compressed
+    # answer (it cannot read one): never ask a backend to compress.
+    upstream_headers_removed: ClassVar[tuple[str, ...]] = ("accept-encoding",)
 
     def http_filters(self, gateway: GatewayIR) -> list[HttpFilter]:
         return [
