@@ -6,7 +6,8 @@ on unread: a content type that only starts with `application/json`, two
 content types, SSE in UTF-16, a compressed body, a response that also
 carries a `method`. Through the real Envoy and policy service, triage (who
 may see list_issues and get_issue only) gets either the filtered list or a
-JSON-RPC error with its request's id, never a hidden tool.
+JSON-RPC error with its request's id, never a hidden tool; an error page
+(404, text) is the client's to see and passes as sent.
 """
 
 from __future__ import annotations
@@ -58,7 +59,9 @@ DISGUISES: dict[str, Any] = {
         _json(_list_answer(rid, method=None)),
     ),
     "plain json": lambda rid: ([("content-type", "application/json")], _json(_list_answer(rid))),
+    "an error page": lambda rid: ([("content-type", "text/plain; charset=utf-8")], b"session not found"),
 }
+STATUS = {"an error page": b"404 Not Found"}
 
 
 @dataclass
@@ -91,7 +94,8 @@ class LyingBackend:
                 request = json.loads(body)
                 self.seen.append(request.get("method"))
                 answer_headers, answer = DISGUISES[self.disguise](request.get("id"))
-                out = [b"HTTP/1.1 200 OK"] + [f"{k}: {v}".encode() for k, v in answer_headers]
+                status = STATUS.get(self.disguise, b"200 OK")
+                out = [b"HTTP/1.1 " + status] + [f"{k}: {v}".encode() for k, v in answer_headers]
                 out.append(f"content-length: {len(answer)}".encode())
                 writer.write(b"\r\n".join(out) + b"\r\n\r\n" + answer)
                 await writer.drain()
@@ -127,6 +131,9 @@ async def test_a_disguised_list_is_filtered_or_withheld_never_passed(
     response = await _list_tools(gateway, request_id)
     assert backend.seen and backend.seen[-1] == "tools/list"  # the backend answered it
     assert HIDDEN not in response.content, (disguise, response.headers, response.content)
+    if disguise == "an error page":  # not a result: the client sees the backend's own error, as sent
+        assert (response.status_code, response.text) == (404, "session not found")
+        return
     answer = response.json()
     assert answer["id"] == request_id, answer
     if disguise == "plain json":

@@ -159,25 +159,35 @@ def test_an_sse_body_is_searched_once_for_the_end_of_its_events() -> None:
 
 
 @pytest.mark.parametrize(
-    ("content_types", "encoding", "why"),
+    ("content_types", "encodings", "any_json", "why"),
     [
-        (["application/json"], "", None),
-        (["text/event-stream"], "identity", None),
-        (["application/json; charset=utf-8"], "", None),
-        (['text/event-stream; charset="UTF-8"'], "", None),
-        ([], "", "has no content type"),
-        (["application/json", "application/json"], "", "has several content types"),
-        (["application/json, text/plain"], "", "has content type 'application/json, text/plain', not JSON or SSE"),
-        (["application/jsonx"], "", "has content type 'application/jsonx', not JSON or SSE"),
-        (["application/problem+json"], "", "has content type 'application/problem+json', not JSON or SSE"),
-        (["text/event-stream; charset=utf-16-le"], "", "is not UTF-8 (utf-16-le)"),
-        (["application/json"], "gzip", "is compressed (gzip)"),
+        (["application/json"], [], False, None),
+        (["text/event-stream"], ["identity"], False, None),
+        (["application/json; charset=utf-8"], [], False, None),
+        (['text/event-stream; charset="UTF-8"'], [], False, None),
+        (["application/json ; charset = utf-8"], [], False, None),
+        ([], [], False, "has no content type"),
+        ([], [], True, None),  # an A2A reader takes what is not SSE for JSON
+        (["application/a2a+json"], [], True, None),
+        (["application/json", "application/json"], [], True, "has several content types"),
+        (
+            ["application/json, text/plain"],
+            [],
+            False,
+            "has content type 'application/json, text/plain', not JSON or SSE",
+        ),
+        (["application/jsonx"], [], True, "has content type 'application/jsonx', not JSON or SSE"),
+        (["application/problem+json"], [], False, "has content type 'application/problem+json', not JSON or SSE"),
+        (["text/event-stream; charset=utf-16-le"], [], True, "is not UTF-8 (utf-16-le)"),
+        (["application/json"], ["gzip"], True, "is compressed (gzip)"),
+        (["application/json"], ["gzip", "identity"], False, "has several content encodings"),
+        (["application/json"], ["identity, gzip"], False, "has several content encodings"),
     ],
 )
 def test_an_answer_the_gateway_rewrites_must_be_one_it_reads_as_every_client_does(
-    content_types: list[str], encoding: str, why: str | None
+    content_types: list[str], encodings: list[str], any_json: bool, why: str | None
 ) -> None:
-    assert why_unreadable(content_types, encoding) == why
+    assert why_unreadable(content_types, encodings, any_json=any_json) == why
 
 
 @settings(max_examples=100, derandomize=True)
@@ -192,3 +202,18 @@ def test_crlf_events_of_several_lines_come_out_whole_wherever_cut(cuts: list[int
     stream = StreamRewriter("text/event-stream", _replace, unreadable=b"{}")
     out = b"".join(stream.feed(chunk, i == len(chunks) - 1) for i, chunk in enumerate(chunks))
     assert out == whole.body and not stream.failed
+
+
+def test_complete_events_in_one_chunk_count_nothing_against_the_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(StreamRewriter, "MAX_HELD_BYTES", 1000)
+    events = b"".join(_sse({"id": i, "result": {"taskId": "raw", "pad": "z" * 80}}) for i in range(30))
+    stream = StreamRewriter("text/event-stream", _replace, unreadable=b"{}")
+    out = stream.feed(events, False) + stream.feed(b"", True)
+    assert out.count(b"sealed-id") == 30 and not stream.failed
+
+
+def test_a_created_task_id_beside_a_method_is_sealed_too() -> None:
+    # A client may read {"method": null, "result": ...} as a response: its task id is not passed on raw.
+    assert tasks.created_task_ids(
+        {"jsonrpc": "2.0", "id": 1, "method": None, "result": {"task": {"taskId": "t1"}}}
+    ) == ["t1"]

@@ -206,10 +206,13 @@ class _Stream:
                 # (RBAC): no request reaches a backend without passing here first, so it holds nothing
                 # of a backend's to rewrite or seal.
                 return _continue(phase), False
-            if not request.response_headers.end_of_stream:  # a body to read: one the gateway can read
-                content_types = [v for k, v in _header_pairs(request.response_headers.headers)
-                                 if k == "content-type"]  # fmt: skip
-                why = why_unreadable(content_types, self.encoding)
+            if not request.response_headers.end_of_stream and answer_headers.get(":status", "").startswith("2"):
+                # A successful answer with a body: one the gateway can read as every client does (an error
+                # answer, 401 or 404 and their headers, is the client's to see and is not read as a result).
+                pairs = _header_pairs(request.response_headers.headers)
+                content_types = [v for k, v in pairs if k == "content-type"]
+                encodings = [v for k, v in pairs if k == "content-encoding"]
+                why = why_unreadable(content_types, encodings, any_json=self.purpose == PURPOSE_EXCHANGE)
                 if why is not None:
                     log.warning("route %s: an answer that %s withheld", self.view and self.view.name, why)
                     return _refuse(502, self.withheld(why)), True

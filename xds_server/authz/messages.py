@@ -93,24 +93,29 @@ def is_sse(content_type: str) -> bool:
 READABLE_ANSWER_TYPES = ("application/json", "text/event-stream")
 
 
-def why_unreadable(content_types: list[str], content_encoding: str) -> str | None:
+def why_unreadable(content_types: list[str], content_encodings: list[str], *, any_json: bool = False) -> str | None:
     """Why a backend's answer (with a body) that the gateway must read and rewrite cannot be, or None.
 
-    Only one content type, exactly JSON or SSE, in UTF-8, uncompressed: a client reads anything that
-    merely starts with `application/json` as JSON, joins repeated headers, and decodes by the charset,
-    so whatever else the gateway passed on unread could carry what it exists to withhold."""
-    if len(content_types) != 1:
-        return "has no content type" if not content_types else "has several content types"
+    One content type, exactly JSON or SSE (`any_json`: also any `+json` type, or none, for readers
+    that take every answer that is not SSE for JSON), in UTF-8, uncompressed: a client reads anything
+    that merely starts with `application/json` as JSON, joins repeated headers, and decodes by the
+    charset, so whatever else the gateway passed on unread could carry what it exists to withhold."""
+    encodings = [e.strip().lower() for value in content_encodings for e in value.split(",") if e.strip()]
+    if len(encodings) > 1:
+        return "has several content encodings"
+    if encodings and encodings[0] != "identity":
+        return f"is compressed ({encodings[0][:30]})"
+    if len(content_types) > 1:
+        return "has several content types"
+    if not content_types:
+        return None if any_json else "has no content type"
     media = media_type(content_types[0])
-    if media not in READABLE_ANSWER_TYPES:
+    if media not in READABLE_ANSWER_TYPES and not (any_json and is_json(media)):
         return f"has content type {media[:60]!r}, not JSON or SSE"
     for parameter in content_types[0].split(";")[1:]:
         name, _, value = parameter.partition("=")
         if name.strip().lower() == "charset" and value.strip().strip('"').lower() not in ("utf-8", "utf8"):
             return f"is not UTF-8 ({value.strip()[:30]})"
-    encoding = content_encoding.strip().lower()
-    if encoding not in ("", "identity"):
-        return f"is compressed ({encoding[:30]})"
     return None
 
 
@@ -162,9 +167,13 @@ class StreamRewriter:
         self._sse = is_sse(content_type)
         self._json = is_json(content_type)
         self._decoder = codecs.getincrementaldecoder("utf-8")()
-        self._pending = ""
+        # The SSE text held until its event ends, in pieces (joined once, when it does), its size in
+        # bytes, and its last characters (where the next chunk's search for an event's end starts).
+        self._pieces: list[str] = []
+        self._held_bytes = 0
+        self._tail = ""
         self._overflowed = False  # an SSE event outgrew MAX_HELD_BYTES: the rest is withheld
-        self._held = b""
+        self._held = bytearray()  # a JSON body, held whole
 
     @property
     def failed(self) -> bool:
@@ -177,21 +186,34 @@ class StreamRewriter:
             return chunk
         if self._overflowed:
             return self._withheld_end() if end else b""
-        scanned = max(0, len(self._pending) - 3)  # what held text had no blank line in (3: half a CRLF CRLF)
         try:
-            self._pending += self._decoder.decode(chunk, final=end)
+            text = self._decoder.decode(chunk, final=end)
         except UnicodeDecodeError:
             self._walk.failed = True
-            self._pending, self._decoder = "", codecs.getincrementaldecoder("utf-8")()
+            self._pieces, self._held_bytes, self._tail = [], 0, ""
+            self._decoder = codecs.getincrementaldecoder("utf-8")()
             return b"" if self._unreadable is not None else chunk
-        if len(self._pending) > self.MAX_HELD_BYTES:
+        # Only the new text (and the few characters before it) is searched: an event's end is never
+        # in what was held before, so each chunk costs its own length, not the event's.
+        probe = self._tail + text
+        cut = len(probe) if end else _last_event_end(probe)
+        complete = None  # the events that end here, if any
+        if cut == 0:  # no event ends here: hold the text
+            self._pieces.append(text)
+            self._held_bytes += len(chunk)
+            self._tail = probe[-3:]
+        else:
+            cut -= len(self._tail)  # in `text` (an end found in the tail itself is at the tail's end: 0)
+            complete = "".join([*self._pieces, text[:cut]])
+            rest = text[cut:]
+            self._pieces, self._held_bytes, self._tail = [rest], len(rest.encode("utf-8")), rest[-3:]
+        out = self._walk.sse_events(complete).encode("utf-8") if complete else b""
+        if self._held_bytes > self.MAX_HELD_BYTES:
             # An event that never ends: nothing more of this answer is read or passed on.
-            self._walk.failed, self._overflowed, self._pending = True, True, ""
-            return self._withheld_end() if end else b""
-        complete, self._pending = _complete_events(self._pending, end, scanned)
-        if not complete:
-            return b""
-        return self._walk.sse_events(complete).encode("utf-8")
+            self._walk.failed, self._overflowed = True, True
+            self._pieces, self._held_bytes, self._tail = [], 0, ""
+            return out + (self._withheld_end() if end else b"")
+        return out
 
     def _withheld_end(self) -> bytes:
         """The end of an SSE answer the gateway stopped reading: its error, as one event."""
@@ -202,30 +224,29 @@ class StreamRewriter:
     def _feed_json(self, chunk: bytes, end: bool) -> bytes:
         if len(self._held) + len(chunk) > self.MAX_HELD_BYTES:
             self._walk.failed = True
-            self._held = b""
+            self._held = bytearray()
         elif not self._walk.failed:
-            self._held += chunk
+            self._held += chunk  # a bytearray: amortised, not a copy of everything held per chunk
         if not end:
             return b""
+        held = bytes(self._held)
         if self._walk.failed:
-            return self._unreadable if self._unreadable is not None else self._held
-        new = self._walk.json_body(self._held)
+            return self._unreadable if self._unreadable is not None else held
+        new = self._walk.json_body(held)
         if self._walk.failed and self._unreadable is not None:
             return self._unreadable
-        return new if new is not None else self._held
+        return new if new is not None else held
 
 
-def _complete_events(text: str, end: bool, scanned: int = 0) -> tuple[str, str]:
-    """(the complete events at the start of `text`, the rest); `text[:scanned]` is known to hold no
-    blank line, so only what follows is searched (each chunk costs its own length, not the event's)."""
-    if end:
-        return text, ""
+def _last_event_end(text: str) -> int:
+    """Where the last complete event of `text` ends (after its blank line), 0 if none does. A blank
+    line ending in CR at the very end is not one yet: the CR may be half of a CRLF."""
     cut = 0
-    for m in _BLANK_LINE.finditer(text, scanned):
+    for m in _BLANK_LINE.finditer(text):
         if m.group().endswith("\r") and m.end() == len(text):
-            break  # maybe half of a CRLF
+            break
         cut = m.end()
-    return text[:cut], text[cut:]
+    return cut
 
 
 # Two line ends in a row; a CR followed by LF is one line end (CRLF), never two.
