@@ -249,9 +249,6 @@ class OpenConnections:
         for connection in list(self._open):
             connection.close()
 
-    def __len__(self) -> int:
-        return len(self._open)
-
     async def _sweep(self) -> None:
         while True:
             await asyncio.sleep(_SWEEP_EVERY_S)
@@ -274,8 +271,8 @@ class ExtAuthzHttpProtocol(asyncio.Protocol):
         self._service = service
         self._connections = connections
         #: When (monotonic) what is being received must be complete; None: no deadline (between
-        #: requests, or the body of a request that carries its gateway's secret).
-        self.deadline: float | None = time.monotonic() + FIRST_REQUEST_DEADLINE_S
+        #: requests, or the body of a request that carries its gateway's secret). Set once connected.
+        self.deadline: float | None = None
         self._closing = False  # nothing more is read: later requests on the connection are not answered
         self._parser = httptools.HttpRequestParser(self)
         self._transport: asyncio.Transport | None = None
@@ -552,19 +549,17 @@ class ExtAuthzHttpProtocol(asyncio.Protocol):
     def _fail(self, response: bytes) -> None:
         """Answer `response` after what is already being decided on this connection, then close it."""
         self._closing = True
+
+        def write_and_close(_: object = None) -> None:
+            if self._transport is not None and not self._transport.is_closing():
+                self._transport.write(response)
+            self.close()
+
         pending = self._pending
         if pending is None or pending.done():
-            if self._transport is not None and not self._transport.is_closing():
-                self._transport.write(response)
-            self.close()
-            return
-
-        def then_fail(_: object) -> None:
-            if self._transport is not None and not self._transport.is_closing():
-                self._transport.write(response)
-            self.close()
-
-        pending.add_done_callback(then_fail)
+            write_and_close()
+        else:
+            pending.add_done_callback(write_and_close)
 
     def peer(self) -> str:
         peer = self._transport.get_extra_info("peername") if self._transport is not None else None

@@ -175,7 +175,6 @@ class _Stream:
         self.request_id: Any = None
         self.shown: dict[str, str] = {}  # the backend's ids → the sealed ids the caller named
         self.streamed: BodyRewriter | None = None
-        self.encoding = ""  # the answer's content-encoding
         self.request_seen = False  # this filter saw the request (so the answer may come from the backend)
         self.exchanged: Exchange | None = None  # PURPOSE_EXCHANGE: the request the handler let through
 
@@ -198,9 +197,9 @@ class _Stream:
                 return self._exchange(request.request_body.body, "request_body")
             return self._request_body(request.request_body.body)
         if phase == "response_headers":
-            answer_headers = header_map(request.response_headers.headers)
+            pairs = _header_pairs(request.response_headers.headers)
+            answer_headers = dict(pairs)
             self.content_type = answer_headers.get("content-type", "")
-            self.encoding = answer_headers.get("content-encoding", "").strip().lower()
             if not self.request_seen:
                 # Without the request, this is Envoy's own reply to a request an earlier filter refused
                 # (RBAC): no request reaches a backend without passing here first, so it holds nothing
@@ -209,7 +208,6 @@ class _Stream:
             if not request.response_headers.end_of_stream and answer_headers.get(":status", "").startswith("2"):
                 # A successful answer with a body: one the gateway can read as every client does (an error
                 # answer, 401 or 404 and their headers, is the client's to see and is not read as a result).
-                pairs = _header_pairs(request.response_headers.headers)
                 content_types = [v for k, v in pairs if k == "content-type"]
                 encodings = [v for k, v in pairs if k == "content-encoding"]
                 why = why_unreadable(content_types, encodings, any_json=self.purpose == PURPOSE_EXCHANGE)

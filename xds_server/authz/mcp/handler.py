@@ -24,7 +24,7 @@ from xds_server.authz.jsonrpc import error_body
 from xds_server.authz.mcp import access
 from xds_server.authz.mcp.listing import item_name, rewrite_list_response
 from xds_server.authz.mcp.tasks import McpTaskSealing
-from xds_server.authz.mcp.tool_guard import NOT_PINNED, GuardState, ToolVerdict, find_pin
+from xds_server.authz.mcp.tool_guard import GuardState, judge_unseen
 from xds_server.authz.protocols import (
     Call,
     Exchange,
@@ -43,7 +43,7 @@ from xds_server.core import errors
 from xds_server.core.errors import ErrorKind
 from xds_server.core.tool_results import refused_call_result
 from xds_server.core.wire import POLICY_SERVICE_SECRET_HEADER
-from xds_server.ir.mcp import DriftAction, McpRouteIR, mcp_part
+from xds_server.ir.mcp import McpRouteIR, mcp_part
 from xds_server.ir.principals import JwtPayloads
 from xds_server.ir.types import RouteIR
 
@@ -96,14 +96,9 @@ class McpHandler(ProtocolHandler):
         if part.tool_guard is None:
             return None
         verdict = self.guard.verdict(view.name, call.target)
-        if verdict is None:
-            # Never listed by the backend (or not yet read): a tool the lock does not name is refused
-            # as a listed one would be; a pinned one goes on until the backend shows it changed.
-            guard = part.tool_guard
-            if guard.pins is None or guard.unpinned is not DriftAction.HIDE or find_pin(guard.pins, call.target):
-                return None
-            verdict = ToolVerdict(False, (NOT_PINNED,))
-        if verdict.usable:
+        if verdict is None:  # never seen listed: a backend may serve a tool it does not list
+            verdict = judge_unseen(call.target, part.tool_guard)
+        if verdict is None or verdict.usable:
             return None
         why = "; ".join(verdict.reasons) or "the tool failed the gateway's checks"
         return Refusal(

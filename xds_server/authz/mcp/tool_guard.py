@@ -85,6 +85,15 @@ def find_pin(pins: tuple[PinnedToolIR, ...], name: str) -> PinnedToolIR | None:
     return pins[i] if i < len(pins) and pins[i].name == name else None
 
 
+def judge_unseen(name: str, guard: ToolGuardIR) -> ToolVerdict | None:
+    """The verdict for a tool the backend was never seen listing (a backend may serve a tool it does
+    not list): one the lock does not name under `unpinned: hide` is unusable, as it would be listed;
+    anything else has no verdict (a pinned tool goes on until it is seen changed)."""
+    if guard.pins is None or guard.unpinned is not DriftAction.HIDE or find_pin(guard.pins, name) is not None:
+        return None
+    return ToolVerdict(False, (NOT_PINNED,))
+
+
 def judge_tool(tool: Mapping[str, Any], guard: ToolGuardIR) -> ToolVerdict:
     """The verdict for one tool as a backend lists it, under one backend's guard.
 
